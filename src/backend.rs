@@ -1,0 +1,224 @@
+//! One server connection to a shard: TCP connect, startup, authentication (trust,
+//! cleartext, md5, SCRAM-SHA-256 via `postgres-protocol`), and raw frame I/O.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::protocol::{error_fields, Cursor, Frame, FrameError, FrameReader};
+use crate::shardmap::ShardInfo;
+
+/// Largest message accepted from a shard (a row can be up to 1 GB in Postgres; we bound lower).
+pub const MAX_BACKEND_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// Why a shard connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// TCP connect or socket I/O failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The connect or startup did not finish in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The shard sent something that is not valid protocol.
+    #[error("protocol error from shard: {0}")]
+    Frame(#[from] FrameError),
+    /// The shard closed the connection.
+    #[error("connection closed by the shard")]
+    Closed,
+    /// The shard refused the login or startup.
+    #[error("{message} (SQLSTATE {code})")]
+    Refused {
+        /// SQLSTATE.
+        code: String,
+        /// Server message.
+        message: String,
+    },
+    /// The shard asked for an authentication method we cannot do.
+    #[error("unsupported authentication request {0} from shard")]
+    UnsupportedAuth(i32),
+}
+
+/// A live, authenticated connection to one shard.
+pub struct BackendConn {
+    reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    /// Shard index in the map.
+    pub shard: usize,
+    /// Backend process id (for CancelRequest).
+    pub pid: i32,
+    /// Backend secret key (for CancelRequest).
+    pub secret: i32,
+    /// ParameterStatus values reported at startup.
+    pub params: Vec<(String, String)>,
+    /// Hashes of the proxy-named prepared statements that exist on this connection.
+    pub prepared: HashSet<u64>,
+    /// Fingerprint of the session settings (SETs) applied to this connection.
+    pub settings_fp: u64,
+    /// Pool generation this connection was made in.
+    pub generation: u64,
+    /// Set when the connection must not be reused (I/O error, unknown state).
+    pub broken: bool,
+}
+
+impl BackendConn {
+    /// Connects and logs in to `info`, within `timeout`.
+    pub async fn connect(
+        shard: usize,
+        info: &ShardInfo,
+        timeout: Duration,
+    ) -> Result<BackendConn, BackendError> {
+        match tokio::time::timeout(timeout, Self::connect_inner(shard, info)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout(timeout)),
+        }
+    }
+
+    async fn connect_inner(shard: usize, info: &ShardInfo) -> Result<BackendConn, BackendError> {
+        let stream = TcpStream::connect((info.host.as_str(), info.port)).await?;
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        let mut conn = BackendConn {
+            reader: FrameReader::new(r, MAX_BACKEND_MESSAGE),
+            writer: w,
+            shard,
+            pid: 0,
+            secret: 0,
+            params: Vec::new(),
+            prepared: HashSet::new(),
+            settings_fp: 0,
+            generation: 0,
+            broken: false,
+        };
+        let mut buf = BytesMut::new();
+        let params = [
+            ("user", info.user.as_str()),
+            ("database", info.dbname.as_str()),
+            ("application_name", "shardwire"),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut buf)?;
+        conn.writer.write_all(&buf).await?;
+        let password = info.password.clone().unwrap_or_default();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let f = conn.read_frame().await?;
+            match f.tag {
+                b'R' => {
+                    let mut c = Cursor::new(f.body(), "Authentication");
+                    let code = c.i32()?;
+                    buf.clear();
+                    match code {
+                        0 => continue,
+                        3 => frontend::password_message(password.as_bytes(), &mut buf)?,
+                        5 => {
+                            let s = c.bytes(4)?;
+                            let salt = [s[0], s[1], s[2], s[3]];
+                            let h = postgres_protocol::authentication::md5_hash(
+                                info.user.as_bytes(),
+                                password.as_bytes(),
+                                salt,
+                            );
+                            frontend::password_message(h.as_bytes(), &mut buf)?;
+                        }
+                        10 => {
+                            let s = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            frontend::sasl_initial_response(
+                                "SCRAM-SHA-256",
+                                s.message(),
+                                &mut buf,
+                            )?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or(BackendError::UnsupportedAuth(code))?;
+                            s.update(c.rest())?;
+                            frontend::sasl_response(s.message(), &mut buf)?;
+                        }
+                        12 => {
+                            let mut s = scram.take().ok_or(BackendError::UnsupportedAuth(code))?;
+                            s.finish(c.rest())?;
+                            continue;
+                        }
+                        other => return Err(BackendError::UnsupportedAuth(other)),
+                    }
+                    conn.writer.write_all(&buf).await?;
+                }
+                b'S' => {
+                    let mut c = Cursor::new(f.body(), "ParameterStatus");
+                    let k = c.cstr()?.to_string();
+                    let v = c.cstr()?.to_string();
+                    conn.params.push((k, v));
+                }
+                b'K' => {
+                    let mut c = Cursor::new(f.body(), "BackendKeyData");
+                    conn.pid = c.i32()?;
+                    conn.secret = c.i32()?;
+                }
+                b'Z' => return Ok(conn),
+                b'E' => {
+                    let (code, message) = error_fields(f.body());
+                    return Err(BackendError::Refused { code, message });
+                }
+                _ => {} // NoticeResponse and friends during startup
+            }
+        }
+    }
+
+    /// Reads one message; a closed connection is an error.
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        match self.reader.next().await {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => {
+                self.broken = true;
+                Err(BackendError::Closed)
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Whether a complete message is already buffered (reading it will not wait).
+    pub fn has_frame(&self) -> bool {
+        self.reader.has_frame()
+    }
+
+    /// Writes bytes to the shard.
+    pub async fn write_all(&mut self, data: &[u8]) -> Result<(), BackendError> {
+        if let Err(e) = self.writer.write_all(data).await {
+            self.broken = true;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Sends `sql` as a simple query and waits for ReadyForQuery, discarding results;
+    /// returns the first error the shard reported, if any, and the final status byte.
+    pub async fn run_simple(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Option<(String, String)>, u8), BackendError> {
+        let mut buf = BytesMut::new();
+        crate::protocol::build::query(&mut buf, sql);
+        self.write_all(&buf).await?;
+        let mut err = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'E' if err.is_none() => err = Some(error_fields(f.body())),
+                b'Z' => return Ok((err, f.body().first().copied().unwrap_or(b'I'))),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Errors the proxy reports to clients, each with the SQLSTATE it is sent with.
+
+use crate::keys::KeyError;
+
+/// An error the proxy itself raises for a client request.
+///
+/// Every variant maps to a Postgres SQLSTATE via [`ProxyError::sqlstate`] and is
+/// sent to the client as an `ErrorResponse`; the session stays usable unless the
+/// variant is fatal ([`ProxyError::is_fatal`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    /// The client broke the wire protocol (bad framing, unknown message).
+    #[error("{0}")]
+    Protocol(String),
+    /// The SQL text did not parse.
+    #[error("{0}")]
+    Syntax(String),
+    /// A construct shardwire refuses because it cannot give a correct answer yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A shard-key value that does not fit the key's type.
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    /// A shard could not be reached.
+    #[error("shard {shard} is unavailable: {reason}")]
+    ShardUnavailable {
+        /// Shard name.
+        shard: String,
+        /// What failed (connect error, closed connection, ...).
+        reason: String,
+    },
+    /// No pooled connection became free in time.
+    #[error("no connection to shard {shard} within {secs}s (pool size {size})")]
+    PoolTimeout {
+        /// Shard name.
+        shard: String,
+        /// The checkout timeout that expired.
+        secs: u64,
+        /// The pool size.
+        size: usize,
+    },
+    /// A statement in a transaction that already failed.
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    InFailedTransaction,
+    /// Bind/Describe/Close named a prepared statement the session does not have.
+    #[error("prepared statement \"{0}\" does not exist")]
+    NoSuchStatement(String),
+    /// Parse named a prepared statement that already exists.
+    #[error("prepared statement \"{0}\" already exists")]
+    DuplicateStatement(String),
+    /// Execute/Describe named a portal the session does not have.
+    #[error("portal \"{0}\" does not exist")]
+    NoSuchPortal(String),
+    /// Authentication failed.
+    #[error("password authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    /// The client exceeded a configured limit (message size, connections).
+    #[error("{0}")]
+    Limit(String),
+}
+
+impl ProxyError {
+    /// The SQLSTATE sent with this error.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ProxyError::Protocol(_) => "08P01",
+            ProxyError::Syntax(_) => "42601",
+            ProxyError::Unsupported(_) => "0A000",
+            ProxyError::Key(k) => k.sqlstate(),
+            ProxyError::ShardUnavailable { .. } => "08006",
+            ProxyError::PoolTimeout { .. } => "53300",
+            ProxyError::InFailedTransaction => "25P02",
+            ProxyError::NoSuchStatement(_) => "26000",
+            ProxyError::DuplicateStatement(_) => "42P05",
+            ProxyError::NoSuchPortal(_) => "34000",
+            ProxyError::AuthFailed(_) => "28P01",
+            ProxyError::Limit(_) => "53300",
+        }
+    }
+
+    /// Whether the connection is closed after reporting this error.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ProxyError::Protocol(_) | ProxyError::AuthFailed(_))
+    }
+}

@@ -1,0 +1,23 @@
+//! shardwire: a PostgreSQL sharding proxy and query router.
+//!
+//! Module map (one concept each):
+//! - [`config`]: the YAML shard map as written by the user, and its validation.
+//! - [`keys`]: shard-key types and their canonical byte form.
+//! - [`ring`]: the consistent-hash ring (fixed xxh3-64 hash, explicit tokens).
+//! - [`shardmap`]: the validated, immutable routing map built from a config.
+//! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
+
+pub mod auth;
+pub mod backend;
+pub mod cancel;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod localpg;
+pub mod pool;
+pub mod protocol;
+pub mod ring;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod shardmap;

@@ -1,0 +1,162 @@
+//! Per-shard backend connection pools (transaction pooling by default).
+//!
+//! A pool is a semaphore of `size` permits plus a stack of idle connections. A checkout
+//! waits at most `checkout_timeout` for a permit, then reuses an idle connection of the
+//! current generation or opens a new one. Any I/O failure on a shard bumps the pool's
+//! generation so idle connections made before it are dropped instead of reused: after a
+//! shard restart the proxy reconnects by itself on the next checkout.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::backend::BackendConn;
+use crate::error::ProxyError;
+use crate::shardmap::{PoolSettings, ShardInfo};
+
+/// The pool of one shard.
+pub struct ShardPool {
+    /// Shard index in the map.
+    pub index: usize,
+    /// Connection details.
+    pub info: ShardInfo,
+    settings: PoolSettings,
+    idle: Mutex<Vec<BackendConn>>,
+    permits: Arc<Semaphore>,
+    generation: AtomicU64,
+}
+
+/// A checked-out connection; give it back with [`PooledConn::release`]. Dropping it
+/// without release closes the connection (its state is unknown).
+pub struct PooledConn {
+    conn: Option<BackendConn>,
+    pool: Arc<ShardPool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ShardPool {
+    /// A pool for shard `index`.
+    pub fn new(index: usize, info: ShardInfo, settings: PoolSettings) -> Arc<Self> {
+        Arc::new(ShardPool {
+            index,
+            permits: Arc::new(Semaphore::new(settings.size)),
+            info,
+            settings,
+            idle: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes a connection, waiting at most the configured checkout timeout.
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, ProxyError> {
+        let timeout = self.settings.checkout_timeout;
+        let permit = match tokio::time::timeout(timeout, self.permits.clone().acquire_owned()).await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(ProxyError::PoolTimeout {
+                    shard: self.info.name.clone(),
+                    secs: timeout.as_secs().max(1),
+                    size: self.settings.size,
+                })
+            }
+        };
+        let gen = self.generation.load(Ordering::Acquire);
+        let reused = {
+            let mut idle = self.idle.lock();
+            loop {
+                match idle.pop() {
+                    Some(c) if c.generation == gen => break Some(c),
+                    Some(_) => continue, // made before a failure: drop it
+                    None => break None,
+                }
+            }
+        };
+        let conn = match reused {
+            Some(c) => c,
+            None => {
+                match BackendConn::connect(self.index, &self.info, self.settings.connect_timeout)
+                    .await
+                {
+                    Ok(mut c) => {
+                        c.generation = gen;
+                        c
+                    }
+                    Err(e) => {
+                        self.mark_failed();
+                        tracing::warn!(shard = %self.info.name, error = %e, "connect to shard failed");
+                        return Err(ProxyError::ShardUnavailable {
+                            shard: self.info.name.clone(),
+                            reason: format!("{}:{}: {e}", self.info.host, self.info.port),
+                        });
+                    }
+                }
+            }
+        };
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Records that the shard failed: idle connections made so far will be discarded.
+    pub fn mark_failed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.idle.lock().clear();
+    }
+
+    /// Number of idle connections (for stats and tests).
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+}
+
+impl PooledConn {
+    /// Returns the connection to the pool; a broken one is closed instead.
+    pub fn release(mut self) {
+        if let Some(c) = self.conn.take() {
+            if !c.broken && c.generation == self.pool.generation.load(Ordering::Acquire) {
+                self.pool.idle.lock().push(c);
+            } else if c.broken {
+                self.pool.mark_failed();
+            }
+        }
+    }
+
+    /// The shard's pool.
+    pub fn pool(&self) -> &Arc<ShardPool> {
+        &self.pool
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            if c.broken {
+                self.pool.mark_failed();
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = BackendConn;
+    fn deref(&self) -> &BackendConn {
+        match &self.conn {
+            Some(c) => c,
+            None => unreachable!("connection is present until release or drop"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut BackendConn {
+        match &mut self.conn {
+            Some(c) => c,
+            None => unreachable!("connection is present until release or drop"),
+        }
+    }
+}

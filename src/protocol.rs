@@ -1,0 +1,575 @@
+//! Postgres wire protocol 3.0: framing and the few messages the proxy decodes or builds.
+//!
+//! Frames are split by hand (1-byte tag, 4-byte big-endian length that counts itself),
+//! with the length checked against a configured maximum before any body is buffered;
+//! bodies are decoded with bounds-checked cursors only for the tags the proxy needs.
+//! Everything else (`D` rows above all) is forwarded as raw bytes.
+//! Reference: <https://www.postgresql.org/docs/current/protocol-message-formats.html>.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Protocol version 3.0 in a StartupMessage.
+pub const PROTOCOL_3_0: i32 = 196_608;
+/// Request code of an SSLRequest.
+pub const SSL_REQUEST: i32 = 80_877_103;
+/// Request code of a GSSENCRequest.
+pub const GSSENC_REQUEST: i32 = 80_877_104;
+/// Request code of a CancelRequest.
+pub const CANCEL_REQUEST: i32 = 80_877_102;
+/// Largest startup packet accepted (Postgres uses 10,000 bytes too).
+pub const MAX_STARTUP_LEN: usize = 10_000;
+
+/// A framing or decoding failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection in the middle of a message.
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+    /// The declared length is below 4 or above the configured maximum.
+    #[error("invalid message length {len} for message type '{tag}' (limit {max} bytes)")]
+    BadLength {
+        /// The message tag as a character.
+        tag: char,
+        /// The declared length.
+        len: i64,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A message body did not have the shape its tag requires.
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    /// A socket error.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One complete tagged message: `raw` holds the tag, the length and the body.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The message type byte.
+    pub tag: u8,
+    /// The whole message as received (5-byte header plus body).
+    pub raw: Bytes,
+}
+
+impl Frame {
+    /// The message body, after the 5-byte header.
+    pub fn body(&self) -> &[u8] {
+        &self.raw[5..]
+    }
+}
+
+/// Buffered reader that splits a byte stream into [`Frame`]s without copying bodies.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_len: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps a stream; messages longer than `max_len` bytes are refused.
+    pub fn new(inner: R, max_len: usize) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(8192),
+            max_len,
+        }
+    }
+
+    /// Takes a complete frame out of the buffer, if one is there.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let tag = self.buf[0];
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as i64;
+        if len < 4 || len as u64 > self.max_len as u64 {
+            return Err(FrameError::BadLength {
+                tag: tag as char,
+                len,
+                max: self.max_len,
+            });
+        }
+        let total = len as usize + 1;
+        if self.buf.len() < total {
+            // Reserve what the rest of the frame needs (bounded by max_len above).
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        let raw = self.buf.split_to(total).freeze();
+        Ok(Some(Frame { tag, raw }))
+    }
+
+    /// Whether a complete frame is already buffered.
+    pub fn has_frame(&self) -> bool {
+        if self.buf.len() < 5 {
+            return false;
+        }
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        len >= 4 && self.buf.len() > len as usize
+    }
+
+    /// Reads the next frame; `Ok(None)` on a clean end of stream between messages.
+    pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
+        loop {
+            if let Some(f) = self.try_frame()? {
+                return Ok(Some(f));
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(8192);
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// Reads an untagged startup-phase packet (length, then body); returns the body.
+    pub async fn startup_packet(&mut self) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len =
+                    i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as i64;
+                if !(8..=MAX_STARTUP_LEN as i64).contains(&len) {
+                    return Err(FrameError::BadLength {
+                        tag: '\0',
+                        len,
+                        max: MAX_STARTUP_LEN,
+                    });
+                }
+                if self.buf.len() >= len as usize {
+                    let mut pkt = self.buf.split_to(len as usize);
+                    pkt.advance(4);
+                    return Ok(Some(pkt.freeze()));
+                }
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
+/// Bounds-checked reader over a message body.
+pub struct Cursor<'a> {
+    data: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor over `data`; `what` names the message in errors.
+    pub fn new(data: &'a [u8], what: &'static str) -> Self {
+        Cursor { data, what }
+    }
+    fn err(&self) -> FrameError {
+        FrameError::Malformed(self.what)
+    }
+    /// A NUL-terminated string (must be UTF-8).
+    pub fn cstr(&mut self) -> Result<&'a str, FrameError> {
+        let pos = self
+            .data
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.err())?;
+        let s = std::str::from_utf8(&self.data[..pos]).map_err(|_| self.err())?;
+        self.data = &self.data[pos + 1..];
+        Ok(s)
+    }
+    /// A big-endian i16.
+    pub fn i16(&mut self) -> Result<i16, FrameError> {
+        let b = self.bytes(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+    /// A big-endian i32.
+    pub fn i32(&mut self) -> Result<i32, FrameError> {
+        let b = self.bytes(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    /// A big-endian u32.
+    pub fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(self.i32()? as u32)
+    }
+    /// One byte.
+    pub fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.bytes(1)?[0])
+    }
+    /// `n` raw bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.data.len() < n {
+            return Err(self.err());
+        }
+        let (a, b) = self.data.split_at(n);
+        self.data = b;
+        Ok(a)
+    }
+    /// What is left unread.
+    pub fn rest(&self) -> &'a [u8] {
+        self.data
+    }
+    /// Fails unless everything was read.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.data.is_empty() {
+            Ok(())
+        } else {
+            Err(self.err())
+        }
+    }
+}
+
+/// A decoded `Parse` message.
+#[derive(Debug)]
+pub struct ParseMsg<'a> {
+    /// Statement name ("" is the unnamed statement).
+    pub name: &'a str,
+    /// SQL text.
+    pub query: &'a str,
+    /// Declared parameter type OIDs (0 = unspecified).
+    pub param_types: Vec<u32>,
+}
+
+impl<'a> ParseMsg<'a> {
+    /// Decodes a Parse body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, FrameError> {
+        let mut c = Cursor::new(body, "Parse");
+        let name = c.cstr()?;
+        let query = c.cstr()?;
+        let n = c.i16()?;
+        if n < 0 {
+            return Err(FrameError::Malformed("Parse"));
+        }
+        let mut param_types = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            param_types.push(c.u32()?);
+        }
+        c.finish()?;
+        Ok(ParseMsg {
+            name,
+            query,
+            param_types,
+        })
+    }
+}
+
+/// A decoded `Bind` message; parameter values are borrowed from the body.
+#[derive(Debug)]
+pub struct BindMsg<'a> {
+    /// Destination portal name.
+    pub portal: &'a str,
+    /// Source statement name.
+    pub statement: &'a str,
+    /// Byte offset in the body where the part after the statement name starts.
+    pub tail_offset: usize,
+    /// Parameter format codes as sent (0, 1 or N entries).
+    pub formats: Vec<i16>,
+    /// Parameter values (`None` = SQL NULL).
+    pub params: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> BindMsg<'a> {
+    /// Decodes a Bind body, checking every length against the body size.
+    pub fn decode(body: &'a [u8]) -> Result<Self, FrameError> {
+        let mut c = Cursor::new(body, "Bind");
+        let portal = c.cstr()?;
+        let statement = c.cstr()?;
+        let tail_offset = body.len() - c.rest().len();
+        let nf = c.i16()?;
+        if nf < 0 {
+            return Err(FrameError::Malformed("Bind"));
+        }
+        let mut formats = Vec::with_capacity(nf as usize);
+        for _ in 0..nf {
+            formats.push(c.i16()?);
+        }
+        let np = c.i16()?;
+        if np < 0 {
+            return Err(FrameError::Malformed("Bind"));
+        }
+        let mut params = Vec::with_capacity(np as usize);
+        for _ in 0..np {
+            let len = c.i32()?;
+            if len == -1 {
+                params.push(None);
+            } else if len < 0 {
+                return Err(FrameError::Malformed("Bind"));
+            } else {
+                params.push(Some(c.bytes(len as usize)?));
+            }
+        }
+        let nr = c.i16()?;
+        if nr < 0 {
+            return Err(FrameError::Malformed("Bind"));
+        }
+        for _ in 0..nr {
+            c.i16()?;
+        }
+        c.finish()?;
+        if nf > 1 && nf != np {
+            return Err(FrameError::Malformed("Bind"));
+        }
+        Ok(BindMsg {
+            portal,
+            statement,
+            tail_offset,
+            formats,
+            params,
+        })
+    }
+
+    /// Whether parameter `i` (0-based) is in binary format.
+    pub fn is_binary(&self, i: usize) -> bool {
+        match self.formats.len() {
+            0 => false,
+            1 => self.formats[0] == 1,
+            _ => self.formats.get(i).copied() == Some(1),
+        }
+    }
+}
+
+/// Decodes the `(kind, name)` of a Describe or Close body.
+pub fn decode_target<'a>(body: &'a [u8], what: &'static str) -> Result<(u8, &'a str), FrameError> {
+    let mut c = Cursor::new(body, what);
+    let kind = c.u8()?;
+    let name = c.cstr()?;
+    c.finish()?;
+    if kind != b'S' && kind != b'P' {
+        return Err(FrameError::Malformed(what));
+    }
+    Ok((kind, name))
+}
+
+/// Decodes an Execute body: portal name and row limit.
+pub fn decode_execute(body: &[u8]) -> Result<(&str, i32), FrameError> {
+    let mut c = Cursor::new(body, "Execute");
+    let portal = c.cstr()?;
+    let max = c.i32()?;
+    c.finish()?;
+    Ok((portal, max))
+}
+
+/// Decodes a Query body: the SQL text.
+pub fn decode_query(body: &[u8]) -> Result<&str, FrameError> {
+    let mut c = Cursor::new(body, "Query");
+    let q = c.cstr()?;
+    c.finish()?;
+    Ok(q)
+}
+
+/// Builders for messages the proxy sends (to clients or, for a few, to backends).
+pub mod build {
+    use super::*;
+
+    fn begin(buf: &mut BytesMut, tag: u8) -> usize {
+        buf.put_u8(tag);
+        let at = buf.len();
+        buf.put_i32(0);
+        at
+    }
+    fn finish(buf: &mut BytesMut, at: usize) {
+        let len = (buf.len() - at) as i32;
+        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// AuthenticationOk / SASL / MD5 request: code plus payload.
+    pub fn auth(buf: &mut BytesMut, code: i32, payload: &[u8]) {
+        let at = begin(buf, b'R');
+        buf.put_i32(code);
+        buf.put_slice(payload);
+        finish(buf, at);
+    }
+    /// ParameterStatus.
+    pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+        let at = begin(buf, b'S');
+        put_cstr(buf, name);
+        put_cstr(buf, value);
+        finish(buf, at);
+    }
+    /// BackendKeyData.
+    pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+        let at = begin(buf, b'K');
+        buf.put_i32(pid);
+        buf.put_i32(secret);
+        finish(buf, at);
+    }
+    /// ReadyForQuery with a transaction status byte (`I`, `T` or `E`).
+    pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+        let at = begin(buf, b'Z');
+        buf.put_u8(status);
+        finish(buf, at);
+    }
+    /// ErrorResponse (or NoticeResponse with tag `N`).
+    pub fn error(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
+        let at = begin(buf, b'E');
+        buf.put_u8(b'S');
+        put_cstr(buf, severity);
+        buf.put_u8(b'V');
+        put_cstr(buf, severity);
+        buf.put_u8(b'C');
+        put_cstr(buf, code);
+        buf.put_u8(b'M');
+        put_cstr(buf, message);
+        buf.put_u8(0);
+        finish(buf, at);
+    }
+    /// CommandComplete.
+    pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+        let at = begin(buf, b'C');
+        put_cstr(buf, tag);
+        finish(buf, at);
+    }
+    /// A message with an empty body (ParseComplete `1`, BindComplete `2`, CloseComplete `3`,
+    /// NoData `n`, EmptyQueryResponse `I`, Sync `S`, Flush `H`, Terminate `X`).
+    pub fn empty(buf: &mut BytesMut, tag: u8) {
+        buf.put_u8(tag);
+        buf.put_i32(4);
+    }
+    /// ParameterDescription with no parameters.
+    pub fn no_params(buf: &mut BytesMut) {
+        let at = begin(buf, b't');
+        buf.put_i16(0);
+        finish(buf, at);
+    }
+    /// RowDescription of text columns.
+    pub fn row_description_text(buf: &mut BytesMut, names: &[&str]) {
+        let at = begin(buf, b'T');
+        buf.put_i16(names.len() as i16);
+        for n in names {
+            put_cstr(buf, n);
+            buf.put_i32(0); // table oid
+            buf.put_i16(0); // column attnum
+            buf.put_u32(25); // text
+            buf.put_i16(-1);
+            buf.put_i32(-1);
+            buf.put_i16(0);
+        }
+        finish(buf, at);
+    }
+    /// DataRow of text values (`None` = NULL).
+    pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
+        let at = begin(buf, b'D');
+        buf.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(s) => {
+                    buf.put_i32(s.len() as i32);
+                    buf.put_slice(s.as_bytes());
+                }
+                None => buf.put_i32(-1),
+            }
+        }
+        finish(buf, at);
+    }
+    /// Query (simple protocol).
+    pub fn query(buf: &mut BytesMut, sql: &str) {
+        let at = begin(buf, b'Q');
+        put_cstr(buf, sql);
+        finish(buf, at);
+    }
+    /// Parse with a statement name, SQL and parameter types.
+    pub fn parse(buf: &mut BytesMut, name: &str, sql: &str, types: &[u32]) {
+        let at = begin(buf, b'P');
+        put_cstr(buf, name);
+        put_cstr(buf, sql);
+        buf.put_i16(types.len() as i16);
+        for t in types {
+            buf.put_u32(*t);
+        }
+        finish(buf, at);
+    }
+    /// A Bind whose statement name is replaced; `tail` is the original body after the statement name.
+    pub fn bind_renamed(buf: &mut BytesMut, portal: &str, statement: &str, tail: &[u8]) {
+        let at = begin(buf, b'B');
+        put_cstr(buf, portal);
+        put_cstr(buf, statement);
+        buf.put_slice(tail);
+        finish(buf, at);
+    }
+    /// Describe or Close (`tag` `D` or `C`) of a statement or portal.
+    pub fn target(buf: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+        let at = begin(buf, tag);
+        buf.put_u8(kind);
+        put_cstr(buf, name);
+        finish(buf, at);
+    }
+    /// A NUL-terminated string.
+    pub fn put_cstr(buf: &mut BytesMut, s: &str) {
+        buf.put_slice(s.as_bytes());
+        buf.put_u8(0);
+    }
+}
+
+/// Fields of an ErrorResponse/NoticeResponse body that the proxy looks at.
+pub fn error_fields(body: &[u8]) -> (String, String) {
+    let mut code = String::new();
+    let mut msg = String::new();
+    let mut c = Cursor::new(body, "ErrorResponse");
+    while let Ok(t) = c.u8() {
+        if t == 0 {
+            break;
+        }
+        let Ok(v) = c.cstr() else { break };
+        match t {
+            b'C' => code = v.to_string(),
+            b'M' => msg = v.to_string(),
+            _ => {}
+        }
+    }
+    (code, msg)
+}
+
+/// The NUL-terminated text body of a CommandComplete.
+pub fn command_tag(body: &[u8]) -> &str {
+    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    std::str::from_utf8(&body[..end]).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_split_and_bounded() {
+        let mut data = BytesMut::new();
+        build::query(&mut data, "select 1");
+        build::empty(&mut data, b'S');
+        let mut r = FrameReader::new(&data[..], 1024);
+        let f = r.next().await.unwrap().unwrap();
+        assert_eq!(f.tag, b'Q');
+        assert_eq!(decode_query(f.body()).unwrap(), "select 1");
+        assert_eq!(r.next().await.unwrap().unwrap().tag, b'S');
+        assert!(r.next().await.unwrap().is_none());
+        let huge = [b'Q', 0x40, 0, 0, 0];
+        let mut r = FrameReader::new(&huge[..], 1024);
+        assert!(matches!(r.next().await, Err(FrameError::BadLength { .. })));
+        let trunc = [b'Q', 0, 0, 0, 10, b'x'];
+        let mut r = FrameReader::new(&trunc[..], 1024);
+        assert!(matches!(r.next().await, Err(FrameError::Truncated)));
+    }
+
+    #[test]
+    fn bind_decode_checks_lengths() {
+        // portal "", stmt "s", 1 format (binary), 1 param of declared length 100 but 2 bytes present
+        let body = [0, b's', 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 100, 1, 2];
+        assert!(BindMsg::decode(&body).is_err());
+        let ok = [0, b's', 0, 0, 0, 0, 1, 0, 0, 0, 2, b'4', b'2', 0, 0];
+        let b = BindMsg::decode(&ok).unwrap();
+        assert_eq!(b.params[0], Some(&b"42"[..]));
+        assert!(!b.is_binary(0));
+        assert_eq!(b.tail_offset, 3);
+    }
+}

@@ -1,0 +1,1128 @@
+//! The router: SQL text -> parsed, classified statements with a route each.
+//!
+//! Parsing uses pg_query (the Postgres grammar itself). The analysis is conservative:
+//! a statement goes to one shard only when every sharded table it reads or writes is
+//! pinned to a key by an equality in the top-level `WHERE`/`JOIN ON` conjuncts (directly,
+//! or through an equi-join on the shard keys of co-located tables); it scatters to all
+//! shards only where concatenating the per-shard results equals the single-Postgres
+//! answer; anything else is refused with an error that names the construct.
+//! Plans are cached by SQL text ([`PlanCache`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use pg_query::protobuf::{self, a_const::Val, AExprKind, BoolExprType, SetOperation};
+use pg_query::{NodeEnum, NodeRef};
+
+use crate::error::ProxyError;
+use crate::keys::{key_from_binary, key_from_int, key_from_text, KeyType, KeyValue};
+use crate::shardmap::{ShardMap, TableRule};
+
+/// What a statement is, as far as session handling cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StmtKind {
+    /// A read (SELECT, VALUES, SHOW handled separately).
+    Read,
+    /// INSERT/UPDATE/DELETE/MERGE.
+    Write,
+    /// Schema change or other utility that must run on every shard.
+    Ddl,
+    /// BEGIN / START TRANSACTION.
+    Begin,
+    /// COMMIT / END (and COMMIT AND CHAIN).
+    Commit,
+    /// ROLLBACK / ABORT.
+    Rollback,
+    /// SAVEPOINT, RELEASE, ROLLBACK TO.
+    Savepoint,
+    /// A session-level SET (not LOCAL); `name` is lowercased.
+    Set {
+        /// The setting name.
+        name: String,
+    },
+    /// SET LOCAL / SET TRANSACTION: affects only the current transaction.
+    SetLocal,
+    /// RESET name.
+    Reset {
+        /// The setting name.
+        name: String,
+    },
+    /// RESET ALL.
+    ResetAll,
+    /// DISCARD ALL.
+    DiscardAll,
+    /// DEALLOCATE name / DEALLOCATE ALL (`None`).
+    Deallocate(Option<String>),
+    /// SHOW.
+    Show,
+    /// COPY ... FROM STDIN.
+    CopyIn,
+    /// Anything else that runs on one shard.
+    Other,
+}
+
+/// Where a statement goes, as far as it is known before parameters are bound.
+#[derive(Debug, Clone)]
+pub enum RouteSpec {
+    /// Touches no sharded data: any one shard answers (the session picks one).
+    Any,
+    /// One shard (unsharded tables, or keys given as literals).
+    Shard(usize),
+    /// Every shard (DDL, reference writes, keyless reads where concatenation is exact).
+    All,
+    /// Depends on Bind parameters.
+    Keys(Arc<KeyRoute>),
+    /// Refused, with the error to send.
+    Refuse(ProxyError),
+}
+
+/// A route that is decided from Bind parameters.
+#[derive(Debug, Clone)]
+pub struct KeyRoute {
+    /// Shards already fixed by literal keys.
+    pub fixed: Vec<usize>,
+    /// Parameters (0-based index) that carry shard keys, with the key type.
+    pub params: Vec<(usize, KeyType)>,
+    /// Where the statement goes when its keys land on several shards.
+    pub spread: Box<RouteSpec>,
+    /// Whether a NULL key is an error (INSERT) rather than "matches nothing".
+    pub null_is_error: bool,
+    /// Table and key column, for messages.
+    pub what: String,
+    /// The shard every key must land on (unsharded tables in the statement live there), and the table.
+    pub require: Option<(usize, String)>,
+}
+
+/// One analyzed statement.
+#[derive(Debug, Clone)]
+pub struct StmtPlan {
+    /// Kind.
+    pub kind: StmtKind,
+    /// Route.
+    pub route: RouteSpec,
+    /// Byte range of this statement in the SQL text.
+    pub span: (usize, usize),
+}
+
+/// All statements of one SQL string.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The statements, in order (empty for an empty query).
+    pub stmts: Vec<StmtPlan>,
+}
+
+impl Plan {
+    /// Whether any statement writes (or changes schema).
+    pub fn writes(&self) -> bool {
+        self.stmts
+            .iter()
+            .any(|s| matches!(s.kind, StmtKind::Write | StmtKind::Ddl | StmtKind::CopyIn))
+    }
+}
+
+/// Parses and routes `sql` against `map`.
+pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
+    let parsed = pg_query::parse(sql, 0).map_err(|e| match e {
+        pg_query::Error::Parse(m) => ProxyError::Syntax(m),
+        other => ProxyError::Syntax(format!("could not parse statement: {other}")),
+    })?;
+    let mut stmts = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for raw in &parsed.protobuf.stmts {
+        let start = raw.stmt_location.max(0) as usize;
+        let len = if raw.stmt_len == 0 {
+            sql.len().saturating_sub(start)
+        } else {
+            raw.stmt_len as usize
+        };
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            continue;
+        };
+        let (kind, route) = analyze(map, node);
+        stmts.push(StmtPlan {
+            kind,
+            route,
+            span: (start, (start + len).min(sql.len())),
+        });
+    }
+    Ok(Plan { stmts })
+}
+
+fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
+    use NodeEnum as N;
+    match node {
+        N::SelectStmt(s) => (StmtKind::Read, route_query(map, node, Some(s), false)),
+        N::InsertStmt(i) => (StmtKind::Write, route_insert(map, node, i)),
+        N::UpdateStmt(u) => {
+            if let Some(rel) = &u.relation {
+                if let Some(TableRule::Hash { key, .. }) = map.table(&rel.schemaname, &rel.relname) {
+                    let sets_key = u.target_list.iter().any(|t| {
+                        matches!(&t.node, Some(N::ResTarget(r)) if r.name.eq_ignore_ascii_case(key))
+                    });
+                    if sets_key {
+                        return (
+                            StmtKind::Write,
+                            RouteSpec::Refuse(ProxyError::Unsupported(format!(
+                                "UPDATE of shard key column {}.{key} is not supported: it would move the row to another shard",
+                                rel.relname
+                            ))),
+                        );
+                    }
+                }
+            }
+            (StmtKind::Write, route_query(map, node, None, true))
+        }
+        N::DeleteStmt(_) | N::MergeStmt(_) => (StmtKind::Write, route_query(map, node, None, true)),
+        N::TransactionStmt(t) => {
+            use protobuf::TransactionStmtKind as T;
+            let kind = match T::try_from(t.kind).unwrap_or(T::Undefined) {
+                T::TransStmtBegin | T::TransStmtStart => StmtKind::Begin,
+                T::TransStmtCommit => StmtKind::Commit,
+                T::TransStmtRollback => StmtKind::Rollback,
+                T::TransStmtSavepoint | T::TransStmtRelease | T::TransStmtRollbackTo => StmtKind::Savepoint,
+                _ => {
+                    return (
+                        StmtKind::Other,
+                        RouteSpec::Refuse(ProxyError::Unsupported(
+                            "two-phase commit commands (PREPARE TRANSACTION, COMMIT PREPARED) are reserved for the proxy".into(),
+                        )),
+                    )
+                }
+            };
+            (kind, RouteSpec::Any)
+        }
+        N::VariableSetStmt(v) => {
+            use protobuf::VariableSetKind as K;
+            let kind = match K::try_from(v.kind).unwrap_or(K::Undefined) {
+                K::VarResetAll => StmtKind::ResetAll,
+                K::VarReset => StmtKind::Reset { name: v.name.to_ascii_lowercase() },
+                _ if v.is_local || v.kind == K::VarSetMulti as i32 => StmtKind::SetLocal,
+                _ => StmtKind::Set { name: v.name.to_ascii_lowercase() },
+            };
+            (kind, RouteSpec::Any)
+        }
+        N::VariableShowStmt(_) => (StmtKind::Show, RouteSpec::Any),
+        N::DiscardStmt(d) => {
+            if d.target == protobuf::DiscardMode::DiscardAll as i32 {
+                (StmtKind::DiscardAll, RouteSpec::Any)
+            } else {
+                (StmtKind::Other, RouteSpec::Any)
+            }
+        }
+        N::DeallocateStmt(d) => {
+            (StmtKind::Deallocate(if d.isall { None } else { Some(d.name.clone()) }), RouteSpec::Any)
+        }
+        N::PrepareStmt(_) | N::ExecuteStmt(_) => (
+            StmtKind::Other,
+            RouteSpec::Refuse(ProxyError::Unsupported(
+                "SQL-level PREPARE/EXECUTE is not supported with transaction pooling; use the extended protocol (driver prepared statements)".into(),
+            )),
+        ),
+        N::ListenStmt(_) | N::UnlistenStmt(_) | N::NotifyStmt(_) => (
+            StmtKind::Other,
+            RouteSpec::Refuse(ProxyError::Unsupported(
+                "LISTEN/NOTIFY is not supported with transaction pooling".into(),
+            )),
+        ),
+        N::ExplainStmt(e) => {
+            let inner = e.query.as_ref().and_then(|q| q.node.as_ref());
+            match inner {
+                Some(q) => (StmtKind::Read, analyze(map, q).1),
+                None => (StmtKind::Read, RouteSpec::Any),
+            }
+        }
+        N::CopyStmt(c) => route_copy(map, node, c),
+        N::DoStmt(_) | N::CallStmt(_) => (StmtKind::Other, RouteSpec::Shard(map.default_shard)),
+        N::CreatedbStmt(_) | N::DropdbStmt(_) => (
+            StmtKind::Other,
+            RouteSpec::Refuse(ProxyError::Unsupported(
+                "CREATE/DROP DATABASE through the proxy is not supported; create the database on each shard".into(),
+            )),
+        ),
+        N::VacuumStmt(_) | N::CheckPointStmt(_) | N::ReindexStmt(_) | N::ClusterStmt(_) => {
+            (StmtKind::Other, RouteSpec::All)
+        }
+        // Everything else is a utility/DDL statement: it runs on every shard.
+        _ => (StmtKind::Ddl, RouteSpec::All),
+    }
+}
+
+fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtKind, RouteSpec) {
+    if c.is_program || !c.filename.is_empty() {
+        return (
+            StmtKind::Other,
+            RouteSpec::Refuse(ProxyError::Unsupported(
+                "COPY to or from a server file or program is not supported through the proxy; use STDIN/STDOUT".into(),
+            )),
+        );
+    }
+    if let Some(rel) = &c.relation {
+        let rule = map.table(&rel.schemaname, &rel.relname);
+        if c.is_from {
+            return match rule {
+                None => (StmtKind::CopyIn, RouteSpec::Shard(map.default_shard)),
+                Some(_) => (
+                    StmtKind::CopyIn,
+                    RouteSpec::Refuse(ProxyError::Unsupported(format!(
+                        "COPY FROM STDIN into sharded or reference table {} is not supported by this build yet",
+                        rel.relname
+                    ))),
+                ),
+            };
+        }
+        return match rule {
+            None => (StmtKind::Read, RouteSpec::Shard(map.default_shard)),
+            Some(TableRule::Reference) => (StmtKind::Read, RouteSpec::Any),
+            Some(_) => (StmtKind::Read, RouteSpec::All),
+        };
+    }
+    match c.query.as_ref().and_then(|q| q.node.as_ref()) {
+        Some(q) => {
+            let route = analyze(map, q).1;
+            (StmtKind::Read, route)
+        }
+        None => (StmtKind::Read, route_query(map, node, None, false)),
+    }
+}
+
+/// How a table reference is placed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Placement {
+    Hash,
+    Reference,
+    Unsharded,
+    Catalog,
+}
+
+#[derive(Debug)]
+struct TableRef<'a> {
+    name: &'a str,
+    alias: Option<&'a str>,
+    placement: Placement,
+    key: Option<(String, KeyType)>,
+}
+
+/// A value that pins a key: a literal already turned into a shard, or a parameter.
+#[derive(Debug, Clone)]
+enum KeySrc {
+    Shard(usize),
+    Param(usize, KeyType),
+    /// A literal that can never equal the key (e.g. `id = 1.5`): matches nothing.
+    Nothing,
+}
+
+fn placement(map: &ShardMap, rv: &protobuf::RangeVar) -> (Placement, Option<(String, KeyType)>) {
+    match map.table(&rv.schemaname, &rv.relname) {
+        Some(TableRule::Hash { key, key_type }) => {
+            (Placement::Hash, Some((key.clone(), *key_type)))
+        }
+        Some(TableRule::Reference) => (Placement::Reference, None),
+        None => {
+            let s = rv.schemaname.as_str();
+            if s == "pg_catalog"
+                || s == "information_schema"
+                || (s.is_empty() && rv.relname.starts_with("pg_"))
+            {
+                (Placement::Catalog, None)
+            } else {
+                (Placement::Unsharded, None)
+            }
+        }
+    }
+}
+
+/// Routes SELECT/UPDATE/DELETE (and the query part of other statements).
+fn route_query(
+    map: &ShardMap,
+    node: &NodeEnum,
+    top: Option<&protobuf::SelectStmt>,
+    is_write: bool,
+) -> RouteSpec {
+    // Every table anywhere in the statement, minus CTE names.
+    let all_nodes = node.nodes();
+    let mut cte_names: Vec<&str> = Vec::new();
+    for (n, _, _, _) in &all_nodes {
+        if let NodeRef::CommonTableExpr(c) = n {
+            cte_names.push(&c.ctename);
+        }
+    }
+    let mut any_hash = false;
+    let mut any_unsharded = false;
+    let mut any_reference_written = false;
+    let write_target = write_target(node);
+    for (n, _, _, _) in &all_nodes {
+        if let NodeRef::RangeVar(rv) = n {
+            if rv.schemaname.is_empty() && cte_names.contains(&rv.relname.as_str()) {
+                continue;
+            }
+            match placement(map, rv).0 {
+                Placement::Hash => any_hash = true,
+                Placement::Unsharded => any_unsharded = true,
+                Placement::Reference => {
+                    if write_target.map(|w| std::ptr::eq(w, *rv)).unwrap_or(false) {
+                        any_reference_written = true;
+                    }
+                }
+                Placement::Catalog => {}
+            }
+        }
+    }
+    if any_reference_written {
+        if any_hash || any_unsharded {
+            return RouteSpec::Refuse(ProxyError::Unsupported(
+                "a write to a reference table may only read reference tables".into(),
+            ));
+        }
+        return RouteSpec::All;
+    }
+    if !any_hash {
+        return if any_unsharded {
+            RouteSpec::Shard(map.default_shard)
+        } else {
+            RouteSpec::Any
+        };
+    }
+
+    // Sharded tables are involved: only the top-level FROM/target may hold them.
+    let mut refs: Vec<TableRef> = Vec::new();
+    let mut conjuncts: Vec<&protobuf::Node> = Vec::new();
+    let mut nested_ok = true;
+    let (from, where_clause): (Vec<&protobuf::Node>, Option<&protobuf::Node>) = match node {
+        NodeEnum::SelectStmt(s) => (s.from_clause.iter().collect(), s.where_clause.as_deref()),
+        NodeEnum::UpdateStmt(u) => {
+            if let Some(rv) = &u.relation {
+                push_ref(map, &mut refs, rv);
+            }
+            (u.from_clause.iter().collect(), u.where_clause.as_deref())
+        }
+        NodeEnum::DeleteStmt(d) => {
+            if let Some(rv) = &d.relation {
+                push_ref(map, &mut refs, rv);
+            }
+            (d.using_clause.iter().collect(), d.where_clause.as_deref())
+        }
+        _ => (Vec::new(), None),
+    };
+    for f in from {
+        collect_from(map, f, &mut refs, &mut conjuncts, &mut nested_ok);
+    }
+    if let Some(w) = where_clause {
+        flatten_and(w, &mut conjuncts);
+    }
+    // Sharded tables inside subqueries, CTEs or set operations are not analyzed yet.
+    let top_hash = refs
+        .iter()
+        .filter(|r| r.placement == Placement::Hash)
+        .count();
+    let total_hash = all_nodes
+        .iter()
+        .filter(|(n, _, _, _)| matches!(n, NodeRef::RangeVar(rv) if placement(map, rv).0 == Placement::Hash && !(rv.schemaname.is_empty() && cte_names.contains(&rv.relname.as_str()))))
+        .count();
+    let nested_hash = total_hash > top_hash || !nested_ok;
+    let unsharded_refs: Vec<&TableRef> = refs
+        .iter()
+        .filter(|r| r.placement == Placement::Unsharded)
+        .collect();
+
+    // Union-find over sharded refs joined on their keys.
+    let n = refs.len();
+    let mut parent: Vec<usize> = (0..n).collect();
+    let mut pins: Vec<Vec<KeySrc>> = vec![Vec::new(); n];
+    let mut bad_key: Option<ProxyError> = None;
+    for c in &conjuncts {
+        match equality(c) {
+            Some(Eq::ColConst(col, val)) => {
+                for i in matching_refs(&refs, &col) {
+                    let Some((_, ty)) = refs[i].key.clone() else {
+                        continue;
+                    };
+                    match key_src(map, ty, val) {
+                        Ok(Some(k)) => pins[i].push(k),
+                        Ok(None) => {}
+                        Err(e) => bad_key = Some(e),
+                    }
+                }
+            }
+            Some(Eq::ColIn(col, vals)) => {
+                for i in matching_refs(&refs, &col) {
+                    let Some((_, ty)) = refs[i].key.clone() else {
+                        continue;
+                    };
+                    // An IN list pins the ref only if every element is a usable key.
+                    let mut srcs = Vec::new();
+                    let mut ok = true;
+                    for v in &vals {
+                        match key_src(map, ty, v) {
+                            Ok(Some(k)) => srcs.push(k),
+                            Ok(None) => ok = false,
+                            Err(e) => bad_key = Some(e),
+                        }
+                    }
+                    if ok && !srcs.is_empty() {
+                        // Several values: every shard they land on may hold rows.
+                        pins[i].extend(srcs);
+                    }
+                }
+            }
+            Some(Eq::ColCol(a, b)) => {
+                let ia: Vec<usize> = matching_refs(&refs, &a);
+                let ib: Vec<usize> = matching_refs(&refs, &b);
+                if ia.len() == 1
+                    && ib.len() == 1
+                    && refs[ia[0]].key.is_some()
+                    && refs[ib[0]].key.is_some()
+                {
+                    let (ta, tb) = (
+                        refs[ia[0]].key.as_ref().map(|k| k.1),
+                        refs[ib[0]].key.as_ref().map(|k| k.1),
+                    );
+                    if co_located(ta, tb) {
+                        let (ra, rb) = (find(&mut parent, ia[0]), find(&mut parent, ib[0]));
+                        parent[ra] = rb;
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    if let Some(e) = bad_key {
+        return RouteSpec::Refuse(e);
+    }
+    // Group pins per join class of sharded refs.
+    let mut classes: HashMap<usize, (Vec<KeySrc>, bool)> = HashMap::new();
+    for i in 0..n {
+        if refs[i].placement != Placement::Hash {
+            continue;
+        }
+        let r = find(&mut parent, i);
+        let e = classes.entry(r).or_insert_with(|| (Vec::new(), false));
+        if !pins[i].is_empty() {
+            // Several pins on one class (IN lists, id = 1 AND id = 2) all count as shards
+            // it may touch: a superset is always correct.
+            e.0.extend(pins[i].iter().cloned());
+            e.1 = true;
+        }
+    }
+    let what = refs
+        .iter()
+        .find(|r| r.placement == Placement::Hash)
+        .map(|r| {
+            format!(
+                "{}.{}",
+                r.name,
+                r.key.as_ref().map(|k| k.0.as_str()).unwrap_or("?")
+            )
+        })
+        .unwrap_or_default();
+
+    let scatter = scatter_check(top, nested_hash, classes.len(), &unsharded_refs, is_write);
+    let all_pinned = !nested_hash && classes.values().all(|(_, pinned)| *pinned);
+    if !all_pinned {
+        return match scatter {
+            Ok(()) => RouteSpec::All,
+            Err(e) => RouteSpec::Refuse(e),
+        };
+    }
+    let mut fixed = Vec::new();
+    let mut params = Vec::new();
+    for (srcs, _) in classes.values() {
+        for src in srcs {
+            match src {
+                KeySrc::Shard(x) if !fixed.contains(x) => fixed.push(*x),
+                KeySrc::Param(i, t) => params.push((*i, *t)),
+                _ => {}
+            }
+        }
+    }
+    let spread = if classes.len() > 1 {
+        RouteSpec::Refuse(ProxyError::Unsupported(format!(
+            "join of sharded tables that are not joined on their shard keys spans shards ({what})"
+        )))
+    } else {
+        match scatter {
+            Ok(()) => RouteSpec::All,
+            Err(e) => RouteSpec::Refuse(e),
+        }
+    };
+    let require = unsharded_refs
+        .first()
+        .map(|u| (map.default_shard, u.name.to_string()));
+    let kr = KeyRoute {
+        fixed,
+        params,
+        spread: Box::new(spread),
+        null_is_error: false,
+        what,
+        require,
+    };
+    if kr.params.is_empty() {
+        resolve_fixed(&kr)
+    } else {
+        RouteSpec::Keys(Arc::new(kr))
+    }
+}
+
+/// The route once every key is known: `fixed` holds all shards the keys land on.
+fn resolve_fixed(kr: &KeyRoute) -> RouteSpec {
+    match (kr.fixed.as_slice(), &kr.require) {
+        // Every key matches nothing (NULL, 1.5 for an integer key): any shard says "no rows".
+        ([], None) => RouteSpec::Any,
+        ([], Some((d, _))) => RouteSpec::Shard(*d),
+        ([s], None) => RouteSpec::Shard(*s),
+        ([s], Some((d, _))) if s == d => RouteSpec::Shard(*s),
+        (_, Some((_, table))) => RouteSpec::Refuse(ProxyError::Unsupported(format!(
+            "statement joins unsharded table {table} (on the default shard) with sharded table {} whose key is on another shard",
+            kr.what
+        ))),
+        _ => (*kr.spread).clone(),
+    }
+}
+
+/// Resolves a parameter-dependent route with the Bind parameters.
+pub fn resolve_keys(
+    map: &ShardMap,
+    kr: &KeyRoute,
+    params: &[Option<&[u8]>],
+    is_binary: impl Fn(usize) -> bool,
+) -> RouteSpec {
+    let mut shards = kr.fixed.clone();
+    for (i, ty) in &kr.params {
+        let Some(raw) = params.get(*i) else {
+            return RouteSpec::Refuse(ProxyError::Protocol(format!(
+                "bind message supplies {} parameters, but the statement needs at least {}",
+                params.len(),
+                i + 1
+            )));
+        };
+        let Some(raw) = raw else {
+            if kr.null_is_error {
+                return RouteSpec::Refuse(ProxyError::Unsupported(format!(
+                    "shard key {} must not be NULL",
+                    kr.what
+                )));
+            }
+            continue; // key = NULL matches no row
+        };
+        let key = if is_binary(*i) {
+            key_from_binary(*ty, raw)
+        } else {
+            match std::str::from_utf8(raw) {
+                Ok(s) => key_from_text(*ty, s),
+                Err(_) => {
+                    return RouteSpec::Refuse(ProxyError::Protocol(
+                        "invalid UTF-8 in text parameter".into(),
+                    ))
+                }
+            }
+        };
+        match key {
+            Ok(k) => {
+                let s = map.hash_shard(&k);
+                if !shards.contains(&s) {
+                    shards.push(s);
+                }
+            }
+            Err(e) => return RouteSpec::Refuse(e.into()),
+        }
+    }
+    resolve_fixed(&KeyRoute {
+        fixed: shards,
+        params: Vec::new(),
+        spread: kr.spread.clone(),
+        null_is_error: kr.null_is_error,
+        what: kr.what.clone(),
+        require: kr.require.clone(),
+    })
+}
+
+fn co_located(a: Option<KeyType>, b: Option<KeyType>) -> bool {
+    let class = |t: KeyType| match t {
+        KeyType::SmallInt | KeyType::Int | KeyType::BigInt => 0,
+        KeyType::Text => 1,
+        KeyType::Uuid => 2,
+    };
+    matches!((a, b), (Some(a), Some(b)) if class(a) == class(b))
+}
+
+fn find(parent: &mut [usize], mut i: usize) -> usize {
+    while parent[i] != i {
+        parent[i] = parent[parent[i]];
+        i = parent[i];
+    }
+    i
+}
+
+/// Checks that concatenating per-shard results equals the single-Postgres answer.
+fn scatter_check(
+    top: Option<&protobuf::SelectStmt>,
+    nested_hash: bool,
+    classes: usize,
+    unsharded: &[&TableRef],
+    is_write: bool,
+) -> Result<(), ProxyError> {
+    let refuse = |what: &str| {
+        Err(ProxyError::Unsupported(format!(
+            "{what} is not supported across shards yet; add the shard key to the WHERE clause to run it on one shard"
+        )))
+    };
+    if let Some(u) = unsharded.first() {
+        return Err(ProxyError::Unsupported(format!(
+            "statement mixes unsharded table {} (on the default shard) with sharded tables but gives no shard key",
+            u.name
+        )));
+    }
+    if nested_hash {
+        return refuse("a subquery, CTE or set operation over a sharded table");
+    }
+    if classes > 1 {
+        return refuse("a join of sharded tables not on their shard keys");
+    }
+    let _ = is_write;
+    let Some(s) = top else { return Ok(()) };
+    if s.op != SetOperation::SetopNone as i32 && s.op != SetOperation::Undefined as i32 {
+        return refuse("UNION/INTERSECT/EXCEPT");
+    }
+    if !s.sort_clause.is_empty() {
+        return refuse("ORDER BY");
+    }
+    if s.limit_count.is_some() || s.limit_offset.is_some() {
+        return refuse("LIMIT/OFFSET");
+    }
+    if !s.distinct_clause.is_empty() {
+        return refuse("DISTINCT");
+    }
+    if !s.group_clause.is_empty() {
+        return refuse("GROUP BY");
+    }
+    if s.having_clause.is_some() {
+        return refuse("HAVING");
+    }
+    if !s.window_clause.is_empty() {
+        return refuse("a window function");
+    }
+    for t in &s.target_list {
+        let Some(tn) = t.node.as_ref() else { continue };
+        for (n, _, _, _) in tn.nodes() {
+            if let NodeRef::FuncCall(f) = n {
+                if f.over.is_some() {
+                    return refuse("a window function");
+                }
+                if f.agg_star
+                    || f.agg_distinct
+                    || f.agg_filter.is_some()
+                    || !f.agg_order.is_empty()
+                    || is_aggregate(&f.funcname)
+                {
+                    return refuse(&format!("aggregate {}()", func_name(&f.funcname)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn func_name(names: &[protobuf::Node]) -> String {
+    names
+        .last()
+        .and_then(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Built-in aggregate functions (pg_aggregate in Postgres 15–18), by name.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "xmlagg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "mode",
+    "percentile_cont",
+    "percentile_disc",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "any_value",
+    "range_agg",
+    "range_intersect_agg",
+    "json_agg_strict",
+    "jsonb_agg_strict",
+    "json_objectagg",
+    "json_arrayagg",
+];
+
+fn is_aggregate(names: &[protobuf::Node]) -> bool {
+    let n = func_name(names).to_ascii_lowercase();
+    AGGREGATES.contains(&n.as_str())
+}
+
+fn write_target(node: &NodeEnum) -> Option<&protobuf::RangeVar> {
+    match node {
+        NodeEnum::InsertStmt(i) => i.relation.as_ref(),
+        NodeEnum::UpdateStmt(u) => u.relation.as_ref(),
+        NodeEnum::DeleteStmt(d) => d.relation.as_ref(),
+        NodeEnum::MergeStmt(m) => m.relation.as_ref(),
+        _ => None,
+    }
+}
+
+fn push_ref<'a>(map: &ShardMap, refs: &mut Vec<TableRef<'a>>, rv: &'a protobuf::RangeVar) {
+    let (placement, key) = placement(map, rv);
+    refs.push(TableRef {
+        name: &rv.relname,
+        alias: rv.alias.as_ref().map(|a| a.aliasname.as_str()),
+        placement,
+        key,
+    });
+}
+
+fn collect_from<'a>(
+    map: &ShardMap,
+    n: &'a protobuf::Node,
+    refs: &mut Vec<TableRef<'a>>,
+    conj: &mut Vec<&'a protobuf::Node>,
+    nested_ok: &mut bool,
+) {
+    match &n.node {
+        Some(NodeEnum::RangeVar(rv)) => push_ref(map, refs, rv),
+        Some(NodeEnum::JoinExpr(j)) => {
+            if let Some(l) = &j.larg {
+                collect_from(map, l, refs, conj, nested_ok);
+            }
+            if let Some(r) = &j.rarg {
+                collect_from(map, r, refs, conj, nested_ok);
+            }
+            // Only inner-join conditions restrict rows the way WHERE does.
+            if j.jointype == protobuf::JoinType::JoinInner as i32 {
+                if let Some(q) = &j.quals {
+                    flatten_and(q, conj);
+                }
+            } else if let Some(q) = &j.quals {
+                // Outer joins: key equalities between the two sides still co-locate them.
+                let mut tmp = Vec::new();
+                flatten_and(q, &mut tmp);
+                conj.extend(
+                    tmp.into_iter()
+                        .filter(|c| matches!(equality(c), Some(Eq::ColCol(..)))),
+                );
+            }
+        }
+        _ => {} // subselects, functions: their sharded tables are counted as nested
+    }
+}
+
+fn flatten_and<'a>(n: &'a protobuf::Node, out: &mut Vec<&'a protobuf::Node>) {
+    if let Some(NodeEnum::BoolExpr(b)) = &n.node {
+        if b.boolop == BoolExprType::AndExpr as i32 {
+            for a in &b.args {
+                flatten_and(a, out);
+            }
+            return;
+        }
+    }
+    out.push(n);
+}
+
+#[derive(Debug)]
+struct Col<'a> {
+    qual: Option<&'a str>,
+    name: &'a str,
+}
+
+enum Eq<'a> {
+    ColConst(Col<'a>, &'a protobuf::Node),
+    ColIn(Col<'a>, Vec<&'a protobuf::Node>),
+    ColCol(Col<'a>, Col<'a>),
+}
+
+fn column(n: &protobuf::Node) -> Option<Col<'_>> {
+    let Some(NodeEnum::ColumnRef(c)) = &n.node else {
+        return None;
+    };
+    let names: Vec<&str> = c
+        .fields
+        .iter()
+        .filter_map(|f| match &f.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    if names.len() != c.fields.len() {
+        return None; // `t.*`
+    }
+    match names.as_slice() {
+        [c] => Some(Col {
+            qual: None,
+            name: c,
+        }),
+        [.., t, c] => Some(Col {
+            qual: Some(t),
+            name: c,
+        }),
+        _ => None,
+    }
+}
+
+fn is_value(n: &protobuf::Node) -> bool {
+    match &n.node {
+        Some(NodeEnum::AConst(_)) | Some(NodeEnum::ParamRef(_)) => true,
+        Some(NodeEnum::TypeCast(t)) => t.arg.as_deref().map(is_value).unwrap_or(false),
+        _ => false,
+    }
+}
+
+fn equality(n: &protobuf::Node) -> Option<Eq<'_>> {
+    let Some(NodeEnum::AExpr(e)) = &n.node else {
+        return None;
+    };
+    let op = e.name.last().and_then(|x| match &x.node {
+        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+        _ => None,
+    });
+    let (l, r) = (e.lexpr.as_deref()?, e.rexpr.as_deref()?);
+    if e.kind == AExprKind::AexprOp as i32 && op == Some("=") {
+        match (column(l), column(r)) {
+            (Some(a), Some(b)) => return Some(Eq::ColCol(a, b)),
+            (Some(a), None) if is_value(r) => return Some(Eq::ColConst(a, r)),
+            (None, Some(b)) if is_value(l) => return Some(Eq::ColConst(b, l)),
+            _ => return None,
+        }
+    }
+    if e.kind == AExprKind::AexprIn as i32 && op == Some("=") {
+        let col = column(l)?;
+        if let Some(NodeEnum::List(list)) = &r.node {
+            if list.items.iter().all(is_value) {
+                return Some(Eq::ColIn(col, list.items.iter().collect()));
+            }
+        }
+    }
+    None
+}
+
+fn matching_refs(refs: &[TableRef], col: &Col) -> Vec<usize> {
+    refs.iter()
+        .enumerate()
+        .filter(|(_, r)| match col.qual {
+            Some(q) => r.alias.map(|a| a == q).unwrap_or(r.name == q),
+            None => r.key.as_ref().map(|(k, _)| k == col.name).unwrap_or(false),
+        })
+        .filter(|(_, r)| {
+            r.key
+                .as_ref()
+                .map(|(k, _)| k == col.name)
+                .unwrap_or(col.qual.is_some())
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Turns a literal or parameter into a key source for a key of type `ty`.
+fn key_src(map: &ShardMap, ty: KeyType, n: &protobuf::Node) -> Result<Option<KeySrc>, ProxyError> {
+    match &n.node {
+        Some(NodeEnum::ParamRef(p)) if p.number >= 1 => {
+            Ok(Some(KeySrc::Param(p.number as usize - 1, ty)))
+        }
+        Some(NodeEnum::TypeCast(t)) => match t.arg.as_deref() {
+            Some(a) => key_src(map, ty, a),
+            None => Ok(None),
+        },
+        Some(NodeEnum::AConst(c)) => {
+            if c.isnull {
+                return Ok(Some(KeySrc::Nothing));
+            }
+            let key: Result<KeyValue, _> = match &c.val {
+                Some(Val::Ival(i)) => key_from_int(ty, i.ival as i64),
+                Some(Val::Fval(f)) => match key_from_text(ty, &f.fval) {
+                    Ok(k) => Ok(k),
+                    // `id = 1.5` is valid SQL that matches nothing; a huge integer likewise.
+                    Err(_) => return Ok(Some(KeySrc::Nothing)),
+                },
+                Some(Val::Sval(s)) => key_from_text(ty, &s.sval),
+                _ => return Ok(None),
+            };
+            Ok(Some(KeySrc::Shard(map.hash_shard(&key?))))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> RouteSpec {
+    let Some(rel) = &ins.relation else {
+        return RouteSpec::Any;
+    };
+    match map.table(&rel.schemaname, &rel.relname) {
+        Some(TableRule::Reference) => route_query(map, node, None, true),
+        None => {
+            // Unsharded target: any sharded table read would be on other shards.
+            match route_query(map, node, None, true) {
+                RouteSpec::Any | RouteSpec::Shard(_) => RouteSpec::Shard(map.default_shard),
+                _ => RouteSpec::Refuse(ProxyError::Unsupported(format!(
+                    "INSERT into unsharded table {} may not read sharded tables",
+                    rel.relname
+                ))),
+            }
+        }
+        Some(TableRule::Hash { key, key_type }) => {
+            let what = format!("{}.{key}", rel.relname);
+            let refuse = |m: String| RouteSpec::Refuse(ProxyError::Unsupported(m));
+            if ins.cols.is_empty() {
+                return refuse(format!(
+                    "INSERT into sharded table {} must name its columns so the shard key {key} can be found",
+                    rel.relname
+                ));
+            }
+            let pos = ins.cols.iter().position(|c| {
+                matches!(&c.node, Some(NodeEnum::ResTarget(r)) if r.name.eq_ignore_ascii_case(key))
+            });
+            let Some(pos) = pos else {
+                return refuse(format!(
+                    "INSERT into sharded table {} must include the shard key column {key}",
+                    rel.relname
+                ));
+            };
+            let Some(NodeEnum::SelectStmt(sel)) =
+                ins.select_stmt.as_ref().and_then(|s| s.node.as_ref())
+            else {
+                return refuse(format!(
+                    "INSERT into sharded table {} needs a VALUES list",
+                    rel.relname
+                ));
+            };
+            if sel.values_lists.is_empty() || ins.with_clause.is_some() {
+                return refuse(format!(
+                    "INSERT … SELECT into sharded table {} is not supported yet; insert rows with VALUES",
+                    rel.relname
+                ));
+            }
+            let mut fixed = Vec::new();
+            let mut params = Vec::new();
+            for row in &sel.values_lists {
+                let Some(NodeEnum::List(l)) = &row.node else {
+                    continue;
+                };
+                let Some(v) = l.items.get(pos) else {
+                    return refuse(format!(
+                        "INSERT into {}: VALUES row is missing the shard key {key}",
+                        rel.relname
+                    ));
+                };
+                if let Some(NodeEnum::AConst(c)) = &v.node {
+                    if c.isnull {
+                        return refuse(format!("shard key {what} must not be NULL"));
+                    }
+                }
+                match key_src(map, *key_type, v) {
+                    Ok(Some(KeySrc::Shard(s))) => {
+                        if !fixed.contains(&s) {
+                            fixed.push(s)
+                        }
+                    }
+                    Ok(Some(KeySrc::Param(i, t))) => params.push((i, t)),
+                    Ok(Some(KeySrc::Nothing)) | Ok(None) => {
+                        return refuse(format!(
+                            "INSERT into sharded table {}: the shard key {key} must be a literal or a parameter",
+                            rel.relname
+                        ))
+                    }
+                    Err(e) => return RouteSpec::Refuse(e),
+                }
+            }
+            // Any sharded/unsharded table read by the INSERT (RETURNING subqueries etc.)
+            match route_query(map, &NodeEnum::SelectStmt(sel.clone()), None, false) {
+                RouteSpec::Any => {}
+                _ => {
+                    return refuse(format!(
+                        "INSERT into sharded table {} may only read reference tables in its VALUES",
+                        rel.relname
+                    ))
+                }
+            }
+            let spread = RouteSpec::Refuse(ProxyError::Unsupported(format!(
+                "multi-row INSERT into {} whose rows belong to different shards is not supported yet; insert them separately",
+                rel.relname
+            )));
+            let kr = KeyRoute {
+                fixed,
+                params,
+                spread: Box::new(spread),
+                null_is_error: true,
+                what,
+                require: None,
+            };
+            if kr.params.is_empty() {
+                resolve_fixed(&kr)
+            } else {
+                RouteSpec::Keys(Arc::new(kr))
+            }
+        }
+    }
+}
+
+/// Parsed plans cached by SQL text; cleared when full (bounded memory).
+pub struct PlanCache {
+    map: RwLock<HashMap<Box<str>, Arc<Plan>>>,
+    capacity: usize,
+}
+
+/// Longest SQL text that is cached (longer ones are parsed each time).
+const MAX_CACHED_SQL: usize = 16 * 1024;
+
+impl PlanCache {
+    /// A cache of at most `capacity` plans.
+    pub fn new(capacity: usize) -> Self {
+        PlanCache {
+            map: RwLock::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// The plan of `sql`, parsed on a miss.
+    pub fn get(&self, map: &ShardMap, sql: &str) -> Result<Arc<Plan>, ProxyError> {
+        if let Some(p) = self.map.read().get(sql) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(plan(map, sql)?);
+        if sql.len() <= MAX_CACHED_SQL {
+            let mut w = self.map.write();
+            if w.len() >= self.capacity {
+                w.clear();
+            }
+            w.insert(sql.into(), p.clone());
+        }
+        Ok(p)
+    }
+}

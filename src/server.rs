@@ -1,0 +1,461 @@
+//! The listener: accepts clients, runs the startup phase (SSL/GSSENC refusal, cancel
+//! requests, protocol negotiation, password authentication) and hands each logged-in
+//! client to a [`Session`] task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use parking_lot::Mutex;
+use rand::RngCore;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::auth::{md5_expected, ScramSecret, ScramServer};
+use crate::cancel::CancelRegistry;
+use crate::pool::ShardPool;
+use crate::protocol::{self, build, Cursor, FrameReader};
+use crate::router::PlanCache;
+use crate::session::settings::Settings;
+use crate::session::{Session, Shared};
+use crate::shardmap::{AuthMethod, ShardMap};
+
+/// How long a client may take to log in.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Plans kept in the parse cache.
+const PLAN_CACHE_CAPACITY: usize = 10_000;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding or accepting failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running proxy.
+pub struct ServerHandle {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    /// State shared by its sessions.
+    pub shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Stops accepting clients (running sessions finish on their own).
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Builds the shared state for a map.
+pub fn shared_state(map: ShardMap) -> Arc<Shared> {
+    let map = Arc::new(map);
+    let pools = map
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ShardPool::new(i, s.clone(), map.pool.clone()))
+        .collect();
+    let users = map
+        .users
+        .iter()
+        .map(|u| {
+            (
+                u.name.clone(),
+                (u.password.clone(), ScramSecret::from_password(&u.password)),
+            )
+        })
+        .collect::<HashMap<_, _>>();
+    Arc::new(Shared {
+        pools,
+        cache: PlanCache::new(PLAN_CACHE_CAPACITY),
+        cancels: CancelRegistry::default(),
+        users,
+        server_params: Mutex::new(None),
+        clients: Default::default(),
+        map,
+    })
+}
+
+/// Starts serving `map` on `listener` in the background.
+pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle, ServerError> {
+    let addr = listener.local_addr()?;
+    let shared = shared_state(map);
+    let (stop, mut stopped) = watch::channel(false);
+    let sh = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((sock, peer)) => {
+                        let sh = sh.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = handle_client(sh, sock).await {
+                                tracing::debug!(%peer, error = %e, "client session ended");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stopped.changed() => break,
+            }
+        }
+    });
+    tracing::info!(%addr, shards = shared.map.shards.len(), "shardwire listening");
+    Ok(ServerHandle { addr, stop, shared })
+}
+
+/// Why a client's startup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Socket or framing failure.
+    #[error("{0}")]
+    Frame(#[from] protocol::FrameError),
+    /// Socket failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The client was refused (and told why).
+    #[error("{0}")]
+    Refused(String),
+    /// The session ended.
+    #[error("{0}")]
+    Session(#[from] crate::session::SessionEnd),
+}
+
+struct ClientGuard(Arc<Shared>);
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), StartupError> {
+    sock.set_nodelay(true)?;
+    let (r, mut w) = sock.into_split();
+    let mut reader = FrameReader::new(r, shared.map.max_message_size);
+    let startup =
+        tokio::time::timeout(STARTUP_TIMEOUT, startup(&shared, &mut reader, &mut w)).await;
+    let settings = match startup {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            let mut out = BytesMut::new();
+            build::error(
+                &mut out,
+                "FATAL",
+                "08P01",
+                "timeout during startup and authentication",
+            );
+            let _ = w.write_all(&out).await;
+            return Ok(());
+        }
+    };
+    let n = shared.clients.fetch_add(1, Ordering::AcqRel) + 1;
+    let _guard = ClientGuard(shared.clone());
+    let mut out = BytesMut::new();
+    if n > shared.map.max_client_connections {
+        build::error(
+            &mut out,
+            "FATAL",
+            "53300",
+            "sorry, too many clients already",
+        );
+        w.write_all(&out).await?;
+        return Ok(());
+    }
+    let (pid, secret, slot) = shared.cancels.register();
+    struct Unreg(Arc<Shared>, i32, i32);
+    impl Drop for Unreg {
+        fn drop(&mut self) {
+            self.0.cancels.unregister(self.1, self.2);
+        }
+    }
+    let _unreg = Unreg(shared.clone(), pid, secret);
+    build::auth(&mut out, 0, &[]);
+    for (k, v) in server_params(&shared, &settings).await {
+        build::parameter_status(&mut out, &k, &v);
+    }
+    build::backend_key_data(&mut out, pid, secret);
+    build::ready_for_query(&mut out, b'I');
+    w.write_all(&out).await?;
+    Session::new(shared, reader, w, settings, slot)
+        .run()
+        .await?;
+    Ok(())
+}
+
+/// The ParameterStatus list a client gets: a shard's values, with the client's own settings.
+async fn server_params(shared: &Arc<Shared>, settings: &Settings) -> Vec<(String, String)> {
+    let cached = shared.server_params.lock().clone();
+    let mut params = match cached {
+        Some(p) => p,
+        None => {
+            let pool = &shared.pools[shared.map.default_shard];
+            match pool.checkout().await {
+                Ok(c) => {
+                    let p = c.params.clone();
+                    c.release();
+                    *shared.server_params.lock() = Some(p.clone());
+                    p
+                }
+                Err(_) => vec![
+                    ("server_version".into(), "15.0".into()),
+                    ("server_encoding".into(), "UTF8".into()),
+                    ("client_encoding".into(), "UTF8".into()),
+                    ("DateStyle".into(), "ISO, MDY".into()),
+                    ("TimeZone".into(), "UTC".into()),
+                    ("integer_datetimes".into(), "on".into()),
+                    ("standard_conforming_strings".into(), "on".into()),
+                ],
+            }
+        }
+    };
+    for (name, stmt) in settings.entries() {
+        if let Some(p) = params
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            // Startup values are stored as "SET name TO 'value'".
+            if let Some(v) = stmt
+                .rsplit_once(" TO '")
+                .map(|(_, v)| v.trim_end_matches('\'').replace("''", "'"))
+            {
+                p.1 = v;
+            }
+        }
+    }
+    params
+}
+
+/// Startup packets until a StartupMessage, then authentication. `None` when the
+/// connection was a cancel request or the client left.
+async fn startup(
+    shared: &Arc<Shared>,
+    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> Result<Option<Settings>, StartupError> {
+    let mut out = BytesMut::new();
+    let body = loop {
+        let Some(mut pkt) = reader.startup_packet().await? else {
+            return Ok(None);
+        };
+        if pkt.len() < 4 {
+            return Err(StartupError::Refused("short startup packet".into()));
+        }
+        let code = pkt.get_i32();
+        match code {
+            protocol::SSL_REQUEST | protocol::GSSENC_REQUEST => {
+                w.write_all(b"N").await?;
+            }
+            protocol::CANCEL_REQUEST => {
+                if pkt.len() >= 8 {
+                    let pid = pkt.get_i32();
+                    let secret = pkt.get_i32();
+                    shared.cancels.cancel(pid, secret).await;
+                }
+                return Ok(None);
+            }
+            c if c >> 16 == 3 => {
+                if c & 0xffff != 0 {
+                    // Newer minor version: answer NegotiateProtocolVersion for 3.0.
+                    let mut unknown = Vec::new();
+                    let mut cur = Cursor::new(&pkt, "StartupMessage");
+                    while let Ok(k) = cur.cstr() {
+                        if k.is_empty() {
+                            break;
+                        }
+                        if k.starts_with("_pq_.") {
+                            unknown.push(k.to_string());
+                        }
+                        let _ = cur.cstr();
+                    }
+                    let mut b = BytesMut::new();
+                    b.extend_from_slice(&[b'v', 0, 0, 0, 0]);
+                    b.extend_from_slice(&0i32.to_be_bytes());
+                    b.extend_from_slice(&(unknown.len() as i32).to_be_bytes());
+                    for u in &unknown {
+                        build::put_cstr(&mut b, u);
+                    }
+                    let len = (b.len() - 1) as i32;
+                    b[1..5].copy_from_slice(&len.to_be_bytes());
+                    out.extend_from_slice(&b);
+                }
+                break pkt;
+            }
+            other => {
+                build::error(
+                    &mut out,
+                    "FATAL",
+                    "0A000",
+                    &format!(
+                        "unsupported frontend protocol {}.{}: server supports 3.0",
+                        other >> 16,
+                        other & 0xffff
+                    ),
+                );
+                w.write_all(&out).await?;
+                return Ok(None);
+            }
+        }
+    };
+    let mut cur = Cursor::new(&body, "StartupMessage");
+    let mut user = None;
+    let mut settings = Settings::default();
+    loop {
+        let k = cur
+            .cstr()
+            .map_err(|_| StartupError::Refused("malformed startup packet".into()))?;
+        if k.is_empty() {
+            break;
+        }
+        let v = cur
+            .cstr()
+            .map_err(|_| StartupError::Refused("malformed startup packet".into()))?;
+        match k {
+            "user" => user = Some(v.to_string()),
+            "database" | "replication" | "options" => {}
+            k if k.starts_with("_pq_.") => {}
+            k => settings.set_value(k, v),
+        }
+    }
+    let Some(user) = user else {
+        build::error(
+            &mut out,
+            "FATAL",
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        );
+        w.write_all(&out).await?;
+        return Ok(None);
+    };
+    let entry = shared.users.get(&user).cloned();
+    let ok = match shared.map.auth {
+        AuthMethod::ScramSha256 => {
+            scram_login(reader, w, &mut out, entry.as_ref().map(|e| e.1.clone())).await?
+        }
+        AuthMethod::Md5 => {
+            md5_login(
+                reader,
+                w,
+                &mut out,
+                &user,
+                entry.as_ref().map(|e| e.0.as_str()),
+            )
+            .await?
+        }
+    };
+    if !ok {
+        out.clear();
+        build::error(
+            &mut out,
+            "FATAL",
+            "28P01",
+            &format!("password authentication failed for user \"{user}\""),
+        );
+        w.write_all(&out).await?;
+        return Ok(None);
+    }
+    if !out.is_empty() {
+        w.write_all(&out).await?;
+        out.clear();
+    }
+    Ok(Some(settings))
+}
+
+async fn read_password_message(
+    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+) -> Result<Option<bytes::Bytes>, StartupError> {
+    match reader.next().await? {
+        Some(f) if f.tag == b'p' => Ok(Some(f.raw.slice(5..))),
+        Some(_) => Err(StartupError::Refused("expected a password message".into())),
+        None => Ok(None),
+    }
+}
+
+async fn scram_login(
+    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    out: &mut BytesMut,
+    secret: Option<ScramSecret>,
+) -> Result<bool, StartupError> {
+    // Unknown users go through the same exchange with a random verifier, so a client
+    // cannot tell them apart from a wrong password.
+    let secret = secret.unwrap_or_else(|| {
+        let mut r = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut r);
+        ScramSecret::from_password(&format!("{r:?}"))
+    });
+    build::auth(out, 10, b"SCRAM-SHA-256\0\0");
+    w.write_all(out).await?;
+    out.clear();
+    let Some(first) = read_password_message(reader).await? else {
+        return Ok(false);
+    };
+    let mut c = Cursor::new(&first, "SASLInitialResponse");
+    let mech = c
+        .cstr()
+        .map_err(|_| StartupError::Refused("malformed SASLInitialResponse".into()))?;
+    if mech != "SCRAM-SHA-256" {
+        return Ok(false);
+    }
+    let len = c
+        .i32()
+        .map_err(|_| StartupError::Refused("malformed SASLInitialResponse".into()))?;
+    if len < 0 || len as usize != c.rest().len() {
+        return Ok(false);
+    }
+    let Ok((server, server_first)) = ScramServer::start(secret, c.rest()) else {
+        return Ok(false);
+    };
+    build::auth(out, 11, server_first.as_bytes());
+    w.write_all(out).await?;
+    out.clear();
+    let Some(fin) = read_password_message(reader).await? else {
+        return Ok(false);
+    };
+    match server.finish(&fin) {
+        Ok(server_final) => {
+            build::auth(out, 12, server_final.as_bytes());
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+async fn md5_login(
+    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    out: &mut BytesMut,
+    user: &str,
+    password: Option<&str>,
+) -> Result<bool, StartupError> {
+    let mut salt = [0u8; 4];
+    rand::thread_rng().fill_bytes(&mut salt);
+    build::auth(out, 5, &salt);
+    w.write_all(out).await?;
+    out.clear();
+    let Some(resp) = read_password_message(reader).await? else {
+        return Ok(false);
+    };
+    let given = resp.strip_suffix(&[0u8]).unwrap_or(&resp);
+    let Some(password) = password else {
+        return Ok(false);
+    };
+    Ok(given == md5_expected(user, password, salt).as_bytes())
+}

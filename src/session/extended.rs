@@ -1,0 +1,568 @@
+//! The extended query protocol: Parse/Bind/Describe/Execute/Close collected up to Sync (or
+//! Flush) and run as one unit on the shard(s) its Binds route to.
+//!
+//! Client statement names are session-local; on backends every statement is prepared under a
+//! content-addressed name (`sw_<hash of SQL and types>`), so any pooled connection can run any
+//! client's statement: a connection that lacks it gets a Parse injected in front of the Bind.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::relay::{Expect, Outcome, RelayError};
+use super::{
+    Prepared, Session, SessionEnd, SettingChange, Target, Txn, MAX_BATCH_BYTES,
+    MAX_CLIENT_STATEMENTS,
+};
+use crate::error::ProxyError;
+use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
+use crate::router::{RouteSpec, StmtKind};
+
+/// Extended-protocol messages waiting for Sync or Flush.
+#[derive(Default)]
+pub(super) struct Batch {
+    frames: Vec<Frame>,
+    bytes: usize,
+    /// After a Flush: the target the unfinished exchange runs on.
+    open: Option<Target>,
+}
+
+impl Batch {
+    /// Adds a message, bounded by [`MAX_BATCH_BYTES`].
+    pub fn push(&mut self, f: Frame) -> Result<(), SessionEnd> {
+        self.bytes += f.raw.len();
+        if self.bytes > MAX_BATCH_BYTES {
+            return Err(SessionEnd::Protocol(format!(
+                "more than {MAX_BATCH_BYTES} bytes of extended-protocol messages without Sync"
+            )));
+        }
+        self.frames.push(f);
+        Ok(())
+    }
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+    /// Drops pending messages.
+    pub fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+    }
+}
+
+enum Op {
+    Parse(Arc<Prepared>),
+    Bind(Arc<Prepared>, Frame, usize),
+    DescribeStmt(Arc<Prepared>),
+    Raw(Frame, Expect),
+    Local(Bytes),
+}
+
+fn local(tag: u8) -> Bytes {
+    let mut b = BytesMut::with_capacity(5);
+    build::empty(&mut b, tag);
+    b.freeze()
+}
+
+impl Session {
+    /// Runs the pending batch; `sync` is false for Flush.
+    pub(super) async fn run_batch(
+        &mut self,
+        batch: &mut Batch,
+        sync: bool,
+    ) -> Result<(), SessionEnd> {
+        let frames = std::mem::take(&mut batch.frames);
+        batch.bytes = 0;
+        let mut ops: Vec<Op> = Vec::with_capacity(frames.len());
+        let mut cut: Option<ProxyError> = None;
+        let mut target: Option<Target> = batch.open;
+        let mut writes = false;
+        let mut changes: Vec<(StmtKind, String)> = Vec::new();
+        for f in frames {
+            match self.prepare_op(f, &mut target, &mut writes, &mut changes) {
+                Ok(op) => ops.push(op),
+                Err(e) => {
+                    cut = Some(e);
+                    break;
+                }
+            }
+        }
+        let needs_backend = ops
+            .iter()
+            .any(|o| !matches!(o, Op::Local(_) | Op::Parse(_)));
+        if !needs_backend && batch.open.is_none() {
+            // Answer locally: ParseComplete/CloseComplete, then the error if any.
+            for op in &ops {
+                match op {
+                    Op::Parse(_) => build::empty(&mut self.out, b'1'),
+                    Op::Local(b) => self.out.extend_from_slice(b),
+                    _ => {}
+                }
+            }
+            if let Some(e) = &cut {
+                self.push_error(e);
+            }
+            if sync {
+                self.push_ready();
+            }
+            return Ok(());
+        }
+        let target = target.unwrap_or(Target::Shard(self.any_shard()));
+        if let Err(e) = self.check_write(target, writes, self.txn.status != b'I') {
+            self.push_error(&e);
+            if sync {
+                self.push_ready();
+            }
+            return Ok(());
+        }
+        let result = match target {
+            Target::Shard(s) => self.batch_one(s, ops, cut.as_ref(), sync).await,
+            Target::All => {
+                if !sync {
+                    // Scatter runs at Sync; keep nothing open.
+                    Ok(Ok(Outcome::default()))
+                } else {
+                    self.batch_all(ops, cut.as_ref()).await
+                }
+            }
+        };
+        let outcome = match result {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                self.push_error(&e);
+                if sync {
+                    self.push_ready();
+                }
+                batch.open = None;
+                self.release_if_idle(false);
+                return Ok(());
+            }
+            Err(RelayError::Client(e)) => return Err(e),
+            Err(RelayError::Backend { shard, error, .. }) => {
+                let e = self.backend_failed(shard, &error);
+                self.txn = Txn::idle();
+                self.push_error(&e);
+                if sync {
+                    self.push_ready();
+                }
+                batch.open = None;
+                return Ok(());
+            }
+        };
+        batch.open = if sync { None } else { Some(target) };
+        if sync && outcome.status != 0 {
+            let was_idle = self.txn.status == b'I';
+            for (kind, sql) in changes {
+                if outcome.error {
+                    break;
+                }
+                let ch = match kind {
+                    StmtKind::Set { name } => SettingChange::Set(name, sql),
+                    StmtKind::Reset { name } => SettingChange::Reset(name),
+                    StmtKind::ResetAll | StmtKind::DiscardAll => SettingChange::ResetAll,
+                    _ => continue,
+                };
+                if was_idle && outcome.status == b'I' {
+                    self.apply_setting(ch);
+                } else {
+                    self.txn.pending.push(ch);
+                }
+                for c in self.conns.iter_mut() {
+                    c.settings_fp = super::settings::UNKNOWN_FP;
+                }
+            }
+            if outcome.status == b'I' && self.txn.status != b'I' {
+                self.txn = Txn::idle();
+            }
+            if outcome.status != b'I' && self.txn.prelude.is_none() {
+                self.txn.prelude = Some("BEGIN".into());
+            }
+            self.txn.status = outcome.status;
+        }
+        self.release_if_idle(batch.open.is_some());
+        Ok(())
+    }
+
+    /// Decodes one message into an operation, registering statements and portals.
+    fn prepare_op(
+        &mut self,
+        f: Frame,
+        target: &mut Option<Target>,
+        writes: &mut bool,
+        changes: &mut Vec<(StmtKind, String)>,
+    ) -> Result<Op, ProxyError> {
+        let proto = |e: crate::protocol::FrameError| ProxyError::Protocol(e.to_string());
+        if self.txn.local_failed && f.tag != b'C' {
+            return Err(ProxyError::InFailedTransaction);
+        }
+        let mut merge = |t: Target, s: &Session| -> Result<(), ProxyError> {
+            match *target {
+                None => *target = Some(t),
+                Some(prev) if prev == t => {}
+                Some(prev) => {
+                    let n = |t: Target| match t {
+                        Target::Shard(i) => s.shard_name(i),
+                        Target::All => "all shards".into(),
+                    };
+                    return Err(ProxyError::Unsupported(format!(
+                        "this pipeline touches several shards ({} and {}) before one Sync; send a Sync between statements for different shards",
+                        n(prev),
+                        n(t)
+                    )));
+                }
+            }
+            Ok(())
+        };
+        match f.tag {
+            b'P' => {
+                let m = ParseMsg::decode(f.body()).map_err(proto)?;
+                let plan = self.shared.cache.get(&self.shared.map, m.query)?;
+                if plan.stmts.len() > 1 {
+                    return Err(ProxyError::Syntax(
+                        "cannot insert multiple commands into a prepared statement".into(),
+                    ));
+                }
+                if !m.name.is_empty() && self.stmts.contains_key(m.name) {
+                    return Err(ProxyError::DuplicateStatement(m.name.to_string()));
+                }
+                if self.stmts.len() >= MAX_CLIENT_STATEMENTS && !self.stmts.contains_key(m.name) {
+                    return Err(ProxyError::Limit(format!(
+                        "too many prepared statements in this session (limit {MAX_CLIENT_STATEMENTS})"
+                    )));
+                }
+                let p = Arc::new(Prepared::new(m.query, m.param_types, plan));
+                self.stmts.insert(m.name.to_string(), p.clone());
+                Ok(Op::Parse(p))
+            }
+            b'B' => {
+                let m = BindMsg::decode(f.body()).map_err(proto)?;
+                let stmt = self
+                    .stmts
+                    .get(m.statement)
+                    .cloned()
+                    .ok_or_else(|| ProxyError::NoSuchStatement(m.statement.to_string()))?;
+                let route = stmt
+                    .plan
+                    .stmts
+                    .first()
+                    .map(|s| s.route.clone())
+                    .unwrap_or(RouteSpec::Any);
+                let t = self.resolve(&route, &m.params, &|i| m.is_binary(i))?;
+                if !matches!(route, RouteSpec::Any) {
+                    merge(t, self)?;
+                }
+                self.portals.insert(m.portal.to_string(), (t, stmt.clone()));
+                let tail = m.tail_offset;
+                Ok(Op::Bind(stmt, f, tail))
+            }
+            b'D' => {
+                let (kind, name) = decode_target(f.body(), "Describe").map_err(proto)?;
+                if kind == b'S' {
+                    let stmt = self
+                        .stmts
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| ProxyError::NoSuchStatement(name.to_string()))?;
+                    Ok(Op::DescribeStmt(stmt))
+                } else {
+                    let (t, _) = self
+                        .portals
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| ProxyError::NoSuchPortal(name.to_string()))?;
+                    merge(t, self)?;
+                    Ok(Op::Raw(f, Expect::Describe))
+                }
+            }
+            b'E' => {
+                let (portal, _) = decode_execute(f.body()).map_err(proto)?;
+                let (t, stmt) = self
+                    .portals
+                    .get(portal)
+                    .cloned()
+                    .ok_or_else(|| ProxyError::NoSuchPortal(portal.to_string()))?;
+                merge(t, self)?;
+                if stmt.plan.writes() {
+                    *writes = true;
+                }
+                if let Some(st) = stmt.plan.stmts.first() {
+                    if matches!(
+                        st.kind,
+                        StmtKind::Set { .. }
+                            | StmtKind::Reset { .. }
+                            | StmtKind::ResetAll
+                            | StmtKind::DiscardAll
+                    ) {
+                        changes.push((st.kind.clone(), stmt.sql.trim().to_string()));
+                    }
+                    if matches!(st.kind, StmtKind::CopyIn) {
+                        return Err(ProxyError::Unsupported(
+                            "COPY FROM STDIN through the extended protocol is not supported; use a simple Query".into(),
+                        ));
+                    }
+                }
+                Ok(Op::Raw(f, Expect::Execute))
+            }
+            b'C' => {
+                let (kind, name) = decode_target(f.body(), "Close").map_err(proto)?;
+                if kind == b'S' {
+                    self.stmts.remove(name);
+                    Ok(Op::Local(local(b'3')))
+                } else {
+                    match self.portals.remove(name) {
+                        Some((t, _)) => {
+                            merge(t, self)?;
+                            Ok(Op::Raw(f, Expect::Close))
+                        }
+                        None => Ok(Op::Local(local(b'3'))),
+                    }
+                }
+            }
+            other => Err(ProxyError::Protocol(format!(
+                "unexpected message type {other} in a pipeline"
+            ))),
+        }
+    }
+
+    /// Runs operations on one shard.
+    async fn batch_one(
+        &mut self,
+        shard: usize,
+        ops: Vec<Op>,
+        cut: Option<&ProxyError>,
+        sync: bool,
+    ) -> Result<Result<Outcome, ProxyError>, RelayError> {
+        let idx = match self.conn_for(shard).await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut msg = BytesMut::with_capacity(256);
+        let mut ex: VecDeque<Expect> = VecDeque::with_capacity(ops.len() + 2);
+        let mut added: Vec<Arc<Prepared>> = Vec::new();
+        {
+            let conn = &mut self.conns[idx];
+            let mut ensure = |p: &Arc<Prepared>,
+                              msg: &mut BytesMut,
+                              ex: &mut VecDeque<Expect>,
+                              conn: &mut crate::pool::PooledConn| {
+                if conn.prepared.insert(p.name_hash) {
+                    build::parse(msg, &p.backend_name, &p.sql, &p.types);
+                    ex.push_back(Expect::Parse { swallow: true });
+                    added.push(p.clone());
+                }
+            };
+            for op in ops {
+                match op {
+                    Op::Parse(p) => {
+                        if conn.prepared.contains(&p.name_hash) {
+                            ex.push_back(Expect::Local(local(b'1')));
+                        } else {
+                            ensure(&p, &mut msg, &mut ex, conn);
+                            // This Parse answers the client's own Parse.
+                            if let Some(Expect::Parse { swallow }) = ex.back_mut() {
+                                *swallow = false;
+                            }
+                        }
+                    }
+                    Op::Bind(p, f, tail) => {
+                        ensure(&p, &mut msg, &mut ex, conn);
+                        let body = f.body();
+                        let portal_end = body.iter().position(|&b| b == 0).unwrap_or(0);
+                        let portal = std::str::from_utf8(&body[..portal_end]).unwrap_or("");
+                        build::bind_renamed(&mut msg, portal, &p.backend_name, &body[tail..]);
+                        ex.push_back(Expect::Bind);
+                    }
+                    Op::DescribeStmt(p) => {
+                        ensure(&p, &mut msg, &mut ex, conn);
+                        build::target(&mut msg, b'D', b'S', &p.backend_name);
+                        ex.push_back(Expect::Describe);
+                    }
+                    Op::Raw(f, e) => {
+                        msg.extend_from_slice(&f.raw);
+                        ex.push_back(e);
+                    }
+                    Op::Local(b) => ex.push_back(Expect::Local(b)),
+                }
+            }
+        }
+        if let Some(e) = cut {
+            let mut b = BytesMut::new();
+            build::error(&mut b, "ERROR", e.sqlstate(), &e.to_string());
+            ex.push_back(Expect::Local(b.freeze()));
+            if self.txn.status != b'I' {
+                self.txn.local_failed = true;
+            }
+        }
+        if sync || cut.is_some() {
+            build::empty(&mut msg, b'S');
+            ex.push_back(Expect::Sync);
+        } else {
+            build::empty(&mut msg, b'H');
+        }
+        if let Err(error) = self.conns[idx].write_all(&msg).await {
+            return Err(RelayError::Backend {
+                shard,
+                error,
+                forwarded: false,
+            });
+        }
+        let outcome = self.relay_one(idx, ex).await?;
+        if outcome.error && !added.is_empty() {
+            self.forget_statements(idx, &added).await?;
+        }
+        if outcome.status == b'E' || (cut.is_some() && self.txn.status != b'I') {
+            // keep the failed state visible
+        }
+        Ok(Ok(outcome))
+    }
+
+    /// After an error the proxy cannot tell which injected Parses succeeded: close them all
+    /// (Close of a missing statement is not an error) so the next use re-prepares.
+    async fn forget_statements(
+        &mut self,
+        idx: usize,
+        added: &[Arc<Prepared>],
+    ) -> Result<(), RelayError> {
+        let shard = self.conns[idx].shard;
+        let mut msg = BytesMut::new();
+        let mut ex = VecDeque::new();
+        for p in added {
+            build::target(&mut msg, b'C', b'S', &p.backend_name);
+            self.conns[idx].prepared.remove(&p.name_hash);
+            ex.push_back(Expect::Close);
+        }
+        build::empty(&mut msg, b'S');
+        ex.push_back(Expect::Sync);
+        if let Err(error) = self.conns[idx].write_all(&msg).await {
+            return Err(RelayError::Backend {
+                shard,
+                error,
+                forwarded: true,
+            });
+        }
+        // Swallow the replies: they are the proxy's, not the client's.
+        let before = self.out.len();
+        let r = self.relay_one(idx, ex).await;
+        self.out.truncate(before.min(self.out.len()));
+        r.map(|_| ())
+    }
+
+    /// Runs operations on every shard and merges the replies.
+    async fn batch_all(
+        &mut self,
+        ops: Vec<Op>,
+        cut: Option<&ProxyError>,
+    ) -> Result<Result<Outcome, ProxyError>, RelayError> {
+        let n = self.shared.map.shards.len();
+        let mut idxs = Vec::with_capacity(n);
+        for s in 0..n {
+            match self.conn_for(s).await {
+                Ok(i) => idxs.push(i),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        // Statements the batch uses must exist on every connection first.
+        let mut needed: Vec<Arc<Prepared>> = Vec::new();
+        for op in &ops {
+            if let Op::Parse(p) | Op::Bind(p, _, _) | Op::DescribeStmt(p) = op {
+                if !needed.iter().any(|x| x.name_hash == p.name_hash) {
+                    needed.push(p.clone());
+                }
+            }
+        }
+        for &i in &idxs {
+            let missing: Vec<Arc<Prepared>> = needed
+                .iter()
+                .filter(|p| !self.conns[i].prepared.contains(&p.name_hash))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let mut msg = BytesMut::new();
+            let mut ex = VecDeque::new();
+            for p in &missing {
+                build::parse(&mut msg, &p.backend_name, &p.sql, &p.types);
+                ex.push_back(Expect::Parse { swallow: true });
+            }
+            build::empty(&mut msg, b'S');
+            ex.push_back(Expect::Query { hide_ready: true });
+            let shard = self.conns[i].shard;
+            if let Err(error) = self.conns[i].write_all(&msg).await {
+                return Err(RelayError::Backend {
+                    shard,
+                    error,
+                    forwarded: false,
+                });
+            }
+            let o = self.relay_one(i, ex).await?;
+            if o.error {
+                // The error was forwarded; end the exchange like Postgres would.
+                if self.txn.status != b'I' {
+                    self.txn.status = b'E';
+                }
+                return Ok(Ok(Outcome {
+                    status: o.status,
+                    error: true,
+                }));
+            }
+            for p in &missing {
+                self.conns[i].prepared.insert(p.name_hash);
+            }
+        }
+        let mut msg = BytesMut::with_capacity(256);
+        let mut seen_backend_op = false;
+        for op in ops {
+            match op {
+                Op::Parse(_) | Op::Local(_) if seen_backend_op => {
+                    return Ok(Err(ProxyError::Unsupported(
+                        "in a pipeline that runs on all shards, Parse and Close of statements must come before Bind/Execute".into(),
+                    )))
+                }
+                Op::Parse(_) => build::empty(&mut self.out, b'1'),
+                Op::Local(b) => self.out.extend_from_slice(&b),
+                Op::Bind(p, f, tail) => {
+                    seen_backend_op = true;
+                    let body = f.body();
+                    let portal_end = body.iter().position(|&b| b == 0).unwrap_or(0);
+                    let portal = std::str::from_utf8(&body[..portal_end]).unwrap_or("");
+                    build::bind_renamed(&mut msg, portal, &p.backend_name, &body[tail..]);
+                }
+                Op::DescribeStmt(p) => {
+                    seen_backend_op = true;
+                    build::target(&mut msg, b'D', b'S', &p.backend_name);
+                }
+                Op::Raw(f, _) => {
+                    seen_backend_op = true;
+                    msg.extend_from_slice(&f.raw);
+                }
+            }
+        }
+        build::empty(&mut msg, b'S');
+        for &i in &idxs {
+            let shard = self.conns[i].shard;
+            if let Err(error) = self.conns[i].write_all(&msg).await {
+                return Err(RelayError::Backend {
+                    shard,
+                    error,
+                    forwarded: false,
+                });
+            }
+        }
+        let hide = cut.is_some();
+        let mut o = self.relay_all(&idxs, hide).await?;
+        if let Some(e) = cut {
+            if !o.error {
+                build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());
+                o.error = true;
+                if o.status == b'T' {
+                    o.status = b'E';
+                    self.txn.local_failed = true;
+                }
+            }
+            build::ready_for_query(&mut self.out, o.status);
+        }
+        Ok(Ok(o))
+    }
+}

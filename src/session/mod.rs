@@ -1,0 +1,436 @@
+//! One client session: the task that owns a client socket, its session state (settings,
+//! prepared statements, transaction) and the backend connections it holds while a
+//! transaction (or a single statement outside one) runs.
+
+mod extended;
+mod relay;
+pub mod settings;
+mod simple;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::auth::ScramSecret;
+use crate::cancel::{CancelRegistry, CancelSlot, CancelTarget};
+use crate::error::ProxyError;
+use crate::pool::{PooledConn, ShardPool};
+use crate::protocol::{build, FrameError, FrameReader};
+use crate::router::{resolve_keys, Plan, PlanCache, RouteSpec};
+use crate::shardmap::ShardMap;
+use settings::Settings;
+
+/// Most prepared statements kept per backend connection before they are all deallocated.
+pub const MAX_PREPARED_PER_CONN: usize = 1000;
+/// Most prepared statements a client may hold.
+pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
+/// Most bytes of extended-protocol messages buffered before a Sync/Flush.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// Output buffered for the client before it is written out.
+const OUT_FLUSH_AT: usize = 64 * 1024;
+
+/// State shared by every session of one proxy.
+pub struct Shared {
+    /// The routing map.
+    pub map: Arc<ShardMap>,
+    /// One pool per shard, in map order.
+    pub pools: Vec<Arc<ShardPool>>,
+    /// Parsed plans by SQL text.
+    pub cache: PlanCache,
+    /// Cancel keys handed to clients.
+    pub cancels: CancelRegistry,
+    /// SCRAM verifiers and passwords by user name.
+    pub users: HashMap<String, (String, ScramSecret)>,
+    /// ParameterStatus values learned from a shard, sent to clients at login.
+    pub server_params: Mutex<Option<Vec<(String, String)>>>,
+    /// Connected clients.
+    pub clients: AtomicUsize,
+}
+
+/// A resolved destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// One shard.
+    Shard(usize),
+    /// Every shard.
+    All,
+}
+
+/// Why a session ends.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    /// The client went away or the socket failed.
+    #[error("client connection: {0}")]
+    Client(#[from] std::io::Error),
+    /// The client broke the protocol; it was told why.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl From<FrameError> for SessionEnd {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Io(io) => SessionEnd::Client(io),
+            other => SessionEnd::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// A prepared statement as the client named it.
+#[derive(Debug)]
+pub struct Prepared {
+    /// SQL text.
+    pub sql: String,
+    /// Declared parameter types.
+    pub types: Vec<u32>,
+    /// Routing plan.
+    pub plan: Arc<Plan>,
+    /// Name used on backends: content-addressed, so every pooled connection agrees.
+    pub backend_name: String,
+    /// Hash behind `backend_name` (what backend connections remember).
+    pub name_hash: u64,
+}
+
+impl Prepared {
+    fn new(sql: &str, types: Vec<u32>, plan: Arc<Plan>) -> Self {
+        let mut h = Vec::with_capacity(sql.len() + types.len() * 4);
+        h.extend_from_slice(sql.as_bytes());
+        for t in &types {
+            h.extend_from_slice(&t.to_be_bytes());
+        }
+        let name_hash = xxhash_rust::xxh3::xxh3_64(&h);
+        Prepared {
+            sql: sql.to_string(),
+            types,
+            plan,
+            backend_name: format!("sw_{name_hash:016x}"),
+            name_hash,
+        }
+    }
+}
+
+/// Transaction state as the client sees it.
+#[derive(Debug)]
+struct Txn {
+    /// `I`, `T` or `E`.
+    status: u8,
+    /// The BEGIN text to start the transaction on shards it reaches later.
+    prelude: Option<String>,
+    /// Where the transaction wrote.
+    written: Option<Target>,
+    /// The proxy refused a statement: the transaction is failed until ROLLBACK.
+    local_failed: bool,
+    /// Settings changes made inside the transaction, applied at COMMIT.
+    pending: Vec<SettingChange>,
+}
+
+#[derive(Debug, Clone)]
+enum SettingChange {
+    Set(String, String),
+    Reset(String),
+    ResetAll,
+}
+
+impl Txn {
+    fn idle() -> Self {
+        Txn {
+            status: b'I',
+            prelude: None,
+            written: None,
+            local_failed: false,
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// One client connection after login.
+pub struct Session {
+    shared: Arc<Shared>,
+    reader: FrameReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    out: BytesMut,
+    settings: Settings,
+    stmts: HashMap<String, Arc<Prepared>>,
+    portals: HashMap<String, (Target, Arc<Prepared>)>,
+    conns: Vec<PooledConn>,
+    txn: Txn,
+    cancel_slot: CancelSlot,
+    session_mode: bool,
+}
+
+impl Session {
+    /// A session for a logged-in client.
+    pub fn new(
+        shared: Arc<Shared>,
+        reader: FrameReader<OwnedReadHalf>,
+        writer: OwnedWriteHalf,
+        settings: Settings,
+        cancel_slot: CancelSlot,
+    ) -> Self {
+        let session_mode = shared.map.pool.session_mode;
+        Session {
+            shared,
+            reader,
+            writer,
+            out: BytesMut::with_capacity(16 * 1024),
+            settings,
+            stmts: HashMap::new(),
+            portals: HashMap::new(),
+            conns: Vec::new(),
+            txn: Txn::idle(),
+            cancel_slot,
+            session_mode,
+        }
+    }
+
+    /// Serves the client until it leaves.
+    pub async fn run(mut self) -> Result<(), SessionEnd> {
+        let result = self.serve().await;
+        // Connections still held belong to an open transaction or an unfinished
+        // exchange: closing them makes the shard roll back.
+        self.conns.clear();
+        if let Err(SessionEnd::Protocol(m)) = &result {
+            self.out.clear();
+            build::error(&mut self.out, "FATAL", "08P01", m);
+            let _ = self.writer.write_all(&self.out).await;
+        }
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), SessionEnd> {
+        let mut batch = extended::Batch::default();
+        loop {
+            if !self.out.is_empty() && !self.reader.has_frame() {
+                self.flush().await?;
+            }
+            let Some(frame) = self.reader.next().await? else {
+                return Ok(());
+            };
+            match frame.tag {
+                b'Q' => {
+                    if !batch.is_empty() {
+                        // A Query ends any unfinished extended exchange like Postgres does: the
+                        // pending messages are discarded with the statement they belonged to.
+                        batch.clear();
+                    }
+                    let sql = crate::protocol::decode_query(frame.body())?.to_string();
+                    self.simple_query(&sql).await?;
+                }
+                b'P' | b'B' | b'D' | b'E' | b'C' => {
+                    batch.push(frame)?;
+                }
+                b'S' => self.run_batch(&mut batch, true).await?,
+                b'H' => self.run_batch(&mut batch, false).await?,
+                b'X' => return Ok(()),
+                // CopyData/CopyDone/CopyFail outside COPY are ignored, as Postgres does.
+                b'd' | b'c' | b'f' => {}
+                other => {
+                    return Err(SessionEnd::Protocol(format!(
+                        "invalid frontend message type {}",
+                        other
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Writes buffered output to the client.
+    async fn flush(&mut self) -> Result<(), SessionEnd> {
+        if !self.out.is_empty() {
+            self.writer.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn maybe_flush(&mut self) -> Result<(), SessionEnd> {
+        if self.out.len() >= OUT_FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues an ErrorResponse; inside a transaction it fails the transaction, as in Postgres.
+    fn push_error(&mut self, e: &ProxyError) {
+        build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());
+        if self.txn.status != b'I' {
+            self.txn.status = b'E';
+            self.txn.local_failed = true;
+        }
+    }
+
+    /// Queues ReadyForQuery with the current status.
+    fn push_ready(&mut self) {
+        build::ready_for_query(&mut self.out, self.txn.status);
+    }
+
+    fn shard_name(&self, i: usize) -> String {
+        self.shared
+            .map
+            .shards
+            .get(i)
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| format!("#{i}"))
+    }
+
+    /// The shard an "any shard" statement uses: one the transaction already holds, else the default.
+    fn any_shard(&self) -> usize {
+        if let Some(Target::Shard(s)) = self.txn.written {
+            return s;
+        }
+        self.conns
+            .first()
+            .map(|c| c.shard)
+            .unwrap_or(self.shared.map.default_shard)
+    }
+
+    /// Resolves a route (with Bind parameters where it needs them).
+    fn resolve(
+        &self,
+        route: &RouteSpec,
+        params: &[Option<&[u8]>],
+        is_binary: &dyn Fn(usize) -> bool,
+    ) -> Result<Target, ProxyError> {
+        match route {
+            RouteSpec::Any => Ok(Target::Shard(self.any_shard())),
+            RouteSpec::Shard(s) => Ok(Target::Shard(*s)),
+            RouteSpec::All => Ok(if self.shared.map.shards.len() == 1 {
+                Target::Shard(0)
+            } else {
+                Target::All
+            }),
+            RouteSpec::Refuse(e) => Err(e.clone()),
+            RouteSpec::Keys(kr) => {
+                let r = resolve_keys(&self.shared.map, kr, params, is_binary);
+                if matches!(r, RouteSpec::Keys(_)) {
+                    return Err(ProxyError::Protocol("unresolved key route".into()));
+                }
+                self.resolve(&r, params, is_binary)
+            }
+        }
+    }
+
+    /// Refuses writes that would make one transaction write on several shards.
+    fn check_write(
+        &mut self,
+        target: Target,
+        writes: bool,
+        explicit_txn: bool,
+    ) -> Result<(), ProxyError> {
+        if !writes || !explicit_txn {
+            return Ok(());
+        }
+        let names = |s: &Session, t: Target| match t {
+            Target::Shard(i) => s.shard_name(i),
+            Target::All => "all shards".to_string(),
+        };
+        match (self.txn.written, target) {
+            (None, t) if t == Target::All && self.shared.map.shards.len() > 1 => Err(ProxyError::Unsupported(
+                "a transaction that writes on several shards is refused: atomic multi-shard commit is not supported yet; run this statement outside the transaction block".into(),
+            )),
+            (None, t) => {
+                self.txn.written = Some(t);
+                Ok(())
+            }
+            (Some(w), t) if w == t => Ok(()),
+            (Some(w), t) => Err(ProxyError::Unsupported(format!(
+                "a transaction that writes on several shards is refused: it already wrote on {} and this statement writes on {}; atomic multi-shard commit is not supported yet",
+                names(self, w),
+                names(self, t)
+            ))),
+        }
+    }
+
+    /// The index in `self.conns` of a connection to `shard`, checking one out (and bringing it to
+    /// the client's settings and transaction) when the session does not hold one yet.
+    async fn conn_for(&mut self, shard: usize) -> Result<usize, ProxyError> {
+        if let Some(i) = self.conns.iter().position(|c| c.shard == shard) {
+            return Ok(i);
+        }
+        let pool = self
+            .shared
+            .pools
+            .get(shard)
+            .cloned()
+            .ok_or_else(|| ProxyError::Protocol(format!("no shard #{shard}")))?;
+        let mut conn = pool.checkout().await?;
+        let lost = |e: crate::backend::BackendError, name: String| ProxyError::ShardUnavailable {
+            shard: name,
+            reason: e.to_string(),
+        };
+        if conn.prepared.len() > MAX_PREPARED_PER_CONN {
+            conn.run_simple("DEALLOCATE ALL")
+                .await
+                .map_err(|e| lost(e, pool.info.name.clone()))?;
+            conn.prepared.clear();
+        }
+        if conn.settings_fp != self.settings.fingerprint() {
+            let sql = self.settings.replay_sql();
+            let (err, _) = conn
+                .run_simple(&sql)
+                .await
+                .map_err(|e| lost(e, pool.info.name.clone()))?;
+            if let Some((code, msg)) = err {
+                conn.settings_fp = settings::UNKNOWN_FP;
+                conn.release();
+                return Err(ProxyError::Unsupported(format!(
+                    "could not apply this session's settings on shard {}: {msg} (SQLSTATE {code})",
+                    pool.info.name
+                )));
+            }
+            conn.settings_fp = self.settings.fingerprint();
+        }
+        if self.txn.status != b'I' {
+            let begin = self
+                .txn
+                .prelude
+                .clone()
+                .unwrap_or_else(|| "BEGIN".to_string());
+            let (err, _) = conn
+                .run_simple(&begin)
+                .await
+                .map_err(|e| lost(e, pool.info.name.clone()))?;
+            if let Some((code, msg)) = err {
+                conn.release();
+                return Err(ProxyError::Unsupported(format!(
+                    "could not start the transaction on shard {}: {msg} (SQLSTATE {code})",
+                    pool.info.name
+                )));
+            }
+        }
+        self.cancel_slot.lock().push(CancelTarget {
+            host: pool.info.host.clone(),
+            port: pool.info.port,
+            pid: conn.pid,
+            secret: conn.secret,
+        });
+        self.conns.push(conn);
+        Ok(self.conns.len() - 1)
+    }
+
+    /// Gives the held connections back when no transaction or exchange needs them.
+    fn release_if_idle(&mut self, exchange_open: bool) {
+        if self.txn.status == b'I' && !exchange_open && !self.session_mode {
+            for c in self.conns.drain(..) {
+                c.release();
+            }
+            self.cancel_slot.lock().clear();
+            self.portals.clear();
+            self.txn = Txn::idle();
+        }
+    }
+
+    /// Applies settings changes that took effect.
+    fn apply_setting(&mut self, ch: SettingChange) {
+        match ch {
+            SettingChange::Set(n, s) => self.settings.set(&n, &s),
+            SettingChange::Reset(n) => self.settings.reset(&n),
+            SettingChange::ResetAll => self.settings.clear(),
+        }
+    }
+}

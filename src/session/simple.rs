@@ -1,0 +1,413 @@
+//! The simple query protocol: one `Query` message, possibly several statements.
+
+use std::collections::VecDeque;
+
+use super::relay::{Expect, Outcome, RelayError};
+use super::{Session, SessionEnd, SettingChange, Target, Txn};
+use crate::error::ProxyError;
+use crate::protocol::build;
+use crate::router::{Plan, StmtKind};
+
+impl Session {
+    /// Handles one Query message.
+    pub(super) async fn simple_query(&mut self, sql: &str) -> Result<(), SessionEnd> {
+        let plan = match self.shared.cache.get(&self.shared.map, sql) {
+            Ok(p) => p,
+            Err(e) => {
+                self.push_error(&e);
+                self.push_ready();
+                return Ok(());
+            }
+        };
+        if plan.stmts.is_empty() {
+            build::empty(&mut self.out, b'I');
+            self.push_ready();
+            return Ok(());
+        }
+        if plan.stmts.len() == 1 {
+            let kind = plan.stmts[0].kind.clone();
+            if self.local_statement(&kind, sql).await? {
+                return Ok(());
+            }
+        }
+        if self.txn.local_failed {
+            self.push_error(&ProxyError::InFailedTransaction);
+            self.push_ready();
+            return Ok(());
+        }
+        match self.simple_target(&plan) {
+            Ok(Some(target)) => self.run_simple(&plan, sql, target, false).await.map(|_| ()),
+            Ok(None) => self.run_split(&plan, sql).await,
+            Err(e) => {
+                self.push_error(&e);
+                self.push_ready();
+                Ok(())
+            }
+        }
+    }
+
+    /// One target for the whole string, `None` when its statements need different shards
+    /// (and may run one by one), or the error to report.
+    fn simple_target(&mut self, plan: &Plan) -> Result<Option<Target>, ProxyError> {
+        let mut target: Option<Target> = None;
+        let mut split = false;
+        for st in &plan.stmts {
+            let t = self.resolve(&st.route, &[], &|_| false)?;
+            if matches!(st.route, crate::router::RouteSpec::Any) {
+                continue; // goes wherever the rest goes
+            }
+            match target {
+                None => target = Some(t),
+                Some(prev) if prev == t => {}
+                Some(_) => split = true,
+            }
+        }
+        let explicit = self.txn.status != b'I';
+        if split {
+            if plan.stmts.len() > 1
+                && (plan.writes() || plan.stmts.iter().any(|s| is_txn_control(&s.kind)))
+            {
+                return Err(ProxyError::Unsupported(
+                    "a multi-statement query that writes or controls transactions on several shards is refused; send the statements separately".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let target = target.unwrap_or(Target::Shard(self.any_shard()));
+        self.check_write(target, plan.writes(), explicit || plan.stmts.len() > 1)?;
+        Ok(Some(target))
+    }
+
+    /// Statements the proxy answers itself. Returns true when handled.
+    async fn local_statement(&mut self, kind: &StmtKind, sql: &str) -> Result<bool, SessionEnd> {
+        match kind {
+            StmtKind::Begin if self.txn.status == b'I' && self.conns.is_empty() => {
+                // Lazy BEGIN: the transaction starts on the shards its statements reach.
+                self.txn = Txn {
+                    status: b'T',
+                    prelude: Some(sql.to_string()),
+                    ..Txn::idle()
+                };
+                build::command_complete(&mut self.out, "BEGIN");
+                self.push_ready();
+                Ok(true)
+            }
+            StmtKind::Commit | StmtKind::Rollback if self.txn.status != b'I' => {
+                self.end_transaction(matches!(kind, StmtKind::Commit), sql)
+                    .await?;
+                Ok(true)
+            }
+            StmtKind::DiscardAll | StmtKind::ResetAll | StmtKind::Deallocate(_) => {
+                if matches!(kind, StmtKind::DiscardAll) && self.txn.status != b'I' {
+                    self.push_error(&ProxyError::Unsupported(
+                        "DISCARD ALL cannot run inside a transaction block".into(),
+                    ));
+                    self.push_ready();
+                    return Ok(true);
+                }
+                let tag = match kind {
+                    StmtKind::DiscardAll => {
+                        self.settings.clear();
+                        self.stmts.clear();
+                        "DISCARD ALL"
+                    }
+                    StmtKind::ResetAll => {
+                        if self.txn.status == b'I' {
+                            self.settings.clear();
+                        } else {
+                            self.txn.pending.push(SettingChange::ResetAll);
+                        }
+                        "RESET"
+                    }
+                    StmtKind::Deallocate(None) => {
+                        self.stmts.clear();
+                        "DEALLOCATE ALL"
+                    }
+                    StmtKind::Deallocate(Some(name)) => {
+                        if self.stmts.remove(name).is_none() {
+                            self.push_error(&ProxyError::NoSuchStatement(name.clone()));
+                            self.push_ready();
+                            return Ok(true);
+                        }
+                        "DEALLOCATE"
+                    }
+                    _ => unreachable!("matched above"),
+                };
+                build::command_complete(&mut self.out, tag);
+                self.push_ready();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// COMMIT/ROLLBACK of a transaction the proxy tracks.
+    async fn end_transaction(&mut self, commit: bool, sql: &str) -> Result<(), SessionEnd> {
+        let commit = commit && !self.txn.local_failed;
+        let tag = if commit { "COMMIT" } else { "ROLLBACK" };
+        if self.conns.is_empty() {
+            if commit {
+                for ch in std::mem::take(&mut self.txn.pending) {
+                    self.apply_setting(ch);
+                }
+            }
+            self.txn = Txn::idle();
+            build::command_complete(&mut self.out, tag);
+            self.push_ready();
+            return Ok(());
+        }
+        // Commit the shards that only read first, the one that wrote last; its reply is the client's.
+        let writer = match self.txn.written {
+            Some(Target::Shard(s)) => self.conns.iter().position(|c| c.shard == s),
+            _ => None,
+        };
+        let last = writer.unwrap_or(self.conns.len() - 1);
+        let text = if commit {
+            sql.to_string()
+        } else {
+            "ROLLBACK".to_string()
+        };
+        let mut order: Vec<usize> = (0..self.conns.len()).filter(|&i| i != last).collect();
+        order.push(last);
+        let mut outcome = Outcome::default();
+        for &i in &order {
+            let mut msg = bytes::BytesMut::new();
+            build::query(&mut msg, &text);
+            let shard = self.conns[i].shard;
+            if let Err(error) = self.conns[i].write_all(&msg).await {
+                let e = self.backend_failed(shard, &error);
+                self.txn = Txn::idle();
+                self.push_error(&e);
+                self.push_ready();
+                return Ok(());
+            }
+            let hide = i != last;
+            let mut ex = VecDeque::new();
+            ex.push_back(Expect::Query { hide_ready: true });
+            // Replies of the read-only shards are not shown; the writer's are.
+            let before = self.out.len();
+            match self.relay_one(i, ex).await {
+                Ok(o) => outcome = o,
+                Err(RelayError::Client(e)) => return Err(e),
+                Err(RelayError::Backend { shard, error, .. }) => {
+                    let e = self.backend_failed(shard, &error);
+                    self.txn = Txn::idle();
+                    self.push_error(&e);
+                    self.push_ready();
+                    return Ok(());
+                }
+            }
+            if hide {
+                self.out.truncate(before);
+            }
+        }
+        if commit && !outcome.error {
+            for ch in std::mem::take(&mut self.txn.pending) {
+                self.apply_setting(ch);
+            }
+        }
+        // Settings changed inside the transaction make the connections' state unknown.
+        if !self.txn.pending.is_empty() || commit {
+            for c in self.conns.iter_mut() {
+                if c.settings_fp != self.settings.fingerprint() {
+                    c.settings_fp = super::settings::UNKNOWN_FP;
+                }
+            }
+        }
+        self.txn = Txn::idle();
+        self.push_ready();
+        self.release_if_idle(false);
+        Ok(())
+    }
+
+    /// Runs the whole query string on one target; returns whether it failed.
+    async fn run_simple(
+        &mut self,
+        plan: &Plan,
+        sql: &str,
+        target: Target,
+        hide_ready: bool,
+    ) -> Result<bool, SessionEnd> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let reused = self.conns.is_empty();
+            let r = match target {
+                Target::Shard(s) => self.exec_query_one(s, sql, hide_ready).await,
+                Target::All => self.exec_query_all(sql, hide_ready).await,
+            };
+            match r {
+                Ok(Ok(outcome)) => {
+                    self.after_statements(plan, sql, outcome);
+                    return Ok(outcome.error);
+                }
+                Ok(Err(e)) => {
+                    self.push_error(&e);
+                    if !hide_ready {
+                        self.push_ready();
+                    }
+                    return Ok(true);
+                }
+                Err(RelayError::Client(e)) => return Err(e),
+                Err(RelayError::Backend {
+                    shard,
+                    error,
+                    forwarded,
+                }) => {
+                    let e = self.backend_failed(shard, &error);
+                    // A pooled connection that died while idle (shard restart) is retried once
+                    // on a fresh one, when nothing reached the client and no transaction is open.
+                    if attempt == 1 && reused && !forwarded && self.txn.status == b'I' {
+                        continue;
+                    }
+                    if self.txn.status != b'I' {
+                        self.txn = Txn::idle();
+                    }
+                    self.push_error(&e);
+                    if !hide_ready {
+                        self.push_ready();
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    async fn exec_query_one(
+        &mut self,
+        shard: usize,
+        sql: &str,
+        hide_ready: bool,
+    ) -> Result<Result<Outcome, ProxyError>, RelayError> {
+        let idx = match self.conn_for(shard).await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut msg = bytes::BytesMut::with_capacity(sql.len() + 6);
+        build::query(&mut msg, sql);
+        if let Err(error) = self.conns[idx].write_all(&msg).await {
+            return Err(RelayError::Backend {
+                shard,
+                error,
+                forwarded: false,
+            });
+        }
+        let mut ex = VecDeque::with_capacity(1);
+        ex.push_back(Expect::Query { hide_ready });
+        self.relay_one(idx, ex).await.map(Ok)
+    }
+
+    async fn exec_query_all(
+        &mut self,
+        sql: &str,
+        hide_ready: bool,
+    ) -> Result<Result<Outcome, ProxyError>, RelayError> {
+        let n = self.shared.map.shards.len();
+        let mut idxs = Vec::with_capacity(n);
+        for s in 0..n {
+            match self.conn_for(s).await {
+                Ok(i) => idxs.push(i),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        let mut msg = bytes::BytesMut::with_capacity(sql.len() + 6);
+        build::query(&mut msg, sql);
+        for &i in &idxs {
+            let shard = self.conns[i].shard;
+            if let Err(error) = self.conns[i].write_all(&msg).await {
+                return Err(RelayError::Backend {
+                    shard,
+                    error,
+                    forwarded: false,
+                });
+            }
+        }
+        self.relay_all(&idxs, hide_ready).await.map(Ok)
+    }
+
+    /// Session bookkeeping after statements ran: settings, transaction state, connection release.
+    fn after_statements(&mut self, plan: &Plan, sql: &str, outcome: Outcome) {
+        let was_idle = self.txn.status == b'I';
+        for st in &plan.stmts {
+            let text = sql.get(st.span.0..st.span.1).unwrap_or("").trim();
+            let ch = match &st.kind {
+                StmtKind::Set { name } => Some(SettingChange::Set(name.clone(), text.to_string())),
+                StmtKind::Reset { name } => Some(SettingChange::Reset(name.clone())),
+                StmtKind::ResetAll => Some(SettingChange::ResetAll),
+                StmtKind::Begin => {
+                    self.txn.prelude = Some(text.to_string());
+                    None
+                }
+                _ => None,
+            };
+            if let Some(ch) = ch {
+                if outcome.error {
+                    continue;
+                }
+                if outcome.status == b'I' && was_idle {
+                    self.apply_setting(ch);
+                    // The connection that ran it now holds exactly the client's settings.
+                    let fp = self.settings.fingerprint();
+                    for c in self.conns.iter_mut() {
+                        c.settings_fp = fp;
+                    }
+                } else {
+                    self.txn.pending.push(ch);
+                    for c in self.conns.iter_mut() {
+                        c.settings_fp = super::settings::UNKNOWN_FP;
+                    }
+                }
+            }
+        }
+        if outcome.status != 0 {
+            if outcome.status == b'I' && self.txn.status != b'I' {
+                // The string itself ended the transaction (e.g. "...; COMMIT").
+                let pending = std::mem::take(&mut self.txn.pending);
+                if !outcome.error {
+                    for ch in pending {
+                        self.apply_setting(ch);
+                    }
+                }
+                self.txn = Txn::idle();
+            }
+            self.txn.status = outcome.status;
+            if outcome.status == b'E' {
+                // The shard knows the transaction failed; it will refuse until ROLLBACK.
+            }
+        }
+        self.release_if_idle(false);
+    }
+
+    /// Runs the statements of a string one by one on their own targets (reads only).
+    async fn run_split(&mut self, plan: &Plan, sql: &str) -> Result<(), SessionEnd> {
+        let n = plan.stmts.len();
+        for (i, st) in plan.stmts.iter().enumerate() {
+            let text = sql.get(st.span.0..st.span.1).unwrap_or("");
+            let one = Plan {
+                stmts: vec![st.clone()],
+            };
+            let target = match self.resolve(&st.route, &[], &|_| false) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.push_error(&e);
+                    self.push_ready();
+                    return Ok(());
+                }
+            };
+            let failed = self.run_simple(&one, text, target, i + 1 < n).await?;
+            // Stop at the first failing statement, as Postgres does.
+            if failed && i + 1 < n {
+                self.push_ready();
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_txn_control(k: &StmtKind) -> bool {
+    matches!(
+        k,
+        StmtKind::Begin | StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint
+    )
+}
