@@ -604,7 +604,7 @@ pub fn resolve_keys(
             continue; // key = NULL matches no row
         };
         let key = if is_binary(*i) {
-            key_from_binary(*ty, raw)
+            key_from_binary(*ty, raw).map_err(|e| e.in_param(i + 1))
         } else {
             match std::str::from_utf8(raw) {
                 Ok(s) => key_from_text(*ty, s),

@@ -1,0 +1,233 @@
+//! The `shardwire` command line: serve, quickstart, check, route.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shardwire::shardmap::ShardMap;
+
+#[derive(Parser)]
+#[command(
+    name = "shardwire",
+    version,
+    about = "PostgreSQL sharding proxy and query router"
+)]
+struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing EnvFilter directive).
+    #[arg(long, global = true, default_value = "info", env = "SHARDWIRE_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy with a shard map.
+    Serve {
+        /// The shard map (YAML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Start 3 throwaway local Postgres shards and the proxy in front of them; Ctrl-C removes everything.
+    Quickstart {
+        /// The shard map to use (its shard ports are replaced by the throwaway shards').
+        #[arg(long, default_value = "config/quickstart.yaml")]
+        config: PathBuf,
+        /// Listen address (overrides the map's `listen`).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Validate a shard map and print a summary.
+    Check {
+        /// The shard map (YAML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show which shard a key goes to, and why.
+    Route {
+        /// The shard map (YAML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Table name.
+        table: String,
+        /// Key value, as SQL text.
+        key: String,
+    },
+    /// Test support: start or stop detached local clusters (used by scripts/test.sh).
+    #[command(hide = true)]
+    DevClusters {
+        /// up or down.
+        action: String,
+        /// Number of clusters for `up`.
+        #[arg(long, default_value_t = 4)]
+        count: usize,
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a line to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    // The SQL parser (the Postgres grammar, in C) recurses deeply on nested statements.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(16 * 1024 * 1024)
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))
+}
+
+fn run(cmd: Cmd) -> Result<(), String> {
+    match cmd {
+        Cmd::Check { config } => {
+            let map = ShardMap::load(&config).map_err(|e| e.to_string())?;
+            say(&format!("{} is valid\n{}", config.display(), map.summary()));
+            Ok(())
+        }
+        Cmd::Route { config, table, key } => {
+            let map = ShardMap::load(&config).map_err(|e| e.to_string())?;
+            say(&map.explain_route(&table, &key).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Cmd::Serve { config } => {
+            let map = ShardMap::load(&config).map_err(|e| e.to_string())?;
+            runtime()?.block_on(serve(map))
+        }
+        Cmd::Quickstart { config, listen } => quickstart(&config, listen),
+        Cmd::DevClusters { action, count, dir } => match action.as_str() {
+            "up" => {
+                let ports =
+                    shardwire::localpg::up_detached(count, &dir).map_err(|e| e.to_string())?;
+                let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+                say(&list.join(","));
+                Ok(())
+            }
+            "down" => shardwire::localpg::down_detached(&dir).map_err(|e| e.to_string()),
+            other => Err(format!("unknown action {other}: use up or down")),
+        },
+    }
+}
+
+async fn serve(map: ShardMap) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(&map.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", map.listen))?;
+    let handle = shardwire::server::start(map, listener)
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for_stop().await;
+    handle.shutdown();
+    Ok(())
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn quickstart(config: &Path, listen: Option<String>) -> Result<(), String> {
+    let text = match std::fs::read_to_string(config) {
+        Ok(t) => t,
+        Err(_) if config == Path::new("config/quickstart.yaml") => {
+            include_str!("../config/quickstart.yaml").to_string()
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", config.display())),
+    };
+    let mut map =
+        ShardMap::from_yaml_str(&text, &config.display().to_string()).map_err(|e| e.to_string())?;
+    if let Some(l) = listen {
+        map.listen = l;
+    }
+    let n = map.shards.len();
+    eprintln!("starting {n} throwaway Postgres shards (initdb into temp dirs)...");
+    let clusters = shardwire::localpg::start_many(n).map_err(|e| e.to_string())?;
+    for (shard, cluster) in map.shards.iter_mut().zip(&clusters) {
+        cluster
+            .psql(
+                "postgres",
+                &format!("CREATE DATABASE \"{}\"", shard.dbname.replace('"', "\"\"")),
+            )
+            .map_err(|e| e.to_string())?;
+        shard.host = "127.0.0.1".into();
+        shard.port = cluster.port;
+        shard.user = "postgres".into();
+        shard.password = None;
+        eprintln!(
+            "  shard {} -> 127.0.0.1:{} (data in {})",
+            shard.name,
+            cluster.port,
+            cluster.dir.display()
+        );
+    }
+    let user = map
+        .users
+        .first()
+        .map(|u| (u.name.clone(), u.password.clone()));
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&map.listen)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot listen on {}: {e} (pass --listen 127.0.0.1:PORT)",
+                    map.listen
+                )
+            })?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let handle = shardwire::server::start(map, listener)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some((u, p)) = user {
+            println!(
+                "shardwire is up. Connect with:\n  psql \"postgres://{u}:{p}@{}:{}/app\"",
+                addr.ip(),
+                addr.port()
+            );
+        }
+        println!("Press Ctrl-C to stop and remove the shards.");
+        wait_for_stop().await;
+        handle.shutdown();
+        Ok::<(), String>(())
+    });
+    drop(rt);
+    eprintln!("stopping shards and removing their data...");
+    drop(clusters);
+    result
+}
