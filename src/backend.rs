@@ -188,6 +188,19 @@ impl BackendConn {
         }
     }
 
+    /// Whether an idle connection has gone bad: anything readable on it (a FATAL from a shard
+    /// shutdown, or end of stream) means it must not be reused. Never waits.
+    pub fn is_stale(&mut self) -> bool {
+        if self.broken || self.reader.has_buffered() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match self.reader.get_mut().try_read(&mut probe) {
+            Ok(_) => true, // data or EOF while idle
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// Whether a complete message is already buffered (reading it will not wait).
     pub fn has_frame(&self) -> bool {
         self.reader.has_frame()

@@ -64,16 +64,23 @@ impl ShardPool {
             }
         };
         let gen = self.generation.load(Ordering::Acquire);
-        let reused = {
-            let mut idle = self.idle.lock();
-            loop {
-                match idle.pop() {
-                    Some(c) if c.generation == gen => break Some(c),
-                    Some(_) => continue, // made before a failure: drop it
-                    None => break None,
+        let reused = loop {
+            let popped = self.idle.lock().pop();
+            match popped {
+                Some(mut c) if c.generation == gen => {
+                    if c.is_stale() {
+                        // The shard closed it (restart, idle timeout): the others likely too.
+                        tracing::info!(shard = %self.info.name, "discarding stale idle connections");
+                        self.mark_failed();
+                        continue;
+                    }
+                    break Some(c);
                 }
+                Some(_) => continue, // made before a failure: drop it
+                None => break None,
             }
         };
+        let gen = self.generation.load(Ordering::Acquire);
         let conn = match reused {
             Some(c) => c,
             None => {

@@ -101,6 +101,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(Frame { tag, raw }))
     }
 
+    /// Whether any bytes are buffered.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// Whether a complete frame is already buffered.
     pub fn has_frame(&self) -> bool {
         if self.buf.len() < 5 {
