@@ -407,7 +407,7 @@ impl Session {
                 forwarded: false,
             });
         }
-        let outcome = self.relay_one(idx, ex).await?;
+        let outcome = self.relay_one(idx, ex, false).await?;
         if outcome.error && !added.is_empty() {
             self.forget_statements(idx, &added).await?;
         }
@@ -441,11 +441,8 @@ impl Session {
                 forwarded: true,
             });
         }
-        // Swallow the replies: they are the proxy's, not the client's.
-        let before = self.out.len();
-        let r = self.relay_one(idx, ex).await;
-        self.out.truncate(before.min(self.out.len()));
-        r.map(|_| ())
+        // The replies are the proxy's, not the client's.
+        self.relay_one(idx, ex, true).await.map(|_| ())
     }
 
     /// Runs operations on every shard and merges the replies.
@@ -496,7 +493,7 @@ impl Session {
                     forwarded: false,
                 });
             }
-            let o = self.relay_one(i, ex).await?;
+            let o = self.relay_one(i, ex, false).await?;
             if o.error {
                 // The error was forwarded; end the exchange like Postgres would.
                 if self.txn.status != b'I' {

@@ -85,11 +85,13 @@ fn completes(e: &Expect, tag: u8) -> bool {
 }
 
 impl Session {
-    /// Relays replies of connection `idx` until every expectation is met.
+    /// Relays replies of connection `idx` until every expectation is met. With `quiet`
+    /// nothing reaches the client (replies to requests the proxy made for itself).
     pub(super) async fn relay_one(
         &mut self,
         idx: usize,
         mut expects: VecDeque<Expect>,
+        quiet: bool,
     ) -> Result<Outcome, RelayError> {
         let mut outcome = Outcome::default();
         let mut forwarded = false;
@@ -117,11 +119,13 @@ impl Session {
                     })
                 }
             };
-            let swallow = matches!(expects.front(), Some(Expect::Parse { swallow: true }));
+            let swallow = quiet || matches!(expects.front(), Some(Expect::Parse { swallow: true }));
             match f.tag {
                 b'E' => {
                     outcome.error = true;
-                    self.out.extend_from_slice(&f.raw);
+                    if !quiet {
+                        self.out.extend_from_slice(&f.raw);
+                    }
                     // After an error the backend skips to Sync; a Query runs on to its ReadyForQuery.
                     while let Some(e) = expects.front() {
                         if matches!(e, Expect::Sync | Expect::Query { .. }) {
@@ -134,11 +138,11 @@ impl Session {
                     outcome.status = f.body().first().copied().unwrap_or(b'I');
                     let hide = matches!(expects.front(), Some(Expect::Query { hide_ready: true }));
                     expects.pop_front();
-                    if !hide {
+                    if !hide && !quiet {
                         self.out.extend_from_slice(&f.raw);
                     }
                 }
-                b'G' => {
+                b'G' if !quiet => {
                     self.out.extend_from_slice(&f.raw);
                     self.flush().await?;
                     forwarded = true;

@@ -185,8 +185,7 @@ impl Session {
             let mut ex = VecDeque::new();
             ex.push_back(Expect::Query { hide_ready: true });
             // Replies of the read-only shards are not shown; the writer's are.
-            let before = self.out.len();
-            match self.relay_one(i, ex).await {
+            match self.relay_one(i, ex, hide).await {
                 Ok(o) => outcome = o,
                 Err(RelayError::Client(e)) => return Err(e),
                 Err(RelayError::Backend { shard, error, .. }) => {
@@ -196,9 +195,6 @@ impl Session {
                     self.push_ready();
                     return Ok(());
                 }
-            }
-            if hide {
-                self.out.truncate(before);
             }
         }
         if commit && !outcome.error {
@@ -294,7 +290,7 @@ impl Session {
         }
         let mut ex = VecDeque::with_capacity(1);
         ex.push_back(Expect::Query { hide_ready });
-        self.relay_one(idx, ex).await.map(Ok)
+        self.relay_one(idx, ex, false).await.map(Ok)
     }
 
     async fn exec_query_all(
