@@ -496,9 +496,7 @@ impl Session {
             let o = self.relay_one(i, ex, false).await?;
             if o.error {
                 // The error was forwarded; end the exchange like Postgres would.
-                if self.txn.status != b'I' {
-                    self.txn.status = b'E';
-                }
+                build::ready_for_query(&mut self.out, o.status);
                 return Ok(Ok(Outcome {
                     status: o.status,
                     error: true,
