@@ -386,7 +386,6 @@ fn route_query(
     // Sharded tables are involved: only the top-level FROM/target may hold them.
     let mut refs: Vec<TableRef> = Vec::new();
     let mut conjuncts: Vec<&protobuf::Node> = Vec::new();
-    let mut nested_ok = true;
     let (from, where_clause): (Vec<&protobuf::Node>, Option<&protobuf::Node>) = match node {
         NodeEnum::SelectStmt(s) => (s.from_clause.iter().collect(), s.where_clause.as_deref()),
         NodeEnum::UpdateStmt(u) => {
@@ -404,7 +403,7 @@ fn route_query(
         _ => (Vec::new(), None),
     };
     for f in from {
-        collect_from(map, f, &mut refs, &mut conjuncts, &mut nested_ok);
+        collect_from(map, f, &mut refs, &mut conjuncts);
     }
     if let Some(w) = where_clause {
         flatten_and(w, &mut conjuncts);
@@ -418,7 +417,7 @@ fn route_query(
         .iter()
         .filter(|(n, _, _, _)| matches!(n, NodeRef::RangeVar(rv) if placement(map, rv).0 == Placement::Hash && !(rv.schemaname.is_empty() && cte_names.contains(&rv.relname.as_str()))))
         .count();
-    let nested_hash = total_hash > top_hash || !nested_ok;
+    let nested_hash = total_hash > top_hash;
     let unsharded_refs: Vec<&TableRef> = refs
         .iter()
         .filter(|r| r.placement == Placement::Unsharded)
@@ -431,7 +430,7 @@ fn route_query(
     let mut bad_key: Option<ProxyError> = None;
     for c in &conjuncts {
         match equality(c) {
-            Some(Eq::ColConst(col, val)) => {
+            Some(Eq::Const(col, val)) => {
                 for i in matching_refs(&refs, &col) {
                     let Some((_, ty)) = refs[i].key.clone() else {
                         continue;
@@ -443,7 +442,7 @@ fn route_query(
                     }
                 }
             }
-            Some(Eq::ColIn(col, vals)) => {
+            Some(Eq::In(col, vals)) => {
                 for i in matching_refs(&refs, &col) {
                     let Some((_, ty)) = refs[i].key.clone() else {
                         continue;
@@ -464,7 +463,7 @@ fn route_query(
                     }
                 }
             }
-            Some(Eq::ColCol(a, b)) => {
+            Some(Eq::Join(a, b)) => {
                 let ia: Vec<usize> = matching_refs(&refs, &a);
                 let ib: Vec<usize> = matching_refs(&refs, &b);
                 if ia.len() == 1
@@ -815,16 +814,15 @@ fn collect_from<'a>(
     n: &'a protobuf::Node,
     refs: &mut Vec<TableRef<'a>>,
     conj: &mut Vec<&'a protobuf::Node>,
-    nested_ok: &mut bool,
 ) {
     match &n.node {
         Some(NodeEnum::RangeVar(rv)) => push_ref(map, refs, rv),
         Some(NodeEnum::JoinExpr(j)) => {
             if let Some(l) = &j.larg {
-                collect_from(map, l, refs, conj, nested_ok);
+                collect_from(map, l, refs, conj);
             }
             if let Some(r) = &j.rarg {
-                collect_from(map, r, refs, conj, nested_ok);
+                collect_from(map, r, refs, conj);
             }
             // Only inner-join conditions restrict rows the way WHERE does.
             if j.jointype == protobuf::JoinType::JoinInner as i32 {
@@ -837,7 +835,7 @@ fn collect_from<'a>(
                 flatten_and(q, &mut tmp);
                 conj.extend(
                     tmp.into_iter()
-                        .filter(|c| matches!(equality(c), Some(Eq::ColCol(..)))),
+                        .filter(|c| matches!(equality(c), Some(Eq::Join(..)))),
                 );
             }
         }
@@ -863,10 +861,14 @@ struct Col<'a> {
     name: &'a str,
 }
 
+/// A top-level equality the router understands.
 enum Eq<'a> {
-    ColConst(Col<'a>, &'a protobuf::Node),
-    ColIn(Col<'a>, Vec<&'a protobuf::Node>),
-    ColCol(Col<'a>, Col<'a>),
+    /// `col = value`
+    Const(Col<'a>, &'a protobuf::Node),
+    /// `col IN (values)`
+    In(Col<'a>, Vec<&'a protobuf::Node>),
+    /// `col = col`
+    Join(Col<'a>, Col<'a>),
 }
 
 fn column(n: &protobuf::Node) -> Option<Col<'_>> {
@@ -916,9 +918,9 @@ fn equality(n: &protobuf::Node) -> Option<Eq<'_>> {
     let (l, r) = (e.lexpr.as_deref()?, e.rexpr.as_deref()?);
     if e.kind == AExprKind::AexprOp as i32 && op == Some("=") {
         match (column(l), column(r)) {
-            (Some(a), Some(b)) => return Some(Eq::ColCol(a, b)),
-            (Some(a), None) if is_value(r) => return Some(Eq::ColConst(a, r)),
-            (None, Some(b)) if is_value(l) => return Some(Eq::ColConst(b, l)),
+            (Some(a), Some(b)) => return Some(Eq::Join(a, b)),
+            (Some(a), None) if is_value(r) => return Some(Eq::Const(a, r)),
+            (None, Some(b)) if is_value(l) => return Some(Eq::Const(b, l)),
             _ => return None,
         }
     }
@@ -926,7 +928,7 @@ fn equality(n: &protobuf::Node) -> Option<Eq<'_>> {
         let col = column(l)?;
         if let Some(NodeEnum::List(list)) = &r.node {
             if list.items.iter().all(is_value) {
-                return Some(Eq::ColIn(col, list.items.iter().collect()));
+                return Some(Eq::In(col, list.items.iter().collect()));
             }
         }
     }
