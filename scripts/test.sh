@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Runs the whole shardwire test suite against real local Postgres clusters.
+#
+#   ./scripts/test.sh                      # everything (benchmarks and soak tests are #[ignore]d)
+#   ./scripts/test.sh -E 'test(harness)'   # extra arguments go to `cargo nextest run`
+#
+# What it does:
+#   1. installs what is missing (as root, with apt-get): PostgreSQL server + client (initdb,
+#      pg_ctl, psql, pgbench), libclang (the SQL parser crate needs it to build), a C compiler;
+#      and the Python driver psycopg 3 for the non-Rust driver tests;
+#   2. builds the `shardwire` binary and starts 4 throwaway Postgres clusters with it
+#      (`shardwire dev-clusters up`), removed again on exit whatever happens;
+#   3. runs `cargo nextest run --no-fail-fast` with SHARDWIRE_TEST_CLUSTERS=<their ports>,
+#      then the doc tests (only when no arguments were given).
+#
+# Environment: PG_BIN (directory of initdb/pg_ctl, optional), NEXTEST_PROFILE (default or ci),
+# CARGO_TARGET_DIR (honoured), SHARDWIRE_SKIP_INSTALL=1 (never install anything).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+APT_UPDATED=0
+apt_install() {
+    if [ "${SHARDWIRE_SKIP_INSTALL:-0}" = 1 ]; then
+        die "missing: $* (SHARDWIRE_SKIP_INSTALL=1 is set; install them yourself)"
+    fi
+    if ! is_root || ! command -v apt-get >/dev/null 2>&1; then
+        die "missing: $* — install them (Debian/Ubuntu: sudo apt-get install -y $*), or run this script as root to have it done"
+    fi
+    if [ "$APT_UPDATED" = 0 ]; then
+        log "apt-get update"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+        APT_UPDATED=1
+    fi
+    log "apt-get install -y $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
+}
+
+# The directory localpg uses (same rules): $PG_BIN, else the highest /usr/lib/postgresql/<v>/bin.
+pg_bin_dir() {
+    if [ -n "${PG_BIN:-}" ]; then
+        echo "$PG_BIN"
+        return
+    fi
+    local best="" v
+    for d in /usr/lib/postgresql/*/bin; do
+        [ -x "$d/initdb" ] || continue
+        v=$(basename "$(dirname "$d")")
+        if [ -z "$best" ] || [ "$(printf '%s\n%s\n' "$best" "$v" | sort -V | tail -n1)" = "$v" ]; then
+            best=$v
+        fi
+    done
+    if [ -n "$best" ]; then
+        echo "/usr/lib/postgresql/$best/bin"
+    fi
+}
+
+have_initdb() {
+    local bin
+    bin=$(pg_bin_dir)
+    if [ -n "$bin" ] && [ -x "$bin/initdb" ]; then return 0; fi
+    command -v initdb >/dev/null 2>&1
+}
+
+# --- 1. system packages ---------------------------------------------------------------
+if ! have_initdb; then
+    [ -n "${PG_BIN:-}" ] && die "PG_BIN=$PG_BIN has no initdb: point it at the directory holding initdb and pg_ctl, or unset it"
+    apt_install postgresql postgresql-client
+    have_initdb || die "initdb still not found after installing postgresql"
+fi
+PGBIN_DIR=$(pg_bin_dir)
+if [ -n "$PGBIN_DIR" ]; then
+    # psql, pgbench, pg_ctl for the tests that shell out to them.
+    export PATH="$PGBIN_DIR:$PATH"
+fi
+if ! command -v psql >/dev/null 2>&1; then
+    apt_install postgresql-client
+fi
+if ! command -v pgbench >/dev/null 2>&1; then
+    apt_install postgresql-contrib postgresql-client
+    command -v pgbench >/dev/null 2>&1 || die "pgbench not found after installing postgresql-contrib"
+fi
+if is_root && ! id postgres >/dev/null 2>&1; then
+    die "running as root but there is no 'postgres' user to run Postgres as: useradd --system postgres (or reinstall the postgresql package)"
+fi
+if [ -z "${LIBCLANG_PATH:-}" ] && ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+    && ! compgen -G '/usr/lib/*/libclang*.so*' >/dev/null; then
+    apt_install libclang-dev
+fi
+if ! command -v cc >/dev/null 2>&1; then
+    apt_install build-essential
+fi
+
+# --- 2. Python driver -----------------------------------------------------------------
+if ! command -v python3 >/dev/null 2>&1; then
+    apt_install python3 python3-pip
+fi
+if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
+    log "installing psycopg 3 for the Python driver tests"
+    python3 -m pip install --quiet 'psycopg[binary]>=3.1' 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]>=3.1' 2>/dev/null \
+        || { is_root && command -v apt-get >/dev/null 2>&1 && apt_install python3-psycopg; } \
+        || true
+    python3 -c 'import psycopg' >/dev/null 2>&1 \
+        || log "WARNING: psycopg 3 is not importable (pip install 'psycopg[binary]>=3.1'); the Python driver tests will fail"
+fi
+
+# --- 3. binary and shared clusters ------------------------------------------------------
+log "cargo build --bin shardwire"
+cargo build --quiet --bin shardwire
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN="$TARGET_DIR/debug/shardwire"
+[ -x "$BIN" ] || die "built binary not found at $BIN"
+
+STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/shardwire-test-XXXXXX")
+cleanup() {
+    local rc=$?
+    "$BIN" --log-level warn dev-clusters down --dir "$STATE_DIR" >&2 || log "WARNING: could not stop the test clusters (state in $STATE_DIR)"
+    rm -rf "$STATE_DIR"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log "starting 4 local Postgres clusters"
+started=$(date +%s%N)
+PORTS=$("$BIN" --log-level warn dev-clusters up --count 4 --dir "$STATE_DIR" | tail -n1)
+[[ "$PORTS" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "dev-clusters up printed '$PORTS', expected comma-separated ports"
+log "clusters up on ports $PORTS in $(( ($(date +%s%N) - started) / 1000000 )) ms"
+export SHARDWIRE_TEST_CLUSTERS=$PORTS
+
+# --- 4. tests ---------------------------------------------------------------------------
+status=0
+cargo nextest run --no-fail-fast "$@" || status=$?
+if [ "$#" = 0 ]; then
+    log "doc tests"
+    cargo test --quiet --doc || status=$?
+fi
+exit "$status"

@@ -1,0 +1,316 @@
+//! Shared integration-test harness: real Postgres shards, a reference database, and the
+//! proxy started in-process.
+//!
+//! Clusters come from `SHARDWIRE_TEST_CLUSTERS` (comma-separated ports of running clusters,
+//! user `postgres`, trust auth on 127.0.0.1; `scripts/test.sh` sets it) or, when that is
+//! unset or lists too few ports, are started for the test and removed with its [`TestEnv`].
+//! Every `TestEnv` works in fresh databases named `sw_<random hex>`, dropped on drop, so
+//! tests sharing clusters never see each other's tables.
+//!
+//! Use from a test file with `mod common;` and
+//! `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`. Tests that stop or restart
+//! a shard use [`TestEnv::new_owned`] and should have `owned` in their name (the nextest
+//! config runs those one at a time, as each starts its own clusters).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use shardwire::localpg::{self, PgCluster};
+use tokio_postgres::{Client, NoTls};
+
+/// Env var listing the ports of shared, already-running clusters.
+pub const CLUSTERS_ENV: &str = "SHARDWIRE_TEST_CLUSTERS";
+
+/// One test database: where it is.
+#[derive(Debug, Clone)]
+struct Db {
+    port: u16,
+    name: String,
+}
+
+impl Db {
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, self.name)
+    }
+}
+
+/// Shard databases plus one unsharded reference database, each on its own cluster.
+pub struct TestEnv {
+    shards: Vec<Db>,
+    reference: Db,
+    /// Clusters this env started (empty when using shared ones); index = shard index,
+    /// the last one holds the reference database.
+    owned: Vec<PgCluster>,
+    bin: PathBuf,
+}
+
+impl TestEnv {
+    /// `n_shards` shard databases (one per cluster, clusters `0..n`) plus a reference
+    /// database on cluster `n`. Uses the shared clusters from `SHARDWIRE_TEST_CLUSTERS` when
+    /// it lists at least `n + 1` ports, otherwise starts its own.
+    pub async fn new(n_shards: usize) -> TestEnv {
+        match shared_ports() {
+            Some(ports) if ports.len() > n_shards => {
+                Self::setup(ports[..=n_shards].to_vec(), Vec::new()).await
+            }
+            _ => Self::new_owned(n_shards).await,
+        }
+    }
+
+    /// Like [`TestEnv::new`], but always on clusters of its own (needed to stop/restart a
+    /// shard); they are removed when the env drops.
+    pub async fn new_owned(n_shards: usize) -> TestEnv {
+        let clusters = tokio::task::spawn_blocking(move || localpg::start_many(n_shards + 1))
+            .await
+            .expect("cluster start task panicked")
+            .unwrap_or_else(|e| panic!("cannot start local Postgres clusters: {e}"));
+        let ports = clusters.iter().map(|c| c.port).collect();
+        Self::setup(ports, clusters).await
+    }
+
+    /// An env on the given running clusters (`n_shards + 1` ports at least; the caller keeps
+    /// them alive). Its databases are dropped on drop, as with shared clusters.
+    pub async fn on_ports(ports: &[u16], n_shards: usize) -> TestEnv {
+        assert!(
+            ports.len() > n_shards,
+            "{n_shards} shards need {} clusters, got ports {ports:?}",
+            n_shards + 1
+        );
+        Self::setup(ports[..=n_shards].to_vec(), Vec::new()).await
+    }
+
+    async fn setup(ports: Vec<u16>, owned: Vec<PgCluster>) -> TestEnv {
+        let bin = localpg::pg_bin_dir().unwrap_or_else(|e| panic!("{e}"));
+        let name = format!("sw_{:016x}", rand::random::<u64>());
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, &port) in ports.iter().enumerate() {
+            let name = name.clone();
+            tasks.spawn(async move {
+                let admin =
+                    connect(&format!("postgres://postgres@127.0.0.1:{port}/postgres")).await;
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on port {port}: {e}"));
+                i
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("create database task panicked");
+        }
+        let mut dbs: Vec<Db> = ports
+            .iter()
+            .map(|&port| Db {
+                port,
+                name: name.clone(),
+            })
+            .collect();
+        let reference = dbs.pop().expect("at least one cluster");
+        TestEnv {
+            shards: dbs,
+            reference,
+            owned,
+            bin,
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<db>` of shard `i`.
+    pub fn shard_url(&self, i: usize) -> String {
+        self.shards[i].url()
+    }
+
+    /// Port of the cluster behind shard `i`.
+    pub fn shard_port(&self, i: usize) -> u16 {
+        self.shards[i].port
+    }
+
+    /// Name of the test database (the same on every cluster).
+    pub fn db_name(&self) -> &str {
+        &self.reference.name
+    }
+
+    /// A direct connection to shard `i` (its connection task is spawned).
+    pub async fn shard_client(&self, i: usize) -> Client {
+        connect(&self.shard_url(i)).await
+    }
+
+    /// A direct connection to the unsharded reference database.
+    pub async fn reference_client(&self) -> Client {
+        connect(&self.reference_url()).await
+    }
+
+    /// URL of the unsharded reference database.
+    pub fn reference_url(&self) -> String {
+        self.reference.url()
+    }
+
+    /// Runs SQL on shard `i` with `psql` (simple protocol, unaligned, no headers).
+    pub fn shard_psql(&self, i: usize, sql: &str) -> String {
+        let db = &self.shards[i];
+        localpg::psql_at(&self.bin, db.port, &db.name, sql).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Stops the cluster behind shard `i` (only for envs from [`TestEnv::new_owned`]).
+    pub fn stop_shard(&self, i: usize) {
+        self.owned_cluster(i)
+            .stop()
+            .unwrap_or_else(|e| panic!("stopping shard {i}: {e}"));
+    }
+
+    /// Starts the cluster behind shard `i` again after [`TestEnv::stop_shard`].
+    pub fn restart_shard(&self, i: usize) {
+        self.owned_cluster(i)
+            .restart()
+            .unwrap_or_else(|e| panic!("restarting shard {i}: {e}"));
+    }
+
+    fn owned_cluster(&self, i: usize) -> &PgCluster {
+        assert!(
+            !self.owned.is_empty(),
+            "stop_shard/restart_shard need clusters of the test's own: create the env with \
+             TestEnv::new_owned, not TestEnv::new (shared clusters must never be stopped)"
+        );
+        assert!(
+            i < self.shards.len(),
+            "no shard {i}: the env has {}",
+            self.shards.len()
+        );
+        &self.owned[i]
+    }
+
+    /// A complete shard map for this env: listen on 127.0.0.1:0, user `app`/`app-secret`,
+    /// shards `s0..s{n-1}`, pool size 10, 256 vnodes, `tables:` holding `tables` (YAML, one
+    /// table per line, indented here), then `extra` appended verbatim as top-level YAML.
+    pub fn shard_map_yaml(&self, tables: &str, extra: &str) -> String {
+        let mut y = String::from(
+            "listen: 127.0.0.1:0\nusers:\n  - { name: app, password: app-secret }\nshards:\n",
+        );
+        for (i, db) in self.shards.iter().enumerate() {
+            y.push_str(&format!("  - {{ name: s{i}, url: \"{}\" }}\n", db.url()));
+        }
+        y.push_str("pool: { size: 10 }\nhash: { vnodes: 256 }\n");
+        if tables.trim().is_empty() {
+            y.push_str("tables: {}\n");
+        } else {
+            y.push_str("tables:\n");
+            for line in tables.lines() {
+                if line.trim().is_empty() {
+                    y.push('\n');
+                } else {
+                    y.push_str("  ");
+                    y.push_str(line);
+                    y.push('\n');
+                }
+            }
+        }
+        if !extra.is_empty() {
+            y.push_str(extra);
+            if !extra.ends_with('\n') {
+                y.push('\n');
+            }
+        }
+        y
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if !self.owned.is_empty() {
+            return; // the clusters themselves are removed when `owned` drops
+        }
+        // Shared clusters: drop our databases (best effort, in parallel, blocking).
+        let handles: Vec<_> = self
+            .shards
+            .iter()
+            .chain(std::iter::once(&self.reference))
+            .cloned()
+            .map(|db| {
+                let bin = self.bin.clone();
+                std::thread::spawn(move || {
+                    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name);
+                    if let Err(e) = localpg::psql_at(&bin, db.port, "postgres", &sql) {
+                        eprintln!("warning: cleaning up test database: {e}");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Ports from `SHARDWIRE_TEST_CLUSTERS`, if set and non-empty.
+fn shared_ports() -> Option<Vec<u16>> {
+    let v = std::env::var(CLUSTERS_ENV).ok()?;
+    let v = v.trim();
+    if v.is_empty() {
+        return None;
+    }
+    Some(
+        v.split(',')
+            .map(|p| {
+                p.trim().parse::<u16>().unwrap_or_else(|_| {
+                    panic!("{CLUSTERS_ENV}={v:?}: expected comma-separated ports, e.g. 5433,5434")
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Connects with tokio-postgres (no TLS) and spawns the connection task.
+pub async fn connect(conninfo: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {conninfo}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// The proxy, running in this test process.
+pub struct Proxy {
+    /// Its server handle (shuts the listener down when dropped).
+    pub handle: shardwire::server::ServerHandle,
+}
+
+impl Proxy {
+    /// Starts the proxy on 127.0.0.1:0 with `env.shard_map_yaml(tables, extra)`.
+    pub async fn start(env: &TestEnv, tables: &str, extra: &str) -> Proxy {
+        let yaml = env.shard_map_yaml(tables, extra);
+        let map = shardwire::shardmap::ShardMap::from_yaml_str(&yaml, "test shard map")
+            .unwrap_or_else(|e| panic!("invalid test shard map: {e}\n--- map ---\n{yaml}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let handle = shardwire::server::start(map, listener)
+            .await
+            .unwrap_or_else(|e| panic!("starting the proxy: {e}"));
+        Proxy { handle }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.handle.addr.port()
+    }
+
+    /// `host=127.0.0.1 port=.. user=app password=app-secret dbname=app`, for tokio-postgres,
+    /// psql and psycopg.
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=app password=app-secret dbname=app",
+            self.port()
+        )
+    }
+
+    /// A tokio-postgres connection through the proxy (its connection task is spawned).
+    pub async fn client(&self) -> Client {
+        connect(&self.conninfo()).await
+    }
+}
