@@ -24,11 +24,15 @@ fn benches(c: &mut Criterion) {
     let map = ShardMap::from_yaml_str(MAP, "bench.yaml").expect("bench map is valid");
     let sql = "SELECT id, name FROM users WHERE id = 4242";
 
-    c.bench_function("parse_route_uncached", |b| b.iter(|| plan(&map, black_box(sql))));
+    c.bench_function("parse_route_uncached", |b| {
+        b.iter(|| plan(&map, black_box(sql)))
+    });
 
     let cache = PlanCache::new(1000);
     let _ = cache.get(&map, sql);
-    c.bench_function("parse_route_cached", |b| b.iter(|| cache.get(&map, black_box(sql))));
+    c.bench_function("parse_route_cached", |b| {
+        b.iter(|| cache.get(&map, black_box(sql)))
+    });
 
     c.bench_function("key_normalize_ring_lookup", |b| {
         b.iter(|| {
@@ -42,7 +46,9 @@ fn benches(c: &mut Criterion) {
         build::data_row(&mut stream, &[Some("4242"), Some("some name")]);
     }
     build::ready_for_query(&mut stream, b'I');
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     c.bench_function("frame_split_101_messages", |b| {
         b.iter(|| {
             rt.block_on(async {
