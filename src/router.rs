@@ -103,6 +103,9 @@ pub struct StmtPlan {
     pub route: RouteSpec,
     /// Byte range of this statement in the SQL text.
     pub span: (usize, usize),
+    /// Runs on every shard against identical copies (reference-table writes, DDL): the
+    /// client gets one shard's command tag, not the sum.
+    pub replicated: bool,
 }
 
 /// All statements of one SQL string.
@@ -113,6 +116,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether the statements run against identical copies on every shard (see [`StmtPlan::replicated`]).
+    pub fn replicated(&self) -> bool {
+        self.stmts.iter().any(|s| s.replicated)
+    }
+
     /// Whether any statement writes (or changes schema).
     pub fn writes(&self) -> bool {
         self.stmts
@@ -139,10 +147,13 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
             continue;
         };
         let (kind, route) = analyze(map, node);
+        let replicated = matches!(route, RouteSpec::All)
+            && (kind == StmtKind::Ddl || writes_reference(map, node));
         stmts.push(StmtPlan {
             kind,
             route,
             span: (start, (start + len).min(sql.len())),
+            replicated,
         });
     }
     Ok(Plan { stmts })
@@ -787,6 +798,18 @@ const AGGREGATES: &[&str] = &[
 fn is_aggregate(names: &[protobuf::Node]) -> bool {
     let n = func_name(names).to_ascii_lowercase();
     AGGREGATES.contains(&n.as_str())
+}
+
+/// Whether the statement writes a reference table.
+fn writes_reference(map: &ShardMap, node: &NodeEnum) -> bool {
+    write_target(node)
+        .map(|rv| {
+            matches!(
+                map.table(&rv.schemaname, &rv.relname),
+                Some(TableRule::Reference)
+            )
+        })
+        .unwrap_or(false)
 }
 
 fn write_target(node: &NodeEnum) -> Option<&protobuf::RangeVar> {

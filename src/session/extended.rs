@@ -508,6 +508,10 @@ impl Session {
         }
         let mut msg = BytesMut::with_capacity(256);
         let mut seen_backend_op = false;
+        let replicated = ops.iter().any(|op| match op {
+            Op::Bind(p, _, _) => p.plan.replicated(),
+            _ => false,
+        });
         for op in ops {
             match op {
                 Op::Parse(_) | Op::Local(_) if seen_backend_op => {
@@ -546,7 +550,7 @@ impl Session {
             }
         }
         let hide = cut.is_some();
-        let mut o = self.relay_all(&idxs, hide).await?;
+        let mut o = self.relay_all(&idxs, hide, replicated).await?;
         if let Some(e) = cut {
             if !o.error {
                 build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());

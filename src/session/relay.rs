@@ -215,10 +215,12 @@ impl Session {
 
     /// Relays replies of several connections that were sent identical requests, merging them.
     /// `locals` are replies the proxy makes for requests it answered itself; they precede the rest.
+    /// With `replicated` the shards hold identical copies and the first shard's command tag is used.
     pub(super) async fn relay_all(
         &mut self,
         idxs: &[usize],
         hide_ready: bool,
+        replicated: bool,
     ) -> Result<Outcome, RelayError> {
         let mut outcome = Outcome::default();
         let mut failed: Option<Frame> = None;
@@ -323,7 +325,7 @@ impl Session {
                     }
                     return Ok(outcome);
                 }
-                b'C' => {
+                b'C' if !replicated => {
                     let tags: Vec<&str> = boundaries
                         .iter()
                         .flatten()

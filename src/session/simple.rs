@@ -230,7 +230,10 @@ impl Session {
             let reused = self.conns.is_empty();
             let r = match target {
                 Target::Shard(s) => self.exec_query_one(s, sql, hide_ready).await,
-                Target::All => self.exec_query_all(sql, hide_ready).await,
+                Target::All => {
+                    self.exec_query_all(sql, hide_ready, plan.replicated())
+                        .await
+                }
             };
             match r {
                 Ok(Ok(outcome)) => {
@@ -297,6 +300,7 @@ impl Session {
         &mut self,
         sql: &str,
         hide_ready: bool,
+        replicated: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
         let n = self.shared.map.shards.len();
         let mut idxs = Vec::with_capacity(n);
@@ -318,7 +322,7 @@ impl Session {
                 });
             }
         }
-        self.relay_all(&idxs, hide_ready).await.map(Ok)
+        self.relay_all(&idxs, hide_ready, replicated).await.map(Ok)
     }
 
     /// Session bookkeeping after statements ran: settings, transaction state, connection release.
