@@ -99,7 +99,6 @@ impl BackendConn {
         let params = [
             ("user", info.user.as_str()),
             ("database", info.dbname.as_str()),
-            ("application_name", "shardwire"),
             ("client_encoding", "UTF8"),
         ];
         frontend::startup_message(params.iter().copied(), &mut buf)?;

@@ -57,6 +57,14 @@ pub enum ProxyError {
     /// The client exceeded a configured limit (message size, connections).
     #[error("{0}")]
     Limit(String),
+    /// A shard refused a statement the proxy ran on the client's behalf.
+    #[error("{message}")]
+    Backend {
+        /// The shard's SQLSTATE.
+        code: String,
+        /// The shard's message.
+        message: String,
+    },
 }
 
 impl ProxyError {
@@ -75,6 +83,7 @@ impl ProxyError {
             ProxyError::NoSuchPortal(_) => "34000",
             ProxyError::AuthFailed(_) => "28P01",
             ProxyError::Limit(_) => "53300",
+            ProxyError::Backend { code, .. } => code,
         }
     }
 

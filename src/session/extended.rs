@@ -88,6 +88,12 @@ impl Session {
                 }
             }
         }
+        if cut.is_some() && self.txn.status == b'I' && batch.open.is_none() {
+            // Postgres runs a pipeline outside a transaction block as one implicit transaction:
+            // an error anywhere undoes all of it. The proxy found the error before sending
+            // anything, so nothing runs at all (never a half-applied pipeline).
+            ops.clear();
+        }
         let needs_backend = ops
             .iter()
             .any(|o| !matches!(o, Op::Local(_) | Op::Parse(_)));

@@ -248,7 +248,8 @@ impl Session {
                     };
                     match f.tag {
                         b'D' | b'd' => {
-                            if failed.is_none() {
+                            // Identical copies: one copy's rows (RETURNING of a reference write).
+                            if failed.is_none() && (!replicated || k == 0) {
                                 self.out.extend_from_slice(&f.raw);
                                 self.maybe_flush().await?;
                             }

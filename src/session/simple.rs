@@ -92,6 +92,10 @@ impl Session {
                 self.push_ready();
                 Ok(true)
             }
+            StmtKind::SetLocal if self.txn.status == b'T' => {
+                self.set_local(sql).await?;
+                Ok(true)
+            }
             StmtKind::Commit | StmtKind::Rollback if self.txn.status != b'I' => {
                 self.end_transaction(matches!(kind, StmtKind::Commit), sql)
                     .await?;
@@ -139,6 +143,46 @@ impl Session {
             }
             _ => Ok(false),
         }
+    }
+
+    /// SET LOCAL / SET TRANSACTION inside a transaction: it applies to the whole transaction,
+    /// so it runs on every shard the transaction holds and joins the prelude that starts the
+    /// transaction on shards it reaches later.
+    async fn set_local(&mut self, sql: &str) -> Result<(), SessionEnd> {
+        let stmt = sql.trim().trim_end_matches(';').to_string();
+        for i in 0..self.conns.len() {
+            let shard = self.conns[i].shard;
+            match self.conns[i].run_simple(&stmt).await {
+                Ok((None, _)) => {}
+                Ok((Some((code, message)), _)) => {
+                    self.push_error(&ProxyError::Backend { code, message });
+                    self.push_ready();
+                    return Ok(());
+                }
+                Err(error) => {
+                    let e = self.backend_failed(shard, &error);
+                    self.txn = Txn::idle();
+                    self.push_error(&e);
+                    self.push_ready();
+                    return Ok(());
+                }
+            }
+        }
+        self.add_to_prelude(&stmt);
+        build::command_complete(&mut self.out, "SET");
+        self.push_ready();
+        Ok(())
+    }
+
+    fn add_to_prelude(&mut self, stmt: &str) {
+        let mut p = self
+            .txn
+            .prelude
+            .take()
+            .unwrap_or_else(|| "BEGIN".to_string());
+        p.push_str("; ");
+        p.push_str(stmt);
+        self.txn.prelude = Some(p);
     }
 
     /// COMMIT/ROLLBACK of a transaction the proxy tracks.
@@ -335,7 +379,11 @@ impl Session {
                 StmtKind::Reset { name } => Some(SettingChange::Reset(name.clone())),
                 StmtKind::ResetAll => Some(SettingChange::ResetAll),
                 StmtKind::Begin => {
-                    self.txn.prelude = Some(text.to_string());
+                    self.txn.prelude = Some(text.trim_end_matches(';').to_string());
+                    None
+                }
+                StmtKind::SetLocal if !outcome.error && outcome.status == b'T' => {
+                    self.add_to_prelude(text.trim_end_matches(';'));
                     None
                 }
                 _ => None,
