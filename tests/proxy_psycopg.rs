@@ -1,0 +1,76 @@
+//! A non-Rust driver through the proxy: psycopg 3 runs tests/py/psycopg_suite.py.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Proxy, TestEnv};
+
+const TABLES: &str = "users: { key: id, type: bigint, strategy: hash }\n";
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_suite_through_the_proxy() {
+    let probe = Command::new(python())
+        .args(["-c", "import psycopg; print(psycopg.__version__)"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; install python3", python()));
+    assert!(
+        probe.status.success(),
+        "psycopg 3 is not importable by {}: {}\ninstall it with \
+         `python3 -m pip install 'psycopg[binary]>=3.1'` (./scripts/test.sh does this)",
+        python(),
+        String::from_utf8_lossy(&probe.stderr).trim()
+    );
+
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(&env, TABLES, "").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/psycopg_suite.py");
+    let conninfo = proxy.conninfo();
+    let map =
+        shardwire::shardmap::ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
+    let same_shard: Vec<String> = (1..=1000i64)
+        .filter(|&id| map.hash_shard(&shardwire::keys::KeyValue::Int(id)) == 0)
+        .take(20)
+        .map(|id| id.to_string())
+        .collect();
+    let same_shard = same_shard.join(",");
+    // The proxy runs on this test's runtime: run the script on a blocking thread.
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(&conninfo)
+            .arg(&same_shard)
+            .output()
+            .expect("run the psycopg suite")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "psycopg suite failed ({}):\n{stdout}{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+
+    // The rows it wrote are on the shards, each once.
+    let mut total = 0;
+    for i in 0..env.shard_count() {
+        let n: i64 = env
+            .shard_client(i)
+            .await
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(n > 0, "shard {i} holds none of the rows");
+        total += n;
+    }
+    assert_eq!(total, 1000);
+}
