@@ -630,3 +630,55 @@ async fn wrong_password_and_unknown_user() {
     let _ = r.outcome().await;
     w.still_serving("wrong passwords").await;
 }
+
+/// Parse/Bind/Execute sent with Flush (no Sync): answered without waiting for Sync on one
+/// shard; refused (not hung) when the statement spans all shards; after that error the
+/// messages up to Sync are skipped and Sync gets exactly one ReadyForQuery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_without_sync_never_hangs() {
+    let w = World::new().await;
+    let mut r = Raw::login(w.proxy.port()).await;
+    let parse = |sql: &str| {
+        let mut b = cstr("");
+        b.extend(cstr(sql));
+        b.extend([0, 0]);
+        msg(b'P', &b)
+    };
+    // portal "", statement "", no formats, no params, no result formats
+    let bind = msg(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
+    let execute = msg(b'E', &[0, 0, 0, 0, 0]);
+    let flush = msg(b'H', &[]);
+    let sync = msg(b'S', &[]);
+
+    // One shard: ParseComplete, BindComplete, a row and CommandComplete arrive at Flush.
+    let mut out = parse("SELECT name FROM users WHERE id = 2");
+    out.extend(&bind);
+    out.extend(&execute);
+    out.extend(&flush);
+    r.send(&out).await;
+    let mut tags = Vec::new();
+    while tags.last() != Some(&b'C') {
+        let (tag, _) = r.recv(Duration::from_secs(10)).await.expect("closed");
+        tags.push(tag);
+    }
+    assert_eq!(tags, vec![b'1', b'2', b'D', b'C']);
+    r.send(&sync).await;
+    assert_eq!(r.until_ready().await, (None, 0));
+
+    // All shards: an error at Flush, then Sync -> one ReadyForQuery.
+    let mut out = parse("SELECT name FROM users");
+    out.extend(&bind);
+    out.extend(&execute);
+    out.extend(&flush);
+    r.send(&out).await;
+    let (tag, body) = r.recv(Duration::from_secs(10)).await.expect("closed");
+    assert_eq!(tag, b'E');
+    assert_eq!(error_fields(&body).remove(&b'C').as_deref(), Some("0A000"));
+    r.send(&execute).await; // skipped: still before Sync
+    r.send(&sync).await;
+    assert_eq!(r.until_ready().await, (None, 0));
+    assert_eq!(
+        r.simple("SELECT name FROM users WHERE id = 2").await,
+        (None, 1)
+    );
+}

@@ -26,11 +26,16 @@ pub(super) struct Batch {
     bytes: usize,
     /// After a Flush: the target the unfinished exchange runs on.
     open: Option<Target>,
+    /// After an error reported at a Flush: discard messages until Sync, as Postgres does.
+    skip_to_sync: bool,
 }
 
 impl Batch {
     /// Adds a message, bounded by [`MAX_BATCH_BYTES`].
     pub fn push(&mut self, f: Frame) -> Result<(), SessionEnd> {
+        if self.skip_to_sync {
+            return Ok(());
+        }
         self.bytes += f.raw.len();
         if self.bytes > MAX_BATCH_BYTES {
             return Err(SessionEnd::Protocol(format!(
@@ -72,6 +77,13 @@ impl Session {
         batch: &mut Batch,
         sync: bool,
     ) -> Result<(), SessionEnd> {
+        if batch.skip_to_sync {
+            if sync {
+                batch.skip_to_sync = false;
+                self.push_ready();
+            }
+            return Ok(());
+        }
         let frames = std::mem::take(&mut batch.frames);
         batch.bytes = 0;
         let mut ops: Vec<Op> = Vec::with_capacity(frames.len());
@@ -87,6 +99,10 @@ impl Session {
                     break;
                 }
             }
+        }
+        if cut.is_some() && !sync {
+            // Postgres discards messages after an error until Sync.
+            batch.skip_to_sync = true;
         }
         if cut.is_some() && self.txn.status == b'I' && batch.open.is_none() {
             // Postgres runs a pipeline outside a transaction block as one implicit transaction:
@@ -126,8 +142,12 @@ impl Session {
             Target::Shard(s) => self.batch_one(s, ops, cut.as_ref(), sync).await,
             Target::All => {
                 if !sync {
-                    // Scatter runs at Sync; keep nothing open.
-                    Ok(Ok(Outcome::default()))
+                    // A scatter is merged up to ReadyForQuery, so it cannot stop at a Flush:
+                    // refuse it and skip to Sync like after any error.
+                    batch.skip_to_sync = true;
+                    Ok(Err(ProxyError::Unsupported(
+                        "Flush before Sync in a pipeline that runs on all shards is not supported; send Sync".into(),
+                    )))
                 } else {
                     self.batch_all(ops, cut.as_ref()).await
                 }
@@ -400,9 +420,14 @@ impl Session {
                 self.txn.local_failed = true;
             }
         }
-        if sync || cut.is_some() {
+        if sync {
             build::empty(&mut msg, b'S');
             ex.push_back(Expect::Sync);
+        } else if cut.is_some() {
+            // The client has not sent Sync yet: end the backend's exchange quietly; the
+            // client's own Sync (after skipped messages) gets the ReadyForQuery.
+            build::empty(&mut msg, b'S');
+            ex.push_back(Expect::Query { hide_ready: true });
         } else {
             build::empty(&mut msg, b'H');
         }
