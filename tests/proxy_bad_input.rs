@@ -54,16 +54,7 @@ impl World {
         let env = TestEnv::new(2).await;
         let proxy = Proxy::start(&env, TABLES, EXTRA).await;
         let c = proxy.client().await;
-        c.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL)")
-            .await
-            .unwrap();
-        let st = c
-            .prepare("INSERT INTO users (id, name) VALUES ($1, $2)")
-            .await
-            .unwrap();
-        for id in 1..=ROWS {
-            c.execute(&st, &[&id, &format!("user-{id}")]).await.unwrap();
-        }
+        common::create_users(&c, "", ROWS).await;
         let snapshot = shard_snapshot(&env).await;
         World {
             env,

@@ -23,18 +23,7 @@ fn shard_of(env: &TestEnv, ids: impl IntoIterator<Item = i64>) -> HashMap<i64, u
 
 /// `users(id, name, hits)` with ids `1..=n`, created and loaded through the proxy.
 async fn load_users(c: &Client, n: i64) {
-    c.batch_execute(
-        "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, hits bigint NOT NULL DEFAULT 0)",
-    )
-    .await
-    .unwrap();
-    let st = c
-        .prepare("INSERT INTO users (id, name) VALUES ($1, $2)")
-        .await
-        .unwrap();
-    for id in 1..=n {
-        c.execute(&st, &[&id, &format!("user-{id}")]).await.unwrap();
-    }
+    common::create_users(c, ", hits bigint NOT NULL DEFAULT 0", n).await;
 }
 
 /// Count of rows with `id` on shard `i`, read directly.

@@ -55,18 +55,7 @@ async fn run_mode(mode: &str) {
     let env = TestEnv::new(2).await;
     let proxy = Proxy::start(&env, TABLES, "").await;
     let c = proxy.client().await;
-    c.batch_execute(
-        "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, balance bigint NOT NULL DEFAULT 0)",
-    )
-    .await
-    .unwrap();
-    let st = c
-        .prepare("INSERT INTO users (id, name) VALUES ($1, $2)")
-        .await
-        .unwrap();
-    for id in 1..=USERS {
-        c.execute(&st, &[&id, &format!("user-{id}")]).await.unwrap();
-    }
+    common::create_users(&c, ", balance bigint NOT NULL DEFAULT 0", USERS).await;
 
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("point.sql");

@@ -34,16 +34,7 @@ async fn owned_shard_down_fails_fast_and_recovers() {
     let env = TestEnv::new_owned(3).await;
     let proxy = Proxy::start(&env, TABLES, "").await;
     let c = proxy.client().await;
-    c.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL)")
-        .await
-        .unwrap();
-    let st = c
-        .prepare("INSERT INTO users (id, name) VALUES ($1, $2)")
-        .await
-        .unwrap();
-    for id in 1..=300i64 {
-        c.execute(&st, &[&id, &format!("user-{id}")]).await.unwrap();
-    }
+    common::create_users(&c, "", 300).await;
     let map = ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
     let keys_on = |shard: usize| -> Vec<i64> {
         (1..=300i64)

@@ -314,3 +314,22 @@ impl Proxy {
         connect(&self.conninfo()).await
     }
 }
+
+/// Through `c`: `CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL<extra>)` and
+/// rows 1..=n named `user-{id}`, inserted one prepared statement at a time.
+pub async fn create_users(c: &Client, extra_columns: &str, n: i64) {
+    c.batch_execute(&format!(
+        "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL{extra_columns})"
+    ))
+    .await
+    .expect("create users");
+    let st = c
+        .prepare("INSERT INTO users (id, name) VALUES ($1, $2)")
+        .await
+        .expect("prepare insert");
+    for id in 1..=n {
+        c.execute(&st, &[&id, &format!("user-{id}")])
+            .await
+            .expect("insert user");
+    }
+}
