@@ -5,8 +5,7 @@ use crate::keys::KeyError;
 /// An error the proxy itself raises for a client request.
 ///
 /// Every variant maps to a Postgres SQLSTATE via [`ProxyError::sqlstate`] and is
-/// sent to the client as an `ErrorResponse`; the session stays usable unless the
-/// variant is fatal ([`ProxyError::is_fatal`]).
+/// sent to the client as an `ErrorResponse`; the session stays usable.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     /// The client broke the wire protocol (bad framing, unknown message).
@@ -85,10 +84,5 @@ impl ProxyError {
             ProxyError::Limit(_) => "53300",
             ProxyError::Backend { code, .. } => code,
         }
-    }
-
-    /// Whether the connection is closed after reporting this error.
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, ProxyError::Protocol(_) | ProxyError::AuthFailed(_))
     }
 }

@@ -114,11 +114,6 @@ impl ShardPool {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.idle.lock().clear();
     }
-
-    /// Number of idle connections (for stats and tests).
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().len()
-    }
 }
 
 impl PooledConn {

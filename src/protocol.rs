@@ -443,27 +443,6 @@ pub mod build {
         buf.put_u8(tag);
         buf.put_i32(4);
     }
-    /// ParameterDescription with no parameters.
-    pub fn no_params(buf: &mut BytesMut) {
-        let at = begin(buf, b't');
-        buf.put_i16(0);
-        finish(buf, at);
-    }
-    /// RowDescription of text columns.
-    pub fn row_description_text(buf: &mut BytesMut, names: &[&str]) {
-        let at = begin(buf, b'T');
-        buf.put_i16(names.len() as i16);
-        for n in names {
-            put_cstr(buf, n);
-            buf.put_i32(0); // table oid
-            buf.put_i16(0); // column attnum
-            buf.put_u32(25); // text
-            buf.put_i16(-1);
-            buf.put_i32(-1);
-            buf.put_i16(0);
-        }
-        finish(buf, at);
-    }
     /// DataRow of text values (`None` = NULL).
     pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
         let at = begin(buf, b'D');

@@ -162,7 +162,7 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
 fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
     use NodeEnum as N;
     match node {
-        N::SelectStmt(s) => (StmtKind::Read, route_query(map, node, Some(s), false)),
+        N::SelectStmt(s) => (StmtKind::Read, route_query(map, node, Some(s))),
         N::InsertStmt(i) => (StmtKind::Write, route_insert(map, node, i)),
         N::UpdateStmt(u) => {
             if let Some(rel) = &u.relation {
@@ -181,9 +181,9 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
                     }
                 }
             }
-            (StmtKind::Write, route_query(map, node, None, true))
+            (StmtKind::Write, route_query(map, node, None))
         }
-        N::DeleteStmt(_) | N::MergeStmt(_) => (StmtKind::Write, route_query(map, node, None, true)),
+        N::DeleteStmt(_) | N::MergeStmt(_) => (StmtKind::Write, route_query(map, node, None)),
         N::TransactionStmt(t) => {
             use protobuf::TransactionStmtKind as T;
             let kind = match T::try_from(t.kind).unwrap_or(T::Undefined) {
@@ -292,7 +292,7 @@ fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtK
             let route = analyze(map, q).1;
             (StmtKind::Read, route)
         }
-        None => (StmtKind::Read, route_query(map, node, None, false)),
+        None => (StmtKind::Read, route_query(map, node, None)),
     }
 }
 
@@ -343,12 +343,7 @@ fn placement(map: &ShardMap, rv: &protobuf::RangeVar) -> (Placement, Option<(Str
 }
 
 /// Routes SELECT/UPDATE/DELETE (and the query part of other statements).
-fn route_query(
-    map: &ShardMap,
-    node: &NodeEnum,
-    top: Option<&protobuf::SelectStmt>,
-    is_write: bool,
-) -> RouteSpec {
+fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStmt>) -> RouteSpec {
     // Every table anywhere in the statement, minus CTE names.
     let all_nodes = node.nodes();
     let mut cte_names: Vec<&str> = Vec::new();
@@ -525,7 +520,7 @@ fn route_query(
         })
         .unwrap_or_default();
 
-    let scatter = scatter_check(top, nested_hash, classes.len(), &unsharded_refs, is_write);
+    let scatter = scatter_check(top, nested_hash, classes.len(), &unsharded_refs);
     let all_pinned = !nested_hash && classes.values().all(|(_, pinned)| *pinned);
     if !all_pinned {
         return match scatter {
@@ -574,13 +569,38 @@ fn route_query(
 
 /// The route once every key is known: `fixed` holds all shards the keys land on.
 fn resolve_fixed(kr: &KeyRoute) -> RouteSpec {
-    match (kr.fixed.as_slice(), &kr.require) {
+    let mut shards = Shards::default();
+    for s in &kr.fixed {
+        shards.add(*s);
+    }
+    resolve_shards(kr, shards)
+}
+
+/// The distinct shards a statement's keys land on: none, one, or several.
+#[derive(Default, Clone, Copy)]
+struct Shards {
+    one: Option<usize>,
+    several: bool,
+}
+
+impl Shards {
+    fn add(&mut self, s: usize) {
+        match self.one {
+            None => self.one = Some(s),
+            Some(o) if o != s => self.several = true,
+            _ => {}
+        }
+    }
+}
+
+fn resolve_shards(kr: &KeyRoute, shards: Shards) -> RouteSpec {
+    match (shards.one, shards.several, &kr.require) {
         // Every key matches nothing (NULL, 1.5 for an integer key): any shard says "no rows".
-        ([], None) => RouteSpec::Any,
-        ([], Some((d, _))) => RouteSpec::Shard(*d),
-        ([s], None) => RouteSpec::Shard(*s),
-        ([s], Some((d, _))) if s == d => RouteSpec::Shard(*s),
-        (_, Some((_, table))) => RouteSpec::Refuse(ProxyError::Unsupported(format!(
+        (None, _, None) => RouteSpec::Any,
+        (None, _, Some((d, _))) => RouteSpec::Shard(*d),
+        (Some(s), false, None) => RouteSpec::Shard(s),
+        (Some(s), false, Some((d, _))) if s == *d => RouteSpec::Shard(s),
+        (_, _, Some((_, table))) => RouteSpec::Refuse(ProxyError::Unsupported(format!(
             "statement joins unsharded table {table} (on the default shard) with sharded table {} whose key is on another shard",
             kr.what
         ))),
@@ -588,14 +608,18 @@ fn resolve_fixed(kr: &KeyRoute) -> RouteSpec {
     }
 }
 
-/// Resolves a parameter-dependent route with the Bind parameters.
+/// Resolves a parameter-dependent route with the Bind parameters (no allocation on the
+/// single-shard path).
 pub fn resolve_keys(
     map: &ShardMap,
     kr: &KeyRoute,
     params: &[Option<&[u8]>],
     is_binary: impl Fn(usize) -> bool,
 ) -> RouteSpec {
-    let mut shards = kr.fixed.clone();
+    let mut shards = Shards::default();
+    for s in &kr.fixed {
+        shards.add(*s);
+    }
     for (i, ty) in &kr.params {
         let Some(raw) = params.get(*i) else {
             return RouteSpec::Refuse(ProxyError::Protocol(format!(
@@ -626,23 +650,11 @@ pub fn resolve_keys(
             }
         };
         match key {
-            Ok(k) => {
-                let s = map.hash_shard(&k);
-                if !shards.contains(&s) {
-                    shards.push(s);
-                }
-            }
+            Ok(k) => shards.add(map.hash_shard(&k)),
             Err(e) => return RouteSpec::Refuse(e.into()),
         }
     }
-    resolve_fixed(&KeyRoute {
-        fixed: shards,
-        params: Vec::new(),
-        spread: kr.spread.clone(),
-        null_is_error: kr.null_is_error,
-        what: kr.what.clone(),
-        require: kr.require.clone(),
-    })
+    resolve_shards(kr, shards)
 }
 
 fn co_located(a: Option<KeyType>, b: Option<KeyType>) -> bool {
@@ -668,7 +680,6 @@ fn scatter_check(
     nested_hash: bool,
     classes: usize,
     unsharded: &[&TableRef],
-    is_write: bool,
 ) -> Result<(), ProxyError> {
     let refuse = |what: &str| {
         Err(ProxyError::Unsupported(format!(
@@ -687,7 +698,6 @@ fn scatter_check(
     if classes > 1 {
         return refuse("a join of sharded tables not on their shard keys");
     }
-    let _ = is_write;
     let Some(s) = top else { return Ok(()) };
     if s.op != SetOperation::SetopNone as i32 && s.op != SetOperation::Undefined as i32 {
         return refuse("UNION/INTERSECT/EXCEPT");
@@ -1010,10 +1020,10 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
         return RouteSpec::Any;
     };
     match map.table(&rel.schemaname, &rel.relname) {
-        Some(TableRule::Reference) => route_query(map, node, None, true),
+        Some(TableRule::Reference) => route_query(map, node, None),
         None => {
             // Unsharded target: any sharded table read would be on other shards.
-            match route_query(map, node, None, true) {
+            match route_query(map, node, None) {
                 RouteSpec::Any | RouteSpec::Shard(_) => RouteSpec::Shard(map.default_shard),
                 _ => RouteSpec::Refuse(ProxyError::Unsupported(format!(
                     "INSERT into unsharded table {} may not read sharded tables",
@@ -1087,7 +1097,7 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
                 }
             }
             // Any sharded/unsharded table read by the INSERT (RETURNING subqueries etc.)
-            match route_query(map, &NodeEnum::SelectStmt(sel.clone()), None, false) {
+            match route_query(map, &NodeEnum::SelectStmt(sel.clone()), None) {
                 RouteSpec::Any => {}
                 _ => {
                     return refuse(format!(

@@ -226,18 +226,12 @@ async fn server_params(shared: &Arc<Shared>, settings: &Settings) -> Vec<(String
             }
         }
     };
-    for (name, stmt) in settings.entries() {
+    for (name, value) in settings.known_values() {
         if let Some(p) = params
             .iter_mut()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
         {
-            // Startup values are stored as "SET name TO 'value'".
-            if let Some(v) = stmt
-                .rsplit_once(" TO '")
-                .map(|(_, v)| v.trim_end_matches('\'').replace("''", "'"))
-            {
-                p.1 = v;
-            }
+            p.1 = value.to_string();
         }
     }
     params

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::{Proxy, TestEnv};
-use md5::{Digest, Md5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
@@ -173,8 +172,8 @@ impl Raw {
                     match b.get_i32() {
                         0 => {}
                         5 => {
-                            let salt = &body[4..8];
-                            let resp = md5_password("app", "app-secret", salt);
+                            let salt = [body[4], body[5], body[6], body[7]];
+                            let resp = shardwire::auth::md5_expected("app", "app-secret", salt);
                             r.send(&msg(b'p', &cstr(&resp))).await;
                         }
                         other => panic!("expected md5 authentication, got request {other}"),
@@ -248,18 +247,6 @@ impl Raw {
         self.send(&msg(b'Q', &cstr(sql))).await;
         self.until_ready().await
     }
-}
-
-fn md5_password(user: &str, password: &str, salt: &[u8]) -> String {
-    let inner = hex(&Md5::digest(format!("{password}{user}").as_bytes()));
-    let mut h = Md5::new();
-    h.update(inner.as_bytes());
-    h.update(salt);
-    format!("md5{}", hex(&h.finalize()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn cstr(s: &str) -> Vec<u8> {

@@ -293,16 +293,10 @@ async fn error_in_transaction_then_rollback_leaves_session_usable() {
         );
     }
     // Nothing from the failed transactions reached the shards.
-    for i in 0..env.shard_count() {
-        let n: i64 = env
-            .shard_client(i)
-            .await
-            .query_one("SELECT count(*) FROM users WHERE id >= 100", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 0, "shard {i}");
-    }
+    let left = env
+        .per_shard_i64("SELECT count(*) FROM users WHERE id >= 100")
+        .await;
+    assert!(left.iter().all(|&n| n == 0), "per shard: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,18 +622,11 @@ async fn keyless_select_scatters_over_the_extended_protocol() {
         .unwrap();
 
     // Each shard holds part of the rows; the scatter returns them all.
-    let mut per_shard = Vec::new();
-    for i in 0..env.shard_count() {
-        let n: i64 = env
-            .shard_client(i)
-            .await
-            .query_one("SELECT count(*) FROM users", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert!(n > 0, "shard {i} is empty");
-        per_shard.push(n);
-    }
+    let per_shard = env.per_shard_i64("SELECT count(*) FROM users").await;
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "a shard is empty: {per_shard:?}"
+    );
     assert_eq!(per_shard.iter().sum::<i64>(), 500);
 
     let sorted = |rows: Vec<tokio_postgres::Row>| {

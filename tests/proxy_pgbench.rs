@@ -104,17 +104,11 @@ async fn run_mode(mode: &str) {
     assert!(processed > 0 && tps > 0.0, "no throughput:\n{stdout}");
 
     // Each transaction's UPDATE is on the shards exactly once.
-    let mut total = 0i64;
-    for i in 0..env.shard_count() {
-        let sum: i64 = env
-            .shard_client(i)
-            .await
-            .query_one("SELECT coalesce(sum(balance), 0)::bigint FROM users", &[])
-            .await
-            .unwrap()
-            .get(0);
-        total += sum;
-    }
+    let total: i64 = env
+        .per_shard_i64("SELECT coalesce(sum(balance), 0)::bigint FROM users")
+        .await
+        .iter()
+        .sum();
     assert_eq!(
         total, processed,
         "sum of balances on the shards vs transactions pgbench reports"

@@ -60,17 +60,11 @@ async fn psycopg3_suite_through_the_proxy() {
     assert!(stdout.contains("checks passed"), "{stdout}");
 
     // The rows it wrote are on the shards, each once.
-    let mut total = 0;
-    for i in 0..env.shard_count() {
-        let n: i64 = env
-            .shard_client(i)
-            .await
-            .query_one("SELECT count(*) FROM users", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert!(n > 0, "shard {i} holds none of the rows");
-        total += n;
-    }
+    let per_shard = env.per_shard_i64("SELECT count(*) FROM users").await;
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "a shard holds none of the rows: {per_shard:?}"
+    );
+    let total: i64 = per_shard.iter().sum();
     assert_eq!(total, 1000);
 }

@@ -442,9 +442,6 @@ impl Session {
         if outcome.error && !added.is_empty() {
             self.forget_statements(idx, &added).await?;
         }
-        if outcome.status == b'E' || (cut.is_some() && self.txn.status != b'I') {
-            // keep the failed state visible
-        }
         Ok(Ok(outcome))
     }
 

@@ -218,8 +218,8 @@ impl Session {
                         // pending messages are discarded with the statement they belonged to.
                         batch.clear();
                     }
-                    let sql = crate::protocol::decode_query(frame.body())?.to_string();
-                    self.simple_query(&sql).await?;
+                    let sql = crate::protocol::decode_query(frame.body())?;
+                    self.simple_query(sql).await?;
                 }
                 b'P' | b'B' | b'D' | b'E' | b'C' => {
                     batch.push(frame)?;

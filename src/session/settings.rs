@@ -10,10 +10,19 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Fingerprint of a connection whose settings are unknown (always resynced).
 pub const UNKNOWN_FP: u64 = 0;
 
+/// One setting: its lowercased name, the SQL that applies it, and its value when the
+/// proxy knows it (startup parameters).
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    stmt: String,
+    value: Option<String>,
+}
+
 /// Ordered name -> SET statement list with its fingerprint.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    entries: Vec<(String, String)>,
+    entries: Vec<Entry>,
     fp: u64,
 }
 
@@ -53,10 +62,10 @@ pub fn quote_ident(v: &str) -> String {
 impl Settings {
     fn refresh(&mut self) {
         let mut h = Vec::new();
-        for (n, s) in &self.entries {
-            h.extend_from_slice(n.as_bytes());
+        for e in &self.entries {
+            h.extend_from_slice(e.name.as_bytes());
             h.push(0);
-            h.extend_from_slice(s.as_bytes());
+            h.extend_from_slice(e.stmt.as_bytes());
             h.push(0);
         }
         // Never collide with UNKNOWN_FP.
@@ -65,24 +74,31 @@ impl Settings {
 
     /// Records `SET name ...` given as the statement text.
     pub fn set(&mut self, name: &str, stmt: &str) {
-        let name = name.to_ascii_lowercase();
-        match self.entries.iter_mut().find(|(n, _)| *n == name) {
-            Some(e) => e.1 = stmt.to_string(),
-            None => self.entries.push((name, stmt.to_string())),
-        }
-        self.refresh();
+        self.put(name, stmt.to_string(), None);
     }
 
     /// Records a startup parameter as `SET name TO 'value'`.
     pub fn set_value(&mut self, name: &str, value: &str) {
         let stmt = format!("SET {} TO {}", quote_ident(name), quote_literal(value));
-        self.set(name, &stmt);
+        self.put(name, stmt, Some(value.to_string()));
+    }
+
+    fn put(&mut self, name: &str, stmt: String, value: Option<String>) {
+        let name = name.to_ascii_lowercase();
+        match self.entries.iter_mut().find(|e| e.name == name) {
+            Some(e) => {
+                e.stmt = stmt;
+                e.value = value;
+            }
+            None => self.entries.push(Entry { name, stmt, value }),
+        }
+        self.refresh();
     }
 
     /// Records `RESET name`.
     pub fn reset(&mut self, name: &str) {
         let name = name.to_ascii_lowercase();
-        self.entries.retain(|(n, _)| *n != name);
+        self.entries.retain(|e| e.name != name);
         self.refresh();
     }
 
@@ -97,17 +113,20 @@ impl Settings {
         self.fp
     }
 
-    /// The value a startup parameter was given (for ParameterStatus), if any.
-    pub fn entries(&self) -> &[(String, String)] {
-        &self.entries
+    /// `(name, value)` of the settings whose value is known (startup parameters), for
+    /// the ParameterStatus messages of the login.
+    pub fn known_values(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.value.as_deref().map(|v| (e.name.as_str(), v)))
     }
 
     /// The SQL that brings a connection to these settings.
     pub fn replay_sql(&self) -> String {
         let mut sql = String::from("RESET ALL");
-        for (_, s) in &self.entries {
+        for e in &self.entries {
             sql.push_str("; ");
-            sql.push_str(s);
+            sql.push_str(&e.stmt);
         }
         sql
     }

@@ -418,10 +418,8 @@ impl Session {
                 }
                 self.txn = Txn::idle();
             }
+            // On 'E' the shard itself refuses statements until ROLLBACK.
             self.txn.status = outcome.status;
-            if outcome.status == b'E' {
-                // The shard knows the transaction failed; it will refuse until ROLLBACK.
-            }
         }
         self.release_if_idle(false);
     }

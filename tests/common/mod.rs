@@ -139,6 +139,21 @@ impl TestEnv {
         connect(&self.shard_url(i)).await
     }
 
+    /// The bigint `sql` returns on each shard, read directly (e.g. a per-shard row count).
+    pub async fn per_shard_i64(&self, sql: &str) -> Vec<i64> {
+        let mut out = Vec::with_capacity(self.shard_count());
+        for i in 0..self.shard_count() {
+            let row = self
+                .shard_client(i)
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql} on shard {i}: {e}"));
+            out.push(row.get(0));
+        }
+        out
+    }
+
     /// A direct connection to the unsharded reference database.
     pub async fn reference_client(&self) -> Client {
         connect(&self.reference_url()).await
