@@ -214,6 +214,34 @@ impl BackendConn {
         Ok(())
     }
 
+    /// Sends `sql` as a simple query and returns the first column of its first row as text
+    /// (`None` for no row, NULL, or an error).
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        let mut buf = BytesMut::new();
+        crate::protocol::build::query(&mut buf, sql);
+        self.write_all(&buf).await?;
+        let mut value = None;
+        let mut failed = false;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'D' if value.is_none() => {
+                    let mut vals = Vec::new();
+                    if crate::gather::datum::row_values(f.body(), &mut vals).is_ok() {
+                        if let Some(Some((s, e))) = vals.first() {
+                            value = std::str::from_utf8(&f.body()[*s..*e])
+                                .ok()
+                                .map(str::to_string);
+                        }
+                    }
+                }
+                b'E' => failed = true,
+                b'Z' => return Ok(if failed { None } else { value }),
+                _ => {}
+            }
+        }
+    }
+
     /// Sends `sql` as a simple query and waits for ReadyForQuery, discarding results;
     /// returns the first error the shard reported, if any, and the final status byte.
     pub async fn run_simple(

@@ -60,6 +60,9 @@ pub struct RawConfig {
     /// Resource limits.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Scatter-gather limits.
+    #[serde(default)]
+    pub gather: RawGather,
     /// Sharded and reference tables, in file order.
     #[serde(default)]
     pub tables: TableMap,
@@ -165,6 +168,30 @@ impl Default for RawLimits {
         RawLimits {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+        }
+    }
+}
+
+/// Scatter-gather settings as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGather {
+    /// Most memory one scatter query may hold in the proxy while merging, in MiB.
+    pub memory_limit_mb: u64,
+    /// How long one scatter query may run before it is cancelled on every shard, in seconds.
+    pub timeout_secs: u64,
+}
+
+/// Default of `gather.memory_limit_mb`.
+pub const DEFAULT_GATHER_MEMORY_MB: u64 = 64;
+/// Default of `gather.timeout_secs`.
+pub const DEFAULT_GATHER_TIMEOUT_SECS: u64 = 300;
+
+impl Default for RawGather {
+    fn default() -> Self {
+        RawGather {
+            memory_limit_mb: DEFAULT_GATHER_MEMORY_MB,
+            timeout_secs: DEFAULT_GATHER_TIMEOUT_SECS,
         }
     }
 }

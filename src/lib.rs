@@ -5,6 +5,7 @@
 //! - [`keys`]: shard-key types and their canonical byte form.
 //! - [`ring`]: the consistent-hash ring (fixed xxh3-64 hash, explicit tokens).
 //! - [`shardmap`]: the validated, immutable routing map built from a config.
+//! - [`router`]: SQL -> statement kinds and routes; [`gather`]: merging multi-shard reads.
 //! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
 
 pub mod auth;
@@ -12,6 +13,7 @@ pub mod backend;
 pub mod cancel;
 pub mod config;
 pub mod error;
+pub mod gather;
 pub mod keys;
 pub mod localpg;
 pub mod pool;

@@ -284,6 +284,10 @@ pub struct BindMsg<'a> {
     pub formats: Vec<i16>,
     /// Parameter values (`None` = SQL NULL).
     pub params: Vec<Option<&'a [u8]>>,
+    /// Byte offset in the body where the result format codes start.
+    pub params_end: usize,
+    /// Result format codes as sent (0, 1 or N entries).
+    pub result_formats: Vec<i16>,
 }
 
 impl<'a> BindMsg<'a> {
@@ -316,12 +320,14 @@ impl<'a> BindMsg<'a> {
                 params.push(Some(c.bytes(len as usize)?));
             }
         }
+        let params_end = body.len() - c.rest().len();
         let nr = c.i16()?;
         if nr < 0 {
             return Err(FrameError::Malformed("Bind"));
         }
+        let mut result_formats = Vec::with_capacity(nr as usize);
         for _ in 0..nr {
-            c.i16()?;
+            result_formats.push(c.i16()?);
         }
         c.finish()?;
         if nf > 1 && nf != np {
@@ -333,6 +339,8 @@ impl<'a> BindMsg<'a> {
             tail_offset,
             formats,
             params,
+            params_end,
+            result_formats,
         })
     }
 
@@ -481,6 +489,13 @@ pub mod build {
         put_cstr(buf, portal);
         put_cstr(buf, statement);
         buf.put_slice(tail);
+        finish(buf, at);
+    }
+    /// Execute of a portal (`max_rows` 0 = all rows).
+    pub fn execute(buf: &mut BytesMut, portal: &str, max_rows: i32) {
+        let at = begin(buf, b'E');
+        put_cstr(buf, portal);
+        buf.put_i32(max_rows);
         finish(buf, at);
     }
     /// Describe or Close (`tag` `D` or `C`) of a statement or portal.

@@ -16,6 +16,7 @@ use pg_query::protobuf::{self, a_const::Val, AExprKind, BoolExprType, SetOperati
 use pg_query::{NodeEnum, NodeRef};
 
 use crate::error::ProxyError;
+use crate::gather::GatherPlan;
 use crate::keys::{key_from_binary, key_from_int, key_from_text, KeyType, KeyValue};
 use crate::shardmap::{ShardMap, TableRule};
 
@@ -106,6 +107,8 @@ pub struct StmtPlan {
     /// Runs on every shard against identical copies (reference-table writes, DDL): the
     /// client gets one shard's command tag, not the sum.
     pub replicated: bool,
+    /// How results are merged when the statement runs on several shards (`None`: concatenated).
+    pub gather: Option<Arc<GatherPlan>>,
 }
 
 /// All statements of one SQL string.
@@ -146,17 +149,49 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
-        let (kind, route) = analyze(map, node);
+        let (kind, mut route) = analyze(map, node);
         let replicated = matches!(route, RouteSpec::All)
             && (kind == StmtKind::Ddl || writes_reference(map, node));
+        let span = (start, (start + len).min(sql.len()));
+        let mut gather = None;
+        if let NodeEnum::SelectStmt(s) = node {
+            if may_scatter(&route) {
+                match crate::gather::plan::build(&sql[span.0..span.1], s) {
+                    Ok(g) => gather = g.map(Arc::new),
+                    Err(e) => route = refuse_scatter(route, e),
+                }
+            }
+        }
         stmts.push(StmtPlan {
             kind,
             route,
-            span: (start, (start + len).min(sql.len())),
+            span,
             replicated,
+            gather,
         });
     }
     Ok(Plan { stmts })
+}
+
+/// Whether a route can end up on several shards.
+fn may_scatter(route: &RouteSpec) -> bool {
+    match route {
+        RouteSpec::All => true,
+        RouteSpec::Keys(kr) => matches!(*kr.spread, RouteSpec::All),
+        _ => false,
+    }
+}
+
+/// The route with its multi-shard case refused by `e` (a key-pinned single shard still runs).
+fn refuse_scatter(route: RouteSpec, e: ProxyError) -> RouteSpec {
+    match route {
+        RouteSpec::Keys(kr) => {
+            let mut k = (*kr).clone();
+            k.spread = Box::new(RouteSpec::Refuse(e));
+            RouteSpec::Keys(Arc::new(k))
+        }
+        _ => RouteSpec::Refuse(e),
+    }
 }
 
 fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
@@ -290,6 +325,14 @@ fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtK
     match c.query.as_ref().and_then(|q| q.node.as_ref()) {
         Some(q) => {
             let route = analyze(map, q).1;
+            if let NodeEnum::SelectStmt(s) = q {
+                if may_scatter(&route) && !matches!(crate::gather::plan::build("", s), Ok(None)) {
+                    let e = ProxyError::Unsupported(
+                        "COPY (query) TO STDOUT across shards with ORDER BY, LIMIT, DISTINCT or aggregates is not supported; run the query itself".into(),
+                    );
+                    return (StmtKind::Read, refuse_scatter(route, e));
+                }
+            }
             (StmtKind::Read, route)
         }
         None => (StmtKind::Read, route_query(map, node, None)),
@@ -702,53 +745,20 @@ fn scatter_check(
     if s.op != SetOperation::SetopNone as i32 && s.op != SetOperation::Undefined as i32 {
         return refuse("UNION/INTERSECT/EXCEPT");
     }
-    if !s.sort_clause.is_empty() {
-        return refuse("ORDER BY");
-    }
-    if s.limit_count.is_some() || s.limit_offset.is_some() {
-        return refuse("LIMIT/OFFSET");
-    }
-    if !s.distinct_clause.is_empty() {
-        return refuse("DISTINCT");
-    }
-    if !s.group_clause.is_empty() {
-        return refuse("GROUP BY");
-    }
-    if s.having_clause.is_some() {
-        return refuse("HAVING");
-    }
     if !s.window_clause.is_empty() {
         return refuse("a window function");
     }
-    for t in &s.target_list {
+    for t in s.target_list.iter().chain(s.sort_clause.iter()) {
         let Some(tn) = t.node.as_ref() else { continue };
         for (n, _, _, _) in tn.nodes() {
             if let NodeRef::FuncCall(f) = n {
                 if f.over.is_some() {
                     return refuse("a window function");
                 }
-                if f.agg_star
-                    || f.agg_distinct
-                    || f.agg_filter.is_some()
-                    || !f.agg_order.is_empty()
-                    || is_aggregate(&f.funcname)
-                {
-                    return refuse(&format!("aggregate {}()", func_name(&f.funcname)));
-                }
             }
         }
     }
     Ok(())
-}
-
-fn func_name(names: &[protobuf::Node]) -> String {
-    names
-        .last()
-        .and_then(|n| match &n.node {
-            Some(NodeEnum::String(s)) => Some(s.sval.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 /// Built-in aggregate functions (pg_aggregate in Postgres 15–18), by name.
@@ -805,9 +815,9 @@ const AGGREGATES: &[&str] = &[
     "json_arrayagg",
 ];
 
-fn is_aggregate(names: &[protobuf::Node]) -> bool {
-    let n = func_name(names).to_ascii_lowercase();
-    AGGREGATES.contains(&n.as_str())
+/// Whether `name` (lowercase) is a built-in aggregate function.
+pub fn is_aggregate_name(name: &str) -> bool {
+    AGGREGATES.contains(&name)
 }
 
 /// Whether the statement writes a reference table.

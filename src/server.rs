@@ -85,6 +85,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         users,
         server_params: Mutex::new(None),
         clients: Default::default(),
+        bytewise_text: Default::default(),
         map,
     })
 }

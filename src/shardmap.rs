@@ -82,6 +82,15 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
 }
 
+/// Limits of one scatter-gather query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatherSettings {
+    /// Most bytes of rows the proxy holds for one query while merging.
+    pub memory_limit: usize,
+    /// How long one scatter query may run.
+    pub timeout: Duration,
+}
+
 /// How a table is placed on the shards.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TableRule {
@@ -119,6 +128,8 @@ pub struct ShardMap {
     pub max_message_size: usize,
     /// Most concurrent client connections.
     pub max_client_connections: usize,
+    /// Scatter-gather limits.
+    pub gather: GatherSettings,
     /// Table rules by schema ("" = unqualified) then relation name.
     tables: HashMap<String, HashMap<String, TableRule>>,
     /// Table names and rules in file order (for summaries).
@@ -504,6 +515,21 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
         ));
     }
     let limits = &raw.limits;
+    let g = &raw.gather;
+    if g.memory_limit_mb == 0 || g.memory_limit_mb > 1 << 20 {
+        return Err(site.error(
+            &[Key("gather"), Key("memory_limit_mb")],
+            format!("memory_limit_mb {} is out of range", g.memory_limit_mb),
+            "use 1 to 1048576 MiB (default 64)",
+        ));
+    }
+    if g.timeout_secs == 0 || g.timeout_secs > 86_400 {
+        return Err(site.error(
+            &[Key("gather"), Key("timeout_secs")],
+            format!("timeout_secs {} is out of range", g.timeout_secs),
+            "use 1 to 86400 seconds (default 300)",
+        ));
+    }
     if limits.max_message_size < 1024 || limits.max_message_size > (1 << 30) {
         return Err(site.error(
             &[Key("limits"), Key("max_message_size")],
@@ -605,6 +631,10 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
         default_shard,
         max_message_size: limits.max_message_size as usize,
         max_client_connections: limits.max_client_connections as usize,
+        gather: GatherSettings {
+            memory_limit: (g.memory_limit_mb as usize) << 20,
+            timeout: Duration::from_secs(g.timeout_secs),
+        },
         tables,
         table_order,
         default_shard_explicit,

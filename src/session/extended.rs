@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::gather::GatherCall;
 use super::relay::{Expect, Outcome, RelayError};
 use super::{
     Prepared, Session, SessionEnd, SettingChange, Target, Txn, MAX_BATCH_BYTES,
@@ -62,6 +63,8 @@ enum Op {
     DescribeStmt(Arc<Prepared>),
     Raw(Frame, Expect),
     Local(Bytes),
+    /// Execute of a portal whose statement needs a scatter-gather merge.
+    Gather(Frame, Arc<Prepared>),
 }
 
 fn local(tag: u8) -> Bytes {
@@ -148,6 +151,8 @@ impl Session {
                     Ok(Err(ProxyError::Unsupported(
                         "Flush before Sync in a pipeline that runs on all shards is not supported; send Sync".into(),
                     )))
+                } else if ops.iter().any(|o| matches!(o, Op::Gather(..))) {
+                    self.batch_gather(ops, cut.as_ref()).await
                 } else {
                     self.batch_all(ops, cut.as_ref()).await
                 }
@@ -312,6 +317,12 @@ impl Session {
                 if stmt.plan.writes() {
                     *writes = true;
                 }
+                if t == Target::All {
+                    if let Some(gp) = stmt.plan.stmts.first().and_then(|s| s.gather.as_ref()) {
+                        let _ = gp;
+                        return Ok(Op::Gather(f, stmt));
+                    }
+                }
                 if let Some(st) = stmt.plan.stmts.first() {
                     if matches!(
                         st.kind,
@@ -409,6 +420,10 @@ impl Session {
                         ex.push_back(e);
                     }
                     Op::Local(b) => ex.push_back(Expect::Local(b)),
+                    Op::Gather(f, _) => {
+                        msg.extend_from_slice(&f.raw);
+                        ex.push_back(Expect::Execute);
+                    }
                 }
             }
         }
@@ -560,7 +575,7 @@ impl Session {
                     seen_backend_op = true;
                     build::target(&mut msg, b'D', b'S', &p.backend_name);
                 }
-                Op::Raw(f, _) => {
+                Op::Raw(f, _) | Op::Gather(f, _) => {
                     seen_backend_op = true;
                     msg.extend_from_slice(&f.raw);
                 }
@@ -591,5 +606,120 @@ impl Session {
             build::ready_for_query(&mut self.out, o.status);
         }
         Ok(Ok(o))
+    }
+
+    /// Runs a pipeline holding one scatter-gather Execute: Parse/Bind/Close are answered here,
+    /// Describe of statements runs on one shard, the Execute through [`Session::gather`].
+    async fn batch_gather(
+        &mut self,
+        ops: Vec<Op>,
+        cut: Option<&ProxyError>,
+    ) -> Result<Result<Outcome, ProxyError>, RelayError> {
+        let mut bind: Option<Frame> = None;
+        let mut describe = false;
+        let mut outcome = Outcome {
+            status: self.txn.status,
+            error: false,
+        };
+        let mut ran = false;
+        for op in ops {
+            match op {
+                Op::Parse(_) => build::empty(&mut self.out, b'1'),
+                Op::Local(b) => self.out.extend_from_slice(&b),
+                Op::DescribeStmt(p) => match self.describe_on_one(&p).await? {
+                    Ok(o) if o.error => {
+                        outcome = o;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Ok(Err(e)),
+                },
+                Op::Bind(_, f, _) if bind.is_none() && !ran => {
+                    build::empty(&mut self.out, b'2');
+                    bind = Some(f);
+                }
+                Op::Raw(f, Expect::Describe) if bind.is_some() && !ran => {
+                    let _ = f;
+                    describe = true;
+                }
+                Op::Raw(_, Expect::Close) if ran => build::empty(&mut self.out, b'3'),
+                Op::Gather(f, p) if !ran => {
+                    let (Some(b), Some(gp)) = (bind.as_ref(), p.plan.stmts.first().and_then(|s| s.gather.clone())) else {
+                        return Ok(Err(ProxyError::Protocol("Execute without a Bind".into())));
+                    };
+                    let (_, max_rows) = decode_execute(f.body()).map_err(|e| RelayError::Client(e.into()))?;
+                    if max_rows != 0 {
+                        return Ok(Err(ProxyError::Unsupported(
+                            "fetching a scatter-gather result in chunks (Execute with a row limit) is not supported; fetch all rows".into(),
+                        )));
+                    }
+                    let m = BindMsg::decode(b.body()).map_err(|e| RelayError::Client(e.into()))?;
+                    let call = GatherCall {
+                        plan: &gp,
+                        sql: &p.sql,
+                        param_types: &p.types,
+                        params_section: &b.body()[m.tail_offset..m.params_end],
+                        param_formats: &m.formats,
+                        params: &m.params,
+                        result_formats: &m.result_formats,
+                        describe,
+                    };
+                    outcome = self.gather(&call, true).await?;
+                    ran = true;
+                    if outcome.error {
+                        break; // Postgres skips the rest of the pipeline after an error
+                    }
+                }
+                _ => {
+                    return Ok(Err(ProxyError::Unsupported(
+                        "a pipeline with a query merged across shards may hold only that query's Parse/Bind/Describe/Execute/Close before Sync".into(),
+                    )))
+                }
+            }
+        }
+        if let Some(e) = cut {
+            if !outcome.error {
+                build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());
+                outcome.error = true;
+                if self.txn.status != b'I' {
+                    self.txn.local_failed = true;
+                    outcome.status = b'E';
+                }
+            }
+        }
+        if outcome.status == 0 {
+            outcome.status = b'I';
+        }
+        build::ready_for_query(&mut self.out, outcome.status);
+        Ok(Ok(outcome))
+    }
+
+    /// Describe of a statement on one shard (ParameterDescription + RowDescription/NoData);
+    /// a shard error is forwarded.
+    async fn describe_on_one(
+        &mut self,
+        p: &Arc<Prepared>,
+    ) -> Result<Result<Outcome, ProxyError>, RelayError> {
+        let shard = self.any_shard();
+        let idx = match self.conn_for(shard).await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut msg = BytesMut::new();
+        build::parse(&mut msg, "", &p.sql, &p.types);
+        build::target(&mut msg, b'D', b'S', "");
+        build::empty(&mut msg, b'S');
+        if let Err(error) = self.conns[idx].write_all(&msg).await {
+            return Err(RelayError::Backend {
+                shard,
+                error,
+                forwarded: false,
+            });
+        }
+        let mut ex = VecDeque::new();
+        ex.push_back(Expect::Parse { swallow: true });
+        ex.push_back(Expect::Describe);
+        ex.push_back(Expect::Query { hide_ready: true });
+        self.relay_one(idx, ex, false).await.map(Ok)
     }
 }

@@ -3,6 +3,7 @@
 //! transaction (or a single statement outside one) runs.
 
 mod extended;
+mod gather;
 mod relay;
 pub mod settings;
 mod simple;
@@ -50,6 +51,8 @@ pub struct Shared {
     pub server_params: Mutex<Option<Vec<(String, String)>>>,
     /// Connected clients.
     pub clients: AtomicUsize,
+    /// Whether text sorts in byte order on the shards (learned once, for merging ORDER BY).
+    pub bytewise_text: std::sync::OnceLock<bool>,
 }
 
 /// A resolved destination.

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use super::gather::{GatherCall, NO_PARAMS};
 use super::relay::{Expect, Outcome, RelayError};
 use super::{Session, SessionEnd, SettingChange, Target, Txn};
 use crate::error::ProxyError;
@@ -63,6 +64,10 @@ impl Session {
             }
         }
         let explicit = self.txn.status != b'I';
+        if plan.stmts.len() > 1 && plan.stmts.iter().any(|s| s.gather.is_some()) {
+            // Each merged statement runs on its own.
+            split = true;
+        }
         if split {
             if plan.stmts.len() > 1
                 && (plan.writes() || plan.stmts.iter().any(|s| is_txn_control(&s.kind)))
@@ -274,10 +279,25 @@ impl Session {
             let reused = self.conns.is_empty();
             let r = match target {
                 Target::Shard(s) => self.exec_query_one(s, sql, hide_ready).await,
-                Target::All => {
-                    self.exec_query_all(sql, hide_ready, plan.replicated())
-                        .await
-                }
+                Target::All => match single_gather(plan) {
+                    Some(gp) => {
+                        let call = GatherCall {
+                            plan: &gp,
+                            sql,
+                            param_types: &[],
+                            params_section: NO_PARAMS,
+                            param_formats: &[],
+                            params: &[],
+                            result_formats: &[],
+                            describe: true,
+                        };
+                        self.gather(&call, hide_ready).await.map(Ok)
+                    }
+                    None => {
+                        self.exec_query_all(sql, hide_ready, plan.replicated())
+                            .await
+                    }
+                },
             };
             match r {
                 Ok(Ok(outcome)) => {
@@ -448,6 +468,14 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// The merge plan of a one-statement string that needs one.
+fn single_gather(plan: &Plan) -> Option<std::sync::Arc<crate::gather::GatherPlan>> {
+    match plan.stmts.as_slice() {
+        [one] => one.gather.clone(),
+        _ => None,
     }
 }
 

@@ -1,0 +1,838 @@
+//! Running a multi-shard read with a [`GatherPlan`]: fan-out to every shard, then a streaming
+//! k-way merge or a combine step on one shard (see [`crate::gather`]).
+//!
+//! Exchange with the shards, all in the extended protocol with the unnamed statement:
+//! 1. shard 0: Parse + Describe statement + Flush — the column layout (and the client's
+//!    parameter types) before anything runs;
+//! 2. every shard: [Parse] + Bind + Execute + Sync, read in parallel (the shards run at once;
+//!    the proxy reads whichever stream the merge needs next);
+//! 3. Combine only, shard 0: the final query over the gathered rows.
+//!
+//! A failure on one shard cancels the others (their connections are then closed rather than
+//! pooled, so a late cancel can never hit another client's query); the whole query is bounded
+//! by `gather.timeout_secs` and its gathered rows by `gather.memory_limit_mb`.
+
+use std::cmp::Ordering;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use super::relay::{Outcome, RelayError};
+use super::{Session, SessionEnd};
+use crate::backend::BackendError;
+use crate::error::ProxyError;
+use crate::gather::datum::{self, Field};
+use crate::gather::{self as g, Count, Final, GatherPlan, KeyCol, Mode};
+use crate::protocol::{build, Frame};
+
+/// One execution of a gather statement.
+pub(super) struct GatherCall<'a> {
+    /// The plan.
+    pub plan: &'a GatherPlan,
+    /// The client's statement text.
+    pub sql: &'a str,
+    /// Parameter types the client declared.
+    pub param_types: &'a [u32],
+    /// The Bind section with parameter format codes and values, verbatim.
+    pub params_section: &'a [u8],
+    /// Parameter format codes as sent.
+    pub param_formats: &'a [i16],
+    /// Parameter values.
+    pub params: &'a [Option<&'a [u8]>],
+    /// Result format codes as sent.
+    pub result_formats: &'a [i16],
+    /// Send a RowDescription first.
+    pub describe: bool,
+}
+
+/// The Bind parameter section of a statement without parameters.
+pub(super) const NO_PARAMS: &[u8] = &[0, 0, 0, 0];
+
+/// How one gather ended, when it did not end with an error from a shard.
+enum Fail {
+    /// A shard reported an error: forwarded as is.
+    Shard(Frame),
+    /// The proxy refuses or gives up.
+    Proxy(ProxyError),
+}
+
+type GResult<T> = Result<T, GatherError>;
+
+/// Errors inside a gather.
+enum GatherError {
+    /// The client or a backend connection failed.
+    Relay(RelayError),
+    /// The query failed; connections are drained.
+    Failed(Fail),
+}
+
+impl From<SessionEnd> for GatherError {
+    fn from(e: SessionEnd) -> Self {
+        GatherError::Relay(RelayError::Client(e))
+    }
+}
+
+fn backend(shard: usize, error: BackendError) -> GatherError {
+    GatherError::Relay(RelayError::Backend {
+        shard,
+        error,
+        forwarded: true,
+    })
+}
+
+fn proxy_fail(e: ProxyError) -> GatherError {
+    GatherError::Failed(Fail::Proxy(e))
+}
+
+/// Byte ranges of a row's values.
+type Values = Vec<Option<(usize, usize)>>;
+
+/// A shard's stream in the merge: its current row and whether it has finished.
+struct Stream {
+    idx: usize,
+    head: Option<(Frame, Values)>,
+    done: bool,
+}
+
+impl Session {
+    /// Runs a gather statement; writes RowDescription (when asked), rows, CommandComplete or
+    /// the error, and — unless `hide_ready` — ReadyForQuery.
+    pub(super) async fn gather(
+        &mut self,
+        call: &GatherCall<'_>,
+        hide_ready: bool,
+    ) -> Result<Outcome, RelayError> {
+        let n = self.shared.map.shards.len();
+        let mut idxs = Vec::with_capacity(n);
+        for s in 0..n {
+            match self.conn_for(s).await {
+                Ok(i) => idxs.push(i),
+                Err(e) => return Ok(self.gather_failed(Fail::Proxy(e), hide_ready)),
+            }
+        }
+        let timeout = self.shared.map.gather.timeout;
+        let run = tokio::time::timeout(timeout, self.gather_run(call, &idxs)).await;
+        match run {
+            Ok(Ok(status)) => {
+                if !hide_ready {
+                    build::ready_for_query(&mut self.out, status);
+                }
+                Ok(Outcome {
+                    status,
+                    error: false,
+                })
+            }
+            Ok(Err(GatherError::Relay(e))) => Err(e),
+            Ok(Err(GatherError::Failed(f))) => Ok(self.gather_failed(f, hide_ready)),
+            Err(_) => {
+                // Out of time: stop the shards and drop their connections (their state is unknown).
+                let all: Vec<usize> = idxs.clone();
+                self.cancel_conns(&all, usize::MAX);
+                self.conns.clear();
+                self.cancel_slot.lock().clear();
+                let e = ProxyError::Backend {
+                    code: "57014".into(),
+                    message: format!(
+                        "canceling statement due to the scatter-gather timeout (gather.timeout_secs = {})",
+                        timeout.as_secs()
+                    ),
+                };
+                if self.txn.status != b'I' {
+                    self.txn.local_failed = true;
+                }
+                Ok(self.gather_failed(Fail::Proxy(e), hide_ready))
+            }
+        }
+    }
+
+    /// Reports a failed gather; the shards' connections were already drained.
+    fn gather_failed(&mut self, f: Fail, hide_ready: bool) -> Outcome {
+        match f {
+            Fail::Shard(frame) => self.out.extend_from_slice(&frame.raw),
+            Fail::Proxy(e) => build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string()),
+        }
+        let status = match self.txn.status {
+            b'I' => b'I',
+            _ => b'E',
+        };
+        if !hide_ready {
+            build::ready_for_query(&mut self.out, status);
+        }
+        Outcome {
+            status,
+            error: true,
+        }
+    }
+
+    /// Sends CancelRequest to the backends of `idxs` (except `except`) and marks their
+    /// connections so they are closed instead of pooled.
+    fn cancel_conns(&mut self, idxs: &[usize], except: usize) {
+        for &i in idxs {
+            if i == except {
+                continue;
+            }
+            let Some(c) = self.conns.get_mut(i) else {
+                continue;
+            };
+            c.broken = true;
+            let info = &self.shared.pools[c.shard].info;
+            let (host, port) = (info.host.clone(), info.port);
+            let pkt = crate::cancel::cancel_packet(c.pid, c.secret);
+            tokio::spawn(async move {
+                let send = async {
+                    let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                    s.write_all(&pkt).await?;
+                    s.shutdown().await
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send).await;
+            });
+        }
+    }
+
+    async fn write_to(&mut self, idx: usize, msg: &[u8]) -> GResult<()> {
+        let shard = self.conns[idx].shard;
+        self.conns[idx]
+            .write_all(msg)
+            .await
+            .map_err(|e| backend(shard, e))
+    }
+
+    async fn read_from(&mut self, idx: usize) -> GResult<Frame> {
+        let shard = self.conns[idx].shard;
+        self.conns[idx]
+            .read_frame()
+            .await
+            .map_err(|e| backend(shard, e))
+    }
+
+    /// Reads until ReadyForQuery; returns its status.
+    async fn drain_to_ready(&mut self, idx: usize) -> GResult<u8> {
+        loop {
+            let f = self.read_from(idx).await?;
+            if f.tag == b'Z' {
+                return Ok(f.body().first().copied().unwrap_or(b'I'));
+            }
+        }
+    }
+
+    /// Whether text sorts in byte order on the shards (C/POSIX collation, libc provider),
+    /// asked once per proxy on the given connection.
+    async fn bytewise_text(&mut self, idx: usize) -> bool {
+        if let Some(v) = self.shared.bytewise_text.get() {
+            return *v;
+        }
+        let probe = "SELECT (d.datcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8') AND \
+                     coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c')::text \
+                     FROM pg_database d WHERE d.datname = current_database()";
+        match self.conns[idx].query_value(probe).await {
+            Ok(Some(v)) => {
+                let b = v == "true";
+                let _ = self.shared.bytewise_text.set(b);
+                b
+            }
+            _ => false,
+        }
+    }
+
+    /// The gather itself; returns the ReadyForQuery status to report.
+    async fn gather_run(&mut self, call: &GatherCall<'_>, idxs: &[usize]) -> GResult<u8> {
+        let gp = call.plan;
+        let c0 = idxs[0];
+        let wants_text_probe = !gp.sort.is_empty() && self.shared.bytewise_text.get().is_none();
+        let bytewise = if wants_text_probe && self.txn.status != b'E' {
+            self.bytewise_text(c0).await
+        } else {
+            self.shared.bytewise_text.get().copied().unwrap_or(false)
+        };
+        // 1. Describe on shard 0.
+        let describe_sql = match &gp.mode {
+            Mode::Combine(Final::Grouped { .. }) => call.sql,
+            _ => gp.shard_sql.as_str(),
+        };
+        let mut msg = BytesMut::with_capacity(describe_sql.len() + 64);
+        build::parse(&mut msg, "", describe_sql, call.param_types);
+        build::target(&mut msg, b'D', b'S', "");
+        build::empty(&mut msg, b'H');
+        self.write_to(c0, &msg).await?;
+        let mut param_oids: Vec<u32> = Vec::new();
+        let fields: Vec<Field>;
+        loop {
+            let f = self.read_from(c0).await?;
+            match f.tag {
+                b'1' => {}
+                b't' => param_oids = parse_param_description(f.body()),
+                b'T' => {
+                    fields = datum::parse_row_description(f.body())
+                        .map_err(|e| proxy_fail(ProxyError::Protocol(e.to_string())))?;
+                    break;
+                }
+                b'n' => {
+                    self.abort_describe(c0).await?;
+                    return Err(proxy_fail(ProxyError::Unsupported(
+                        "this statement returns no rows and cannot be merged across shards".into(),
+                    )));
+                }
+                b'E' => {
+                    self.abort_describe(c0).await?;
+                    return Err(GatherError::Failed(Fail::Shard(f)));
+                }
+                b'N' => self.out.extend_from_slice(&f.raw),
+                _ => {}
+            }
+        }
+        let visible = fields.len().saturating_sub(gp.hidden);
+        let prepared = (|| -> Result<_, ProxyError> {
+            let formats = datum::expand_formats(call.result_formats, visible)
+                .map_err(ProxyError::Protocol)?;
+            let limit = self.count_value(gp.limit, call, "LIMIT")?;
+            let offset = self.count_value(gp.offset, call, "OFFSET")?;
+            Ok((formats, limit, offset))
+        })();
+        let (formats, limit, offset) = match prepared {
+            Ok(v) => v,
+            Err(e) => {
+                self.abort_describe(c0).await?;
+                return Err(proxy_fail(e));
+            }
+        };
+        // Stream when every sort key can be compared here; otherwise combine.
+        let fallback = Final::Rows {
+            distinct: false,
+            distinct_on: Vec::new(),
+        };
+        let fin: Option<&Final> = match &gp.mode {
+            Mode::Combine(f) => Some(f),
+            Mode::Stream => {
+                let ok = gp.sort.iter().all(|k| {
+                    let oid = fields
+                        .get(key_index(k.col, visible))
+                        .map(|f| f.type_oid)
+                        .unwrap_or(0);
+                    let c_collate = k
+                        .collate
+                        .as_deref()
+                        .map(|c| matches!(c, "C" | "POSIX" | "ucs_basic"));
+                    let text_ok = match c_collate {
+                        Some(c) => c,
+                        None => bytewise,
+                    };
+                    datum::sortable(oid, text_ok || !datum::is_collatable(oid))
+                });
+                if ok {
+                    None
+                } else {
+                    Some(&fallback)
+                }
+            }
+        };
+        if call.describe {
+            datum::put_row_description(&mut self.out, &fields[..visible], &formats);
+        }
+        // 2. Every shard runs its part.
+        let shard_formats: Vec<i16> = match fin {
+            None => {
+                let mut f = formats.clone();
+                f.extend(std::iter::repeat_n(1, gp.hidden));
+                f
+            }
+            Some(_) => vec![1],
+        };
+        let grouped = matches!(fin, Some(Final::Grouped { .. }));
+        for (k, &idx) in idxs.iter().enumerate() {
+            let mut msg = BytesMut::with_capacity(gp.shard_sql.len() + 64);
+            if k != 0 || grouped {
+                build::parse(&mut msg, "", &gp.shard_sql, &param_oids);
+            }
+            put_bind(&mut msg, call.params_section, &shard_formats);
+            if k == 0 && grouped {
+                build::target(&mut msg, b'D', b'P', "");
+            }
+            build::execute(&mut msg, "", 0);
+            build::empty(&mut msg, b'S');
+            self.write_to(idx, &msg).await?;
+        }
+        match fin {
+            None => {
+                let key_types: Vec<u32> = gp
+                    .sort
+                    .iter()
+                    .map(|k| {
+                        fields
+                            .get(key_index(k.col, visible))
+                            .map(|f| f.type_oid)
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                self.merge_streams(gp, idxs, visible, &key_types, limit, offset)
+                    .await
+            }
+            Some(fin) => {
+                let partial_fields = if grouped { None } else { Some(fields.clone()) };
+                self.combine(
+                    call,
+                    fin,
+                    idxs,
+                    partial_fields,
+                    &param_oids,
+                    visible,
+                    &formats,
+                    limit,
+                    offset,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Ends an exchange left open after Describe + Flush.
+    async fn abort_describe(&mut self, c0: usize) -> GResult<()> {
+        let mut msg = BytesMut::with_capacity(5);
+        build::empty(&mut msg, b'S');
+        self.write_to(c0, &msg).await?;
+        self.drain_to_ready(c0).await.map(|_| ())
+    }
+
+    /// A LIMIT/OFFSET value: a constant, or the Bind parameter it names.
+    fn count_value(
+        &self,
+        c: Option<Count>,
+        call: &GatherCall<'_>,
+        what: &str,
+    ) -> Result<Option<i64>, ProxyError> {
+        let v = match c {
+            None => return Ok(None),
+            Some(Count::Const(v)) => v,
+            Some(Count::Param(i)) => {
+                let raw = call.params.get(i).copied().flatten();
+                let Some(raw) = raw else { return Ok(None) };
+                let binary = match call.param_formats.len() {
+                    0 => false,
+                    1 => call.param_formats[0] == 1,
+                    _ => call.param_formats.get(i) == Some(&1),
+                };
+                let parsed = if binary {
+                    match raw.len() {
+                        8 => Some(i64::from_be_bytes(raw.try_into().unwrap_or([0; 8]))),
+                        4 => Some(i64::from(i32::from_be_bytes(
+                            raw.try_into().unwrap_or([0; 4]),
+                        ))),
+                        2 => Some(i64::from(i16::from_be_bytes(
+                            raw.try_into().unwrap_or([0; 2]),
+                        ))),
+                        _ => None,
+                    }
+                } else {
+                    std::str::from_utf8(raw)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<i64>().ok())
+                };
+                parsed.ok_or_else(|| ProxyError::Backend {
+                    code: "22P02".into(),
+                    message: format!("invalid value for {what} parameter ${}", i + 1),
+                })?
+            }
+        };
+        if v < 0 {
+            return Err(ProxyError::Backend {
+                code: "2201W".into(),
+                message: format!("{what} must not be negative"),
+            });
+        }
+        Ok(Some(v))
+    }
+
+    /// Reads the next row of a stream into its head (or marks it done); a shard error is
+    /// returned as the frame.
+    async fn advance(&mut self, s: &mut Stream) -> GResult<Option<Frame>> {
+        s.head = None;
+        while !s.done {
+            let f = self.read_from(s.idx).await?;
+            match f.tag {
+                b'D' => {
+                    let mut vals = Vec::new();
+                    datum::row_values(f.body(), &mut vals)
+                        .map_err(|e| proxy_fail(ProxyError::Protocol(e.to_string())))?;
+                    s.head = Some((f, vals));
+                    return Ok(None);
+                }
+                b'C' | b'I' => s.done = true,
+                b'E' => {
+                    s.done = true;
+                    return Ok(Some(f));
+                }
+                _ => {} // ParseComplete, BindComplete, notices
+            }
+        }
+        Ok(None)
+    }
+
+    /// Streams: k-way merge on the hidden sort columns (or concatenation without sort keys),
+    /// OFFSET/LIMIT applied here.
+    async fn merge_streams(
+        &mut self,
+        gp: &GatherPlan,
+        idxs: &[usize],
+        visible: usize,
+        types: &[u32],
+        limit: Option<i64>,
+        offset: Option<i64>,
+    ) -> GResult<u8> {
+        let mut streams: Vec<Stream> = idxs
+            .iter()
+            .map(|&idx| Stream {
+                idx,
+                head: None,
+                done: false,
+            })
+            .collect();
+        let mut failure: Option<Frame> = None;
+        for s in streams.iter_mut() {
+            if let Some(e) = self.advance(s).await? {
+                failure.get_or_insert(e);
+                break;
+            }
+        }
+        let mut skip = offset.unwrap_or(0);
+        let mut left = limit.unwrap_or(i64::MAX);
+        let mut sent: u64 = 0;
+        while failure.is_none() && left > 0 {
+            // The stream with the smallest head (ties: lowest shard, so the order is stable).
+            let mut best: Option<usize> = None;
+            for (i, s) in streams.iter().enumerate() {
+                let Some((fa, va)) = &s.head else { continue };
+                if gp.sort.is_empty() {
+                    best = Some(i);
+                    break;
+                }
+                best = match best {
+                    None => Some(i),
+                    Some(b) => {
+                        let Some((fb, vb)) = streams[b].head.as_ref() else {
+                            continue;
+                        };
+                        if compare_rows(gp, visible, types, fa.body(), va, fb.body(), vb)
+                            == Ordering::Less
+                        {
+                            Some(i)
+                        } else {
+                            Some(b)
+                        }
+                    }
+                };
+            }
+            let Some(b) = best else { break };
+            let Some((f, vals)) = streams[b].head.take() else {
+                break;
+            };
+            if skip > 0 {
+                skip -= 1;
+            } else {
+                if gp.hidden == 0 {
+                    self.out.extend_from_slice(&f.raw);
+                } else {
+                    datum::put_row_prefix(&mut self.out, f.body(), &vals, visible);
+                }
+                sent += 1;
+                left -= 1;
+                self.maybe_flush().await?;
+            }
+            let mut s = std::mem::replace(
+                &mut streams[b],
+                Stream {
+                    idx: 0,
+                    head: None,
+                    done: true,
+                },
+            );
+            if let Some(e) = self.advance(&mut s).await? {
+                failure = Some(e);
+            }
+            streams[b] = s;
+        }
+        if failure.is_some() {
+            let except = usize::MAX;
+            let live: Vec<usize> = streams.iter().filter(|s| !s.done).map(|s| s.idx).collect();
+            self.cancel_conns(&live, except);
+        }
+        // Drain every shard to ReadyForQuery (rows past the LIMIT are discarded).
+        let mut status = b'I';
+        for s in &streams {
+            let mut done = s.done;
+            loop {
+                let f = self.read_from(s.idx).await?;
+                match f.tag {
+                    b'Z' => {
+                        status = merge_status(status, f.body().first().copied().unwrap_or(b'I'));
+                        break;
+                    }
+                    b'E' if !done || failure.is_none() => {
+                        failure.get_or_insert(f);
+                        done = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(GatherError::Failed(Fail::Shard(e)));
+        }
+        build::command_complete(&mut self.out, &format!("SELECT {sent}"));
+        Ok(status)
+    }
+
+    /// Combine: gather every shard's partial rows (bounded), then run the final step on shard 0.
+    #[allow(clippy::too_many_arguments)]
+    async fn combine(
+        &mut self,
+        call: &GatherCall<'_>,
+        fin: &Final,
+        idxs: &[usize],
+        mut partial_fields: Option<Vec<Field>>,
+        param_oids: &[u32],
+        visible: usize,
+        formats: &[i16],
+        limit: Option<i64>,
+        offset: Option<i64>,
+    ) -> GResult<u8> {
+        let budget = self.shared.map.gather.memory_limit;
+        let mut used = 0usize;
+        let mut rows: Vec<Frame> = Vec::new();
+        let mut failure: Option<Fail> = None;
+        let mut status = b'I';
+        for (k, &idx) in idxs.iter().enumerate() {
+            loop {
+                let f = self.read_from(idx).await?;
+                match f.tag {
+                    b'D' if failure.is_none() => {
+                        used += f.raw.len() + 64;
+                        if used > budget {
+                            failure = Some(Fail::Proxy(ProxyError::Backend {
+                                code: "53200".into(),
+                                message: format!(
+                                    "scatter-gather query needs more than the gather memory limit ({} MiB, gather.memory_limit_mb) to merge shard results; add a shard key or a LIMIT, or raise the limit",
+                                    budget >> 20
+                                ),
+                            }));
+                            rows = Vec::new();
+                            let rest: Vec<usize> = idxs[k + 1..].to_vec();
+                            self.cancel_conns(&rest, usize::MAX);
+                        } else {
+                            rows.push(f);
+                        }
+                    }
+                    b'T' if k == 0 => {
+                        partial_fields = Some(
+                            datum::parse_row_description(f.body())
+                                .map_err(|e| proxy_fail(ProxyError::Protocol(e.to_string())))?,
+                        );
+                    }
+                    b'E' if failure.is_none() => {
+                        failure = Some(Fail::Shard(f));
+                        let rest: Vec<usize> = idxs.iter().copied().filter(|&i| i != idx).collect();
+                        self.cancel_conns(&rest, usize::MAX);
+                    }
+                    b'Z' => {
+                        status = merge_status(status, f.body().first().copied().unwrap_or(b'I'));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(f) = failure {
+            return Err(GatherError::Failed(f));
+        }
+        let partial = partial_fields.ok_or_else(|| {
+            proxy_fail(ProxyError::Protocol(
+                "shard sent no row description for partial rows".into(),
+            ))
+        })?;
+        let types: Vec<u32> = partial.iter().map(|f| f.type_oid).collect();
+        // 3. The final step on shard 0, the gathered columns as array parameters.
+        let mut oids: Vec<u32> = param_oids.to_vec();
+        for t in &types {
+            match datum::array_oid(*t) {
+                Some(a) => oids.push(a),
+                None => {
+                    return Err(proxy_fail(ProxyError::Unsupported(format!(
+                        "merging values of type oid {t} across shards is not supported; cast the column to a built-in type"
+                    ))))
+                }
+            }
+        }
+        let sql = g::final_sql(
+            call.plan,
+            fin,
+            &types,
+            param_oids.len(),
+            visible,
+            limit,
+            offset,
+        );
+        let mut values: Vec<Vec<Option<(usize, usize)>>> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut v = Vec::with_capacity(types.len());
+            datum::row_values(r.body(), &mut v)
+                .map_err(|e| proxy_fail(ProxyError::Protocol(e.to_string())))?;
+            values.push(v);
+        }
+        let c0 = idxs[0];
+        let mut msg = BytesMut::with_capacity(used + sql.len() + 256);
+        build::parse(&mut msg, "", &sql, &oids);
+        let at = msg.len();
+        msg.put_u8(b'B');
+        msg.put_i32(0);
+        build::put_cstr(&mut msg, "");
+        build::put_cstr(&mut msg, "");
+        let n_client = param_oids.len();
+        msg.put_i16((n_client + types.len()) as i16);
+        for i in 0..n_client {
+            let f = match call.param_formats.len() {
+                0 => 0,
+                1 => call.param_formats[0],
+                _ => call.param_formats.get(i).copied().unwrap_or(0),
+            };
+            msg.put_i16(f);
+        }
+        for _ in &types {
+            msg.put_i16(1);
+        }
+        msg.put_i16((n_client + types.len()) as i16);
+        for i in 0..n_client {
+            match call.params.get(i).copied().flatten() {
+                None => msg.put_i32(-1),
+                Some(v) => {
+                    msg.put_i32(v.len() as i32);
+                    msg.extend_from_slice(v);
+                }
+            }
+        }
+        for (col, t) in types.iter().enumerate() {
+            let len_at = msg.len();
+            msg.put_i32(0);
+            let vals = rows
+                .iter()
+                .zip(values.iter())
+                .map(|(r, v)| v.get(col).copied().flatten().map(|(s, e)| &r.body()[s..e]));
+            datum::put_array(&mut msg, *t, vals);
+            let len = (msg.len() - len_at - 4) as i32;
+            msg[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        msg.put_i16(formats.len() as i16);
+        for f in formats {
+            msg.put_i16(*f);
+        }
+        let len = (msg.len() - at - 1) as i32;
+        msg[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
+        drop(rows);
+        build::execute(&mut msg, "", 0);
+        build::empty(&mut msg, b'S');
+        self.write_to(c0, &msg).await?;
+        drop(msg);
+        let mut failed: Option<Frame> = None;
+        let final_status;
+        loop {
+            let f = self.read_from(c0).await?;
+            match f.tag {
+                b'D' | b'C' if failed.is_none() => {
+                    self.out.extend_from_slice(&f.raw);
+                    self.maybe_flush().await?;
+                }
+                b'E' => {
+                    failed.get_or_insert(f);
+                }
+                b'Z' => {
+                    final_status = f.body().first().copied().unwrap_or(b'I');
+                    break;
+                }
+                _ => {} // ParseComplete, BindComplete, notices
+            }
+        }
+        if let Some(e) = failed {
+            return Err(GatherError::Failed(Fail::Shard(e)));
+        }
+        Ok(merge_status(status, final_status))
+    }
+}
+
+/// A Bind of the unnamed statement to the unnamed portal with the client's parameters.
+fn put_bind(buf: &mut BytesMut, params_section: &[u8], result_formats: &[i16]) {
+    let at = buf.len();
+    buf.put_u8(b'B');
+    buf.put_i32(0);
+    build::put_cstr(buf, "");
+    build::put_cstr(buf, "");
+    buf.extend_from_slice(params_section);
+    buf.put_i16(result_formats.len() as i16);
+    for f in result_formats {
+        buf.put_i16(*f);
+    }
+    let len = (buf.len() - at - 1) as i32;
+    buf[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+fn parse_param_description(body: &[u8]) -> Vec<u32> {
+    let mut c = crate::protocol::Cursor::new(body, "ParameterDescription");
+    let n = c.i16().unwrap_or(0).max(0);
+    (0..n).filter_map(|_| c.u32().ok()).collect()
+}
+
+fn key_index(col: KeyCol, visible: usize) -> usize {
+    match col {
+        KeyCol::Visible(i) => i,
+        KeyCol::Hidden(h) => visible + h,
+    }
+}
+
+fn compare_rows(
+    gp: &GatherPlan,
+    visible: usize,
+    types: &[u32],
+    a: &[u8],
+    va: &[Option<(usize, usize)>],
+    b: &[u8],
+    vb: &[Option<(usize, usize)>],
+) -> Ordering {
+    for (k, key) in gp.sort.iter().enumerate() {
+        let i = key_index(key.col, visible);
+        let x = va.get(i).copied().flatten();
+        let y = vb.get(i).copied().flatten();
+        let ord = match (x, y) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => {
+                if key.nulls_first {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            }
+            (Some(_), None) => {
+                if key.nulls_first {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
+            (Some((s1, e1)), Some((s2, e2))) => {
+                let o = datum::compare(types.get(k).copied().unwrap_or(0), &a[s1..e1], &b[s2..e2]);
+                if key.desc {
+                    o.reverse()
+                } else {
+                    o
+                }
+            }
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    Ordering::Equal
+}
+
+fn merge_status(a: u8, b: u8) -> u8 {
+    match (a, b) {
+        (b'E', _) | (_, b'E') => b'E',
+        (b'T', _) | (_, b'T') => b'T',
+        _ => b'I',
+    }
+}
