@@ -72,10 +72,45 @@ pub enum RouteSpec {
     Shard(usize),
     /// Every shard (DDL, reference writes, keyless reads where concatenation is exact).
     All,
+    /// Some of the shards (a key list that lands on several): only those run it.
+    Subset(ShardSet),
     /// Depends on Bind parameters.
     Keys(Arc<KeyRoute>),
     /// Refused, with the error to send.
     Refuse(ProxyError),
+}
+
+/// A set of shards (by index; shard maps hold at most [`crate::shardmap::MAX_SHARDS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardSet(u128);
+
+impl ShardSet {
+    /// Shards `0..n`.
+    pub fn all(n: usize) -> ShardSet {
+        if n >= 128 {
+            ShardSet(u128::MAX)
+        } else {
+            ShardSet((1u128 << n) - 1)
+        }
+    }
+    /// Adds shard `i`.
+    pub fn add(&mut self, i: usize) {
+        if i < 128 {
+            self.0 |= 1u128 << i;
+        }
+    }
+    /// Number of shards in the set.
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The shard indexes, ascending.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..128usize).filter(move |i| self.0 & (1u128 << i) != 0)
+    }
 }
 
 /// A route that is decided from Bind parameters.
@@ -109,6 +144,9 @@ pub struct StmtPlan {
     pub replicated: bool,
     /// How results are merged when the statement runs on several shards (`None`: concatenated).
     pub gather: Option<Arc<GatherPlan>>,
+    /// A text-format EXPLAIN: how the explained statement would be merged (the proxy adds
+    /// its route and labels each shard's plan).
+    pub explain: Option<ExplainPlan>,
 }
 
 /// All statements of one SQL string.
@@ -162,21 +200,89 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
                 }
             }
         }
+        let explain = match node {
+            NodeEnum::ExplainStmt(e) => explain_merge(e),
+            _ => None,
+        };
         stmts.push(StmtPlan {
             kind,
             route,
             span,
             replicated,
             gather,
+            explain,
         });
     }
     Ok(Plan { stmts })
 }
 
+/// An EXPLAIN option's value (lowercased; "true" when given without a value).
+fn explain_option(e: &protobuf::ExplainStmt, name: &str) -> Option<String> {
+    e.options.iter().find_map(|o| match &o.node {
+        Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case(name) => {
+            Some(match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
+                Some(NodeEnum::String(s)) => s.sval.to_ascii_lowercase(),
+                Some(NodeEnum::Boolean(b)) => b.boolval.to_string(),
+                Some(NodeEnum::AConst(c)) => match &c.val {
+                    Some(Val::Sval(s)) => s.sval.to_ascii_lowercase(),
+                    Some(Val::Boolval(b)) => b.boolval.to_string(),
+                    Some(Val::Ival(i)) => (i.ival != 0).to_string(),
+                    _ => "true".into(),
+                },
+                _ => "true".into(),
+            })
+        }
+        _ => None,
+    })
+}
+
+/// For a text-format EXPLAIN: how the explained statement's results are merged, and the
+/// EXPLAIN of the query the shards really run (when the merge rewrites it).
+fn explain_merge(e: &protobuf::ExplainStmt) -> Option<ExplainPlan> {
+    if explain_option(e, "format").is_some_and(|f| f != "text") {
+        return None;
+    }
+    let mut shard_sql = None;
+    let merge = match e.query.as_ref().and_then(|q| q.node.as_ref()) {
+        Some(NodeEnum::SelectStmt(s)) => match crate::gather::plan::build("", s) {
+            Ok(Some(g)) => {
+                shard_sql = explain_of(e, &g.shard_sql);
+                g.describe.clone()
+            }
+            Ok(None) => "concatenate shard results".into(),
+            Err(e) => format!("refused: {e}"),
+        },
+        _ => "sum command tags".into(),
+    };
+    Some(ExplainPlan { merge, shard_sql })
+}
+
+/// `EXPLAIN (same options) <sql>`.
+fn explain_of(e: &protobuf::ExplainStmt, sql: &str) -> Option<String> {
+    let parsed = pg_query::parse(sql, 0).ok()?;
+    let q = parsed.protobuf.stmts.first()?.stmt.clone()?;
+    let ex = protobuf::ExplainStmt {
+        query: Some(q),
+        options: e.options.clone(),
+    };
+    NodeEnum::ExplainStmt(Box::new(ex))
+        .deparse(Default::default())
+        .ok()
+}
+
+/// What the proxy adds to a text-format EXPLAIN.
+#[derive(Debug, Clone)]
+pub struct ExplainPlan {
+    /// How shard results are merged.
+    pub merge: String,
+    /// The EXPLAIN sent to the shards when they run a rewritten query.
+    pub shard_sql: Option<String>,
+}
+
 /// Whether a route can end up on several shards.
 fn may_scatter(route: &RouteSpec) -> bool {
     match route {
-        RouteSpec::All => true,
+        RouteSpec::All | RouteSpec::Subset(_) => true,
         RouteSpec::Keys(kr) => matches!(*kr.spread, RouteSpec::All),
         _ => false,
     }
@@ -273,7 +379,17 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
         N::ExplainStmt(e) => {
             let inner = e.query.as_ref().and_then(|q| q.node.as_ref());
             match inner {
-                Some(q) => (StmtKind::Read, analyze(map, q).1),
+                Some(q) => {
+                    let (kind, route) = analyze(map, q);
+                    // EXPLAIN ANALYZE runs the statement: a write stays a write.
+                    let runs = explain_option(e, "analyze").is_some_and(|v| v != "false" && v != "off");
+                    let kind = if runs && kind == StmtKind::Write {
+                        StmtKind::Write
+                    } else {
+                        StmtKind::Read
+                    };
+                    (kind, route)
+                }
                 None => (StmtKind::Read, RouteSpec::Any),
             }
         }
@@ -619,11 +735,12 @@ fn resolve_fixed(kr: &KeyRoute) -> RouteSpec {
     resolve_shards(kr, shards)
 }
 
-/// The distinct shards a statement's keys land on: none, one, or several.
+/// The distinct shards a statement's keys land on.
 #[derive(Default, Clone, Copy)]
 struct Shards {
     one: Option<usize>,
     several: bool,
+    set: ShardSet,
 }
 
 impl Shards {
@@ -633,6 +750,7 @@ impl Shards {
             Some(o) if o != s => self.several = true,
             _ => {}
         }
+        self.set.add(s);
     }
 }
 
@@ -647,7 +765,11 @@ fn resolve_shards(kr: &KeyRoute, shards: Shards) -> RouteSpec {
             "statement joins unsharded table {table} (on the default shard) with sharded table {} whose key is on another shard",
             kr.what
         ))),
-        _ => (*kr.spread).clone(),
+        // Several shards: where "all shards" is the answer, only the ones the keys name run it.
+        _ => match &*kr.spread {
+            RouteSpec::All => RouteSpec::Subset(shards.set),
+            other => other.clone(),
+        },
     }
 }
 

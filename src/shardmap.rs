@@ -82,6 +82,9 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
 }
 
+/// Most shards one map may hold.
+pub const MAX_SHARDS: usize = 128;
+
 /// Limits of one scatter-gather query.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatherSettings {
@@ -416,6 +419,16 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
             &[Key("shards")],
             "at least one shard is required",
             "add `shards: [{ name: s0, url: \"postgres://user@host:5432/db\" }]`",
+        ));
+    }
+    if raw.shards.len() > MAX_SHARDS {
+        return Err(site.error(
+            &[Key("shards")],
+            format!(
+                "{} shards are listed; at most {MAX_SHARDS} are supported",
+                raw.shards.len()
+            ),
+            "merge shards, or run several proxies over disjoint table sets",
         ));
     }
     let mut shards: Vec<ShardInfo> = Vec::with_capacity(raw.shards.len());

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::error::ProxyError;
 use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
-use crate::router::{RouteSpec, StmtKind};
+use crate::router::{RouteSpec, ShardSet, StmtKind};
 
 /// Extended-protocol messages waiting for Sync or Flush.
 #[derive(Default)]
@@ -143,7 +143,7 @@ impl Session {
         }
         let result = match target {
             Target::Shard(s) => self.batch_one(s, ops, cut.as_ref(), sync).await,
-            Target::All => {
+            Target::Set(set) => {
                 if !sync {
                     // A scatter is merged up to ReadyForQuery, so it cannot stop at a Flush:
                     // refuse it and skip to Sync like after any error.
@@ -152,9 +152,9 @@ impl Session {
                         "Flush before Sync in a pipeline that runs on all shards is not supported; send Sync".into(),
                     )))
                 } else if ops.iter().any(|o| matches!(o, Op::Gather(..))) {
-                    self.batch_gather(ops, cut.as_ref()).await
+                    self.batch_gather(set, ops, cut.as_ref()).await
                 } else {
-                    self.batch_all(ops, cut.as_ref()).await
+                    self.batch_all(set, ops, cut.as_ref()).await
                 }
             }
         };
@@ -232,14 +232,10 @@ impl Session {
                 None => *target = Some(t),
                 Some(prev) if prev == t => {}
                 Some(prev) => {
-                    let n = |t: Target| match t {
-                        Target::Shard(i) => s.shard_name(i),
-                        Target::All => "all shards".into(),
-                    };
                     return Err(ProxyError::Unsupported(format!(
                         "this pipeline touches several shards ({} and {}) before one Sync; send a Sync between statements for different shards",
-                        n(prev),
-                        n(t)
+                        s.target_name(prev),
+                        s.target_name(t)
                     )));
                 }
             }
@@ -317,7 +313,7 @@ impl Session {
                 if stmt.plan.writes() {
                     *writes = true;
                 }
-                if t == Target::All {
+                if t.is_multi() {
                     if let Some(gp) = stmt.plan.stmts.first().and_then(|s| s.gather.as_ref()) {
                         let _ = gp;
                         return Ok(Op::Gather(f, stmt));
@@ -491,12 +487,12 @@ impl Session {
     /// Runs operations on every shard and merges the replies.
     async fn batch_all(
         &mut self,
+        set: ShardSet,
         ops: Vec<Op>,
         cut: Option<&ProxyError>,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
-        let n = self.shared.map.shards.len();
-        let mut idxs = Vec::with_capacity(n);
-        for s in 0..n {
+        let mut idxs = Vec::with_capacity(set.len());
+        for s in set.iter() {
             match self.conn_for(s).await {
                 Ok(i) => idxs.push(i),
                 Err(e) => return Ok(Err(e)),
@@ -612,6 +608,7 @@ impl Session {
     /// Describe of statements runs on one shard, the Execute through [`Session::gather`].
     async fn batch_gather(
         &mut self,
+        set: ShardSet,
         ops: Vec<Op>,
         cut: Option<&ProxyError>,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
@@ -664,7 +661,7 @@ impl Session {
                         result_formats: &m.result_formats,
                         describe,
                     };
-                    outcome = self.gather(&call, true).await?;
+                    outcome = self.gather(&call, set, true).await?;
                     ran = true;
                     if outcome.error {
                         break; // Postgres skips the rest of the pipeline after an error

@@ -24,6 +24,7 @@ use crate::error::ProxyError;
 use crate::gather::datum::{self, Field};
 use crate::gather::{self as g, Count, Final, GatherPlan, KeyCol, Mode};
 use crate::protocol::{build, Frame};
+use crate::router::ShardSet;
 
 /// One execution of a gather statement.
 pub(super) struct GatherCall<'a> {
@@ -100,11 +101,11 @@ impl Session {
     pub(super) async fn gather(
         &mut self,
         call: &GatherCall<'_>,
+        set: ShardSet,
         hide_ready: bool,
     ) -> Result<Outcome, RelayError> {
-        let n = self.shared.map.shards.len();
-        let mut idxs = Vec::with_capacity(n);
-        for s in 0..n {
+        let mut idxs = Vec::with_capacity(set.len());
+        for s in set.iter() {
             match self.conn_for(s).await {
                 Ok(i) => idxs.push(i),
                 Err(e) => return Ok(self.gather_failed(Fail::Proxy(e), hide_ready)),

@@ -2,6 +2,7 @@
 //! prepared statements, transaction) and the backend connections it holds while a
 //! transaction (or a single statement outside one) runs.
 
+mod explain;
 mod extended;
 mod gather;
 mod relay;
@@ -22,7 +23,7 @@ use crate::cancel::{CancelRegistry, CancelSlot, CancelTarget};
 use crate::error::ProxyError;
 use crate::pool::{PooledConn, ShardPool};
 use crate::protocol::{build, FrameError, FrameReader};
-use crate::router::{resolve_keys, Plan, PlanCache, RouteSpec};
+use crate::router::{resolve_keys, Plan, PlanCache, RouteSpec, ShardSet};
 use crate::shardmap::ShardMap;
 use settings::Settings;
 
@@ -60,8 +61,15 @@ pub struct Shared {
 pub enum Target {
     /// One shard.
     Shard(usize),
-    /// Every shard.
-    All,
+    /// Several shards (every shard, or the ones a key list names).
+    Set(ShardSet),
+}
+
+impl Target {
+    /// Whether it runs on several shards.
+    pub fn is_multi(self) -> bool {
+        matches!(self, Target::Set(_))
+    }
 }
 
 /// Why a session ends.
@@ -292,6 +300,26 @@ impl Session {
             .unwrap_or(self.shared.map.default_shard)
     }
 
+    /// The target for a set of shards (one shard is a plain single-shard target).
+    fn target_of(&self, set: ShardSet) -> Target {
+        match (set.len(), set.iter().next()) {
+            (1, Some(s)) => Target::Shard(s),
+            _ => Target::Set(set),
+        }
+    }
+
+    /// Names of a target's shards, for messages.
+    fn target_name(&self, t: Target) -> String {
+        match t {
+            Target::Shard(i) => self.shard_name(i),
+            Target::Set(set) if set.len() == self.shared.map.shards.len() => "all shards".into(),
+            Target::Set(set) => {
+                let names: Vec<String> = set.iter().map(|i| self.shard_name(i)).collect();
+                format!("shards {}", names.join(", "))
+            }
+        }
+    }
+
     /// Resolves a route (with Bind parameters where it needs them).
     fn resolve(
         &self,
@@ -302,11 +330,8 @@ impl Session {
         match route {
             RouteSpec::Any => Ok(Target::Shard(self.any_shard())),
             RouteSpec::Shard(s) => Ok(Target::Shard(*s)),
-            RouteSpec::All => Ok(if self.shared.map.shards.len() == 1 {
-                Target::Shard(0)
-            } else {
-                Target::All
-            }),
+            RouteSpec::All => Ok(self.target_of(ShardSet::all(self.shared.map.shards.len()))),
+            RouteSpec::Subset(set) => Ok(self.target_of(*set)),
             RouteSpec::Refuse(e) => Err(e.clone()),
             RouteSpec::Keys(kr) => {
                 let r = resolve_keys(&self.shared.map, kr, params, is_binary);
@@ -328,12 +353,9 @@ impl Session {
         if !writes || !explicit_txn {
             return Ok(());
         }
-        let names = |s: &Session, t: Target| match t {
-            Target::Shard(i) => s.shard_name(i),
-            Target::All => "all shards".to_string(),
-        };
+        let names = |s: &Session, t: Target| s.target_name(t);
         match (self.txn.written, target) {
-            (None, t) if t == Target::All && self.shared.map.shards.len() > 1 => Err(ProxyError::Unsupported(
+            (None, t) if t.is_multi() => Err(ProxyError::Unsupported(
                 "a transaction that writes on several shards is refused: atomic multi-shard commit is not supported yet; run this statement outside the transaction block".into(),
             )),
             (None, t) => {

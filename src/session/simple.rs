@@ -277,9 +277,24 @@ impl Session {
         loop {
             attempt += 1;
             let reused = self.conns.is_empty();
+            let explain = match plan.stmts.as_slice() {
+                [one] => one.explain.clone(),
+                _ => None,
+            };
             let r = match target {
+                _ if explain.is_some() => {
+                    let ex = explain.clone().unwrap_or(crate::router::ExplainPlan {
+                        merge: String::new(),
+                        shard_sql: None,
+                    });
+                    let text = match (&ex.shard_sql, target) {
+                        (Some(s), Target::Set(_)) => s.as_str(),
+                        _ => sql,
+                    };
+                    self.exec_explain(&ex.merge, text, target, hide_ready).await
+                }
                 Target::Shard(s) => self.exec_query_one(s, sql, hide_ready).await,
-                Target::All => match single_gather(plan) {
+                Target::Set(set) => match single_gather(plan) {
                     Some(gp) => {
                         let call = GatherCall {
                             plan: &gp,
@@ -291,10 +306,10 @@ impl Session {
                             result_formats: &[],
                             describe: true,
                         };
-                        self.gather(&call, hide_ready).await.map(Ok)
+                        self.gather(&call, set, hide_ready).await.map(Ok)
                     }
                     None => {
-                        self.exec_query_all(sql, hide_ready, plan.replicated())
+                        self.exec_query_all(set, sql, hide_ready, plan.replicated())
                             .await
                     }
                 },
@@ -362,13 +377,13 @@ impl Session {
 
     async fn exec_query_all(
         &mut self,
+        set: crate::router::ShardSet,
         sql: &str,
         hide_ready: bool,
         replicated: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
-        let n = self.shared.map.shards.len();
-        let mut idxs = Vec::with_capacity(n);
-        for s in 0..n {
+        let mut idxs = Vec::with_capacity(set.len());
+        for s in set.iter() {
             match self.conn_for(s).await {
                 Ok(i) => idxs.push(i),
                 Err(e) => return Ok(Err(e)),

@@ -1,0 +1,124 @@
+//! EXPLAIN through the proxy (simple protocol, text format): the route first, then each
+//! shard's own plan under its name, so an operator sees where a statement runs and how.
+
+use bytes::BytesMut;
+
+use super::relay::{Outcome, RelayError};
+use super::{Session, Target};
+use crate::error::ProxyError;
+use crate::protocol::{build, Frame};
+
+impl Session {
+    /// Runs a text-format EXPLAIN on the target's shards and writes the labelled plans.
+    pub(super) async fn exec_explain(
+        &mut self,
+        merge: &str,
+        sql: &str,
+        target: Target,
+        hide_ready: bool,
+    ) -> Result<Result<Outcome, ProxyError>, RelayError> {
+        let shards: Vec<usize> = match target {
+            Target::Shard(s) => vec![s],
+            Target::Set(set) => set.iter().collect(),
+        };
+        let mut idxs = Vec::with_capacity(shards.len());
+        for &s in &shards {
+            match self.conn_for(s).await {
+                Ok(i) => idxs.push(i),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        let mut msg = BytesMut::with_capacity(sql.len() + 6);
+        build::query(&mut msg, sql);
+        for &i in &idxs {
+            let shard = self.conns[i].shard;
+            if let Err(error) = self.conns[i].write_all(&msg).await {
+                return Err(RelayError::Backend {
+                    shard,
+                    error,
+                    forwarded: false,
+                });
+            }
+        }
+        let mut desc: Option<Frame> = None;
+        let mut plans: Vec<Vec<String>> = Vec::with_capacity(idxs.len());
+        let mut failure: Option<Frame> = None;
+        let mut status = b'I';
+        for &i in &idxs {
+            let shard = self.conns[i].shard;
+            let mut lines = Vec::new();
+            loop {
+                let f = match self.conns[i].read_frame().await {
+                    Ok(f) => f,
+                    Err(error) => {
+                        return Err(RelayError::Backend {
+                            shard,
+                            error,
+                            forwarded: false,
+                        })
+                    }
+                };
+                match f.tag {
+                    b'T' if desc.is_none() => desc = Some(f),
+                    b'D' => {
+                        let mut vals = Vec::new();
+                        if crate::gather::datum::row_values(f.body(), &mut vals).is_ok() {
+                            if let Some(Some((s, e))) = vals.first() {
+                                lines.push(String::from_utf8_lossy(&f.body()[*s..*e]).into_owned());
+                            }
+                        }
+                    }
+                    b'E' => {
+                        failure.get_or_insert(f);
+                    }
+                    b'Z' => {
+                        let st = f.body().first().copied().unwrap_or(b'I');
+                        if st == b'E' || (st == b'T' && status != b'E') {
+                            status = st;
+                        }
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            plans.push(lines);
+        }
+        let error = failure.is_some();
+        if let Some(e) = failure {
+            self.out.extend_from_slice(&e.raw);
+        } else {
+            if let Some(t) = &desc {
+                self.out.extend_from_slice(&t.raw);
+            }
+            let names: Vec<String> = shards.iter().map(|&s| self.shard_name(s)).collect();
+            let header = if shards.len() == 1 {
+                format!("Shardwire: runs on shard {}", names[0])
+            } else {
+                format!(
+                    "Shardwire: runs on {} shards ({}); merge: {merge}",
+                    shards.len(),
+                    names.join(", ")
+                )
+            };
+            build::data_row(&mut self.out, &[Some(&header)]);
+            for (name, lines) in names.iter().zip(&plans) {
+                if shards.len() > 1 {
+                    build::data_row(&mut self.out, &[Some(&format!("Shard {name}:"))]);
+                }
+                for l in lines {
+                    let line = if shards.len() > 1 {
+                        format!("  {l}")
+                    } else {
+                        l.clone()
+                    };
+                    build::data_row(&mut self.out, &[Some(&line)]);
+                }
+            }
+            build::command_complete(&mut self.out, "EXPLAIN");
+        }
+        if !hide_ready {
+            build::ready_for_query(&mut self.out, status);
+        }
+        Ok(Ok(Outcome { status, error }))
+    }
+}
