@@ -659,9 +659,18 @@ async fn keyless_select_scatters_over_the_extended_protocol() {
             assert_eq!(sorted(got), sorted(want), "{sql}");
         }
     }
-    // Unsupported shapes are refused clearly, and the session goes on.
+    // ORDER BY + LIMIT $1 is merged across shards (tests/gather_*.rs cover merging in depth);
+    // shapes that cannot be merged are refused clearly, and the session goes on.
+    let ids: Vec<i64> = c
+        .query("SELECT id FROM users ORDER BY id DESC LIMIT $1", &[&5i64])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![500, 499, 498, 497, 496]);
     let e = c
-        .query("SELECT id FROM users ORDER BY id LIMIT $1", &[&5i64])
+        .query("SELECT string_agg(name, $1) FROM users", &[&","])
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{e}");
