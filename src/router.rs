@@ -582,7 +582,15 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
         .iter()
         .filter(|(n, _, _, _)| matches!(n, NodeRef::RangeVar(rv) if placement(map, rv).0 == Placement::Hash && !(rv.schemaname.is_empty() && cte_names.contains(&rv.relname.as_str()))))
         .count();
-    let nested_hash = total_hash > top_hash;
+    // Subqueries joined to the outer query on co-located shard keys run per shard correctly.
+    let covered: usize = all_nodes
+        .iter()
+        .filter_map(|(n, _, _, _)| match n {
+            NodeRef::SubLink(sl) => colocated_sublink(map, sl, &refs),
+            _ => None,
+        })
+        .sum();
+    let nested_hash = total_hash > top_hash + covered;
     let unsharded_refs: Vec<&TableRef> = refs
         .iter()
         .filter(|r| r.placement == Placement::Unsharded)
@@ -726,6 +734,95 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     }
 }
 
+/// Sharded tables in a subquery that is co-located with the outer query: `outer_key IN
+/// (SELECT inner_key FROM t …)`, or an EXISTS/scalar subquery whose WHERE equates its table's
+/// shard key with an outer table's (`o.user_id = u.id`). Every row such a subquery can see
+/// lives on the same shard as the outer row, so it runs per shard. Returns how many sharded
+/// table references it covers.
+fn colocated_sublink(map: &ShardMap, sl: &protobuf::SubLink, outer: &[TableRef]) -> Option<usize> {
+    use protobuf::SubLinkType as T;
+    let Some(NodeEnum::SelectStmt(sel)) = sl.subselect.as_deref().and_then(|n| n.node.as_ref())
+    else {
+        return None;
+    };
+    if sel.op != SetOperation::SetopNone as i32 && sel.op != SetOperation::Undefined as i32 {
+        return None;
+    }
+    if sel.with_clause.is_some() {
+        return None;
+    }
+    let mut inner: Vec<TableRef> = Vec::new();
+    let mut conj: Vec<&protobuf::Node> = Vec::new();
+    for f in &sel.from_clause {
+        collect_from(map, f, &mut inner, &mut conj);
+    }
+    if let Some(w) = sel.where_clause.as_deref() {
+        flatten_and(w, &mut conj);
+    }
+    let hashed: Vec<usize> = (0..inner.len())
+        .filter(|&i| inner[i].placement == Placement::Hash)
+        .collect();
+    if hashed.len() != 1 || inner.iter().any(|r| r.placement == Placement::Unsharded) {
+        return None;
+    }
+    // Nothing else sharded below this subquery.
+    let nested = NodeEnum::SelectStmt(Box::new((**sel).clone()));
+    let below = nested
+        .nodes()
+        .iter()
+        .filter(|(n, _, _, _)| matches!(n, NodeRef::RangeVar(rv) if placement(map, rv).0 == Placement::Hash))
+        .count();
+    if below != 1 {
+        return None;
+    }
+    let h = hashed[0];
+    let inner_ty = inner[h].key.as_ref().map(|k| k.1);
+    let is_inner_key = |c: &Col| matching_refs(&inner, c).contains(&h);
+    let outer_key_type = |c: &Col| -> Option<KeyType> {
+        c.qual?;
+        let m = matching_refs(outer, c);
+        match m.as_slice() {
+            [i] if outer[*i].placement == Placement::Hash => outer[*i].key.as_ref().map(|k| k.1),
+            _ => None,
+        }
+    };
+    let kind = T::try_from(sl.sub_link_type).unwrap_or(T::Undefined);
+    match kind {
+        T::AnySublink => {
+            if sel.limit_count.is_some() || sel.limit_offset.is_some() || sel.target_list.len() != 1
+            {
+                return None;
+            }
+            let out_col = sl.testexpr.as_deref().and_then(column)?;
+            let target = match &sel.target_list[0].node {
+                Some(NodeEnum::ResTarget(r)) => r.val.as_deref().and_then(column)?,
+                _ => return None,
+            };
+            let out_ty = {
+                let m = matching_refs(outer, &out_col);
+                match m.as_slice() {
+                    [i] if outer[*i].placement == Placement::Hash => {
+                        outer[*i].key.as_ref().map(|k| k.1)
+                    }
+                    _ => None,
+                }
+            };
+            (is_inner_key(&target) && co_located(out_ty, inner_ty)).then_some(1)
+        }
+        T::ExistsSublink | T::ExprSublink => {
+            let joined = conj.iter().any(|c| match equality(c) {
+                Some(Eq::Join(a, b)) => {
+                    (is_inner_key(&a) && co_located(outer_key_type(&b), inner_ty))
+                        || (is_inner_key(&b) && co_located(outer_key_type(&a), inner_ty))
+                }
+                _ => false,
+            });
+            joined.then_some(1)
+        }
+        _ => None,
+    }
+}
+
 /// The route once every key is known: `fixed` holds all shards the keys land on.
 fn resolve_fixed(kr: &KeyRoute) -> RouteSpec {
     let mut shards = Shards::default();
@@ -858,7 +955,9 @@ fn scatter_check(
         )));
     }
     if nested_hash {
-        return refuse("a subquery, CTE or set operation over a sharded table");
+        return refuse(
+            "a subquery, CTE or set operation over a sharded table that is not joined to the outer query on co-located shard keys",
+        );
     }
     if classes > 1 {
         return refuse("a join of sharded tables not on their shard keys");
@@ -1291,5 +1390,66 @@ impl PlanCache {
             w.insert(sql.into(), p.clone());
         }
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> ShardMap {
+        ShardMap::from_yaml_str(
+            "users:\n  - { name: app, password: x }\n\
+             shards:\n  - { name: s0, url: \"postgres://p@h:1/d\" }\n  - { name: s1, url: \"postgres://p@h:2/d\" }\n  - { name: s2, url: \"postgres://p@h:3/d\" }\n\
+             tables:\n  users: { key: id, type: bigint, strategy: hash }\n  orders: { key: user_id, type: bigint, strategy: hash }\n  countries: { strategy: reference }\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn route(sql: &str) -> RouteSpec {
+        plan(&map(), sql).unwrap().stmts[0].route.clone()
+    }
+
+    #[test]
+    fn colocated_subqueries_run_per_shard() {
+        for sql in [
+            "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id)",
+            "SELECT * FROM users u WHERE u.id IN (SELECT o.user_id FROM orders o WHERE o.id > 3)",
+            "SELECT u.id, (SELECT count(*) FROM orders o WHERE o.user_id = u.id) FROM users u",
+            "DELETE FROM orders o WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = o.user_id)",
+        ] {
+            assert!(
+                matches!(route(sql), RouteSpec::All),
+                "{sql}: {:?}",
+                route(sql)
+            );
+        }
+        // Pinned by the outer key: one shard.
+        let r = route("SELECT * FROM users u WHERE u.id = 7 AND EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id)");
+        assert!(matches!(r, RouteSpec::Shard(_)), "{r:?}");
+    }
+
+    #[test]
+    fn subqueries_across_shards_are_refused() {
+        for sql in [
+            "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.id = u.id)",
+            "SELECT * FROM users WHERE score > (SELECT avg(amount) FROM orders)",
+            "SELECT * FROM users u WHERE u.id IN (SELECT o.id FROM orders o)",
+            "SELECT * FROM users u WHERE u.id IN (SELECT o.user_id FROM orders o LIMIT 3)",
+        ] {
+            match route(sql) {
+                RouteSpec::Refuse(e) => assert!(e.to_string().contains("subquery"), "{e}"),
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn key_lists_name_a_subset() {
+        match route("SELECT * FROM users WHERE id IN (1, 2, 3, 4, 5, 6)") {
+            RouteSpec::Subset(set) => assert!(set.len() >= 2, "{set:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
