@@ -1311,6 +1311,18 @@ tables:
             "belongs to strategy directory",
         );
         // Other fields.
+        bad(
+            &format!("{HEAD}gather: {{ memory_limit_mb: 0 }}\n"),
+            4,
+            "gather.memory_limit_mb",
+            "out of range",
+        );
+        bad(
+            &format!("{HEAD}gather: {{ timeout_secs: 0 }}\n"),
+            4,
+            "gather.timeout_secs",
+            "out of range",
+        );
         bad("users: []\nshards: []\n", 1, "users", "at least one user");
         bad(
             "users: [{ name: a, password: b }]\nshards: []\n",

@@ -615,7 +615,8 @@ impl Session {
                                 ),
                             }));
                             rows = Vec::new();
-                            let rest: Vec<usize> = idxs[k + 1..].to_vec();
+                            // Stop every shard still producing rows (this one included).
+                            let rest: Vec<usize> = idxs[k..].to_vec();
                             self.cancel_conns(&rest, usize::MAX);
                         } else {
                             rows.push(f);
