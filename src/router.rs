@@ -394,6 +394,24 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
             }
         }
         N::CopyStmt(c) => route_copy(map, node, c),
+        N::DeclareCursorStmt(d) => {
+            // The cursor lives on the shard its query runs on; FETCH/CLOSE follow the
+            // transaction there. A cursor over several shards would need a merge per FETCH.
+            let route = match d.query.as_ref().and_then(|q| q.node.as_ref()) {
+                Some(q) => analyze(map, q).1,
+                None => RouteSpec::Any,
+            };
+            let e = ProxyError::Unsupported(
+                "DECLARE CURSOR for a query that runs on several shards is not supported; fetch the whole result, or add the shard key".into(),
+            );
+            let route = if may_scatter(&route) {
+                refuse_scatter(route, e)
+            } else {
+                route
+            };
+            (StmtKind::Read, route)
+        }
+        N::FetchStmt(_) | N::ClosePortalStmt(_) => (StmtKind::Read, RouteSpec::Any),
         N::DoStmt(_) | N::CallStmt(_) => (StmtKind::Other, RouteSpec::Shard(map.default_shard)),
         N::CreatedbStmt(_) | N::DropdbStmt(_) => (
             StmtKind::Other,
@@ -1443,6 +1461,19 @@ mod tests {
                 other => panic!("{sql}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn cursors_stay_on_one_shard() {
+        assert!(matches!(
+            route("DECLARE c CURSOR FOR SELECT * FROM users ORDER BY id"),
+            RouteSpec::Refuse(_)
+        ));
+        assert!(matches!(
+            route("DECLARE c CURSOR FOR SELECT * FROM users WHERE id = 3"),
+            RouteSpec::Shard(_)
+        ));
+        assert!(matches!(route("FETCH 10 FROM c"), RouteSpec::Any));
     }
 
     #[test]
