@@ -108,7 +108,7 @@ fn count_of(n: Option<&Node>, what: &str) -> Result<Option<Count>, ProxyError> {
         _ => match int_value(inner) {
             Some(v) if v >= 0 => Ok(Some(Count::Const(v))),
             Some(_) => Err(ProxyError::Backend {
-                code: "2201W".into(),
+                code: if what == "OFFSET" { "2201X" } else { "2201W" }.into(),
                 message: format!("{what} must not be negative"),
             }),
             None => refuse(&format!("{what} that is not a constant or a parameter")),

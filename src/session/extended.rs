@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::gather::GatherCall;
+use super::gather::{Capture, GatherCall, GatherPortal};
 use super::relay::{Expect, Outcome, RelayError};
 use super::{
     Prepared, Session, SessionEnd, SettingChange, Target, Txn, MAX_BATCH_BYTES,
@@ -279,8 +279,21 @@ impl Session {
                 if !matches!(route, RouteSpec::Any) {
                     merge(t, self)?;
                 }
-                self.portals.insert(m.portal.to_string(), (t, stmt.clone()));
+                let merged =
+                    t.is_multi() && stmt.plan.stmts.first().is_some_and(|s| s.gather.is_some());
+                let portal = m.portal.to_string();
                 let tail = m.tail_offset;
+                if merged {
+                    let gp = GatherPortal {
+                        bind: f.clone(),
+                        rows: None,
+                        sent: 0,
+                    };
+                    self.gather_portals.insert(portal.clone(), gp);
+                } else {
+                    self.gather_portals.remove(&portal);
+                }
+                self.portals.insert(portal, (t, stmt.clone()));
                 Ok(Op::Bind(stmt, f, tail))
             }
             b'D' => {
@@ -343,6 +356,7 @@ impl Session {
                     self.stmts.remove(name);
                     Ok(Op::Local(local(b'3')))
                 } else {
+                    self.gather_portals.remove(name);
                     match self.portals.remove(name) {
                         Some((t, _)) => {
                             merge(t, self)?;
@@ -604,21 +618,22 @@ impl Session {
         Ok(Ok(o))
     }
 
-    /// Runs a pipeline holding one scatter-gather Execute: Parse/Bind/Close are answered here,
-    /// Describe of statements runs on one shard, the Execute through [`Session::gather`].
+    /// Runs a pipeline that executes a merged (multi-shard) query: Parse/Bind/Close are
+    /// answered here, Describe of statements runs on one shard, each Execute through
+    /// [`Session::gather`]. An Execute with a row limit (cursor-style fetching, e.g. JDBC's
+    /// fetchSize) runs the query once, keeps its rows (bounded by the gather memory limit)
+    /// and hands them out chunk by chunk with PortalSuspended, as Postgres does.
     async fn batch_gather(
         &mut self,
         set: ShardSet,
         ops: Vec<Op>,
         cut: Option<&ProxyError>,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
-        let mut bind: Option<Frame> = None;
         let mut describe = false;
         let mut outcome = Outcome {
             status: self.txn.status,
             error: false,
         };
-        let mut ran = false;
         for op in ops {
             match op {
                 Op::Parse(_) => build::empty(&mut self.out, b'1'),
@@ -631,43 +646,38 @@ impl Session {
                     Ok(_) => {}
                     Err(e) => return Ok(Err(e)),
                 },
-                Op::Bind(_, f, _) if bind.is_none() && !ran => {
-                    build::empty(&mut self.out, b'2');
-                    bind = Some(f);
-                }
-                Op::Raw(f, Expect::Describe) if bind.is_some() && !ran => {
-                    let _ = f;
-                    describe = true;
-                }
-                Op::Raw(_, Expect::Close) if ran => build::empty(&mut self.out, b'3'),
-                Op::Gather(f, p) if !ran => {
-                    let (Some(b), Some(gp)) = (bind.as_ref(), p.plan.stmts.first().and_then(|s| s.gather.clone())) else {
-                        return Ok(Err(ProxyError::Protocol("Execute without a Bind".into())));
-                    };
-                    let (_, max_rows) = decode_execute(f.body()).map_err(|e| RelayError::Client(e.into()))?;
-                    if max_rows != 0 {
+                Op::Bind(_, f, _) => {
+                    let merged = BindMsg::decode(f.body())
+                        .map(|m| self.gather_portals.contains_key(m.portal))
+                        .unwrap_or(false);
+                    if !merged {
                         return Ok(Err(ProxyError::Unsupported(
-                            "fetching a scatter-gather result in chunks (Execute with a row limit) is not supported; fetch all rows".into(),
+                            "a pipeline with a query merged across shards may not bind other multi-shard statements before Sync".into(),
                         )));
                     }
-                    let m = BindMsg::decode(b.body()).map_err(|e| RelayError::Client(e.into()))?;
-                    let call = GatherCall {
-                        plan: &gp,
-                        sql: &p.sql,
-                        param_types: &p.types,
-                        params_section: &b.body()[m.tail_offset..m.params_end],
-                        param_formats: &m.formats,
-                        params: &m.params,
-                        result_formats: &m.result_formats,
-                        describe,
+                    build::empty(&mut self.out, b'2');
+                }
+                Op::Raw(_, Expect::Describe) => describe = true,
+                Op::Raw(f, Expect::Close) => {
+                    if let Ok((_, name)) = decode_target(f.body(), "Close") {
+                        self.gather_portals.remove(name);
+                    }
+                    build::empty(&mut self.out, b'3');
+                }
+                Op::Gather(f, p) => {
+                    let (portal, max_rows) =
+                        decode_execute(f.body()).map_err(|e| RelayError::Client(e.into()))?;
+                    let portal = portal.to_string();
+                    outcome = match self.execute_merged(set, &portal, &p, max_rows, describe).await? {
+                        Ok(o) => o,
+                        Err(e) => return Ok(Err(e)),
                     };
-                    outcome = self.gather(&call, set, true).await?;
-                    ran = true;
+                    describe = false;
                     if outcome.error {
                         break; // Postgres skips the rest of the pipeline after an error
                     }
                 }
-                _ => {
+                Op::Raw(..) => {
                     return Ok(Err(ProxyError::Unsupported(
                         "a pipeline with a query merged across shards may hold only that query's Parse/Bind/Describe/Execute/Close before Sync".into(),
                     )))
@@ -689,6 +699,134 @@ impl Session {
         }
         build::ready_for_query(&mut self.out, outcome.status);
         Ok(Ok(outcome))
+    }
+
+    /// One Execute of a merged query's portal.
+    async fn execute_merged(
+        &mut self,
+        set: ShardSet,
+        portal: &str,
+        p: &Arc<Prepared>,
+        max_rows: i32,
+        describe: bool,
+    ) -> Result<Result<Outcome, ProxyError>, RelayError> {
+        let Some(gp) = p.plan.stmts.first().and_then(|s| s.gather.clone()) else {
+            return Ok(Err(ProxyError::Protocol(
+                "portal is not a merged query".into(),
+            )));
+        };
+        let Some(bind) = self.gather_portals.get(portal).map(|g| g.bind.clone()) else {
+            return Ok(Err(ProxyError::NoSuchPortal(portal.to_string())));
+        };
+        let fetched = self
+            .gather_portals
+            .get(portal)
+            .is_some_and(|g| g.rows.is_some());
+        if max_rows <= 0 && !fetched {
+            // The usual case: run and stream everything.
+            let m = BindMsg::decode(bind.body()).map_err(|e| RelayError::Client(e.into()))?;
+            let call = GatherCall {
+                plan: &gp,
+                sql: &p.sql,
+                param_types: &p.types,
+                params_section: &bind.body()[m.tail_offset..m.params_end],
+                param_formats: &m.formats,
+                params: &m.params,
+                result_formats: &m.result_formats,
+                describe,
+            };
+            let o = self.gather(&call, set, true).await?;
+            if let Some(g) = self.gather_portals.get_mut(portal) {
+                g.rows = Some(Default::default()); // ran to completion
+            }
+            return Ok(Ok(o));
+        }
+        if !fetched {
+            // First fetch: run the query with its output captured.
+            let m = BindMsg::decode(bind.body()).map_err(|e| RelayError::Client(e.into()))?;
+            let call = GatherCall {
+                plan: &gp,
+                sql: &p.sql,
+                param_types: &p.types,
+                params_section: &bind.body()[m.tail_offset..m.params_end],
+                param_formats: &m.formats,
+                params: &m.params,
+                result_formats: &m.result_formats,
+                describe,
+            };
+            let start = self.out.len();
+            self.capture = Some(Capture {
+                start,
+                overflow: false,
+            });
+            let r = self.gather(&call, set, true).await;
+            let cap = self.capture.take();
+            let o = r?;
+            let captured = self.out.split_off(start);
+            if cap.is_some_and(|c| c.overflow) {
+                let e = ProxyError::Backend {
+                    code: "53200".into(),
+                    message: format!(
+                        "fetching a multi-shard result in chunks keeps it in the proxy, and it needs more than the gather memory limit ({} MiB, gather.memory_limit_mb); fetch all rows at once, add a shard key or a LIMIT, or raise the limit",
+                        self.shared.map.gather.memory_limit >> 20
+                    ),
+                };
+                self.push_error(&e);
+                return Ok(Ok(Outcome {
+                    status: self.txn.status,
+                    error: true,
+                }));
+            }
+            let mut rows = std::collections::VecDeque::new();
+            let captured = captured.freeze();
+            let mut at = 0;
+            while at + 5 <= captured.len() {
+                let len = i32::from_be_bytes([
+                    captured[at + 1],
+                    captured[at + 2],
+                    captured[at + 3],
+                    captured[at + 4],
+                ])
+                .max(4) as usize;
+                let end = (at + 1 + len).min(captured.len());
+                match captured[at] {
+                    b'D' => rows.push_back(captured.slice(at..end)),
+                    b'C' => {}
+                    _ => self.out.extend_from_slice(&captured[at..end]),
+                }
+                at = end;
+            }
+            if o.error {
+                return Ok(Ok(o));
+            }
+            if let Some(g) = self.gather_portals.get_mut(portal) {
+                g.rows = Some(rows);
+            }
+        }
+        // Hand out the next chunk.
+        let Some(g) = self.gather_portals.get_mut(portal) else {
+            return Ok(Err(ProxyError::NoSuchPortal(portal.to_string())));
+        };
+        let rows = g.rows.get_or_insert_with(Default::default);
+        let n = if max_rows <= 0 {
+            rows.len()
+        } else {
+            (max_rows as usize).min(rows.len())
+        };
+        for r in rows.drain(..n) {
+            self.out.extend_from_slice(&r);
+        }
+        g.sent += n as u64;
+        if rows.is_empty() {
+            let tag = format!("SELECT {}", g.sent);
+            build::command_complete(&mut self.out, &tag);
+        } else {
+            build::empty(&mut self.out, b's');
+        }
+        Ok(Ok(Outcome {
+            status: self.txn.status,
+            error: false,
+        }))
     }
 
     /// Describe of a statement on one shard (ParameterDescription + RowDescription/NoData);

@@ -46,6 +46,24 @@ pub(super) struct GatherCall<'a> {
     pub describe: bool,
 }
 
+/// A portal of a merged query.
+pub(super) struct GatherPortal {
+    /// The client's Bind.
+    pub bind: Frame,
+    /// Rows not yet fetched (once the query ran for a fetch with a row limit).
+    pub rows: Option<std::collections::VecDeque<bytes::Bytes>>,
+    /// Rows fetched so far.
+    pub sent: u64,
+}
+
+/// Output being captured (for a portal fetched in chunks) instead of sent to the client.
+pub(super) struct Capture {
+    /// Where the captured output starts in the session's output buffer.
+    pub start: usize,
+    /// It outgrew the gather memory limit and was dropped.
+    pub overflow: bool,
+}
+
 /// The Bind parameter section of a statement without parameters.
 pub(super) const NO_PARAMS: &[u8] = &[0, 0, 0, 0];
 
@@ -167,7 +185,7 @@ impl Session {
 
     /// Sends CancelRequest to the backends of `idxs` (except `except`) and marks their
     /// connections so they are closed instead of pooled.
-    fn cancel_conns(&mut self, idxs: &[usize], except: usize) {
+    pub(super) fn cancel_conns(&mut self, idxs: &[usize], except: usize) {
         for &i in idxs {
             if i == except {
                 continue;
@@ -434,8 +452,10 @@ impl Session {
             }
         };
         if v < 0 {
+            // Postgres: invalid_row_count_in_limit_clause / ..._in_result_offset_clause.
+            let code = if what == "OFFSET" { "2201X" } else { "2201W" };
             return Err(ProxyError::Backend {
-                code: "2201W".into(),
+                code: code.into(),
                 message: format!("{what} must not be negative"),
             });
         }

@@ -168,6 +168,10 @@ pub struct Session {
     settings: Settings,
     stmts: HashMap<String, Arc<Prepared>>,
     portals: HashMap<String, (Target, Arc<Prepared>)>,
+    /// Portals of merged (multi-shard) queries: their Bind, and rows kept for fetching in chunks.
+    gather_portals: HashMap<String, gather::GatherPortal>,
+    /// While set, output is being captured for a portal instead of sent (see [`gather::Capture`]).
+    capture: Option<gather::Capture>,
     conns: Vec<PooledConn>,
     txn: Txn,
     cancel_slot: CancelSlot,
@@ -192,6 +196,8 @@ impl Session {
             settings,
             stmts: HashMap::new(),
             portals: HashMap::new(),
+            gather_portals: HashMap::new(),
+            capture: None,
             conns: Vec::new(),
             txn: Txn::idle(),
             cancel_slot,
@@ -203,7 +209,12 @@ impl Session {
     pub async fn run(mut self) -> Result<(), SessionEnd> {
         let result = self.serve().await;
         // Connections still held belong to an open transaction or an unfinished
-        // exchange: closing them makes the shard roll back.
+        // exchange: closing them makes the shard roll back. When the client vanished
+        // mid-query, cancel what the shards are still running first.
+        if result.is_err() && !self.conns.is_empty() {
+            let all: Vec<usize> = (0..self.conns.len()).collect();
+            self.cancel_conns(&all, usize::MAX);
+        }
         self.conns.clear();
         if let Err(SessionEnd::Protocol(m)) = &result {
             self.out.clear();
@@ -260,6 +271,14 @@ impl Session {
     }
 
     async fn maybe_flush(&mut self) -> Result<(), SessionEnd> {
+        if let Some(c) = self.capture.as_mut() {
+            // Captured rows stay in memory, bounded by the gather memory limit.
+            if self.out.len() - c.start > self.shared.map.gather.memory_limit {
+                c.overflow = true;
+                self.out.truncate(c.start);
+            }
+            return Ok(());
+        }
         if self.out.len() >= OUT_FLUSH_AT {
             self.flush().await?;
         }
@@ -446,6 +465,7 @@ impl Session {
             }
             self.cancel_slot.lock().clear();
             self.portals.clear();
+            self.gather_portals.clear();
             self.txn = Txn::idle();
         }
     }
