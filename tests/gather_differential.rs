@@ -663,6 +663,22 @@ fn read_queries() -> Vec<Q> {
         q("SELECT u.country, o.status, count(*), sum(o.qty) FROM users u \
            JOIN orders o ON o.user_id = u.id GROUP BY 1, 2 ORDER BY 1, 2")
         .ordered(),
+        // --- Subqueries co-located on the shard key ------------------------------------
+        q("SELECT count(*) FROM users u WHERE EXISTS \
+           (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.status = 'paid')"),
+        q("SELECT id, name FROM users u WHERE NOT EXISTS \
+           (SELECT 1 FROM orders o WHERE o.user_id = u.id) ORDER BY id LIMIT 25")
+        .ordered(),
+        q("SELECT u.id, (SELECT count(*) FROM orders o WHERE o.user_id = u.id) AS n \
+           FROM users u WHERE u.score > 80 ORDER BY n DESC, u.id")
+        .ordered(),
+        q("SELECT country, count(*) FROM users u WHERE u.id IN \
+           (SELECT o.user_id FROM orders o WHERE o.amount > 500) GROUP BY country ORDER BY 1")
+        .ordered(),
+        q("SELECT count(*) FROM users u WHERE u.id NOT IN (SELECT user_id FROM orders)"),
+        q("SELECT * FROM users u WHERE u.id = $1 AND EXISTS \
+           (SELECT 1 FROM orders o WHERE o.user_id = u.id)")
+        .params(vec![I64(42)]),
         // --- Join with the reference table --------------------------------------------
         q("SELECT c.region, count(*), sum(u.balance) FROM users u \
            JOIN countries c ON c.code = u.country GROUP BY c.region ORDER BY c.region")
