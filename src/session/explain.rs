@@ -30,16 +30,7 @@ impl Session {
         }
         let mut msg = BytesMut::with_capacity(sql.len() + 6);
         build::query(&mut msg, sql);
-        for &i in &idxs {
-            let shard = self.conns[i].shard;
-            if let Err(error) = self.conns[i].write_all(&msg).await {
-                return Err(RelayError::Backend {
-                    shard,
-                    error,
-                    forwarded: false,
-                });
-            }
-        }
+        self.send_to_all(&idxs, &msg).await?;
         let mut desc: Option<Frame> = None;
         let mut plans: Vec<Vec<String>> = Vec::with_capacity(idxs.len());
         let mut failure: Option<Frame> = None;

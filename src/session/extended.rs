@@ -592,16 +592,7 @@ impl Session {
             }
         }
         build::empty(&mut msg, b'S');
-        for &i in &idxs {
-            let shard = self.conns[i].shard;
-            if let Err(error) = self.conns[i].write_all(&msg).await {
-                return Err(RelayError::Backend {
-                    shard,
-                    error,
-                    forwarded: false,
-                });
-            }
-        }
+        self.send_to_all(&idxs, &msg).await?;
         let hide = cut.is_some();
         let mut o = self.relay_all(&idxs, hide, replicated).await?;
         if let Some(e) = cut {
@@ -722,19 +713,19 @@ impl Session {
             .gather_portals
             .get(portal)
             .is_some_and(|g| g.rows.is_some());
+        let m = BindMsg::decode(bind.body()).map_err(|e| RelayError::Client(e.into()))?;
+        let call = GatherCall {
+            plan: &gp,
+            sql: &p.sql,
+            param_types: &p.types,
+            params_section: &bind.body()[m.tail_offset..m.params_end],
+            param_formats: &m.formats,
+            params: &m.params,
+            result_formats: &m.result_formats,
+            describe,
+        };
         if max_rows <= 0 && !fetched {
             // The usual case: run and stream everything.
-            let m = BindMsg::decode(bind.body()).map_err(|e| RelayError::Client(e.into()))?;
-            let call = GatherCall {
-                plan: &gp,
-                sql: &p.sql,
-                param_types: &p.types,
-                params_section: &bind.body()[m.tail_offset..m.params_end],
-                param_formats: &m.formats,
-                params: &m.params,
-                result_formats: &m.result_formats,
-                describe,
-            };
             let o = self.gather(&call, set, true).await?;
             if let Some(g) = self.gather_portals.get_mut(portal) {
                 g.rows = Some(Default::default()); // ran to completion
@@ -743,17 +734,6 @@ impl Session {
         }
         if !fetched {
             // First fetch: run the query with its output captured.
-            let m = BindMsg::decode(bind.body()).map_err(|e| RelayError::Client(e.into()))?;
-            let call = GatherCall {
-                plan: &gp,
-                sql: &p.sql,
-                param_types: &p.types,
-                params_section: &bind.body()[m.tail_offset..m.params_end],
-                param_formats: &m.formats,
-                params: &m.params,
-                result_formats: &m.result_formats,
-                describe,
-            };
             let start = self.out.len();
             self.capture = Some(Capture {
                 start,

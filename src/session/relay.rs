@@ -347,6 +347,25 @@ impl Session {
         }
     }
 
+    /// Writes the same request to several held connections.
+    pub(super) async fn send_to_all(
+        &mut self,
+        idxs: &[usize],
+        msg: &[u8],
+    ) -> Result<(), RelayError> {
+        for &i in idxs {
+            let shard = self.conns[i].shard;
+            if let Err(error) = self.conns[i].write_all(msg).await {
+                return Err(RelayError::Backend {
+                    shard,
+                    error,
+                    forwarded: false,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Turns a relay failure into what the client sees; returns Err only when the session must end.
     pub(super) fn backend_failed(&mut self, shard: usize, error: &BackendError) -> ProxyError {
         tracing::warn!(shard = %self.shard_name(shard), %error, "backend connection lost");

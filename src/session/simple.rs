@@ -391,16 +391,7 @@ impl Session {
         }
         let mut msg = bytes::BytesMut::with_capacity(sql.len() + 6);
         build::query(&mut msg, sql);
-        for &i in &idxs {
-            let shard = self.conns[i].shard;
-            if let Err(error) = self.conns[i].write_all(&msg).await {
-                return Err(RelayError::Backend {
-                    shard,
-                    error,
-                    forwarded: false,
-                });
-            }
-        }
+        self.send_to_all(&idxs, &msg).await?;
         self.relay_all(&idxs, hide_ready, replicated).await.map(Ok)
     }
 
