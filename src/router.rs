@@ -1252,8 +1252,7 @@ fn key_src(map: &ShardMap, ty: KeyType, n: &protobuf::Node) -> Result<Option<Key
                 Some(Val::Ival(i)) => key_from_int(ty, i.ival as i64),
                 Some(Val::Fval(f)) => match key_from_text(ty, &f.fval) {
                     Ok(k) => Ok(k),
-                    // `id = 1.5` is valid SQL that matches nothing; a huge integer likewise.
-                    Err(_) => return Ok(Some(KeySrc::Nothing)),
+                    Err(_) => return Ok(numeric_literal_key(map, ty, &f.fval)),
                 },
                 Some(Val::Sval(s)) => key_from_text(ty, &s.sval),
                 _ => return Ok(None),
@@ -1261,6 +1260,27 @@ fn key_src(map: &ShardMap, ty: KeyType, n: &protobuf::Node) -> Result<Option<Key
             Ok(Some(KeySrc::Shard(map.hash_shard(&key?))))
         }
         _ => Ok(None),
+    }
+}
+
+/// A decimal literal compared with a key: `id = 2.0` is `id = 2`; `id = 1.5` (or a number
+/// no key of the type can hold) matches nothing; an exponent form pins nothing (the
+/// statement then runs wherever it would without the predicate, which is always correct).
+fn numeric_literal_key(map: &ShardMap, ty: KeyType, text: &str) -> Option<KeySrc> {
+    let integer_key = matches!(ty, KeyType::SmallInt | KeyType::Int | KeyType::BigInt);
+    if !integer_key {
+        return Some(KeySrc::Nothing);
+    }
+    if text.contains(['e', 'E']) {
+        return None;
+    }
+    let (int_part, frac) = text.split_once('.').unwrap_or((text, ""));
+    if !frac.bytes().all(|b| b == b'0') {
+        return Some(KeySrc::Nothing);
+    }
+    match key_from_text(ty, int_part) {
+        Ok(k) => Some(KeySrc::Shard(map.hash_shard(&k))),
+        Err(_) => Some(KeySrc::Nothing),
     }
 }
 
@@ -1461,6 +1481,24 @@ mod tests {
                 other => panic!("{sql}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn decimal_literals_compare_by_value() {
+        let two = route("SELECT * FROM users WHERE id = 2");
+        let two_dec = route("SELECT * FROM users WHERE id = 2.000");
+        match (two, two_dec) {
+            (RouteSpec::Shard(a), RouteSpec::Shard(b)) => assert_eq!(a, b),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            route("SELECT * FROM users WHERE id = 1.5"),
+            RouteSpec::Any
+        ));
+        assert!(matches!(
+            route("SELECT * FROM users WHERE id = 2e0"),
+            RouteSpec::All
+        ));
     }
 
     #[test]
