@@ -34,6 +34,10 @@ fn benches(c: &mut Criterion) {
         b.iter(|| cache.get(&map, black_box(sql)))
     });
 
+    c.bench_function("pg_query_scan_point_query", |b| {
+        b.iter(|| pg_query::scan(black_box(sql)).map(|r| r.tokens.len()))
+    });
+
     c.bench_function("key_normalize_ring_lookup", |b| {
         b.iter(|| {
             let k = key_from_text(KeyType::BigInt, black_box("4242")).expect("valid key");
