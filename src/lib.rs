@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod gather;
 pub mod keys;
+pub mod literals;
 pub mod localpg;
 pub mod pool;
 pub mod protocol;

@@ -18,6 +18,7 @@ use pg_query::{NodeEnum, NodeRef};
 use crate::error::ProxyError;
 use crate::gather::GatherPlan;
 use crate::keys::{key_from_binary, key_from_int, key_from_text, KeyType, KeyValue};
+use crate::literals::{literal_key, LitKey, QueryLits};
 use crate::shardmap::{ShardMap, TableRule};
 
 /// What a statement is, as far as session handling cares.
@@ -120,6 +121,8 @@ pub struct KeyRoute {
     pub fixed: Vec<usize>,
     /// Parameters (0-based index) that carry shard keys, with the key type.
     pub params: Vec<(usize, KeyType)>,
+    /// Constants of a literal template that carry shard keys: (constant #, type, negated).
+    pub literals: Vec<(usize, KeyType, bool)>,
     /// Where the statement goes when its keys land on several shards.
     pub spread: Box<RouteSpec>,
     /// Whether a NULL key is an error (INSERT) rather than "matches nothing".
@@ -497,6 +500,31 @@ enum KeySrc {
     Param(usize, KeyType),
     /// A literal that can never equal the key (e.g. `id = 1.5`): matches nothing.
     Nothing,
+    /// Constant #n of a literal template (evaluated per query), negated or not.
+    Literal(usize, KeyType, bool),
+}
+
+/// While a literal template is planned: parser location -> (constant #, negated), and
+/// whether a key constant was found that is not one of them.
+type TemplateState = Option<(HashMap<i32, (usize, bool)>, bool)>;
+
+thread_local! {
+    /// The template being planned on this thread (see [`crate::literals`]).
+    static TEMPLATE: std::cell::RefCell<TemplateState> = const { std::cell::RefCell::new(None) };
+}
+
+/// The template constant at parser location `loc`, if a template is being planned; notes
+/// a key constant that is not a template constant.
+fn template_literal(loc: i32) -> Option<(usize, bool)> {
+    TEMPLATE.with(|t| {
+        let mut t = t.borrow_mut();
+        let (locs, unmapped) = t.as_mut()?;
+        let hit = locs.get(&loc).copied();
+        if hit.is_none() {
+            *unmapped = true;
+        }
+        hit
+    })
 }
 
 fn placement(map: &ShardMap, rv: &protobuf::RangeVar) -> (Placement, Option<(String, KeyType)>) {
@@ -715,11 +743,13 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     }
     let mut fixed = Vec::new();
     let mut params = Vec::new();
+    let mut literals = Vec::new();
     for (srcs, _) in classes.values() {
         for src in srcs {
             match src {
                 KeySrc::Shard(x) if !fixed.contains(x) => fixed.push(*x),
                 KeySrc::Param(i, t) => params.push((*i, *t)),
+                KeySrc::Literal(i, t, n) => literals.push((*i, *t, *n)),
                 _ => {}
             }
         }
@@ -740,12 +770,13 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     let kr = KeyRoute {
         fixed,
         params,
+        literals,
         spread: Box::new(spread),
         null_is_error: false,
         what,
         require,
     };
-    if kr.params.is_empty() {
+    if kr.params.is_empty() && kr.literals.is_empty() {
         resolve_fixed(&kr)
     } else {
         RouteSpec::Keys(Arc::new(kr))
@@ -895,10 +926,33 @@ pub fn resolve_keys(
     kr: &KeyRoute,
     params: &[Option<&[u8]>],
     is_binary: impl Fn(usize) -> bool,
+    lits: QueryLits<'_>,
 ) -> RouteSpec {
     let mut shards = Shards::default();
     for s in &kr.fixed {
         shards.add(*s);
+    }
+    for &(i, ty, neg) in &kr.literals {
+        let Some(lit) = lits.lits.get(i) else {
+            return RouteSpec::Refuse(ProxyError::Protocol(
+                "internal: a literal template was used without its constants".into(),
+            ));
+        };
+        let refuse_insert = || {
+            RouteSpec::Refuse(ProxyError::Unsupported(format!(
+                "INSERT into a sharded table: the shard key {} must be a literal or a parameter",
+                kr.what
+            )))
+        };
+        match literal_key(map, ty, lits.sql, *lit, neg) {
+            LitKey::Shard(s) => shards.add(s),
+            LitKey::Nothing if kr.null_is_error => return refuse_insert(),
+            LitKey::Nothing => {}
+            LitKey::Unpinned if kr.null_is_error => return refuse_insert(),
+            LitKey::Unpinned if kr.require.is_some() => return refuse_insert(),
+            LitKey::Unpinned => return (*kr.spread).clone(),
+            LitKey::Bad(e) => return RouteSpec::Refuse(e.into()),
+        }
     }
     for (i, ty) in &kr.params {
         let Some(raw) = params.get(*i) else {
@@ -1248,6 +1302,9 @@ fn key_src(map: &ShardMap, ty: KeyType, n: &protobuf::Node) -> Result<Option<Key
             if c.isnull {
                 return Ok(Some(KeySrc::Nothing));
             }
+            if let Some((idx, neg)) = template_literal(c.location) {
+                return Ok(Some(KeySrc::Literal(idx, ty, neg)));
+            }
             let key: Result<KeyValue, _> = match &c.val {
                 Some(Val::Ival(i)) => key_from_int(ty, i.ival as i64),
                 Some(Val::Fval(f)) => match key_from_text(ty, &f.fval) {
@@ -1263,24 +1320,43 @@ fn key_src(map: &ShardMap, ty: KeyType, n: &protobuf::Node) -> Result<Option<Key
     }
 }
 
-/// A decimal literal compared with a key: `id = 2.0` is `id = 2`; `id = 1.5` (or a number
-/// no key of the type can hold) matches nothing; an exponent form pins nothing (the
-/// statement then runs wherever it would without the predicate, which is always correct).
-fn numeric_literal_key(map: &ShardMap, ty: KeyType, text: &str) -> Option<KeySrc> {
+/// What a decimal literal compared with a key means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumericLiteral {
+    /// It equals a key that lives on this shard (`id = 2.0` is `id = 2`).
+    Shard(usize),
+    /// No key of the type can equal it (`id = 1.5`, or out of range).
+    Nothing,
+    /// Not decided here (an exponent form): it pins nothing.
+    Unknown,
+}
+
+/// Evaluates a decimal literal against a key of type `ty`.
+pub fn numeric_literal(map: &ShardMap, ty: KeyType, text: &str) -> NumericLiteral {
     let integer_key = matches!(ty, KeyType::SmallInt | KeyType::Int | KeyType::BigInt);
     if !integer_key {
-        return Some(KeySrc::Nothing);
+        return NumericLiteral::Nothing;
     }
     if text.contains(['e', 'E']) {
-        return None;
+        return NumericLiteral::Unknown;
     }
     let (int_part, frac) = text.split_once('.').unwrap_or((text, ""));
     if !frac.bytes().all(|b| b == b'0') {
-        return Some(KeySrc::Nothing);
+        return NumericLiteral::Nothing;
     }
     match key_from_text(ty, int_part) {
-        Ok(k) => Some(KeySrc::Shard(map.hash_shard(&k))),
-        Err(_) => Some(KeySrc::Nothing),
+        Ok(k) => NumericLiteral::Shard(map.hash_shard(&k)),
+        Err(_) => NumericLiteral::Nothing,
+    }
+}
+
+/// A decimal literal as a key source (an exponent form pins nothing: the statement then runs
+/// wherever it would without the predicate, which is always correct).
+fn numeric_literal_key(map: &ShardMap, ty: KeyType, text: &str) -> Option<KeySrc> {
+    match numeric_literal(map, ty, text) {
+        NumericLiteral::Shard(s) => Some(KeySrc::Shard(s)),
+        NumericLiteral::Nothing => Some(KeySrc::Nothing),
+        NumericLiteral::Unknown => None,
     }
 }
 
@@ -1334,6 +1410,7 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
             }
             let mut fixed = Vec::new();
             let mut params = Vec::new();
+            let mut literals = Vec::new();
             for row in &sel.values_lists {
                 let Some(NodeEnum::List(l)) = &row.node else {
                     continue;
@@ -1356,6 +1433,7 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
                         }
                     }
                     Ok(Some(KeySrc::Param(i, t))) => params.push((i, t)),
+                    Ok(Some(KeySrc::Literal(i, t, n))) => literals.push((i, t, n)),
                     Ok(Some(KeySrc::Nothing)) | Ok(None) => {
                         return refuse(format!(
                             "INSERT into sharded table {}: the shard key {key} must be a literal or a parameter",
@@ -1382,12 +1460,13 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
             let kr = KeyRoute {
                 fixed,
                 params,
+                literals,
                 spread: Box::new(spread),
                 null_is_error: true,
                 what,
                 require: None,
             };
-            if kr.params.is_empty() {
+            if kr.params.is_empty() && kr.literals.is_empty() {
                 resolve_fixed(&kr)
             } else {
                 RouteSpec::Keys(Arc::new(kr))
@@ -1396,9 +1475,11 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
     }
 }
 
-/// Parsed plans cached by SQL text; cleared when full (bounded memory).
+/// Parsed plans cached by SQL text, and (for the simple protocol) by literal template;
+/// each map is cleared when full (bounded memory).
 pub struct PlanCache {
     map: RwLock<HashMap<Box<str>, Arc<Plan>>>,
+    templates: RwLock<HashMap<Box<str>, Arc<Plan>>>,
     capacity: usize,
 }
 
@@ -1410,8 +1491,58 @@ impl PlanCache {
     pub fn new(capacity: usize) -> Self {
         PlanCache {
             map: RwLock::new(HashMap::new()),
+            templates: RwLock::new(HashMap::new()),
             capacity,
         }
+    }
+
+    /// The plan of a simple-protocol query string: by exact text, else by literal template
+    /// (then the returned constants must be passed to [`resolve_keys`]).
+    pub fn get_simple(
+        &self,
+        map: &ShardMap,
+        sql: &str,
+    ) -> Result<(Arc<Plan>, Option<crate::literals::Scanned>), ProxyError> {
+        if let Some(p) = self.map.read().get(sql) {
+            return Ok((p.clone(), None));
+        }
+        if sql.len() > MAX_CACHED_SQL {
+            return self.get(map, sql).map(|p| (p, None));
+        }
+        let scanned = match crate::literals::scan(sql) {
+            Some(s) if !s.lits.is_empty() => s,
+            _ => return self.get(map, sql).map(|p| (p, None)),
+        };
+        if let Some(p) = self.templates.read().get(scanned.key.as_str()) {
+            return Ok((p.clone(), Some(scanned)));
+        }
+        // Plan it as a template: key constants stay references to "constant #n".
+        let locs: HashMap<i32, (usize, bool)> = scanned
+            .locations
+            .iter()
+            .map(|(loc, i, neg)| (*loc, (*i, *neg)))
+            .collect();
+        TEMPLATE.with(|t| *t.borrow_mut() = Some((locs, false)));
+        let planned = plan(map, sql);
+        let unmapped = TEMPLATE.with(|t| t.borrow_mut().take().map(|(_, u)| u).unwrap_or(true));
+        let p = Arc::new(planned?);
+        let reusable = !unmapped
+            && p.stmts.len() == 1
+            && p.stmts.iter().all(|st| {
+                matches!(st.kind, StmtKind::Read | StmtKind::Write)
+                    && st.gather.is_none()
+                    && st.explain.is_none()
+            });
+        if !reusable {
+            // Values matter beyond key routing (merges, EXPLAIN, settings): exact text only.
+            return self.get(map, sql).map(|p| (p, None));
+        }
+        let mut w = self.templates.write();
+        if w.len() >= self.capacity {
+            w.clear();
+        }
+        w.insert(scanned.key.as_str().into(), p.clone());
+        Ok((p, Some(scanned)))
     }
 
     /// The plan of `sql`, parsed on a miss.
@@ -1499,6 +1630,63 @@ mod tests {
             route("SELECT * FROM users WHERE id = 2e0"),
             RouteSpec::All
         ));
+    }
+
+    /// The route of `sql` through the simple-protocol cache (literal templates), resolved.
+    fn simple_route(cache: &PlanCache, m: &ShardMap, sql: &str) -> String {
+        let (p, sc) = cache.get_simple(m, sql).unwrap();
+        let lits = sc.as_ref().map(|s| s.query_lits(sql)).unwrap_or_default();
+        let r = match &p.stmts[0].route {
+            RouteSpec::Keys(kr) => resolve_keys(m, kr, &[], |_| false, lits),
+            other => other.clone(),
+        };
+        format!("{r:?}")
+    }
+
+    #[test]
+    fn literal_templates_route_like_exact_plans() {
+        let m = map();
+        let cache = PlanCache::new(100);
+        let shapes = [
+            "SELECT * FROM users WHERE id = {}",
+            "SELECT * FROM users WHERE id = -{}",
+            "SELECT * FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = {} AND o.id = 7",
+            "SELECT * FROM users WHERE id IN ({}, 3, 900)",
+            "UPDATE users SET name = 'x' WHERE id = {}",
+            "INSERT INTO users (id, name) VALUES ({}, 'n')",
+            "SELECT * FROM users WHERE id = '{}'",
+            "SELECT * FROM users WHERE id = {}.0",
+            "SELECT * FROM users WHERE id = {}.5",
+        ];
+        for shape in shapes {
+            for v in ["1", "2", "17", "4242", "99999999999", "abc"] {
+                if v == "abc" && !shape.contains("'{}'") {
+                    continue;
+                }
+                let sql = shape.replace("{}", v);
+                let want = format!("{:?}", route(&sql));
+                let got = simple_route(&cache, &m, &sql);
+                // Refusals may differ in wording only when a constant is invalid.
+                if want.starts_with("Refuse") {
+                    assert!(
+                        got.starts_with("Refuse"),
+                        "{sql}: template {got} vs exact {want}"
+                    );
+                } else {
+                    assert_eq!(got, want, "{sql}");
+                }
+            }
+        }
+        // The shapes above were planned once each (templates reused across values).
+        let n = cache.templates.read().len();
+        assert!((5..=shapes.len()).contains(&n), "{n} templates");
+        // Statements whose plan depends on values are never templated.
+        let (_, sc) = cache
+            .get_simple(&m, "SELECT * FROM users ORDER BY id LIMIT 5")
+            .unwrap();
+        assert!(sc.is_none());
+        let (_, sc) = cache.get_simple(&m, "SET search_path = 'x'").unwrap();
+        assert!(sc.is_none());
     }
 
     #[test]

@@ -275,7 +275,7 @@ impl Session {
                     .first()
                     .map(|s| s.route.clone())
                     .unwrap_or(RouteSpec::Any);
-                let t = self.resolve(&route, &m.params, &|i| m.is_binary(i))?;
+                let t = self.resolve(&route, &m.params, &|i| m.is_binary(i), Default::default())?;
                 if !matches!(route, RouteSpec::Any) {
                     merge(t, self)?;
                 }

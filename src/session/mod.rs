@@ -345,6 +345,7 @@ impl Session {
         route: &RouteSpec,
         params: &[Option<&[u8]>],
         is_binary: &dyn Fn(usize) -> bool,
+        lits: crate::literals::QueryLits<'_>,
     ) -> Result<Target, ProxyError> {
         match route {
             RouteSpec::Any => Ok(Target::Shard(self.any_shard())),
@@ -353,11 +354,11 @@ impl Session {
             RouteSpec::Subset(set) => Ok(self.target_of(*set)),
             RouteSpec::Refuse(e) => Err(e.clone()),
             RouteSpec::Keys(kr) => {
-                let r = resolve_keys(&self.shared.map, kr, params, is_binary);
+                let r = resolve_keys(&self.shared.map, kr, params, is_binary, lits);
                 if matches!(r, RouteSpec::Keys(_)) {
                     return Err(ProxyError::Protocol("unresolved key route".into()));
                 }
-                self.resolve(&r, params, is_binary)
+                self.resolve(&r, params, is_binary, lits)
             }
         }
     }

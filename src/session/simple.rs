@@ -12,7 +12,7 @@ use crate::router::{Plan, StmtKind};
 impl Session {
     /// Handles one Query message.
     pub(super) async fn simple_query(&mut self, sql: &str) -> Result<(), SessionEnd> {
-        let plan = match self.shared.cache.get(&self.shared.map, sql) {
+        let (plan, scanned) = match self.shared.cache.get_simple(&self.shared.map, sql) {
             Ok(p) => p,
             Err(e) => {
                 self.push_error(&e);
@@ -36,7 +36,11 @@ impl Session {
             self.push_ready();
             return Ok(());
         }
-        match self.simple_target(&plan) {
+        let lits = scanned
+            .as_ref()
+            .map(|s| s.query_lits(sql))
+            .unwrap_or_default();
+        match self.simple_target(&plan, lits) {
             Ok(Some(target)) => self.run_simple(&plan, sql, target, false).await.map(|_| ()),
             Ok(None) => self.run_split(&plan, sql).await,
             Err(e) => {
@@ -49,11 +53,15 @@ impl Session {
 
     /// One target for the whole string, `None` when its statements need different shards
     /// (and may run one by one), or the error to report.
-    fn simple_target(&mut self, plan: &Plan) -> Result<Option<Target>, ProxyError> {
+    fn simple_target(
+        &mut self,
+        plan: &Plan,
+        lits: crate::literals::QueryLits<'_>,
+    ) -> Result<Option<Target>, ProxyError> {
         let mut target: Option<Target> = None;
         let mut split = false;
         for st in &plan.stmts {
-            let t = self.resolve(&st.route, &[], &|_| false)?;
+            let t = self.resolve(&st.route, &[], &|_| false, lits)?;
             if matches!(st.route, crate::router::RouteSpec::Any) {
                 continue; // goes wherever the rest goes
             }
@@ -458,7 +466,7 @@ impl Session {
             let one = Plan {
                 stmts: vec![st.clone()],
             };
-            let target = match self.resolve(&st.route, &[], &|_| false) {
+            let target = match self.resolve(&st.route, &[], &|_| false, Default::default()) {
                 Ok(t) => t,
                 Err(e) => {
                     self.push_error(&e);

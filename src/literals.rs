@@ -1,0 +1,185 @@
+//! Literal templates: simple-protocol queries that differ only in their constants
+//! (`… WHERE id = 17`, `… WHERE id = 42`) share one cached plan.
+//!
+//! The text is split by Postgres's own lexer (`pg_query::scan`, ~1 µs, against ~7 µs for a
+//! full parse); the template key is the token sequence with every plain constant replaced by
+//! a placeholder. A plan made for a template never folds a constant into its route: a
+//! constant that is a shard key stays a reference to "literal #n", evaluated for each query
+//! from that query's own tokens ([`literal_key`]). Only plans whose other parts do not depend
+//! on constant values are kept as templates (see `router::PlanCache::get_simple`).
+
+use pg_query::protobuf::Token;
+
+use crate::keys::{key_from_text, KeyType};
+use crate::shardmap::ShardMap;
+
+/// Kind of a templated constant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LitKind {
+    /// Integer or decimal number.
+    Number,
+    /// `'…'` string (standard-conforming, `''` for a quote).
+    Str,
+}
+
+/// The constants of one query text and its template key.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// The template key (token texts, constants replaced by placeholders).
+    pub key: String,
+    /// Byte ranges and kinds of the constants, in order.
+    pub lits: Vec<(usize, usize, LitKind)>,
+    /// Parser locations of the constants' AConst nodes (the `-` of a negated number, else the
+    /// constant itself): (location, constant index, negated).
+    pub locations: Vec<(i32, usize, bool)>,
+}
+
+/// Scans `sql`; `None` when it holds constants this module does not template (E'', $$,
+/// U&'', B'', X'', hex/underscored numbers) or cannot be scanned.
+pub fn scan(sql: &str) -> Option<Scanned> {
+    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let mut out = Scanned {
+        key: String::with_capacity(sql.len()),
+        ..Default::default()
+    };
+    let mut prev_minus: Option<i32> = None;
+    for t in &tokens {
+        let (s, e) = (t.start.max(0) as usize, t.end.max(0) as usize);
+        let text = sql.get(s..e)?;
+        let kind = Token::try_from(t.token).unwrap_or(Token::Nul);
+        let lit = match kind {
+            Token::Iconst | Token::Fconst => {
+                if !text
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+                {
+                    return None;
+                }
+                Some(LitKind::Number)
+            }
+            Token::Sconst => {
+                if !text.starts_with('\'') {
+                    return None;
+                }
+                Some(LitKind::Str)
+            }
+            Token::Usconst | Token::Bconst | Token::Xconst => return None,
+            Token::SqlComment | Token::CComment => continue,
+            _ => None,
+        };
+        match lit {
+            Some(k) => {
+                let idx = out.lits.len();
+                out.lits.push((s, e, k));
+                out.locations.push((t.start, idx, false));
+                if let (Some(m), LitKind::Number) = (prev_minus, k) {
+                    out.locations.push((m, idx, true));
+                }
+                out.key.push('\u{1}');
+                out.key.push(if k == LitKind::Number { 'n' } else { 's' });
+            }
+            None => out.key.push_str(text),
+        }
+        out.key.push('\u{1f}');
+        prev_minus = if kind == Token::Ascii45 {
+            Some(t.start)
+        } else {
+            None
+        };
+    }
+    Some(out)
+}
+
+impl Scanned {
+    /// The constants as [`QueryLits`] of `sql` (the text that was scanned).
+    pub fn query_lits<'a>(&'a self, sql: &'a str) -> QueryLits<'a> {
+        QueryLits {
+            sql,
+            lits: &self.lits,
+        }
+    }
+}
+
+/// The constants of the query being routed (empty outside literal templates).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryLits<'a> {
+    /// The query text.
+    pub sql: &'a str,
+    /// Its constants, as [`Scanned::lits`].
+    pub lits: &'a [(usize, usize, LitKind)],
+}
+
+/// What a templated constant says about a key.
+#[derive(Debug)]
+pub enum LitKey {
+    /// The key lives on this shard.
+    Shard(usize),
+    /// No key can equal it (`id = 1.5`).
+    Nothing,
+    /// It pins nothing (an exponent form); the statement runs where it would without it.
+    Unpinned,
+    /// Not a valid key of the type (`id = 'abc'`).
+    Bad(crate::keys::KeyError),
+}
+
+/// Evaluates constant `lit` of `sql` (negated or not) as a key of type `ty`, with the same
+/// meaning the router gives a constant it folds at plan time.
+pub fn literal_key(
+    map: &ShardMap,
+    ty: KeyType,
+    sql: &str,
+    lit: (usize, usize, LitKind),
+    negate: bool,
+) -> LitKey {
+    let raw = sql.get(lit.0..lit.1).unwrap_or("");
+    match lit.2 {
+        LitKind::Str => {
+            let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or("");
+            match key_from_text(ty, &inner.replace("''", "'")) {
+                Ok(k) => LitKey::Shard(map.hash_shard(&k)),
+                Err(e) => LitKey::Bad(e),
+            }
+        }
+        LitKind::Number => {
+            let text = if negate {
+                format!("-{raw}")
+            } else {
+                raw.to_string()
+            };
+            match key_from_text(ty, &text) {
+                Ok(k) => LitKey::Shard(map.hash_shard(&k)),
+                Err(_) => match crate::router::numeric_literal(map, ty, &text) {
+                    crate::router::NumericLiteral::Shard(s) => LitKey::Shard(s),
+                    crate::router::NumericLiteral::Nothing => LitKey::Nothing,
+                    crate::router::NumericLiteral::Unknown => LitKey::Unpinned,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constants_become_placeholders() {
+        let a = scan("SELECT name FROM users WHERE id = 17 AND name = 'x'").unwrap();
+        let b = scan("SELECT name FROM users  WHERE id = 4242 AND name = 'it''s' -- hi").unwrap();
+        assert_eq!(a.key, b.key);
+        assert_eq!(a.lits.len(), 2);
+        let c = scan("SELECT name FROM users WHERE id = -17").unwrap();
+        assert_ne!(a.key, c.key);
+        assert!(c.locations.iter().any(|(_, _, neg)| *neg));
+        // Different structure, different key.
+        assert_ne!(
+            a.key,
+            scan("SELECT name FROM users WHERE id < 17 AND name = 'x'")
+                .unwrap()
+                .key
+        );
+        // Forms not templated.
+        assert!(scan("SELECT E'\\\\n'").is_none());
+        assert!(scan("SELECT $$x$$").is_none());
+    }
+}
