@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the single-shard hot path: frame splitting, parse + route
-//! (uncached and cached), and key normalization + ring lookup.
+//! Micro-benchmarks of the hot path: frame splitting, parse + route (uncached and cached),
+//! the lexer scan behind literal templates, key normalization + ring lookup, and the gather
+//! k-way merge of sorted shard streams.
 //!
 //! Run: `cargo bench --bench hot_path`.
 
@@ -32,6 +33,22 @@ fn benches(c: &mut Criterion) {
     let _ = cache.get(&map, sql);
     c.bench_function("parse_route_cached", |b| {
         b.iter(|| cache.get(&map, black_box(sql)))
+    });
+
+    // Simple-protocol texts that differ only in the key constant share a literal template.
+    let texts: Vec<String> = (0..1000)
+        .map(|i| format!("SELECT id, name FROM users WHERE id = {i}"))
+        .collect();
+    let tcache = PlanCache::new(1000);
+    let _ = tcache.get_simple(&map, &texts[0]);
+    let mut i = 0usize;
+    c.bench_function("parse_route_literal_template_hit", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            tcache
+                .get_simple(&map, black_box(&texts[i]))
+                .map(|(p, _)| p.stmts.len())
+        })
     });
 
     c.bench_function("pg_query_scan_point_query", |b| {
@@ -67,5 +84,84 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot, benches);
+/// Value ranges of one row.
+type Values = Vec<Option<(usize, usize)>>;
+
+/// k-way merge of 3 sorted streams of 1,000 rows on an int8 key (binary), as the gather
+/// merge does it: decode value ranges, compare heads, pick the smallest.
+fn merge_benches(c: &mut Criterion) {
+    use shardwire::gather::datum::{compare_rows, row_values};
+    use shardwire::gather::{KeyCol, SortKey};
+    let rows: Vec<Vec<bytes::Bytes>> = (0..3i64)
+        .map(|shard| {
+            (0..1000i64)
+                .map(|i| {
+                    let key = (i * 3 + shard).to_be_bytes();
+                    let mut b = BytesMut::new();
+                    b.extend_from_slice(&2i16.to_be_bytes());
+                    b.extend_from_slice(&9i32.to_be_bytes());
+                    b.extend_from_slice(b"some name");
+                    b.extend_from_slice(&8i32.to_be_bytes());
+                    b.extend_from_slice(&key);
+                    b.freeze()
+                })
+                .collect()
+        })
+        .collect();
+    let keys = [SortKey {
+        col: KeyCol::Hidden(0),
+        desc: false,
+        nulls_first: false,
+        collate: None,
+    }];
+    let types = [20u32];
+    c.bench_function("gather_merge_3x1000_rows", |b| {
+        b.iter(|| {
+            let mut pos = [0usize; 3];
+            let mut heads: [Option<Values>; 3] = [None, None, None];
+            let mut out = 0usize;
+            loop {
+                let mut best: Option<usize> = None;
+                for s in 0..3 {
+                    if pos[s] >= rows[s].len() {
+                        continue;
+                    }
+                    if heads[s].is_none() {
+                        let mut v = Vec::new();
+                        row_values(&rows[s][pos[s]], &mut v).expect("valid row");
+                        heads[s] = Some(v);
+                    }
+                    best = match best {
+                        None => Some(s),
+                        Some(b) => {
+                            let (va, vb) = (heads[s].as_ref().unwrap(), heads[b].as_ref().unwrap());
+                            if compare_rows(
+                                &keys,
+                                1,
+                                &types,
+                                &rows[s][pos[s]],
+                                va,
+                                &rows[b][pos[b]],
+                                vb,
+                            )
+                            .is_lt()
+                            {
+                                Some(s)
+                            } else {
+                                Some(b)
+                            }
+                        }
+                    };
+                }
+                let Some(b) = best else { break };
+                out += rows[b][pos[b]].len();
+                pos[b] += 1;
+                heads[b] = None;
+            }
+            black_box(out)
+        })
+    });
+}
+
+criterion_group!(hot, benches, merge_benches);
 criterion_main!(hot);

@@ -12,6 +12,7 @@ use std::cmp::Ordering;
 
 use bytes::{BufMut, BytesMut};
 
+use super::{KeyCol, SortKey};
 use crate::protocol::{Cursor, FrameError};
 
 /// One column of a RowDescription.
@@ -355,6 +356,56 @@ pub fn put_array<'a>(
             }
         }
     }
+}
+
+/// Orders two rows (DataRow bodies and their value ranges, see [`row_values`]) by the sort
+/// keys; `types` holds the keys' type OIDs, `visible` the number of visible columns.
+pub fn compare_rows(
+    keys: &[SortKey],
+    visible: usize,
+    types: &[u32],
+    a: &[u8],
+    va: &[Option<(usize, usize)>],
+    b: &[u8],
+    vb: &[Option<(usize, usize)>],
+) -> Ordering {
+    for (k, key) in keys.iter().enumerate() {
+        let i = match key.col {
+            KeyCol::Visible(i) => i,
+            KeyCol::Hidden(h) => visible + h,
+        };
+        let x = va.get(i).copied().flatten();
+        let y = vb.get(i).copied().flatten();
+        let ord = match (x, y) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => {
+                if key.nulls_first {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            }
+            (Some(_), None) => {
+                if key.nulls_first {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
+            (Some((s1, e1)), Some((s2, e2))) => {
+                let o = compare(types.get(k).copied().unwrap_or(0), &a[s1..e1], &b[s2..e2]);
+                if key.desc {
+                    o.reverse()
+                } else {
+                    o
+                }
+            }
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    Ordering::Equal
 }
 
 #[cfg(test)]

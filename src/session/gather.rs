@@ -531,8 +531,15 @@ impl Session {
                         let Some((fb, vb)) = streams[b].head.as_ref() else {
                             continue;
                         };
-                        if compare_rows(gp, visible, types, fa.body(), va, fb.body(), vb)
-                            == Ordering::Less
+                        if datum::compare_rows(
+                            &gp.sort,
+                            visible,
+                            types,
+                            fa.body(),
+                            va,
+                            fb.body(),
+                            vb,
+                        ) == Ordering::Less
                         {
                             Some(i)
                         } else {
@@ -804,51 +811,6 @@ fn key_index(col: KeyCol, visible: usize) -> usize {
         KeyCol::Visible(i) => i,
         KeyCol::Hidden(h) => visible + h,
     }
-}
-
-fn compare_rows(
-    gp: &GatherPlan,
-    visible: usize,
-    types: &[u32],
-    a: &[u8],
-    va: &[Option<(usize, usize)>],
-    b: &[u8],
-    vb: &[Option<(usize, usize)>],
-) -> Ordering {
-    for (k, key) in gp.sort.iter().enumerate() {
-        let i = key_index(key.col, visible);
-        let x = va.get(i).copied().flatten();
-        let y = vb.get(i).copied().flatten();
-        let ord = match (x, y) {
-            (None, None) => Ordering::Equal,
-            (None, Some(_)) => {
-                if key.nulls_first {
-                    Ordering::Less
-                } else {
-                    Ordering::Greater
-                }
-            }
-            (Some(_), None) => {
-                if key.nulls_first {
-                    Ordering::Greater
-                } else {
-                    Ordering::Less
-                }
-            }
-            (Some((s1, e1)), Some((s2, e2))) => {
-                let o = datum::compare(types.get(k).copied().unwrap_or(0), &a[s1..e1], &b[s2..e2]);
-                if key.desc {
-                    o.reverse()
-                } else {
-                    o
-                }
-            }
-        };
-        if ord != Ordering::Equal {
-            return ord;
-        }
-    }
-    Ordering::Equal
 }
 
 fn merge_status(a: u8, b: u8) -> u8 {
