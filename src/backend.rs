@@ -64,6 +64,11 @@ pub struct BackendConn {
     pub generation: u64,
     /// Set when the connection must not be reused (I/O error, unknown state).
     pub broken: bool,
+    /// Set when the connection works but must be closed instead of pooled (e.g. a cancel
+    /// was sent to it and could still arrive).
+    pub discard: bool,
+    /// Transaction status of the last ReadyForQuery it sent (`I`, `T`, `E`).
+    pub ready_status: u8,
 }
 
 impl BackendConn {
@@ -94,6 +99,8 @@ impl BackendConn {
             settings_fp: 0,
             generation: 0,
             broken: false,
+            discard: false,
+            ready_status: b'I',
         };
         let mut buf = BytesMut::new();
         let params = [
@@ -175,7 +182,12 @@ impl BackendConn {
     /// Reads one message; a closed connection is an error.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         match self.reader.next().await {
-            Ok(Some(f)) => Ok(f),
+            Ok(Some(f)) => {
+                if f.tag == b'Z' {
+                    self.ready_status = f.body().first().copied().unwrap_or(b'I');
+                }
+                Ok(f)
+            }
             Ok(None) => {
                 self.broken = true;
                 Err(BackendError::Closed)

@@ -117,13 +117,18 @@ impl ShardPool {
 }
 
 impl PooledConn {
-    /// Returns the connection to the pool; a broken one is closed instead.
+    /// Returns the connection to the pool; a broken one is closed instead (and the shard's
+    /// idle connections discarded), and so is one that is not idle at a transaction boundary
+    /// (its last ReadyForQuery said `T`/`E`) or was marked for discarding — a connection
+    /// never goes back to the pool inside a transaction.
     pub fn release(mut self) {
         if let Some(c) = self.conn.take() {
-            if !c.broken && c.generation == self.pool.generation.load(Ordering::Acquire) {
-                self.pool.idle.lock().push(c);
-            } else if c.broken {
+            if c.broken {
                 self.pool.mark_failed();
+            } else if c.ready_status != b'I' {
+                tracing::warn!(shard = %self.pool.info.name, status = %(c.ready_status as char), "closing a released connection that is still in a transaction");
+            } else if !c.discard && c.generation == self.pool.generation.load(Ordering::Acquire) {
+                self.pool.idle.lock().push(c);
             }
         }
     }

@@ -679,3 +679,64 @@ async fn keyless_select_scatters_over_the_extended_protocol() {
         500
     );
 }
+
+/// BEGIN/COMMIT sent through the extended protocol (drivers' `execute("BEGIN")`, pgbench -M
+/// extended, JDBC) end the transaction on every shard it touched; no backend connection is
+/// left "idle in transaction" or handed to the next client inside someone else's transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_transactions_end_on_every_shard() {
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(&env, TABLES, "").await;
+    let c = proxy.client().await;
+    load_users(&c, 200).await;
+    let map =
+        shardwire::shardmap::ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
+    let shard_of = |id: i64| map.hash_shard(&shardwire::keys::KeyValue::Int(id));
+    // Keys away from the default shard, and one on it.
+    let far = (1..200).find(|&k| shard_of(k) != 0).unwrap();
+    let near = (1..200).find(|&k| shard_of(k) == 0).unwrap();
+    for round in 0..20 {
+        c.execute("BEGIN", &[]).await.unwrap();
+        c.execute("UPDATE users SET hits = hits + 1 WHERE id = $1", &[&far])
+            .await
+            .unwrap();
+        c.query("SELECT hits FROM users WHERE id = $1", &[&near])
+            .await
+            .unwrap();
+        if round % 2 == 0 {
+            c.execute("COMMIT", &[]).await.unwrap();
+        } else {
+            c.execute("ROLLBACK", &[]).await.unwrap();
+        }
+    }
+    let hits: i64 = c
+        .query_one("SELECT hits FROM users WHERE id = $1", &[&far])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hits, 10, "only the committed rounds count");
+    // A refused statement fails the transaction; ROLLBACK over the extended protocol ends it.
+    c.execute("BEGIN", &[]).await.unwrap();
+    let e = c
+        .execute("UPDATE users SET id = id + 1 WHERE id = $1", &[&far])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{e}");
+    c.execute("ROLLBACK", &[]).await.unwrap();
+    c.query("SELECT 1", &[]).await.unwrap();
+    // No shard holds an open transaction of ours.
+    for i in 0..3 {
+        let n: i64 = env
+            .shard_client(i)
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state LIKE 'idle in transaction%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "shard {i} has a backend left idle in transaction");
+    }
+}

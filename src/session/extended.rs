@@ -107,6 +107,9 @@ impl Session {
             // Postgres discards messages after an error until Sync.
             batch.skip_to_sync = true;
         }
+        if sync && cut.is_none() && batch.open.is_none() && self.transaction_batch(&ops).await? {
+            return Ok(());
+        }
         if cut.is_some() && self.txn.status == b'I' && batch.open.is_none() {
             // Postgres runs a pipeline outside a transaction block as one implicit transaction:
             // an error anywhere undoes all of it. The proxy found the error before sending
@@ -215,6 +218,105 @@ impl Session {
         Ok(())
     }
 
+    /// The statement a Parse/Bind/Describe/Execute message is about.
+    fn statement_of(&self, f: &Frame) -> Option<Arc<Prepared>> {
+        match f.tag {
+            b'P' => {
+                let m = ParseMsg::decode(f.body()).ok()?;
+                let plan = self.shared.cache.get(&self.shared.map, m.query).ok()?;
+                Some(Arc::new(Prepared::new(m.query, m.param_types, plan)))
+            }
+            b'B' => {
+                let m = BindMsg::decode(f.body()).ok()?;
+                self.stmts.get(m.statement).cloned()
+            }
+            b'D' => {
+                let (kind, name) = decode_target(f.body(), "Describe").ok()?;
+                if kind == b'S' {
+                    self.stmts.get(name).cloned()
+                } else {
+                    self.portals.get(name).map(|(_, p)| p.clone())
+                }
+            }
+            b'E' => {
+                let (portal, _) = decode_execute(f.body()).ok()?;
+                self.portals.get(portal).map(|(_, p)| p.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the message belongs to a COMMIT or ROLLBACK.
+    fn ends_transaction(&self, f: &Frame) -> bool {
+        self.statement_of(f).is_some_and(|p| {
+            matches!(
+                p.plan.stmts.first().map(|s| &s.kind),
+                Some(StmtKind::Commit) | Some(StmtKind::Rollback)
+            )
+        })
+    }
+
+    /// A batch that only begins or ends the explicit transaction — Parse/Bind/Describe of a
+    /// BEGIN, COMMIT or ROLLBACK, then its Execute last — is answered like the simple protocol
+    /// does: BEGIN starts the transaction lazily on the shards later statements reach, and
+    /// COMMIT/ROLLBACK end it on every shard the session holds. Returns whether it handled it.
+    async fn transaction_batch(&mut self, ops: &[Op]) -> Result<bool, SessionEnd> {
+        let kind_of = |p: &Prepared| p.plan.stmts.first().map(|s| s.kind.clone());
+        let mut exec: Option<Arc<Prepared>> = None;
+        for (i, op) in ops.iter().enumerate() {
+            let p = match op {
+                Op::Parse(p) | Op::Bind(p, _, _) | Op::DescribeStmt(p) => p.clone(),
+                Op::Raw(f, Expect::Describe) => match self.statement_of(f) {
+                    Some(p) => p,
+                    None => return Ok(false),
+                },
+                Op::Raw(f, Expect::Execute) if i + 1 == ops.len() => match self.statement_of(f) {
+                    Some(p) => {
+                        exec = Some(p.clone());
+                        p
+                    }
+                    None => return Ok(false),
+                },
+                Op::Local(_) => continue,
+                _ => return Ok(false),
+            };
+            match kind_of(&p) {
+                Some(StmtKind::Begin) if self.txn.status == b'I' && self.conns.is_empty() => {}
+                Some(StmtKind::Commit | StmtKind::Rollback) if self.txn.status != b'I' => {}
+                _ => return Ok(false),
+            }
+        }
+        let Some(exec) = exec else { return Ok(false) };
+        for op in ops {
+            match op {
+                Op::Parse(_) => build::empty(&mut self.out, b'1'),
+                Op::Bind(..) => build::empty(&mut self.out, b'2'),
+                Op::DescribeStmt(_) => {
+                    self.out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
+                    build::empty(&mut self.out, b'n');
+                }
+                Op::Raw(_, Expect::Describe) => build::empty(&mut self.out, b'n'),
+                Op::Local(b) => self.out.extend_from_slice(b),
+                _ => {}
+            }
+        }
+        let sql = exec.sql.trim().trim_end_matches(';').to_string();
+        match kind_of(&exec) {
+            Some(StmtKind::Begin) => {
+                self.txn = Txn {
+                    status: b'T',
+                    prelude: Some(sql),
+                    ..Txn::idle()
+                };
+                build::command_complete(&mut self.out, "BEGIN");
+                self.push_ready();
+            }
+            Some(k) => self.end_transaction(k == StmtKind::Commit, &sql).await?,
+            None => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// Decodes one message into an operation, registering statements and portals.
     fn prepare_op(
         &mut self,
@@ -224,7 +326,8 @@ impl Session {
         changes: &mut Vec<(StmtKind, String)>,
     ) -> Result<Op, ProxyError> {
         let proto = |e: crate::protocol::FrameError| ProxyError::Protocol(e.to_string());
-        if self.txn.local_failed && f.tag != b'C' {
+        // In a transaction the proxy failed, only COMMIT/ROLLBACK (and Close) get through.
+        if self.txn.local_failed && f.tag != b'C' && !self.ends_transaction(&f) {
             return Err(ProxyError::InFailedTransaction);
         }
         let mut merge = |t: Target, s: &Session| -> Result<(), ProxyError> {

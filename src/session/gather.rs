@@ -184,7 +184,7 @@ impl Session {
     }
 
     /// Sends CancelRequest to the backends of `idxs` (except `except`) and marks their
-    /// connections so they are closed instead of pooled.
+    /// connections to be closed instead of pooled (a late cancel must not hit another query).
     pub(super) fn cancel_conns(&mut self, idxs: &[usize], except: usize) {
         for &i in idxs {
             if i == except {
@@ -193,7 +193,7 @@ impl Session {
             let Some(c) = self.conns.get_mut(i) else {
                 continue;
             };
-            c.broken = true;
+            c.discard = true;
             let info = &self.shared.pools[c.shard].info;
             let (host, port) = (info.host.clone(), info.port);
             let pkt = crate::cancel::cancel_packet(c.pid, c.secret);

@@ -199,7 +199,11 @@ impl Session {
     }
 
     /// COMMIT/ROLLBACK of a transaction the proxy tracks.
-    async fn end_transaction(&mut self, commit: bool, sql: &str) -> Result<(), SessionEnd> {
+    pub(super) async fn end_transaction(
+        &mut self,
+        commit: bool,
+        sql: &str,
+    ) -> Result<(), SessionEnd> {
         let commit = commit && !self.txn.local_failed;
         let tag = if commit { "COMMIT" } else { "ROLLBACK" };
         if self.conns.is_empty() {
