@@ -241,7 +241,7 @@ fn build_rows(s: &protobuf::SelectStmt) -> Result<GatherPlan, ProxyError> {
     let describe = match (&mode, sort.is_empty()) {
         (Mode::Stream, true) => "concatenate shard results, apply LIMIT/OFFSET".to_string(),
         (Mode::Stream, false) => {
-            format!("merge {} sorted shard streams on {} key(s)", 0, sort.len())
+            format!("merge sorted shard streams on {} key(s)", sort.len())
         }
         _ => "gather distinct rows, finish DISTINCT/ORDER BY/LIMIT on one shard".to_string(),
     };
@@ -252,7 +252,7 @@ fn build_rows(s: &protobuf::SelectStmt) -> Result<GatherPlan, ProxyError> {
         limit,
         offset,
         mode,
-        describe: describe.replace("merge 0 sorted", "merge sorted"),
+        describe,
     })
 }
 
