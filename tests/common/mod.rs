@@ -208,7 +208,8 @@ impl TestEnv {
         for (i, db) in self.shards.iter().enumerate() {
             y.push_str(&format!("  - {{ name: s{i}, url: \"{}\" }}\n", db.url()));
         }
-        y.push_str("pool: { size: 10 }\nhash: { vnodes: 256 }\n");
+        // Generous connect timeout: the whole suite shares two cores with four clusters.
+        y.push_str("pool: { size: 10, connect_timeout_ms: 15000 }\nhash: { vnodes: 256 }\n");
         if tables.trim().is_empty() {
             y.push_str("tables: {}\n");
         } else {
