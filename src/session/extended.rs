@@ -429,11 +429,9 @@ impl Session {
                 if stmt.plan.writes() {
                     *writes = true;
                 }
-                if t.is_multi() {
-                    if let Some(gp) = stmt.plan.stmts.first().and_then(|s| s.gather.as_ref()) {
-                        let _ = gp;
-                        return Ok(Op::Gather(f, stmt));
-                    }
+                let merged = stmt.plan.stmts.first().is_some_and(|s| s.gather.is_some());
+                if t.is_multi() && merged {
+                    return Ok(Op::Gather(f, stmt));
                 }
                 if let Some(st) = stmt.plan.stmts.first() {
                     if matches!(
