@@ -393,7 +393,7 @@ impl Session {
                         sent: 0,
                     };
                     self.gather_portals.insert(portal.clone(), gp);
-                } else {
+                } else if !self.gather_portals.is_empty() {
                     self.gather_portals.remove(&portal);
                 }
                 self.portals.insert(portal, (t, stmt.clone()));

@@ -111,6 +111,8 @@ struct Stream {
     idx: usize,
     head: Option<(Frame, Values)>,
     done: bool,
+    /// The value-range buffer of the last row, reused for the next (no allocation per row).
+    spare: Values,
 }
 
 impl Session {
@@ -470,7 +472,7 @@ impl Session {
             let f = self.read_from(s.idx).await?;
             match f.tag {
                 b'D' => {
-                    let mut vals = Vec::new();
+                    let mut vals = std::mem::take(&mut s.spare);
                     datum::row_values(f.body(), &mut vals)
                         .map_err(|e| proxy_fail(ProxyError::Protocol(e.to_string())))?;
                     s.head = Some((f, vals));
@@ -504,6 +506,7 @@ impl Session {
                 idx,
                 head: None,
                 done: false,
+                spare: Vec::new(),
             })
             .collect();
         let mut failure: Option<Frame> = None;
@@ -570,8 +573,10 @@ impl Session {
                     idx: 0,
                     head: None,
                     done: true,
+                    spare: Vec::new(),
                 },
             );
+            s.spare = vals;
             if let Some(e) = self.advance(&mut s).await? {
                 failure = Some(e);
             }

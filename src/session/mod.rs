@@ -273,7 +273,7 @@ impl Session {
     async fn maybe_flush(&mut self) -> Result<(), SessionEnd> {
         if let Some(c) = self.capture.as_mut() {
             // Captured rows stay in memory, bounded by the gather memory limit.
-            if self.out.len() - c.start > self.shared.map.gather.memory_limit {
+            if self.out.len().saturating_sub(c.start) > self.shared.map.gather.memory_limit {
                 c.overflow = true;
                 self.out.truncate(c.start);
             }
