@@ -236,14 +236,22 @@ impl Session {
         }
     }
 
-    /// Whether text sorts in byte order on the shards (C/POSIX collation, libc provider),
-    /// asked once per proxy on the given connection.
+    /// Whether text sorts in byte order on the shards (C/POSIX collation, libc provider, no
+    /// column with a collation of its own), asked once per proxy on the given connection.
     async fn bytewise_text(&mut self, idx: usize) -> bool {
         if let Some(v) = self.shared.bytewise_text.get() {
             return *v;
         }
+        // Byte order holds when the database collation is C-like (libc provider) and no user
+        // column declares another collation (RowDescription does not say which collation a
+        // sort key has; 100 = default, 950/951 = "C"/"POSIX").
         let probe = "SELECT (d.datcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8') AND \
-                     coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c')::text \
+                     coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c' AND NOT EXISTS \
+                     (SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                      WHERE a.attnum > 0 AND NOT a.attisdropped \
+                      AND a.attcollation NOT IN (0, 100, 950, 951) \
+                      AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, \
+                                                 'information_schema'::regnamespace)))::text \
                      FROM pg_database d WHERE d.datname = current_database()";
         match self.conns[idx].query_value(probe).await {
             Ok(Some(v)) => {
