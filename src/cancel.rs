@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
     /// Shard host.
-    pub host: String,
+    pub host: std::sync::Arc<str>,
     /// Shard port.
     pub port: u16,
     /// Backend process id.
@@ -60,7 +60,7 @@ impl CancelRegistry {
         for t in targets {
             let pkt = cancel_packet(t.pid, t.secret);
             let fut = async {
-                let mut s = tokio::net::TcpStream::connect((t.host.as_str(), t.port)).await?;
+                let mut s = tokio::net::TcpStream::connect((&*t.host, t.port)).await?;
                 s.write_all(&pkt).await?;
                 s.shutdown().await
             };

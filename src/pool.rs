@@ -22,6 +22,8 @@ pub struct ShardPool {
     pub index: usize,
     /// Connection details.
     pub info: ShardInfo,
+    /// The shard's host, shared (CancelRequest targets keep it without copying).
+    pub host: Arc<str>,
     settings: PoolSettings,
     idle: Mutex<Vec<BackendConn>>,
     permits: Arc<Semaphore>,
@@ -42,6 +44,7 @@ impl ShardPool {
         Arc::new(ShardPool {
             index,
             permits: Arc::new(Semaphore::new(settings.size)),
+            host: info.host.as_str().into(),
             info,
             settings,
             idle: Mutex::new(Vec::new()),

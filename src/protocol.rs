@@ -271,7 +271,9 @@ impl<'a> ParseMsg<'a> {
     }
 }
 
-/// A decoded `Bind` message; parameter values are borrowed from the body.
+/// A decoded `Bind` message. Every length is checked when it is decoded, but nothing is
+/// copied or collected: parameters and format codes are read from the body on demand, so the
+/// single-shard path does not allocate for a Bind.
 #[derive(Debug)]
 pub struct BindMsg<'a> {
     /// Destination portal name.
@@ -280,14 +282,22 @@ pub struct BindMsg<'a> {
     pub statement: &'a str,
     /// Byte offset in the body where the part after the statement name starts.
     pub tail_offset: usize,
-    /// Parameter format codes as sent (0, 1 or N entries).
-    pub formats: Vec<i16>,
-    /// Parameter values (`None` = SQL NULL).
-    pub params: Vec<Option<&'a [u8]>>,
     /// Byte offset in the body where the result format codes start.
     pub params_end: usize,
-    /// Result format codes as sent (0, 1 or N entries).
-    pub result_formats: Vec<i16>,
+    /// Number of parameters.
+    pub n_params: usize,
+    /// Parameter format codes, raw (2 bytes each).
+    formats: &'a [u8],
+    /// The parameter values section (after the parameter count), raw.
+    values: &'a [u8],
+    /// Result format codes, raw (2 bytes each).
+    results: &'a [u8],
+}
+
+fn codes(raw: &[u8]) -> Vec<i16> {
+    raw.chunks_exact(2)
+        .map(|c| i16::from_be_bytes([c[0], c[1]]))
+        .collect()
 }
 
 impl<'a> BindMsg<'a> {
@@ -301,23 +311,19 @@ impl<'a> BindMsg<'a> {
         if nf < 0 {
             return Err(FrameError::Malformed("Bind"));
         }
-        let mut formats = Vec::with_capacity(nf as usize);
-        for _ in 0..nf {
-            formats.push(c.i16()?);
-        }
+        let formats = c.bytes(nf as usize * 2)?;
         let np = c.i16()?;
         if np < 0 {
             return Err(FrameError::Malformed("Bind"));
         }
-        let mut params = Vec::with_capacity(np as usize);
+        let values_start = body.len() - c.rest().len();
         for _ in 0..np {
             let len = c.i32()?;
-            if len == -1 {
-                params.push(None);
-            } else if len < 0 {
+            if len < -1 {
                 return Err(FrameError::Malformed("Bind"));
-            } else {
-                params.push(Some(c.bytes(len as usize)?));
+            }
+            if len > 0 {
+                c.bytes(len as usize)?;
             }
         }
         let params_end = body.len() - c.rest().len();
@@ -325,10 +331,7 @@ impl<'a> BindMsg<'a> {
         if nr < 0 {
             return Err(FrameError::Malformed("Bind"));
         }
-        let mut result_formats = Vec::with_capacity(nr as usize);
-        for _ in 0..nr {
-            result_formats.push(c.i16()?);
-        }
+        let results = c.bytes(nr as usize * 2)?;
         c.finish()?;
         if nf > 1 && nf != np {
             return Err(FrameError::Malformed("Bind"));
@@ -337,19 +340,54 @@ impl<'a> BindMsg<'a> {
             portal,
             statement,
             tail_offset,
-            formats,
-            params,
             params_end,
-            result_formats,
+            n_params: np as usize,
+            formats,
+            values: &body[values_start..params_end],
+            results,
         })
+    }
+
+    /// Parameter format codes as sent (0, 1 or N entries).
+    pub fn formats(&self) -> Vec<i16> {
+        codes(self.formats)
+    }
+
+    /// Result format codes as sent (0, 1 or N entries).
+    pub fn result_formats(&self) -> Vec<i16> {
+        codes(self.results)
+    }
+
+    /// Parameter values (`None` = SQL NULL), in order.
+    pub fn params(&self) -> Vec<Option<&'a [u8]>> {
+        let mut out = Vec::with_capacity(self.n_params);
+        let mut rest = self.values;
+        for _ in 0..self.n_params {
+            // Lengths were checked in decode.
+            let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            rest = &rest[4..];
+            if len < 0 {
+                out.push(None);
+            } else {
+                let (v, r) = rest.split_at(len as usize);
+                out.push(Some(v));
+                rest = r;
+            }
+        }
+        out
     }
 
     /// Whether parameter `i` (0-based) is in binary format.
     pub fn is_binary(&self, i: usize) -> bool {
-        match self.formats.len() {
+        let code = |k: usize| {
+            self.formats
+                .get(k * 2..k * 2 + 2)
+                .map(|c| i16::from_be_bytes([c[0], c[1]]))
+        };
+        match self.formats.len() / 2 {
             0 => false,
-            1 => self.formats[0] == 1,
-            _ => self.formats.get(i).copied() == Some(1),
+            1 => code(0) == Some(1),
+            _ => code(i) == Some(1),
         }
     }
 }
@@ -567,8 +605,19 @@ mod tests {
         assert!(BindMsg::decode(&body).is_err());
         let ok = [0, b's', 0, 0, 0, 0, 1, 0, 0, 0, 2, b'4', b'2', 0, 0];
         let b = BindMsg::decode(&ok).unwrap();
-        assert_eq!(b.params[0], Some(&b"42"[..]));
+        assert_eq!(b.params(), vec![Some(&b"42"[..])]);
         assert!(!b.is_binary(0));
         assert_eq!(b.tail_offset, 3);
+        // NULL and empty values, binary format code, result codes.
+        let nulls = [
+            0, 0, 0, 1, 0, 1, 0, 2, 255, 255, 255, 255, 0, 0, 0, 0, 0, 1, 0, 1,
+        ];
+        let b = BindMsg::decode(&nulls).unwrap();
+        assert_eq!(b.params(), vec![None, Some(&b""[..])]);
+        assert!(b.is_binary(0) && b.is_binary(1));
+        assert_eq!(b.result_formats(), vec![1]);
+        // A length below -1 is malformed.
+        let bad = [0, 0, 0, 0, 0, 1, 255, 255, 255, 254, 0, 0];
+        assert!(BindMsg::decode(&bad).is_err());
     }
 }

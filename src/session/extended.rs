@@ -14,7 +14,7 @@ use super::gather::{Capture, GatherCall, GatherPortal};
 use super::relay::{Expect, Outcome, RelayError};
 use super::{
     Prepared, Session, SessionEnd, SettingChange, Target, Txn, MAX_BATCH_BYTES,
-    MAX_CLIENT_STATEMENTS,
+    MAX_CLIENT_STATEMENTS, SCRATCH_ITEMS,
 };
 use crate::error::ProxyError;
 use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
@@ -57,7 +57,8 @@ impl Batch {
     }
 }
 
-enum Op {
+/// One decoded pipeline message, ready to run.
+pub(super) enum Op {
     Parse(Arc<Prepared>),
     Bind(Arc<Prepared>, Frame, usize),
     DescribeStmt(Arc<Prepared>),
@@ -87,14 +88,15 @@ impl Session {
             }
             return Ok(());
         }
-        let frames = std::mem::take(&mut batch.frames);
+        let mut frames = std::mem::take(&mut batch.frames);
         batch.bytes = 0;
-        let mut ops: Vec<Op> = Vec::with_capacity(frames.len());
+        let mut ops: Vec<Op> = std::mem::take(&mut self.scratch.ops);
+        ops.clear();
         let mut cut: Option<ProxyError> = None;
         let mut target: Option<Target> = batch.open;
         let mut writes = false;
         let mut changes: Vec<(StmtKind, String)> = Vec::new();
-        for f in frames {
+        for f in frames.drain(..) {
             match self.prepare_op(f, &mut target, &mut writes, &mut changes) {
                 Ok(op) => ops.push(op),
                 Err(e) => {
@@ -102,6 +104,10 @@ impl Session {
                     break;
                 }
             }
+        }
+        // Keep the (now empty) frame list's capacity for the next pipeline, if small.
+        if frames.capacity() <= SCRATCH_ITEMS {
+            batch.frames = frames;
         }
         if cut.is_some() && !sync {
             // Postgres discards messages after an error until Sync.
@@ -378,7 +384,12 @@ impl Session {
                     .first()
                     .map(|s| s.route.clone())
                     .unwrap_or(RouteSpec::Any);
-                let t = self.resolve(&route, &m.params, &|i| m.is_binary(i), Default::default())?;
+                // Only a key route reads the parameters (collecting them allocates).
+                let params = match route {
+                    RouteSpec::Keys(_) => m.params(),
+                    _ => Vec::new(),
+                };
+                let t = self.resolve(&route, &params, &|i| m.is_binary(i), Default::default())?;
                 if !matches!(route, RouteSpec::Any) {
                     merge(t, self)?;
                 }
@@ -477,7 +488,7 @@ impl Session {
     async fn batch_one(
         &mut self,
         shard: usize,
-        ops: Vec<Op>,
+        mut ops: Vec<Op>,
         cut: Option<&ProxyError>,
         sync: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
@@ -485,8 +496,9 @@ impl Session {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
         };
-        let mut msg = BytesMut::with_capacity(256);
-        let mut ex: VecDeque<Expect> = VecDeque::with_capacity(ops.len() + 2);
+        let mut msg = self.scratch.take_msg();
+        let mut ex: VecDeque<Expect> = std::mem::take(&mut self.scratch.expects);
+        ex.clear();
         let mut added: Vec<Arc<Prepared>> = Vec::new();
         {
             let conn = &mut self.conns[idx];
@@ -500,7 +512,7 @@ impl Session {
                     added.push(p.clone());
                 }
             };
-            for op in ops {
+            for op in ops.drain(..) {
                 match op {
                     Op::Parse(p) => {
                         if conn.prepared.contains(&p.name_hash) {
@@ -557,6 +569,9 @@ impl Session {
         } else {
             build::empty(&mut msg, b'H');
         }
+        if ops.capacity() <= SCRATCH_ITEMS {
+            self.scratch.ops = ops;
+        }
         if let Err(error) = self.conns[idx].write_all(&msg).await {
             return Err(RelayError::Backend {
                 shard,
@@ -564,7 +579,11 @@ impl Session {
                 forwarded: false,
             });
         }
-        let outcome = self.relay_one(idx, ex, false).await?;
+        self.scratch.put_msg(msg);
+        let outcome = self.relay_one(idx, &mut ex, false).await?;
+        if ex.capacity() <= SCRATCH_ITEMS {
+            self.scratch.expects = ex;
+        }
         if outcome.error && !added.is_empty() {
             self.forget_statements(idx, &added).await?;
         }
@@ -596,7 +615,7 @@ impl Session {
             });
         }
         // The replies are the proxy's, not the client's.
-        self.relay_one(idx, ex, true).await.map(|_| ())
+        self.relay_one(idx, &mut ex, true).await.map(|_| ())
     }
 
     /// Runs operations on every shard and merges the replies.
@@ -647,7 +666,7 @@ impl Session {
                     forwarded: false,
                 });
             }
-            let o = self.relay_one(i, ex, false).await?;
+            let o = self.relay_one(i, &mut ex, false).await?;
             if o.error {
                 // The error was forwarded; end the exchange like Postgres would.
                 build::ready_for_query(&mut self.out, o.status);
@@ -815,14 +834,15 @@ impl Session {
             .get(portal)
             .is_some_and(|g| g.rows.is_some());
         let m = BindMsg::decode(bind.body()).map_err(|e| RelayError::Client(e.into()))?;
+        let (params, param_formats, result_formats) = (m.params(), m.formats(), m.result_formats());
         let call = GatherCall {
             plan: &gp,
             sql: &p.sql,
             param_types: &p.types,
             params_section: &bind.body()[m.tail_offset..m.params_end],
-            param_formats: &m.formats,
-            params: &m.params,
-            result_formats: &m.result_formats,
+            param_formats: &param_formats,
+            params: &params,
+            result_formats: &result_formats,
             describe,
         };
         if max_rows <= 0 && !fetched {
@@ -936,6 +956,6 @@ impl Session {
         ex.push_back(Expect::Parse { swallow: true });
         ex.push_back(Expect::Describe);
         ex.push_back(Expect::Query { hide_ready: true });
-        self.relay_one(idx, ex, false).await.map(Ok)
+        self.relay_one(idx, &mut ex, false).await.map(Ok)
     }
 }

@@ -196,12 +196,12 @@ impl Session {
                 continue;
             };
             c.discard = true;
-            let info = &self.shared.pools[c.shard].info;
-            let (host, port) = (info.host.clone(), info.port);
+            let pool = &self.shared.pools[c.shard];
+            let (host, port) = (pool.host.clone(), pool.info.port);
             let pkt = crate::cancel::cancel_packet(c.pid, c.secret);
             tokio::spawn(async move {
                 let send = async {
-                    let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                    let mut s = tokio::net::TcpStream::connect((&*host, port)).await?;
                     s.write_all(&pkt).await?;
                     s.shutdown().await
                 };

@@ -159,6 +159,38 @@ impl Txn {
     }
 }
 
+/// Buffers reused from one request to the next, kept only while small.
+#[derive(Default)]
+struct Scratch {
+    /// Outgoing message bytes for a backend.
+    msg: BytesMut,
+    /// Replies a relay waits for.
+    expects: std::collections::VecDeque<relay::Expect>,
+    /// Operations of a pipeline.
+    ops: Vec<extended::Op>,
+}
+
+/// Most entries a reused list keeps.
+const SCRATCH_ITEMS: usize = 256;
+
+/// Largest buffer kept for reuse; bigger ones are freed (10,000 idle sessions stay small).
+const SCRATCH_KEEP: usize = 16 * 1024;
+
+impl Scratch {
+    /// Takes the message buffer, empty.
+    fn take_msg(&mut self) -> BytesMut {
+        let mut m = std::mem::take(&mut self.msg);
+        m.clear();
+        m
+    }
+    /// Gives a message buffer back for reuse.
+    fn put_msg(&mut self, m: BytesMut) {
+        if m.capacity() <= SCRATCH_KEEP {
+            self.msg = m;
+        }
+    }
+}
+
 /// One client connection after login.
 pub struct Session {
     shared: Arc<Shared>,
@@ -172,6 +204,8 @@ pub struct Session {
     gather_portals: HashMap<String, gather::GatherPortal>,
     /// While set, output is being captured for a portal instead of sent (see [`gather::Capture`]).
     capture: Option<gather::Capture>,
+    /// Reused buffers of the single-shard path (no allocation per query).
+    scratch: Scratch,
     conns: Vec<PooledConn>,
     txn: Txn,
     cancel_slot: CancelSlot,
@@ -198,6 +232,7 @@ impl Session {
             portals: HashMap::new(),
             gather_portals: HashMap::new(),
             capture: None,
+            scratch: Scratch::default(),
             conns: Vec::new(),
             txn: Txn::idle(),
             cancel_slot,
@@ -449,7 +484,7 @@ impl Session {
             }
         }
         self.cancel_slot.lock().push(CancelTarget {
-            host: pool.info.host.clone(),
+            host: pool.host.clone(),
             port: pool.info.port,
             pid: conn.pid,
             secret: conn.secret,

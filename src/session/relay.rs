@@ -85,12 +85,13 @@ fn completes(e: &Expect, tag: u8) -> bool {
 }
 
 impl Session {
-    /// Relays replies of connection `idx` until every expectation is met. With `quiet`
+    /// Relays replies of connection `idx` until every expectation is met (the queue is left
+    /// empty, its capacity kept for reuse). With `quiet`
     /// nothing reaches the client (replies to requests the proxy made for itself).
     pub(super) async fn relay_one(
         &mut self,
         idx: usize,
-        mut expects: VecDeque<Expect>,
+        expects: &mut VecDeque<Expect>,
         quiet: bool,
     ) -> Result<Outcome, RelayError> {
         let mut outcome = Outcome::default();

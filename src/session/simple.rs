@@ -246,7 +246,7 @@ impl Session {
             let mut ex = VecDeque::new();
             ex.push_back(Expect::Query { hide_ready: true });
             // Replies of the read-only shards are not shown; the writer's are.
-            match self.relay_one(i, ex, hide).await {
+            match self.relay_one(i, &mut ex, hide).await {
                 Ok(o) => outcome = o,
                 Err(RelayError::Client(e)) => return Err(e),
                 Err(RelayError::Backend { shard, error, .. }) => {
@@ -373,7 +373,7 @@ impl Session {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
         };
-        let mut msg = bytes::BytesMut::with_capacity(sql.len() + 6);
+        let mut msg = self.scratch.take_msg();
         build::query(&mut msg, sql);
         if let Err(error) = self.conns[idx].write_all(&msg).await {
             return Err(RelayError::Backend {
@@ -382,9 +382,13 @@ impl Session {
                 forwarded: false,
             });
         }
-        let mut ex = VecDeque::with_capacity(1);
+        self.scratch.put_msg(msg);
+        let mut ex = std::mem::take(&mut self.scratch.expects);
+        ex.clear();
         ex.push_back(Expect::Query { hide_ready });
-        self.relay_one(idx, ex, false).await.map(Ok)
+        let r = self.relay_one(idx, &mut ex, false).await;
+        self.scratch.expects = ex;
+        r.map(Ok)
     }
 
     async fn exec_query_all(
