@@ -238,14 +238,9 @@ impl BackendConn {
             let f = self.read_frame().await?;
             match f.tag {
                 b'D' if value.is_none() => {
-                    let mut vals = Vec::new();
-                    if crate::gather::datum::row_values(f.body(), &mut vals).is_ok() {
-                        if let Some(Some((s, e))) = vals.first() {
-                            value = std::str::from_utf8(&f.body()[*s..*e])
-                                .ok()
-                                .map(str::to_string);
-                        }
-                    }
+                    value = crate::gather::datum::first_value(f.body())
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_string);
                 }
                 b'E' => failed = true,
                 b'Z' => return Ok(if failed { None } else { value }),

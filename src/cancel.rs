@@ -58,16 +58,26 @@ impl CancelRegistry {
             None => return, // Postgres ignores unknown keys silently, so do we.
         };
         for t in targets {
-            let pkt = cancel_packet(t.pid, t.secret);
-            let fut = async {
-                let mut s = tokio::net::TcpStream::connect((&*t.host, t.port)).await?;
-                s.write_all(&pkt).await?;
-                s.shutdown().await
-            };
-            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(5), fut).await {
-                tracing::warn!(host = %t.host, port = t.port, error = %e, "forwarding cancel timed out");
-            }
+            send_cancel(&t).await;
         }
+    }
+}
+
+/// Sends a CancelRequest to one backend (at most 5 s; failures are logged, as a cancel is
+/// best effort in Postgres too).
+pub async fn send_cancel(t: &CancelTarget) {
+    let pkt = cancel_packet(t.pid, t.secret);
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect((&*t.host, t.port)).await?;
+        s.write_all(&pkt).await?;
+        s.shutdown().await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), fut).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(host = %t.host, port = t.port, error = %e, "sending a cancel failed")
+        }
+        Err(_) => tracing::warn!(host = %t.host, port = t.port, "sending a cancel timed out"),
     }
 }
 

@@ -135,16 +135,22 @@ pub fn literal_key(
     match lit.2 {
         LitKind::Str => {
             let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or("");
-            match key_from_text(ty, &inner.replace("''", "'")) {
+            // Only a doubled quote needs unescaping (and a copy).
+            let text: std::borrow::Cow<'_, str> = if inner.contains("''") {
+                inner.replace("''", "'").into()
+            } else {
+                inner.into()
+            };
+            match key_from_text(ty, &text) {
                 Ok(k) => LitKey::Shard(map.hash_shard(&k)),
                 Err(e) => LitKey::Bad(e),
             }
         }
         LitKind::Number => {
-            let text = if negate {
-                format!("-{raw}")
+            let text: std::borrow::Cow<'_, str> = if negate {
+                format!("-{raw}").into()
             } else {
-                raw.to_string()
+                raw.into()
             };
             match key_from_text(ty, &text) {
                 Ok(k) => LitKey::Shard(map.hash_shard(&k)),

@@ -282,8 +282,6 @@ pub struct BindMsg<'a> {
     pub statement: &'a str,
     /// Byte offset in the body where the part after the statement name starts.
     pub tail_offset: usize,
-    /// Byte offset in the body where the result format codes start.
-    pub params_end: usize,
     /// Number of parameters.
     pub n_params: usize,
     /// Parameter format codes, raw (2 bytes each).
@@ -292,6 +290,8 @@ pub struct BindMsg<'a> {
     values: &'a [u8],
     /// Result format codes, raw (2 bytes each).
     results: &'a [u8],
+    /// Parameter format codes and values, raw (from `tail_offset` to the result codes).
+    section: &'a [u8],
 }
 
 fn codes(raw: &[u8]) -> Vec<i16> {
@@ -340,17 +340,12 @@ impl<'a> BindMsg<'a> {
             portal,
             statement,
             tail_offset,
-            params_end,
             n_params: np as usize,
             formats,
             values: &body[values_start..params_end],
             results,
+            section: &body[tail_offset..params_end],
         })
-    }
-
-    /// Parameter format codes as sent (0, 1 or N entries).
-    pub fn formats(&self) -> Vec<i16> {
-        codes(self.formats)
     }
 
     /// Result format codes as sent (0, 1 or N entries).
@@ -360,21 +355,34 @@ impl<'a> BindMsg<'a> {
 
     /// Parameter values (`None` = SQL NULL), in order.
     pub fn params(&self) -> Vec<Option<&'a [u8]>> {
-        let mut out = Vec::with_capacity(self.n_params);
+        self.values().collect()
+    }
+
+    /// Parameter `i` (0-based): `None` when absent, `Some(None)` for SQL NULL.
+    pub fn param(&self, i: usize) -> Option<Option<&'a [u8]>> {
+        self.values().nth(i)
+    }
+
+    /// The parameter format codes and values as sent (the part of the body a Bind to
+    /// another statement can reuse verbatim).
+    pub fn params_section(&self) -> &'a [u8] {
+        self.section
+    }
+
+    fn values(&self) -> impl Iterator<Item = Option<&'a [u8]>> + 'a {
         let mut rest = self.values;
-        for _ in 0..self.n_params {
+        (0..self.n_params).map(move |_| {
             // Lengths were checked in decode.
             let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
             rest = &rest[4..];
             if len < 0 {
-                out.push(None);
+                None
             } else {
                 let (v, r) = rest.split_at(len as usize);
-                out.push(Some(v));
                 rest = r;
+                Some(v)
             }
-        }
-        out
+        })
     }
 
     /// Whether parameter `i` (0-based) is in binary format.
@@ -425,13 +433,16 @@ pub fn decode_query(body: &[u8]) -> Result<&str, FrameError> {
 pub mod build {
     use super::*;
 
-    fn begin(buf: &mut BytesMut, tag: u8) -> usize {
+    /// Starts a message: writes `tag` and a length placeholder; returns where the length
+    /// goes, for [`finish`].
+    pub fn begin(buf: &mut BytesMut, tag: u8) -> usize {
         buf.put_u8(tag);
         let at = buf.len();
         buf.put_i32(0);
         at
     }
-    fn finish(buf: &mut BytesMut, at: usize) {
+    /// Ends a message started with [`begin`] by filling in its length.
+    pub fn finish(buf: &mut BytesMut, at: usize) {
         let len = (buf.len() - at) as i32;
         buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }

@@ -12,8 +12,8 @@ use std::cmp::Ordering;
 
 use bytes::{BufMut, BytesMut};
 
-use super::{KeyCol, SortKey};
-use crate::protocol::{Cursor, FrameError};
+use super::SortKey;
+use crate::protocol::{build, Cursor, FrameError};
 
 /// One column of a RowDescription.
 #[derive(Debug, Clone)]
@@ -49,16 +49,13 @@ pub fn parse_row_description(body: &[u8]) -> Result<Vec<Field>, FrameError> {
 
 /// Writes a RowDescription of `fields` with the given per-column format codes.
 pub fn put_row_description(buf: &mut BytesMut, fields: &[Field], formats: &[i16]) {
-    let at = buf.len();
-    buf.put_u8(b'T');
-    buf.put_i32(0);
+    let at = build::begin(buf, b'T');
     buf.put_i16(fields.len() as i16);
     for (i, f) in fields.iter().enumerate() {
         buf.extend_from_slice(&f.head);
         buf.put_i16(formats.get(i).copied().unwrap_or(0));
     }
-    let len = (buf.len() - at - 1) as i32;
-    buf[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
+    build::finish(buf, at);
 }
 
 /// Per-column result format codes for `n` columns from a Bind's list (0, 1 or n entries).
@@ -91,6 +88,19 @@ pub fn row_values(body: &[u8], out: &mut Vec<Option<(usize, usize)>>) -> Result<
     Ok(())
 }
 
+/// The first value of a DataRow (`None` for NULL, no column, or a malformed row).
+pub fn first_value(body: &[u8]) -> Option<&[u8]> {
+    let mut c = Cursor::new(body, "DataRow");
+    if c.i16().ok()? < 1 {
+        return None;
+    }
+    let len = c.i32().ok()?;
+    if len < 0 {
+        return None;
+    }
+    c.bytes(len as usize).ok()
+}
+
 /// Writes a DataRow holding the first `n` values of another row.
 pub fn put_row_prefix(
     buf: &mut BytesMut,
@@ -98,9 +108,7 @@ pub fn put_row_prefix(
     values: &[Option<(usize, usize)>],
     n: usize,
 ) {
-    let at = buf.len();
-    buf.put_u8(b'D');
-    buf.put_i32(0);
+    let at = build::begin(buf, b'D');
     buf.put_i16(n as i16);
     for v in values.iter().take(n) {
         match v {
@@ -111,8 +119,7 @@ pub fn put_row_prefix(
             }
         }
     }
-    let len = (buf.len() - at - 1) as i32;
-    buf[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
+    build::finish(buf, at);
 }
 
 /// Type OIDs the proxy orders itself.
@@ -370,10 +377,7 @@ pub fn compare_rows(
     vb: &[Option<(usize, usize)>],
 ) -> Ordering {
     for (k, key) in keys.iter().enumerate() {
-        let i = match key.col {
-            KeyCol::Visible(i) => i,
-            KeyCol::Hidden(h) => visible + h,
-        };
+        let i = key.col.index(visible);
         let x = va.get(i).copied().flatten();
         let y = vb.get(i).copied().flatten();
         let ord = match (x, y) {

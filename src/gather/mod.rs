@@ -56,6 +56,16 @@ pub enum KeyCol {
     Hidden(usize),
 }
 
+impl KeyCol {
+    /// The column's position in a shard row with `visible` visible columns.
+    pub fn index(self, visible: usize) -> usize {
+        match self {
+            KeyCol::Visible(i) => i,
+            KeyCol::Hidden(h) => visible + h,
+        }
+    }
+}
+
 /// One ORDER BY item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SortKey {
@@ -259,10 +269,7 @@ pub fn final_sql(
             distinct,
             distinct_on,
         } => {
-            let col = |k: &KeyCol| match k {
-                KeyCol::Visible(i) => format!("p{i}"),
-                KeyCol::Hidden(h) => format!("p{}", visible + h),
-            };
+            let col = |k: &KeyCol| format!("p{}", k.index(visible));
             sql.push_str("SELECT ");
             if *distinct {
                 sql.push_str("DISTINCT ");

@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 
-use super::relay::{Outcome, RelayError};
+use super::relay::{combine_status, Outcome, RelayError};
 use super::{Session, Target};
 use crate::error::ProxyError;
 use crate::protocol::{build, Frame};
@@ -21,13 +21,10 @@ impl Session {
             Target::Shard(s) => vec![s],
             Target::Set(set) => set.iter().collect(),
         };
-        let mut idxs = Vec::with_capacity(shards.len());
-        for &s in &shards {
-            match self.conn_for(s).await {
-                Ok(i) => idxs.push(i),
-                Err(e) => return Ok(Err(e)),
-            }
-        }
+        let idxs = match self.conns_for(shards.iter().copied()).await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
         let mut msg = BytesMut::with_capacity(sql.len() + 6);
         build::query(&mut msg, sql);
         self.send_to_all(&idxs, &msg).await?;
@@ -52,21 +49,15 @@ impl Session {
                 match f.tag {
                     b'T' if desc.is_none() => desc = Some(f),
                     b'D' => {
-                        let mut vals = Vec::new();
-                        if crate::gather::datum::row_values(f.body(), &mut vals).is_ok() {
-                            if let Some(Some((s, e))) = vals.first() {
-                                lines.push(String::from_utf8_lossy(&f.body()[*s..*e]).into_owned());
-                            }
+                        if let Some(v) = crate::gather::datum::first_value(f.body()) {
+                            lines.push(String::from_utf8_lossy(v).into_owned());
                         }
                     }
                     b'E' => {
                         failure.get_or_insert(f);
                     }
                     b'Z' => {
-                        let st = f.body().first().copied().unwrap_or(b'I');
-                        if st == b'E' || (st == b'T' && status != b'E') {
-                            status = st;
-                        }
+                        status = combine_status(status, f.body().first().copied().unwrap_or(b'I'));
                         break;
                     }
                     _ => {}

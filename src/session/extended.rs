@@ -224,14 +224,9 @@ impl Session {
         Ok(())
     }
 
-    /// The statement a Parse/Bind/Describe/Execute message is about.
+    /// The statement a Bind/Describe/Execute message is about.
     fn statement_of(&self, f: &Frame) -> Option<Arc<Prepared>> {
         match f.tag {
-            b'P' => {
-                let m = ParseMsg::decode(f.body()).ok()?;
-                let plan = self.shared.cache.get(&self.shared.map, m.query).ok()?;
-                Some(Arc::new(Prepared::new(m.query, m.param_types, plan)))
-            }
             b'B' => {
                 let m = BindMsg::decode(f.body()).ok()?;
                 self.stmts.get(m.statement).cloned()
@@ -254,9 +249,16 @@ impl Session {
 
     /// Whether the message belongs to a COMMIT or ROLLBACK.
     fn ends_transaction(&self, f: &Frame) -> bool {
-        self.statement_of(f).is_some_and(|p| {
+        let plan = if f.tag == b'P' {
+            ParseMsg::decode(f.body())
+                .ok()
+                .and_then(|m| self.shared.cache.get(&self.shared.map, m.query).ok())
+        } else {
+            self.statement_of(f).map(|p| p.plan.clone())
+        };
+        plan.is_some_and(|p| {
             matches!(
-                p.plan.stmts.first().map(|s| &s.kind),
+                p.stmts.first().map(|s| &s.kind),
                 Some(StmtKind::Commit) | Some(StmtKind::Rollback)
             )
         })
@@ -440,8 +442,8 @@ impl Session {
                 if stmt.plan.writes() {
                     *writes = true;
                 }
-                let merged = stmt.plan.stmts.first().is_some_and(|s| s.gather.is_some());
-                if t.is_multi() && merged {
+                // Its Bind registered the portal as merged when it runs on several shards.
+                if self.gather_portals.contains_key(portal) {
                     return Ok(Op::Gather(f, stmt));
                 }
                 if let Some(st) = stmt.plan.stmts.first() {
@@ -625,13 +627,10 @@ impl Session {
         ops: Vec<Op>,
         cut: Option<&ProxyError>,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
-        let mut idxs = Vec::with_capacity(set.len());
-        for s in set.iter() {
-            match self.conn_for(s).await {
-                Ok(i) => idxs.push(i),
-                Err(e) => return Ok(Err(e)),
-            }
-        }
+        let idxs = match self.conns_for(set.iter()).await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
         // Statements the batch uses must exist on every connection first.
         let mut needed: Vec<Arc<Prepared>> = Vec::new();
         for op in &ops {
@@ -834,15 +833,11 @@ impl Session {
             .get(portal)
             .is_some_and(|g| g.rows.is_some());
         let m = BindMsg::decode(bind.body()).map_err(|e| RelayError::Client(e.into()))?;
-        let (params, param_formats, result_formats) = (m.params(), m.formats(), m.result_formats());
         let call = GatherCall {
             plan: &gp,
             sql: &p.sql,
             param_types: &p.types,
-            params_section: &bind.body()[m.tail_offset..m.params_end],
-            param_formats: &param_formats,
-            params: &params,
-            result_formats: &result_formats,
+            bind: Some(&m),
             describe,
         };
         if max_rows <= 0 && !fetched {
@@ -856,8 +851,11 @@ impl Session {
         if !fetched {
             // First fetch: run the query with its output captured.
             let start = self.out.len();
+            // All portals of the session share one gather memory limit.
+            let held: usize = self.gather_portals.values().map(|g| g.held()).sum();
             self.capture = Some(Capture {
                 start,
+                limit: self.shared.map.gather.memory_limit.saturating_sub(held),
                 overflow: false,
             });
             let r = self.gather(&call, set, true).await;
@@ -868,7 +866,7 @@ impl Session {
                 let e = ProxyError::Backend {
                     code: "53200".into(),
                     message: format!(
-                        "fetching a multi-shard result in chunks keeps it in the proxy, and it needs more than the gather memory limit ({} MiB, gather.memory_limit_mb); fetch all rows at once, add a shard key or a LIMIT, or raise the limit",
+                        "fetching a multi-shard result in chunks keeps it in the proxy, and it needs more than what is left of the gather memory limit ({} MiB, gather.memory_limit_mb, shared by the session's open portals); fetch all rows at once, add a shard key or a LIMIT, or raise the limit",
                         self.shared.map.gather.memory_limit >> 20
                     ),
                 };

@@ -14,17 +14,16 @@
 
 use std::cmp::Ordering;
 
-use bytes::{BufMut, BytesMut};
-use tokio::io::AsyncWriteExt;
-
-use super::relay::{Outcome, RelayError};
+use super::relay::{combine_status, Outcome, RelayError};
 use super::{Session, SessionEnd};
 use crate::backend::BackendError;
+use crate::cancel::CancelTarget;
 use crate::error::ProxyError;
 use crate::gather::datum::{self, Field};
-use crate::gather::{self as g, Count, Final, GatherPlan, KeyCol, Mode};
-use crate::protocol::{build, Frame};
+use crate::gather::{self as g, Count, Final, GatherPlan, Mode};
+use crate::protocol::{build, BindMsg, Frame};
 use crate::router::ShardSet;
+use bytes::{BufMut, BytesMut};
 
 /// One execution of a gather statement.
 pub(super) struct GatherCall<'a> {
@@ -34,16 +33,29 @@ pub(super) struct GatherCall<'a> {
     pub sql: &'a str,
     /// Parameter types the client declared.
     pub param_types: &'a [u32],
-    /// The Bind section with parameter format codes and values, verbatim.
-    pub params_section: &'a [u8],
-    /// Parameter format codes as sent.
-    pub param_formats: &'a [i16],
-    /// Parameter values.
-    pub params: &'a [Option<&'a [u8]>],
-    /// Result format codes as sent.
-    pub result_formats: &'a [i16],
+    /// The client's Bind (`None` for a simple Query: no parameters, text results).
+    pub bind: Option<&'a BindMsg<'a>>,
     /// Send a RowDescription first.
     pub describe: bool,
+}
+
+impl GatherCall<'_> {
+    /// Parameter format codes and values as the client sent them.
+    fn params_section(&self) -> &[u8] {
+        self.bind.map_or(NO_PARAMS, |b| b.params_section())
+    }
+    /// Result format codes as sent.
+    fn result_formats(&self) -> Vec<i16> {
+        self.bind.map(|b| b.result_formats()).unwrap_or_default()
+    }
+    /// Parameter `i` (`None` for NULL or absent).
+    fn param(&self, i: usize) -> Option<&[u8]> {
+        self.bind.and_then(|b| b.param(i)).flatten()
+    }
+    /// Whether parameter `i` is in binary format.
+    fn is_binary(&self, i: usize) -> bool {
+        self.bind.is_some_and(|b| b.is_binary(i))
+    }
 }
 
 /// A portal of a merged query.
@@ -56,16 +68,28 @@ pub(super) struct GatherPortal {
     pub sent: u64,
 }
 
+impl GatherPortal {
+    /// Bytes of rows it keeps.
+    pub fn held(&self) -> usize {
+        self.rows
+            .as_ref()
+            .map_or(0, |r| r.iter().map(|b| b.len()).sum())
+    }
+}
+
 /// Output being captured (for a portal fetched in chunks) instead of sent to the client.
 pub(super) struct Capture {
     /// Where the captured output starts in the session's output buffer.
     pub start: usize,
+    /// Most bytes it may hold: the gather memory limit less what the session's other
+    /// fetched portals already keep.
+    pub limit: usize,
     /// It outgrew the gather memory limit and was dropped.
     pub overflow: bool,
 }
 
 /// The Bind parameter section of a statement without parameters.
-pub(super) const NO_PARAMS: &[u8] = &[0, 0, 0, 0];
+const NO_PARAMS: &[u8] = &[0, 0, 0, 0];
 
 /// How one gather ended, when it did not end with an error from a shard.
 enum Fail {
@@ -124,13 +148,10 @@ impl Session {
         set: ShardSet,
         hide_ready: bool,
     ) -> Result<Outcome, RelayError> {
-        let mut idxs = Vec::with_capacity(set.len());
-        for s in set.iter() {
-            match self.conn_for(s).await {
-                Ok(i) => idxs.push(i),
-                Err(e) => return Ok(self.gather_failed(Fail::Proxy(e), hide_ready)),
-            }
-        }
+        let idxs = match self.conns_for(set.iter()).await {
+            Ok(i) => i,
+            Err(e) => return Ok(self.gather_failed(Fail::Proxy(e), hide_ready)),
+        };
         let timeout = self.shared.map.gather.timeout;
         let run = tokio::time::timeout(timeout, self.gather_run(call, &idxs)).await;
         match run {
@@ -147,8 +168,7 @@ impl Session {
             Ok(Err(GatherError::Failed(f))) => Ok(self.gather_failed(f, hide_ready)),
             Err(_) => {
                 // Out of time: stop the shards and drop their connections (their state is unknown).
-                let all: Vec<usize> = idxs.clone();
-                self.cancel_conns(&all, usize::MAX);
+                self.cancel_conns(&idxs);
                 self.conns.clear();
                 self.cancel_slot.lock().clear();
                 let e = ProxyError::Backend {
@@ -185,28 +205,22 @@ impl Session {
         }
     }
 
-    /// Sends CancelRequest to the backends of `idxs` (except `except`) and marks their
-    /// connections to be closed instead of pooled (a late cancel must not hit another query).
-    pub(super) fn cancel_conns(&mut self, idxs: &[usize], except: usize) {
+    /// Sends CancelRequest to the backends of `idxs` and marks their connections to be closed
+    /// instead of pooled (a late cancel must not hit another query).
+    pub(super) fn cancel_conns(&mut self, idxs: &[usize]) {
         for &i in idxs {
-            if i == except {
-                continue;
-            }
             let Some(c) = self.conns.get_mut(i) else {
                 continue;
             };
             c.discard = true;
             let pool = &self.shared.pools[c.shard];
-            let (host, port) = (pool.host.clone(), pool.info.port);
-            let pkt = crate::cancel::cancel_packet(c.pid, c.secret);
-            tokio::spawn(async move {
-                let send = async {
-                    let mut s = tokio::net::TcpStream::connect((&*host, port)).await?;
-                    s.write_all(&pkt).await?;
-                    s.shutdown().await
-                };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send).await;
-            });
+            let target = CancelTarget {
+                host: pool.host.clone(),
+                port: pool.info.port,
+                pid: c.pid,
+                secret: c.secret,
+            };
+            tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
         }
     }
 
@@ -311,7 +325,7 @@ impl Session {
         }
         let visible = fields.len().saturating_sub(gp.hidden);
         let prepared = (|| -> Result<_, ProxyError> {
-            let formats = datum::expand_formats(call.result_formats, visible)
+            let formats = datum::expand_formats(&call.result_formats(), visible)
                 .map_err(ProxyError::Protocol)?;
             let limit = self.count_value(gp.limit, call, "LIMIT")?;
             let offset = self.count_value(gp.offset, call, "OFFSET")?;
@@ -325,6 +339,11 @@ impl Session {
             }
         };
         // Stream when every sort key can be compared here; otherwise combine.
+        let key_types: Vec<u32> = gp
+            .sort
+            .iter()
+            .map(|k| fields.get(k.col.index(visible)).map_or(0, |f| f.type_oid))
+            .collect();
         let fallback = Final::Rows {
             distinct: false,
             distinct_on: Vec::new(),
@@ -332,17 +351,9 @@ impl Session {
         let fin: Option<&Final> = match &gp.mode {
             Mode::Combine(f) => Some(f),
             Mode::Stream => {
-                let ok = gp.sort.iter().all(|k| {
-                    let oid = fields
-                        .get(key_index(k.col, visible))
-                        .map(|f| f.type_oid)
-                        .unwrap_or(0);
-                    let c_collate = k
-                        .collate
-                        .as_deref()
-                        .map(|c| matches!(c, "C" | "POSIX" | "ucs_basic"));
-                    let text_ok = match c_collate {
-                        Some(c) => c,
+                let ok = gp.sort.iter().zip(&key_types).all(|(k, &oid)| {
+                    let text_ok = match k.collate.as_deref() {
+                        Some(c) => matches!(c, "C" | "POSIX" | "ucs_basic"),
                         None => bytewise,
                     };
                     datum::sortable(oid, text_ok || !datum::is_collatable(oid))
@@ -372,7 +383,7 @@ impl Session {
             if k != 0 || grouped {
                 build::parse(&mut msg, "", &gp.shard_sql, &param_oids);
             }
-            put_bind(&mut msg, call.params_section, &shard_formats);
+            put_bind(&mut msg, call.params_section(), &shard_formats);
             if k == 0 && grouped {
                 build::target(&mut msg, b'D', b'P', "");
             }
@@ -382,16 +393,6 @@ impl Session {
         }
         match fin {
             None => {
-                let key_types: Vec<u32> = gp
-                    .sort
-                    .iter()
-                    .map(|k| {
-                        fields
-                            .get(key_index(k.col, visible))
-                            .map(|f| f.type_oid)
-                            .unwrap_or(0)
-                    })
-                    .collect();
                 self.merge_streams(gp, idxs, visible, &key_types, limit, offset)
                     .await
             }
@@ -432,14 +433,10 @@ impl Session {
             None => return Ok(None),
             Some(Count::Const(v)) => v,
             Some(Count::Param(i)) => {
-                let raw = call.params.get(i).copied().flatten();
-                let Some(raw) = raw else { return Ok(None) };
-                let binary = match call.param_formats.len() {
-                    0 => false,
-                    1 => call.param_formats[0] == 1,
-                    _ => call.param_formats.get(i) == Some(&1),
+                let Some(raw) = call.param(i) else {
+                    return Ok(None);
                 };
-                let parsed = if binary {
+                let parsed = if call.is_binary(i) {
                     match raw.len() {
                         8 => Some(i64::from_be_bytes(raw.try_into().unwrap_or([0; 8]))),
                         4 => Some(i64::from(i32::from_be_bytes(
@@ -591,9 +588,8 @@ impl Session {
             streams[b] = s;
         }
         if failure.is_some() {
-            let except = usize::MAX;
             let live: Vec<usize> = streams.iter().filter(|s| !s.done).map(|s| s.idx).collect();
-            self.cancel_conns(&live, except);
+            self.cancel_conns(&live);
         }
         // Drain every shard to ReadyForQuery (rows past the LIMIT are discarded).
         let mut status = b'I';
@@ -603,7 +599,7 @@ impl Session {
                 let f = self.read_from(s.idx).await?;
                 match f.tag {
                     b'Z' => {
-                        status = merge_status(status, f.body().first().copied().unwrap_or(b'I'));
+                        status = combine_status(status, f.body().first().copied().unwrap_or(b'I'));
                         break;
                     }
                     b'E' if !done || failure.is_none() => {
@@ -656,8 +652,7 @@ impl Session {
                             }));
                             rows = Vec::new();
                             // Stop every shard still producing rows (this one included).
-                            let rest: Vec<usize> = idxs[k..].to_vec();
-                            self.cancel_conns(&rest, usize::MAX);
+                            self.cancel_conns(&idxs[k..]);
                         } else {
                             rows.push(f);
                         }
@@ -670,11 +665,11 @@ impl Session {
                     }
                     b'E' if failure.is_none() => {
                         failure = Some(Fail::Shard(f));
-                        let rest: Vec<usize> = idxs.iter().copied().filter(|&i| i != idx).collect();
-                        self.cancel_conns(&rest, usize::MAX);
+                        // Earlier shards are done; stop the ones not read yet.
+                        self.cancel_conns(&idxs[k + 1..]);
                     }
                     b'Z' => {
-                        status = merge_status(status, f.body().first().copied().unwrap_or(b'I'));
+                        status = combine_status(status, f.body().first().copied().unwrap_or(b'I'));
                         break;
                     }
                     _ => {}
@@ -721,27 +716,20 @@ impl Session {
         let c0 = idxs[0];
         let mut msg = BytesMut::with_capacity(used + sql.len() + 256);
         build::parse(&mut msg, "", &sql, &oids);
-        let at = msg.len();
-        msg.put_u8(b'B');
-        msg.put_i32(0);
+        let at = build::begin(&mut msg, b'B');
         build::put_cstr(&mut msg, "");
         build::put_cstr(&mut msg, "");
         let n_client = param_oids.len();
         msg.put_i16((n_client + types.len()) as i16);
         for i in 0..n_client {
-            let f = match call.param_formats.len() {
-                0 => 0,
-                1 => call.param_formats[0],
-                _ => call.param_formats.get(i).copied().unwrap_or(0),
-            };
-            msg.put_i16(f);
+            msg.put_i16(i16::from(call.is_binary(i)));
         }
         for _ in &types {
             msg.put_i16(1);
         }
         msg.put_i16((n_client + types.len()) as i16);
         for i in 0..n_client {
-            match call.params.get(i).copied().flatten() {
+            match call.param(i) {
                 None => msg.put_i32(-1),
                 Some(v) => {
                     msg.put_i32(v.len() as i32);
@@ -764,8 +752,7 @@ impl Session {
         for f in formats {
             msg.put_i16(*f);
         }
-        let len = (msg.len() - at - 1) as i32;
-        msg[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
+        build::finish(&mut msg, at);
         drop(rows);
         build::execute(&mut msg, "", 0);
         build::empty(&mut msg, b'S');
@@ -793,15 +780,13 @@ impl Session {
         if let Some(e) = failed {
             return Err(GatherError::Failed(Fail::Shard(e)));
         }
-        Ok(merge_status(status, final_status))
+        Ok(combine_status(status, final_status))
     }
 }
 
 /// A Bind of the unnamed statement to the unnamed portal with the client's parameters.
 fn put_bind(buf: &mut BytesMut, params_section: &[u8], result_formats: &[i16]) {
-    let at = buf.len();
-    buf.put_u8(b'B');
-    buf.put_i32(0);
+    let at = build::begin(buf, b'B');
     build::put_cstr(buf, "");
     build::put_cstr(buf, "");
     buf.extend_from_slice(params_section);
@@ -809,27 +794,11 @@ fn put_bind(buf: &mut BytesMut, params_section: &[u8], result_formats: &[i16]) {
     for f in result_formats {
         buf.put_i16(*f);
     }
-    let len = (buf.len() - at - 1) as i32;
-    buf[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
+    build::finish(buf, at);
 }
 
 fn parse_param_description(body: &[u8]) -> Vec<u32> {
     let mut c = crate::protocol::Cursor::new(body, "ParameterDescription");
     let n = c.i16().unwrap_or(0).max(0);
     (0..n).filter_map(|_| c.u32().ok()).collect()
-}
-
-fn key_index(col: KeyCol, visible: usize) -> usize {
-    match col {
-        KeyCol::Visible(i) => i,
-        KeyCol::Hidden(h) => visible + h,
-    }
-}
-
-fn merge_status(a: u8, b: u8) -> u8 {
-    match (a, b) {
-        (b'E', _) | (_, b'E') => b'E',
-        (b'T', _) | (_, b'T') => b'T',
-        _ => b'I',
-    }
 }

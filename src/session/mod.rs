@@ -248,7 +248,7 @@ impl Session {
         // mid-query, cancel what the shards are still running first.
         if result.is_err() && !self.conns.is_empty() {
             let all: Vec<usize> = (0..self.conns.len()).collect();
-            self.cancel_conns(&all, usize::MAX);
+            self.cancel_conns(&all);
         }
         self.conns.clear();
         if let Err(SessionEnd::Protocol(m)) = &result {
@@ -308,7 +308,7 @@ impl Session {
     async fn maybe_flush(&mut self) -> Result<(), SessionEnd> {
         if let Some(c) = self.capture.as_mut() {
             // Captured rows stay in memory, bounded by the gather memory limit.
-            if self.out.len().saturating_sub(c.start) > self.shared.map.gather.memory_limit {
+            if self.out.len().saturating_sub(c.start) > c.limit {
                 c.overflow = true;
                 self.out.truncate(c.start);
             }
@@ -491,6 +491,18 @@ impl Session {
         });
         self.conns.push(conn);
         Ok(self.conns.len() - 1)
+    }
+
+    /// Connections to each of `shards` (indexes into `self.conns`), checked out as needed.
+    async fn conns_for(
+        &mut self,
+        shards: impl Iterator<Item = usize>,
+    ) -> Result<Vec<usize>, ProxyError> {
+        let mut idxs = Vec::with_capacity(shards.size_hint().0);
+        for s in shards {
+            idxs.push(self.conn_for(s).await?);
+        }
+        Ok(idxs)
     }
 
     /// Gives the held connections back when no transaction or exchange needs them.

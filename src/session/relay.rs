@@ -386,15 +386,19 @@ impl Session {
 }
 
 fn merge_status(boundaries: &[Option<Frame>]) -> u8 {
-    let mut st = b'I';
-    for f in boundaries.iter().flatten() {
-        match f.body().first().copied() {
-            Some(b'E') => return b'E',
-            Some(b'T') => st = b'T',
-            _ => {}
-        }
+    boundaries.iter().flatten().fold(b'I', |st, f| {
+        combine_status(st, f.body().first().copied().unwrap_or(b'I'))
+    })
+}
+
+/// The transaction status of a statement that ran on several shards: failed if any shard
+/// failed, in a transaction if any is, else idle.
+pub(super) fn combine_status(a: u8, b: u8) -> u8 {
+    match (a, b) {
+        (b'E', _) | (_, b'E') => b'E',
+        (b'T', _) | (_, b'T') => b'T',
+        _ => b'I',
     }
-    st
 }
 
 /// Sums the row counts of per-shard command tags ("INSERT 0 3" + "INSERT 0 4" = "INSERT 0 7").

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::gather::{GatherCall, NO_PARAMS};
+use super::gather::GatherCall;
 use super::relay::{Expect, Outcome, RelayError};
 use super::{Session, SessionEnd, SettingChange, Target, Txn};
 use crate::error::ProxyError;
@@ -290,32 +290,26 @@ impl Session {
             attempt += 1;
             let reused = self.conns.is_empty();
             let explain = match plan.stmts.as_slice() {
-                [one] => one.explain.clone(),
+                [one] => one.explain.as_ref(),
                 _ => None,
             };
-            let r = match target {
-                _ if explain.is_some() => {
-                    let ex = explain.clone().unwrap_or(crate::router::ExplainPlan {
-                        merge: String::new(),
-                        shard_sql: None,
-                    });
+            let r = match (explain, target) {
+                (Some(ex), _) => {
+                    // Several shards run the rewritten query a merge needs; EXPLAIN that.
                     let text = match (&ex.shard_sql, target) {
                         (Some(s), Target::Set(_)) => s.as_str(),
                         _ => sql,
                     };
                     self.exec_explain(&ex.merge, text, target, hide_ready).await
                 }
-                Target::Shard(s) => self.exec_query_one(s, sql, hide_ready).await,
-                Target::Set(set) => match single_gather(plan) {
+                (None, Target::Shard(s)) => self.exec_query_one(s, sql, hide_ready).await,
+                (None, Target::Set(set)) => match single_gather(plan) {
                     Some(gp) => {
                         let call = GatherCall {
                             plan: &gp,
                             sql,
                             param_types: &[],
-                            params_section: NO_PARAMS,
-                            param_formats: &[],
-                            params: &[],
-                            result_formats: &[],
+                            bind: None,
                             describe: true,
                         };
                         self.gather(&call, set, hide_ready).await.map(Ok)
@@ -398,13 +392,10 @@ impl Session {
         hide_ready: bool,
         replicated: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
-        let mut idxs = Vec::with_capacity(set.len());
-        for s in set.iter() {
-            match self.conn_for(s).await {
-                Ok(i) => idxs.push(i),
-                Err(e) => return Ok(Err(e)),
-            }
-        }
+        let idxs = match self.conns_for(set.iter()).await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
         let mut msg = bytes::BytesMut::with_capacity(sql.len() + 6);
         build::query(&mut msg, sql);
         self.send_to_all(&idxs, &msg).await?;
