@@ -827,8 +827,12 @@ fn colocated_sublink(map: &ShardMap, sl: &protobuf::SubLink, outer: &[TableRef])
     let h = hashed[0];
     let inner_ty = inner[h].key.as_ref().map(|k| k.1);
     let is_inner_key = |c: &Col| matching_refs(&inner, c).contains(&h);
-    let outer_key_type = |c: &Col| -> Option<KeyType> {
-        c.qual?;
+    // The key type of the outer sharded table a column names (inside the subquery an outer
+    // column must be qualified, or it would name the inner table's).
+    let outer_key_type = |c: &Col, need_qual: bool| -> Option<KeyType> {
+        if need_qual {
+            c.qual?;
+        }
         let m = matching_refs(outer, c);
         match m.as_slice() {
             [i] if outer[*i].placement == Placement::Hash => outer[*i].key.as_ref().map(|k| k.1),
@@ -847,22 +851,14 @@ fn colocated_sublink(map: &ShardMap, sl: &protobuf::SubLink, outer: &[TableRef])
                 Some(NodeEnum::ResTarget(r)) => r.val.as_deref().and_then(column)?,
                 _ => return None,
             };
-            let out_ty = {
-                let m = matching_refs(outer, &out_col);
-                match m.as_slice() {
-                    [i] if outer[*i].placement == Placement::Hash => {
-                        outer[*i].key.as_ref().map(|k| k.1)
-                    }
-                    _ => None,
-                }
-            };
+            let out_ty = outer_key_type(&out_col, false);
             (is_inner_key(&target) && co_located(out_ty, inner_ty)).then_some(1)
         }
         T::ExistsSublink | T::ExprSublink => {
             let joined = conj.iter().any(|c| match equality(c) {
                 Some(Eq::Join(a, b)) => {
-                    (is_inner_key(&a) && co_located(outer_key_type(&b), inner_ty))
-                        || (is_inner_key(&b) && co_located(outer_key_type(&a), inner_ty))
+                    (is_inner_key(&a) && co_located(outer_key_type(&b, true), inner_ty))
+                        || (is_inner_key(&b) && co_located(outer_key_type(&a, true), inner_ty))
                 }
                 _ => false,
             });
