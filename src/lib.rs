@@ -4,14 +4,18 @@
 //! - [`config`]: the YAML shard map as written by the user, and its validation.
 //! - [`keys`]: shard-key types and their canonical byte form.
 //! - [`ring`]: the consistent-hash ring (fixed xxh3-64 hash, explicit tokens).
-//! - [`shardmap`]: the validated, immutable routing map built from a config.
+//! - [`shardmap`]: the validated, immutable routing map built from a config;
+//!   [`strategy`]: hash/range/geo/directory placement; [`directory`]: the key directory.
 //! - [`router`]: SQL -> statement kinds and routes; [`gather`]: merging multi-shard reads.
 //! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
 pub mod config;
+pub mod copysplit;
+pub mod directory;
 pub mod error;
 pub mod gather;
 pub mod keys;
@@ -24,3 +28,4 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod shardmap;
+pub mod strategy;
