@@ -80,6 +80,9 @@ pub struct RawUser {
     pub name: String,
     /// Its password (plain text).
     pub password: String,
+    /// May use the admin console (`psql -d shardwire`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// One shard as written.
@@ -210,19 +213,19 @@ pub struct RawTable {
     /// `hash`, `reference`, `range`, `geo` or `directory`.
     #[serde(default)]
     pub strategy: Option<String>,
-    /// `range`: ordered bounds (later release).
+    /// `range`: ordered `{ below, shard }` bounds, optionally ending with a catch-all `{ shard }`.
     #[serde(default)]
     pub ranges: Option<serde_norway::Value>,
-    /// `geo`: region → key values (later release).
+    /// `geo`: region → key values.
     #[serde(default)]
     pub regions: Option<serde_norway::Value>,
-    /// `geo`: region for unknown values (later release).
+    /// `geo`: region for unknown values (absent: refused).
     #[serde(default)]
     pub default_region: Option<serde_norway::Value>,
-    /// `directory`: static key → shard entries (later release).
+    /// `directory`: static key → shard entries.
     #[serde(default)]
     pub entries: Option<serde_norway::Value>,
-    /// `directory`: what unknown keys do (later release).
+    /// `directory`: what unknown keys do: `hash`, `reject` or a shard name.
     #[serde(default)]
     pub fallback: Option<serde_norway::Value>,
 }

@@ -17,6 +17,13 @@ pub enum ProxyError {
     /// A construct shardwire refuses because it cannot give a correct answer yet.
     #[error("{0}")]
     Unsupported(String),
+    /// A row whose key no shard takes (no range, region or directory entry holds it);
+    /// SQLSTATE 23514, as Postgres reports a row that fits no partition.
+    #[error("no shard for the row: {0}")]
+    NoShard(String),
+    /// Routing information is temporarily unavailable (the key directory is not loaded).
+    #[error("{0}")]
+    Unavailable(String),
     /// A shard-key value that does not fit the key's type.
     #[error("{0}")]
     Key(#[from] KeyError),
@@ -74,6 +81,8 @@ impl ProxyError {
             ProxyError::Syntax(_) => "42601",
             ProxyError::Unsupported(_) => "0A000",
             ProxyError::Key(k) => k.sqlstate(),
+            ProxyError::NoShard(_) => "23514",
+            ProxyError::Unavailable(_) => "57P03",
             ProxyError::ShardUnavailable { .. } => "08006",
             ProxyError::PoolTimeout { .. } => "53300",
             ProxyError::InFailedTransaction => "25P02",

@@ -10,8 +10,7 @@
 
 use pg_query::protobuf::Token;
 
-use crate::keys::{key_from_text, KeyType};
-use crate::shardmap::ShardMap;
+use crate::keys::{key_from_text, KeyType, KeyValue};
 
 /// Kind of a templated constant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +110,9 @@ pub struct QueryLits<'a> {
 
 /// What a templated constant says about a key.
 #[derive(Debug)]
-pub enum LitKey {
-    /// The key lives on this shard.
-    Shard(usize),
+pub enum LitVal {
+    /// It is this key.
+    Value(KeyValue),
     /// No key can equal it (`id = 1.5`).
     Nothing,
     /// It pins nothing (an exponent form); the statement runs where it would without it.
@@ -124,13 +123,7 @@ pub enum LitKey {
 
 /// Evaluates constant `lit` of `sql` (negated or not) as a key of type `ty`, with the same
 /// meaning the router gives a constant it folds at plan time.
-pub fn literal_key(
-    map: &ShardMap,
-    ty: KeyType,
-    sql: &str,
-    lit: (usize, usize, LitKind),
-    negate: bool,
-) -> LitKey {
+pub fn literal_value(ty: KeyType, sql: &str, lit: (usize, usize, LitKind), negate: bool) -> LitVal {
     let raw = sql.get(lit.0..lit.1).unwrap_or("");
     match lit.2 {
         LitKind::Str => {
@@ -142,8 +135,8 @@ pub fn literal_key(
                 inner.into()
             };
             match key_from_text(ty, &text) {
-                Ok(k) => LitKey::Shard(map.hash_shard(&k)),
-                Err(e) => LitKey::Bad(e),
+                Ok(k) => LitVal::Value(k),
+                Err(e) => LitVal::Bad(e),
             }
         }
         LitKind::Number => {
@@ -153,11 +146,11 @@ pub fn literal_key(
                 raw.into()
             };
             match key_from_text(ty, &text) {
-                Ok(k) => LitKey::Shard(map.hash_shard(&k)),
-                Err(_) => match crate::router::numeric_literal(map, ty, &text) {
-                    crate::router::NumericLiteral::Shard(s) => LitKey::Shard(s),
-                    crate::router::NumericLiteral::Nothing => LitKey::Nothing,
-                    crate::router::NumericLiteral::Unknown => LitKey::Unpinned,
+                Ok(k) => LitVal::Value(k),
+                Err(_) => match crate::router::numeric_literal(ty, &text) {
+                    crate::router::NumericLiteral::Value(k) => LitVal::Value(k),
+                    crate::router::NumericLiteral::Nothing => LitVal::Nothing,
+                    crate::router::NumericLiteral::Unknown => LitVal::Unpinned,
                 },
             }
         }

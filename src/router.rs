@@ -9,6 +9,7 @@
 //! Plans are cached by SQL text ([`PlanCache`]).
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -17,9 +18,10 @@ use pg_query::{NodeEnum, NodeRef};
 
 use crate::error::ProxyError;
 use crate::gather::GatherPlan;
-use crate::keys::{key_from_binary, key_from_int, key_from_text, KeyType, KeyValue};
-use crate::literals::{literal_key, LitKey, QueryLits};
+use crate::keys::{key_from_binary, key_from_int, key_from_text, KeyError, KeyType, KeyValue};
+use crate::literals::{literal_value, LitVal, QueryLits};
 use crate::shardmap::{ShardMap, TableRule};
+use crate::strategy::{Located, Sharded};
 
 /// What a statement is, as far as session handling cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,21 +110,28 @@ impl ShardSet {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+    /// The shards in both sets.
+    pub fn intersect(self, other: ShardSet) -> ShardSet {
+        ShardSet(self.0 & other.0)
+    }
     /// The shard indexes, ascending.
     pub fn iter(self) -> impl Iterator<Item = usize> {
         (0..128usize).filter(move |i| self.0 & (1u128 << i) != 0)
     }
 }
 
-/// A route that is decided from Bind parameters.
+/// A route that is decided from Bind parameters (or, for directory tables, from the
+/// directory at execution time).
 #[derive(Debug, Clone)]
 pub struct KeyRoute {
     /// Shards already fixed by literal keys.
     pub fixed: Vec<usize>,
-    /// Parameters (0-based index) that carry shard keys, with the key type.
-    pub params: Vec<(usize, KeyType)>,
-    /// Constants of a literal template that carry shard keys: (constant #, type, negated).
-    pub literals: Vec<(usize, KeyType, bool)>,
+    /// Parameters (0-based index) that carry shard keys, with their table.
+    pub params: Vec<(usize, Arc<Sharded>)>,
+    /// Constants of a literal template that carry shard keys: (constant #, table, negated).
+    pub literals: Vec<(usize, Arc<Sharded>, bool)>,
+    /// Constant keys of tables whose placement can change (directory): located per execution.
+    pub values: Vec<(KeyValue, Arc<Sharded>)>,
     /// Where the statement goes when its keys land on several shards.
     pub spread: Box<RouteSpec>,
     /// Whether a NULL key is an error (INSERT) rather than "matches nothing".
@@ -131,6 +140,14 @@ pub struct KeyRoute {
     pub what: String,
     /// The shard every key must land on (unsharded tables in the statement live there), and the table.
     pub require: Option<(usize, String)>,
+}
+
+impl KeyRoute {
+    /// Whether every key is already located (no parameters, template constants or
+    /// directory keys): the route can be fixed when the plan is made.
+    pub fn is_static(&self) -> bool {
+        self.params.is_empty() && self.literals.is_empty() && self.values.is_empty()
+    }
 }
 
 /// One analyzed statement.
@@ -150,6 +167,84 @@ pub struct StmtPlan {
     /// A text-format EXPLAIN: how the explained statement would be merged (the proxy adds
     /// its route and labels each shard's plan).
     pub explain: Option<ExplainPlan>,
+    /// A multi-row INSERT whose rows may belong to different shards: how to split it.
+    pub split: Option<Arc<InsertSplit>>,
+}
+
+/// A multi-row `INSERT … VALUES` cut into one INSERT per shard. The per-shard statements are
+/// the original text with only that shard's rows (`prefix` + rows joined by `, ` + `suffix`),
+/// so ON CONFLICT and RETURNING clauses stay as written.
+#[derive(Debug)]
+pub struct InsertSplit {
+    /// The table.
+    pub table: Arc<Sharded>,
+    /// Per row: its key, and its text span in the statement.
+    pub rows: Vec<(KeyValue, (usize, usize))>,
+    /// The statement's text (row spans index it).
+    pub text: String,
+    /// Statement text up to the first row.
+    pub prefix: String,
+    /// Statement text after the last row.
+    pub suffix: String,
+}
+
+impl InsertSplit {
+    /// One statement per shard, for the current placement of each row's key.
+    pub fn statements(&self, map: &ShardMap) -> Result<Vec<(usize, String)>, ProxyError> {
+        let stmt = self.text.as_str();
+        let mut out: Vec<(usize, String)> = Vec::new();
+        for (key, (a, b)) in &self.rows {
+            let shard = match map.locate(&self.table, key, true) {
+                Located::Shard(s) => s,
+                Located::Nowhere(why) => return Err(ProxyError::NoShard(why)),
+                Located::Unavailable(why) => return Err(ProxyError::Unavailable(why)),
+            };
+            let row = stmt.get(*a..*b).unwrap_or("");
+            match out.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, sql)) => {
+                    sql.push_str(", ");
+                    sql.push_str(row);
+                }
+                None => out.push((shard, format!("{}{row}", self.prefix))),
+            }
+        }
+        for (_, sql) in &mut out {
+            sql.push_str(&self.suffix);
+        }
+        Ok(out)
+    }
+}
+
+/// The text spans of the rows of `INSERT … VALUES (…), (…)` in `stmt`, found with the
+/// Postgres lexer: the parenthesized groups at depth 0 after the first `VALUES`.
+fn values_rows(stmt: &str) -> Option<Vec<(usize, usize)>> {
+    let tokens = pg_query::scan(stmt).ok()?.tokens;
+    let text = |t: &protobuf::ScanToken| stmt.get(t.start as usize..t.end as usize).unwrap_or("");
+    let start = tokens
+        .iter()
+        .position(|t| text(t).eq_ignore_ascii_case("values") && t.keyword_kind != 0)?;
+    let mut rows = Vec::new();
+    let mut depth = 0usize;
+    let mut open = 0usize;
+    for t in &tokens[start + 1..] {
+        match (text(t), depth) {
+            ("(", 0) => {
+                open = t.start as usize;
+                depth = 1;
+            }
+            ("(", _) => depth += 1,
+            (")", 1) => {
+                rows.push((open, t.end as usize));
+                depth = 0;
+            }
+            (")", 0) => return None,
+            (")", _) => depth -= 1,
+            (",", 0) => {}
+            (_, 0) => break,
+            _ => {}
+        }
+    }
+    Some(rows)
 }
 
 /// All statements of one SQL string.
@@ -207,6 +302,28 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
             NodeEnum::ExplainStmt(e) => explain_merge(e),
             _ => None,
         };
+        let split = match node {
+            NodeEnum::InsertStmt(i) => {
+                let split = insert_split(map, i, &sql[span.0..span.1]);
+                let sharded = i.relation.as_ref().is_some_and(|r| {
+                    matches!(
+                        map.table(&r.schemaname, &r.relname),
+                        Some(TableRule::Sharded(_))
+                    )
+                });
+                if sharded && split.is_none() && may_scatter(&route) {
+                    // Never send one INSERT to several shards: that would duplicate rows.
+                    route = refuse_scatter(
+                        route,
+                        ProxyError::Unsupported(
+                            "multi-row INSERT whose rows belong to different shards can only be split when every shard key is a constant".into(),
+                        ),
+                    );
+                }
+                split
+            }
+            _ => None,
+        };
         stmts.push(StmtPlan {
             kind,
             route,
@@ -214,6 +331,7 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
             replicated,
             gather,
             explain,
+            split,
         });
     }
     Ok(Plan { stmts })
@@ -309,23 +427,21 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
         N::SelectStmt(s) => (StmtKind::Read, route_query(map, node, Some(s))),
         N::InsertStmt(i) => (StmtKind::Write, route_insert(map, node, i)),
         N::UpdateStmt(u) => {
+            let route = route_query(map, node, None);
             if let Some(rel) = &u.relation {
-                if let Some(TableRule::Hash { key, .. }) = map.table(&rel.schemaname, &rel.relname) {
-                    let sets_key = u.target_list.iter().any(|t| {
-                        matches!(&t.node, Some(N::ResTarget(r)) if r.name.eq_ignore_ascii_case(key))
+                if let Some(TableRule::Sharded(t)) = map.table(&rel.schemaname, &rel.relname) {
+                    let new_key = u.target_list.iter().find_map(|x| match &x.node {
+                        Some(N::ResTarget(r)) if r.name.eq_ignore_ascii_case(&t.key) => {
+                            Some(r.val.as_deref())
+                        }
+                        _ => None,
                     });
-                    if sets_key {
-                        return (
-                            StmtKind::Write,
-                            RouteSpec::Refuse(ProxyError::Unsupported(format!(
-                                "UPDATE of shard key column {}.{key} is not supported: it would move the row to another shard",
-                                rel.relname
-                            ))),
-                        );
+                    if let Some(new_key) = new_key {
+                        return (StmtKind::Write, key_update(map, t, new_key, route));
                     }
                 }
             }
-            (StmtKind::Write, route_query(map, node, None))
+            (StmtKind::Write, route)
         }
         N::DeleteStmt(_) | N::MergeStmt(_) => (StmtKind::Write, route_query(map, node, None)),
         N::TransactionStmt(t) => {
@@ -479,7 +595,7 @@ fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtK
 /// How a table reference is placed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Placement {
-    Hash,
+    Sharded,
     Reference,
     Unsharded,
     Catalog,
@@ -490,18 +606,22 @@ struct TableRef<'a> {
     name: &'a str,
     alias: Option<&'a str>,
     placement: Placement,
-    key: Option<(String, KeyType)>,
+    key: Option<Arc<Sharded>>,
 }
 
 /// A value that pins a key: a literal already turned into a shard, or a parameter.
 #[derive(Debug, Clone)]
 enum KeySrc {
     Shard(usize),
-    Param(usize, KeyType),
+    /// Several shards may hold it (an offset-less timestamptz on a range table).
+    Set(ShardSet),
+    Param(usize, Arc<Sharded>),
     /// A literal that can never equal the key (e.g. `id = 1.5`): matches nothing.
     Nothing,
     /// Constant #n of a literal template (evaluated per query), negated or not.
-    Literal(usize, KeyType, bool),
+    Literal(usize, Arc<Sharded>, bool),
+    /// A constant key of a directory table (located per execution).
+    Value(KeyValue, Arc<Sharded>),
 }
 
 /// While a literal template is planned: parser location -> (constant #, negated), and
@@ -511,6 +631,84 @@ type TemplateState = Option<(HashMap<i32, (usize, bool)>, bool)>;
 thread_local! {
     /// The template being planned on this thread (see [`crate::literals`]).
     static TEMPLATE: std::cell::RefCell<TemplateState> = const { std::cell::RefCell::new(None) };
+}
+
+/// The split of a multi-row INSERT into a sharded table whose keys are all constants.
+fn insert_split(
+    map: &ShardMap,
+    ins: &protobuf::InsertStmt,
+    stmt: &str,
+) -> Option<Arc<InsertSplit>> {
+    let rel = ins.relation.as_ref()?;
+    let Some(TableRule::Sharded(t)) = map.table(&rel.schemaname, &rel.relname) else {
+        return None;
+    };
+    let Some(NodeEnum::SelectStmt(sel)) = ins.select_stmt.as_ref().and_then(|s| s.node.as_ref())
+    else {
+        return None;
+    };
+    if sel.values_lists.len() < 2 {
+        return None;
+    }
+    if TEMPLATE.with(|x| x.borrow().is_some()) {
+        // Rows are cut by their constants' values: plan the exact text.
+        template_veto();
+        return None;
+    }
+    let pos = ins.cols.iter().position(
+        |c| matches!(&c.node, Some(NodeEnum::ResTarget(r)) if r.name.eq_ignore_ascii_case(&t.key)),
+    )?;
+    let spans = values_rows(stmt)?;
+    if spans.len() != sel.values_lists.len() {
+        return None;
+    }
+    let mut rows = Vec::with_capacity(spans.len());
+    for (row, span) in sel.values_lists.iter().zip(spans) {
+        let Some(NodeEnum::List(l)) = &row.node else {
+            return None;
+        };
+        let key = const_key(t.key_type, l.items.get(pos)?)?;
+        rows.push((key, span));
+    }
+    let first = rows.first()?.1 .0;
+    let last = rows.last()?.1 .1;
+    Some(Arc::new(InsertSplit {
+        table: t.clone(),
+        prefix: stmt.get(..first)?.to_string(),
+        text: stmt.to_string(),
+        suffix: stmt.get(last..)?.to_string(),
+        rows,
+    }))
+}
+
+/// A constant as a key of type `ty` (`None` for anything else, or a bad value).
+fn const_key(ty: KeyType, n: &protobuf::Node) -> Option<KeyValue> {
+    match &n.node {
+        Some(NodeEnum::TypeCast(c)) => const_key(ty, c.arg.as_deref()?),
+        Some(NodeEnum::AConst(c)) if !c.isnull => match &c.val {
+            Some(Val::Ival(i)) => key_from_int(ty, i.ival as i64).ok(),
+            Some(Val::Fval(f)) => {
+                key_from_text(ty, &f.fval)
+                    .ok()
+                    .or_else(|| match numeric_literal(ty, &f.fval) {
+                        NumericLiteral::Value(k) => Some(k),
+                        _ => None,
+                    })
+            }
+            Some(Val::Sval(s)) => key_from_text(ty, &s.sval).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Marks the template being planned as not reusable (a constant's value shapes the plan).
+fn template_veto() {
+    TEMPLATE.with(|t| {
+        if let Some((_, unmapped)) = t.borrow_mut().as_mut() {
+            *unmapped = true;
+        }
+    });
 }
 
 /// The template constant at parser location `loc`, if a template is being planned; notes
@@ -527,11 +725,9 @@ fn template_literal(loc: i32) -> Option<(usize, bool)> {
     })
 }
 
-fn placement(map: &ShardMap, rv: &protobuf::RangeVar) -> (Placement, Option<(String, KeyType)>) {
+fn placement(map: &ShardMap, rv: &protobuf::RangeVar) -> (Placement, Option<Arc<Sharded>>) {
     match map.table(&rv.schemaname, &rv.relname) {
-        Some(TableRule::Hash { key, key_type }) => {
-            (Placement::Hash, Some((key.clone(), *key_type)))
-        }
+        Some(TableRule::Sharded(t)) => (Placement::Sharded, Some(t.clone())),
         Some(TableRule::Reference) => (Placement::Reference, None),
         None => {
             let s = rv.schemaname.as_str();
@@ -567,7 +763,7 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
                 continue;
             }
             match placement(map, rv).0 {
-                Placement::Hash => any_hash = true,
+                Placement::Sharded => any_hash = true,
                 Placement::Unsharded => any_unsharded = true,
                 Placement::Reference => {
                     if write_target.map(|w| std::ptr::eq(w, *rv)).unwrap_or(false) {
@@ -622,11 +818,11 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     // Sharded tables inside subqueries, CTEs or set operations are not analyzed yet.
     let top_hash = refs
         .iter()
-        .filter(|r| r.placement == Placement::Hash)
+        .filter(|r| r.placement == Placement::Sharded)
         .count();
     let total_hash = all_nodes
         .iter()
-        .filter(|(n, _, _, _)| matches!(n, NodeRef::RangeVar(rv) if placement(map, rv).0 == Placement::Hash && !(rv.schemaname.is_empty() && cte_names.contains(&rv.relname.as_str()))))
+        .filter(|(n, _, _, _)| matches!(n, NodeRef::RangeVar(rv) if placement(map, rv).0 == Placement::Sharded && !(rv.schemaname.is_empty() && cte_names.contains(&rv.relname.as_str()))))
         .count();
     // Subqueries joined to the outer query on co-located shard keys run per shard correctly.
     let covered: usize = all_nodes
@@ -646,15 +842,29 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     let n = refs.len();
     let mut parent: Vec<usize> = (0..n).collect();
     let mut pins: Vec<Vec<KeySrc>> = vec![Vec::new(); n];
+    let mut ranges: Vec<Option<ShardSet>> = vec![None; n];
     let mut bad_key: Option<ProxyError> = None;
     for c in &conjuncts {
         match equality(c) {
-            Some(Eq::Const(col, val)) => {
+            Some(Eq::Range(col, lo, hi)) => {
                 for i in matching_refs(&refs, &col) {
-                    let Some((_, ty)) = refs[i].key.clone() else {
+                    let Some(t) = refs[i].key.clone() else {
                         continue;
                     };
-                    match key_src(map, ty, val) {
+                    if let Some(set) = range_shards(&t, lo, hi) {
+                        ranges[i] = Some(match ranges[i] {
+                            Some(prev) => prev.intersect(set),
+                            None => set,
+                        });
+                    }
+                }
+            }
+            Some(Eq::Const(col, val)) => {
+                for i in matching_refs(&refs, &col) {
+                    let Some(t) = refs[i].key.clone() else {
+                        continue;
+                    };
+                    match key_src(map, &t, val, false) {
                         Ok(Some(k)) => pins[i].push(k),
                         Ok(None) => {}
                         Err(e) => bad_key = Some(e),
@@ -663,14 +873,14 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
             }
             Some(Eq::In(col, vals)) => {
                 for i in matching_refs(&refs, &col) {
-                    let Some((_, ty)) = refs[i].key.clone() else {
+                    let Some(t) = refs[i].key.clone() else {
                         continue;
                     };
                     // An IN list pins the ref only if every element is a usable key.
                     let mut srcs = Vec::new();
                     let mut ok = true;
                     for v in &vals {
-                        match key_src(map, ty, v) {
+                        match key_src(map, &t, v, false) {
                             Ok(Some(k)) => srcs.push(k),
                             Ok(None) => ok = false,
                             Err(e) => bad_key = Some(e),
@@ -690,10 +900,7 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
                     && refs[ia[0]].key.is_some()
                     && refs[ib[0]].key.is_some()
                 {
-                    let (ta, tb) = (
-                        refs[ia[0]].key.as_ref().map(|k| k.1),
-                        refs[ib[0]].key.as_ref().map(|k| k.1),
-                    );
+                    let (ta, tb) = (refs[ia[0]].key.as_deref(), refs[ib[0]].key.as_deref());
                     if co_located(ta, tb) {
                         let (ra, rb) = (find(&mut parent, ia[0]), find(&mut parent, ib[0]));
                         parent[ra] = rb;
@@ -706,10 +913,16 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     if let Some(e) = bad_key {
         return RouteSpec::Refuse(e);
     }
+    // Range predicates pin a ref with no equality to the shards their ranges overlap.
+    for i in 0..n {
+        if let (true, Some(set)) = (pins[i].is_empty(), ranges[i]) {
+            pins[i].push(KeySrc::Set(set));
+        }
+    }
     // Group pins per join class of sharded refs.
     let mut classes: HashMap<usize, (Vec<KeySrc>, bool)> = HashMap::new();
     for i in 0..n {
-        if refs[i].placement != Placement::Hash {
+        if refs[i].placement != Placement::Sharded {
             continue;
         }
         let r = find(&mut parent, i);
@@ -723,12 +936,12 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     }
     let what = refs
         .iter()
-        .find(|r| r.placement == Placement::Hash)
+        .find(|r| r.placement == Placement::Sharded)
         .map(|r| {
             format!(
                 "{}.{}",
                 r.name,
-                r.key.as_ref().map(|k| k.0.as_str()).unwrap_or("?")
+                r.key.as_ref().map(|k| k.key.as_str()).unwrap_or("?")
             )
         })
         .unwrap_or_default();
@@ -744,12 +957,19 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     let mut fixed = Vec::new();
     let mut params = Vec::new();
     let mut literals = Vec::new();
+    let mut values = Vec::new();
     for (srcs, _) in classes.values() {
         for src in srcs {
             match src {
                 KeySrc::Shard(x) if !fixed.contains(x) => fixed.push(*x),
-                KeySrc::Param(i, t) => params.push((*i, *t)),
-                KeySrc::Literal(i, t, n) => literals.push((*i, *t, *n)),
+                KeySrc::Set(set) => fixed.extend(
+                    set.iter()
+                        .filter(|x| !fixed.contains(x))
+                        .collect::<Vec<_>>(),
+                ),
+                KeySrc::Param(i, t) => params.push((*i, t.clone())),
+                KeySrc::Literal(i, t, n) => literals.push((*i, t.clone(), *n)),
+                KeySrc::Value(v, t) => values.push((v.clone(), t.clone())),
                 _ => {}
             }
         }
@@ -771,12 +991,13 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
         fixed,
         params,
         literals,
+        values,
         spread: Box::new(spread),
         null_is_error: false,
         what,
         require,
     };
-    if kr.params.is_empty() && kr.literals.is_empty() {
+    if kr.is_static() {
         resolve_fixed(&kr)
     } else {
         RouteSpec::Keys(Arc::new(kr))
@@ -809,7 +1030,7 @@ fn colocated_sublink(map: &ShardMap, sl: &protobuf::SubLink, outer: &[TableRef])
         flatten_and(w, &mut conj);
     }
     let hashed: Vec<usize> = (0..inner.len())
-        .filter(|&i| inner[i].placement == Placement::Hash)
+        .filter(|&i| inner[i].placement == Placement::Sharded)
         .collect();
     if hashed.len() != 1 || inner.iter().any(|r| r.placement == Placement::Unsharded) {
         return None;
@@ -819,23 +1040,23 @@ fn colocated_sublink(map: &ShardMap, sl: &protobuf::SubLink, outer: &[TableRef])
     let below = nested
         .nodes()
         .iter()
-        .filter(|(n, _, _, _)| matches!(n, NodeRef::RangeVar(rv) if placement(map, rv).0 == Placement::Hash))
+        .filter(|(n, _, _, _)| matches!(n, NodeRef::RangeVar(rv) if placement(map, rv).0 == Placement::Sharded))
         .count();
     if below != 1 {
         return None;
     }
     let h = hashed[0];
-    let inner_ty = inner[h].key.as_ref().map(|k| k.1);
+    let inner_ty = inner[h].key.as_deref();
     let is_inner_key = |c: &Col| matching_refs(&inner, c).contains(&h);
-    // The key type of the outer sharded table a column names (inside the subquery an outer
+    // The rule of the outer sharded table a column names (inside the subquery an outer
     // column must be qualified, or it would name the inner table's).
-    let outer_key_type = |c: &Col, need_qual: bool| -> Option<KeyType> {
+    let outer_key_type = |c: &Col, need_qual: bool| -> Option<&Sharded> {
         if need_qual {
             c.qual?;
         }
         let m = matching_refs(outer, c);
         match m.as_slice() {
-            [i] if outer[*i].placement == Placement::Hash => outer[*i].key.as_ref().map(|k| k.1),
+            [i] if outer[*i].placement == Placement::Sharded => outer[*i].key.as_deref(),
             _ => None,
         }
     };
@@ -915,6 +1136,25 @@ fn resolve_shards(kr: &KeyRoute, shards: Shards) -> RouteSpec {
     }
 }
 
+/// Locates one key into `shards`; `Err` is the route to return instead.
+fn place(
+    map: &ShardMap,
+    kr: &KeyRoute,
+    shards: &mut Shards,
+    t: &Sharded,
+    k: &KeyValue,
+) -> Result<(), RouteSpec> {
+    match map.locate(t, k, kr.null_is_error) {
+        Located::Shard(s) => shards.add(s),
+        Located::Nowhere(why) if kr.null_is_error => {
+            return Err(RouteSpec::Refuse(ProxyError::NoShard(why)))
+        }
+        Located::Nowhere(_) => {}
+        Located::Unavailable(why) => return Err(RouteSpec::Refuse(ProxyError::Unavailable(why))),
+    }
+    Ok(())
+}
+
 /// Resolves a parameter-dependent route with the Bind parameters (no allocation on the
 /// single-shard path).
 pub fn resolve_keys(
@@ -928,8 +1168,13 @@ pub fn resolve_keys(
     for s in &kr.fixed {
         shards.add(*s);
     }
-    for &(i, ty, neg) in &kr.literals {
-        let Some(lit) = lits.lits.get(i) else {
+    for (k, t) in &kr.values {
+        if let Err(r) = place(map, kr, &mut shards, t, k) {
+            return r;
+        }
+    }
+    for (i, t, neg) in &kr.literals {
+        let Some(lit) = lits.lits.get(*i) else {
             return RouteSpec::Refuse(ProxyError::Protocol(
                 "internal: a literal template was used without its constants".into(),
             ));
@@ -940,17 +1185,34 @@ pub fn resolve_keys(
                 kr.what
             )))
         };
-        match literal_key(map, ty, lits.sql, *lit, neg) {
-            LitKey::Shard(s) => shards.add(s),
-            LitKey::Nothing if kr.null_is_error => return refuse_insert(),
-            LitKey::Nothing => {}
-            LitKey::Unpinned if kr.null_is_error => return refuse_insert(),
-            LitKey::Unpinned if kr.require.is_some() => return refuse_insert(),
-            LitKey::Unpinned => return (*kr.spread).clone(),
-            LitKey::Bad(e) => return RouteSpec::Refuse(e.into()),
+        match literal_value(t.key_type, lits.sql, *lit, *neg) {
+            LitVal::Value(k) => {
+                if let Err(r) = place(map, kr, &mut shards, t, &k) {
+                    return r;
+                }
+            }
+            LitVal::Nothing if kr.null_is_error => return refuse_insert(),
+            LitVal::Nothing => {}
+            LitVal::Unpinned if kr.null_is_error => return refuse_insert(),
+            LitVal::Unpinned if kr.require.is_some() => return refuse_insert(),
+            LitVal::Unpinned => return (*kr.spread).clone(),
+            LitVal::Bad(e @ KeyError::NoUtcOffset { .. }) => {
+                // Planned as a template: the window decides, as for a folded constant.
+                let text = lits
+                    .sql
+                    .get(lit.0 + 1..lit.1.saturating_sub(1))
+                    .unwrap_or("");
+                match offset_less(t, text, kr.null_is_error, e) {
+                    Ok(Some(KeySrc::Shard(s))) => shards.add(s),
+                    Ok(Some(KeySrc::Set(set))) => set.iter().for_each(|s| shards.add(s)),
+                    Ok(_) => return (*kr.spread).clone(),
+                    Err(e) => return RouteSpec::Refuse(e),
+                }
+            }
+            LitVal::Bad(e) => return RouteSpec::Refuse(e.into()),
         }
     }
-    for (i, ty) in &kr.params {
+    for (i, t) in &kr.params {
         let Some(raw) = params.get(*i) else {
             return RouteSpec::Refuse(ProxyError::Protocol(format!(
                 "bind message supplies {} parameters, but the statement needs at least {}",
@@ -968,10 +1230,26 @@ pub fn resolve_keys(
             continue; // key = NULL matches no row
         };
         let key = if is_binary(*i) {
-            key_from_binary(*ty, raw).map_err(|e| e.in_param(i + 1))
+            key_from_binary(t.key_type, raw).map_err(|e| e.in_param(i + 1))
         } else {
             match std::str::from_utf8(raw) {
-                Ok(s) => key_from_text(*ty, s),
+                Ok(s) => match key_from_text(t.key_type, s) {
+                    Err(e @ KeyError::NoUtcOffset { .. }) => {
+                        match offset_less(t, s, kr.null_is_error, e) {
+                            Ok(Some(KeySrc::Shard(x))) => {
+                                shards.add(x);
+                                continue;
+                            }
+                            Ok(Some(KeySrc::Set(set))) => {
+                                set.iter().for_each(|x| shards.add(x));
+                                continue;
+                            }
+                            Ok(_) => return (*kr.spread).clone(),
+                            Err(e) => return RouteSpec::Refuse(e),
+                        }
+                    }
+                    other => other,
+                },
                 Err(_) => {
                     return RouteSpec::Refuse(ProxyError::Protocol(
                         "invalid UTF-8 in text parameter".into(),
@@ -980,20 +1258,20 @@ pub fn resolve_keys(
             }
         };
         match key {
-            Ok(k) => shards.add(map.hash_shard(&k)),
+            Ok(k) => {
+                if let Err(r) = place(map, kr, &mut shards, t, &k) {
+                    return r;
+                }
+            }
             Err(e) => return RouteSpec::Refuse(e.into()),
         }
     }
     resolve_shards(kr, shards)
 }
 
-fn co_located(a: Option<KeyType>, b: Option<KeyType>) -> bool {
-    let class = |t: KeyType| match t {
-        KeyType::SmallInt | KeyType::Int | KeyType::BigInt => 0,
-        KeyType::Text => 1,
-        KeyType::Uuid => 2,
-    };
-    matches!((a, b), (Some(a), Some(b)) if class(a) == class(b))
+/// Whether two sharded tables place equal keys on the same shard.
+fn co_located(a: Option<&Sharded>, b: Option<&Sharded>) -> bool {
+    matches!((a, b), (Some(a), Some(b)) if a.group == b.group)
 }
 
 fn find(parent: &mut [usize], mut i: usize) -> usize {
@@ -1201,6 +1479,12 @@ enum Eq<'a> {
     In(Col<'a>, Vec<&'a protobuf::Node>),
     /// `col = col`
     Join(Col<'a>, Col<'a>),
+    /// `col < value`, `col BETWEEN a AND b`, …: the bounds on `col`.
+    Range(
+        Col<'a>,
+        Bound<&'a protobuf::Node>,
+        Bound<&'a protobuf::Node>,
+    ),
 }
 
 fn column(n: &protobuf::Node) -> Option<Col<'_>> {
@@ -1256,6 +1540,39 @@ fn equality(n: &protobuf::Node) -> Option<Eq<'_>> {
             _ => return None,
         }
     }
+    if e.kind == AExprKind::AexprOp as i32 {
+        use Bound::{Excluded, Included, Unbounded};
+        let (col, v, flipped) = match (column(l), column(r)) {
+            (Some(c), None) if is_value(r) => (c, r, false),
+            (None, Some(c)) if is_value(l) => (c, l, true),
+            _ => return None,
+        };
+        // `v < col` is `col > v`.
+        let op = match (op?, flipped) {
+            ("<", false) | (">", true) => "<",
+            ("<=", false) | (">=", true) => "<=",
+            (">", false) | ("<", true) => ">",
+            (">=", false) | ("<=", true) => ">=",
+            _ => return None,
+        };
+        return Some(match op {
+            "<" => Eq::Range(col, Unbounded, Excluded(v)),
+            "<=" => Eq::Range(col, Unbounded, Included(v)),
+            ">" => Eq::Range(col, Excluded(v), Unbounded),
+            _ => Eq::Range(col, Included(v), Unbounded),
+        });
+    }
+    if e.kind == AExprKind::AexprBetween as i32 {
+        let col = column(l)?;
+        if let Some(NodeEnum::List(list)) = &r.node {
+            if let [a, b] = list.items.as_slice() {
+                if is_value(a) && is_value(b) {
+                    return Some(Eq::Range(col, Bound::Included(a), Bound::Included(b)));
+                }
+            }
+        }
+        return None;
+    }
     if e.kind == AExprKind::AexprIn as i32 && op == Some("=") {
         let col = column(l)?;
         if let Some(NodeEnum::List(list)) = &r.node {
@@ -1272,26 +1589,34 @@ fn matching_refs(refs: &[TableRef], col: &Col) -> Vec<usize> {
         .enumerate()
         .filter(|(_, r)| match col.qual {
             Some(q) => r.alias.map(|a| a == q).unwrap_or(r.name == q),
-            None => r.key.as_ref().map(|(k, _)| k == col.name).unwrap_or(false),
+            None => r.key.as_ref().map(|k| k.key == col.name).unwrap_or(false),
         })
         .filter(|(_, r)| {
             r.key
                 .as_ref()
-                .map(|(k, _)| k == col.name)
+                .map(|k| k.key == col.name)
                 .unwrap_or(col.qual.is_some())
         })
         .map(|(i, _)| i)
         .collect()
 }
 
-/// Turns a literal or parameter into a key source for a key of type `ty`.
-fn key_src(map: &ShardMap, ty: KeyType, n: &protobuf::Node) -> Result<Option<KeySrc>, ProxyError> {
+/// Turns a literal or parameter into a key source for table `t`'s key. `write`: the key
+/// places a new row (INSERT), so a key no shard takes is an error, and an offset-less
+/// timestamptz must fall on one shard whatever the session's time zone.
+fn key_src(
+    map: &ShardMap,
+    t: &Arc<Sharded>,
+    n: &protobuf::Node,
+    write: bool,
+) -> Result<Option<KeySrc>, ProxyError> {
+    let ty = t.key_type;
     match &n.node {
         Some(NodeEnum::ParamRef(p)) if p.number >= 1 => {
-            Ok(Some(KeySrc::Param(p.number as usize - 1, ty)))
+            Ok(Some(KeySrc::Param(p.number as usize - 1, t.clone())))
         }
-        Some(NodeEnum::TypeCast(t)) => match t.arg.as_deref() {
-            Some(a) => key_src(map, ty, a),
+        Some(NodeEnum::TypeCast(c)) => match c.arg.as_deref() {
+            Some(a) => key_src(map, t, a, write),
             None => Ok(None),
         },
         Some(NodeEnum::AConst(c)) => {
@@ -1299,38 +1624,165 @@ fn key_src(map: &ShardMap, ty: KeyType, n: &protobuf::Node) -> Result<Option<Key
                 return Ok(Some(KeySrc::Nothing));
             }
             if let Some((idx, neg)) = template_literal(c.location) {
-                return Ok(Some(KeySrc::Literal(idx, ty, neg)));
+                return Ok(Some(KeySrc::Literal(idx, t.clone(), neg)));
             }
-            let key: Result<KeyValue, _> = match &c.val {
-                Some(Val::Ival(i)) => key_from_int(ty, i.ival as i64),
+            let (key, text): (Result<KeyValue, KeyError>, &str) = match &c.val {
+                Some(Val::Ival(i)) => (key_from_int(ty, i.ival as i64), ""),
                 Some(Val::Fval(f)) => match key_from_text(ty, &f.fval) {
-                    Ok(k) => Ok(k),
-                    Err(_) => return Ok(numeric_literal_key(map, ty, &f.fval)),
+                    Ok(k) => (Ok(k), ""),
+                    Err(_) => match numeric_literal(ty, &f.fval) {
+                        NumericLiteral::Value(k) => (Ok(k), ""),
+                        NumericLiteral::Nothing => return Ok(Some(KeySrc::Nothing)),
+                        NumericLiteral::Unknown => return Ok(None),
+                    },
                 },
-                Some(Val::Sval(s)) => key_from_text(ty, &s.sval),
+                Some(Val::Sval(s)) => (key_from_text(ty, &s.sval), s.sval.as_str()),
                 _ => return Ok(None),
             };
-            Ok(Some(KeySrc::Shard(map.hash_shard(&key?))))
+            match key {
+                Ok(k) => const_src(map, t, k, write).map(Some),
+                Err(e @ KeyError::NoUtcOffset { .. }) => offset_less(t, text, write, e),
+                Err(e) => Err(e.into()),
+            }
         }
         _ => Ok(None),
     }
 }
 
+/// A constant key: located now, or per execution for directory tables.
+fn const_src(
+    map: &ShardMap,
+    t: &Arc<Sharded>,
+    k: KeyValue,
+    write: bool,
+) -> Result<KeySrc, ProxyError> {
+    if t.dynamic() {
+        return Ok(KeySrc::Value(k, t.clone()));
+    }
+    match map.locate(t, &k, false) {
+        Located::Shard(s) => Ok(KeySrc::Shard(s)),
+        Located::Nowhere(why) if write => Err(ProxyError::NoShard(why)),
+        Located::Nowhere(_) => Ok(KeySrc::Nothing),
+        Located::Unavailable(why) => Err(ProxyError::Unavailable(why)),
+    }
+}
+
+/// Widest gap between local time and UTC, with margin: real zones span UTC-12 to UTC+14.
+const MAX_UTC_OFFSET_MICROS: i64 = 16 * 3_600 * 1_000_000;
+
+/// The instants an offset-less timestamptz can denote, whatever the session's time zone.
+fn offset_less_window(t: &Sharded, text: &str) -> Option<(KeyValue, KeyValue)> {
+    match crate::shardmap::utc_default(
+        t.key_type,
+        text,
+        KeyError::NoUtcOffset { input: text.into() },
+    ) {
+        Ok(KeyValue::Timestamptz(v)) => Some((
+            KeyValue::Timestamptz(v.saturating_sub(MAX_UTC_OFFSET_MICROS)),
+            KeyValue::Timestamptz(v.saturating_add(MAX_UTC_OFFSET_MICROS)),
+        )),
+        _ => None,
+    }
+}
+
+/// An offset-less timestamptz key: on a range table it pins the shards its possible
+/// instants fall on (an INSERT only when that is one shard); elsewhere it pins nothing
+/// (reads) or is refused (INSERT).
+fn offset_less(
+    t: &Sharded,
+    text: &str,
+    write: bool,
+    e: KeyError,
+) -> Result<Option<KeySrc>, ProxyError> {
+    let set = offset_less_window(t, text)
+        .and_then(|(lo, hi)| t.shards_between(Bound::Included(&lo), Bound::Included(&hi)));
+    match (set, write) {
+        (Some(set), false) => Ok(Some(KeySrc::Set(set))),
+        (Some(set), true) if set.len() == 1 => Ok(set.iter().next().map(KeySrc::Shard)),
+        (None, false) => Ok(None),
+        _ => Err(e.into()),
+    }
+}
+
+/// A constant bound of a range predicate, as a key of `t` (offset-less timestamps widened
+/// outwards: `lower` says which end of their window to take). `None` when not a constant.
+fn bound_value(t: &Sharded, n: &protobuf::Node, lower: bool) -> Option<KeyValue> {
+    match &n.node {
+        Some(NodeEnum::TypeCast(c)) => bound_value(t, c.arg.as_deref()?, lower),
+        Some(NodeEnum::AConst(c)) if !c.isnull => {
+            if TEMPLATE.with(|x| x.borrow().is_some()) {
+                // The bound's value decides the shards: plan this text on its own.
+                template_veto();
+                return None;
+            }
+            let ty = t.key_type;
+            match &c.val {
+                Some(Val::Ival(i)) => key_from_int(ty, i.ival as i64).ok(),
+                Some(Val::Fval(f)) => key_from_text(ty, &f.fval).ok(),
+                Some(Val::Sval(s)) => match key_from_text(ty, &s.sval) {
+                    Ok(k) => Some(k),
+                    Err(KeyError::NoUtcOffset { .. }) => {
+                        offset_less_window(t, &s.sval).map(|(lo, hi)| if lower { lo } else { hi })
+                    }
+                    Err(_) => None,
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The shards a range predicate on `t`'s key can touch (`None`: it does not narrow).
+fn range_shards(
+    t: &Sharded,
+    lo: Bound<&protobuf::Node>,
+    hi: Bound<&protobuf::Node>,
+) -> Option<ShardSet> {
+    if !matches!(t.strategy, crate::strategy::Strategy::Range(_)) {
+        return None;
+    }
+    let value = |b: Bound<&protobuf::Node>, lower: bool| -> Option<Bound<KeyValue>> {
+        Some(match b {
+            Bound::Unbounded => Bound::Unbounded,
+            // A widened offset-less bound must be inclusive to stay a superset.
+            Bound::Included(n) | Bound::Excluded(n) => {
+                let v = bound_value(t, n, lower)?;
+                match b {
+                    Bound::Excluded(_) if !is_offset_less(n) => Bound::Excluded(v),
+                    _ => Bound::Included(v),
+                }
+            }
+        })
+    };
+    let (lo, hi) = (value(lo, true)?, value(hi, false)?);
+    t.shards_between(lo.as_ref(), hi.as_ref())
+}
+
+/// Whether a bound is a string constant that needed widening (no UTC offset).
+fn is_offset_less(n: &protobuf::Node) -> bool {
+    match &n.node {
+        Some(NodeEnum::TypeCast(c)) => c.arg.as_deref().is_some_and(is_offset_less),
+        Some(NodeEnum::AConst(c)) => matches!(&c.val, Some(Val::Sval(s))
+            if matches!(key_from_text(KeyType::Timestamptz, &s.sval), Err(KeyError::NoUtcOffset { .. }))),
+        _ => false,
+    }
+}
+
 /// What a decimal literal compared with a key means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NumericLiteral {
-    /// It equals a key that lives on this shard (`id = 2.0` is `id = 2`).
-    Shard(usize),
+    /// It equals this key (`id = 2.0` is `id = 2`).
+    Value(KeyValue),
     /// No key of the type can equal it (`id = 1.5`, or out of range).
     Nothing,
     /// Not decided here (an exponent form): it pins nothing.
     Unknown,
 }
 
-/// Evaluates a decimal literal against a key of type `ty`.
-pub fn numeric_literal(map: &ShardMap, ty: KeyType, text: &str) -> NumericLiteral {
-    let integer_key = matches!(ty, KeyType::SmallInt | KeyType::Int | KeyType::BigInt);
-    if !integer_key {
+/// Evaluates a decimal literal against an integer key of type `ty`.
+pub fn numeric_literal(ty: KeyType, text: &str) -> NumericLiteral {
+    if !ty.is_integer() {
         return NumericLiteral::Nothing;
     }
     if text.contains(['e', 'E']) {
@@ -1341,18 +1793,37 @@ pub fn numeric_literal(map: &ShardMap, ty: KeyType, text: &str) -> NumericLitera
         return NumericLiteral::Nothing;
     }
     match key_from_text(ty, int_part) {
-        Ok(k) => NumericLiteral::Shard(map.hash_shard(&k)),
+        Ok(k) => NumericLiteral::Value(k),
         Err(_) => NumericLiteral::Nothing,
     }
 }
 
-/// A decimal literal as a key source (an exponent form pins nothing: the statement then runs
-/// wherever it would without the predicate, which is always correct).
-fn numeric_literal_key(map: &ShardMap, ty: KeyType, text: &str) -> Option<KeySrc> {
-    match numeric_literal(map, ty, text) {
-        NumericLiteral::Shard(s) => Some(KeySrc::Shard(s)),
-        NumericLiteral::Nothing => Some(KeySrc::Nothing),
-        NumericLiteral::Unknown => None,
+/// Routes an UPDATE that sets the shard key: allowed when the statement runs on one shard
+/// and the new key (a constant) belongs to that same shard; refused otherwise, since the
+/// row would have to move.
+fn key_update(
+    map: &ShardMap,
+    t: &Arc<Sharded>,
+    new_key: Option<&protobuf::Node>,
+    route: RouteSpec,
+) -> RouteSpec {
+    let refuse = || {
+        RouteSpec::Refuse(ProxyError::Unsupported(format!(
+            "UPDATE of shard key {} would move rows to another shard; only updates that keep the key on the row's shard (a constant key, and a WHERE clause pinning one shard) are supported",
+            t.what()
+        )))
+    };
+    let Some(n) = new_key else { return refuse() };
+    let prev = TEMPLATE.with(|x| x.borrow_mut().take());
+    let src = key_src(map, t, n, true);
+    TEMPLATE.with(|x| *x.borrow_mut() = prev);
+    if TEMPLATE.with(|x| x.borrow().is_some()) {
+        template_veto();
+    }
+    match (src, &route) {
+        (Ok(Some(KeySrc::Shard(new))), RouteSpec::Shard(old)) if new == *old => route,
+        (Err(e), _) => RouteSpec::Refuse(e),
+        _ => refuse(),
     }
 }
 
@@ -1372,7 +1843,8 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
                 ))),
             }
         }
-        Some(TableRule::Hash { key, key_type }) => {
+        Some(TableRule::Sharded(t)) => {
+            let key = &t.key;
             let what = format!("{}.{key}", rel.relname);
             let refuse = |m: String| RouteSpec::Refuse(ProxyError::Unsupported(m));
             if ins.cols.is_empty() {
@@ -1407,6 +1879,7 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
             let mut fixed = Vec::new();
             let mut params = Vec::new();
             let mut literals = Vec::new();
+            let mut values = Vec::new();
             for row in &sel.values_lists {
                 let Some(NodeEnum::List(l)) = &row.node else {
                     continue;
@@ -1422,7 +1895,7 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
                         return refuse(format!("shard key {what} must not be NULL"));
                     }
                 }
-                match key_src(map, *key_type, v) {
+                match key_src(map, t, v, true) {
                     Ok(Some(KeySrc::Shard(s))) => {
                         if !fixed.contains(&s) {
                             fixed.push(s)
@@ -1430,7 +1903,8 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
                     }
                     Ok(Some(KeySrc::Param(i, t))) => params.push((i, t)),
                     Ok(Some(KeySrc::Literal(i, t, n))) => literals.push((i, t, n)),
-                    Ok(Some(KeySrc::Nothing)) | Ok(None) => {
+                    Ok(Some(KeySrc::Value(v, t))) => values.push((v, t)),
+                    Ok(Some(KeySrc::Nothing | KeySrc::Set(_))) | Ok(None) => {
                         return refuse(format!(
                             "INSERT into sharded table {}: the shard key {key} must be a literal or a parameter",
                             rel.relname
@@ -1449,20 +1923,27 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
                     ))
                 }
             }
-            let spread = RouteSpec::Refuse(ProxyError::Unsupported(format!(
-                "multi-row INSERT into {} whose rows belong to different shards is not supported yet; insert them separately",
-                rel.relname
-            )));
+            // Constant keys: the statement is split per shard (see InsertSplit); keys from
+            // parameters or literal templates are not split.
+            let spread = if params.is_empty() && literals.is_empty() {
+                RouteSpec::All
+            } else {
+                RouteSpec::Refuse(ProxyError::Unsupported(format!(
+                    "multi-row INSERT into {} whose rows belong to different shards needs constant shard keys to be split; with parameters, insert the rows separately",
+                    rel.relname
+                )))
+            };
             let kr = KeyRoute {
                 fixed,
                 params,
                 literals,
+                values,
                 spread: Box::new(spread),
                 null_is_error: true,
                 what,
                 require: None,
             };
-            if kr.params.is_empty() && kr.literals.is_empty() {
+            if kr.is_static() {
                 resolve_fixed(&kr)
             } else {
                 RouteSpec::Keys(Arc::new(kr))

@@ -59,6 +59,30 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Starts the directory's control task (when the map has directory tables) and waits, up
+/// to the connect timeout, for its first load: until then directory tables are refused.
+pub async fn start_directory(shared: &Arc<Shared>) {
+    let Some(dir) = shared.map.directory.clone() else {
+        return;
+    };
+    let ready = Arc::new(tokio::sync::Notify::new());
+    let waiting = ready.notified();
+    tokio::spawn(crate::directory::run(
+        dir.clone(),
+        shared.map.shards[dir.shard].clone(),
+        shared.map.shard_names().to_vec(),
+        shared.map.pool.connect_timeout,
+        ready.clone(),
+    ));
+    if tokio::time::timeout(shared.map.pool.connect_timeout, waiting)
+        .await
+        .is_err()
+        && !dir.is_loaded()
+    {
+        tracing::warn!(table = %dir.table, "the key directory is not loaded yet; directory tables are refused until it is");
+    }
+}
+
 /// Builds the shared state for a map.
 pub fn shared_state(map: ShardMap) -> Arc<Shared> {
     let map = Arc::new(map);
@@ -94,6 +118,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
 pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle, ServerError> {
     let addr = listener.local_addr()?;
     let shared = shared_state(map);
+    start_directory(&shared).await;
     let (stop, mut stopped) = watch::channel(false);
     let sh = shared.clone();
     tokio::spawn(async move {
@@ -120,6 +145,9 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
     tracing::info!(%addr, shards = shared.map.shards.len(), "shardwire listening");
     Ok(ServerHandle { addr, stop, shared })
 }
+
+/// The database name that opens the admin console.
+pub const ADMIN_DATABASE: &str = "shardwire";
 
 /// Why a client's startup failed.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +179,7 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
     let mut reader = FrameReader::new(r, shared.map.max_message_size);
     let startup =
         tokio::time::timeout(STARTUP_TIMEOUT, startup(&shared, &mut reader, &mut w)).await;
-    let settings = match startup {
+    let (settings, admin) = match startup {
         Ok(Ok(Some(s))) => s,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => return Err(e),
@@ -195,6 +223,10 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
     build::backend_key_data(&mut out, pid, secret);
     build::ready_for_query(&mut out, b'I');
     w.write_all(&out).await?;
+    if admin {
+        crate::admin::run(shared, reader, w).await?;
+        return Ok(());
+    }
     Session::new(shared, reader, w, settings, slot)
         .run()
         .await?;
@@ -244,7 +276,7 @@ async fn startup(
     shared: &Arc<Shared>,
     reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
-) -> Result<Option<Settings>, StartupError> {
+) -> Result<Option<(Settings, bool)>, StartupError> {
     let mut out = BytesMut::new();
     let body = loop {
         let Some(mut pkt) = reader.startup_packet().await? else {
@@ -311,6 +343,7 @@ async fn startup(
     };
     let mut cur = Cursor::new(&body, "StartupMessage");
     let mut user = None;
+    let mut database = None;
     let mut settings = Settings::default();
     loop {
         let k = cur
@@ -324,7 +357,8 @@ async fn startup(
             .map_err(|_| StartupError::Refused("malformed startup packet".into()))?;
         match k {
             "user" => user = Some(v.to_string()),
-            "database" | "replication" | "options" => {}
+            "database" => database = Some(v.to_string()),
+            "replication" | "options" => {}
             k if k.starts_with("_pq_.") => {}
             k => settings.set_value(k, v),
         }
@@ -366,11 +400,24 @@ async fn startup(
         w.write_all(&out).await?;
         return Ok(None);
     }
+    // The admin console is the database named `shardwire`, for users with `admin: true`.
+    let admin = database.as_deref() == Some(ADMIN_DATABASE);
+    if admin && !shared.map.users.iter().any(|u| u.name == user && u.admin) {
+        out.clear();
+        build::error(
+            &mut out,
+            "FATAL",
+            "42501",
+            &format!("user \"{user}\" may not use the admin console: set `admin: true` on the user in the shard map"),
+        );
+        w.write_all(&out).await?;
+        return Ok(None);
+    }
     if !out.is_empty() {
         w.write_all(&out).await?;
         out.clear();
     }
-    Ok(Some(settings))
+    Ok(Some((settings, admin)))
 }
 
 async fn read_password_message(

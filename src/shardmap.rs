@@ -13,8 +13,13 @@ use std::time::Duration;
 
 pub use crate::config::ConfigError;
 use crate::config::{ErrorSite, RawConfig, RawTable, Seg};
+use crate::directory::Directory;
 use crate::keys::{key_from_text, KeyError, KeyType, KeyValue};
 use crate::ring::HashRing;
+use crate::strategy::{
+    DirectoryRule, Fallback, GeoRule, Located, RangeRule, Region, Sharded, Strategy,
+};
+use std::sync::Arc;
 
 /// Most ring tokens a map may ask for (`hash.vnodes × total weight`).
 pub const MAX_RING_TOKENS: u64 = 1 << 22;
@@ -66,6 +71,8 @@ pub struct UserEntry {
     pub name: String,
     /// Password (plain text, as configured).
     pub password: String,
+    /// May use the admin console (`psql -d shardwire`).
+    pub admin: bool,
 }
 
 /// Backend pool settings, per shard.
@@ -95,17 +102,39 @@ pub struct GatherSettings {
 }
 
 /// How a table is placed on the shards.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum TableRule {
-    /// Rows are placed by hashing `key` on the ring.
-    Hash {
-        /// Shard-key column, as written in the map.
-        key: String,
-        /// Its type.
-        key_type: KeyType,
-    },
+    /// Rows are placed by their shard key (hash, range, geo or directory).
+    Sharded(Arc<Sharded>),
     /// A full copy on every shard: reads go to one, writes to all.
     Reference,
+}
+
+impl PartialEq for TableRule {
+    /// Same kind, key column, key type and strategy (bounds and regions are not compared).
+    fn eq(&self, other: &TableRule) -> bool {
+        match (self, other) {
+            (TableRule::Reference, TableRule::Reference) => true,
+            (TableRule::Sharded(a), TableRule::Sharded(b)) => {
+                a.key == b.key && a.key_type == b.key_type && a.strategy.name() == b.strategy.name()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl TableRule {
+    /// A hash rule, for comparisons in tests.
+    #[cfg(test)]
+    fn hash_for_tests(key: &str, key_type: KeyType) -> TableRule {
+        TableRule::Sharded(Arc::new(Sharded {
+            name: String::new(),
+            key: key.into(),
+            key_type,
+            strategy: Strategy::Hash,
+            group: 0,
+        }))
+    }
 }
 
 /// The validated shard map.
@@ -139,10 +168,12 @@ pub struct ShardMap {
     table_order: Vec<(String, TableRule)>,
     /// Whether `default_shard` was set explicitly.
     default_shard_explicit: bool,
-    /// Directory table location (accepted; no strategy uses it yet).
-    directory: Option<(usize, String)>,
+    /// The key directory, when a table uses strategy directory.
+    pub directory: Option<Arc<Directory>>,
     /// The hash ring.
     ring: HashRing,
+    /// Shard names in map order.
+    shard_names: Vec<String>,
 }
 
 /// Why [`ShardMap::explain_route`] could not explain a route.
@@ -201,6 +232,26 @@ impl ShardMap {
         self.ring.locate(key.hash64()) as usize
     }
 
+    /// Where `key` of sharded table `t` lives; `record` lets a directory table record a
+    /// fallback placement (writes).
+    #[inline]
+    pub fn locate(&self, t: &Sharded, key: &KeyValue, record: bool) -> Located {
+        t.locate(&self.ring, key, record)
+    }
+
+    /// Every sharded table's rule, in file order.
+    pub fn sharded_tables(&self) -> impl Iterator<Item = &Arc<Sharded>> {
+        self.table_order.iter().filter_map(|(_, r)| match r {
+            TableRule::Sharded(t) => Some(t),
+            TableRule::Reference => None,
+        })
+    }
+
+    /// Shard names in map order.
+    pub fn shard_names(&self) -> &[String] {
+        &self.shard_names
+    }
+
     /// Shard index by name.
     pub fn shard_index(&self, name: &str) -> Option<usize> {
         self.shards.iter().position(|s| s.name == name)
@@ -234,21 +285,15 @@ impl ShardMap {
             .table(schema, rel)
             .or_else(|| self.table(&schema.to_ascii_lowercase(), &rel.to_ascii_lowercase()));
         match rule {
-            Some(TableRule::Hash { key, key_type }) => {
-                let value = key_from_text(*key_type, key_text).map_err(|source| {
-                    RouteExplainError::Key {
+            Some(TableRule::Sharded(t)) => {
+                let value = key_from_text(t.key_type, key_text)
+                    .or_else(|e| utc_default(t.key_type, key_text, e))
+                    .map_err(|source| RouteExplainError::Key {
                         table: table.to_owned(),
-                        column: key.clone(),
+                        column: t.key.clone(),
                         source,
-                    }
-                })?;
-                let hash = value.hash64();
-                let shard = &self.shards[self.ring.locate(hash) as usize];
-                Ok(format!(
-                    "{table}.{key} = {} ({key_type}) -> hash {hash:#018x} -> shard {}",
-                    value.sql_literal(),
-                    shard.name
-                ))
+                    })?;
+                Ok(t.explain(table, &self.ring, &value, &self.shard_names))
             }
             Some(TableRule::Reference) => Ok(format!(
                 "{table} is a reference table: reads go to one shard, writes to all"
@@ -323,11 +368,13 @@ impl ShardMap {
             "limits: max message {} bytes, max {} client connections",
             self.max_message_size, self.max_client_connections
         );
-        if let Some((shard, table)) = &self.directory {
+        if let Some(d) = &self.directory {
             let _ = writeln!(
                 s,
-                "directory: table {table} on shard {} (no table uses it yet)",
-                self.shards[*shard].name
+                "directory: table {} on shard {} ({} static entries)",
+                d.table,
+                self.shards[d.shard].name,
+                d.statics.len()
             );
         }
         let _ = writeln!(s, "tables ({}):", self.table_order.len());
@@ -339,8 +386,15 @@ impl ShardMap {
             .unwrap_or(0);
         for (name, rule) in &self.table_order {
             match rule {
-                TableRule::Hash { key, key_type } => {
-                    let _ = writeln!(s, "  {name:tw$}  hash on {key} ({key_type})");
+                TableRule::Sharded(t) => {
+                    let _ = writeln!(
+                        s,
+                        "  {name:tw$}  {} on {} ({}){}",
+                        t.strategy.name(),
+                        t.key,
+                        t.key_type,
+                        strategy_detail(t, &self.shard_names)
+                    );
                 }
                 TableRule::Reference => {
                     let _ = writeln!(s, "  {name:tw$}  reference (full copy on every shard)");
@@ -399,6 +453,7 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
         users.push(UserEntry {
             name: u.name.clone(),
             password: u.password.clone(),
+            admin: u.admin,
         });
     }
     let auth = match raw.auth.as_deref() {
@@ -578,8 +633,16 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
         Some(name) => (shard_named(name, &[Key("default_shard")])?, true),
         None => (0, false),
     };
-    let directory = match &raw.directory {
-        Some(d) => {
+    let ring_input: Vec<(&str, u32)> = shards.iter().map(|s| (s.name.as_str(), s.weight)).collect();
+    let ring = HashRing::new(&ring_input, vnodes);
+    let shard_names: Vec<String> = shards.iter().map(|s| s.name.clone()).collect();
+    let uses_directory = raw
+        .tables
+        .0
+        .iter()
+        .any(|(_, t)| t.strategy.as_deref() == Some("directory"));
+    let directory = match (&raw.directory, uses_directory) {
+        (Some(d), _) => {
             let shard = shard_named(&d.shard, &[Key("directory"), Key("shard")])?;
             if d.table.is_empty() {
                 return Err(site.error(
@@ -590,7 +653,22 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
             }
             Some((shard, d.table.clone()))
         }
+        (None, true) => Some((0, crate::directory::DEFAULT_TABLE.to_owned())),
+        (None, false) => None,
+    };
+    let directory = match directory {
+        Some((shard, table)) => {
+            let statics = directory_statics(site, &raw, &shard_named)?;
+            Some(Arc::new(Directory::new(shard, table, statics)))
+        }
         None => None,
+    };
+    let ctx = RuleContext {
+        site,
+        shards: &shards,
+        vnodes,
+        directory: directory.as_ref(),
+        groups: std::cell::RefCell::new(HashMap::new()),
     };
 
     // Tables.
@@ -605,7 +683,7 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
                 "write table or schema.table",
             )
         })?;
-        let rule = table_rule(site, name, t)?;
+        let rule = table_rule(&ctx, name, t)?;
         let by_rel = tables.entry(schema.to_owned()).or_default();
         if by_rel.contains_key(rel) {
             return Err(site.error(
@@ -624,9 +702,6 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
         };
         table_order.push((shown, rule));
     }
-
-    let ring_input: Vec<(&str, u32)> = shards.iter().map(|s| (s.name.as_str(), s.weight)).collect();
-    let ring = HashRing::new(&ring_input, vnodes);
 
     Ok(ShardMap {
         listen: raw.listen,
@@ -653,6 +728,7 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
         default_shard_explicit,
         directory,
         ring,
+        shard_names,
     })
 }
 
@@ -673,10 +749,141 @@ fn split_table_name(name: &str) -> Option<(&str, &str)> {
     })
 }
 
-const STRATEGIES: &str = "hash, reference (range, geo and directory come in a later release)";
+const STRATEGIES: &str = "hash, range, geo, directory, reference";
+
+/// What validating a table rule needs from the rest of the map.
+struct RuleContext<'a, 'b> {
+    site: &'a ErrorSite<'b>,
+    shards: &'a [ShardInfo],
+    vnodes: u32,
+    directory: Option<&'a Arc<Directory>>,
+    /// Co-location signature -> group id.
+    groups: std::cell::RefCell<HashMap<String, u32>>,
+}
+
+impl RuleContext<'_, '_> {
+    fn shard(&self, name: &str, path: &[Seg<'_>]) -> Result<usize, ConfigError> {
+        self.shards
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.shards.iter().map(|s| s.name.as_str()).collect();
+                self.site.error(
+                    path,
+                    format!("no shard is named `{name}`"),
+                    format!("use one of: {}", names.join(", ")),
+                )
+            })
+    }
+
+    /// The group id for a placement signature (equal signatures co-locate).
+    fn group(&self, signature: String) -> u32 {
+        let mut g = self.groups.borrow_mut();
+        let next = g.len() as u32;
+        *g.entry(signature).or_insert(next)
+    }
+}
+
+/// A YAML scalar as text (strings as is, numbers and booleans printed).
+fn scalar_text(v: &serde_norway::Value) -> Option<String> {
+    match v {
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Number(n) => Some(n.to_string()),
+        serde_norway::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses a key written in the map. A timestamptz without a UTC offset is taken as UTC
+/// (the map has no session time zone).
+fn map_key(ty: KeyType, text: &str) -> Result<KeyValue, KeyError> {
+    key_from_text(ty, text).or_else(|e| utc_default(ty, text, e))
+}
+
+/// Retries a timestamptz that lacked a UTC offset as UTC; other errors are returned.
+pub(crate) fn utc_default(ty: KeyType, text: &str, e: KeyError) -> Result<KeyValue, KeyError> {
+    if !matches!(e, KeyError::NoUtcOffset { .. }) {
+        return Err(e);
+    }
+    let t = text.trim();
+    let utc = if t.contains([' ', 'T']) {
+        format!("{t}+00")
+    } else {
+        format!("{t} 00:00:00+00")
+    };
+    key_from_text(ty, &utc).map_err(|_| e)
+}
+
+/// Looks a shard up by name, reporting a missing one at a path.
+type ShardNamed<'a> = dyn Fn(&str, &[Seg<'_>]) -> Result<usize, ConfigError> + 'a;
+
+/// The static directory entries of every directory table (key text -> shard); an entry
+/// given twice with different shards is an error.
+fn directory_statics(
+    site: &ErrorSite<'_>,
+    raw: &RawConfig,
+    shard_named: &ShardNamed<'_>,
+) -> Result<Vec<(String, usize)>, ConfigError> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for (name, t) in &raw.tables.0 {
+        if t.strategy.as_deref() != Some("directory") {
+            continue;
+        }
+        let Some(entries) = &t.entries else { continue };
+        let path = [Seg::Key("tables"), Seg::Key(name), Seg::Key("entries")];
+        let serde_norway::Value::Mapping(m) = entries else {
+            return Err(site.error(
+                &path,
+                "entries must map keys to shard names",
+                "write `entries: { acme: s0, globex: s1 }`",
+            ));
+        };
+        let ty = t.key_type.as_deref().and_then(KeyType::parse);
+        for (k, v) in m {
+            let (Some(k), Some(v)) = (scalar_text(k), scalar_text(v)) else {
+                return Err(site.error(
+                    &path,
+                    "entries must map keys to shard names",
+                    "write `entries: { acme: s0, globex: s1 }`",
+                ));
+            };
+            let at = [
+                Seg::Key("tables"),
+                Seg::Key(name),
+                Seg::Key("entries"),
+                Seg::Key(&k),
+            ];
+            let shard = shard_named(&v, &at)?;
+            // Stored in the key's canonical text form.
+            let k = match ty {
+                Some(ty) => map_key(ty, &k)
+                    .map_err(|e| site.error(&at, e.to_string(), "write a key of the table's type"))?
+                    .to_string(),
+                None => k.clone(),
+            };
+            match out.iter().find(|(o, _)| *o == k) {
+                Some((_, s)) if *s != shard => {
+                    return Err(site.error(
+                        &at,
+                        format!("directory key `{k}` is given two different shards"),
+                        "directory tables share one directory: give each key one shard",
+                    ))
+                }
+                Some(_) => {}
+                None => out.push((k, shard)),
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// Validates one table entry.
-fn table_rule(site: &ErrorSite<'_>, name: &str, t: &RawTable) -> Result<TableRule, ConfigError> {
+fn table_rule(
+    ctx: &RuleContext<'_, '_>,
+    name: &str,
+    t: &RawTable,
+) -> Result<TableRule, ConfigError> {
+    let site = ctx.site;
     let at = |field| [Seg::Key("tables"), Seg::Key(name), Seg::Key(field)];
     let strategy = match t.strategy.as_deref() {
         Some(s) => s,
@@ -688,24 +895,17 @@ fn table_rule(site: &ErrorSite<'_>, name: &str, t: &RawTable) -> Result<TableRul
             ))
         }
     };
-    match strategy {
-        "hash" | "reference" => {}
-        "range" | "geo" | "directory" => {
-            return Err(site.error(
-                &at("strategy"),
-                format!("strategy '{strategy}' is not supported by this build yet"),
-                "use hash or reference for now",
-            ))
-        }
-        other => {
-            return Err(site.error(
-                &at("strategy"),
-                format!("unknown strategy '{other}'"),
-                format!("use one of: {STRATEGIES}"),
-            ))
-        }
+    if !matches!(
+        strategy,
+        "hash" | "reference" | "range" | "geo" | "directory"
+    ) {
+        return Err(site.error(
+            &at("strategy"),
+            format!("unknown strategy '{strategy}'"),
+            format!("use one of: {STRATEGIES}"),
+        ));
     }
-    // Fields that belong to the later strategies.
+    // Fields that belong to other strategies.
     for (field, present, owner) in [
         ("ranges", t.ranges.is_some(), "range"),
         ("regions", t.regions.is_some(), "geo"),
@@ -713,7 +913,7 @@ fn table_rule(site: &ErrorSite<'_>, name: &str, t: &RawTable) -> Result<TableRul
         ("entries", t.entries.is_some(), "directory"),
         ("fallback", t.fallback.is_some(), "directory"),
     ] {
-        if present {
+        if present && owner != strategy {
             return Err(site.error(
                 &at(field),
                 format!("`{field}` belongs to strategy {owner}, not {strategy}"),
@@ -734,15 +934,12 @@ fn table_rule(site: &ErrorSite<'_>, name: &str, t: &RawTable) -> Result<TableRul
         return Ok(TableRule::Reference);
     }
 
-    // strategy: hash
     let key = match &t.key {
-        None => {
-            return Err(site.error(
-                &at("key"),
-                "strategy hash needs a shard-key column",
-                "add `key: <column>` and `type: <bigint|integer|smallint|text|uuid>`",
-            ))
-        }
+        None => return Err(site.error(
+            &at("key"),
+            format!("strategy {strategy} needs a shard-key column"),
+            "add `key: <column>` and `type: <bigint|integer|text|uuid|numeric|date|timestamptz>`",
+        )),
         Some(serde_norway::Value::String(s)) if s.contains(',') => {
             return Err(site.error(
                 &at("key"),
@@ -770,8 +967,8 @@ fn table_rule(site: &ErrorSite<'_>, name: &str, t: &RawTable) -> Result<TableRul
         None => {
             return Err(site.error(
                 &at("type"),
-                format!("strategy hash needs the type of key column `{key}`"),
-                "add `type:` with one of: bigint, integer, smallint, text, uuid",
+                format!("strategy {strategy} needs the type of key column `{key}`"),
+                format!("add `type:` with one of: {}", KeyType::ACCEPTED_NAMES),
             ))
         }
         Some(ty) => KeyType::parse(ty).ok_or_else(|| {
@@ -782,7 +979,316 @@ fn table_rule(site: &ErrorSite<'_>, name: &str, t: &RawTable) -> Result<TableRul
             )
         })?,
     };
-    Ok(TableRule::Hash { key, key_type })
+    let class = key_type.colocation_class();
+    let (strategy, signature) = match strategy {
+        "hash" => (Strategy::Hash, format!("hash/{class}")),
+        "range" => {
+            let r = range_rule(ctx, name, key_type, t)?;
+            let sig = format!(
+                "range/{class}/{}/{:?}",
+                r.bounds
+                    .iter()
+                    .map(|(b, s)| format!("{}:{s}", b.sql_literal()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                r.rest
+            );
+            (Strategy::Range(r), sig)
+        }
+        "geo" => {
+            let g = geo_rule(ctx, name, key_type, t)?;
+            let mut vals: Vec<String> = g
+                .by_value
+                .iter()
+                .map(|(v, r)| format!("{}={}", v.sql_literal(), g.regions[*r].name))
+                .collect();
+            vals.sort();
+            let sig = format!(
+                "geo/{class}/{}/{:?}",
+                vals.join(","),
+                g.default.map(|d| g.regions[d].name.clone())
+            );
+            (Strategy::Geo(g), sig)
+        }
+        _ => {
+            let fallback = match t.fallback.as_ref().map(scalar_text) {
+                None => Fallback::Hash,
+                Some(Some(f)) if f == "hash" => Fallback::Hash,
+                Some(Some(f)) if f == "reject" => Fallback::Reject,
+                Some(Some(f)) => Fallback::Shard(ctx.shard(&f, &at("fallback")).map_err(|_| {
+                    site.error(
+                        &at("fallback"),
+                        format!("fallback `{f}` is neither hash, reject nor a shard name"),
+                        "use hash (the default), reject, or the name of a shard",
+                    )
+                })?),
+                Some(None) => {
+                    return Err(site.error(
+                        &at("fallback"),
+                        "fallback must be hash, reject or a shard name",
+                        "write `fallback: hash`",
+                    ))
+                }
+            };
+            let Some(directory) = ctx.directory else {
+                return Err(site.error(
+                    &at("strategy"),
+                    "internal: no directory for a directory table",
+                    "report this",
+                ));
+            };
+            (
+                Strategy::Directory(DirectoryRule {
+                    fallback,
+                    directory: directory.clone(),
+                }),
+                format!("directory/{class}"),
+            )
+        }
+    };
+    Ok(TableRule::Sharded(Arc::new(Sharded {
+        name: name.strip_prefix("public.").unwrap_or(name).to_owned(),
+        key,
+        key_type,
+        strategy,
+        group: ctx.group(signature),
+    })))
+}
+
+/// Validates `ranges:`: `- { below: <bound>, shard: <name> }` in strictly ascending order,
+/// optionally ending with a catch-all `- { shard: <name> }`.
+fn range_rule(
+    ctx: &RuleContext<'_, '_>,
+    name: &str,
+    ty: KeyType,
+    t: &RawTable,
+) -> Result<RangeRule, ConfigError> {
+    let site = ctx.site;
+    let path = [Seg::Key("tables"), Seg::Key(name), Seg::Key("ranges")];
+    let example =
+        "write `ranges: [{ below: 1000, shard: s0 }, { below: 2000, shard: s1 }, { shard: s2 }]`";
+    let Some(serde_norway::Value::Sequence(items)) = &t.ranges else {
+        return Err(site.error(&path, "strategy range needs a list of ranges", example));
+    };
+    if items.is_empty() {
+        return Err(site.error(&path, "ranges is empty", example));
+    }
+    let mut bounds: Vec<(KeyValue, usize)> = Vec::new();
+    let mut rest = None;
+    for (i, item) in items.iter().enumerate() {
+        let at = |f| {
+            [
+                Seg::Key("tables"),
+                Seg::Key(name),
+                Seg::Key("ranges"),
+                Seg::Index(i),
+                Seg::Key(f),
+            ]
+        };
+        let serde_norway::Value::Mapping(m) = item else {
+            return Err(site.error(&path, format!("range #{} is not a mapping", i + 1), example));
+        };
+        for k in m.keys() {
+            if !matches!(scalar_text(k).as_deref(), Some("below" | "shard")) {
+                return Err(site.error(
+                    &path,
+                    format!("range #{} has an unknown field {k:?}", i + 1),
+                    "a range has only `below` and `shard`",
+                ));
+            }
+        }
+        if rest.is_some() {
+            return Err(site.error(
+                &path,
+                format!("range #{} follows the catch-all range", i + 1),
+                "the range without `below` must come last",
+            ));
+        }
+        let Some(shard) = m.get("shard").and_then(scalar_text) else {
+            return Err(site.error(&at("shard"), "a range needs a shard", "add `shard: <name>`"));
+        };
+        let shard = ctx.shard(&shard, &at("shard"))?;
+        match m.get("below") {
+            None => rest = Some(shard),
+            Some(b) => {
+                let Some(text) = scalar_text(b) else {
+                    return Err(site.error(&at("below"), "below must be a value", example));
+                };
+                let v = map_key(ty, &text).map_err(|e| {
+                    site.error(
+                        &at("below"),
+                        format!("bound `{text}`: {e}"),
+                        format!("write a {ty} value"),
+                    )
+                })?;
+                if let Some((prev, _)) = bounds.last() {
+                    if v.cmp_same(prev) != Some(std::cmp::Ordering::Greater) {
+                        return Err(site.error(
+                            &at("below"),
+                            format!(
+                                "bound {} is not above the previous bound {}: ranges overlap or are out of order",
+                                v.sql_literal(),
+                                prev.sql_literal()
+                            ),
+                            "list ranges in ascending order of `below`, each bound once",
+                        ));
+                    }
+                }
+                bounds.push((v, shard));
+            }
+        }
+    }
+    Ok(RangeRule { bounds, rest })
+}
+
+/// Validates `regions:` (region -> key values) and `default_region:` against the shards'
+/// regions.
+fn geo_rule(
+    ctx: &RuleContext<'_, '_>,
+    name: &str,
+    ty: KeyType,
+    t: &RawTable,
+) -> Result<GeoRule, ConfigError> {
+    let site = ctx.site;
+    let path = [Seg::Key("tables"), Seg::Key(name), Seg::Key("regions")];
+    let example = "write `regions: { eu: [DE, FR], us: [US, CA] }` and give shards a `region`";
+    let Some(serde_norway::Value::Mapping(m)) = &t.regions else {
+        return Err(site.error(&path, "strategy geo needs regions", example));
+    };
+    let mut regions: Vec<Region> = Vec::new();
+    let mut by_value: HashMap<KeyValue, usize> = HashMap::new();
+    let region_of = |rname: &str, at: &[Seg<'_>]| -> Result<Region, ConfigError> {
+        let shards: Vec<usize> = (0..ctx.shards.len())
+            .filter(|&i| ctx.shards[i].region.as_deref() == Some(rname))
+            .collect();
+        if shards.is_empty() {
+            return Err(site.error(
+                at,
+                format!("no shard serves region `{rname}`"),
+                format!("add `region: {rname}` to at least one shard"),
+            ));
+        }
+        let input: Vec<(&str, u32)> = shards
+            .iter()
+            .map(|&i| (ctx.shards[i].name.as_str(), ctx.shards[i].weight))
+            .collect();
+        Ok(Region {
+            name: rname.to_owned(),
+            ring: HashRing::new(&input, ctx.vnodes),
+            shards,
+        })
+    };
+    for (rk, vals) in m {
+        let Some(rname) = scalar_text(rk) else {
+            return Err(site.error(&path, "region names must be text", example));
+        };
+        let at = [
+            Seg::Key("tables"),
+            Seg::Key(name),
+            Seg::Key("regions"),
+            Seg::Key(&rname),
+        ];
+        let region = region_of(&rname, &at)?;
+        let idx = regions.len();
+        regions.push(region);
+        let serde_norway::Value::Sequence(vals) = vals else {
+            return Err(site.error(&at, "a region lists key values", example));
+        };
+        for v in vals {
+            let Some(text) = scalar_text(v) else {
+                return Err(site.error(&at, "key values must be scalars", example));
+            };
+            let kv = map_key(ty, &text).map_err(|e| {
+                site.error(
+                    &at,
+                    format!("value `{text}`: {e}"),
+                    format!("write {ty} values"),
+                )
+            })?;
+            if let Some(other) = by_value.insert(kv, idx) {
+                return Err(site.error(
+                    &at,
+                    format!(
+                        "value `{text}` is listed in regions {} and {rname}",
+                        regions[other].name
+                    ),
+                    "list each value in one region",
+                ));
+            }
+        }
+    }
+    let default = match &t.default_region {
+        None => None,
+        Some(v) => {
+            let at = [
+                Seg::Key("tables"),
+                Seg::Key(name),
+                Seg::Key("default_region"),
+            ];
+            let Some(rname) = scalar_text(v) else {
+                return Err(site.error(&at, "default_region must be a region name", example));
+            };
+            match regions.iter().position(|r| r.name == rname) {
+                Some(i) => Some(i),
+                None => {
+                    let r = region_of(&rname, &at)?;
+                    regions.push(r);
+                    Some(regions.len() - 1)
+                }
+            }
+        }
+    };
+    Ok(GeoRule {
+        regions,
+        by_value,
+        default,
+    })
+}
+
+/// A short description of a table's placement for `check`.
+fn strategy_detail(t: &Sharded, names: &[String]) -> String {
+    let name = |s: usize| names.get(s).cloned().unwrap_or_default();
+    match &t.strategy {
+        Strategy::Hash => String::new(),
+        Strategy::Range(r) => {
+            let mut parts: Vec<String> = r
+                .bounds
+                .iter()
+                .map(|(b, s)| format!("< {} -> {}", b.sql_literal(), name(*s)))
+                .collect();
+            match r.rest {
+                Some(s) => parts.push(format!("rest -> {}", name(s))),
+                None => parts.push("rest refused".into()),
+            }
+            format!(": {}", parts.join(", "))
+        }
+        Strategy::Geo(g) => {
+            let regions: Vec<String> = g
+                .regions
+                .iter()
+                .map(|r| {
+                    let shards: Vec<String> = r.shards.iter().map(|&s| name(s)).collect();
+                    format!("{} -> {}", r.name, shards.join("+"))
+                })
+                .collect();
+            format!(
+                ": {}; unknown values {}",
+                regions.join(", "),
+                match g.default {
+                    Some(d) => format!("-> {}", g.regions[d].name),
+                    None => "refused".into(),
+                }
+            )
+        }
+        Strategy::Directory(d) => format!(
+            ": fallback {}",
+            match d.fallback {
+                Fallback::Hash => "hash".to_owned(),
+                Fallback::Reject => "reject".to_owned(),
+                Fallback::Shard(s) => name(s),
+            }
+        ),
+    }
 }
 
 /// `host:port` with a numeric port.
@@ -948,7 +1454,8 @@ tables:
             m.users,
             [UserEntry {
                 name: "app".into(),
-                password: "app-secret".into()
+                password: "app-secret".into(),
+                admin: false,
             }]
         );
         assert_eq!(m.auth, AuthMethod::ScramSha256);
@@ -982,10 +1489,7 @@ tables:
         assert_eq!(m.max_client_connections, 10_000);
         assert_eq!(
             m.table("", "users"),
-            Some(&TableRule::Hash {
-                key: "id".into(),
-                key_type: KeyType::BigInt
-            })
+            Some(&TableRule::hash_for_tests("id", KeyType::BigInt))
         );
         assert_eq!(m.table("public", "countries"), Some(&TableRule::Reference));
         assert_eq!(m.table("sales", "users"), None);
@@ -1019,10 +1523,7 @@ tables:
             assert_eq!(m.users[0].name, "app");
             assert_eq!(
                 m.table("", "orders"),
-                Some(&TableRule::Hash {
-                    key: "user_id".into(),
-                    key_type: KeyType::BigInt
-                })
+                Some(&TableRule::hash_for_tests("user_id", KeyType::BigInt))
             );
             assert_eq!(m.table("", "countries"), Some(&TableRule::Reference));
             assert_eq!(m.shards[1].port, 5434);
@@ -1079,10 +1580,7 @@ tables:
              public.orders: { key: id, type: int4, strategy: hash }\n  users: { strategy: reference }\n",
         )
         .unwrap();
-        let sales = TableRule::Hash {
-            key: "id".into(),
-            key_type: KeyType::Int,
-        };
+        let sales = TableRule::hash_for_tests("id", KeyType::Int);
         assert_eq!(m.table("sales", "users"), Some(&sales));
         assert_eq!(m.table("", "users"), Some(&TableRule::Reference));
         assert_eq!(m.table("public", "users"), Some(&TableRule::Reference));
@@ -1200,11 +1698,11 @@ tables:
         );
         let s = bad(
             &format!(
-                "{HEAD}tables:\n  users:\n    key: id\n    type: timestamptz\n    strategy: hash\n"
+                "{HEAD}tables:\n  users:\n    key: id\n    type: interval\n    strategy: hash\n"
             ),
             7,
             "tables.users.type",
-            "unsupported key type `timestamptz`",
+            "unsupported key type `interval`",
         );
         println!("{s}");
         // Duplicate shard name.
@@ -1250,30 +1748,44 @@ tables:
             "u:***@h:bad/d",
         );
         assert!(!s.contains("hunter2"), "{s}");
-        // Range strategy rejected.
+        // Range bounds out of order, and a catch-all that is not last.
         let s = bad(
             &format!(
-                "{HEAD}tables:\n  events:\n    key: created_at\n    type: timestamptz\n    strategy: range\n    ranges:\n      - {{ shard: s0 }}\n"
+                "{HEAD}tables:\n  events:\n    key: created_at\n    type: timestamptz\n    strategy: range\n    ranges:\n      - {{ below: \"2025-01-01\", shard: s0 }}\n      - {{ below: \"2024-01-01\", shard: s0 }}\n"
             ),
-            8,
-            "tables.events.strategy",
-            "strategy 'range' is not supported by this build yet; fix: use hash or reference for now",
+            11,
+            "tables.events.ranges[1].below",
+            "is not above the previous bound",
         );
         println!("{s}");
-        for strategy in ["geo", "directory"] {
-            bad(
-                &format!("{HEAD}tables:\n  t: {{ key: k, type: text, strategy: {strategy} }}\n"),
-                5,
-                "tables.t.strategy",
-                &format!("strategy '{strategy}' is not supported"),
-            );
-        }
+        bad(
+            &format!(
+                "{HEAD}tables:\n  events:\n    key: id\n    type: bigint\n    strategy: range\n    ranges:\n      - {{ shard: s0 }}\n      - {{ below: 5, shard: s0 }}\n"
+            ),
+            9,
+            "tables.events.ranges",
+            "follows the catch-all",
+        );
+        // Geo: a region no shard serves; a value in two regions.
+        bad(
+            &format!("{HEAD}tables:\n  t: {{ key: k, type: text, strategy: geo, regions: {{ eu: [DE] }} }}\n"),
+            5,
+            "tables.t.regions.eu",
+            "no shard serves region `eu`",
+        );
+        // Directory: unknown fallback.
+        bad(
+            &format!("{HEAD}tables:\n  t: {{ key: k, type: text, strategy: directory, fallback: sideways }}\n"),
+            5,
+            "tables.t.fallback",
+            "neither hash, reject nor a shard name",
+        );
         // Missing / unknown strategy lists the valid ones.
         let s = bad(
             &format!("{HEAD}tables:\n  t: {{ key: k, type: text }}\n"),
             5,
             "tables.t.strategy",
-            "hash, reference",
+            "hash, range, geo, directory, reference",
         );
         println!("{s}");
         bad(

@@ -92,6 +92,7 @@ impl Session {
         batch.bytes = 0;
         let mut ops: Vec<Op> = std::mem::take(&mut self.scratch.ops);
         ops.clear();
+        self.directory_gate().await;
         let mut cut: Option<ProxyError> = None;
         let mut target: Option<Target> = batch.open;
         let mut writes = false;
@@ -392,6 +393,11 @@ impl Session {
                     _ => Vec::new(),
                 };
                 let t = self.resolve(&route, &params, &|i| m.is_binary(i), Default::default())?;
+                if t.is_multi() && stmt.plan.stmts.first().is_some_and(|s| s.split.is_some()) {
+                    return Err(ProxyError::Unsupported(
+                        "a multi-row INSERT whose rows belong to different shards is split only in the simple query protocol in this build; send it as a simple query, or insert the rows separately".into(),
+                    ));
+                }
                 if !matches!(route, RouteSpec::Any) {
                     merge(t, self)?;
                 }

@@ -5,6 +5,7 @@
 mod explain;
 mod extended;
 mod gather;
+mod multiwrite;
 mod relay;
 pub mod settings;
 mod simple;
@@ -370,6 +371,19 @@ impl Session {
             Target::Set(set) => {
                 let names: Vec<String> = set.iter().map(|i| self.shard_name(i)).collect();
                 format!("shards {}", names.join(", "))
+            }
+        }
+    }
+
+    /// Waits while a directory key move runs in this proxy (see [`crate::directory::admin`]).
+    /// Sessions inside a transaction are not held: the move's table lock orders them.
+    async fn directory_gate(&self) {
+        if self.txn.status != b'I' {
+            return;
+        }
+        if let Some(d) = &self.shared.map.directory {
+            if d.moving() {
+                d.wait_moves().await;
             }
         }
     }

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 
 use super::gather::GatherCall;
+use super::multiwrite::ShardWrite;
 use super::relay::{Expect, Outcome, RelayError};
 use super::{Session, SessionEnd, SettingChange, Target, Txn};
 use crate::error::ProxyError;
@@ -36,6 +37,7 @@ impl Session {
             self.push_ready();
             return Ok(());
         }
+        self.directory_gate().await;
         let lits = scanned
             .as_ref()
             .map(|s| s.query_lits(sql))
@@ -314,6 +316,38 @@ impl Session {
                         };
                         self.gather(&call, set, hide_ready).await.map(Ok)
                     }
+                    None if plan.stmts.len() == 1 && plan.stmts[0].split.is_some() => {
+                        let split = plan.stmts[0].split.clone();
+                        match split.map(|sp| sp.statements(&self.shared.map)) {
+                            Some(Ok(parts)) => {
+                                let work: Vec<ShardWrite> = parts
+                                    .into_iter()
+                                    .map(|(shard, sql)| ShardWrite { shard, sql })
+                                    .collect();
+                                if self.txn.status == b'I' {
+                                    self.multi_write(&work, false, hide_ready).await
+                                } else {
+                                    Ok(Err(ProxyError::Unsupported(
+                                        "a multi-row INSERT whose rows belong to different shards runs outside transaction blocks only (atomic multi-shard commit inside a transaction is not supported yet)".into(),
+                                    )))
+                                }
+                            }
+                            Some(Err(e)) => Ok(Err(e)),
+                            None => {
+                                Ok(Err(ProxyError::Protocol("internal: split vanished".into())))
+                            }
+                        }
+                    }
+                    None if atomic_write(plan) && self.txn.status == b'I' => {
+                        let work: Vec<ShardWrite> = set
+                            .iter()
+                            .map(|shard| ShardWrite {
+                                shard,
+                                sql: sql.to_string(),
+                            })
+                            .collect();
+                        self.multi_write(&work, true, hide_ready).await
+                    }
                     None => {
                         self.exec_query_all(set, sql, hide_ready, plan.replicated())
                             .await
@@ -497,4 +531,10 @@ fn is_txn_control(k: &StmtKind) -> bool {
         k,
         StmtKind::Begin | StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint
     )
+}
+
+/// A single write statement replicated to every shard (a reference-table write): it runs
+/// all-or-nothing (see [`super::multiwrite`]).
+fn atomic_write(plan: &Plan) -> bool {
+    matches!(plan.stmts.as_slice(), [st] if st.replicated && st.kind == StmtKind::Write)
 }

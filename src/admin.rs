@@ -1,0 +1,275 @@
+//! The admin console: `psql -d shardwire` as a user with `admin: true`.
+//!
+//! Commands (simple query protocol; results are ordinary result sets of text columns):
+//!
+//! | command | result |
+//! |---|---|
+//! | `SHOW SHARDS` | name, host, port, database, region, weight |
+//! | `SHOW ROUTE <table> <key>` | table, key, shard, reason |
+//! | `SHOW DIRECTORY` | key, shard (the directory entries this proxy knows) |
+//! | `DIRECTORY ASSIGN <key> TO <shard>` | assigns a key with no entry yet |
+//! | `DIRECTORY MOVE <key> TO <shard>` | moves the key's rows; table, rows moved |
+//!
+//! Commands are split into words with the Postgres lexer (`pg_query::scan`): keys may be
+//! quoted (`'acme'`) or bare (`acme`, `42`), names may be double-quoted.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::directory::admin as dir_admin;
+use crate::protocol::{build, decode_query, FrameReader};
+use crate::session::Shared;
+
+/// Why an admin command failed: message and SQLSTATE.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AdminError {
+    /// SQLSTATE sent with it.
+    pub code: &'static str,
+    /// The message.
+    pub message: String,
+}
+
+fn err(code: &'static str, message: impl Into<String>) -> AdminError {
+    AdminError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// A command's result: columns and rows (all text), and the command tag.
+struct Output {
+    columns: Vec<&'static str>,
+    rows: Vec<Vec<Option<String>>>,
+    tag: String,
+}
+
+const USAGE: &str = "admin commands: SHOW SHARDS; SHOW ROUTE <table> <key>; SHOW DIRECTORY; DIRECTORY ASSIGN <key> TO <shard>; DIRECTORY MOVE <key> TO <shard>";
+
+/// Serves one admin connection until the client leaves.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut reader: FrameReader<OwnedReadHalf>,
+    mut w: OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    let mut failed_batch = false;
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                build::error(&mut out, "FATAL", "08P01", &e.to_string());
+                let _ = w.write_all(&out).await;
+                return Ok(());
+            }
+        };
+        match frame.tag {
+            b'Q' => {
+                match decode_query(frame.body()) {
+                    Ok(sql) => match execute(&shared, sql).await {
+                        Ok(o) => write_output(&mut out, &o),
+                        Err(e) => build::error(&mut out, "ERROR", e.code, &e.message),
+                    },
+                    Err(e) => build::error(&mut out, "ERROR", "08P01", &e.to_string()),
+                }
+                build::ready_for_query(&mut out, b'I');
+            }
+            b'X' => return Ok(()),
+            b'S' => {
+                failed_batch = false;
+                build::ready_for_query(&mut out, b'I');
+            }
+            b'H' => {}
+            _ => {
+                if !failed_batch {
+                    build::error(
+                        &mut out,
+                        "ERROR",
+                        "0A000",
+                        "the admin console speaks the simple query protocol only (psql, or simple_query)",
+                    );
+                    failed_batch = true;
+                }
+            }
+        }
+        w.write_all(&out).await?;
+        out.clear();
+    }
+}
+
+fn write_output(out: &mut BytesMut, o: &Output) {
+    if !o.columns.is_empty() {
+        let at = build::begin(out, b'T');
+        out.extend_from_slice(&(o.columns.len() as i16).to_be_bytes());
+        for c in &o.columns {
+            build::put_cstr(out, c);
+            out.extend_from_slice(&0i32.to_be_bytes()); // table oid
+            out.extend_from_slice(&0i16.to_be_bytes()); // column number
+            out.extend_from_slice(&25u32.to_be_bytes()); // text
+            out.extend_from_slice(&(-1i16).to_be_bytes());
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            out.extend_from_slice(&0i16.to_be_bytes());
+        }
+        build::finish(out, at);
+        for r in &o.rows {
+            let vals: Vec<Option<&str>> = r.iter().map(|v| v.as_deref()).collect();
+            build::data_row(out, &vals);
+        }
+    }
+    build::command_complete(out, &o.tag);
+}
+
+/// The words of a command: identifiers and keywords lower-cased (unless double-quoted),
+/// string constants unquoted, numbers as written.
+fn words(sql: &str) -> Result<Vec<String>, AdminError> {
+    let scanned = pg_query::scan(sql).map_err(|e| err("42601", format!("{e}")))?;
+    let mut out = Vec::new();
+    for t in &scanned.tokens {
+        let Some(text) = sql.get(t.start as usize..t.end as usize) else {
+            continue;
+        };
+        if text == ";" {
+            continue;
+        }
+        let w = if let Some(inner) = text.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')) {
+            inner.replace("''", "'")
+        } else if let Some(inner) = text.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+            inner.replace("\"\"", "\"")
+        } else if text.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            text.to_ascii_lowercase()
+        } else {
+            text.to_owned()
+        };
+        out.push(w);
+    }
+    Ok(out)
+}
+
+async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> {
+    let w = words(sql)?;
+    let map = &shared.map;
+    let kw: Vec<&str> = w.iter().map(String::as_str).collect();
+    let shard_of = |name: &str| {
+        map.shard_index(name).ok_or_else(|| {
+            err(
+                "42704",
+                format!(
+                    "no shard is named {name}; shards: {}",
+                    map.shard_names().join(", ")
+                ),
+            )
+        })
+    };
+    match kw.as_slice() {
+        [] => Ok(Output {
+            columns: vec![],
+            rows: vec![],
+            tag: "EMPTY".into(),
+        }),
+        ["show", "shards"] => Ok(Output {
+            columns: vec!["name", "host", "port", "database", "region", "weight"],
+            rows: map
+                .shards
+                .iter()
+                .map(|s| {
+                    vec![
+                        Some(s.name.clone()),
+                        Some(s.host.clone()),
+                        Some(s.port.to_string()),
+                        Some(s.dbname.clone()),
+                        s.region.clone(),
+                        Some(s.weight.to_string()),
+                    ]
+                })
+                .collect(),
+            tag: format!("SHOW {}", map.shards.len()),
+        }),
+        ["show", "route", table, key] => {
+            let reason = map
+                .explain_route(table, key)
+                .map_err(|e| err("22023", e.to_string()))?;
+            let shard = reason
+                .rsplit_once("-> shard ")
+                .map(|(_, s)| s.to_owned())
+                .or_else(|| {
+                    reason
+                        .rsplit_once("shard ")
+                        .map(|(_, s)| s.split(' ').next().unwrap_or("").to_owned())
+                });
+            Ok(Output {
+                columns: vec!["table", "key", "shard", "reason"],
+                rows: vec![vec![
+                    Some(table.to_string()),
+                    Some(key.to_string()),
+                    shard,
+                    Some(reason),
+                ]],
+                tag: "SHOW 1".into(),
+            })
+        }
+        ["show", "directory"] => {
+            let Some(d) = &map.directory else {
+                return Err(err("55000", "the shard map has no directory tables"));
+            };
+            let rows: Vec<Vec<Option<String>>> = d
+                .snapshot()
+                .into_iter()
+                .map(|(k, s)| vec![Some(k), Some(map.shard_names()[s].clone())])
+                .collect();
+            Ok(Output {
+                columns: vec!["key", "shard"],
+                tag: format!("SHOW {}", rows.len()),
+                rows,
+            })
+        }
+        ["directory", "assign", key, "to", shard] => {
+            let s = shard_of(shard)?;
+            dir_admin::assign(map, key, s)
+                .await
+                .map_err(|e| err("55000", e.to_string()))?;
+            Ok(Output {
+                columns: vec![],
+                rows: vec![],
+                tag: "DIRECTORY ASSIGN".into(),
+            })
+        }
+        ["directory", "move", key, "to", shard] => {
+            let s = shard_of(shard)?;
+            let report = dir_admin::move_key(map, key, s)
+                .await
+                .map_err(|e| err("55000", e.to_string()))?;
+            tracing::info!(key = %key, from = %report.from, to = %shard, tables = ?report.tables, "directory key moved");
+            Ok(Output {
+                columns: vec!["table", "rows"],
+                rows: report
+                    .tables
+                    .into_iter()
+                    .map(|(t, n)| vec![Some(t), Some(n.to_string())])
+                    .collect(),
+                tag: "DIRECTORY MOVE".into(),
+            })
+        }
+        _ => Err(err("42601", format!("unknown admin command; {USAGE}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_fold_and_unquote() {
+        assert_eq!(
+            words("DIRECTORY Move 'it''s' TO \"S1\";").unwrap(),
+            vec!["directory", "move", "it's", "to", "S1"]
+        );
+        assert_eq!(
+            words("show route users 42").unwrap(),
+            vec!["show", "route", "users", "42"]
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! The key directory: key → shard entries for `strategy: directory` tables.
+//!
+//! The entries live in a real Postgres table (`directory: { shard, table }` in the map,
+//! default `shardwire_directory` on the first shard) so that every proxy instance sees the
+//! same map. Each proxy keeps the whole directory in memory ([`Directory`]) and a control
+//! task ([`run`]) keeps it current:
+//!
+//! - at start it creates the table if absent, seeds the map's static `entries` (existing
+//!   rows win), and loads every entry;
+//! - it `LISTEN`s on [`CHANNEL`]; every change (assign, move, fallback record) is written
+//!   with a `pg_notify` carrying the key in the same transaction, so other proxies reload
+//!   that key as soon as it commits (well under a second on a LAN);
+//! - fallback placements of first writes are recorded through a bounded queue
+//!   (`INSERT … ON CONFLICT DO NOTHING`: every proxy computes the same fallback shard, so a
+//!   race between proxies records one value);
+//! - if the control connection drops it reconnects with backoff and reloads everything.
+//!
+//! Keys are stored as their Postgres text form ([`KeyValue`]'s `Display`), so one directory
+//! serves every directory table: a tenant's rows in all of them live on one shard.
+
+pub mod admin;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, Notify};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::keys::KeyValue;
+use crate::shardmap::ShardInfo;
+
+/// The LISTEN/NOTIFY channel directory changes are announced on.
+pub const CHANNEL: &str = "shardwire_directory";
+/// Default directory table name.
+pub const DEFAULT_TABLE: &str = "shardwire_directory";
+/// Most fallback placements waiting to be recorded (more are recorded on a later write).
+const RECORD_QUEUE: usize = 4096;
+/// Longest a statement waits for a directory key move to finish.
+pub const MOVE_WAIT: Duration = Duration::from_secs(30);
+
+/// Why the directory could not be used or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The directory shard could not be reached or refused a statement.
+    #[error("directory table {table} on shard {shard}: {source}")]
+    Db {
+        /// Table name.
+        table: String,
+        /// Shard name.
+        shard: String,
+        /// The driver error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// An operation that cannot be done (unknown shard, key already assigned, …).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The in-memory directory of one proxy.
+#[derive(Debug)]
+pub struct Directory {
+    /// Index of the shard holding the directory table.
+    pub shard: usize,
+    /// The directory table's name.
+    pub table: String,
+    /// Static entries from the map (key text, shard), seeded into the table.
+    pub statics: Vec<(String, usize)>,
+    entries: RwLock<HashMap<String, usize>>,
+    loaded: AtomicBool,
+    record_tx: parking_lot::Mutex<Option<mpsc::Sender<(String, usize)>>>,
+    moving: AtomicUsize,
+    moved: Notify,
+}
+
+/// The result of a directory lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The key's entry.
+    Entry(usize),
+    /// No entry: the table's fallback decides.
+    Missing,
+    /// The directory has not been loaded yet (its shard is unreachable).
+    NotLoaded,
+}
+
+impl Directory {
+    /// An empty, not yet loaded directory.
+    pub fn new(shard: usize, table: String, statics: Vec<(String, usize)>) -> Directory {
+        Directory {
+            shard,
+            table,
+            statics,
+            entries: RwLock::new(HashMap::new()),
+            loaded: AtomicBool::new(false),
+            record_tx: parking_lot::Mutex::new(None),
+            moving: AtomicUsize::new(0),
+            moved: Notify::new(),
+        }
+    }
+
+    /// The entry for `key`.
+    pub fn get(&self, key: &KeyValue) -> Lookup {
+        if !self.loaded.load(Ordering::Acquire) {
+            return Lookup::NotLoaded;
+        }
+        match self.entries.read().get(key.to_string().as_str()) {
+            Some(s) => Lookup::Entry(*s),
+            None => Lookup::Missing,
+        }
+    }
+
+    /// Whether the directory has been loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Notes a fallback placement made by a write: cached at once and queued to be recorded
+    /// in the directory table (dropped when the queue is full; a later write retries).
+    pub fn record(&self, key: &KeyValue, shard: usize) {
+        let text = key.to_string();
+        let queued = match &*self.record_tx.lock() {
+            Some(tx) => tx.try_send((text.clone(), shard)).is_ok(),
+            None => false,
+        };
+        if queued {
+            self.entries.write().insert(text, shard);
+        }
+    }
+
+    /// Sets the cached entry (after a change this proxy committed).
+    pub fn set(&self, key: &str, shard: Option<usize>) {
+        let mut e = self.entries.write();
+        match shard {
+            Some(s) => e.insert(key.to_owned(), s),
+            None => e.remove(key),
+        };
+    }
+
+    /// Every cached entry, sorted by key.
+    pub fn snapshot(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .entries
+            .read()
+            .iter()
+            .map(|(k, s)| (k.clone(), *s))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Whether a key move is running in this proxy (statements on directory tables wait).
+    pub fn moving(&self) -> bool {
+        self.moving.load(Ordering::Acquire) > 0
+    }
+
+    /// Waits until no move runs, at most [`MOVE_WAIT`]; false on timeout.
+    pub async fn wait_moves(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + MOVE_WAIT;
+        while self.moving() {
+            let n = self.moved.notified();
+            if !self.moving() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, n).await.is_err() {
+                return !self.moving();
+            }
+        }
+        true
+    }
+
+    /// Marks a move as running until the guard drops.
+    pub fn begin_move(self: &Arc<Self>) -> MoveGuard {
+        self.moving.fetch_add(1, Ordering::AcqRel);
+        MoveGuard(self.clone())
+    }
+
+    /// Replaces every entry (a full load).
+    fn replace(&self, rows: HashMap<String, usize>) {
+        *self.entries.write() = rows;
+        self.loaded.store(true, Ordering::Release);
+    }
+}
+
+/// Holds statements on directory tables back while a move runs (see [`Directory::begin_move`]).
+pub struct MoveGuard(Arc<Directory>);
+
+impl Drop for MoveGuard {
+    fn drop(&mut self) {
+        self.0.moving.fetch_sub(1, Ordering::AcqRel);
+        self.0.moved.notify_waiters();
+    }
+}
+
+/// A tokio-postgres config for a shard.
+pub fn pg_config(s: &ShardInfo, connect_timeout: Duration) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&s.host)
+        .port(s.port)
+        .user(&s.user)
+        .dbname(&s.dbname)
+        .application_name("shardwire-control")
+        .connect_timeout(connect_timeout);
+    if let Some(p) = &s.password {
+        c.password(p);
+    }
+    c
+}
+
+/// Quotes an identifier (possibly `schema.table`) for SQL.
+pub fn quote_name(name: &str) -> String {
+    name.split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Creates the directory table if absent and seeds the static entries (existing rows win).
+pub async fn ensure_table(
+    c: &Client,
+    dir: &Directory,
+    shard_names: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    let t = quote_name(&dir.table);
+    c.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {t} (key text PRIMARY KEY, shard text NOT NULL, \
+         moving_from text, updated_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await?;
+    for (k, s) in &dir.statics {
+        let name = shard_names.get(*s).map(String::as_str).unwrap_or("");
+        c.execute(
+            &format!("INSERT INTO {t} (key, shard) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING"),
+            &[k, &name],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Loads every entry (entries naming a shard the map does not have are skipped, logged).
+async fn load_all(
+    c: &Client,
+    dir: &Directory,
+    shard_names: &[String],
+) -> Result<HashMap<String, usize>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            &format!("SELECT key, shard FROM {}", quote_name(&dir.table)),
+            &[],
+        )
+        .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let (k, s): (String, String) = (r.get(0), r.get(1));
+        match shard_names.iter().position(|n| *n == s) {
+            Some(i) => {
+                out.insert(k, i);
+            }
+            None => {
+                tracing::warn!(key = %k, shard = %s, "directory entry names an unknown shard; ignored")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reloads one key's entry.
+async fn load_key(
+    c: &Client,
+    dir: &Directory,
+    key: &str,
+    shard_names: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    let row = c
+        .query_opt(
+            &format!(
+                "SELECT shard FROM {} WHERE key = $1",
+                quote_name(&dir.table)
+            ),
+            &[&key],
+        )
+        .await?;
+    let shard = row.and_then(|r| {
+        let s: String = r.get(0);
+        shard_names.iter().position(|n| *n == s)
+    });
+    dir.set(key, shard);
+    Ok(())
+}
+
+/// Keeps `dir` current for as long as the proxy runs (see the module docs). `ready` is
+/// notified after every full load.
+pub async fn run(
+    dir: Arc<Directory>,
+    info: ShardInfo,
+    shard_names: Vec<String>,
+    connect_timeout: Duration,
+    ready: Arc<Notify>,
+) {
+    let (tx, mut rx) = mpsc::channel::<(String, usize)>(RECORD_QUEUE);
+    *dir.record_tx.lock() = Some(tx);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(&dir, &info, &shard_names, connect_timeout, &ready, &mut rx).await {
+            Ok(true) => return,
+            Ok(false) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(error = %e, table = %dir.table, shard = %info.name, "directory connection failed; retrying");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One control connection's life: load, then apply notifications and record placements.
+async fn session(
+    dir: &Arc<Directory>,
+    info: &ShardInfo,
+    shard_names: &[String],
+    connect_timeout: Duration,
+    ready: &Notify,
+    rx: &mut mpsc::Receiver<(String, usize)>,
+) -> Result<bool, tokio_postgres::Error> {
+    let (client, mut conn) = pg_config(info, connect_timeout).connect(NoTls).await?;
+    // Drive the connection ourselves to see notifications.
+    let (note_tx, mut notes) = mpsc::channel::<String>(1024);
+    let (dead_tx, mut dead) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = stream.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    // A full queue means we are behind: a reload of everything catches up.
+                    if note_tx.try_send(n.payload().to_owned()).is_err() {
+                        let _ = note_tx.try_send(String::new());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = dead_tx.send(());
+    });
+    ensure_table(&client, dir, shard_names).await?;
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    dir.replace(load_all(&client, dir, shard_names).await?);
+    ready.notify_waiters();
+    tracing::info!(table = %dir.table, entries = dir.entries.read().len(), "directory loaded");
+    let insert = client
+        .prepare(&format!(
+            "WITH ins AS (INSERT INTO {} (key, shard) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING key) \
+             SELECT pg_notify('{CHANNEL}', key) FROM ins",
+            quote_name(&dir.table)
+        ))
+        .await?;
+    loop {
+        tokio::select! {
+            n = notes.recv() => match n {
+                Some(key) if !key.is_empty() => load_key(&client, dir, &key, shard_names).await?,
+                Some(_) => dir.replace(load_all(&client, dir, shard_names).await?),
+                None => return Ok(false),
+            },
+            r = rx.recv() => match r {
+                Some((key, shard)) => {
+                    let name = shard_names.get(shard).map(String::as_str).unwrap_or("");
+                    client.query(&insert, &[&key, &name]).await?;
+                    // Another proxy (or an assign) may have won: take what the table says.
+                    load_key(&client, dir, &key, shard_names).await?;
+                }
+                None => return Ok(true),
+            },
+            _ = &mut dead => return Ok(false),
+        }
+    }
+}
