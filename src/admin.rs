@@ -123,8 +123,9 @@ fn write_output(out: &mut BytesMut, o: &Output) {
     build::command_complete(out, &o.tag);
 }
 
-/// The words of a command: identifiers and keywords lower-cased (unless double-quoted),
-/// string constants unquoted, numbers as written.
+/// The words of a command as written: string constants and double-quoted names unquoted,
+/// everything else verbatim (keys are case-sensitive; command words are matched
+/// case-insensitively by the caller).
 fn words(sql: &str) -> Result<Vec<String>, AdminError> {
     let scanned = pg_query::scan(sql).map_err(|e| err("42601", format!("{e}")))?;
     let mut out = Vec::new();
@@ -139,8 +140,6 @@ fn words(sql: &str) -> Result<Vec<String>, AdminError> {
             inner.replace("''", "'")
         } else if let Some(inner) = text.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
             inner.replace("\"\"", "\"")
-        } else if text.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-            text.to_ascii_lowercase()
         } else {
             text.to_owned()
         };
@@ -152,7 +151,21 @@ fn words(sql: &str) -> Result<Vec<String>, AdminError> {
 async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> {
     let w = words(sql)?;
     let map = &shared.map;
-    let kw: Vec<&str> = w.iter().map(String::as_str).collect();
+    // Command words case-insensitively; arguments as written.
+    let lower: Vec<String> = w.iter().map(|x| x.to_ascii_lowercase()).collect();
+    let kw: Vec<&str> = lower
+        .iter()
+        .zip(&w)
+        .enumerate()
+        .map(|(i, (l, orig))| {
+            let command_word = i < 2 || l == "to";
+            if command_word {
+                l.as_str()
+            } else {
+                orig.as_str()
+            }
+        })
+        .collect();
     let shard_of = |name: &str| {
         map.shard_index(name).ok_or_else(|| {
             err(
@@ -265,7 +278,7 @@ mod tests {
     fn words_fold_and_unquote() {
         assert_eq!(
             words("DIRECTORY Move 'it''s' TO \"S1\";").unwrap(),
-            vec!["directory", "move", "it's", "to", "S1"]
+            vec!["DIRECTORY", "Move", "it's", "TO", "S1"]
         );
         assert_eq!(
             words("show route users 42").unwrap(),
