@@ -65,7 +65,10 @@ fn db_err(map: &ShardMap, shard: usize, source: tokio_postgres::Error) -> Direct
             .map(|d| d.table.clone())
             .unwrap_or_default(),
         shard: map.shards[shard].name.clone(),
-        source,
+        message: match source.as_db_error() {
+            Some(d) => format!("{} ({})", d.message(), d.code().code()),
+            None => source.to_string(),
+        },
     }
 }
 

@@ -45,16 +45,15 @@ pub const MOVE_WAIT: Duration = Duration::from_secs(30);
 /// Why the directory could not be used or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
-    /// The directory shard could not be reached or refused a statement.
-    #[error("directory table {table} on shard {shard}: {source}")]
+    /// A shard could not be reached or refused a statement of a directory operation.
+    #[error("directory operation on shard {shard} (directory table {table}): {message}")]
     Db {
         /// Table name.
         table: String,
         /// Shard name.
         shard: String,
-        /// The driver error.
-        #[source]
-        source: tokio_postgres::Error,
+        /// What failed: the server's message when it sent one, else the driver's error.
+        message: String,
     },
     /// An operation that cannot be done (unknown shard, key already assigned, …).
     #[error("{0}")]

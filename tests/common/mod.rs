@@ -232,6 +232,56 @@ impl TestEnv {
         }
         y
     }
+
+    /// Like [`TestEnv::shard_map_yaml`], but shard `i` carries `region: <regions[i]>` (no
+    /// region when `regions` is shorter) and, with `admin`, user `app` is an admin
+    /// (`admin: true`: may use the admin console, database `shardwire`).
+    pub fn shard_map_yaml_with(
+        &self,
+        tables: &str,
+        extra: &str,
+        regions: &[&str],
+        admin: bool,
+    ) -> String {
+        let mut y = String::from("listen: 127.0.0.1:0\nusers:\n");
+        if admin {
+            y.push_str("  - { name: app, password: app-secret, admin: true }\n");
+        } else {
+            y.push_str("  - { name: app, password: app-secret }\n");
+        }
+        y.push_str("shards:\n");
+        for (i, db) in self.shards.iter().enumerate() {
+            match regions.get(i) {
+                Some(r) => y.push_str(&format!(
+                    "  - {{ name: s{i}, url: \"{}\", region: {r} }}\n",
+                    db.url()
+                )),
+                None => y.push_str(&format!("  - {{ name: s{i}, url: \"{}\" }}\n", db.url())),
+            }
+        }
+        y.push_str("pool: { size: 10, connect_timeout_ms: 15000 }\nhash: { vnodes: 256 }\n");
+        if tables.trim().is_empty() {
+            y.push_str("tables: {}\n");
+        } else {
+            y.push_str("tables:\n");
+            for line in tables.lines() {
+                if line.trim().is_empty() {
+                    y.push('\n');
+                } else {
+                    y.push_str("  ");
+                    y.push_str(line);
+                    y.push('\n');
+                }
+            }
+        }
+        if !extra.is_empty() {
+            y.push_str(extra);
+            if !extra.ends_with('\n') {
+                y.push('\n');
+            }
+        }
+        y
+    }
 }
 
 impl Drop for TestEnv {
@@ -309,6 +359,34 @@ impl Proxy {
             .await
             .unwrap_or_else(|e| panic!("starting the proxy: {e}"));
         Proxy { handle }
+    }
+
+    /// Starts the proxy on 127.0.0.1:0 with a complete shard map (e.g. from
+    /// [`TestEnv::shard_map_yaml_with`]); several proxies may share one map.
+    pub async fn start_yaml(yaml: &str) -> Proxy {
+        let map = shardwire::shardmap::ShardMap::from_yaml_str(yaml, "test shard map")
+            .unwrap_or_else(|e| panic!("invalid test shard map: {e}\n--- map ---\n{yaml}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let handle = shardwire::server::start(map, listener)
+            .await
+            .unwrap_or_else(|e| panic!("starting the proxy: {e}"));
+        Proxy { handle }
+    }
+
+    /// Conninfo of the admin console: like [`Proxy::conninfo`] with `dbname=shardwire`
+    /// (the map must make `app` an admin).
+    pub fn admin_conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=app password=app-secret dbname=shardwire",
+            self.port()
+        )
+    }
+
+    /// A connection to the admin console (use the simple query protocol on it).
+    pub async fn admin_client(&self) -> Client {
+        connect(&self.admin_conninfo()).await
     }
 
     /// The port it listens on.
