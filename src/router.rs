@@ -962,11 +962,13 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
         for src in srcs {
             match src {
                 KeySrc::Shard(x) if !fixed.contains(x) => fixed.push(*x),
-                KeySrc::Set(set) => fixed.extend(
-                    set.iter()
-                        .filter(|x| !fixed.contains(x))
-                        .collect::<Vec<_>>(),
-                ),
+                KeySrc::Set(set) => {
+                    for x in set.iter() {
+                        if !fixed.contains(&x) {
+                            fixed.push(x);
+                        }
+                    }
+                }
                 KeySrc::Param(i, t) => params.push((*i, t.clone())),
                 KeySrc::Literal(i, t, n) => literals.push((*i, t.clone(), *n)),
                 KeySrc::Value(v, t) => values.push((v.clone(), t.clone())),

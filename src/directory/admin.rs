@@ -229,9 +229,7 @@ pub async fn move_key(
             src.batch_execute("BEGIN")
                 .await
                 .map_err(|e| db_err(map, from, e))?;
-            delete_and_commit(&tables, &preds, &src)
-                .await
-                .map_err(|e| db_err(map, from, e))?;
+            delete_and_commit(map, &tables, &preds, (&src, from)).await?;
             report.from = map.shards[from].name.clone();
         }
         write_entry(&dc, dir, key, &target_name, None)
@@ -260,9 +258,7 @@ pub async fn move_key(
             .await
             .map_err(|e| db_err(map, dir.shard, e))?;
         dir.set(key, Some(target));
-        delete_and_commit(&tables, &preds, &src)
-            .await
-            .map_err(|e| db_err(map, source, e))?;
+        delete_and_commit(map, &tables, &preds, (&src, source)).await?;
     }
     // Stragglers: writes routed to the source before the switch was seen elsewhere.
     tokio::time::sleep(GRACE).await;
@@ -280,9 +276,7 @@ pub async fn move_key(
         &mut late,
     )
     .await?;
-    delete_and_commit(&tables, &preds, &src)
-        .await
-        .map_err(|e| db_err(map, source, e))?;
+    delete_and_commit(map, &tables, &preds, (&src, source)).await?;
     for (r, l) in report.tables.iter_mut().zip(late.tables) {
         r.1 += l.1;
     }
@@ -375,11 +369,13 @@ async fn copy_rows(
     }
 }
 
+/// Deletes the key's rows in the open source transaction and commits it.
 async fn delete_and_commit(
+    map: &ShardMap,
     tables: &[Arc<Sharded>],
     preds: &[String],
-    src: &Client,
-) -> Result<(), tokio_postgres::Error> {
+    (src, source): (&Client, usize),
+) -> Result<(), DirectoryError> {
     let mut sql = String::new();
     for (t, pred) in tables.iter().zip(preds) {
         sql.push_str(&format!(
@@ -388,5 +384,7 @@ async fn delete_and_commit(
         ));
     }
     sql.push_str("COMMIT");
-    src.batch_execute(&sql).await
+    src.batch_execute(&sql)
+        .await
+        .map_err(|e| db_err(map, source, e))
 }

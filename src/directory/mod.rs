@@ -107,7 +107,13 @@ impl Directory {
         if !self.loaded.load(Ordering::Acquire) {
             return Lookup::NotLoaded;
         }
-        match self.entries.read().get(key.to_string().as_str()) {
+        // Text keys (the usual tenant ids) are looked up without a copy; the text form of
+        // other types is built before the lock is taken.
+        let text: std::borrow::Cow<'_, str> = match key {
+            KeyValue::Text(t) => t.as_str().into(),
+            other => other.to_string().into(),
+        };
+        match self.entries.read().get(text.as_ref()) {
             Some(s) => Lookup::Entry(*s),
             None => Lookup::Missing,
         }

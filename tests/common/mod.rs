@@ -202,35 +202,7 @@ impl TestEnv {
     /// shards `s0..s{n-1}`, pool size 10, 256 vnodes, `tables:` holding `tables` (YAML, one
     /// table per line, indented here), then `extra` appended verbatim as top-level YAML.
     pub fn shard_map_yaml(&self, tables: &str, extra: &str) -> String {
-        let mut y = String::from(
-            "listen: 127.0.0.1:0\nusers:\n  - { name: app, password: app-secret }\nshards:\n",
-        );
-        for (i, db) in self.shards.iter().enumerate() {
-            y.push_str(&format!("  - {{ name: s{i}, url: \"{}\" }}\n", db.url()));
-        }
-        // Generous connect timeout: the whole suite shares two cores with four clusters.
-        y.push_str("pool: { size: 10, connect_timeout_ms: 15000 }\nhash: { vnodes: 256 }\n");
-        if tables.trim().is_empty() {
-            y.push_str("tables: {}\n");
-        } else {
-            y.push_str("tables:\n");
-            for line in tables.lines() {
-                if line.trim().is_empty() {
-                    y.push('\n');
-                } else {
-                    y.push_str("  ");
-                    y.push_str(line);
-                    y.push('\n');
-                }
-            }
-        }
-        if !extra.is_empty() {
-            y.push_str(extra);
-            if !extra.ends_with('\n') {
-                y.push('\n');
-            }
-        }
-        y
+        self.shard_map_yaml_with(tables, extra, &[], false)
     }
 
     /// Like [`TestEnv::shard_map_yaml`], but shard `i` carries `region: <regions[i]>` (no
