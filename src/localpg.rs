@@ -404,7 +404,7 @@ impl PgCluster {
             ("synchronous_commit", "off".into()),
             ("full_page_writes", "off".into()),
             ("max_connections", "300".into()),
-            ("max_prepared_transactions", "50".into()),
+            ("max_prepared_transactions", "200".into()),
             ("shared_buffers", "64MB".into()),
             // Parallel query only adds noise on a small test machine.
             ("max_parallel_workers_per_gather", "0".into()),

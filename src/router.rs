@@ -169,6 +169,8 @@ pub struct StmtPlan {
     pub explain: Option<ExplainPlan>,
     /// A multi-row INSERT whose rows may belong to different shards: how to split it.
     pub split: Option<Arc<InsertSplit>>,
+    /// `COPY … FROM STDIN` into a sharded or reference table: how to split its rows.
+    pub copy: Option<Arc<crate::copyplan::CopyPlan>>,
 }
 
 /// A multi-row `INSERT … VALUES` cut into one INSERT per shard. The per-shard statements are
@@ -302,6 +304,26 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
             NodeEnum::ExplainStmt(e) => explain_merge(e),
             _ => None,
         };
+        let mut copy = None;
+        if let NodeEnum::CopyStmt(c) = node {
+            let rule = c
+                .relation
+                .as_ref()
+                .and_then(|r| map.table(&r.schemaname, &r.relname));
+            let table = match rule {
+                Some(TableRule::Sharded(t)) => Some(Some(t)),
+                Some(TableRule::Reference) => Some(None),
+                None => None,
+            };
+            if let (true, false, Some(table)) =
+                (c.is_from, matches!(route, RouteSpec::Refuse(_)), table)
+            {
+                match crate::copyplan::plan(c, table) {
+                    Ok(p) => copy = Some(Arc::new(p)),
+                    Err(e) => route = RouteSpec::Refuse(e),
+                }
+            }
+        }
         let split = match node {
             NodeEnum::InsertStmt(i) => {
                 let split = insert_split(map, i, &sql[span.0..span.1]);
@@ -332,6 +354,7 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
             gather,
             explain,
             split,
+            copy,
         });
     }
     Ok(Plan { stmts })
@@ -560,13 +583,8 @@ fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtK
         if c.is_from {
             return match rule {
                 None => (StmtKind::CopyIn, RouteSpec::Shard(map.default_shard)),
-                Some(_) => (
-                    StmtKind::CopyIn,
-                    RouteSpec::Refuse(ProxyError::Unsupported(format!(
-                        "COPY FROM STDIN into sharded or reference table {} is not supported by this build yet",
-                        rel.relname
-                    ))),
-                ),
+                // Split by key (sharded) or copied to every shard (reference): see StmtPlan::copy.
+                Some(_) => (StmtKind::CopyIn, RouteSpec::All),
             };
         }
         return match rule {

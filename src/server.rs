@@ -83,6 +83,17 @@ pub async fn start_directory(shared: &Arc<Shared>) {
     }
 }
 
+/// Starts two-phase commit support: checks the shards (waiting up to the connect timeout,
+/// so the first multi-shard write already uses it) and runs recovery in the background.
+pub async fn start_twophase(shared: &Arc<Shared>) {
+    let tp = shared.twophase.clone();
+    tokio::spawn(crate::twophase::run(shared.map.clone(), tp.clone()));
+    let deadline = tokio::time::Instant::now() + shared.map.pool.connect_timeout;
+    while !tp.probed() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Builds the shared state for a map.
 pub fn shared_state(map: ShardMap) -> Arc<Shared> {
     let map = Arc::new(map);
@@ -110,6 +121,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         server_params: Mutex::new(None),
         clients: Default::default(),
         bytewise_text: Default::default(),
+        twophase: Default::default(),
         map,
     })
 }
@@ -119,6 +131,7 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
     let addr = listener.local_addr()?;
     let shared = shared_state(map);
     start_directory(&shared).await;
+    start_twophase(&shared).await;
     let (stop, mut stopped) = watch::channel(false);
     let sh = shared.clone();
     tokio::spawn(async move {

@@ -1714,10 +1714,7 @@ async fn directory_move_under_concurrent_writes() {
 // 5. Statements with several keys: split INSERTs, key lists, COPY
 // ----------------------------------------------------------------------------------------
 
-// Issue 3, still open: COPY FROM STDIN into sharded tables is not wired to src/copysplit.rs
-// yet, and the extended protocol does not split multi-row INSERTs. Run with --run-ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 3: COPY FROM STDIN split and extended-protocol INSERT split not built yet"]
 async fn multi_key_statements_split_and_route() {
     let env = TestEnv::new(3).await;
     let proxy = Proxy::start_yaml(&full_map(&env)).await;
@@ -2322,11 +2319,7 @@ async fn run_in_tx(c: &Client, stmts: &[&str], commit: bool) -> Result<(), Strin
         .map_err(|e| format!("{end}: {}", err_text(&e)))
 }
 
-// Issue 3, still open: reference writes are all-or-nothing in the simple protocol outside
-// transactions only; extended-protocol writes are not wrapped yet and transactions that write
-// on several shards are refused. Run with --run-ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 3: atomic reference writes in the extended protocol and in transactions not built yet"]
 async fn reference_writes_all_or_nothing() {
     let env = TestEnv::new(3).await;
     let proxy = Proxy::start(&env, "countries: { strategy: reference }", "").await;

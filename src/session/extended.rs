@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::gather::{Capture, GatherCall, GatherPortal};
+use super::multiwrite::{ShardWrite, WriteProtocol};
 use super::relay::{Expect, Outcome, RelayError};
 use super::{
     Prepared, Session, SessionEnd, SettingChange, Target, Txn, MAX_BATCH_BYTES,
@@ -19,6 +20,31 @@ use super::{
 use crate::error::ProxyError;
 use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
 use crate::router::{RouteSpec, ShardSet, StmtKind};
+
+/// A pipeline the proxy runs itself (see [`Session::special_batch`]).
+struct Special {
+    /// The statement bound.
+    stmt: Arc<Prepared>,
+    /// Set when the pipeline parsed it (as the unnamed statement).
+    parsed: Option<Arc<Prepared>>,
+    /// The client's Bind message.
+    bind: Frame,
+    /// Where its parameters and result formats start in the body.
+    tail_offset: usize,
+    /// Whether the portal is described.
+    describe: bool,
+    kind: SpecialKind,
+}
+
+enum SpecialKind {
+    /// COPY FROM STDIN into a sharded or reference table.
+    Copy(Arc<crate::copyplan::CopyPlan>),
+    /// An all-or-nothing write on several shards.
+    Write {
+        work: Vec<ShardWrite>,
+        replicated: bool,
+    },
+}
 
 /// Extended-protocol messages waiting for Sync or Flush.
 #[derive(Default)]
@@ -87,6 +113,13 @@ impl Session {
                 self.push_ready();
             }
             return Ok(());
+        }
+        if sync && batch.open.is_none() {
+            if let Some(special) = self.special_batch(&batch.frames) {
+                batch.frames.clear();
+                batch.bytes = 0;
+                return self.run_special(special).await;
+            }
         }
         let mut frames = std::mem::take(&mut batch.frames);
         batch.bytes = 0;
@@ -326,6 +359,134 @@ impl Session {
         Ok(true)
     }
 
+    /// A pipeline the proxy runs itself rather than relaying it: [Parse] + Bind
+    /// [+ Describe portal] + Execute + Sync of one statement that is
+    /// - a `COPY … FROM STDIN` into a sharded or reference table (what drivers send for COPY);
+    /// - outside a transaction, a reference-table write, or a multi-row INSERT whose
+    ///   constant keys span shards: an all-or-nothing write on several shards.
+    fn special_batch(&self, frames: &[Frame]) -> Option<Special> {
+        let (parse, rest) = match frames.split_first()? {
+            (p, rest) if p.tag == b'P' => (Some(p), rest),
+            _ => (None, frames),
+        };
+        let (bind, rest) = rest.split_first()?;
+        let describe = match rest {
+            [e] if e.tag == b'E' => false,
+            [d, e] if d.tag == b'D' && e.tag == b'E' => true,
+            _ => return None,
+        };
+        if bind.tag != b'B' {
+            return None;
+        }
+        let m = BindMsg::decode(bind.body()).ok()?;
+        let stmt = match parse {
+            Some(p) => {
+                let pm = ParseMsg::decode(p.body()).ok()?;
+                // Only an unnamed statement, bound right away, is taken over here.
+                if !pm.name.is_empty() || !m.statement.is_empty() {
+                    return None;
+                }
+                let plan = self.shared.cache.get(&self.shared.map, pm.query).ok()?;
+                Arc::new(Prepared::new(pm.query, pm.param_types, plan))
+            }
+            None => self.stmts.get(m.statement)?.clone(),
+        };
+        let st = stmt.plan.stmts.first()?;
+        if stmt.plan.stmts.len() != 1 {
+            return None;
+        }
+        let kind = if let Some(copy) = &st.copy {
+            SpecialKind::Copy(copy.clone())
+        } else if self.txn.status != b'I' {
+            return None;
+        } else if let Some(split) = &st.split {
+            let parts = split.statements(&self.shared.map).ok()?;
+            if parts.len() < 2 {
+                return None;
+            }
+            SpecialKind::Write {
+                work: parts
+                    .into_iter()
+                    .map(|(shard, sql)| ShardWrite { shard, sql })
+                    .collect(),
+                replicated: false,
+            }
+        } else if st.replicated && st.kind == StmtKind::Write {
+            SpecialKind::Write {
+                work: (0..self.shared.map.shards.len())
+                    .map(|shard| ShardWrite {
+                        shard,
+                        sql: stmt.sql.clone(),
+                    })
+                    .collect(),
+                replicated: true,
+            }
+        } else {
+            return None;
+        };
+        Some(Special {
+            parsed: parse.is_some().then(|| stmt.clone()),
+            stmt,
+            bind: bind.clone(),
+            tail_offset: m.tail_offset,
+            describe,
+            kind,
+        })
+    }
+
+    /// Runs a [`Session::special_batch`] pipeline. BindComplete (and NoData for a COPY)
+    /// come from the proxy. After a COPY that started, the Sync that came before the data is
+    /// ignored, as Postgres does: ReadyForQuery answers the Sync the client sends after
+    /// CopyDone/CopyFail (libpq and tokio-postgres send one).
+    async fn run_special(&mut self, sp: Special) -> Result<(), SessionEnd> {
+        if let Some(p) = &sp.parsed {
+            self.stmts.insert(String::new(), p.clone());
+            build::empty(&mut self.out, b'1');
+        }
+        build::empty(&mut self.out, b'2');
+        let (result, started) = match &sp.kind {
+            SpecialKind::Copy(plan) => {
+                if sp.describe {
+                    build::empty(&mut self.out, b'n');
+                }
+                match self.copy_in_split(plan, &sp.stmt.sql, true).await {
+                    Ok((Ok(_), _)) => (Ok(Ok(Outcome::default())), true),
+                    Ok((r, started)) => (Ok(r), started),
+                    Err(e) => (Err(e), true),
+                }
+            }
+            SpecialKind::Write { work, replicated } => {
+                let protocol = WriteProtocol::Extended {
+                    types: &sp.stmt.types,
+                    bind_tail: sp.bind.body().get(sp.tail_offset..).unwrap_or(&[]),
+                    describe: sp.describe,
+                };
+                let r = self.multi_write(work, protocol, *replicated, false).await;
+                (r, false)
+            }
+        };
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                self.push_error(&e);
+                if !started {
+                    self.push_ready();
+                }
+            }
+            Err(RelayError::Client(e)) => return Err(e),
+            Err(RelayError::Backend { shard, error, .. }) => {
+                let e = self.backend_failed(shard, &error);
+                self.txn = Txn::idle();
+                self.push_error(&e);
+                if !started {
+                    self.push_ready();
+                }
+            }
+        }
+        self.release_if_idle(false);
+        Ok(())
+    }
+
     /// Decodes one message into an operation, registering statements and portals.
     fn prepare_op(
         &mut self,
@@ -395,7 +556,7 @@ impl Session {
                 let t = self.resolve(&route, &params, &|i| m.is_binary(i), Default::default())?;
                 if t.is_multi() && stmt.plan.stmts.first().is_some_and(|s| s.split.is_some()) {
                     return Err(ProxyError::Unsupported(
-                        "a multi-row INSERT whose rows belong to different shards is split only in the simple query protocol in this build; send it as a simple query, or insert the rows separately".into(),
+                        "a multi-row INSERT whose rows belong to different shards is split only outside a transaction block, as its own pipeline (Bind, Execute, Sync); insert the rows separately here".into(),
                     ));
                 }
                 if !matches!(route, RouteSpec::Any) {

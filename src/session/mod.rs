@@ -2,6 +2,8 @@
 //! prepared statements, transaction) and the backend connections it holds while a
 //! transaction (or a single statement outside one) runs.
 
+mod commit;
+mod copy_in;
 mod explain;
 mod extended;
 mod gather;
@@ -55,6 +57,8 @@ pub struct Shared {
     pub clients: AtomicUsize,
     /// Whether text sorts in byte order on the shards (learned once, for merging ORDER BY).
     pub bytewise_text: std::sync::OnceLock<bool>,
+    /// Two-phase commit for writes that span shards.
+    pub twophase: Arc<crate::twophase::TwoPhase>,
 }
 
 /// A resolved destination.
@@ -70,6 +74,18 @@ impl Target {
     /// Whether it runs on several shards.
     pub fn is_multi(self) -> bool {
         matches!(self, Target::Set(_))
+    }
+}
+
+/// The shards of a target.
+fn shards_of(t: Target) -> ShardSet {
+    match t {
+        Target::Shard(s) => {
+            let mut set = ShardSet::default();
+            set.add(s);
+            set
+        }
+        Target::Set(set) => set,
     }
 }
 
@@ -423,9 +439,18 @@ impl Session {
             return Ok(());
         }
         let names = |s: &Session, t: Target| s.target_name(t);
+        // With two-phase commit a transaction may write anywhere: COMMIT commits all as one.
+        if self.shared.twophase.available() {
+            let mut set = self.txn.written.map(shards_of).unwrap_or_default();
+            for s in shards_of(target).iter() {
+                set.add(s);
+            }
+            self.txn.written = Some(self.target_of(set));
+            return Ok(());
+        }
         match (self.txn.written, target) {
             (None, t) if t.is_multi() => Err(ProxyError::Unsupported(
-                "a transaction that writes on several shards is refused: atomic multi-shard commit is not supported yet; run this statement outside the transaction block".into(),
+                "a transaction that writes on several shards is refused: two-phase commit is off (set max_prepared_transactions > 0 on every shard); run this statement outside the transaction block".into(),
             )),
             (None, t) => {
                 self.txn.written = Some(t);
@@ -433,7 +458,7 @@ impl Session {
             }
             (Some(w), t) if w == t => Ok(()),
             (Some(w), t) => Err(ProxyError::Unsupported(format!(
-                "a transaction that writes on several shards is refused: it already wrote on {} and this statement writes on {}; atomic multi-shard commit is not supported yet",
+                "a transaction that writes on several shards is refused: it already wrote on {} and this statement writes on {}; two-phase commit is off (set max_prepared_transactions > 0 on every shard)",
                 names(self, w),
                 names(self, t)
             ))),

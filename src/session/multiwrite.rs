@@ -1,11 +1,10 @@
 //! All-or-nothing writes on several shards, outside a client transaction: reference-table
 //! writes (the same statement on every shard) and multi-row INSERTs split by shard.
 //!
-//! Every shard runs `BEGIN`, then its statement; only when every shard succeeded does each
-//! get `COMMIT`, otherwise each gets `ROLLBACK` and the client gets the first error. So a
-//! unique violation or a failed shard leaves no copy half-applied. The remaining window is
-//! the COMMIT round itself (a shard that dies between two COMMITs): closing it needs
-//! two-phase commit, which Postgres disables by default (`max_prepared_transactions = 0`).
+//! Every shard runs `BEGIN`, then its statement; only when every shard succeeded are they
+//! committed together ([`Session::commit_all`]: two-phase commit where the shards allow it),
+//! otherwise each gets `ROLLBACK` and the client gets the first error. So a unique
+//! violation or a failed shard leaves no copy half-applied.
 //!
 //! Rows a statement returns (RETURNING) are held until the commit, within the gather
 //! memory limit, then sent: once for replicated writes (every copy returns the same rows),
@@ -26,12 +25,31 @@ pub struct ShardWrite {
     pub sql: String,
 }
 
+/// How the statements are sent to the shards.
+#[derive(Clone, Copy)]
+pub enum WriteProtocol<'a> {
+    /// A simple Query (rows come back in text).
+    Simple,
+    /// The client's extended-protocol Bind: the unnamed statement is parsed with
+    /// `types`, bound with `bind_tail` (the client's parameters and result formats, so rows
+    /// come back in the formats it asked for) and, with `describe`, the portal described.
+    Extended {
+        /// Parameter types of the client's Parse.
+        types: &'a [u32],
+        /// The client's Bind body after the statement name.
+        bind_tail: &'a [u8],
+        /// Whether the client described the portal.
+        describe: bool,
+    },
+}
+
 impl Session {
     /// Runs `work` as one all-or-nothing write (see the module docs). `replicated`: the
     /// shards hold identical copies, so the client sees one shard's rows and tag.
     pub(super) async fn multi_write(
         &mut self,
         work: &[ShardWrite],
+        protocol: WriteProtocol<'_>,
         replicated: bool,
         hide_ready: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
@@ -39,6 +57,9 @@ impl Session {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
         };
+        // Inside a client transaction the shards already hold it open (it commits at COMMIT);
+        // outside, this write is its own transaction on each shard.
+        let in_txn = self.txn.status != b'I';
         let limit = self.shared.map.gather.memory_limit;
         let mut first_error: Option<ProxyError> = None;
         let mut desc: Option<bytes::Bytes> = None;
@@ -52,8 +73,25 @@ impl Session {
             }
             let conn = &mut self.conns[ci];
             let mut msg = BytesMut::with_capacity(w.sql.len() + 16);
-            build::query(&mut msg, "BEGIN");
-            build::query(&mut msg, &w.sql);
+            if !in_txn {
+                build::query(&mut msg, "BEGIN");
+            }
+            match protocol {
+                WriteProtocol::Simple => build::query(&mut msg, &w.sql),
+                WriteProtocol::Extended {
+                    types,
+                    bind_tail,
+                    describe,
+                } => {
+                    build::parse(&mut msg, "", &w.sql, types);
+                    build::bind_renamed(&mut msg, "", "", bind_tail);
+                    if describe {
+                        build::target(&mut msg, b'D', b'P', "");
+                    }
+                    build::execute(&mut msg, "", 0);
+                    build::empty(&mut msg, b'S');
+                }
+            }
             let fail = |error| RelayError::Backend {
                 shard: w.shard,
                 error,
@@ -61,8 +99,8 @@ impl Session {
             };
             conn.write_all(&msg).await.map_err(fail)?;
             began.push(ci);
-            // Two ReadyForQuery: one for BEGIN, one for the statement.
-            let mut ready = 0;
+            // Two ReadyForQuery: one for BEGIN (when sent), one for the statement.
+            let mut ready = if in_txn { 1 } else { 0 };
             let mut shard_rows = first_error.is_none();
             while ready < 2 {
                 let f = conn.read_frame().await.map_err(fail)?;
@@ -111,28 +149,12 @@ impl Session {
                 }
             }
         }
-        let end = if first_error.is_some() {
-            "ROLLBACK"
-        } else {
-            "COMMIT"
-        };
-        for &ci in &began {
-            let shard = self.conns[ci].shard;
-            match self.conns[ci].run_simple(end).await {
-                Ok((None, _)) => {}
-                Ok((Some((code, message)), _)) => {
-                    if first_error.is_none() {
-                        first_error = Some(ProxyError::Backend { code, message });
-                    }
-                }
-                Err(error) => {
-                    return Err(RelayError::Backend {
-                        shard,
-                        error,
-                        forwarded: false,
-                    })
-                }
-            }
+        if in_txn {
+            // COMMIT or ROLLBACK of the client's transaction ends it.
+        } else if first_error.is_some() {
+            self.rollback_all(&began).await;
+        } else if let Err(e) = self.commit_all(&began).await? {
+            first_error = Some(e);
         }
         if let Some(e) = first_error {
             self.push_error(&e);
@@ -140,21 +162,27 @@ impl Session {
                 self.push_ready();
             }
             return Ok(Ok(Outcome {
-                status: b'I',
+                status: self.txn.status,
                 error: true,
             }));
         }
-        if let Some(d) = desc {
-            self.out.extend_from_slice(&d);
-            self.out.extend_from_slice(&rows);
+        let describe = matches!(protocol, WriteProtocol::Extended { describe: true, .. });
+        match desc {
+            // The simple protocol describes rows itself; the extended one when asked.
+            Some(d) if describe || matches!(protocol, WriteProtocol::Simple) => {
+                self.out.extend_from_slice(&d)
+            }
+            None if describe => build::empty(&mut self.out, b'n'),
+            _ => {}
         }
+        self.out.extend_from_slice(&rows);
         // Shards answer e.g. "INSERT 0 5" or "UPDATE 3": keep the words, put the total.
         build::command_complete(&mut self.out, &format!("{tag_word} {count}"));
         if !hide_ready {
             self.push_ready();
         }
         Ok(Ok(Outcome {
-            status: b'I',
+            status: self.txn.status,
             error: false,
         }))
     }

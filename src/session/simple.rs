@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use super::gather::GatherCall;
-use super::multiwrite::ShardWrite;
+use super::multiwrite::{ShardWrite, WriteProtocol};
 use super::relay::{Expect, Outcome, RelayError};
 use super::{Session, SessionEnd, SettingChange, Target, Txn};
 use crate::error::ProxyError;
@@ -89,6 +89,15 @@ impl Session {
             return Ok(None);
         }
         let target = target.unwrap_or(Target::Shard(self.any_shard()));
+        if target.is_multi()
+            && plan.stmts.len() > 1
+            && (plan.writes() || plan.stmts.iter().any(|s| is_txn_control(&s.kind)))
+        {
+            // Each shard would run (and commit) the string on its own.
+            return Err(ProxyError::Unsupported(
+                "a multi-statement query that writes or controls transactions on several shards is refused; send the statements separately".into(),
+            ));
+        }
         self.check_write(target, plan.writes(), explicit || plan.stmts.len() > 1)?;
         Ok(Some(target))
     }
@@ -219,6 +228,37 @@ impl Session {
             self.push_ready();
             return Ok(());
         }
+        // A transaction that wrote on several shards commits on all of them as one.
+        if commit
+            && self.txn.status == b'T'
+            && !self.txn.local_failed
+            && matches!(self.txn.written, Some(Target::Set(_)))
+        {
+            let idxs: Vec<usize> = (0..self.conns.len()).collect();
+            let r = self.commit_all(&idxs).await;
+            let pending = std::mem::take(&mut self.txn.pending);
+            self.txn = Txn::idle();
+            match r {
+                Ok(Ok(())) => {
+                    for ch in pending {
+                        self.apply_setting(ch);
+                    }
+                    build::command_complete(&mut self.out, "COMMIT");
+                }
+                Ok(Err(e)) => self.push_error(&e),
+                Err(RelayError::Client(e)) => return Err(e),
+                Err(RelayError::Backend { shard, error, .. }) => {
+                    let e = self.backend_failed(shard, &error);
+                    self.push_error(&e);
+                }
+            }
+            for c in self.conns.iter_mut() {
+                c.settings_fp = super::settings::UNKNOWN_FP;
+            }
+            self.push_ready();
+            self.release_if_idle(false);
+            return Ok(());
+        }
         // Commit the shards that only read first, the one that wrote last; its reply is the client's.
         let writer = match self.txn.written {
             Some(Target::Shard(s)) => self.conns.iter().position(|c| c.shard == s),
@@ -316,6 +356,14 @@ impl Session {
                         };
                         self.gather(&call, set, hide_ready).await.map(Ok)
                     }
+                    None if plan.stmts.len() == 1 && plan.stmts[0].copy.is_some() => {
+                        match plan.stmts[0].copy.clone() {
+                            Some(cp) => self.copy_in_split(&cp, sql, hide_ready).await.map(|r| r.0),
+                            None => Ok(Err(ProxyError::Protocol(
+                                "internal: copy plan vanished".into(),
+                            ))),
+                        }
+                    }
                     None if plan.stmts.len() == 1 && plan.stmts[0].split.is_some() => {
                         let split = plan.stmts[0].split.clone();
                         match split.map(|sp| sp.statements(&self.shared.map)) {
@@ -324,13 +372,9 @@ impl Session {
                                     .into_iter()
                                     .map(|(shard, sql)| ShardWrite { shard, sql })
                                     .collect();
-                                if self.txn.status == b'I' {
-                                    self.multi_write(&work, false, hide_ready).await
-                                } else {
-                                    Ok(Err(ProxyError::Unsupported(
-                                        "a multi-row INSERT whose rows belong to different shards runs outside transaction blocks only (atomic multi-shard commit inside a transaction is not supported yet)".into(),
-                                    )))
-                                }
+                                // Inside a transaction check_write allowed it (two-phase commit).
+                                self.multi_write(&work, WriteProtocol::Simple, false, hide_ready)
+                                    .await
                             }
                             Some(Err(e)) => Ok(Err(e)),
                             None => {
@@ -346,7 +390,8 @@ impl Session {
                                 sql: sql.to_string(),
                             })
                             .collect();
-                        self.multi_write(&work, true, hide_ready).await
+                        self.multi_write(&work, WriteProtocol::Simple, true, hide_ready)
+                            .await
                     }
                     None => {
                         self.exec_query_all(set, sql, hide_ready, plan.replicated())

@@ -1,0 +1,237 @@
+//! `COPY table FROM STDIN` into a sharded or reference table: what the session needs to
+//! split (or replicate) the client's data, read from the parsed statement.
+//!
+//! Every shard receives the client's statement text unchanged and the rows that belong to
+//! it, byte for byte ([`crate::copysplit`] cuts the stream at row boundaries), so each shard
+//! parses its rows exactly as one Postgres would have. A `HEADER` row is sent to every shard
+//! ahead of its rows. Options the proxy cannot honour while splitting are refused here.
+
+use std::sync::Arc;
+
+use pg_query::protobuf::{self, a_const::Val};
+use pg_query::NodeEnum;
+
+use crate::copysplit::CopyFormat;
+use crate::error::ProxyError;
+use crate::strategy::Sharded;
+
+/// Where the rows of a `COPY … FROM STDIN` go.
+#[derive(Debug)]
+pub enum CopyTarget {
+    /// A sharded table: each row to the shard of its key.
+    Sharded {
+        /// The table's rule.
+        table: Arc<Sharded>,
+        /// The key's position and the number of columns, when the statement lists its
+        /// columns; `None`: all columns of the table, looked up on a shard.
+        columns: Option<(usize, usize)>,
+    },
+    /// A reference table: every row to every shard.
+    Reference,
+}
+
+/// A planned `COPY … FROM STDIN` into a sharded or reference table.
+#[derive(Debug)]
+pub struct CopyPlan {
+    /// Where rows go.
+    pub target: CopyTarget,
+    /// The input format.
+    pub format: CopyFormat,
+    /// The table as named in the statement (for the catalog lookup and messages).
+    pub relation: String,
+}
+
+fn unsupported(m: String) -> ProxyError {
+    ProxyError::Unsupported(m)
+}
+
+/// A DefElem argument as text (`csv`, `'|'`, `true`, `1`); `None` when absent.
+fn arg_text(arg: Option<&protobuf::Node>) -> Option<String> {
+    match arg?.node.as_ref()? {
+        NodeEnum::String(s) => Some(s.sval.clone()),
+        NodeEnum::Boolean(b) => Some(b.boolval.to_string()),
+        NodeEnum::Integer(i) => Some(i.ival.to_string()),
+        NodeEnum::AConst(c) => match &c.val {
+            Some(Val::Sval(s)) => Some(s.sval.clone()),
+            Some(Val::Ival(i)) => Some(i.ival.to_string()),
+            Some(Val::Boolval(b)) => Some(b.boolval.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether a FORCE_NULL / FORCE_NOT_NULL argument (a column list or `*`) names `key`.
+fn names_key(arg: Option<&protobuf::Node>, key: &str) -> bool {
+    match arg.and_then(|a| a.node.as_ref()) {
+        Some(NodeEnum::AStar(_)) => true,
+        Some(NodeEnum::List(l)) => l.items.iter().any(|i| match &i.node {
+            Some(NodeEnum::String(s)) => s.sval.eq_ignore_ascii_case(key),
+            Some(NodeEnum::AStar(_)) => true,
+            _ => false,
+        }),
+        _ => false,
+    }
+}
+
+/// One byte option (`DELIMITER`, `QUOTE`, `ESCAPE`), as Postgres requires.
+fn one_byte(name: &str, v: Option<String>) -> Result<u8, ProxyError> {
+    match v.as_deref().map(str::as_bytes) {
+        Some([b]) if b.is_ascii() => Ok(*b),
+        _ => Err(unsupported(format!(
+            "COPY {name} must be a single one-byte character"
+        ))),
+    }
+}
+
+/// Plans `COPY … FROM STDIN` into `table` (`None` for a reference table).
+pub fn plan(c: &protobuf::CopyStmt, table: Option<&Arc<Sharded>>) -> Result<CopyPlan, ProxyError> {
+    let relation = c
+        .relation
+        .as_ref()
+        .map(|r| {
+            if r.schemaname.is_empty() {
+                r.relname.clone()
+            } else {
+                format!("{}.{}", r.schemaname, r.relname)
+            }
+        })
+        .unwrap_or_default();
+    let key = table.map(|t| t.key.as_str()).unwrap_or("");
+    let mut csv = false;
+    let mut opts: Vec<(String, Option<&protobuf::Node>)> = Vec::new();
+    for o in &c.options {
+        if let Some(NodeEnum::DefElem(d)) = &o.node {
+            let name = d.defname.to_ascii_lowercase();
+            if name == "format" {
+                match arg_text(d.arg.as_deref()).map(|f| f.to_ascii_lowercase()).as_deref() {
+                    Some("csv") => csv = true,
+                    Some("text") => csv = false,
+                    Some("binary") => {
+                        return Err(unsupported(format!(
+                            "COPY FROM STDIN (FORMAT binary) into {relation} is not supported through the proxy: rows are split by shard key; use text or csv"
+                        )))
+                    }
+                    other => {
+                        return Err(unsupported(format!(
+                            "COPY format {} is not recognized",
+                            other.unwrap_or("")
+                        )))
+                    }
+                }
+            } else {
+                opts.push((name, d.arg.as_deref()));
+            }
+        }
+    }
+    let mut f = if csv {
+        CopyFormat::csv()
+    } else {
+        CopyFormat::text()
+    };
+    let mut escape_given = false;
+    for (name, arg) in opts {
+        match name.as_str() {
+            "delimiter" => f.delimiter = one_byte("delimiter", arg_text(arg))?,
+            "null" => f.null = arg_text(arg).unwrap_or_default().into_bytes(),
+            "quote" => f.quote = one_byte("quote", arg_text(arg))?,
+            "escape" => {
+                f.escape = one_byte("escape", arg_text(arg))?;
+                escape_given = true;
+            }
+            "header" => {
+                f.header = !matches!(
+                    arg_text(arg).map(|v| v.to_ascii_lowercase()).as_deref(),
+                    Some("false" | "off" | "0")
+                )
+            }
+            "force_not_null" => f.key_force_not_null = names_key(arg, key),
+            "force_null" => f.key_force_null = names_key(arg, key),
+            "freeze" | "force_quote" => {}
+            other => {
+                return Err(unsupported(format!(
+                    "COPY option {} is not supported for COPY FROM STDIN into {relation} through the proxy",
+                    other.to_ascii_uppercase()
+                )))
+            }
+        }
+    }
+    if csv && !escape_given {
+        f.escape = f.quote;
+    }
+    f.validate().map_err(|m| ProxyError::Backend {
+        code: "22023".into(),
+        message: m.into(),
+    })?;
+    let target = match table {
+        None => CopyTarget::Reference,
+        Some(t) => {
+            let columns = if c.attlist.is_empty() {
+                None
+            } else {
+                let names: Vec<&str> = c
+                    .attlist
+                    .iter()
+                    .filter_map(|n| match &n.node {
+                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                let pos = names.iter().position(|n| *n == t.key).ok_or_else(|| {
+                    unsupported(format!(
+                        "COPY into sharded table {relation} must include the shard key column {}",
+                        t.key
+                    ))
+                })?;
+                Some((pos, names.len()))
+            };
+            CopyTarget::Sharded {
+                table: t.clone(),
+                columns,
+            }
+        }
+    };
+    Ok(CopyPlan {
+        target,
+        format: f,
+        relation,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy_stmt(sql: &str) -> protobuf::CopyStmt {
+        let p = pg_query::parse(sql, 0).unwrap();
+        match p.protobuf.stmts[0]
+            .stmt
+            .as_ref()
+            .unwrap()
+            .node
+            .as_ref()
+            .unwrap()
+        {
+            NodeEnum::CopyStmt(c) => (**c).clone(),
+            _ => panic!("not a COPY"),
+        }
+    }
+
+    #[test]
+    fn options_are_read() {
+        let c = copy_stmt("COPY t (a, id, b) FROM STDIN WITH (FORMAT csv, HEADER, DELIMITER ';', FORCE_NOT_NULL (id))");
+        let p = plan(&c, None).unwrap();
+        assert!(p.format.csv && p.format.header && !p.format.key_force_not_null);
+        assert_eq!(p.format.delimiter, b';');
+        assert_eq!(p.format.escape, b'"');
+        let c = copy_stmt("COPY t FROM STDIN CSV HEADER");
+        let p = plan(&c, None).unwrap();
+        assert!(p.format.csv && p.format.header);
+        let c = copy_stmt("COPY t FROM STDIN (FORMAT binary)");
+        assert!(plan(&c, None).is_err());
+        let c = copy_stmt("COPY t FROM STDIN (DEFAULT 'x')");
+        assert!(plan(&c, None).is_err());
+        let c = copy_stmt("COPY t FROM STDIN (DELIMITER 'ab')");
+        assert!(plan(&c, None).is_err());
+    }
+}

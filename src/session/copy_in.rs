@@ -1,0 +1,464 @@
+//! `COPY … FROM STDIN` into a sharded table (rows split by key) or a reference table (every
+//! row to every shard), all-or-nothing.
+//!
+//! Every shard runs `BEGIN` and the client's COPY statement; the client gets one
+//! CopyInResponse. Its CopyData is cut at row boundaries ([`crate::copysplit`]) and each
+//! row's original bytes go to the shard of its key, in CopyData messages of up to
+//! [`SHARD_CHUNK`] bytes per shard (bounded buffering). On CopyDone every shard finishes its
+//! COPY; only if all succeeded are they committed together (two-phase commit where the
+//! shards allow it; the tag counts every row), otherwise each gets `ROLLBACK` — a
+//! malformed row anywhere leaves no row on any shard. A key the
+//! proxy cannot route, a CopyFail from the client, or a broken row format aborts the COPY
+//! on every shard the same way. Afterwards the client's remaining copy messages are
+//! dropped, as Postgres does after an error during COPY.
+
+use bytes::BytesMut;
+
+use super::relay::{Outcome, RelayError};
+use super::Session;
+use crate::copyplan::{CopyPlan, CopyTarget};
+use crate::copysplit::{CopySplitter, SplitError};
+use crate::directory::quote_name;
+use crate::error::ProxyError;
+use crate::keys::key_from_text;
+use crate::protocol::{build, command_tag, error_fields};
+use crate::strategy::Located;
+
+/// Bytes of rows buffered per shard before they are sent as one CopyData message.
+pub const SHARD_CHUNK: usize = 64 * 1024;
+
+/// How the COPY ended before the shards finished it.
+enum Abort {
+    /// The proxy refused the data (with this error).
+    Proxy(ProxyError),
+    /// The client sent CopyFail with this message.
+    ClientFail(String),
+}
+
+fn copy_data(buf: &mut BytesMut, payload: &[u8]) {
+    buf.extend_from_slice(b"d");
+    buf.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+    buf.extend_from_slice(payload);
+}
+
+fn copy_fail(buf: &mut BytesMut, msg: &str) {
+    let at = build::begin(buf, b'f');
+    build::put_cstr(buf, msg);
+    build::finish(buf, at);
+}
+
+impl Session {
+    /// Runs `sql` (a planned `COPY … FROM STDIN`) on every shard (see the module docs).
+    /// Sends CopyInResponse, then, on success, CommandComplete (and ReadyForQuery unless
+    /// `hide_ready`). The flag says whether the client got CopyInResponse (so it has sent,
+    /// or will send, copy data before anything else).
+    pub(super) async fn copy_in_split(
+        &mut self,
+        plan: &CopyPlan,
+        sql: &str,
+        hide_ready: bool,
+    ) -> Result<(Result<Outcome, ProxyError>, bool), RelayError> {
+        let mut started = false;
+        let r = self
+            .copy_in_inner(plan, sql, hide_ready, &mut started)
+            .await?;
+        Ok((r, started))
+    }
+
+    async fn copy_in_inner(
+        &mut self,
+        plan: &CopyPlan,
+        sql: &str,
+        hide_ready: bool,
+        started: &mut bool,
+    ) -> Result<Result<Outcome, ProxyError>, RelayError> {
+        if self.txn.status != b'I' {
+            return Ok(Err(ProxyError::Unsupported(format!(
+                "COPY FROM STDIN into {} writes on several shards and runs outside transaction blocks only (atomic multi-shard commit inside a transaction is not supported yet)",
+                plan.relation
+            ))));
+        }
+        let n = self.shared.map.shards.len();
+        let idxs = match self.conns_for(0..n).await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
+        let fail = |shard: usize| {
+            move |error| RelayError::Backend {
+                shard,
+                error,
+                forwarded: false,
+            }
+        };
+        // Where the key sits in each row.
+        let columns = match &plan.target {
+            CopyTarget::Sharded {
+                columns: Some(c), ..
+            } => Some(*c),
+            CopyTarget::Sharded { table, .. } => {
+                let q = format!(
+                    "SELECT array_position(array_agg(attname::text ORDER BY attnum), {})::text || ',' || count(*)::text \
+                     FROM pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
+                    crate::session::settings::quote_literal(&table.key),
+                    crate::session::settings::quote_literal(&quote_name(&plan.relation)),
+                );
+                let c = &mut self.conns[idxs[0]];
+                let shard = c.shard;
+                let v = c.query_value(&q).await.map_err(fail(shard))?;
+                let parsed = v.as_deref().and_then(|v| {
+                    let (p, n) = v.split_once(',')?;
+                    Some((
+                        p.parse::<usize>().ok()?.checked_sub(1)?,
+                        n.parse::<usize>().ok()?,
+                    ))
+                });
+                match parsed {
+                    Some(c) => Some(c),
+                    None => {
+                        return Ok(Err(ProxyError::Unsupported(format!(
+                            "COPY into {}: cannot find shard key column {} among the table's columns on shard {}",
+                            plan.relation,
+                            table.key,
+                            self.shard_name(shard)
+                        ))))
+                    }
+                }
+            }
+            CopyTarget::Reference => None,
+        };
+        // Postgres 18 treats a CSV `\.` row as data; older versions end the COPY there.
+        let mut format = plan.format.clone();
+        format.csv_end_marker = self.conns[idxs[0]]
+            .params
+            .iter()
+            .find(|(k, _)| k == "server_version")
+            .and_then(|(_, v)| {
+                v.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .is_none_or(|major| major < 18);
+
+        // BEGIN and the COPY on every shard; each answers CopyInResponse or an error.
+        let mut msg = BytesMut::with_capacity(sql.len() + 16);
+        build::query(&mut msg, "BEGIN");
+        build::query(&mut msg, sql);
+        for &ci in &idxs {
+            let shard = self.conns[ci].shard;
+            self.conns[ci].write_all(&msg).await.map_err(fail(shard))?;
+        }
+        let mut response: Option<bytes::Bytes> = None;
+        let mut first_error: Option<ProxyError> = None;
+        let mut copying = vec![false; idxs.len()];
+        for (k, &ci) in idxs.iter().enumerate() {
+            let shard = self.conns[ci].shard;
+            let mut ready = 0;
+            loop {
+                let f = self.conns[ci].read_frame().await.map_err(fail(shard))?;
+                match f.tag {
+                    b'Z' => {
+                        ready += 1;
+                        if ready == 2 {
+                            break; // the COPY failed at once; its error was read
+                        }
+                    }
+                    b'G' => {
+                        copying[k] = true;
+                        response.get_or_insert(f.raw);
+                        break;
+                    }
+                    b'E' if first_error.is_none() => {
+                        let (code, message) = error_fields(f.body());
+                        first_error = Some(ProxyError::Backend { code, message });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let (Some(e), _) | (None, Some(e)) = (
+            first_error,
+            response
+                .is_none()
+                .then(|| ProxyError::Protocol("no shard started the COPY".into())),
+        ) {
+            self.end_copy(&idxs, &copying, Some("COPY refused by a shard"))
+                .await?;
+            return Ok(Err(e));
+        }
+        if let Some(r) = response {
+            self.out.extend_from_slice(&r);
+        }
+        *started = true;
+        self.flush().await?;
+
+        // Stream the client's data.
+        let abort = self.stream_copy(plan, format, columns, &idxs).await?;
+        if let Some(a) = abort {
+            let (e, why) = match a {
+                Abort::Proxy(e) => {
+                    let why = e.to_string();
+                    (e, why)
+                }
+                Abort::ClientFail(m) => (
+                    ProxyError::Backend {
+                        code: "57014".into(),
+                        message: format!("COPY from stdin failed: {m}"),
+                    },
+                    m,
+                ),
+            };
+            self.end_copy(&idxs, &copying, Some(&why)).await?;
+            return Ok(Err(e));
+        }
+
+        // Every shard finishes its COPY: CommandComplete or an error, then ReadyForQuery.
+        let mut total: u64 = 0;
+        let mut first_error: Option<ProxyError> = None;
+        for &ci in &idxs {
+            let shard = self.conns[ci].shard;
+            loop {
+                let f = self.conns[ci].read_frame().await.map_err(fail(shard))?;
+                match f.tag {
+                    b'C' => {
+                        total += command_tag(f.body())
+                            .rsplit(' ')
+                            .next()
+                            .and_then(|x| x.parse::<u64>().ok())
+                            .unwrap_or(0);
+                    }
+                    b'E' if first_error.is_none() => {
+                        let (code, message) = error_fields(f.body());
+                        first_error = Some(ProxyError::Backend {
+                            code,
+                            message: format!("{message} (on shard {})", self.shard_name(shard)),
+                        });
+                    }
+                    b'Z' => break,
+                    _ => {}
+                }
+            }
+        }
+        let commit_failed = self
+            .end_copy(
+                &idxs,
+                &vec![false; idxs.len()],
+                first_error.as_ref().map(|_| ""),
+            )
+            .await?;
+        if let Some(e) = first_error.or(commit_failed) {
+            return Ok(Err(e));
+        }
+        if matches!(plan.target, CopyTarget::Reference) {
+            total /= idxs.len().max(1) as u64; // every shard holds the same rows
+        }
+        build::command_complete(&mut self.out, &format!("COPY {total}"));
+        if !hide_ready {
+            self.push_ready();
+        }
+        Ok(Ok(Outcome {
+            status: b'I',
+            error: false,
+        }))
+    }
+
+    /// Reads the client's copy messages until CopyDone (`None`) or a reason to abort, sending
+    /// each shard its rows and finally CopyDone.
+    async fn stream_copy(
+        &mut self,
+        plan: &CopyPlan,
+        format: crate::copysplit::CopyFormat,
+        columns: Option<(usize, usize)>,
+        idxs: &[usize],
+    ) -> Result<Option<Abort>, RelayError> {
+        let n = self.shared.map.shards.len();
+        let map = self.shared.map.clone();
+        let mut splitter = match (&plan.target, columns) {
+            (CopyTarget::Sharded { .. }, Some((key, cols))) => {
+                Some(CopySplitter::new(format, key, cols, map.max_message_size))
+            }
+            _ => None,
+        };
+        let table = match &plan.target {
+            CopyTarget::Sharded { table, .. } => Some(table.clone()),
+            CopyTarget::Reference => None,
+        };
+        let route = |key: Option<&[u8]>| -> Result<usize, ProxyError> {
+            let Some(t) = &table else {
+                return Ok(0);
+            };
+            let Some(raw) = key else {
+                return Err(ProxyError::NoShard(format!(
+                    "shard key {} must not be NULL",
+                    t.what()
+                )));
+            };
+            let text = std::str::from_utf8(raw).map_err(|_| {
+                ProxyError::Protocol("invalid UTF-8 in the shard key of a COPY row".into())
+            })?;
+            let k = key_from_text(t.key_type, text)?;
+            match map.locate(t, &k, true) {
+                Located::Shard(s) => Ok(s),
+                Located::Nowhere(why) => Err(ProxyError::NoShard(why)),
+                Located::Unavailable(why) => Err(ProxyError::Unavailable(why)),
+            }
+        };
+        let mut out: Vec<Vec<u8>> = vec![Vec::new(); n];
+        let mut header_sent = !plan.format.header;
+        let mut msg = BytesMut::new();
+        loop {
+            let f = match self.reader.next().await {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    return Err(RelayError::Client(super::SessionEnd::Protocol(
+                        "client left during COPY".into(),
+                    )))
+                }
+                Err(e) => return Err(RelayError::Client(e.into())),
+            };
+            let done = match f.tag {
+                b'd' => {
+                    let r = match splitter.as_mut() {
+                        Some(sp) => sp.feed(f.body(), &mut out, route),
+                        None => {
+                            // Reference table: every shard gets the data as sent.
+                            for &ci in idxs {
+                                let shard = self.conns[ci].shard;
+                                self.conns[ci].write_all(&f.raw).await.map_err(|error| {
+                                    RelayError::Backend {
+                                        shard,
+                                        error,
+                                        forwarded: true,
+                                    }
+                                })?;
+                            }
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = r {
+                        return Ok(Some(Abort::Proxy(split_error(&plan.relation, e))));
+                    }
+                    false
+                }
+                b'c' => {
+                    if let Some(sp) = splitter.as_mut() {
+                        if let Err(e) = sp.finish(&mut out, route) {
+                            return Ok(Some(Abort::Proxy(split_error(&plan.relation, e))));
+                        }
+                    }
+                    true
+                }
+                b'f' => {
+                    let m = crate::protocol::Cursor::new(f.body(), "CopyFail")
+                        .cstr()
+                        .unwrap_or("")
+                        .to_string();
+                    return Ok(Some(Abort::ClientFail(m)));
+                }
+                b'H' | b'S' => false, // ignored during COPY, as Postgres does
+                other => {
+                    return Err(RelayError::Client(super::SessionEnd::Protocol(format!(
+                        "unexpected message type {other} during COPY from stdin"
+                    ))))
+                }
+            };
+            if !header_sent {
+                if let Some(h) = splitter.as_ref().and_then(|s| s.header()) {
+                    // Each shard checks (and skips) the header itself, ahead of its rows.
+                    let h = h.to_vec();
+                    for o in out.iter_mut() {
+                        o.splice(0..0, h.iter().copied());
+                    }
+                    header_sent = true;
+                }
+            }
+            for &ci in idxs {
+                let shard = self.conns[ci].shard;
+                let o = &mut out[shard];
+                if o.len() >= SHARD_CHUNK || (done && !o.is_empty()) {
+                    msg.clear();
+                    copy_data(&mut msg, o);
+                    o.clear();
+                    self.conns[ci]
+                        .write_all(&msg)
+                        .await
+                        .map_err(|error| RelayError::Backend {
+                            shard,
+                            error,
+                            forwarded: true,
+                        })?;
+                }
+            }
+            if done {
+                msg.clear();
+                build::empty(&mut msg, b'c');
+                for &ci in idxs {
+                    let shard = self.conns[ci].shard;
+                    self.conns[ci]
+                        .write_all(&msg)
+                        .await
+                        .map_err(|error| RelayError::Backend {
+                            shard,
+                            error,
+                            forwarded: true,
+                        })?;
+                }
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Ends the per-shard transactions: shards still copying get CopyFail (`why`) and are
+    /// read to ReadyForQuery; then all roll back (`why` given) or commit together
+    /// ([`Session::commit_all`]). Returns the commit's failure.
+    async fn end_copy(
+        &mut self,
+        idxs: &[usize],
+        copying: &[bool],
+        why: Option<&str>,
+    ) -> Result<Option<ProxyError>, RelayError> {
+        let mut msg = BytesMut::new();
+        for (k, &ci) in idxs.iter().enumerate() {
+            if !copying[k] {
+                continue;
+            }
+            let shard = self.conns[ci].shard;
+            let lost = |error| RelayError::Backend {
+                shard,
+                error,
+                forwarded: true,
+            };
+            msg.clear();
+            copy_fail(&mut msg, why.unwrap_or("aborted by the proxy"));
+            self.conns[ci].write_all(&msg).await.map_err(lost)?;
+            while self.conns[ci].read_frame().await.map_err(lost)?.tag != b'Z' {}
+        }
+        if why.is_some() {
+            self.rollback_all(idxs).await;
+            return Ok(None);
+        }
+        Ok(self.commit_all(idxs).await?.err())
+    }
+}
+
+/// A splitter error as the client sees it (SQLSTATE 22P04 bad copy format, 54000 row too
+/// long, or the routing error), naming the table and line as Postgres's COPY context does.
+fn split_error(relation: &str, e: SplitError<ProxyError>) -> ProxyError {
+    let code = e.sqlstate();
+    match e {
+        SplitError::Route { line, error } => match error {
+            ProxyError::Key(k) => ProxyError::Backend {
+                code: k.sqlstate().into(),
+                message: format!("{k} (COPY {relation}, line {line})"),
+            },
+            ProxyError::NoShard(why) => {
+                ProxyError::NoShard(format!("{why} (COPY {relation}, line {line})"))
+            }
+            other => other,
+        },
+        other => ProxyError::Backend {
+            code: code.unwrap_or("22P04").into(),
+            message: format!("{other} (COPY {relation})"),
+        },
+    }
+}
