@@ -47,7 +47,26 @@ fn copy_fail(buf: &mut BytesMut, msg: &str) {
     build::finish(buf, at);
 }
 
+/// A shard failure during a COPY: never retried, since other shards may already be in
+/// their COPY and the client's data is consumed.
+fn lost(shard: usize) -> impl Fn(crate::backend::BackendError) -> RelayError {
+    move |error| RelayError::Backend {
+        shard,
+        error,
+        forwarded: true,
+    }
+}
+
 impl Session {
+    /// Sends `msg` to connections `idxs` during a COPY.
+    async fn copy_to(&mut self, idxs: &[usize], msg: &[u8]) -> Result<(), RelayError> {
+        for &ci in idxs {
+            let shard = self.conns[ci].shard;
+            self.conns[ci].write_all(msg).await.map_err(lost(shard))?;
+        }
+        Ok(())
+    }
+
     /// Runs `sql` (a planned `COPY … FROM STDIN`) on every shard (see the module docs).
     /// Sends CopyInResponse, then, on success, CommandComplete (and ReadyForQuery unless
     /// `hide_ready`). The flag says whether the client got CopyInResponse (so it has sent,
@@ -83,13 +102,6 @@ impl Session {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
         };
-        let fail = |shard: usize| {
-            move |error| RelayError::Backend {
-                shard,
-                error,
-                forwarded: false,
-            }
-        };
         // Where the key sits in each row.
         let columns = match &plan.target {
             CopyTarget::Sharded {
@@ -104,7 +116,7 @@ impl Session {
                 );
                 let c = &mut self.conns[idxs[0]];
                 let shard = c.shard;
-                let v = c.query_value(&q).await.map_err(fail(shard))?;
+                let v = c.query_value(&q).await.map_err(lost(shard))?;
                 let parsed = v.as_deref().and_then(|v| {
                     let (p, n) = v.split_once(',')?;
                     Some((
@@ -146,7 +158,7 @@ impl Session {
         build::query(&mut msg, sql);
         for &ci in &idxs {
             let shard = self.conns[ci].shard;
-            self.conns[ci].write_all(&msg).await.map_err(fail(shard))?;
+            self.conns[ci].write_all(&msg).await.map_err(lost(shard))?;
         }
         let mut response: Option<bytes::Bytes> = None;
         let mut first_error: Option<ProxyError> = None;
@@ -155,7 +167,7 @@ impl Session {
             let shard = self.conns[ci].shard;
             let mut ready = 0;
             loop {
-                let f = self.conns[ci].read_frame().await.map_err(fail(shard))?;
+                let f = self.conns[ci].read_frame().await.map_err(lost(shard))?;
                 match f.tag {
                     b'Z' => {
                         ready += 1;
@@ -218,7 +230,7 @@ impl Session {
         for &ci in &idxs {
             let shard = self.conns[ci].shard;
             loop {
-                let f = self.conns[ci].read_frame().await.map_err(fail(shard))?;
+                let f = self.conns[ci].read_frame().await.map_err(lost(shard))?;
                 match f.tag {
                     b'C' => {
                         total += command_tag(f.body())
@@ -322,16 +334,7 @@ impl Session {
                         Some(sp) => sp.feed(f.body(), &mut out, route),
                         None => {
                             // Reference table: every shard gets the data as sent.
-                            for &ci in idxs {
-                                let shard = self.conns[ci].shard;
-                                self.conns[ci].write_all(&f.raw).await.map_err(|error| {
-                                    RelayError::Backend {
-                                        shard,
-                                        error,
-                                        forwarded: true,
-                                    }
-                                })?;
-                            }
+                            self.copy_to(idxs, &f.raw).await?;
                             Ok(())
                         }
                     };
@@ -379,30 +382,13 @@ impl Session {
                     msg.clear();
                     copy_data(&mut msg, o);
                     o.clear();
-                    self.conns[ci]
-                        .write_all(&msg)
-                        .await
-                        .map_err(|error| RelayError::Backend {
-                            shard,
-                            error,
-                            forwarded: true,
-                        })?;
+                    self.copy_to(&[ci], &msg).await?;
                 }
             }
             if done {
                 msg.clear();
                 build::empty(&mut msg, b'c');
-                for &ci in idxs {
-                    let shard = self.conns[ci].shard;
-                    self.conns[ci]
-                        .write_all(&msg)
-                        .await
-                        .map_err(|error| RelayError::Backend {
-                            shard,
-                            error,
-                            forwarded: true,
-                        })?;
-                }
+                self.copy_to(idxs, &msg).await?;
                 return Ok(None);
             }
         }
@@ -423,15 +409,10 @@ impl Session {
                 continue;
             }
             let shard = self.conns[ci].shard;
-            let lost = |error| RelayError::Backend {
-                shard,
-                error,
-                forwarded: true,
-            };
             msg.clear();
             copy_fail(&mut msg, why.unwrap_or("aborted by the proxy"));
-            self.conns[ci].write_all(&msg).await.map_err(lost)?;
-            while self.conns[ci].read_frame().await.map_err(lost)?.tag != b'Z' {}
+            self.conns[ci].write_all(&msg).await.map_err(lost(shard))?;
+            while self.conns[ci].read_frame().await.map_err(lost(shard))?.tag != b'Z' {}
         }
         if why.is_some() {
             self.rollback_all(idxs).await;

@@ -92,10 +92,11 @@ impl Session {
                     build::empty(&mut msg, b'S');
                 }
             }
+            // Never retried: other shards may already have run their part.
             let fail = |error| RelayError::Backend {
                 shard: w.shard,
                 error,
-                forwarded: false,
+                forwarded: true,
             };
             conn.write_all(&msg).await.map_err(fail)?;
             began.push(ci);
