@@ -132,6 +132,8 @@ pub struct KeyRoute {
     pub literals: Vec<(usize, Arc<Sharded>, bool)>,
     /// Constant keys of tables whose placement can change (directory): located per execution.
     pub values: Vec<(KeyValue, Arc<Sharded>)>,
+    /// Range predicates with parameters: each adds the shards its ranges overlap.
+    pub ranges: Vec<Arc<RangeGroup>>,
     /// Where the statement goes when its keys land on several shards.
     pub spread: Box<RouteSpec>,
     /// Whether a NULL key is an error (INSERT) rather than "matches nothing".
@@ -146,7 +148,10 @@ impl KeyRoute {
     /// Whether every key is already located (no parameters, template constants or
     /// directory keys): the route can be fixed when the plan is made.
     pub fn is_static(&self) -> bool {
-        self.params.is_empty() && self.literals.is_empty() && self.values.is_empty()
+        self.params.is_empty()
+            && self.literals.is_empty()
+            && self.values.is_empty()
+            && self.ranges.is_empty()
     }
 }
 
@@ -640,6 +645,8 @@ enum KeySrc {
     Literal(usize, Arc<Sharded>, bool),
     /// A constant key of a directory table (located per execution).
     Value(KeyValue, Arc<Sharded>),
+    /// Range predicates with parameters (the shards are found at Bind).
+    Range(Arc<RangeGroup>),
 }
 
 /// While a literal template is planned: parser location -> (constant #, negated), and
@@ -860,7 +867,7 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     let n = refs.len();
     let mut parent: Vec<usize> = (0..n).collect();
     let mut pins: Vec<Vec<KeySrc>> = vec![Vec::new(); n];
-    let mut ranges: Vec<Option<ShardSet>> = vec![None; n];
+    let mut ranges: Vec<Vec<(BoundSrc, BoundSrc)>> = vec![Vec::new(); n];
     let mut bad_key: Option<ProxyError> = None;
     for c in &conjuncts {
         match equality(c) {
@@ -869,11 +876,8 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
                     let Some(t) = refs[i].key.clone() else {
                         continue;
                     };
-                    if let Some(set) = range_shards(&t, lo, hi) {
-                        ranges[i] = Some(match ranges[i] {
-                            Some(prev) => prev.intersect(set),
-                            None => set,
-                        });
+                    if let Some(cond) = range_cond(&t, lo, hi) {
+                        ranges[i].push(cond);
                     }
                 }
             }
@@ -933,8 +937,23 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     }
     // Range predicates pin a ref with no equality to the shards their ranges overlap.
     for i in 0..n {
-        if let (true, Some(set)) = (pins[i].is_empty(), ranges[i]) {
-            pins[i].push(KeySrc::Set(set));
+        if !pins[i].is_empty() || ranges[i].is_empty() {
+            continue;
+        }
+        let Some(table) = refs[i].key.clone() else {
+            continue;
+        };
+        let group = RangeGroup {
+            table,
+            conds: std::mem::take(&mut ranges[i]),
+        };
+        if group.is_const() {
+            match group.shards(map.shards.len(), &[], &|_| false) {
+                Ok(set) => pins[i].push(KeySrc::Set(set)),
+                Err(e) => return RouteSpec::Refuse(e),
+            }
+        } else {
+            pins[i].push(KeySrc::Range(Arc::new(group)));
         }
     }
     // Group pins per join class of sharded refs.
@@ -976,6 +995,7 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
     let mut params = Vec::new();
     let mut literals = Vec::new();
     let mut values = Vec::new();
+    let mut range_groups = Vec::new();
     for (srcs, _) in classes.values() {
         for src in srcs {
             match src {
@@ -990,6 +1010,7 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
                 KeySrc::Param(i, t) => params.push((*i, t.clone())),
                 KeySrc::Literal(i, t, n) => literals.push((*i, t.clone(), *n)),
                 KeySrc::Value(v, t) => values.push((v.clone(), t.clone())),
+                KeySrc::Range(g) => range_groups.push(g.clone()),
                 _ => {}
             }
         }
@@ -1012,6 +1033,7 @@ fn route_query(map: &ShardMap, node: &NodeEnum, top: Option<&protobuf::SelectStm
         params,
         literals,
         values,
+        ranges: range_groups,
         spread: Box::new(spread),
         null_is_error: false,
         what,
@@ -1191,6 +1213,12 @@ pub fn resolve_keys(
     for (k, t) in &kr.values {
         if let Err(r) = place(map, kr, &mut shards, t, k) {
             return r;
+        }
+    }
+    for g in &kr.ranges {
+        match g.shards(map.shards.len(), params, &is_binary) {
+            Ok(set) => set.iter().for_each(|s| shards.add(s)),
+            Err(e) => return RouteSpec::Refuse(e),
         }
     }
     for (i, t, neg) in &kr.literals {
@@ -1724,11 +1752,128 @@ fn offset_less(
     }
 }
 
-/// A constant bound of a range predicate, as a key of `t` (offset-less timestamps widened
-/// outwards: `lower` says which end of their window to take). `None` when not a constant.
-fn bound_value(t: &Sharded, n: &protobuf::Node, lower: bool) -> Option<KeyValue> {
+/// One end of a range predicate on a key.
+#[derive(Debug, Clone)]
+pub enum BoundSrc {
+    /// A constant (already widened outwards for an offset-less timestamptz).
+    Value(Bound<KeyValue>),
+    /// Parameter #n (0-based), read at Bind: (index, inclusive).
+    Param(usize, bool),
+}
+
+/// Range predicates on one table's key (ANDed): the statement may touch only the shards
+/// whose ranges overlap every one of them.
+#[derive(Debug, Clone)]
+pub struct RangeGroup {
+    /// The range-sharded table.
+    pub table: Arc<Sharded>,
+    /// (lower, upper) bound of each predicate.
+    pub conds: Vec<(BoundSrc, BoundSrc)>,
+}
+
+impl RangeGroup {
+    /// Whether every bound is a constant.
+    fn is_const(&self) -> bool {
+        self.conds
+            .iter()
+            .all(|(a, b)| matches!((a, b), (BoundSrc::Value(_), BoundSrc::Value(_))))
+    }
+
+    /// The shards the predicates allow, with parameters bound (`params` empty when constant).
+    fn shards(
+        &self,
+        n_shards: usize,
+        params: &[Option<&[u8]>],
+        is_binary: &dyn Fn(usize) -> bool,
+    ) -> Result<ShardSet, ProxyError> {
+        let mut set = ShardSet::all(n_shards);
+        for (lo, hi) in &self.conds {
+            let (Some(lo), Some(hi)) = (
+                self.bound(lo, true, params, is_binary)?,
+                self.bound(hi, false, params, is_binary)?,
+            ) else {
+                return Ok(ShardSet::default()); // compared with NULL: no row matches
+            };
+            if let Some(s) = self.table.shards_between(lo.as_ref(), hi.as_ref()) {
+                set = set.intersect(s);
+            }
+        }
+        Ok(set)
+    }
+
+    /// A bound's value; `None` for a NULL parameter.
+    fn bound(
+        &self,
+        b: &BoundSrc,
+        lower: bool,
+        params: &[Option<&[u8]>],
+        is_binary: &dyn Fn(usize) -> bool,
+    ) -> Result<Option<Bound<KeyValue>>, ProxyError> {
+        let (i, inclusive) = match b {
+            BoundSrc::Value(v) => return Ok(Some(v.clone())),
+            BoundSrc::Param(i, inclusive) => (*i, *inclusive),
+        };
+        let Some(raw) = params.get(i).ok_or_else(|| {
+            ProxyError::Protocol(format!(
+                "bind message supplies {} parameters, but the statement needs at least {}",
+                params.len(),
+                i + 1
+            ))
+        })?
+        else {
+            return Ok(None);
+        };
+        let ty = self.table.key_type;
+        let key = if is_binary(i) {
+            key_from_binary(ty, raw).map_err(|e| e.in_param(i + 1))?
+        } else {
+            let text = std::str::from_utf8(raw)
+                .map_err(|_| ProxyError::Protocol("invalid UTF-8 in text parameter".into()))?;
+            match key_from_text(ty, text) {
+                Ok(k) => k,
+                Err(e @ KeyError::NoUtcOffset { .. }) => {
+                    let (lo, hi) = offset_less_window(&self.table, text).ok_or(e)?;
+                    return Ok(Some(Bound::Included(if lower { lo } else { hi })));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        Ok(Some(if inclusive {
+            Bound::Included(key)
+        } else {
+            Bound::Excluded(key)
+        }))
+    }
+}
+
+/// A bound of a range predicate on `t`'s key: a constant (offset-less timestamps widened
+/// outwards, `lower` says which end of their window to take) or a parameter. `None` when
+/// it is neither.
+fn bound_src(t: &Sharded, b: Bound<&protobuf::Node>, lower: bool) -> Option<BoundSrc> {
+    let (n, inclusive) = match b {
+        Bound::Unbounded => return Some(BoundSrc::Value(Bound::Unbounded)),
+        Bound::Included(n) => (n, true),
+        Bound::Excluded(n) => (n, false),
+    };
+    let wrap = |v: KeyValue, inclusive: bool| {
+        BoundSrc::Value(if inclusive {
+            Bound::Included(v)
+        } else {
+            Bound::Excluded(v)
+        })
+    };
     match &n.node {
-        Some(NodeEnum::TypeCast(c)) => bound_value(t, c.arg.as_deref()?, lower),
+        Some(NodeEnum::TypeCast(c)) => bound_src(
+            t,
+            match b {
+                Bound::Included(_) => Bound::Included(c.arg.as_deref()?),
+                _ => Bound::Excluded(c.arg.as_deref()?),
+            },
+            lower,
+        ),
+        Some(NodeEnum::ParamRef(p)) if p.number >= 1 => {
+            Some(BoundSrc::Param(p.number as usize - 1, inclusive))
+        }
         Some(NodeEnum::AConst(c)) if !c.isnull => {
             if TEMPLATE.with(|x| x.borrow().is_some()) {
                 // The bound's value decides the shards: plan this text on its own.
@@ -1737,13 +1882,15 @@ fn bound_value(t: &Sharded, n: &protobuf::Node, lower: bool) -> Option<KeyValue>
             }
             let ty = t.key_type;
             match &c.val {
-                Some(Val::Ival(i)) => key_from_int(ty, i.ival as i64).ok(),
-                Some(Val::Fval(f)) => key_from_text(ty, &f.fval).ok(),
+                Some(Val::Ival(i)) => key_from_int(ty, i.ival as i64)
+                    .ok()
+                    .map(|k| wrap(k, inclusive)),
+                Some(Val::Fval(f)) => key_from_text(ty, &f.fval).ok().map(|k| wrap(k, inclusive)),
                 Some(Val::Sval(s)) => match key_from_text(ty, &s.sval) {
-                    Ok(k) => Some(k),
-                    Err(KeyError::NoUtcOffset { .. }) => {
-                        offset_less_window(t, &s.sval).map(|(lo, hi)| if lower { lo } else { hi })
-                    }
+                    Ok(k) => Some(wrap(k, inclusive)),
+                    // A widened bound must be inclusive to stay a superset.
+                    Err(KeyError::NoUtcOffset { .. }) => offset_less_window(t, &s.sval)
+                        .map(|(lo, hi)| wrap(if lower { lo } else { hi }, true)),
                     Err(_) => None,
                 },
                 _ => None,
@@ -1753,40 +1900,16 @@ fn bound_value(t: &Sharded, n: &protobuf::Node, lower: bool) -> Option<KeyValue>
     }
 }
 
-/// The shards a range predicate on `t`'s key can touch (`None`: it does not narrow).
-fn range_shards(
+/// A range predicate on `t`'s key as bounds (`None`: it does not narrow).
+fn range_cond(
     t: &Sharded,
     lo: Bound<&protobuf::Node>,
     hi: Bound<&protobuf::Node>,
-) -> Option<ShardSet> {
+) -> Option<(BoundSrc, BoundSrc)> {
     if !matches!(t.strategy, crate::strategy::Strategy::Range(_)) {
         return None;
     }
-    let value = |b: Bound<&protobuf::Node>, lower: bool| -> Option<Bound<KeyValue>> {
-        Some(match b {
-            Bound::Unbounded => Bound::Unbounded,
-            // A widened offset-less bound must be inclusive to stay a superset.
-            Bound::Included(n) | Bound::Excluded(n) => {
-                let v = bound_value(t, n, lower)?;
-                match b {
-                    Bound::Excluded(_) if !is_offset_less(n) => Bound::Excluded(v),
-                    _ => Bound::Included(v),
-                }
-            }
-        })
-    };
-    let (lo, hi) = (value(lo, true)?, value(hi, false)?);
-    t.shards_between(lo.as_ref(), hi.as_ref())
-}
-
-/// Whether a bound is a string constant that needed widening (no UTC offset).
-fn is_offset_less(n: &protobuf::Node) -> bool {
-    match &n.node {
-        Some(NodeEnum::TypeCast(c)) => c.arg.as_deref().is_some_and(is_offset_less),
-        Some(NodeEnum::AConst(c)) => matches!(&c.val, Some(Val::Sval(s))
-            if matches!(key_from_text(KeyType::Timestamptz, &s.sval), Err(KeyError::NoUtcOffset { .. }))),
-        _ => false,
-    }
+    Some((bound_src(t, lo, true)?, bound_src(t, hi, false)?))
 }
 
 /// What a decimal literal compared with a key means.
@@ -1924,7 +2047,7 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
                     Ok(Some(KeySrc::Param(i, t))) => params.push((i, t)),
                     Ok(Some(KeySrc::Literal(i, t, n))) => literals.push((i, t, n)),
                     Ok(Some(KeySrc::Value(v, t))) => values.push((v, t)),
-                    Ok(Some(KeySrc::Nothing | KeySrc::Set(_))) | Ok(None) => {
+                    Ok(Some(KeySrc::Nothing | KeySrc::Set(_) | KeySrc::Range(_))) | Ok(None) => {
                         return refuse(format!(
                             "INSERT into sharded table {}: the shard key {key} must be a literal or a parameter",
                             rel.relname
@@ -1958,6 +2081,7 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
                 params,
                 literals,
                 values,
+                ranges: Vec::new(),
                 spread: Box::new(spread),
                 null_is_error: true,
                 what,
@@ -2075,6 +2199,70 @@ mod tests {
 
     fn route(sql: &str) -> RouteSpec {
         plan(&map(), sql).unwrap().stmts[0].route.clone()
+    }
+
+    #[test]
+    fn range_predicates_narrow_with_constants_and_parameters() {
+        let m = ShardMap::from_yaml_str(
+            "users:\n  - { name: app, password: x }\n\
+             shards:\n  - { name: s0, url: \"postgres://p@h:1/d\" }\n  - { name: s1, url: \"postgres://p@h:2/d\" }\n  - { name: s2, url: \"postgres://p@h:3/d\" }\n\
+             tables:\n  events:\n    key: created_at\n    type: timestamptz\n    strategy: range\n    ranges:\n      - { below: \"2025-01-01\", shard: s0 }\n      - { below: \"2026-01-01\", shard: s1 }\n      - { shard: s2 }\n",
+            "test",
+        )
+        .unwrap();
+        let route = |sql: &str| plan(&m, sql).unwrap().stmts[0].route.clone();
+        let shards = |r: RouteSpec| match r {
+            RouteSpec::Shard(s) => vec![s],
+            RouteSpec::Subset(set) => set.iter().collect(),
+            RouteSpec::All => vec![0, 1, 2],
+            other => panic!("{other:?}"),
+        };
+        let c = "SELECT * FROM events WHERE created_at >= '2025-03-01 00:00:00+00' AND created_at < '2025-04-01 00:00:00+00'";
+        assert_eq!(shards(route(c)), vec![1]);
+        let c = "SELECT * FROM events WHERE created_at BETWEEN '2024-06-01 00:00:00+00' AND '2025-06-01 00:00:00+00'";
+        assert_eq!(shards(route(c)), vec![0, 1]);
+        // Offset-less: widened by the largest UTC offsets, so a bound near a range edge
+        // includes the neighbouring shard.
+        let c = "SELECT * FROM events WHERE created_at >= '2025-12-31 20:00' AND created_at < '2026-02-01'";
+        assert_eq!(shards(route(c)), vec![1, 2]);
+        // Parameters: decided at Bind.
+        let r = route("SELECT * FROM events WHERE created_at >= $1 AND created_at < $2");
+        let RouteSpec::Keys(kr) = r else {
+            panic!("{r:?}")
+        };
+        let resolve = |a: &str, b: Option<&str>| {
+            let params = [Some(a.as_bytes()), b.map(str::as_bytes)];
+            shards(resolve_keys(
+                &m,
+                &kr,
+                &params,
+                |_| false,
+                Default::default(),
+            ))
+        };
+        assert_eq!(
+            resolve("2025-03-01 00:00:00+00", Some("2025-04-01 00:00:00+00")),
+            vec![1]
+        );
+        assert_eq!(
+            resolve("2024-03-01 00:00:00+00", Some("2027-01-01 00:00:00+00")),
+            vec![0, 1, 2]
+        );
+        // A NULL bound matches no row: any one shard answers.
+        let r = resolve_keys(
+            &m,
+            &kr,
+            &[Some(b"2025-03-01 00:00:00+00"), None],
+            |_| false,
+            Default::default(),
+        );
+        assert!(matches!(r, RouteSpec::Any), "{r:?}");
+        // Binary timestamptz (microseconds since 2000-01-01): 2025-03-01 is in s1's range.
+        let us: i64 = 794_016_000 * 1_000_000;
+        let b = us.to_be_bytes();
+        let r = resolve_keys(&m, &kr, &[Some(&b), Some(&b)], |_| true, Default::default());
+        // created_at >= t AND created_at < t: empty interval, but ranges overlap at most s1.
+        assert!(shards(r).iter().all(|&s| s == 1));
     }
 
     #[test]
