@@ -332,12 +332,20 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
         let split = match node {
             NodeEnum::InsertStmt(i) => {
                 let split = insert_split(map, i, &sql[span.0..span.1]);
-                let sharded = i.relation.as_ref().is_some_and(|r| {
-                    matches!(
-                        map.table(&r.schemaname, &r.relname),
-                        Some(TableRule::Sharded(_))
-                    )
-                });
+                let values = i
+                    .select_stmt
+                    .as_ref()
+                    .and_then(|n| n.node.as_ref())
+                    .is_some_and(
+                        |n| matches!(n, NodeEnum::SelectStmt(sel) if !sel.values_lists.is_empty()),
+                    );
+                let sharded = values
+                    && i.relation.as_ref().is_some_and(|r| {
+                        matches!(
+                            map.table(&r.schemaname, &r.relname),
+                            Some(TableRule::Sharded(_))
+                        )
+                    });
                 if sharded && split.is_none() && may_scatter(&route) {
                     // Never send one INSERT to several shards: that would duplicate rows.
                     route = refuse_scatter(
@@ -656,6 +664,76 @@ type TemplateState = Option<(HashMap<i32, (usize, bool)>, bool)>;
 thread_local! {
     /// The template being planned on this thread (see [`crate::literals`]).
     static TEMPLATE: std::cell::RefCell<TemplateState> = const { std::cell::RefCell::new(None) };
+}
+
+/// Routes `INSERT INTO t (…) SELECT …` when every row stays on the shard it is read on:
+/// - the key column is filled from the key of a co-located table the SELECT reads: each
+///   shard inserts its own rows, so the statement runs where the SELECT would (one shard,
+///   some, or all — the latter only for a plain SELECT, without aggregates, DISTINCT,
+///   ORDER BY or LIMIT, whose per-shard meaning would differ);
+/// - or the key is a constant and the SELECT runs on that constant's shard.
+///
+/// `None`: refused.
+fn insert_select(
+    map: &ShardMap,
+    t: &Arc<Sharded>,
+    pos: usize,
+    sel: &protobuf::SelectStmt,
+) -> Option<RouteSpec> {
+    if sel.op != SetOperation::SetopNone as i32 && sel.op != SetOperation::Undefined as i32 {
+        return None;
+    }
+    let expr = match &sel.target_list.get(pos)?.node {
+        Some(NodeEnum::ResTarget(r)) => r.val.as_deref()?,
+        _ => return None,
+    };
+    let node = NodeEnum::SelectStmt(Box::new(sel.clone()));
+    let route = route_query(map, &node, None);
+    if let Some(col) = column(expr) {
+        let mut refs = Vec::new();
+        let mut conj = Vec::new();
+        for f in &sel.from_clause {
+            collect_from(map, f, &mut refs, &mut conj);
+        }
+        let follows = match matching_refs(&refs, &col).as_slice() {
+            [i] => co_located(refs[*i].key.as_deref(), Some(t)),
+            _ => false,
+        };
+        if !follows {
+            return None;
+        }
+        let per_shard_same = sel.group_clause.is_empty()
+            && sel.distinct_clause.is_empty()
+            && sel.sort_clause.is_empty()
+            && sel.limit_count.is_none()
+            && sel.limit_offset.is_none()
+            && sel.having_clause.is_none()
+            && !sel.target_list.iter().any(|x| {
+                x.node.as_ref().is_some_and(|n| {
+                    n.nodes().iter().any(|(m, _, _, _)| {
+                        matches!(m, NodeRef::FuncCall(f) if f.over.is_some() || f.funcname.last().is_some_and(|nm| matches!(&nm.node, Some(NodeEnum::String(s)) if is_aggregate_name(&s.sval.to_ascii_lowercase()))))
+                    })
+                })
+            });
+        return match route {
+            RouteSpec::Shard(_) | RouteSpec::Keys(_) => Some(route),
+            RouteSpec::All | RouteSpec::Subset(_) if per_shard_same => Some(route),
+            _ => None,
+        };
+    }
+    let prev = TEMPLATE.with(|x| x.borrow_mut().take());
+    let src = key_src(map, t, expr, true);
+    TEMPLATE.with(|x| *x.borrow_mut() = prev);
+    if TEMPLATE.with(|x| x.borrow().is_some()) {
+        template_veto();
+    }
+    match (src, &route) {
+        (Ok(Some(KeySrc::Shard(k))), RouteSpec::Shard(s)) if k == *s => Some(route),
+        // Only reference tables read: they are on every shard, so the key's shard runs it.
+        (Ok(Some(KeySrc::Shard(k))), RouteSpec::Any) => Some(RouteSpec::Shard(k)),
+        (Err(e), _) => Some(RouteSpec::Refuse(e)),
+        _ => None,
+    }
 }
 
 /// The split of a multi-row INSERT into a sharded table whose keys are all constants.
@@ -2013,11 +2091,19 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
                     rel.relname
                 ));
             };
-            if sel.values_lists.is_empty() || ins.with_clause.is_some() {
+            if ins.with_clause.is_some() {
                 return refuse(format!(
-                    "INSERT … SELECT into sharded table {} is not supported yet; insert rows with VALUES",
+                    "INSERT with a WITH clause into sharded table {} is not supported; insert rows with VALUES",
                     rel.relname
                 ));
+            }
+            if sel.values_lists.is_empty() {
+                return insert_select(map, t, pos, sel).unwrap_or_else(|| {
+                    refuse(format!(
+                        "INSERT … SELECT into sharded table {} must keep every row on its shard: take the shard key {key} from the key of a co-located table the SELECT reads (it then runs on each shard), or give it as a constant on the one shard the SELECT runs on",
+                        rel.relname
+                    ))
+                });
             }
             let mut fixed = Vec::new();
             let mut params = Vec::new();
@@ -2263,6 +2349,38 @@ mod tests {
         let r = resolve_keys(&m, &kr, &[Some(&b), Some(&b)], |_| true, Default::default());
         // created_at >= t AND created_at < t: empty interval, but ranges overlap at most s1.
         assert!(shards(r).iter().all(|&s| s == 1));
+    }
+
+    #[test]
+    fn insert_select_keeps_rows_on_their_shard() {
+        let shard_of = |k: i64| map().hash_shard(&KeyValue::Int(k));
+        let r = route("INSERT INTO orders (user_id, id) SELECT id, 1 FROM users WHERE id = 5");
+        assert!(
+            matches!(r, RouteSpec::Shard(s) if s == shard_of(5)),
+            "{r:?}"
+        );
+        let r = route("INSERT INTO orders (user_id, id) SELECT u.id, u.id FROM users u");
+        assert!(matches!(r, RouteSpec::All), "{r:?}");
+        let r = route("INSERT INTO orders (user_id, id) SELECT 5, 1 FROM countries");
+        assert!(
+            matches!(r, RouteSpec::Shard(s) if s == shard_of(5)),
+            "{r:?}"
+        );
+        for sql in [
+            "INSERT INTO orders (user_id, id) SELECT score, id FROM users",
+            "INSERT INTO orders (user_id, id) SELECT id, count(*) FROM users GROUP BY id",
+            "INSERT INTO orders (user_id, id) SELECT id, 1 FROM users ORDER BY id LIMIT 3",
+            "INSERT INTO orders (user_id, id) SELECT 7, 1 FROM users WHERE id = 5",
+            "INSERT INTO orders (user_id, id) SELECT code::bigint, 1 FROM countries",
+        ] {
+            match route(sql) {
+                RouteSpec::Refuse(e) => assert!(e.to_string().contains("orders"), "{sql}: {e}"),
+                r if sql.contains("7, 1") && shard_of(7) == shard_of(5) => {
+                    assert!(matches!(r, RouteSpec::Shard(_)))
+                }
+                r => panic!("{sql}: {r:?}"),
+            }
+        }
     }
 
     #[test]

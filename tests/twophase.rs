@@ -96,3 +96,76 @@ async fn recovery_finishes_in_doubt_transactions_by_the_log() {
         assert_eq!(n, 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_writes_and_insert_select_are_atomic_and_stay_on_their_shards() {
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(
+        &env,
+        "users: { key: id, type: bigint, strategy: hash }\norders: { key: user_id, type: bigint, strategy: hash }",
+        "",
+    )
+    .await;
+    let c = proxy.client().await;
+    for ddl in [
+        "CREATE TABLE users (id bigint PRIMARY KEY, score int NOT NULL)",
+        "CREATE TABLE orders (user_id bigint NOT NULL, id bigint NOT NULL, PRIMARY KEY (user_id, id))",
+    ] {
+        c.batch_execute(ddl).await.unwrap();
+    }
+    let values: Vec<String> = (1..=300).map(|i| format!("({i}, {i})")).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO users (id, score) VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .unwrap();
+    // INSERT … SELECT taking the key from a co-located table runs on every shard, each
+    // inserting its own rows.
+    let n = c
+        .execute(
+            "INSERT INTO orders (user_id, id) SELECT u.id, u.score * 10 FROM users u",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 300);
+    for i in 0..3 {
+        let s = env.shard_client(i).await;
+        let stray: i64 = s
+            .query_one(
+                "SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = o.user_id)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stray, 0, "shard {i}: every order sits with its user");
+    }
+    // A keyless UPDATE that one shard rejects changes nothing anywhere.
+    let s0 = env.shard_client(0).await;
+    s0.batch_execute("ALTER TABLE users ADD CONSTRAINT small CHECK (score < 1000)")
+        .await
+        .unwrap();
+    let e = c
+        .execute("UPDATE users SET score = score + 5000", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("23514"), "{e}");
+    let total: i64 = c
+        .query_one("SELECT sum(score)::bigint FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, (1..=300).sum::<i64>(), "no shard kept the update");
+    // The same statement in the simple protocol, and a successful one.
+    assert!(c
+        .simple_query("UPDATE users SET score = score + 5000")
+        .await
+        .is_err());
+    let n = c
+        .execute("UPDATE users SET score = score + 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 300, "the tag sums every shard's rows");
+}

@@ -362,8 +362,9 @@ impl Session {
     /// A pipeline the proxy runs itself rather than relaying it: [Parse] + Bind
     /// [+ Describe portal] + Execute + Sync of one statement that is
     /// - a `COPY … FROM STDIN` into a sharded or reference table (what drivers send for COPY);
-    /// - outside a transaction, a reference-table write, or a multi-row INSERT whose
-    ///   constant keys span shards: an all-or-nothing write on several shards.
+    /// - outside a transaction, a write on several shards (a reference-table write, a keyless
+    ///   UPDATE/DELETE, an INSERT … SELECT per shard, a multi-row INSERT whose constant keys
+    ///   span shards): an all-or-nothing write.
     fn special_batch(&self, frames: &[Frame]) -> Option<Special> {
         let (parse, rest) = match frames.split_first()? {
             (p, rest) if p.tag == b'P' => (Some(p), rest),
@@ -411,15 +412,25 @@ impl Session {
                     .collect(),
                 replicated: false,
             }
-        } else if st.replicated && st.kind == StmtKind::Write {
+        } else if st.kind == StmtKind::Write {
+            // A write whose route names several shards without parameters.
+            let set = match &st.route {
+                RouteSpec::All => ShardSet::all(self.shared.map.shards.len()),
+                RouteSpec::Subset(set) => *set,
+                _ => return None,
+            };
+            if set.len() < 2 {
+                return None;
+            }
             SpecialKind::Write {
-                work: (0..self.shared.map.shards.len())
+                work: set
+                    .iter()
                     .map(|shard| ShardWrite {
                         shard,
                         sql: stmt.sql.clone(),
                     })
                     .collect(),
-                replicated: true,
+                replicated: st.replicated,
             }
         } else {
             return None;

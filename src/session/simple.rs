@@ -390,7 +390,8 @@ impl Session {
                                 sql: sql.to_string(),
                             })
                             .collect();
-                        self.multi_write(&work, WriteProtocol::Simple, true, hide_ready)
+                        let replicated = plan.replicated();
+                        self.multi_write(&work, WriteProtocol::Simple, replicated, hide_ready)
                             .await
                     }
                     None => {
@@ -578,8 +579,9 @@ fn is_txn_control(k: &StmtKind) -> bool {
     )
 }
 
-/// A single write statement replicated to every shard (a reference-table write): it runs
-/// all-or-nothing (see [`super::multiwrite`]).
+/// A single write statement on several shards (a reference-table write, a keyless UPDATE
+/// or DELETE, an INSERT … SELECT per shard): it runs all-or-nothing (see
+/// [`super::multiwrite`]).
 fn atomic_write(plan: &Plan) -> bool {
-    matches!(plan.stmts.as_slice(), [st] if st.replicated && st.kind == StmtKind::Write)
+    matches!(plan.stmts.as_slice(), [st] if st.kind == StmtKind::Write)
 }
