@@ -1540,7 +1540,9 @@ async fn directory_move_under_concurrent_writes() {
     assert_eq!(env.per_shard_i64(acme_docs).await, vec![DOCS, 0, 0]);
     assert_eq!(env.per_shard_i64(acme_users).await, vec![USERS, 0, 0]);
 
-    // Two writers for acme: tenant_docs (extended protocol), tenant_users (simple).
+    // Two writers for acme: tenant_docs (extended protocol) through the proxy that moves the
+    // key, tenant_users (simple) through a second proxy that only hears of the move.
+    let proxy_b = Proxy::start_yaml(&full_map(&env)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let docs_acked = Arc::new(AtomicUsize::new(0));
     let users_acked = Arc::new(AtomicUsize::new(0));
@@ -1554,7 +1556,7 @@ async fn directory_move_under_concurrent_writes() {
         docs_acked.clone(),
     );
     let w_users = spawn_writer(
-        proxy.conninfo(),
+        proxy_b.conninfo(),
         "tenant_users",
         "user_id",
         "email",

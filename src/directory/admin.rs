@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio_postgres::{Client, NoTls};
 
-use super::{pg_config, quote_name, Directory, DirectoryError, Lookup, CHANNEL};
+use super::{pg_config, quote_name, Directory, DirectoryError, Lookup, CHANNEL, MOVE_ANNOUNCE};
 use crate::keys::key_from_text;
 use crate::shardmap::ShardMap;
 use crate::strategy::{Fallback, Sharded, Strategy};
@@ -107,6 +107,13 @@ fn current_shard(
             _ => None,
         },
     }
+}
+
+/// Sends a directory notification.
+async fn announce(c: &Client, payload: &str) -> Result<(), tokio_postgres::Error> {
+    c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+        .await
+        .map(|_| ())
 }
 
 /// Writes an entry (and the shard a move still has to delete from, if any) and announces it.
@@ -242,8 +249,12 @@ pub async fn move_key(
     let dst = connect(map, target).await?;
     {
         let _guard = dir.begin_move();
+        // Other proxies hold their statements back too until the entry switches.
+        announce(&dc, &format!("{MOVE_ANNOUNCE}{key}"))
+            .await
+            .map_err(|e| db_err(map, dir.shard, e))?;
         tokio::time::sleep(GRACE).await;
-        copy_rows(
+        let copied = copy_rows(
             map,
             &tables,
             &preds,
@@ -252,7 +263,12 @@ pub async fn move_key(
             true,
             &mut report,
         )
-        .await?;
+        .await;
+        if let Err(e) = copied {
+            // Release the other proxies' hold (the entry is unchanged).
+            let _ = announce(&dc, key).await;
+            return Err(e);
+        }
         // Switch, then delete: a reader never finds the key on neither shard.
         write_entry(&dc, dir, key, &target_name, Some(&report.from))
             .await

@@ -41,6 +41,11 @@ pub const DEFAULT_TABLE: &str = "shardwire_directory";
 const RECORD_QUEUE: usize = 4096;
 /// Longest a statement waits for a directory key move to finish.
 pub const MOVE_WAIT: Duration = Duration::from_secs(30);
+/// Longest statements wait for a move another proxy announced.
+pub const REMOTE_MOVE_HOLD: Duration = Duration::from_secs(10);
+/// Prefix of a notification that announces a move (`move\t<key>`); a plain key payload
+/// says the key's entry changed.
+pub const MOVE_ANNOUNCE: &str = "move\t";
 
 /// Why the directory could not be used or changed.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +78,9 @@ pub struct Directory {
     loaded: AtomicBool,
     record_tx: parking_lot::Mutex<Option<mpsc::Sender<(String, usize)>>>,
     moving: AtomicUsize,
+    /// Moves announced by other proxies: key and when the hold expires.
+    remote: parking_lot::Mutex<Vec<(String, std::time::Instant)>>,
+    remote_count: AtomicUsize,
     moved: Notify,
 }
 
@@ -98,6 +106,8 @@ impl Directory {
             loaded: AtomicBool::new(false),
             record_tx: parking_lot::Mutex::new(None),
             moving: AtomicUsize::new(0),
+            remote: parking_lot::Mutex::new(Vec::new()),
+            remote_count: AtomicUsize::new(0),
             moved: Notify::new(),
         }
     }
@@ -158,22 +168,48 @@ impl Directory {
         v
     }
 
-    /// Whether a key move is running in this proxy (statements on directory tables wait).
+    /// Whether a key move is running, in this proxy or announced by another one
+    /// (statements outside transactions wait). One atomic load when none is.
     pub fn moving(&self) -> bool {
-        self.moving.load(Ordering::Acquire) > 0
+        if self.moving.load(Ordering::Acquire) > 0 {
+            return true;
+        }
+        if self.remote_count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut r = self.remote.lock();
+        let now = std::time::Instant::now();
+        r.retain(|(_, until)| *until > now);
+        self.remote_count.store(r.len(), Ordering::Release);
+        !r.is_empty()
+    }
+
+    /// Another proxy announced a move of `key`: hold statements back until it switches the
+    /// entry, at most [`REMOTE_MOVE_HOLD`] (a mover that died must not stall everyone).
+    fn remote_move_started(&self, key: &str) {
+        let mut r = self.remote.lock();
+        r.push((key.to_owned(), std::time::Instant::now() + REMOTE_MOVE_HOLD));
+        self.remote_count.store(r.len(), Ordering::Release);
+    }
+
+    /// The entry of `key` changed: a move of it announced by another proxy is over.
+    fn remote_move_ended(&self, key: &str) {
+        let mut r = self.remote.lock();
+        r.retain(|(k, _)| k != key);
+        self.remote_count.store(r.len(), Ordering::Release);
+        drop(r);
+        self.moved.notify_waiters();
     }
 
     /// Waits until no move runs, at most [`MOVE_WAIT`]; false on timeout.
     pub async fn wait_moves(&self) -> bool {
         let deadline = tokio::time::Instant::now() + MOVE_WAIT;
         while self.moving() {
-            let n = self.moved.notified();
-            if !self.moving() {
-                break;
+            if tokio::time::Instant::now() >= deadline {
+                return false;
             }
-            if tokio::time::timeout_at(deadline, n).await.is_err() {
-                return !self.moving();
-            }
+            // Woken when a move ends; rechecked regularly for holds that expire.
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.moved.notified()).await;
         }
         true
     }
@@ -367,7 +403,13 @@ async fn session(
     loop {
         tokio::select! {
             n = notes.recv() => match n {
-                Some(key) if !key.is_empty() => load_key(&client, dir, &key, shard_names).await?,
+                Some(n) if n.starts_with(MOVE_ANNOUNCE) => {
+                    dir.remote_move_started(&n[MOVE_ANNOUNCE.len()..]);
+                }
+                Some(key) if !key.is_empty() => {
+                    load_key(&client, dir, &key, shard_names).await?;
+                    dir.remote_move_ended(&key);
+                }
                 Some(_) => dir.replace(load_all(&client, dir, shard_names).await?),
                 None => return Ok(false),
             },
