@@ -61,19 +61,22 @@ impl Drop for ServerHandle {
 
 /// Starts the directory's control task (when the map has directory tables) and waits, up
 /// to the connect timeout, for its first load: until then directory tables are refused.
-pub async fn start_directory(shared: &Arc<Shared>) {
+pub async fn start_directory(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
     let Some(dir) = shared.map.directory.clone() else {
         return;
     };
     let ready = Arc::new(tokio::sync::Notify::new());
     let waiting = ready.notified();
-    tokio::spawn(crate::directory::run(
-        dir.clone(),
-        shared.map.shards[dir.shard].clone(),
-        shared.map.shard_names().to_vec(),
-        shared.map.pool.connect_timeout,
-        ready.clone(),
-    ));
+    until_stopped(
+        stop,
+        crate::directory::run(
+            dir.clone(),
+            shared.map.shards[dir.shard].clone(),
+            shared.map.shard_names().to_vec(),
+            shared.map.pool.connect_timeout,
+            ready.clone(),
+        ),
+    );
     if tokio::time::timeout(shared.map.pool.connect_timeout, waiting)
         .await
         .is_err()
@@ -83,11 +86,24 @@ pub async fn start_directory(shared: &Arc<Shared>) {
     }
 }
 
+/// Spawns a background task that ends when the server stops.
+fn until_stopped(
+    mut stop: watch::Receiver<bool>,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = task => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    });
+}
+
 /// Starts two-phase commit support: checks the shards (waiting up to the connect timeout,
 /// so the first multi-shard write already uses it) and runs recovery in the background.
-pub async fn start_twophase(shared: &Arc<Shared>) {
+pub async fn start_twophase(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
     let tp = shared.twophase.clone();
-    tokio::spawn(crate::twophase::run(shared.map.clone(), tp.clone()));
+    until_stopped(stop, crate::twophase::run(shared.map.clone(), tp.clone()));
     let deadline = tokio::time::Instant::now() + shared.map.pool.connect_timeout;
     while !tp.probed() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -130,9 +146,9 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
 pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle, ServerError> {
     let addr = listener.local_addr()?;
     let shared = shared_state(map);
-    start_directory(&shared).await;
-    start_twophase(&shared).await;
     let (stop, mut stopped) = watch::channel(false);
+    start_directory(&shared, stopped.clone()).await;
+    start_twophase(&shared, stopped.clone()).await;
     let sh = shared.clone();
     tokio::spawn(async move {
         loop {
