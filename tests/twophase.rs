@@ -168,4 +168,41 @@ async fn keyless_writes_and_insert_select_are_atomic_and_stay_on_their_shards() 
         .await
         .unwrap();
     assert_eq!(n, 300, "the tag sums every shard's rows");
+
+    // COPY inside a transaction joins it: gone after ROLLBACK, on every shard after COMMIT.
+    let mut c = c;
+    for commit in [false, true] {
+        let tx = c.transaction().await.unwrap();
+        tx.execute("UPDATE users SET score = 0 WHERE id = 1", &[])
+            .await
+            .unwrap();
+        let sink = tx
+            .copy_in::<_, bytes::Bytes>("COPY users (id, score) FROM STDIN")
+            .await
+            .unwrap();
+        futures::pin_mut!(sink);
+        let rows: String = (1001..=1100).map(|i| format!("{i}\t1\n")).collect();
+        use futures::SinkExt;
+        sink.send(bytes::Bytes::from(rows)).await.unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 100);
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM users WHERE id > 1000", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, if commit { 100 } else { 0 });
+    }
+    let per = env
+        .per_shard_i64("SELECT count(*) FROM users WHERE id > 1000")
+        .await;
+    assert_eq!(per.iter().sum::<i64>(), 100);
+    assert!(
+        per.iter().all(|&n| n > 0),
+        "spread over the shards: {per:?}"
+    );
 }

@@ -91,11 +91,14 @@ impl Session {
         hide_ready: bool,
         started: &mut bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
-        if self.txn.status != b'I' {
-            return Ok(Err(ProxyError::Unsupported(format!(
-                "COPY FROM STDIN into {} writes on several shards and runs outside transaction blocks only (atomic multi-shard commit inside a transaction is not supported yet)",
-                plan.relation
-            ))));
+        // Inside a client transaction the COPY joins it (the shards commit together at
+        // COMMIT, which needs two-phase commit); outside, it is its own transaction.
+        let in_txn = self.txn.status != b'I';
+        if in_txn {
+            let all = self.target_of(crate::router::ShardSet::all(self.shared.map.shards.len()));
+            if let Err(e) = self.check_write(all, true, true) {
+                return Ok(Err(e));
+            }
         }
         let n = self.shared.map.shards.len();
         let idxs = match self.conns_for(0..n).await {
@@ -154,7 +157,9 @@ impl Session {
 
         // BEGIN and the COPY on every shard; each answers CopyInResponse or an error.
         let mut msg = BytesMut::with_capacity(sql.len() + 16);
-        build::query(&mut msg, "BEGIN");
+        if !in_txn {
+            build::query(&mut msg, "BEGIN");
+        }
         build::query(&mut msg, sql);
         for &ci in &idxs {
             let shard = self.conns[ci].shard;
@@ -165,7 +170,7 @@ impl Session {
         let mut copying = vec![false; idxs.len()];
         for (k, &ci) in idxs.iter().enumerate() {
             let shard = self.conns[ci].shard;
-            let mut ready = 0;
+            let mut ready = if in_txn { 1 } else { 0 };
             loop {
                 let f = self.conns[ci].read_frame().await.map_err(lost(shard))?;
                 match f.tag {
@@ -194,7 +199,7 @@ impl Session {
                 .is_none()
                 .then(|| ProxyError::Protocol("no shard started the COPY".into())),
         ) {
-            self.end_copy(&idxs, &copying, Some("COPY refused by a shard"))
+            self.end_copy(&idxs, &copying, Some("COPY refused by a shard"), in_txn)
                 .await?;
             return Ok(Err(e));
         }
@@ -220,7 +225,7 @@ impl Session {
                     m,
                 ),
             };
-            self.end_copy(&idxs, &copying, Some(&why)).await?;
+            self.end_copy(&idxs, &copying, Some(&why), in_txn).await?;
             return Ok(Err(e));
         }
 
@@ -256,6 +261,7 @@ impl Session {
                 &idxs,
                 &vec![false; idxs.len()],
                 first_error.as_ref().map(|_| ""),
+                in_txn,
             )
             .await?;
         if let Some(e) = first_error.or(commit_failed) {
@@ -269,7 +275,7 @@ impl Session {
             self.push_ready();
         }
         Ok(Ok(Outcome {
-            status: b'I',
+            status: self.txn.status,
             error: false,
         }))
     }
@@ -394,14 +400,17 @@ impl Session {
         }
     }
 
-    /// Ends the per-shard transactions: shards still copying get CopyFail (`why`) and are
-    /// read to ReadyForQuery; then all roll back (`why` given) or commit together
-    /// ([`Session::commit_all`]). Returns the commit's failure.
+    /// Ends the COPY: shards still copying get CopyFail (`why`) and are read to
+    /// ReadyForQuery; then, outside a client transaction, all roll back (`why` given) or
+    /// commit together ([`Session::commit_all`]). Inside one, the client's COMMIT or
+    /// ROLLBACK ends it (after an error the session reports the transaction failed).
+    /// Returns the commit's failure.
     async fn end_copy(
         &mut self,
         idxs: &[usize],
         copying: &[bool],
         why: Option<&str>,
+        in_txn: bool,
     ) -> Result<Option<ProxyError>, RelayError> {
         let mut msg = BytesMut::new();
         for (k, &ci) in idxs.iter().enumerate() {
@@ -413,6 +422,9 @@ impl Session {
             copy_fail(&mut msg, why.unwrap_or("aborted by the proxy"));
             self.conns[ci].write_all(&msg).await.map_err(lost(shard))?;
             while self.conns[ci].read_frame().await.map_err(lost(shard))?.tag != b'Z' {}
+        }
+        if in_txn {
+            return Ok(None);
         }
         if why.is_some() {
             self.rollback_all(idxs).await;
