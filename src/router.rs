@@ -179,47 +179,157 @@ pub struct StmtPlan {
 }
 
 /// A multi-row `INSERT … VALUES` cut into one INSERT per shard. The per-shard statements are
-/// the original text with only that shard's rows (`prefix` + rows joined by `, ` + `suffix`),
-/// so ON CONFLICT and RETURNING clauses stay as written.
+/// the original text with only that shard's rows (prefix + rows joined by `, ` + suffix), so
+/// ON CONFLICT and RETURNING clauses stay as written; `$n` parameters are renumbered per
+/// shard and each shard is bound only the parameters its text uses.
 #[derive(Debug)]
 pub struct InsertSplit {
     /// The table.
     pub table: Arc<Sharded>,
     /// Per row: its key, and its text span in the statement.
-    pub rows: Vec<(KeyValue, (usize, usize))>,
-    /// The statement's text (row spans index it).
+    pub rows: Vec<(RowKey, (usize, usize))>,
+    /// The statement's text (spans index it).
     pub text: String,
-    /// Statement text up to the first row.
-    pub prefix: String,
-    /// Statement text after the last row.
-    pub suffix: String,
+    /// `$n` references in the text: (start, end, 0-based parameter index).
+    params: Vec<(usize, usize, usize)>,
+}
+
+/// Bind parameters and whether each is binary.
+pub type BindParams<'a> = (&'a [Option<&'a [u8]>], &'a dyn Fn(usize) -> bool);
+
+/// The shard key of one VALUES row.
+#[derive(Debug, Clone)]
+pub enum RowKey {
+    /// A constant.
+    Const(KeyValue),
+    /// Parameter #n (0-based).
+    Param(usize),
+}
+
+/// One shard's part of a split INSERT.
+#[derive(Debug)]
+pub struct SplitPart {
+    /// The shard.
+    pub shard: usize,
+    /// Its INSERT.
+    pub sql: String,
+    /// The client's parameters it takes (0-based), in the order of its `$1, $2, …`.
+    pub params: Vec<usize>,
 }
 
 impl InsertSplit {
-    /// One statement per shard, for the current placement of each row's key.
-    pub fn statements(&self, map: &ShardMap) -> Result<Vec<(usize, String)>, ProxyError> {
-        let stmt = self.text.as_str();
-        let mut out: Vec<(usize, String)> = Vec::new();
-        for (key, (a, b)) in &self.rows {
+    /// One statement per shard, for the current placement of each row's key. `bind` gives
+    /// the Bind parameters when rows' keys are parameters.
+    pub fn statements(
+        &self,
+        map: &ShardMap,
+        bind: Option<BindParams<'_>>,
+    ) -> Result<Vec<SplitPart>, ProxyError> {
+        let mut rows_of: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
+        for (key, span) in &self.rows {
+            let owned;
+            let key = match key {
+                RowKey::Const(k) => k,
+                RowKey::Param(i) => {
+                    owned = self.param_key(*i, bind)?;
+                    &owned
+                }
+            };
             let shard = match map.locate(&self.table, key, true) {
                 Located::Shard(s) => s,
                 Located::Nowhere(why) => return Err(ProxyError::NoShard(why)),
                 Located::Unavailable(why) => return Err(ProxyError::Unavailable(why)),
             };
-            let row = stmt.get(*a..*b).unwrap_or("");
-            match out.iter_mut().find(|(s, _)| *s == shard) {
-                Some((_, sql)) => {
-                    sql.push_str(", ");
-                    sql.push_str(row);
-                }
-                None => out.push((shard, format!("{}{row}", self.prefix))),
+            match rows_of.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, rows)) => rows.push(*span),
+                None => rows_of.push((shard, vec![*span])),
             }
         }
-        for (_, sql) in &mut out {
-            sql.push_str(&self.suffix);
-        }
-        Ok(out)
+        let first = self.rows.first().map(|r| r.1 .0).unwrap_or(0);
+        let last = self.rows.last().map(|r| r.1 .1).unwrap_or(0);
+        Ok(rows_of
+            .into_iter()
+            .map(|(shard, rows)| {
+                let mut part = SplitPart {
+                    shard,
+                    sql: String::with_capacity(self.text.len()),
+                    params: Vec::new(),
+                };
+                self.copy_renumbered(0, first, &mut part);
+                for (k, (a, b)) in rows.iter().enumerate() {
+                    if k > 0 {
+                        part.sql.push_str(", ");
+                    }
+                    self.copy_renumbered(*a, *b, &mut part);
+                }
+                self.copy_renumbered(last, self.text.len(), &mut part);
+                part
+            })
+            .collect())
     }
+
+    /// Appends text `a..b` to the part, renumbering `$n` references.
+    fn copy_renumbered(&self, a: usize, b: usize, part: &mut SplitPart) {
+        let mut at = a;
+        for &(s, e, i) in self.params.iter().filter(|(s, _, _)| *s >= a && *s < b) {
+            part.sql.push_str(self.text.get(at..s).unwrap_or(""));
+            let n = match part.params.iter().position(|&p| p == i) {
+                Some(n) => n,
+                None => {
+                    part.params.push(i);
+                    part.params.len() - 1
+                }
+            };
+            part.sql.push_str(&format!("${}", n + 1));
+            at = e;
+        }
+        part.sql.push_str(self.text.get(at..b).unwrap_or(""));
+    }
+
+    /// The key given as Bind parameter `i`.
+    fn param_key(&self, i: usize, bind: Option<BindParams<'_>>) -> Result<KeyValue, ProxyError> {
+        let ty = self.table.key_type;
+        let Some((params, is_binary)) = bind else {
+            return Err(ProxyError::Protocol(
+                "internal: a split INSERT with parameters was run without them".into(),
+            ));
+        };
+        let raw = params.get(i).ok_or_else(|| {
+            ProxyError::Protocol(format!(
+                "bind message supplies {} parameters, but the statement needs at least {}",
+                params.len(),
+                i + 1
+            ))
+        })?;
+        let Some(raw) = raw else {
+            return Err(ProxyError::Unsupported(format!(
+                "shard key {} must not be NULL",
+                self.table.what()
+            )));
+        };
+        if is_binary(i) {
+            return Ok(key_from_binary(ty, raw).map_err(|e| e.in_param(i + 1))?);
+        }
+        let text = std::str::from_utf8(raw)
+            .map_err(|_| ProxyError::Protocol("invalid UTF-8 in text parameter".into()))?;
+        Ok(key_from_text(ty, text)?)
+    }
+}
+
+/// The `$n` parameter references in `stmt`, found with the Postgres lexer.
+fn param_refs(stmt: &str) -> Option<Vec<(usize, usize, usize)>> {
+    let tokens = pg_query::scan(stmt).ok()?.tokens;
+    Some(
+        tokens
+            .iter()
+            .filter_map(|t| {
+                let (s, e) = (t.start as usize, t.end as usize);
+                let digits = stmt.get(s..e)?.strip_prefix('$')?;
+                let n: usize = digits.parse().ok()?;
+                (n >= 1).then_some((s, e, n - 1))
+            })
+            .collect(),
+    )
 }
 
 /// The text spans of the rows of `INSERT … VALUES (…), (…)` in `stmt`, found with the
@@ -770,18 +880,28 @@ fn insert_split(
         let Some(NodeEnum::List(l)) = &row.node else {
             return None;
         };
-        let key = const_key(t.key_type, l.items.get(pos)?)?;
+        let item = l.items.get(pos)?;
+        let key = match param_of(item) {
+            Some(i) => RowKey::Param(i),
+            None => RowKey::Const(const_key(t.key_type, item)?),
+        };
         rows.push((key, span));
     }
-    let first = rows.first()?.1 .0;
-    let last = rows.last()?.1 .1;
     Some(Arc::new(InsertSplit {
         table: t.clone(),
-        prefix: stmt.get(..first)?.to_string(),
+        params: param_refs(stmt)?,
         text: stmt.to_string(),
-        suffix: stmt.get(last..)?.to_string(),
         rows,
     }))
+}
+
+/// The 0-based parameter a key expression is (`$3`, `$3::bigint`).
+fn param_of(n: &protobuf::Node) -> Option<usize> {
+    match &n.node {
+        Some(NodeEnum::TypeCast(c)) => param_of(c.arg.as_deref()?),
+        Some(NodeEnum::ParamRef(p)) if p.number >= 1 => Some(p.number as usize - 1),
+        _ => None,
+    }
 }
 
 /// A constant as a key of type `ty` (`None` for anything else, or a bad value).
@@ -2152,16 +2272,9 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
                     ))
                 }
             }
-            // Constant keys: the statement is split per shard (see InsertSplit); keys from
-            // parameters or literal templates are not split.
-            let spread = if params.is_empty() && literals.is_empty() {
-                RouteSpec::All
-            } else {
-                RouteSpec::Refuse(ProxyError::Unsupported(format!(
-                    "multi-row INSERT into {} whose rows belong to different shards needs constant shard keys to be split; with parameters, insert the rows separately",
-                    rel.relname
-                )))
-            };
+            // Rows on several shards: the statement is split per shard (see InsertSplit; the
+            // plan refuses it when no split could be made).
+            let spread = RouteSpec::All;
             let kr = KeyRoute {
                 fixed,
                 params,
@@ -2349,6 +2462,61 @@ mod tests {
         let r = resolve_keys(&m, &kr, &[Some(&b), Some(&b)], |_| true, Default::default());
         // created_at >= t AND created_at < t: empty interval, but ranges overlap at most s1.
         assert!(shards(r).iter().all(|&s| s == 1));
+    }
+
+    #[test]
+    fn split_insert_renumbers_parameters_per_shard() {
+        let m = map();
+        let p = plan(
+            &m,
+            "INSERT INTO users (id, name) VALUES ($1, $2), ($3, $4), ($5, 'c') RETURNING id, $6::text",
+        )
+        .unwrap();
+        let split = p.stmts[0].split.clone().expect("split");
+        // Keys 1, 2, 3: find two that land on different shards.
+        let shard = |k: i64| m.hash_shard(&KeyValue::Int(k));
+        let params: Vec<Option<&[u8]>> = vec![
+            Some(b"1"),
+            Some(b"a"),
+            Some(b"2"),
+            Some(b"b"),
+            Some(b"3"),
+            Some(b"tag"),
+        ];
+        let parts = split.statements(&m, Some((&params, &|_| false))).unwrap();
+        let total_rows: usize = parts
+            .iter()
+            .map(|p| p.sql.matches("), (").count() + 1)
+            .sum();
+        assert_eq!(total_rows, 3, "{parts:?}");
+        for part in &parts {
+            // Every shard's text uses $1.. densely, ending with the RETURNING parameter.
+            let n = part.params.len();
+            assert!(part.sql.contains(&format!("${n}::text")), "{part:?}");
+            assert_eq!(*part.params.last().unwrap(), 5, "{part:?}");
+            for (k, &i) in part.params.iter().enumerate() {
+                assert!(part.sql.contains(&format!("${}", k + 1)), "{part:?} {i}");
+            }
+            let keys: Vec<i64> = part
+                .params
+                .iter()
+                .filter(|&&i| i % 2 == 0 && i < 5)
+                .map(|&i| (i / 2 + 1) as i64)
+                .collect();
+            assert!(keys.iter().all(|&k| shard(k) == part.shard), "{part:?}");
+        }
+        assert_eq!(
+            parts
+                .iter()
+                .map(|p| p.shard)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            parts.len()
+        );
+        // A NULL key is refused.
+        let mut nul = params.clone();
+        nul[2] = None;
+        assert!(split.statements(&m, Some((&nul, &|_| false))).is_err());
     }
 
     #[test]

@@ -169,6 +169,35 @@ async fn keyless_writes_and_insert_select_are_atomic_and_stay_on_their_shards() 
         .unwrap();
     assert_eq!(n, 300, "the tag sums every shard's rows");
 
+    // A multi-row INSERT with parameter keys is split per shard, parameters renumbered.
+    let ids: Vec<i64> = (2001..=2012).collect();
+    let one = 1i32;
+    let mut sql = String::from("INSERT INTO users (id, score) VALUES ");
+    let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+    for (k, id) in ids.iter().enumerate() {
+        if k > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${})", 2 * k + 1, 2 * k + 2));
+        args.push(id);
+        args.push(&one);
+    }
+    sql.push_str(" RETURNING id");
+    let mut got: Vec<i64> = c
+        .query(&sql, &args)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    got.sort();
+    assert_eq!(got, ids, "RETURNING gathers every shard's rows");
+    let per = env
+        .per_shard_i64("SELECT count(*) FROM users WHERE id BETWEEN 2001 AND 2012")
+        .await;
+    assert_eq!(per.iter().sum::<i64>(), 12);
+    assert!(per.iter().filter(|&&n| n > 0).count() > 1, "{per:?}");
+
     // COPY inside a transaction joins it: gone after ROLLBACK, on every shard after COMMIT.
     let mut c = c;
     for commit in [false, true] {
@@ -191,14 +220,17 @@ async fn keyless_writes_and_insert_select_are_atomic_and_stay_on_their_shards() 
             tx.rollback().await.unwrap();
         }
         let n: i64 = c
-            .query_one("SELECT count(*) FROM users WHERE id > 1000", &[])
+            .query_one(
+                "SELECT count(*) FROM users WHERE id BETWEEN 1001 AND 1100",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
         assert_eq!(n, if commit { 100 } else { 0 });
     }
     let per = env
-        .per_shard_i64("SELECT count(*) FROM users WHERE id > 1000")
+        .per_shard_i64("SELECT count(*) FROM users WHERE id BETWEEN 1001 AND 1100")
         .await;
     assert_eq!(per.iter().sum::<i64>(), 100);
     assert!(

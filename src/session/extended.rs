@@ -21,6 +21,36 @@ use crate::error::ProxyError;
 use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
 use crate::router::{RouteSpec, ShardSet, StmtKind};
 
+/// A Bind body after the statement name that binds the client's parameters `take` (in that
+/// order), each with its own format code, and asks for the client's result formats.
+fn bind_tail(
+    take: &[usize],
+    params: &[Option<&[u8]>],
+    is_binary: &dyn Fn(usize) -> bool,
+    result_formats: &[i16],
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(take.len() as i16).to_be_bytes());
+    for &i in take {
+        b.extend_from_slice(&(i16::from(is_binary(i))).to_be_bytes());
+    }
+    b.extend_from_slice(&(take.len() as i16).to_be_bytes());
+    for &i in take {
+        match params.get(i).copied().flatten() {
+            Some(v) => {
+                b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                b.extend_from_slice(v);
+            }
+            None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    b.extend_from_slice(&(result_formats.len() as i16).to_be_bytes());
+    for f in result_formats {
+        b.extend_from_slice(&f.to_be_bytes());
+    }
+    b
+}
+
 /// A pipeline the proxy runs itself (see [`Session::special_batch`]).
 struct Special {
     /// The statement bound.
@@ -401,14 +431,31 @@ impl Session {
         } else if self.txn.status != b'I' {
             return None;
         } else if let Some(split) = &st.split {
-            let parts = split.statements(&self.shared.map).ok()?;
+            let params = m.params();
+            let is_binary = |i: usize| m.is_binary(i);
+            let parts = split
+                .statements(&self.shared.map, Some((&params, &is_binary)))
+                .ok()?;
             if parts.len() < 2 {
                 return None;
             }
+            let formats = m.result_formats();
             SpecialKind::Write {
                 work: parts
                     .into_iter()
-                    .map(|(shard, sql)| ShardWrite { shard, sql })
+                    .map(|p| {
+                        let types = p
+                            .params
+                            .iter()
+                            .map(|&i| stmt.types.get(i).copied().unwrap_or(0))
+                            .collect();
+                        let tail = bind_tail(&p.params, &params, &is_binary, &formats);
+                        ShardWrite {
+                            shard: p.shard,
+                            sql: p.sql,
+                            bind: Some((types, tail)),
+                        }
+                    })
                     .collect(),
                 replicated: false,
             }
@@ -428,6 +475,7 @@ impl Session {
                     .map(|shard| ShardWrite {
                         shard,
                         sql: stmt.sql.clone(),
+                        bind: None,
                     })
                     .collect(),
                 replicated: st.replicated,

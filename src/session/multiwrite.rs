@@ -23,6 +23,9 @@ pub struct ShardWrite {
     pub shard: usize,
     /// The statement it runs.
     pub sql: String,
+    /// Extended protocol: this shard's own parameter types and Bind body after the
+    /// statement name, when they differ from the client's (a split INSERT's subset).
+    pub bind: Option<(Vec<u32>, Vec<u8>)>,
 }
 
 /// How the statements are sent to the shards.
@@ -83,6 +86,10 @@ impl Session {
                     bind_tail,
                     describe,
                 } => {
+                    let (types, bind_tail) = match &w.bind {
+                        Some((t, b)) => (t.as_slice(), b.as_slice()),
+                        None => (types, bind_tail),
+                    };
                     build::parse(&mut msg, "", &w.sql, types);
                     build::bind_renamed(&mut msg, "", "", bind_tail);
                     if describe {

@@ -366,11 +366,15 @@ impl Session {
                     }
                     None if plan.stmts.len() == 1 && plan.stmts[0].split.is_some() => {
                         let split = plan.stmts[0].split.clone();
-                        match split.map(|sp| sp.statements(&self.shared.map)) {
+                        match split.map(|sp| sp.statements(&self.shared.map, None)) {
                             Some(Ok(parts)) => {
                                 let work: Vec<ShardWrite> = parts
                                     .into_iter()
-                                    .map(|(shard, sql)| ShardWrite { shard, sql })
+                                    .map(|p| ShardWrite {
+                                        shard: p.shard,
+                                        sql: p.sql,
+                                        bind: None,
+                                    })
                                     .collect();
                                 // Inside a transaction check_write allowed it (two-phase commit).
                                 self.multi_write(&work, WriteProtocol::Simple, false, hide_ready)
@@ -388,6 +392,7 @@ impl Session {
                             .map(|shard| ShardWrite {
                                 shard,
                                 sql: sql.to_string(),
+                                bind: None,
                             })
                             .collect();
                         let replicated = plan.replicated();
