@@ -202,17 +202,10 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
             tag: format!("SHOW {}", map.shards.len()),
         }),
         ["show", "route", table, key] => {
-            let reason = map
-                .explain_route(table, key)
+            let (shard, reason) = map
+                .route_of(table, key)
                 .map_err(|e| err("22023", e.to_string()))?;
-            let shard = reason
-                .rsplit_once("-> shard ")
-                .map(|(_, s)| s.to_owned())
-                .or_else(|| {
-                    reason
-                        .rsplit_once("shard ")
-                        .map(|(_, s)| s.split(' ').next().unwrap_or("").to_owned())
-                });
+            let shard = shard.map(|s| map.shard_names()[s].clone());
             Ok(Output {
                 columns: vec!["table", "key", "shard", "reason"],
                 rows: vec![vec![

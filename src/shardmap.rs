@@ -276,6 +276,16 @@ impl ShardMap {
     /// `table` is `rel` or `schema.rel`; it is looked up as written, then
     /// lower-cased (as SQL folds unquoted names).
     pub fn explain_route(&self, table: &str, key_text: &str) -> Result<String, RouteExplainError> {
+        self.route_of(table, key_text).map(|(_, reason)| reason)
+    }
+
+    /// The shard `key_text` of `table` lives on (`None` for a reference table, or a key no
+    /// shard takes) and the explanation [`ShardMap::explain_route`] gives.
+    pub fn route_of(
+        &self,
+        table: &str,
+        key_text: &str,
+    ) -> Result<(Option<usize>, String), RouteExplainError> {
         let (schema, rel) = match table.split_once('.') {
             Some((s, r)) if !s.is_empty() && !r.is_empty() && !r.contains('.') => (s, r),
             None if !table.is_empty() => ("", table),
@@ -293,19 +303,30 @@ impl ShardMap {
                         column: t.key.clone(),
                         source,
                     })?;
-                Ok(t.explain(table, &self.ring, &value, &self.shard_names))
+                let shard = match self.locate(t, &value, false) {
+                    Located::Shard(s) => Some(s),
+                    _ => None,
+                };
+                Ok((
+                    shard,
+                    t.explain(table, &self.ring, &value, &self.shard_names),
+                ))
             }
-            Some(TableRule::Reference) => Ok(format!(
-                "{table} is a reference table: reads go to one shard, writes to all"
+            Some(TableRule::Reference) => Ok((
+                None,
+                format!("{table} is a reference table: reads go to one shard, writes to all"),
             )),
-            None => Ok(format!(
-                "{table} is not in tables: unsharded, lives on shard {} ({})",
-                self.shards[self.default_shard].name,
-                if self.default_shard_explicit {
-                    "default_shard"
-                } else {
-                    "the first shard; set default_shard to change"
-                }
+            None => Ok((
+                Some(self.default_shard),
+                format!(
+                    "{table} is not in tables: unsharded, lives on shard {} ({})",
+                    self.shards[self.default_shard].name,
+                    if self.default_shard_explicit {
+                        "default_shard"
+                    } else {
+                        "the first shard; set default_shard to change"
+                    }
+                ),
             )),
         }
     }

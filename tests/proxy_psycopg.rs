@@ -68,3 +68,61 @@ async fn psycopg3_suite_through_the_proxy() {
     let total: i64 = per_shard.iter().sum();
     assert_eq!(total, 1000);
 }
+
+/// psycopg's `executemany` in pipeline mode sends one pipeline of Bind/Execute pairs: into a
+/// reference table it must apply on every shard or on none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_pipelined_reference_writes_are_all_or_nothing() {
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(&env, "countries: { strategy: reference }\n", "").await;
+    let c = proxy.client().await;
+    c.batch_execute("CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL)")
+        .await
+        .unwrap();
+    env.shard_client(1)
+        .await
+        .batch_execute("INSERT INTO countries VALUES ('ZZ', 'planted')")
+        .await
+        .unwrap();
+    let script = r#"
+import sys, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+rows = [("AA", "a"), ("ZZ", "z"), ("BB", "b")]
+try:
+    with conn.pipeline():
+        conn.cursor().executemany("INSERT INTO countries (code, name) VALUES (%s, %s)", rows)
+    print("applied")
+except psycopg.Error as e:
+    print("failed", e.sqlstate)
+conn.close()
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+with conn.pipeline():
+    conn.cursor().executemany("INSERT INTO countries (code, name) VALUES (%s, %s)", [("CC", "c"), ("DD", "d")])
+print("second applied")
+"#;
+    let conninfo = proxy.conninfo();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .args(["-c", script, &conninfo])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("failed 23505"), "{stdout}");
+    assert!(stdout.contains("second applied"), "{stdout}");
+    for (code, want) in [("AA", 0), ("BB", 0), ("CC", 1), ("DD", 1)] {
+        let per = env
+            .per_shard_i64(&format!(
+                "SELECT count(*) FROM countries WHERE code = '{code}'"
+            ))
+            .await;
+        assert_eq!(per, vec![want; 3], "{code}");
+    }
+}

@@ -238,3 +238,38 @@ async fn keyless_writes_and_insert_select_are_atomic_and_stay_on_their_shards() 
         "spread over the shards: {per:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reference_writes_are_atomic() {
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(&env, "countries: { strategy: reference }", "").await;
+    let c = proxy.client().await;
+    c.batch_execute("CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL)")
+        .await
+        .unwrap();
+    // Plant a row on one shard only: the second INSERT of the pipeline fails there.
+    env.shard_client(1)
+        .await
+        .batch_execute("INSERT INTO countries VALUES ('ZZ', 'planted')")
+        .await
+        .unwrap();
+    let ins = c
+        .prepare("INSERT INTO countries (code, name) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    // Two Bind/Execute pairs in one pipeline (tokio-postgres pipelines concurrent queries).
+    let (a, b) = tokio::join!(
+        c.execute(&ins, &[&"AA", &"a"]),
+        c.execute(&ins, &[&"ZZ", &"z"])
+    );
+    assert!(a.is_err() || b.is_err(), "the duplicate fails: {a:?} {b:?}");
+    // Either execute may fail first; no shard may hold 'AA' unless every shard does.
+    let all = env
+        .per_shard_i64("SELECT count(*) FROM countries WHERE code = 'AA'")
+        .await;
+    assert!(all.iter().all(|&x| x == all[0]), "{all:?}");
+    let zz = env
+        .per_shard_i64("SELECT count(*) FROM countries WHERE code = 'ZZ'")
+        .await;
+    assert_eq!(zz, vec![0, 1, 0], "only the planted row");
+}

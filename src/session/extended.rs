@@ -227,7 +227,9 @@ impl Session {
                 } else if ops.iter().any(|o| matches!(o, Op::Gather(..))) {
                     self.batch_gather(set, ops, cut.as_ref()).await
                 } else {
-                    self.batch_all(set, ops, cut.as_ref()).await
+                    // Writes outside a transaction: one atomic write on every shard.
+                    let atomic = writes && self.txn.status == b'I';
+                    self.batch_all(set, ops, cut.as_ref(), atomic).await
                 }
             }
         };
@@ -852,6 +854,7 @@ impl Session {
         set: ShardSet,
         ops: Vec<Op>,
         cut: Option<&ProxyError>,
+        atomic: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
         let idxs = match self.conns_for(set.iter()).await {
             Ok(i) => i,
@@ -904,6 +907,29 @@ impl Session {
                 self.conns[i].prepared.insert(p.name_hash);
             }
         }
+        // A pipeline that writes on several shards outside a transaction runs inside one on
+        // each shard and ends with their joint commit (two-phase where available), so a
+        // failure on one shard leaves nothing applied on the others.
+        let atomic = atomic && cut.is_none() && idxs.len() > 1;
+        if atomic {
+            for &i in &idxs {
+                let shard = self.conns[i].shard;
+                match self.conns[i].run_simple("BEGIN").await {
+                    Ok((None, _)) => {}
+                    Ok((Some((code, message)), _)) => {
+                        self.rollback_all(&idxs).await;
+                        return Ok(Err(ProxyError::Backend { code, message }));
+                    }
+                    Err(error) => {
+                        return Err(RelayError::Backend {
+                            shard,
+                            error,
+                            forwarded: true,
+                        })
+                    }
+                }
+            }
+        }
         let mut msg = BytesMut::with_capacity(256);
         let mut seen_backend_op = false;
         let replicated = ops.iter().any(|op| match op {
@@ -913,9 +939,12 @@ impl Session {
         for op in ops {
             match op {
                 Op::Parse(_) | Op::Local(_) if seen_backend_op => {
+                    if atomic {
+                        self.rollback_all(&idxs).await;
+                    }
                     return Ok(Err(ProxyError::Unsupported(
                         "in a pipeline that runs on all shards, Parse and Close of statements must come before Bind/Execute".into(),
-                    )))
+                    )));
                 }
                 Op::Parse(_) => build::empty(&mut self.out, b'1'),
                 Op::Local(b) => self.out.extend_from_slice(&b),
@@ -938,8 +967,19 @@ impl Session {
         }
         build::empty(&mut msg, b'S');
         self.send_to_all(&idxs, &msg).await?;
-        let hide = cut.is_some();
+        let hide = cut.is_some() || atomic;
         let mut o = self.relay_all(&idxs, hide, replicated).await?;
+        if atomic {
+            if o.error {
+                self.rollback_all(&idxs).await;
+            } else if let Err(e) = self.commit_all(&idxs).await? {
+                self.push_error(&e);
+                o.error = true;
+            }
+            o.status = b'I';
+            build::ready_for_query(&mut self.out, b'I');
+            return Ok(Ok(o));
+        }
         if let Some(e) = cut {
             if !o.error {
                 build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());
