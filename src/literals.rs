@@ -5,7 +5,7 @@
 //! full parse); the template key is the token sequence with every plain constant replaced by
 //! a placeholder. A plan made for a template never folds a constant into its route: a
 //! constant that is a shard key stays a reference to "literal #n", evaluated for each query
-//! from that query's own tokens ([`literal_key`]). Only plans whose other parts do not depend
+//! from that query's own tokens ([`literal_value`]). Only plans whose other parts do not depend
 //! on constant values are kept as templates (see `router::PlanCache::get_simple`).
 
 use pg_query::protobuf::Token;
