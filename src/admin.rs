@@ -5,6 +5,10 @@
 //! | command | result |
 //! |---|---|
 //! | `SHOW SHARDS` | name, host, port, database, region, weight |
+//! | `SHOW POOLS` | shard, size, in_use, idle, waiting, mode |
+//! | `SHOW STATS` | name, value: clients, statements routed by kind, refused |
+//! | `SHOW CONFIG` | name, value: the settings in effect |
+//! | `SHOW VERSION` | version |
 //! | `SHOW ROUTE <table> <key>` | table, key, shard, reason |
 //! | `SHOW DIRECTORY` | key, shard (the directory entries this proxy knows) |
 //! | `DIRECTORY ASSIGN <key> TO <shard>` | assigns a key with no entry yet |
@@ -47,7 +51,7 @@ struct Output {
     tag: String,
 }
 
-const USAGE: &str = "admin commands: SHOW SHARDS; SHOW ROUTE <table> <key>; SHOW DIRECTORY; DIRECTORY ASSIGN <key> TO <shard>; DIRECTORY MOVE <key> TO <shard>";
+const USAGE: &str = "admin commands: SHOW SHARDS | POOLS | STATS | CONFIG | VERSION; SHOW ROUTE <table> <key>; SHOW DIRECTORY; DIRECTORY ASSIGN <key> TO <shard>; DIRECTORY MOVE <key> TO <shard>";
 
 /// Serves one admin connection until the client leaves.
 pub async fn run(
@@ -201,6 +205,129 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
                 .collect(),
             tag: format!("SHOW {}", map.shards.len()),
         }),
+        ["show", "version"] => Ok(Output {
+            columns: vec!["version"],
+            rows: vec![vec![Some(format!(
+                "shardwire {}",
+                env!("CARGO_PKG_VERSION")
+            ))]],
+            tag: "SHOW 1".into(),
+        }),
+        ["show", "pools"] => {
+            let rows: Vec<Vec<Option<String>>> = shared
+                .pools
+                .iter()
+                .map(|p| {
+                    let st = p.stats();
+                    vec![
+                        Some(p.info.name.clone()),
+                        Some(st.size.to_string()),
+                        Some(st.in_use.to_string()),
+                        Some(st.idle.to_string()),
+                        Some(st.waiting.to_string()),
+                        Some(
+                            if map.pool.session_mode {
+                                "session"
+                            } else {
+                                "transaction"
+                            }
+                            .into(),
+                        ),
+                    ]
+                })
+                .collect();
+            Ok(Output {
+                columns: vec!["shard", "size", "in_use", "idle", "waiting", "mode"],
+                tag: format!("SHOW {}", rows.len()),
+                rows,
+            })
+        }
+        ["show", "stats"] => {
+            use std::sync::atomic::Ordering::Relaxed;
+            let st = &shared.stats;
+            let rows = [
+                ("clients", shared.clients.load(Relaxed) as u64),
+                ("routed_single_shard", st.single.load(Relaxed)),
+                ("routed_some_shards", st.multi.load(Relaxed)),
+                ("routed_all_shards", st.all.load(Relaxed)),
+                ("refused_by_router", st.refused.load(Relaxed)),
+            ]
+            .into_iter()
+            .map(|(k, v)| vec![Some(k.to_string()), Some(v.to_string())])
+            .collect::<Vec<_>>();
+            Ok(Output {
+                columns: vec!["name", "value"],
+                tag: format!("SHOW {}", rows.len()),
+                rows,
+            })
+        }
+        ["show", "config"] => {
+            let p = &map.pool;
+            let mut rows: Vec<(&str, String)> = vec![
+                ("listen", map.listen.clone()),
+                ("auth", map.auth.name().into()),
+                ("shards", map.shard_names().join(", ")),
+                ("pool.size", p.size.to_string()),
+                (
+                    "pool.mode",
+                    if p.session_mode {
+                        "session"
+                    } else {
+                        "transaction"
+                    }
+                    .into(),
+                ),
+                (
+                    "pool.checkout_timeout_ms",
+                    p.checkout_timeout.as_millis().to_string(),
+                ),
+                (
+                    "pool.connect_timeout_ms",
+                    p.connect_timeout.as_millis().to_string(),
+                ),
+                ("hash.vnodes", map.vnodes.to_string()),
+                (
+                    "default_shard",
+                    map.shard_names()[map.default_shard].clone(),
+                ),
+                ("limits.max_message_size", map.max_message_size.to_string()),
+                (
+                    "limits.max_client_connections",
+                    map.max_client_connections.to_string(),
+                ),
+                (
+                    "gather.memory_limit_mb",
+                    (map.gather.memory_limit >> 20).to_string(),
+                ),
+                (
+                    "gather.timeout_secs",
+                    map.gather.timeout.as_secs().to_string(),
+                ),
+                (
+                    "two_phase_commit",
+                    if shared.twophase.available() {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                    .into(),
+                ),
+            ];
+            if let Some(d) = &map.directory {
+                rows.push((
+                    "directory",
+                    format!("{} on {}", d.table, map.shard_names()[d.shard]),
+                ));
+            }
+            Ok(Output {
+                columns: vec!["name", "value"],
+                tag: format!("SHOW {}", rows.len()),
+                rows: rows
+                    .into_iter()
+                    .map(|(k, v)| vec![Some(k.to_string()), Some(v)])
+                    .collect(),
+            })
+        }
         ["show", "route", table, key] => {
             let (shard, reason) = map
                 .route_of(table, key)

@@ -6,7 +6,7 @@
 //! generation so idle connections made before it are dropped instead of reused: after a
 //! shard restart the proxy reconnects by itself on the next checkout.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -28,6 +28,20 @@ pub struct ShardPool {
     idle: Mutex<Vec<BackendConn>>,
     permits: Arc<Semaphore>,
     generation: AtomicU64,
+    waiting: AtomicUsize,
+}
+
+/// A pool's state, for the admin console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Most connections.
+    pub size: usize,
+    /// Connections checked out now.
+    pub in_use: usize,
+    /// Open connections waiting in the pool.
+    pub idle: usize,
+    /// Checkouts waiting for a free connection.
+    pub waiting: usize,
 }
 
 /// A checked-out connection; give it back with [`PooledConn::release`]. Dropping it
@@ -49,14 +63,42 @@ impl ShardPool {
             settings,
             idle: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
         })
+    }
+
+    /// The pool's current state.
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.settings.size,
+            in_use: self
+                .settings
+                .size
+                .saturating_sub(self.permits.available_permits()),
+            idle: self.idle.lock().len(),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
     }
 
     /// Takes a connection, waiting at most the configured checkout timeout.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, ProxyError> {
         let timeout = self.settings.checkout_timeout;
-        let permit = match tokio::time::timeout(timeout, self.permits.clone().acquire_owned()).await
-        {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Ok(Ok(p)),
+            Err(_) => {
+                // Counted while waiting, also if the checkout is abandoned.
+                struct Waiting<'a>(&'a AtomicUsize);
+                impl Drop for Waiting<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let _w = Waiting(&self.waiting);
+                tokio::time::timeout(timeout, self.permits.clone().acquire_owned()).await
+            }
+        };
+        let permit = match permit {
             Ok(Ok(p)) => p,
             _ => {
                 return Err(ProxyError::PoolTimeout {

@@ -138,6 +138,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         clients: Default::default(),
         bytewise_text: Default::default(),
         twophase: Default::default(),
+        stats: Default::default(),
         map,
     })
 }

@@ -59,6 +59,21 @@ pub struct Shared {
     pub bytewise_text: std::sync::OnceLock<bool>,
     /// Two-phase commit for writes that span shards.
     pub twophase: Arc<crate::twophase::TwoPhase>,
+    /// Statements routed, by kind of route.
+    pub stats: RouteStats,
+}
+
+/// Statements routed since the proxy started, by where they went.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// To one shard.
+    pub single: std::sync::atomic::AtomicU64,
+    /// To some of the shards (a key list).
+    pub multi: std::sync::atomic::AtomicU64,
+    /// To every shard.
+    pub all: std::sync::atomic::AtomicU64,
+    /// Refused by the router.
+    pub refused: std::sync::atomic::AtomicU64,
 }
 
 /// A resolved destination.
@@ -404,8 +419,28 @@ impl Session {
         }
     }
 
-    /// Resolves a route (with Bind parameters where it needs them).
+    /// Resolves a route (with Bind parameters where it needs them), counting it in the
+    /// proxy's route statistics.
     fn resolve(
+        &self,
+        route: &RouteSpec,
+        params: &[Option<&[u8]>],
+        is_binary: &dyn Fn(usize) -> bool,
+        lits: crate::literals::QueryLits<'_>,
+    ) -> Result<Target, ProxyError> {
+        let r = self.resolve_route(route, params, is_binary, lits);
+        let n = self.shared.map.shards.len();
+        let counter = match &r {
+            Ok(Target::Shard(_)) => &self.shared.stats.single,
+            Ok(Target::Set(set)) if set.len() >= n => &self.shared.stats.all,
+            Ok(Target::Set(_)) => &self.shared.stats.multi,
+            Err(_) => &self.shared.stats.refused,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    fn resolve_route(
         &self,
         route: &RouteSpec,
         params: &[Option<&[u8]>],
@@ -423,7 +458,7 @@ impl Session {
                 if matches!(r, RouteSpec::Keys(_)) {
                     return Err(ProxyError::Protocol("unresolved key route".into()));
                 }
-                self.resolve(&r, params, is_binary, lits)
+                self.resolve_route(&r, params, is_binary, lits)
             }
         }
     }
