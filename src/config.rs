@@ -33,7 +33,7 @@ pub struct RawConfig {
     /// Address clients connect to (`host:port`).
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Address of the HTTP admin endpoint (accepted; not served yet).
+    /// Address of the HTTP admin endpoint (`/metrics`, `/health`).
     #[serde(default)]
     pub admin: Option<String>,
     /// Who may connect to the proxy (at least one).

@@ -10,6 +10,7 @@
 //! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
 
 pub mod admin;
+pub mod admin_http;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
@@ -30,4 +31,5 @@ pub mod server;
 pub mod session;
 pub mod shardmap;
 pub mod strategy;
+pub mod telemetry;
 pub mod twophase;

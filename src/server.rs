@@ -41,6 +41,8 @@ pub enum ServerError {
 pub struct ServerHandle {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address of the HTTP endpoint (`/metrics`, `/health`), when the map has `admin:`.
+    pub admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     /// State shared by its sessions.
     pub shared: Arc<Shared>,
@@ -139,6 +141,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         bytewise_text: Default::default(),
         twophase: Default::default(),
         stats: Default::default(),
+        telemetry: crate::telemetry::Telemetry::new(map.shard_names()),
         map,
     })
 }
@@ -150,6 +153,16 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
     let (stop, mut stopped) = watch::channel(false);
     start_directory(&shared, stopped.clone()).await;
     start_twophase(&shared, stopped.clone()).await;
+    let admin_addr = match &shared.map.admin {
+        Some(a) => {
+            let l = TcpListener::bind(a.as_str()).await?;
+            let at = l.local_addr()?;
+            tokio::spawn(crate::admin_http::serve(shared.clone(), l, stopped.clone()));
+            tracing::info!(addr = %at, "admin endpoint (/metrics, /health) listening");
+            Some(at)
+        }
+        None => None,
+    };
     let sh = shared.clone();
     tokio::spawn(async move {
         loop {
@@ -173,7 +186,12 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
         }
     });
     tracing::info!(%addr, shards = shared.map.shards.len(), "shardwire listening");
-    Ok(ServerHandle { addr, stop, shared })
+    Ok(ServerHandle {
+        addr,
+        admin_addr,
+        stop,
+        shared,
+    })
 }
 
 /// The database name that opens the admin console.

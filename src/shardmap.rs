@@ -142,7 +142,7 @@ impl TableRule {
 pub struct ShardMap {
     /// Address clients connect to.
     pub listen: String,
-    /// Address of the HTTP admin endpoint (accepted; not served yet).
+    /// Address of the HTTP admin endpoint (`/metrics`, `/health`).
     pub admin: Option<String>,
     /// Who may connect.
     pub users: Vec<UserEntry>,
@@ -345,7 +345,7 @@ impl ShardMap {
             if self.users.len() == 1 { "" } else { "s" }
         );
         if let Some(admin) = &self.admin {
-            let _ = writeln!(s, "admin {admin} (accepted, not served yet)");
+            let _ = writeln!(s, "admin {admin} (HTTP: /metrics, /health)");
         }
         let shares = self.ring.shares();
         let name_w = self.shards.iter().map(|x| x.name.len()).max().unwrap_or(0);

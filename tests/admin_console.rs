@@ -135,3 +135,104 @@ async fn the_console_is_for_admin_users_only() {
     assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}");
     assert!(format!("{e:?}").contains("admin: true"), "{e:?}");
 }
+
+/// One HTTP GET against the admin endpoint: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (code, body)
+}
+
+/// The value of a metric line `name{labels} value` (labels as rendered).
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name_and_labels} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_over_http() {
+    let env = TestEnv::new(2).await;
+    let proxy = Proxy::start(&env, TABLES, "admin: 127.0.0.1:0").await;
+    let addr = proxy.handle.admin_addr.expect("admin endpoint");
+    let c = proxy.client().await;
+    c.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    for id in 1..=10i64 {
+        c.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", &[&id])
+            .await
+            .unwrap();
+    }
+    c.query("SELECT count(*) FROM users", &[]).await.unwrap();
+    // Two errors: one the router refuses (0A), one a shard reports (23).
+    let _ = c
+        .query("SELECT * FROM users u, users v WHERE u.name = v.name", &[])
+        .await
+        .unwrap_err();
+    let _ = c
+        .execute("INSERT INTO users (id, name) VALUES (1, 'dup')", &[])
+        .await
+        .unwrap_err();
+
+    let (code, text) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    assert!(metric(&text, "shardwire_statements_total{route=\"single\"}") >= 11.0);
+    assert!(metric(&text, "shardwire_statements_total{route=\"all\"}") >= 2.0);
+    assert!(metric(&text, "shardwire_statements_total{route=\"refused\"}") >= 1.0);
+    assert!(metric(&text, "shardwire_errors_total{class=\"0A\"}") >= 1.0);
+    assert!(metric(&text, "shardwire_errors_total{class=\"23\"}") >= 1.0);
+    assert_eq!(metric(&text, "shardwire_client_connections"), 1.0);
+    assert_eq!(metric(&text, "shardwire_pool_size{shard=\"s0\"}"), 10.0);
+    assert_eq!(
+        metric(
+            &text,
+            "shardwire_pool_connections{shard=\"s1\",state=\"in_use\"}"
+        ),
+        0.0
+    );
+    assert!(
+        metric(
+            &text,
+            "shardwire_pool_connections{shard=\"s1\",state=\"idle\"}"
+        ) >= 1.0
+    );
+
+    let (code, body) = http_get(addr, "/health").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"s0\":\"up\"") && body.contains("\"s1\":\"up\""),
+        "{body}"
+    );
+    assert_eq!(http_get(addr, "/nope").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_health_reports_a_stopped_shard() {
+    let env = TestEnv::new_owned(2).await;
+    let proxy = Proxy::start(&env, TABLES, "admin: 127.0.0.1:0").await;
+    let addr = proxy.handle.admin_addr.expect("admin endpoint");
+    assert_eq!(http_get(addr, "/health").await.0, 200);
+    env.stop_shard(1);
+    let (code, body) = http_get(addr, "/health").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("\"s1\":\"down\"") && body.contains("\"s0\":\"up\""),
+        "{body}"
+    );
+}

@@ -61,6 +61,8 @@ pub struct Shared {
     pub twophase: Arc<crate::twophase::TwoPhase>,
     /// Statements routed, by kind of route.
     pub stats: RouteStats,
+    /// Prometheus metrics.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// Statements routed since the proxy started, by where they went.
@@ -354,6 +356,7 @@ impl Session {
 
     /// Queues an ErrorResponse; inside a transaction it fails the transaction, as in Postgres.
     fn push_error(&mut self, e: &ProxyError) {
+        self.shared.telemetry.error(e.sqlstate());
         build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());
         if self.txn.status != b'I' {
             self.txn.status = b'E';
@@ -430,13 +433,15 @@ impl Session {
     ) -> Result<Target, ProxyError> {
         let r = self.resolve_route(route, params, is_binary, lits);
         let n = self.shared.map.shards.len();
-        let counter = match &r {
-            Ok(Target::Shard(_)) => &self.shared.stats.single,
-            Ok(Target::Set(set)) if set.len() >= n => &self.shared.stats.all,
-            Ok(Target::Set(_)) => &self.shared.stats.multi,
-            Err(_) => &self.shared.stats.refused,
+        let (st, tm) = (&self.shared.stats, &self.shared.telemetry);
+        let (counter, metric) = match &r {
+            Ok(Target::Shard(_)) => (&st.single, &tm.single),
+            Ok(Target::Set(set)) if set.len() >= n => (&st.all, &tm.all),
+            Ok(Target::Set(_)) => (&st.multi, &tm.multi),
+            Err(_) => (&st.refused, &tm.refused),
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metric.increment(1);
         r
     }
 

@@ -124,6 +124,9 @@ impl Session {
             match f.tag {
                 b'E' => {
                     outcome.error = true;
+                    self.shared
+                        .telemetry
+                        .error(&crate::protocol::error_fields(f.body()).0);
                     if !quiet {
                         self.out.extend_from_slice(&f.raw);
                     }

@@ -1,0 +1,146 @@
+//! Prometheus metrics of one proxy, through the `metrics` crate and its Prometheus exporter.
+//!
+//! Each proxy owns its recorder (no process-global state, so several proxies in one process —
+//! the tests — keep separate numbers). Hot-path counters are handles registered once: an
+//! increment is one atomic add. Pool and client gauges are read when `/metrics` is scraped.
+//! Label values come from fixed sets (route kinds, shard names from the map, SQLSTATE
+//! classes), so cardinality is bounded.
+//!
+//! | metric | labels | meaning |
+//! |---|---|---|
+//! | `shardwire_statements_total` | `route` = single, multi, all, refused | statements routed |
+//! | `shardwire_errors_total` | `class` = SQLSTATE class (`23`, `0A`, …) | errors the proxy sent or relayed |
+//! | `shardwire_client_connections` | | connected clients |
+//! | `shardwire_pool_connections` | `shard`, `state` = in_use, idle | backend connections |
+//! | `shardwire_pool_waiting` | `shard` | checkouts waiting for a connection |
+//! | `shardwire_pool_size` | `shard` | configured pool size |
+
+use std::collections::HashMap;
+
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use parking_lot::Mutex;
+
+use crate::pool::ShardPool;
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
+
+/// The metrics of one proxy.
+pub struct Telemetry {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Statements routed to one shard.
+    pub single: Counter,
+    /// Statements routed to some shards.
+    pub multi: Counter,
+    /// Statements routed to every shard.
+    pub all: Counter,
+    /// Statements the router refused.
+    pub refused: Counter,
+    errors: Mutex<HashMap<[u8; 2], Counter>>,
+    clients: Gauge,
+    /// Per shard: size, in use, idle, waiting.
+    pools: Vec<[Gauge; 4]>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Telemetry")
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
+    Key::from_parts(
+        name,
+        labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.clone()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+impl Telemetry {
+    /// Metrics for a proxy over shards named `shards`.
+    pub fn new(shards: &[String]) -> Telemetry {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counter = |route: &str| {
+            recorder.register_counter(
+                &key(
+                    "shardwire_statements_total",
+                    &[("route", route.to_string())],
+                ),
+                &METADATA,
+            )
+        };
+        let (single, multi, all, refused) = (
+            counter("single"),
+            counter("multi"),
+            counter("all"),
+            counter("refused"),
+        );
+        let clients = recorder.register_gauge(&key("shardwire_client_connections", &[]), &METADATA);
+        let pools = shards
+            .iter()
+            .map(|s| {
+                let g = |name: &'static str, state: Option<&str>| {
+                    let mut labels = vec![("shard", s.clone())];
+                    if let Some(st) = state {
+                        labels.push(("state", st.to_string()));
+                    }
+                    recorder.register_gauge(&key(name, &labels), &METADATA)
+                };
+                [
+                    g("shardwire_pool_size", None),
+                    g("shardwire_pool_connections", Some("in_use")),
+                    g("shardwire_pool_connections", Some("idle")),
+                    g("shardwire_pool_waiting", None),
+                ]
+            })
+            .collect();
+        Telemetry {
+            recorder,
+            handle,
+            single,
+            multi,
+            all,
+            refused,
+            errors: Mutex::new(HashMap::new()),
+            clients,
+            pools,
+        }
+    }
+
+    /// Counts an error by its SQLSTATE class (the first two characters).
+    pub fn error(&self, sqlstate: &str) {
+        let b = sqlstate.as_bytes();
+        let class = match b {
+            [a, c, ..] if a.is_ascii_alphanumeric() && c.is_ascii_alphanumeric() => [*a, *c],
+            _ => *b"XX",
+        };
+        let mut errors = self.errors.lock();
+        errors
+            .entry(class)
+            .or_insert_with(|| {
+                let label = String::from_utf8_lossy(&class).into_owned();
+                self.recorder.register_counter(
+                    &key("shardwire_errors_total", &[("class", label)]),
+                    &METADATA,
+                )
+            })
+            .increment(1);
+    }
+
+    /// The Prometheus text exposition, with gauges read now.
+    pub fn render(&self, clients: usize, pools: &[std::sync::Arc<ShardPool>]) -> String {
+        self.clients.set(clients as f64);
+        for (g, p) in self.pools.iter().zip(pools) {
+            let st = p.stats();
+            g[0].set(st.size as f64);
+            g[1].set(st.in_use as f64);
+            g[2].set(st.idle as f64);
+            g[3].set(st.waiting as f64);
+        }
+        self.handle.render()
+    }
+}
