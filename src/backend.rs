@@ -73,18 +73,27 @@ pub struct BackendConn {
 
 impl BackendConn {
     /// Connects and logs in to `info`, within `timeout`.
+    /// `statement_timeout` becomes the connection's default (a startup parameter, so
+    /// `RESET ALL` keeps it and a client's own `SET statement_timeout` overrides it).
     pub async fn connect(
         shard: usize,
         info: &ShardInfo,
         timeout: Duration,
+        statement_timeout: Option<Duration>,
     ) -> Result<BackendConn, BackendError> {
-        match tokio::time::timeout(timeout, Self::connect_inner(shard, info)).await {
+        match tokio::time::timeout(timeout, Self::connect_inner(shard, info, statement_timeout))
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(BackendError::Timeout(timeout)),
         }
     }
 
-    async fn connect_inner(shard: usize, info: &ShardInfo) -> Result<BackendConn, BackendError> {
+    async fn connect_inner(
+        shard: usize,
+        info: &ShardInfo,
+        statement_timeout: Option<Duration>,
+    ) -> Result<BackendConn, BackendError> {
         let stream = TcpStream::connect((info.host.as_str(), info.port)).await?;
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
@@ -103,11 +112,15 @@ impl BackendConn {
             ready_status: b'I',
         };
         let mut buf = BytesMut::new();
-        let params = [
+        let timeout_ms = statement_timeout.map(|d| d.as_millis().to_string());
+        let mut params = vec![
             ("user", info.user.as_str()),
             ("database", info.dbname.as_str()),
             ("client_encoding", "UTF8"),
         ];
+        if let Some(ms) = &timeout_ms {
+            params.push(("statement_timeout", ms.as_str()));
+        }
         frontend::startup_message(params.iter().copied(), &mut buf)?;
         conn.writer.write_all(&buf).await?;
         let password = info.password.clone().unwrap_or_default();

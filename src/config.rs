@@ -164,6 +164,13 @@ pub struct RawLimits {
     pub max_message_size: u64,
     /// Most concurrent client connections.
     pub max_client_connections: u64,
+    /// Longest a statement may run on a shard, in milliseconds (0: no limit). Sent to the
+    /// shards as their `statement_timeout` default; a client's own SET still wins.
+    pub query_timeout_ms: u64,
+    /// Longest a client may stay idle inside a transaction, in milliseconds (0: no limit).
+    pub idle_in_transaction_timeout_ms: u64,
+    /// Longest a client may stay idle outside a transaction, in milliseconds (0: no limit).
+    pub client_idle_timeout_ms: u64,
 }
 
 impl Default for RawLimits {
@@ -171,6 +178,9 @@ impl Default for RawLimits {
         RawLimits {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+            query_timeout_ms: 0,
+            idle_in_transaction_timeout_ms: 0,
+            client_idle_timeout_ms: 0,
         }
     }
 }

@@ -129,8 +129,13 @@ impl ShardPool {
         let conn = match reused {
             Some(c) => c,
             None => {
-                match BackendConn::connect(self.index, &self.info, self.settings.connect_timeout)
-                    .await
+                match BackendConn::connect(
+                    self.index,
+                    &self.info,
+                    self.settings.connect_timeout,
+                    self.settings.statement_timeout,
+                )
+                .await
                 {
                     Ok(mut c) => {
                         c.generation = gen;

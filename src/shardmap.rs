@@ -87,6 +87,8 @@ pub struct PoolSettings {
     pub checkout_timeout: Duration,
     /// How long connecting to a shard may take.
     pub connect_timeout: Duration,
+    /// The shards' `statement_timeout` default (`limits.query_timeout_ms`; `None`: none).
+    pub statement_timeout: Option<Duration>,
 }
 
 /// Most shards one map may hold.
@@ -160,6 +162,10 @@ pub struct ShardMap {
     pub max_message_size: usize,
     /// Most concurrent client connections.
     pub max_client_connections: usize,
+    /// A client idle inside a transaction longer than this is disconnected (25P03).
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// A client idle outside a transaction longer than this is disconnected (57P05).
+    pub client_idle_timeout: Option<Duration>,
     /// Scatter-gather limits.
     pub gather: GatherSettings,
     /// Table rules by schema ("" = unqualified) then relation name.
@@ -734,7 +740,10 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
             session_mode,
             checkout_timeout: Duration::from_millis(pool.checkout_timeout_ms),
             connect_timeout: Duration::from_millis(pool.connect_timeout_ms),
+            statement_timeout: nonzero_ms(limits.query_timeout_ms),
         },
+        idle_in_transaction_timeout: nonzero_ms(limits.idle_in_transaction_timeout_ms),
+        client_idle_timeout: nonzero_ms(limits.client_idle_timeout_ms),
         shards,
         vnodes,
         default_shard,
@@ -751,6 +760,11 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
         ring,
         shard_names,
     })
+}
+
+/// A timeout in milliseconds, 0 meaning none.
+fn nonzero_ms(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 /// `table` → ("", table); `schema.table` → (schema, table); `public.table` →
@@ -1501,6 +1515,7 @@ tables:
                 session_mode: false,
                 checkout_timeout: Duration::from_millis(5000),
                 connect_timeout: Duration::from_millis(3000),
+                statement_timeout: None,
             }
         );
         assert_eq!(m.vnodes, 256);

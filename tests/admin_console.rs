@@ -105,8 +105,16 @@ async fn show_commands_report_the_proxy_state() {
     );
     assert!(n(&after, "clients") >= 2, "{after:?}");
 
-    // Pools: connections were opened and are idle again; nothing waits.
-    let pools = admin(&console, "SHOW POOLS").await;
+    // Pools: connections were opened and are idle again (a session gives its connection
+    // back just after the client has its reply); nothing waits.
+    let mut pools = admin(&console, "SHOW POOLS").await;
+    for _ in 0..40 {
+        if pools.iter().all(|p| p["in_use"] == "0") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        pools = admin(&console, "SHOW POOLS").await;
+    }
     assert_eq!(pools.len(), 3);
     for p in &pools {
         assert_eq!(p["size"], "10");
@@ -190,8 +198,25 @@ async fn metrics_and_health_over_http() {
         .await
         .unwrap_err();
 
-    let (code, text) = http_get(addr, "/metrics").await;
-    assert_eq!(code, 200, "{text}");
+    // A session gives its connection back just after the client has its reply: wait for it.
+    let mut text = String::new();
+    for _ in 0..40 {
+        let (code, t) = http_get(addr, "/metrics").await;
+        assert_eq!(code, 200, "{t}");
+        text = t;
+        if metric(
+            &text,
+            "shardwire_pool_connections{shard=\"s1\",state=\"in_use\"}",
+        ) == 0.0
+            && metric(
+                &text,
+                "shardwire_pool_connections{shard=\"s0\",state=\"in_use\"}",
+            ) == 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(metric(&text, "shardwire_statements_total{route=\"single\"}") >= 11.0);
     assert!(metric(&text, "shardwire_statements_total{route=\"all\"}") >= 2.0);
     assert!(metric(&text, "shardwire_statements_total{route=\"refused\"}") >= 1.0);

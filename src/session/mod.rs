@@ -299,7 +299,33 @@ impl Session {
             if !self.out.is_empty() && !self.reader.has_frame() {
                 self.flush().await?;
             }
-            let Some(frame) = self.reader.next().await? else {
+            // Idle limits apply while the proxy waits for the client's next message.
+            let (limit, code, what) = if self.txn.status == b'I' {
+                (
+                    self.shared.map.client_idle_timeout,
+                    "57P05",
+                    "terminating connection due to idle-session timeout",
+                )
+            } else {
+                (
+                    self.shared.map.idle_in_transaction_timeout,
+                    "25P03",
+                    "terminating connection due to idle-in-transaction timeout",
+                )
+            };
+            let next = match limit {
+                None => self.reader.next().await?,
+                Some(d) => match tokio::time::timeout(d, self.reader.next()).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        // The held connections are closed, not pooled: their shards roll back.
+                        build::error(&mut self.out, "FATAL", code, what);
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                },
+            };
+            let Some(frame) = next else {
                 return Ok(());
             };
             match frame.tag {
