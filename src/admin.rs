@@ -9,6 +9,8 @@
 //! | `SHOW STATS` | name, value: clients, statements routed by kind, refused |
 //! | `SHOW CONFIG` | name, value: the settings in effect |
 //! | `SHOW VERSION` | version |
+//! | `PAUSE [shard]` | new statements wait; returns once in-flight transactions finished |
+//! | `RESUME [shard]` | waiting statements go on |
 //! | `SHOW ROUTE <table> <key>` | table, key, shard, reason |
 //! | `SHOW DIRECTORY` | key, shard (the directory entries this proxy knows) |
 //! | `DIRECTORY ASSIGN <key> TO <shard>` | assigns a key with no entry yet |
@@ -51,7 +53,10 @@ struct Output {
     tag: String,
 }
 
-const USAGE: &str = "admin commands: SHOW SHARDS | POOLS | STATS | CONFIG | VERSION; SHOW ROUTE <table> <key>; SHOW DIRECTORY; DIRECTORY ASSIGN <key> TO <shard>; DIRECTORY MOVE <key> TO <shard>";
+/// How long PAUSE waits for in-flight transactions to give their connections back.
+const PAUSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+const USAGE: &str = "admin commands: SHOW SHARDS | POOLS | STATS | CONFIG | VERSION; SHOW ROUTE <table> <key>; PAUSE [shard]; RESUME [shard]; SHOW DIRECTORY; DIRECTORY ASSIGN <key> TO <shard>; DIRECTORY MOVE <key> TO <shard>";
 
 /// Serves one admin connection until the client leaves.
 pub async fn run(
@@ -205,6 +210,44 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
                 .collect(),
             tag: format!("SHOW {}", map.shards.len()),
         }),
+        ["pause"] | ["pause", _] | ["resume"] | ["resume", _] => {
+            let pause = kw[0] == "pause";
+            let targets: Vec<usize> = match kw.get(1) {
+                Some(name) => vec![shard_of(name)?],
+                None => (0..shared.pools.len()).collect(),
+            };
+            for &s in &targets {
+                shared.pools[s].set_paused(pause);
+            }
+            if pause {
+                // New statements now wait; in-flight transactions finish on their own.
+                let deadline = tokio::time::Instant::now() + PAUSE_DRAIN;
+                while targets.iter().any(|&s| shared.pools[s].stats().in_use > 0) {
+                    if tokio::time::Instant::now() >= deadline {
+                        let busy: Vec<String> = targets
+                            .iter()
+                            .filter(|&&s| shared.pools[s].stats().in_use > 0)
+                            .map(|&s| map.shard_names()[s].clone())
+                            .collect();
+                        return Err(err(
+                            "55000",
+                            format!(
+                                "paused, but transactions still hold connections to {} after {}s; RESUME to undo",
+                                busy.join(", "),
+                                PAUSE_DRAIN.as_secs()
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+            tracing::info!(pause, shards = ?targets, "admin pause/resume");
+            Ok(Output {
+                columns: vec![],
+                rows: vec![],
+                tag: if pause { "PAUSE" } else { "RESUME" }.into(),
+            })
+        }
         ["show", "version"] => Ok(Output {
             columns: vec!["version"],
             rows: vec![vec![Some(format!(
@@ -233,11 +276,14 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
                             }
                             .into(),
                         ),
+                        Some(if p.is_paused() { "yes" } else { "no" }.into()),
                     ]
                 })
                 .collect();
             Ok(Output {
-                columns: vec!["shard", "size", "in_use", "idle", "waiting", "mode"],
+                columns: vec![
+                    "shard", "size", "in_use", "idle", "waiting", "mode", "paused",
+                ],
                 tag: format!("SHOW {}", rows.len()),
                 rows,
             })

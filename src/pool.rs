@@ -29,6 +29,8 @@ pub struct ShardPool {
     permits: Arc<Semaphore>,
     generation: AtomicU64,
     waiting: AtomicUsize,
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
 }
 
 /// A pool's state, for the admin console.
@@ -64,7 +66,23 @@ impl ShardPool {
             idle: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
+            paused: std::sync::atomic::AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Pauses (or resumes) the shard: while paused, new checkouts wait; connections already
+    /// checked out (transactions in flight) are not touched.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+        if !paused {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    /// Whether the shard is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
     }
 
     /// The pool's current state.
@@ -82,6 +100,14 @@ impl ShardPool {
 
     /// Takes a connection, waiting at most the configured checkout timeout.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, ProxyError> {
+        // PAUSE: wait (without a limit, as PgBouncer does) until RESUME.
+        while self.is_paused() {
+            let resumed = self.resumed.notified();
+            if !self.is_paused() {
+                break;
+            }
+            resumed.await;
+        }
         let timeout = self.settings.checkout_timeout;
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => Ok(Ok(p)),

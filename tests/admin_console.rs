@@ -261,3 +261,66 @@ async fn owned_health_reports_a_stopped_shard() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_waits_for_transactions_and_holds_new_statements_until_resume() {
+    let env = TestEnv::new(2).await;
+    let proxy = Proxy::start_yaml(&env.shard_map_yaml_with(TABLES, "", &[], true)).await;
+    let setup = proxy.client().await;
+    setup
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    setup
+        .batch_execute("INSERT INTO users (id, name) VALUES (1, 'a')")
+        .await
+        .unwrap();
+    // A transaction in flight.
+    let a = proxy.client().await;
+    a.batch_execute("BEGIN").await.unwrap();
+    a.query("SELECT * FROM users WHERE id = 1", &[])
+        .await
+        .unwrap();
+
+    let console = proxy.admin_client().await;
+    let pause = tokio::spawn(async move {
+        console.simple_query("PAUSE").await.unwrap();
+        console
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !pause.is_finished(),
+        "PAUSE returns only when the transaction ended"
+    );
+    // A new statement from another client waits.
+    let b = proxy.client().await;
+    let waiting = tokio::spawn(async move {
+        b.query_one("SELECT count(*) FROM users", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+    });
+    a.batch_execute("COMMIT").await.unwrap();
+    let console = tokio::time::timeout(std::time::Duration::from_secs(5), pause)
+        .await
+        .expect("PAUSE returns once the transaction ended")
+        .unwrap();
+    let pools = admin(&console, "SHOW POOLS").await;
+    assert!(pools.iter().all(|p| p["paused"] == "yes"), "{pools:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "new statements wait while paused");
+    console.simple_query("RESUME").await.unwrap();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("RESUME lets it run")
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 1);
+    // One shard only, and an unknown shard.
+    console.simple_query("PAUSE s1").await.unwrap();
+    let pools = admin(&console, "SHOW POOLS").await;
+    assert_eq!(pools[0]["paused"], "no");
+    assert_eq!(pools[1]["paused"], "yes");
+    console.simple_query("RESUME s1").await.unwrap();
+    let e = console.simple_query("PAUSE s9").await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42704"), "{e}");
+}
