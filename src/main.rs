@@ -138,9 +138,38 @@ async fn serve(map: ShardMap) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     wait_for_stop().await;
+    // Graceful: stop accepting, let connected clients finish (up to DRAIN), then exit.
     handle.shutdown();
+    let clients = || {
+        handle
+            .shared
+            .clients
+            .load(std::sync::atomic::Ordering::Acquire)
+    };
+    tracing::info!(
+        clients = clients(),
+        "shutting down: no new clients; draining"
+    );
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    let second = wait_for_stop();
+    tokio::pin!(second);
+    while clients() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = &mut second => break, // a second signal: exit now
+        }
+    }
+    if clients() > 0 {
+        tracing::warn!(
+            clients = clients(),
+            "drain deadline passed; closing the remaining sessions"
+        );
+    }
     Ok(())
 }
+
+/// How long a SIGTERM/Ctrl-C waits for connected clients to leave.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn wait_for_stop() {
     #[cfg(unix)]
