@@ -8,7 +8,7 @@
 #   1. installs what is missing (as root, with apt-get): PostgreSQL server + client (initdb,
 #      pg_ctl, psql, pgbench), libclang (the SQL parser crate needs it to build), a C compiler;
 #      and the Python driver psycopg 3 for the non-Rust driver tests;
-#   2. builds the `shardwire` binary and starts 4 throwaway Postgres clusters with it
+#   2. builds the `shardwire` binary and starts 5 throwaway Postgres clusters with it
 #      (`shardwire dev-clusters up`), removed again on exit whatever happens;
 #   3. runs `cargo nextest run --no-fail-fast` with SHARDWIRE_TEST_CLUSTERS=<their ports>,
 #      then the doc tests (only when no arguments were given).
@@ -130,7 +130,7 @@ trap 'exit 143' TERM
 
 log "starting 4 local Postgres clusters"
 started=$(date +%s%N)
-PORTS=$("$BIN" --log-level warn dev-clusters up --count 4 --dir "$STATE_DIR" | tail -n1)
+PORTS=$("$BIN" --log-level warn dev-clusters up --count 5 --dir "$STATE_DIR" | tail -n1)
 [[ "$PORTS" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "dev-clusters up printed '$PORTS', expected comma-separated ports"
 log "clusters up on ports $PORTS in $(( ($(date +%s%N) - started) / 1000000 )) ms"
 export SHARDWIRE_TEST_CLUSTERS=$PORTS

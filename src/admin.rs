@@ -159,7 +159,7 @@ fn words(sql: &str) -> Result<Vec<String>, AdminError> {
 
 async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> {
     let w = words(sql)?;
-    let map = &shared.map;
+    let map = &shared.map();
     // Command words case-insensitively; arguments as written.
     let lower: Vec<String> = w.iter().map(|x| x.to_ascii_lowercase()).collect();
     let kw: Vec<&str> = lower
@@ -214,19 +214,22 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
             let pause = kw[0] == "pause";
             let targets: Vec<usize> = match kw.get(1) {
                 Some(name) => vec![shard_of(name)?],
-                None => (0..shared.pools.len()).collect(),
+                None => (0..shared.topo().pools.len()).collect(),
             };
             for &s in &targets {
-                shared.pools[s].set_paused(pause);
+                shared.topo().pools[s].set_paused(pause);
             }
             if pause {
                 // New statements now wait; in-flight transactions finish on their own.
                 let deadline = tokio::time::Instant::now() + PAUSE_DRAIN;
-                while targets.iter().any(|&s| shared.pools[s].stats().in_use > 0) {
+                while targets
+                    .iter()
+                    .any(|&s| shared.topo().pools[s].stats().in_use > 0)
+                {
                     if tokio::time::Instant::now() >= deadline {
                         let busy: Vec<String> = targets
                             .iter()
-                            .filter(|&&s| shared.pools[s].stats().in_use > 0)
+                            .filter(|&&s| shared.topo().pools[s].stats().in_use > 0)
                             .map(|&s| map.shard_names()[s].clone())
                             .collect();
                         return Err(err(
@@ -258,6 +261,7 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
         }),
         ["show", "pools"] => {
             let rows: Vec<Vec<Option<String>>> = shared
+                .topo()
                 .pools
                 .iter()
                 .map(|p| {

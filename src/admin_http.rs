@@ -78,7 +78,7 @@ async fn handle(shared: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
         ("GET", "/metrics") => {
             let body = shared
                 .telemetry
-                .render(shared.clients.load(Ordering::Relaxed), &shared.pools);
+                .render(shared.clients.load(Ordering::Relaxed), &shared.topo().pools);
             respond(&mut sock, 200, "text/plain; version=0.0.4", &body).await
         }
         ("GET", "/health") => {
@@ -106,7 +106,8 @@ async fn handle(shared: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
 
 /// Whether every shard gives a connection in time, and the JSON body.
 async fn health(shared: &Arc<Shared>) -> (bool, String) {
-    let checks = shared.pools.iter().map(|p| {
+    let topo = shared.topo();
+    let checks = topo.pools.iter().map(|p| {
         let p = p.clone();
         async move {
             let up = match tokio::time::timeout(HEALTH_TIMEOUT, p.checkout()).await {

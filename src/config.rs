@@ -86,7 +86,7 @@ pub struct RawUser {
 }
 
 /// One shard as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawShard {
     /// Unique name; ring tokens derive from it (`[A-Za-z0-9_-]+`).

@@ -43,6 +43,21 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Move the rows whose owner changes from one shard map to another, online (see README).
+    Rebalance {
+        /// The shard map the proxies run now.
+        #[arg(long)]
+        from: PathBuf,
+        /// The shard map to move to.
+        #[arg(long)]
+        to: PathBuf,
+        /// Print the plan (rows counted on the shards) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Show which shard a key goes to, and why.
     Route {
         /// The shard map (YAML).
@@ -71,9 +86,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr (stdout carries command output such as the rebalance plan), with
+    // colour only on a terminal.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,6 +124,26 @@ fn run(cmd: Cmd) -> Result<(), String> {
         Cmd::Check { config } => {
             let map = ShardMap::load(&config).map_err(|e| e.to_string())?;
             say(&format!("{} is valid\n{}", config.display(), map.summary()));
+            Ok(())
+        }
+        Cmd::Rebalance {
+            from,
+            to,
+            dry_run,
+            yes,
+        } => {
+            let opts = shardwire::rebalance::Options {
+                from,
+                to,
+                dry_run,
+                yes,
+            };
+            let summary = runtime()?
+                .block_on(shardwire::rebalance::run(&opts))
+                .map_err(|e| format!("rebalance: {e}"))?;
+            if !dry_run {
+                say(&summary.line());
+            }
             Ok(())
         }
         Cmd::Route { config, table, key } => {

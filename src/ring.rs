@@ -93,6 +93,11 @@ impl HashRing {
         self.owners.get(i).copied().unwrap_or(0)
     }
 
+    /// The ring's tokens, ascending (every point where ownership may change).
+    pub fn tokens(&self) -> &[u64] {
+        &self.tokens
+    }
+
     /// Total number of tokens on the ring.
     pub fn token_count(&self) -> usize {
         self.tokens.len()

@@ -21,13 +21,13 @@ use crate::pool::ShardPool;
 use crate::protocol::{self, build, Cursor, FrameReader};
 use crate::router::PlanCache;
 use crate::session::settings::Settings;
-use crate::session::{Session, Shared};
+use crate::session::{Session, Shared, Topology};
 use crate::shardmap::{AuthMethod, ShardMap};
 
 /// How long a client may take to log in.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Plans kept in the parse cache.
-const PLAN_CACHE_CAPACITY: usize = 10_000;
+pub const PLAN_CACHE_CAPACITY: usize = 10_000;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ impl Drop for ServerHandle {
 /// Starts the directory's control task (when the map has directory tables) and waits, up
 /// to the connect timeout, for its first load: until then directory tables are refused.
 pub async fn start_directory(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
-    let Some(dir) = shared.map.directory.clone() else {
+    let Some(dir) = shared.map().directory.clone() else {
         return;
     };
     let ready = Arc::new(tokio::sync::Notify::new());
@@ -73,13 +73,13 @@ pub async fn start_directory(shared: &Arc<Shared>, stop: watch::Receiver<bool>) 
         stop,
         crate::directory::run(
             dir.clone(),
-            shared.map.shards[dir.shard].clone(),
-            shared.map.shard_names().to_vec(),
-            shared.map.pool.connect_timeout,
+            shared.map().shards[dir.shard].clone(),
+            shared.map().shard_names().to_vec(),
+            shared.map().pool.connect_timeout,
             ready.clone(),
         ),
     );
-    if tokio::time::timeout(shared.map.pool.connect_timeout, waiting)
+    if tokio::time::timeout(shared.map().pool.connect_timeout, waiting)
         .await
         .is_err()
         && !dir.is_loaded()
@@ -101,12 +101,25 @@ fn until_stopped(
     });
 }
 
+/// Follows the rebalance control tables (see [`crate::rebalance::watch`]); waits briefly for
+/// the first look, so a proxy started during a rebalance routes through it from its first
+/// client on.
+pub async fn start_rebalance_watch(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
+    let proxy_id = format!("{}:{:08x}", std::process::id(), rand::random::<u32>());
+    let first = Arc::new(tokio::sync::Notify::new());
+    until_stopped(
+        stop,
+        crate::rebalance::watch::run(shared.clone(), proxy_id, first.clone()),
+    );
+    let _ = tokio::time::timeout(shared.map().pool.connect_timeout, first.notified()).await;
+}
+
 /// Starts two-phase commit support: checks the shards (waiting up to the connect timeout,
 /// so the first multi-shard write already uses it) and runs recovery in the background.
 pub async fn start_twophase(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
     let tp = shared.twophase.clone();
-    until_stopped(stop, crate::twophase::run(shared.map.clone(), tp.clone()));
-    let deadline = tokio::time::Instant::now() + shared.map.pool.connect_timeout;
+    until_stopped(stop, crate::twophase::run(shared.map().clone(), tp.clone()));
+    let deadline = tokio::time::Instant::now() + shared.map().pool.connect_timeout;
     while !tp.probed() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -131,9 +144,16 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
             )
         })
         .collect::<HashMap<_, _>>();
+    let telemetry = crate::telemetry::Telemetry::new(map.shard_names());
     Arc::new(Shared {
-        pools,
-        cache: PlanCache::new(PLAN_CACHE_CAPACITY),
+        topology: arc_swap::ArcSwap::from_pointee(Topology {
+            map,
+            pools,
+            cache: PlanCache::new(PLAN_CACHE_CAPACITY),
+            generation: 0,
+        }),
+        generation: Default::default(),
+        gate: Default::default(),
         cancels: CancelRegistry::default(),
         users,
         server_params: Mutex::new(None),
@@ -141,8 +161,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         bytewise_text: Default::default(),
         twophase: Default::default(),
         stats: Default::default(),
-        telemetry: crate::telemetry::Telemetry::new(map.shard_names()),
-        map,
+        telemetry,
     })
 }
 
@@ -153,7 +172,8 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
     let (stop, mut stopped) = watch::channel(false);
     start_directory(&shared, stopped.clone()).await;
     start_twophase(&shared, stopped.clone()).await;
-    let admin_addr = match &shared.map.admin {
+    start_rebalance_watch(&shared, stopped.clone()).await;
+    let admin_addr = match &shared.map().admin {
         Some(a) => {
             let l = TcpListener::bind(a.as_str()).await?;
             let at = l.local_addr()?;
@@ -185,7 +205,7 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
             }
         }
     });
-    tracing::info!(%addr, shards = shared.map.shards.len(), "shardwire listening");
+    tracing::info!(%addr, shards = shared.map().shards.len(), "shardwire listening");
     Ok(ServerHandle {
         addr,
         admin_addr,
@@ -224,7 +244,7 @@ impl Drop for ClientGuard {
 async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), StartupError> {
     sock.set_nodelay(true)?;
     let (r, mut w) = sock.into_split();
-    let mut reader = FrameReader::new(r, shared.map.max_message_size);
+    let mut reader = FrameReader::new(r, shared.map().max_message_size);
     let startup =
         tokio::time::timeout(STARTUP_TIMEOUT, startup(&shared, &mut reader, &mut w)).await;
     let (settings, admin) = match startup {
@@ -246,7 +266,7 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
     let n = shared.clients.fetch_add(1, Ordering::AcqRel) + 1;
     let _guard = ClientGuard(shared.clone());
     let mut out = BytesMut::new();
-    if n > shared.map.max_client_connections {
+    if n > shared.map().max_client_connections {
         build::error(
             &mut out,
             "FATAL",
@@ -287,7 +307,7 @@ async fn server_params(shared: &Arc<Shared>, settings: &Settings) -> Vec<(String
     let mut params = match cached {
         Some(p) => p,
         None => {
-            let pool = &shared.pools[shared.map.default_shard];
+            let pool = &shared.topo().pools[shared.map().default_shard];
             match pool.checkout().await {
                 Ok(c) => {
                     let p = c.params.clone();
@@ -422,7 +442,7 @@ async fn startup(
         return Ok(None);
     };
     let entry = shared.users.get(&user).cloned();
-    let ok = match shared.map.auth {
+    let ok = match shared.map().auth {
         AuthMethod::ScramSha256 => {
             scram_login(reader, w, &mut out, entry.as_ref().map(|e| e.1.clone())).await?
         }
@@ -450,7 +470,7 @@ async fn startup(
     }
     // The admin console is the database named `shardwire`, for users with `admin: true`.
     let admin = database.as_deref() == Some(ADMIN_DATABASE);
-    if admin && !shared.map.users.iter().any(|u| u.name == user && u.admin) {
+    if admin && !shared.map().users.iter().any(|u| u.name == user && u.admin) {
         out.clear();
         build::error(
             &mut out,

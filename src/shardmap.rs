@@ -45,6 +45,18 @@ pub struct ShardInfo {
     pub weight: u32,
 }
 
+impl ShardInfo {
+    /// Whether both describe the same server and login (name, address, user, database).
+    pub fn same_server(&self, o: &ShardInfo) -> bool {
+        self.name == o.name
+            && self.host == o.host
+            && self.port == o.port
+            && self.user == o.user
+            && self.password == o.password
+            && self.dbname == o.dbname
+    }
+}
+
 /// How clients authenticate to the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMethod {
@@ -135,6 +147,7 @@ impl TableRule {
             key_type,
             strategy: Strategy::Hash,
             group: 0,
+            unsettled: false,
         }))
     }
 }
@@ -180,6 +193,9 @@ pub struct ShardMap {
     ring: HashRing,
     /// Shard names in map order.
     shard_names: Vec<String>,
+    /// A rebalance in progress: keys of units not yet switched still live where the old
+    /// map put them (see [`crate::transition`]).
+    pub transition: Option<Arc<crate::transition::Transition>>,
 }
 
 /// Why [`ShardMap::explain_route`] could not explain a route.
@@ -217,7 +233,83 @@ impl ShardMap {
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<ShardMap, ConfigError> {
         let site = ErrorSite { text, origin };
         let raw = site.parse()?;
-        build(&site, raw)
+        build(&site, raw, BuildOpts::default())
+    }
+
+    /// Like [`ShardMap::from_yaml_str`], but directory tables use `directory` (a proxy's
+    /// live directory) when given.
+    pub fn from_yaml_with_directory(
+        text: &str,
+        origin: &str,
+        directory: Option<Arc<Directory>>,
+    ) -> Result<ShardMap, ConfigError> {
+        let site = ErrorSite { text, origin };
+        let raw = site.parse()?;
+        let opts = BuildOpts {
+            directory,
+            ..BuildOpts::default()
+        };
+        build(&site, raw, opts)
+    }
+
+    /// The two sides of a rebalance from `old_text` to `new_text`, built over one merged
+    /// shard list (the old map's shards in order, then the new map's added ones) so that a
+    /// shard index means the same shard in both. A shard missing from one side is *parked*
+    /// there: listed, weight 0, no region, owning no keys. Both maps are unsettled (see
+    /// [`Sharded::unsettled`]) and share `directory` when given (a proxy's live directory).
+    pub fn transition_pair(
+        old_text: &str,
+        new_text: &str,
+        directory: Option<Arc<Directory>>,
+    ) -> Result<(ShardMap, ShardMap), ConfigError> {
+        let old_site = ErrorSite {
+            text: old_text,
+            origin: "rebalance --from map",
+        };
+        let new_site = ErrorSite {
+            text: new_text,
+            origin: "rebalance --to map",
+        };
+        let mut old_raw = old_site.parse()?;
+        let mut new_raw = new_site.parse()?;
+        let park = |s: &crate::config::RawShard| crate::config::RawShard {
+            name: s.name.clone(),
+            url: s.url.clone(),
+            region: None,
+            weight: 0,
+        };
+        let mut merged_old = Vec::new();
+        let mut merged_new = Vec::new();
+        for s in &old_raw.shards {
+            merged_old.push(s.clone());
+            match new_raw.shards.iter().find(|n| n.name == s.name) {
+                Some(n) => merged_new.push(n.clone()),
+                None => merged_new.push(park(s)),
+            }
+        }
+        for n in &new_raw.shards {
+            if !old_raw.shards.iter().any(|s| s.name == n.name) {
+                merged_old.push(park(n));
+                merged_new.push(n.clone());
+            }
+        }
+        if new_raw.default_shard.is_none() {
+            // The default shard (unlisted tables, the 2PC log) stays where it was.
+            new_raw.default_shard = old_raw
+                .default_shard
+                .clone()
+                .or_else(|| old_raw.shards.first().map(|s| s.name.clone()));
+        }
+        old_raw.shards = merged_old;
+        new_raw.shards = merged_new;
+        let opts = |d: Option<Arc<Directory>>| BuildOpts {
+            allow_parked: true,
+            directory: d,
+            unsettled: true,
+        };
+        let old = build(&old_site, old_raw, opts(directory.clone()))?;
+        let new = build(&new_site, new_raw, opts(directory))?;
+        Ok((old, new))
     }
 
     /// The rule for a table referenced in SQL as `schema.rel` (`schema` empty
@@ -242,7 +334,11 @@ impl ShardMap {
     /// fallback placement (writes).
     #[inline]
     pub fn locate(&self, t: &Sharded, key: &KeyValue, record: bool) -> Located {
-        t.locate(&self.ring, key, record)
+        let here = t.locate(&self.ring, key, record);
+        match (&self.transition, here) {
+            (Some(tr), Located::Shard(new)) => tr.resolve(t, key, new),
+            (_, here) => here,
+        }
     }
 
     /// Every sharded table's rule, in file order.
@@ -438,7 +534,18 @@ impl ShardMap {
 }
 
 /// Validates a parsed map and builds the runtime form.
-fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> {
+/// How [`build`] treats a map that is one side of a rebalance.
+#[derive(Default)]
+struct BuildOpts {
+    /// Shards of weight 0 are allowed ("parked": listed, owning no ring tokens).
+    allow_parked: bool,
+    /// Use this directory instead of a new one (a proxy's live directory).
+    directory: Option<Arc<Directory>>,
+    /// Placement may change while the map is in use (see [`Sharded::unsettled`]).
+    unsettled: bool,
+}
+
+fn build(site: &ErrorSite<'_>, raw: RawConfig, opts: BuildOpts) -> Result<ShardMap, ConfigError> {
     use Seg::{Index, Key};
 
     check_addr(site, &[Key("listen")], &raw.listen)?;
@@ -536,7 +643,7 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
                 "give every shard a unique name",
             ));
         }
-        if s.weight == 0 {
+        if s.weight == 0 && !opts.allow_parked {
             return Err(site.error(
                 &at("weight"),
                 "weight must be at least 1",
@@ -686,7 +793,10 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
     let directory = match directory {
         Some((shard, table)) => {
             let statics = directory_statics(site, &raw, &shard_named)?;
-            Some(Arc::new(Directory::new(shard, table, statics)))
+            match opts.directory {
+                Some(d) => Some(d),
+                None => Some(Arc::new(Directory::new(shard, table, statics))),
+            }
         }
         None => None,
     };
@@ -696,6 +806,7 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
         vnodes,
         directory: directory.as_ref(),
         groups: std::cell::RefCell::new(HashMap::new()),
+        unsettled: opts.unsettled,
     };
 
     // Tables.
@@ -759,6 +870,7 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig) -> Result<ShardMap, ConfigError> 
         directory,
         ring,
         shard_names,
+        transition: None,
     })
 }
 
@@ -794,6 +906,8 @@ struct RuleContext<'a, 'b> {
     directory: Option<&'a Arc<Directory>>,
     /// Co-location signature -> group id.
     groups: std::cell::RefCell<HashMap<String, u32>>,
+    /// Rules are built unsettled (a rebalance is running).
+    unsettled: bool,
 }
 
 impl RuleContext<'_, '_> {
@@ -1087,6 +1201,7 @@ fn table_rule(
         key_type,
         strategy,
         group: ctx.group(signature),
+        unsettled: ctx.unsettled,
     })))
 }
 

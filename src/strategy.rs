@@ -32,6 +32,10 @@ pub struct Sharded {
     pub strategy: Strategy,
     /// Co-location group: tables of one group place equal keys on the same shard.
     pub group: u32,
+    /// Placement may change while the map is in use (a rebalance is running): keys are
+    /// located per execution, never when a plan is cached, and range predicates do not
+    /// narrow the shards (a range may be half moved).
+    pub unsettled: bool,
 }
 
 /// How a sharded table's keys map to shards.
@@ -230,7 +234,7 @@ impl Sharded {
     /// cannot narrow a range (hash, geo, directory: every shard may).
     pub fn shards_between(&self, lo: Bound<&KeyValue>, hi: Bound<&KeyValue>) -> Option<ShardSet> {
         match &self.strategy {
-            Strategy::Range(r) => Some(r.overlapping(lo, hi)),
+            Strategy::Range(r) if !self.unsettled => Some(r.overlapping(lo, hi)),
             _ => None,
         }
     }
@@ -238,7 +242,7 @@ impl Sharded {
     /// Whether placement can change at run time (directory entries): literal keys must then
     /// be located per execution, not when the plan is cached.
     pub fn dynamic(&self) -> bool {
-        matches!(self.strategy, Strategy::Directory(_))
+        self.unsettled || matches!(self.strategy, Strategy::Directory(_))
     }
 
     /// The directory, for directory tables.

@@ -91,8 +91,8 @@ impl Session {
     /// Runs `sql` on its own (autocommit) on the log shard, on a connection of the pool that
     /// is not part of the session's transaction; returns the first value.
     async fn on_log_shard(&mut self, sql: &str) -> Result<Option<String>, ProxyError> {
-        let log = self.shared.map.default_shard;
-        let pool = self.shared.pools[log].clone();
+        let log = self.topo.map.default_shard;
+        let pool = self.topo.pools[log].clone();
         let mut conn = pool.checkout().await?;
         let r = conn.query_value(sql).await;
         match r {

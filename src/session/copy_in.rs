@@ -95,12 +95,12 @@ impl Session {
         // COMMIT, which needs two-phase commit); outside, it is its own transaction.
         let in_txn = self.txn.status != b'I';
         if in_txn {
-            let all = self.target_of(crate::router::ShardSet::all(self.shared.map.shards.len()));
+            let all = self.target_of(crate::router::ShardSet::all(self.topo.map.shards.len()));
             if let Err(e) = self.check_write(all, true, true) {
                 return Ok(Err(e));
             }
         }
-        let n = self.shared.map.shards.len();
+        let n = self.topo.map.shards.len();
         let idxs = match self.conns_for(0..n).await {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
@@ -289,8 +289,8 @@ impl Session {
         columns: Option<(usize, usize)>,
         idxs: &[usize],
     ) -> Result<Option<Abort>, RelayError> {
-        let n = self.shared.map.shards.len();
-        let map = self.shared.map.clone();
+        let n = self.topo.map.shards.len();
+        let map = self.topo.map.clone();
         let mut splitter = match (&plan.target, columns) {
             (CopyTarget::Sharded { .. }, Some((key, cols))) => {
                 Some(CopySplitter::new(format, key, cols, map.max_message_size))

@@ -88,6 +88,11 @@ pub(super) struct Batch {
 }
 
 impl Batch {
+    /// Whether an exchange is unfinished (a Flush left it open).
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Adds a message, bounded by [`MAX_BATCH_BYTES`].
     pub fn push(&mut self, f: Frame) -> Result<(), SessionEnd> {
         if self.skip_to_sync {
@@ -141,6 +146,17 @@ impl Session {
             if sync {
                 batch.skip_to_sync = false;
                 self.push_ready();
+            }
+            return Ok(());
+        }
+        if let Err(e) = self.enter().await {
+            batch.frames.clear();
+            batch.bytes = 0;
+            self.push_error(&e);
+            if sync {
+                self.push_ready();
+            } else {
+                batch.skip_to_sync = true;
             }
             return Ok(());
         }
@@ -318,7 +334,7 @@ impl Session {
         let plan = if f.tag == b'P' {
             ParseMsg::decode(f.body())
                 .ok()
-                .and_then(|m| self.shared.cache.get(&self.shared.map, m.query).ok())
+                .and_then(|m| self.topo.cache.get(&self.topo.map, m.query).ok())
         } else {
             self.statement_of(f).map(|p| p.plan.clone())
         };
@@ -419,7 +435,7 @@ impl Session {
                 if !pm.name.is_empty() || !m.statement.is_empty() {
                     return None;
                 }
-                let plan = self.shared.cache.get(&self.shared.map, pm.query).ok()?;
+                let plan = self.topo.cache.get(&self.topo.map, pm.query).ok()?;
                 Arc::new(Prepared::new(pm.query, pm.param_types, plan))
             }
             None => self.stmts.get(m.statement)?.clone(),
@@ -436,7 +452,7 @@ impl Session {
             let params = m.params();
             let is_binary = |i: usize| m.is_binary(i);
             let parts = split
-                .statements(&self.shared.map, Some((&params, &is_binary)))
+                .statements(&self.topo.map, Some((&params, &is_binary)))
                 .ok()?;
             if parts.len() < 2 {
                 return None;
@@ -464,7 +480,7 @@ impl Session {
         } else if st.kind == StmtKind::Write {
             // A write whose route names several shards without parameters.
             let set = match &st.route {
-                RouteSpec::All => ShardSet::all(self.shared.map.shards.len()),
+                RouteSpec::All => ShardSet::all(self.topo.map.shards.len()),
                 RouteSpec::Subset(set) => *set,
                 _ => return None,
             };
@@ -578,7 +594,7 @@ impl Session {
         match f.tag {
             b'P' => {
                 let m = ParseMsg::decode(f.body()).map_err(proto)?;
-                let plan = self.shared.cache.get(&self.shared.map, m.query)?;
+                let plan = self.topo.cache.get(&self.topo.map, m.query)?;
                 if plan.stmts.len() > 1 {
                     return Err(ProxyError::Syntax(
                         "cannot insert multiple commands into a prepared statement".into(),
@@ -1121,7 +1137,7 @@ impl Session {
             let held: usize = self.gather_portals.values().map(|g| g.held()).sum();
             self.capture = Some(Capture {
                 start,
-                limit: self.shared.map.gather.memory_limit.saturating_sub(held),
+                limit: self.topo.map.gather.memory_limit.saturating_sub(held),
                 overflow: false,
             });
             let r = self.gather(&call, set, true).await;
@@ -1133,7 +1149,7 @@ impl Session {
                     code: "53200".into(),
                     message: format!(
                         "fetching a multi-shard result in chunks keeps it in the proxy, and it needs more than what is left of the gather memory limit ({} MiB, gather.memory_limit_mb, shared by the session's open portals); fetch all rows at once, add a shard key or a LIMIT, or raise the limit",
-                        self.shared.map.gather.memory_limit >> 20
+                        self.topo.map.gather.memory_limit >> 20
                     ),
                 };
                 self.push_error(&e);

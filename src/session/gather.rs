@@ -152,7 +152,7 @@ impl Session {
             Ok(i) => i,
             Err(e) => return Ok(self.gather_failed(Fail::Proxy(e), hide_ready)),
         };
-        let timeout = self.shared.map.gather.timeout;
+        let timeout = self.topo.map.gather.timeout;
         let run = tokio::time::timeout(timeout, self.gather_run(call, &idxs)).await;
         match run {
             Ok(Ok(status)) => {
@@ -213,7 +213,7 @@ impl Session {
                 continue;
             };
             c.discard = true;
-            let pool = &self.shared.pools[c.shard];
+            let pool = &self.topo.pools[c.shard];
             let target = CancelTarget {
                 host: pool.host.clone(),
                 port: pool.info.port,
@@ -631,7 +631,7 @@ impl Session {
         limit: Option<i64>,
         offset: Option<i64>,
     ) -> GResult<u8> {
-        let budget = self.shared.map.gather.memory_limit;
+        let budget = self.topo.map.gather.memory_limit;
         let mut used = 0usize;
         let mut rows: Vec<Frame> = Vec::new();
         let mut failure: Option<Fail> = None;

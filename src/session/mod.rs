@@ -39,14 +39,28 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// Output buffered for the client before it is written out.
 const OUT_FLUSH_AT: usize = 64 * 1024;
 
-/// State shared by every session of one proxy.
-pub struct Shared {
+/// What sessions route with: a map, one pool per shard and the plans made with that map.
+/// A reload or a rebalance swaps in a new one whole; a session moves to it between
+/// transactions.
+pub struct Topology {
     /// The routing map.
     pub map: Arc<ShardMap>,
     /// One pool per shard, in map order.
     pub pools: Vec<Arc<ShardPool>>,
-    /// Parsed plans by SQL text.
+    /// Parsed plans by SQL text (plans hold shard indexes of this map).
     pub cache: PlanCache,
+    /// Counts swaps; sessions compare it with [`Shared::generation`].
+    pub generation: u64,
+}
+
+/// State shared by every session of one proxy.
+pub struct Shared {
+    /// The current topology.
+    pub topology: arc_swap::ArcSwap<Topology>,
+    /// Generation of `topology` (read by sessions on every statement, cheaply).
+    pub generation: std::sync::atomic::AtomicU64,
+    /// The rebalance hold.
+    pub gate: Arc<crate::rebalance::gate::Gate>,
     /// Cancel keys handed to clients.
     pub cancels: CancelRegistry,
     /// SCRAM verifiers and passwords by user name.
@@ -63,6 +77,42 @@ pub struct Shared {
     pub stats: RouteStats,
     /// Prometheus metrics.
     pub telemetry: crate::telemetry::Telemetry,
+}
+
+impl Shared {
+    /// The current topology.
+    pub fn topo(&self) -> Arc<Topology> {
+        self.topology.load_full()
+    }
+
+    /// The current map.
+    pub fn map(&self) -> Arc<ShardMap> {
+        self.topology.load().map.clone()
+    }
+
+    /// Swaps in `map`, keeping the pools of shards whose place and address are unchanged.
+    /// Sessions move to it when they next start a transaction.
+    pub fn swap_map(&self, map: Arc<ShardMap>) {
+        let cur = self.topology.load();
+        let pools = map
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match cur.pools.get(i) {
+                Some(p) if p.info.same_server(s) => p.clone(),
+                _ => ShardPool::new(i, s.clone(), map.pool.clone()),
+            })
+            .collect();
+        let generation = cur.generation + 1;
+        self.topology.store(Arc::new(Topology {
+            map,
+            pools,
+            cache: PlanCache::new(crate::server::PLAN_CACHE_CAPACITY),
+            generation,
+        }));
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Statements routed since the proxy started, by where they went.
@@ -228,6 +278,10 @@ impl Scratch {
 /// One client connection after login.
 pub struct Session {
     shared: Arc<Shared>,
+    /// The topology this session routes with (refreshed between transactions).
+    topo: Arc<Topology>,
+    /// Held while the rebalance gate is armed and a transaction or statement runs.
+    pass: Option<crate::rebalance::gate::Pass>,
     reader: FrameReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     out: BytesMut,
@@ -255,9 +309,12 @@ impl Session {
         settings: Settings,
         cancel_slot: CancelSlot,
     ) -> Self {
-        let session_mode = shared.map.pool.session_mode;
+        let topo = shared.topo();
+        let session_mode = topo.map.pool.session_mode;
         Session {
             shared,
+            topo,
+            pass: None,
             reader,
             writer,
             out: BytesMut::with_capacity(16 * 1024),
@@ -299,16 +356,21 @@ impl Session {
             if !self.out.is_empty() && !self.reader.has_frame() {
                 self.flush().await?;
             }
+            // A pass is held only while work is under way, never while waiting for the client
+            // between transactions (a rebalance switch waits for passes to come back).
+            if self.pass.is_some() && self.txn.status == b'I' && !batch.is_open() {
+                self.pass = None;
+            }
             // Idle limits apply while the proxy waits for the client's next message.
             let (limit, code, what) = if self.txn.status == b'I' {
                 (
-                    self.shared.map.client_idle_timeout,
+                    self.topo.map.client_idle_timeout,
                     "57P05",
                     "terminating connection due to idle-session timeout",
                 )
             } else {
                 (
-                    self.shared.map.idle_in_transaction_timeout,
+                    self.topo.map.idle_in_transaction_timeout,
                     "25P03",
                     "terminating connection due to idle-in-transaction timeout",
                 )
@@ -396,7 +458,7 @@ impl Session {
     }
 
     fn shard_name(&self, i: usize) -> String {
-        self.shared
+        self.topo
             .map
             .shards
             .get(i)
@@ -412,7 +474,7 @@ impl Session {
         self.conns
             .first()
             .map(|c| c.shard)
-            .unwrap_or(self.shared.map.default_shard)
+            .unwrap_or(self.topo.map.default_shard)
     }
 
     /// The target for a set of shards (one shard is a plain single-shard target).
@@ -427,12 +489,100 @@ impl Session {
     fn target_name(&self, t: Target) -> String {
         match t {
             Target::Shard(i) => self.shard_name(i),
-            Target::Set(set) if set.len() == self.shared.map.shards.len() => "all shards".into(),
+            Target::Set(set) if set.len() == self.topo.map.shards.len() => "all shards".into(),
             Target::Set(set) => {
                 let names: Vec<String> = set.iter().map(|i| self.shard_name(i)).collect();
                 format!("shards {}", names.join(", "))
             }
         }
+    }
+
+    /// Before a statement runs: between transactions, moves to the proxy's current topology;
+    /// while a rebalance runs, takes a gate pass (waiting while a unit switches).
+    async fn enter(&mut self) -> Result<(), ProxyError> {
+        self.refresh_topology();
+        if self.pass.is_none() && self.shared.gate.armed() {
+            let gate = self.shared.gate.clone();
+            match gate.enter(crate::rebalance::gate::MAX_HOLD_WAIT).await {
+                Ok(p) => self.pass = Some(p),
+                Err(e) => return Err(ProxyError::Unavailable(e.to_string())),
+            }
+            self.refresh_topology();
+            self.refresh_topology_in_transaction();
+        }
+        Ok(())
+    }
+
+    /// Inside a transaction, moves to a newer topology only when every held connection keeps
+    /// its shard index (a rebalance's merged shard list does): the transaction's next
+    /// statements then route like every other session's.
+    fn refresh_topology_in_transaction(&mut self) {
+        if self.txn.status == b'I'
+            || self
+                .shared
+                .generation
+                .load(std::sync::atomic::Ordering::Acquire)
+                == self.topo.generation
+        {
+            return;
+        }
+        let topo = self.shared.topo();
+        let keeps = self.conns.iter().all(|c| {
+            match (topo.pools.get(c.shard), self.topo.pools.get(c.shard)) {
+                (Some(a), Some(b)) => a.info.same_server(&b.info),
+                _ => false,
+            }
+        });
+        if keeps {
+            self.replan(&topo);
+            self.topo = topo;
+        }
+    }
+
+    /// Plans the session's prepared statements again with `topo`'s map.
+    fn replan(&mut self, topo: &Topology) {
+        let stmts = std::mem::take(&mut self.stmts);
+        for (name, p) in stmts {
+            match topo.cache.get(&topo.map, &p.sql) {
+                Ok(plan) => {
+                    let fresh = Prepared::new(&p.sql, p.types.clone(), plan);
+                    self.stmts.insert(name, Arc::new(fresh));
+                }
+                Err(e) => {
+                    tracing::info!(statement = %name, error = %e, "prepared statement dropped: it does not plan with the new shard map")
+                }
+            }
+        }
+    }
+
+    /// Moves to a newer topology when no transaction is open. Prepared statements are planned
+    /// again with the new map; held connections whose shard changed place are closed.
+    fn refresh_topology(&mut self) {
+        if self.txn.status != b'I'
+            || self
+                .shared
+                .generation
+                .load(std::sync::atomic::Ordering::Acquire)
+                == self.topo.generation
+        {
+            return;
+        }
+        let topo = self.shared.topo();
+        let before = self.conns.len();
+        let old = self.topo.clone();
+        self.conns.retain(
+            |c| match (topo.pools.get(c.shard), old.pools.get(c.shard)) {
+                (Some(a), Some(b)) => a.info.same_server(&b.info),
+                _ => false,
+            },
+        );
+        if self.conns.len() != before {
+            self.cancel_slot.lock().clear();
+        }
+        self.replan(&topo);
+        self.portals.clear();
+        self.gather_portals.clear();
+        self.topo = topo;
     }
 
     /// Waits while a directory key move runs in this proxy (see [`crate::directory::admin`]).
@@ -441,7 +591,7 @@ impl Session {
         if self.txn.status != b'I' {
             return;
         }
-        if let Some(d) = &self.shared.map.directory {
+        if let Some(d) = &self.topo.map.directory {
             if d.moving() {
                 d.wait_moves().await;
             }
@@ -458,7 +608,7 @@ impl Session {
         lits: crate::literals::QueryLits<'_>,
     ) -> Result<Target, ProxyError> {
         let r = self.resolve_route(route, params, is_binary, lits);
-        let n = self.shared.map.shards.len();
+        let n = self.topo.map.shards.len();
         let (st, tm) = (&self.shared.stats, &self.shared.telemetry);
         let (counter, metric) = match &r {
             Ok(Target::Shard(_)) => (&st.single, &tm.single),
@@ -481,11 +631,11 @@ impl Session {
         match route {
             RouteSpec::Any => Ok(Target::Shard(self.any_shard())),
             RouteSpec::Shard(s) => Ok(Target::Shard(*s)),
-            RouteSpec::All => Ok(self.target_of(ShardSet::all(self.shared.map.shards.len()))),
+            RouteSpec::All => Ok(self.target_of(ShardSet::all(self.topo.map.shards.len()))),
             RouteSpec::Subset(set) => Ok(self.target_of(*set)),
             RouteSpec::Refuse(e) => Err(e.clone()),
             RouteSpec::Keys(kr) => {
-                let r = resolve_keys(&self.shared.map, kr, params, is_binary, lits);
+                let r = resolve_keys(&self.topo.map, kr, params, is_binary, lits);
                 if matches!(r, RouteSpec::Keys(_)) {
                     return Err(ProxyError::Protocol("unresolved key route".into()));
                 }
@@ -538,7 +688,7 @@ impl Session {
             return Ok(i);
         }
         let pool = self
-            .shared
+            .topo
             .pools
             .get(shard)
             .cloned()
@@ -612,6 +762,9 @@ impl Session {
 
     /// Gives the held connections back when no transaction or exchange needs them.
     fn release_if_idle(&mut self, exchange_open: bool) {
+        if self.txn.status == b'I' && !exchange_open {
+            self.pass = None;
+        }
         if self.txn.status == b'I' && !exchange_open && !self.session_mode {
             for c in self.conns.drain(..) {
                 c.release();

@@ -63,7 +63,7 @@ impl Session {
         // Inside a client transaction the shards already hold it open (it commits at COMMIT);
         // outside, this write is its own transaction on each shard.
         let in_txn = self.txn.status != b'I';
-        let limit = self.shared.map.gather.memory_limit;
+        let limit = self.topo.map.gather.memory_limit;
         let mut first_error: Option<ProxyError> = None;
         let mut desc: Option<bytes::Bytes> = None;
         let mut rows = BytesMut::new();

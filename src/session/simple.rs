@@ -13,7 +13,8 @@ use crate::router::{Plan, StmtKind};
 impl Session {
     /// Handles one Query message.
     pub(super) async fn simple_query(&mut self, sql: &str) -> Result<(), SessionEnd> {
-        let (plan, scanned) = match self.shared.cache.get_simple(&self.shared.map, sql) {
+        self.refresh_topology();
+        let (plan, scanned) = match self.topo.cache.get_simple(&self.topo.map, sql) {
             Ok(p) => p,
             Err(e) => {
                 self.push_error(&e);
@@ -34,6 +35,11 @@ impl Session {
         }
         if self.txn.local_failed {
             self.push_error(&ProxyError::InFailedTransaction);
+            self.push_ready();
+            return Ok(());
+        }
+        if let Err(e) = self.enter().await {
+            self.push_error(&e);
             self.push_ready();
             return Ok(());
         }
@@ -366,7 +372,7 @@ impl Session {
                     }
                     None if plan.stmts.len() == 1 && plan.stmts[0].split.is_some() => {
                         let split = plan.stmts[0].split.clone();
-                        match split.map(|sp| sp.statements(&self.shared.map, None)) {
+                        match split.map(|sp| sp.statements(&self.topo.map, None)) {
                             Some(Ok(parts)) => {
                                 let work: Vec<ShardWrite> = parts
                                     .into_iter()

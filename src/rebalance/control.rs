@@ -1,0 +1,192 @@
+//! The rebalance control tables: how `shardwire rebalance` and every running proxy agree.
+//!
+//! They live on the old map's default shard (the *control shard*), so proxies need no
+//! coordinator of their own (design §1, "many proxies, one truth"):
+//!
+//! - `shardwire_rebalance` — one row: the run, both maps' text, its phase (`running`,
+//!   `complete`), whether proxies must `hold`, and an `epoch` bumped on every change;
+//! - `shardwire_rebalance_units` — the planned units and their state (`pending`, `switched`,
+//!   `done`), the commit point of every switch;
+//! - `shardwire_proxies` — every proxy's heartbeat and the last epoch it has applied.
+//!
+//! Every change is sent as a `pg_notify` on [`CHANNEL`] in the same transaction; proxies also
+//! re-read the state every second.
+
+use tokio_postgres::Client;
+
+/// Notification channel proxies listen on.
+pub const CHANNEL: &str = "shardwire_rebalance";
+
+/// A proxy whose heartbeat is older than this is not waited for.
+pub const PROXY_LEASE_SECS: i64 = 5;
+
+/// Creates the control tables when absent.
+pub const SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS shardwire_rebalance (
+    id int PRIMARY KEY CHECK (id = 1),
+    run_id bigint NOT NULL,
+    from_map text NOT NULL,
+    to_map text NOT NULL,
+    phase text NOT NULL,
+    hold boolean NOT NULL DEFAULT false,
+    epoch bigint NOT NULL DEFAULT 1,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS shardwire_rebalance_units (
+    run_id bigint NOT NULL,
+    unit text NOT NULL,
+    seq int NOT NULL,
+    kind text NOT NULL,
+    grp text NOT NULL,
+    src text NOT NULL,
+    dst text NOT NULL,
+    part int NOT NULL DEFAULT 0,
+    parts int NOT NULL DEFAULT 1,
+    state text NOT NULL DEFAULT 'pending',
+    rows_moved bigint,
+    checksum text,
+    PRIMARY KEY (run_id, unit)
+);
+CREATE TABLE IF NOT EXISTS shardwire_proxies (
+    id text PRIMARY KEY,
+    seen timestamptz NOT NULL,
+    acked bigint NOT NULL DEFAULT 0
+);";
+
+/// The proxies' heartbeat table alone (proxies create it at startup).
+pub const PROXIES_SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS shardwire_proxies (
+    id text PRIMARY KEY,
+    seen timestamptz NOT NULL,
+    acked bigint NOT NULL DEFAULT 0
+);";
+
+/// The run as recorded in `shardwire_rebalance`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunState {
+    /// Run identifier (new for every rebalance).
+    pub run_id: i64,
+    /// The old map's YAML.
+    pub from_map: String,
+    /// The new map's YAML.
+    pub to_map: String,
+    /// `running` or `complete`.
+    pub phase: String,
+    /// Whether proxies must hold statements.
+    pub hold: bool,
+    /// Bumped on every change; proxies acknowledge the epoch they have applied.
+    pub epoch: i64,
+}
+
+/// A unit as recorded in `shardwire_rebalance_units`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitRow {
+    /// Unit name.
+    pub unit: String,
+    /// Execution order.
+    pub seq: i32,
+    /// `rows` (a co-location group between two shards) or `reference` (a reference-table copy).
+    pub kind: String,
+    /// Group label (tables joined by `+`).
+    pub grp: String,
+    /// Source shard name.
+    pub src: String,
+    /// Target shard name.
+    pub dst: String,
+    /// Part of the pair's keys (see [`crate::transition::in_part`]).
+    pub part: i32,
+    /// Parts the pair's keys are cut into.
+    pub parts: i32,
+    /// `pending`, `switched` or `done`.
+    pub state: String,
+}
+
+/// Reads the run, `None` when no rebalance was ever started (or the tables are absent).
+pub async fn read_run(c: &Client) -> Result<Option<RunState>, tokio_postgres::Error> {
+    let exists = c
+        .query_one("SELECT to_regclass('shardwire_rebalance') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = c
+        .query_opt(
+            "SELECT run_id, from_map, to_map, phase, hold, epoch FROM shardwire_rebalance WHERE id = 1",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|r| RunState {
+        run_id: r.get(0),
+        from_map: r.get(1),
+        to_map: r.get(2),
+        phase: r.get(3),
+        hold: r.get(4),
+        epoch: r.get(5),
+    }))
+}
+
+/// The units of run `run_id` in execution order.
+pub async fn read_units(c: &Client, run_id: i64) -> Result<Vec<UnitRow>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT unit, seq, kind, grp, src, dst, part, parts, state FROM shardwire_rebalance_units \
+             WHERE run_id = $1 ORDER BY seq",
+            &[&run_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| UnitRow {
+            unit: r.get(0),
+            seq: r.get(1),
+            kind: r.get(2),
+            grp: r.get(3),
+            src: r.get(4),
+            dst: r.get(5),
+            part: r.get(6),
+            parts: r.get(7),
+            state: r.get(8),
+        })
+        .collect())
+}
+
+/// Records a proxy's heartbeat (and, with `acked`, the epoch it has applied).
+pub async fn heartbeat(
+    c: &Client,
+    proxy_id: &str,
+    acked: Option<i64>,
+) -> Result<(), tokio_postgres::Error> {
+    match acked {
+        Some(epoch) => {
+            c.execute(
+                "INSERT INTO shardwire_proxies (id, seen, acked) VALUES ($1, now(), $2) \
+                 ON CONFLICT (id) DO UPDATE SET seen = now(), acked = EXCLUDED.acked",
+                &[&proxy_id, &epoch],
+            )
+            .await?
+        }
+        None => {
+            c.execute(
+                "INSERT INTO shardwire_proxies (id, seen) VALUES ($1, now()) \
+                 ON CONFLICT (id) DO UPDATE SET seen = now()",
+                &[&proxy_id],
+            )
+            .await?
+        }
+    };
+    Ok(())
+}
+
+/// Live proxies (heartbeat within [`PROXY_LEASE_SECS`]) that have not applied `epoch` yet.
+pub async fn lagging_proxies(c: &Client, epoch: i64) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT id FROM shardwire_proxies \
+             WHERE seen > now() - make_interval(secs => $1) AND acked < $2 ORDER BY id",
+            &[&(PROXY_LEASE_SECS as f64), &epoch],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

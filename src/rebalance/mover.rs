@@ -1,0 +1,699 @@
+//! Moving one unit: copy, catch up, hold, verify, switch, delete.
+//!
+//! 1. **Capture.** Before anything is copied, every source table carries a trigger that logs
+//!    the key of every row written (`shardwire_rebalance_log`, see [`CAPTURE_SQL`]).
+//! 2. **Copy.** A transaction on the target receives, by binary COPY, the rows of the source
+//!    whose key belongs to the unit (the key is decoded from the stream; nothing else is).
+//! 3. **Catch up.** The log is consumed (`DELETE … RETURNING`, so entries committed late are
+//!    seen in a later round) and every logged key of the unit is copied again: deleted on the
+//!    target, re-read from the source. A few rounds bring the target close.
+//! 4. **Switch.** Every proxy holds statements and confirms its in-flight transactions are
+//!    done; the source tables are locked (`SHARE ROW EXCLUSIVE`: no writes); the last log
+//!    entries are applied; count and checksum of the unit's rows must match on both sides (a
+//!    mismatch stops here and leaves the source untouched); the rows are deleted on the
+//!    source; both transactions are prepared (two-phase commit); the unit is recorded
+//!    `switched` in the control table — the commit point — and both are committed; then the
+//!    proxies, which have flipped the unit's routing, are released.
+//!
+//! A rebalance killed at any point is finished by running it again: a unit recorded
+//! `switched` has its prepared transactions committed, any other unit's are rolled back and
+//! the unit starts over.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::{pin_mut, SinkExt, TryStreamExt};
+use tokio_postgres::Client;
+
+use super::control;
+use super::copybin::{TupleReader, HEADER, TRAILER};
+use super::plan::{columns, old_rule, owner, quote_ident, Group};
+use super::progress::Progress;
+use super::RebalanceError;
+use crate::keys::{key_from_binary, key_from_text, KeyValue};
+use crate::shardmap::{ShardInfo, ShardMap};
+use crate::strategy::Sharded;
+use crate::transition::in_part;
+
+/// The change-capture log and trigger installed on source shards.
+pub const CAPTURE_SQL: &str = "\
+CREATE TABLE IF NOT EXISTS shardwire_rebalance_log (id bigserial PRIMARY KEY, tbl text NOT NULL, key text);
+CREATE OR REPLACE FUNCTION shardwire_rebalance_capture() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    -- The rebalance's own writes (copies, deletes) are not changes to catch up.
+    IF current_setting('shardwire.rebalance', true) = 'mover' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], to_jsonb(NEW) ->> TG_ARGV[1]);
+    END IF;
+    IF TG_OP = 'DELETE' OR (to_jsonb(OLD) ->> TG_ARGV[1]) IS DISTINCT FROM (to_jsonb(NEW) ->> TG_ARGV[1]) THEN
+        INSERT INTO shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], to_jsonb(OLD) ->> TG_ARGV[1]);
+    END IF;
+    RETURN NULL;
+END $f$;";
+
+/// Catch-up rounds before the switch.
+const CATCH_UP_ROUNDS: usize = 6;
+/// A round that finds fewer changed keys than this goes straight to the switch.
+const CATCH_UP_ENOUGH: usize = 500;
+/// Attempts at holding the proxies and locking the source before the unit fails.
+const SWITCH_ATTEMPTS: usize = 10;
+/// How long every live proxy gets to confirm a hold.
+const ACK_WAIT: Duration = Duration::from_secs(7);
+/// Keys per statement when rows are copied again or compared.
+const KEY_BATCH: usize = 20_000;
+/// Bytes buffered before they are sent to the target.
+const SEND_AT: usize = 256 * 1024;
+
+/// Opens a control-plane connection to `info`.
+pub async fn connect(info: &ShardInfo, timeout: Duration) -> Result<Client, RebalanceError> {
+    let (c, conn) = crate::directory::pg_config(info, timeout)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| RebalanceError::Shard(info.name.clone(), e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // Marks this session's writes as the rebalance's own (see CAPTURE_SQL).
+    c.batch_execute("SET shardwire.rebalance = 'mover'").await?;
+    Ok(c)
+}
+
+/// Installs the capture trigger on `tables` of one shard (idempotent).
+pub async fn install_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), RebalanceError> {
+    c.batch_execute(CAPTURE_SQL).await?;
+    for t in tables {
+        let exists: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'shardwire_rebalance_capture' AND tgrelid = $1::text::regclass)",
+                &[&quote_ident(&t.name)],
+            )
+            .await?
+            .get(0);
+        if !exists {
+            c.batch_execute(&format!(
+                "CREATE TRIGGER shardwire_rebalance_capture AFTER INSERT OR UPDATE OR DELETE ON {} \
+                 FOR EACH ROW EXECUTE FUNCTION shardwire_rebalance_capture({}, {})",
+                quote_ident(&t.name),
+                quote_literal(&t.name),
+                quote_literal(&t.key)
+            ))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the capture triggers and the log from one shard.
+pub async fn remove_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), RebalanceError> {
+    for t in tables {
+        c.batch_execute(&format!(
+            "DROP TRIGGER IF EXISTS shardwire_rebalance_capture ON {}",
+            quote_ident(&t.name)
+        ))
+        .await?;
+    }
+    c.batch_execute(
+        "DROP TABLE IF EXISTS shardwire_rebalance_log; DROP FUNCTION IF EXISTS shardwire_rebalance_capture()",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Everything a unit needs.
+pub struct UnitJob<'a> {
+    /// The old map (merged shard list).
+    pub old: &'a ShardMap,
+    /// The new map (merged shard list).
+    pub new: &'a ShardMap,
+    /// The group moved.
+    pub group: &'a Group,
+    /// Source shard.
+    pub src: usize,
+    /// Target shard.
+    pub dst: usize,
+    /// Part and parts of the pair's keys.
+    pub part: (u32, u32),
+    /// Unit name as recorded.
+    pub name: String,
+    /// Prepared-transaction names (source, target).
+    pub gids: (String, String),
+    /// The run.
+    pub run_id: i64,
+    /// Control connection.
+    pub control: &'a Client,
+    /// Progress display.
+    pub progress: &'a Arc<Progress>,
+}
+
+/// What a finished unit reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnitResult {
+    /// Rows moved (all tables of the group).
+    pub rows: u64,
+    /// Time statements were held.
+    pub pause: Duration,
+}
+
+/// One table of the unit.
+struct TableMove {
+    rule: Arc<Sharded>,
+    old_rule: Arc<Sharded>,
+    key_pos: usize,
+}
+
+impl UnitJob<'_> {
+    fn belongs(&self, m: &TableMove, k: &KeyValue) -> bool {
+        in_part(k, self.part.0, self.part.1)
+            && owner(self.old, &m.old_rule, k) == Some(self.src)
+            && owner(self.new, &m.rule, k) == Some(self.dst)
+    }
+
+    /// Moves the unit (see the module docs).
+    pub async fn run(&self) -> Result<UnitResult, RebalanceError> {
+        let timeout = self.new.pool.connect_timeout;
+        let src_info = &self.new.shards[self.src];
+        let dst_info = &self.new.shards[self.dst];
+        let reader = connect(src_info, timeout).await?;
+        let s = connect(src_info, timeout).await?;
+        let t = connect(dst_info, timeout).await?;
+        let mut tables = Vec::new();
+        for rule in &self.group.tables {
+            let cols = columns(&reader, &rule.name).await?;
+            let dcols = columns(&t, &rule.name).await?;
+            if cols != dcols {
+                return Err(RebalanceError::Schema(format!(
+                    "table {} has columns ({}) on shard {} but ({}) on shard {}; make them equal first",
+                    rule.name,
+                    cols.join(", "),
+                    src_info.name,
+                    dcols.join(", "),
+                    dst_info.name
+                )));
+            }
+            let key_pos = cols.iter().position(|c| *c == rule.key).ok_or_else(|| {
+                RebalanceError::Schema(format!(
+                    "table {} on shard {} has no column {}",
+                    rule.name, src_info.name, rule.key
+                ))
+            })?;
+            let old_rule = old_rule(self.old, &rule.name).ok_or_else(|| {
+                RebalanceError::Maps(format!("{} is not in the old map", rule.name))
+            })?;
+            tables.push(TableMove {
+                rule: rule.clone(),
+                old_rule,
+                key_pos,
+            });
+        }
+        self.progress.set_unit(&self.name);
+        t.batch_execute("BEGIN").await?;
+        let mut keys: HashSet<String> = HashSet::new();
+        let mut rows = 0u64;
+        for m in &tables {
+            rows += self.bulk_copy(&reader, &t, m, &mut keys).await?;
+        }
+        for _ in 0..CATCH_UP_ROUNDS {
+            let changed = self.consume_log(&reader, &tables).await?;
+            let n = changed.len();
+            if n > 0 {
+                self.resync(&reader, &t, &tables, &changed).await?;
+                keys.extend(changed);
+            }
+            if n < CATCH_UP_ENOUGH {
+                break;
+            }
+        }
+        let keys: Vec<String> = keys.into_iter().collect();
+        for attempt in 1..=SWITCH_ATTEMPTS {
+            match self.switch(&s, &t, &tables, keys.clone()).await {
+                Ok(r) => {
+                    if r.rows < rows {
+                        self.progress.log(&format!(
+                            "unit {}: {rows} rows copied, {} after catching up (rows deleted meanwhile)",
+                            self.name, r.rows
+                        ));
+                    }
+                    return Ok(r);
+                }
+                Err(RebalanceError::Busy(why)) => {
+                    self.progress.log(&format!(
+                        "unit {}: switch attempt {attempt} of {SWITCH_ATTEMPTS} gave up ({why}); retrying",
+                        self.name
+                    ));
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RebalanceError::Busy(format!(
+            "unit {}: could not hold the proxies and lock the source in {SWITCH_ATTEMPTS} attempts",
+            self.name
+        )))
+    }
+
+    /// Streams the unit's rows of one table from the source into the target transaction.
+    async fn bulk_copy(
+        &self,
+        reader: &Client,
+        t: &Client,
+        m: &TableMove,
+        keys: &mut HashSet<String>,
+    ) -> Result<u64, RebalanceError> {
+        let name = quote_ident(&m.rule.name);
+        let out = reader
+            .copy_out(&format!("COPY {name} TO STDOUT (FORMAT binary)"))
+            .await?;
+        let sink = t
+            .copy_in(&format!("COPY {name} FROM STDIN (FORMAT binary)"))
+            .await?;
+        pin_mut!(out);
+        pin_mut!(sink);
+        let mut buf = BytesMut::with_capacity(SEND_AT + 1024);
+        buf.extend_from_slice(HEADER);
+        let mut tuples = TupleReader::new();
+        let mut n = 0u64;
+        let mut pending = 0u64;
+        while let Some(chunk) = out.try_next().await? {
+            tuples.push(&chunk);
+            while let Some(tuple) = tuples.next_tuple()? {
+                let Some(Some(kb)) = tuple.field(m.key_pos) else {
+                    continue;
+                };
+                let k = key_from_binary(m.rule.key_type, kb).map_err(|e| {
+                    RebalanceError::Data(format!("{}: undecodable key: {e}", m.rule.what()))
+                })?;
+                if self.belongs(m, &k) {
+                    buf.extend_from_slice(tuple.raw);
+                    keys.insert(k.to_string());
+                    n += 1;
+                    pending += 1;
+                }
+            }
+            if buf.len() >= SEND_AT {
+                sink.send(buf.split().freeze()).await?;
+                self.progress.add_rows(pending);
+                pending = 0;
+            }
+        }
+        tuples.finish()?;
+        buf.extend_from_slice(TRAILER);
+        sink.send(buf.split().freeze()).await?;
+        let copied = sink.finish().await?;
+        self.progress.add_rows(pending);
+        if copied != n {
+            return Err(RebalanceError::Verify(format!(
+                "{}: sent {n} rows to shard {} but it took {copied}",
+                m.rule.name, self.new.shards[self.dst].name
+            )));
+        }
+        Ok(n)
+    }
+
+    /// Takes every logged change of the group's tables; the keys that belong to the unit.
+    async fn consume_log(
+        &self,
+        c: &Client,
+        tables: &[TableMove],
+    ) -> Result<HashSet<String>, RebalanceError> {
+        let names: Vec<String> = tables.iter().map(|m| m.rule.name.clone()).collect();
+        let rows = c
+            .query(
+                "DELETE FROM shardwire_rebalance_log WHERE tbl = ANY($1) RETURNING tbl, key",
+                &[&names],
+            )
+            .await?;
+        let mut out = HashSet::new();
+        for r in rows {
+            let tbl: String = r.get(0);
+            let Some(key): Option<String> = r.get(1) else {
+                continue;
+            };
+            let Some(m) = tables.iter().find(|m| m.rule.name == tbl) else {
+                continue;
+            };
+            let k = key_from_text(m.rule.key_type, &key).map_err(|e| {
+                RebalanceError::Data(format!("{}: logged key {key:?}: {e}", m.rule.what()))
+            })?;
+            if self.belongs(m, &k) {
+                out.insert(k.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the target's rows of `keys` equal to the source's (`src` reads the source).
+    async fn resync(
+        &self,
+        src: &Client,
+        t: &Client,
+        tables: &[TableMove],
+        keys: &HashSet<String>,
+    ) -> Result<(), RebalanceError> {
+        let keys: Vec<&String> = keys.iter().collect();
+        for batch in keys.chunks(KEY_BATCH) {
+            let list: Vec<String> = batch.iter().map(|k| (*k).clone()).collect();
+            for m in tables {
+                let name = quote_ident(&m.rule.name);
+                let ty = m.rule.key_type.pg_name();
+                let key = quote_ident(&m.rule.key);
+                t.execute(
+                    &format!("DELETE FROM {name} WHERE {key} = ANY($1::text[]::{ty}[])"),
+                    &[&list],
+                )
+                .await?;
+                let out = src
+                    .copy_out(&format!(
+                        "COPY (SELECT * FROM {name} WHERE {key} = ANY({}::{ty}[])) TO STDOUT (FORMAT binary)",
+                        array_literal(&list)
+                    ))
+                    .await?;
+                let sink = t
+                    .copy_in(&format!("COPY {name} FROM STDIN (FORMAT binary)"))
+                    .await?;
+                pin_mut!(out);
+                pin_mut!(sink);
+                while let Some(chunk) = out.try_next().await? {
+                    sink.send(chunk).await?;
+                }
+                sink.finish().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Count and checksum of the unit's rows of one table as `c` sees them.
+    async fn digest(
+        &self,
+        c: &Client,
+        m: &TableMove,
+        keys: &[String],
+    ) -> Result<(i64, String), RebalanceError> {
+        let name = quote_ident(&m.rule.name);
+        let ty = m.rule.key_type.pg_name();
+        let key = quote_ident(&m.rule.key);
+        let mut count = 0i64;
+        let mut sum = 0i128;
+        for batch in keys.chunks(KEY_BATCH) {
+            let r = c
+                .query_one(
+                    &format!(
+                        "SELECT count(*), coalesce(sum(hashtextextended(x::text, 0)), 0)::text \
+                         FROM {name} x WHERE {key} = ANY($1::text[]::{ty}[])"
+                    ),
+                    &[&batch],
+                )
+                .await?;
+            count += r.get::<_, i64>(0);
+            let s: String = r.get(1);
+            sum += s.parse::<i128>().map_err(|e| {
+                RebalanceError::Data(format!("checksum {s:?} of {}: {e}", m.rule.name))
+            })?;
+        }
+        Ok((count, format!("{count}:{sum:x}")))
+    }
+
+    /// Holds the proxies, locks, verifies, switches and releases (see the module docs).
+    async fn switch(
+        &self,
+        s: &Client,
+        t: &Client,
+        tables: &[TableMove],
+        mut keys: Vec<String>,
+    ) -> Result<UnitResult, RebalanceError> {
+        let held_at = Instant::now();
+        let mut lap = Laps::new();
+        let epoch = set_hold(self.control, true).await?;
+        let acked = wait_acks(self.control, epoch, ACK_WAIT).await?;
+        lap.mark("hold");
+        if let Err(lagging) = acked {
+            set_hold(self.control, false).await?;
+            return Err(RebalanceError::Busy(format!(
+                "proxies {} did not confirm the hold",
+                lagging.join(", ")
+            )));
+        }
+        let names: Vec<String> = tables.iter().map(|m| quote_ident(&m.rule.name)).collect();
+        let locked = s
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '3s'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+                names.join(", ")
+            ))
+            .await;
+        lap.mark("lock");
+        if let Err(e) = locked {
+            let _ = s.batch_execute("ROLLBACK").await;
+            set_hold(self.control, false).await?;
+            return Err(RebalanceError::Busy(format!("locking the source: {e}")));
+        }
+        let result = self.switch_locked(s, t, tables, &mut keys, &mut lap).await;
+        match result {
+            Ok(rows) => {
+                set_hold(self.control, false).await?;
+                lap.mark("release");
+                self.progress.log(&format!(
+                    "unit {}: statements held {} ms ({})",
+                    self.name,
+                    held_at.elapsed().as_millis(),
+                    lap.report()
+                ));
+                Ok(UnitResult {
+                    rows,
+                    pause: held_at.elapsed(),
+                })
+            }
+            Err(e) => {
+                // Before the commit point nothing is committed: the source keeps its rows.
+                // After it (or when unsure), the recorded state decides, as on a re-run.
+                let _ = s.batch_execute("ROLLBACK").await;
+                let _ = t.batch_execute("ROLLBACK").await;
+                let state = self
+                    .control
+                    .query_one(
+                        "SELECT state FROM shardwire_rebalance_units WHERE run_id = $1 AND unit = $2",
+                        &[&self.run_id, &self.name],
+                    )
+                    .await?
+                    .get::<_, String>(0);
+                let commit = state != "pending";
+                finish_prepared(t, &self.gids.1, commit).await?;
+                finish_prepared(s, &self.gids.0, commit).await?;
+                if commit {
+                    self.control
+                        .execute(
+                            "UPDATE shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
+                            &[&self.run_id, &self.name],
+                        )
+                        .await?;
+                }
+                set_hold(self.control, false).await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn switch_locked(
+        &self,
+        s: &Client,
+        t: &Client,
+        tables: &[TableMove],
+        keys: &mut Vec<String>,
+        lap: &mut Laps,
+    ) -> Result<u64, RebalanceError> {
+        let changed = self.consume_log(s, tables).await?;
+        if !changed.is_empty() {
+            self.resync(s, t, tables, &changed).await?;
+            let known: HashSet<String> = keys.iter().cloned().collect();
+            keys.extend(changed.into_iter().filter(|k| !known.contains(k)));
+        }
+        lap.mark("catch-up");
+        let mut rows = 0u64;
+        let mut sums = Vec::new();
+        for m in tables {
+            let (a, b) = tokio::try_join!(self.digest(s, m, keys), self.digest(t, m, keys))?;
+            if a != b {
+                return Err(RebalanceError::Verify(format!(
+                    "{} {}: source {} has {} (count:checksum) but target {} has {}; the source is left untouched",
+                    self.name, m.rule.name, self.new.shards[self.src].name, a.1,
+                    self.new.shards[self.dst].name, b.1
+                )));
+            }
+            rows += a.0 as u64;
+            sums.push(format!("{}={}", m.rule.name, a.1));
+        }
+        lap.mark("verify");
+        for m in tables {
+            let name = quote_ident(&m.rule.name);
+            let ty = m.rule.key_type.pg_name();
+            let key = quote_ident(&m.rule.key);
+            for batch in keys.chunks(KEY_BATCH) {
+                s.execute(
+                    &format!("DELETE FROM {name} WHERE {key} = ANY($1::text[]::{ty}[])"),
+                    &[&batch],
+                )
+                .await?;
+            }
+        }
+        lap.mark("delete");
+        let (gs, gt) = &self.gids;
+        t.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gt)))
+            .await?;
+        s.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gs)))
+            .await?;
+        // The commit point: once recorded, a re-run commits both prepared transactions.
+        self.control
+            .execute(
+                "WITH u AS (UPDATE shardwire_rebalance_units SET state = 'switched', rows_moved = $3, checksum = $4 \
+                 WHERE run_id = $1 AND unit = $2 RETURNING 1), \
+                 e AS (UPDATE shardwire_rebalance SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
+                 SELECT pg_notify($5, e.epoch::text) FROM e, u",
+                &[&self.run_id, &self.name, &(rows as i64), &sums.join(" "), &control::CHANNEL],
+            )
+            .await?;
+        lap.mark("prepare+record");
+        finish_prepared(t, gt, true).await?;
+        finish_prepared(s, gs, true).await?;
+        lap.mark("commit");
+        self.control
+            .execute(
+                "UPDATE shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
+                &[&self.run_id, &self.name],
+            )
+            .await?;
+        Ok(rows)
+    }
+}
+
+/// Durations of the steps of a switch, for the log.
+struct Laps {
+    last: Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    fn new() -> Laps {
+        Laps {
+            last: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.laps.push((what, now - self.last));
+        self.last = now;
+    }
+
+    fn report(&self) -> String {
+        let parts: Vec<String> = self
+            .laps
+            .iter()
+            .map(|(w, d)| format!("{w} {} ms", d.as_millis()))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// Commits (or rolls back) prepared transaction `gid` if it exists.
+pub async fn finish_prepared(c: &Client, gid: &str, commit: bool) -> Result<bool, RebalanceError> {
+    let exists: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database())",
+            &[&gid],
+        )
+        .await?
+        .get(0);
+    if exists {
+        let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+        c.batch_execute(&format!("{verb} PREPARED {}", quote_literal(gid)))
+            .await?;
+    }
+    Ok(exists)
+}
+
+/// Sets `hold` and bumps the epoch (notifying the proxies); the new epoch.
+pub async fn set_hold(control: &Client, hold: bool) -> Result<i64, RebalanceError> {
+    let r = control
+        .query_one(
+            "WITH e AS (UPDATE shardwire_rebalance SET hold = $1, epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
+             SELECT e.epoch, pg_notify($2, e.epoch::text) IS NULL FROM e",
+            &[&hold, &control::CHANNEL],
+        )
+        .await?;
+    Ok(r.get(0))
+}
+
+/// Waits until every live proxy has applied `epoch`; the laggards when `max` passes first.
+pub async fn wait_acks(
+    control: &Client,
+    epoch: i64,
+    max: Duration,
+) -> Result<Result<(), Vec<String>>, RebalanceError> {
+    let deadline = Instant::now() + max;
+    loop {
+        let lagging = control::lagging_proxies(control, epoch).await?;
+        if lagging.is_empty() {
+            return Ok(Ok(()));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Err(lagging));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A SQL literal of a text array holding `items`.
+fn array_literal(items: &[String]) -> String {
+    let mut a = String::from("{");
+    for (i, k) in items.iter().enumerate() {
+        if i > 0 {
+            a.push(',');
+        }
+        a.push('"');
+        a.push_str(&k.replace('\\', "\\\\").replace('"', "\\\""));
+        a.push('"');
+    }
+    a.push('}');
+    quote_literal(&a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_literals_escape_quotes_and_backslashes() {
+        let v = vec!["a".to_string(), "b\"c".into(), "d\\e".into(), "it's".into()];
+        assert_eq!(array_literal(&v), r#"'{"a","b\"c","d\\e","it''s"}'"#);
+    }
+}
+
+#[cfg(test)]
+mod key_text_tests {
+    use crate::keys::{key_from_text, KeyType, KeyValue};
+
+    /// The capture trigger logs keys as `to_jsonb(row) ->> key`: JSON's ISO 8601 forms.
+    #[test]
+    fn json_forms_of_keys_parse_like_postgres_text() {
+        let a = key_from_text(KeyType::Timestamptz, "2025-01-01T01:00:00+01:00").expect("json ts");
+        let b = key_from_text(KeyType::Timestamptz, "2025-01-01 00:00:00+00").expect("text ts");
+        assert_eq!(a, b);
+        let c =
+            key_from_text(KeyType::Timestamptz, "2024-07-01T00:00:00.123456+00:00").expect("frac");
+        assert!(matches!(c, KeyValue::Timestamptz(_)));
+        assert_eq!(
+            key_from_text(KeyType::BigInt, "42").expect("int"),
+            KeyValue::Int(42)
+        );
+        assert!(key_from_text(KeyType::Date, "2025-03-01").is_ok());
+        assert!(key_from_text(KeyType::Numeric, "1.50").is_ok());
+    }
+}
