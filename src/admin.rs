@@ -23,11 +23,11 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::directory::admin as dir_admin;
 use crate::protocol::{build, decode_query, FrameReader};
 use crate::session::Shared;
+use crate::tls::{NetRead, NetWrite};
 
 /// Why an admin command failed: message and SQLSTATE.
 #[derive(Debug, thiserror::Error)]
@@ -56,13 +56,13 @@ struct Output {
 /// How long PAUSE waits for in-flight transactions to give their connections back.
 const PAUSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-const USAGE: &str = "admin commands: SHOW SHARDS | POOLS | STATS | CONFIG | VERSION; SHOW ROUTE <table> <key>; PAUSE [shard]; RESUME [shard]; SHOW DIRECTORY; DIRECTORY ASSIGN <key> TO <shard>; DIRECTORY MOVE <key> TO <shard>";
+const USAGE: &str = "admin commands: SHOW SHARDS | POOLS | CLIENTS | SERVERS | STATS | CONFIG | VERSION; SHOW ROUTE <table> <key>; PAUSE [shard]; RESUME [shard]; RELOAD; SHUTDOWN; SHOW DIRECTORY; DIRECTORY ASSIGN <key> TO <shard>; DIRECTORY MOVE <key> TO <shard>";
 
 /// Serves one admin connection until the client leaves.
 pub async fn run(
     shared: Arc<Shared>,
-    mut reader: FrameReader<OwnedReadHalf>,
-    mut w: OwnedWriteHalf,
+    mut reader: FrameReader<NetRead>,
+    mut w: NetWrite,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     let mut failed_batch = false;
@@ -73,6 +73,8 @@ pub async fn run(
             Err(e) => {
                 build::error(&mut out, "FATAL", "08P01", &e.to_string());
                 let _ = w.write_all(&out).await;
+                let _ = w.flush().await;
+                w.close().await;
                 return Ok(());
             }
         };
@@ -106,6 +108,7 @@ pub async fn run(
             }
         }
         w.write_all(&out).await?;
+        w.flush().await?;
         out.clear();
     }
 }
@@ -249,6 +252,80 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
                 columns: vec![],
                 rows: vec![],
                 tag: if pause { "PAUSE" } else { "RESUME" }.into(),
+            })
+        }
+        ["show", "servers"] => {
+            let now = std::time::SystemTime::now();
+            let mut rows = Vec::new();
+            for p in shared.topo().pools.iter() {
+                for c in p.connections() {
+                    let age = now.duration_since(c.since).unwrap_or_default().as_secs();
+                    rows.push(vec![
+                        Some(p.info.name.clone()),
+                        Some(p.info.host.clone()),
+                        Some(p.info.port.to_string()),
+                        Some(p.info.dbname.clone()),
+                        Some(p.info.user.clone()),
+                        Some(c.pid.to_string()),
+                        Some(if c.in_use { "active" } else { "idle" }.to_string()),
+                        Some(age.to_string()),
+                    ]);
+                }
+            }
+            let n = rows.len();
+            Ok(Output {
+                columns: vec![
+                    "shard", "host", "port", "database", "user", "pid", "state", "age_s",
+                ],
+                rows,
+                tag: format!("SHOW {n}"),
+            })
+        }
+        ["show", "clients"] => {
+            let now = std::time::SystemTime::now();
+            let rows: Vec<Vec<Option<String>>> = shared
+                .client_list
+                .list()
+                .iter()
+                .map(|c| {
+                    vec![
+                        Some(c.id.to_string()),
+                        Some(c.user.clone()),
+                        Some(c.database.clone()),
+                        c.peer.map(|p| p.ip().to_string()),
+                        c.peer.map(|p| p.port().to_string()),
+                        Some(c.state_name().to_string()),
+                        Some(
+                            now.duration_since(c.since)
+                                .unwrap_or_default()
+                                .as_secs()
+                                .to_string(),
+                        ),
+                    ]
+                })
+                .collect();
+            let n = rows.len();
+            Ok(Output {
+                columns: vec!["id", "user", "database", "addr", "port", "state", "age_s"],
+                rows,
+                tag: format!("SHOW {n}"),
+            })
+        }
+        ["reload"] => match crate::reload::reload(shared) {
+            Ok(summary) => Ok(Output {
+                columns: vec!["reloaded"],
+                rows: vec![vec![Some(summary)]],
+                tag: "RELOAD".into(),
+            }),
+            Err(e) => Err(err("55000", e.to_string())),
+        },
+        ["shutdown"] => {
+            tracing::info!("admin SHUTDOWN: no new clients; connected ones may finish");
+            shared.request_shutdown();
+            Ok(Output {
+                columns: vec![],
+                rows: vec![],
+                tag: "SHUTDOWN".into(),
             })
         }
         ["show", "version"] => Ok(Output {

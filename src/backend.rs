@@ -1,5 +1,6 @@
-//! One server connection to a shard: TCP connect, startup, authentication (trust,
-//! cleartext, md5, SCRAM-SHA-256 via `postgres-protocol`), and raw frame I/O.
+//! One server connection to a shard: TCP connect, TLS when the shard URL's `sslmode` asks
+//! for it, startup, authentication (trust, cleartext, md5, SCRAM-SHA-256 via
+//! `postgres-protocol`), and raw frame I/O.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -7,11 +8,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::protocol::{error_fields, Cursor, Frame, FrameError, FrameReader};
 use crate::shardmap::ShardInfo;
+use crate::tls::{NetRead, NetWrite, SslMode};
 
 /// Largest message accepted from a shard (a row can be up to 1 GB in Postgres; we bound lower).
 pub const MAX_BACKEND_MESSAGE: usize = 256 * 1024 * 1024;
@@ -42,12 +44,21 @@ pub enum BackendError {
     /// The shard asked for an authentication method we cannot do.
     #[error("unsupported authentication request {0} from shard")]
     UnsupportedAuth(i32),
+    /// The URL asks for TLS (`sslmode={0}`) but the shard does not offer it.
+    #[error("the shard does not accept TLS, but the shard URL has sslmode={0}")]
+    TlsRefused(&'static str),
+    /// The shard answered the SSLRequest with something other than `S` or `N`.
+    #[error("unexpected answer {0:?} to SSLRequest from shard")]
+    TlsAnswer(char),
+    /// The TLS handshake failed (certificate not trusted, wrong host name, ...).
+    #[error("TLS handshake with the shard failed: {0}")]
+    Tls(#[source] std::io::Error),
 }
 
 /// A live, authenticated connection to one shard.
 pub struct BackendConn {
-    reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    reader: FrameReader<NetRead>,
+    writer: NetWrite,
     /// Shard index in the map.
     pub shard: usize,
     /// Backend process id (for CancelRequest).
@@ -96,7 +107,7 @@ impl BackendConn {
     ) -> Result<BackendConn, BackendError> {
         let stream = TcpStream::connect((info.host.as_str(), info.port)).await?;
         stream.set_nodelay(true)?;
-        let (r, w) = stream.into_split();
+        let (r, w) = Self::negotiate_tls(info, stream).await?;
         let mut conn = BackendConn {
             reader: FrameReader::new(r, MAX_BACKEND_MESSAGE),
             writer: w,
@@ -123,6 +134,7 @@ impl BackendConn {
         }
         frontend::startup_message(params.iter().copied(), &mut buf)?;
         conn.writer.write_all(&buf).await?;
+        conn.writer.flush().await?;
         let password = info.password.clone().unwrap_or_default();
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -170,6 +182,7 @@ impl BackendConn {
                         other => return Err(BackendError::UnsupportedAuth(other)),
                     }
                     conn.writer.write_all(&buf).await?;
+                    conn.writer.flush().await?;
                 }
                 b'S' => {
                     let mut c = Cursor::new(f.body(), "ParameterStatus");
@@ -189,6 +202,39 @@ impl BackendConn {
                 }
                 _ => {} // NoticeResponse and friends during startup
             }
+        }
+    }
+
+    /// Sends an SSLRequest when the shard's `sslmode` asks for TLS and runs the handshake
+    /// on `S`; `N` means plain for `prefer` and an error otherwise. Exactly one byte is read
+    /// before the handshake, so nothing unencrypted can be slipped in after it.
+    async fn negotiate_tls(
+        info: &ShardInfo,
+        mut stream: TcpStream,
+    ) -> Result<(NetRead, NetWrite), BackendError> {
+        if !info.tls.enabled() {
+            return Ok(crate::tls::split_plain(stream));
+        }
+        let mut req = [0u8; 8];
+        req[..4].copy_from_slice(&8i32.to_be_bytes());
+        req[4..].copy_from_slice(&crate::protocol::SSL_REQUEST.to_be_bytes());
+        stream.write_all(&req).await?;
+        let mut answer = [0u8; 1];
+        if stream.read(&mut answer).await? == 0 {
+            return Err(BackendError::Closed);
+        }
+        match answer[0] {
+            b'S' => info
+                .tls
+                .connect(&info.host, stream)
+                .await
+                .map_err(BackendError::Tls),
+            b'N' if info.tls.mode == SslMode::Prefer => {
+                tracing::debug!(shard = %info.name, "shard does not offer TLS; sslmode=prefer goes on in plain text");
+                Ok(crate::tls::split_plain(stream))
+            }
+            b'N' => Err(BackendError::TlsRefused(info.tls.mode.name())),
+            other => Err(BackendError::TlsAnswer(other as char)),
         }
     }
 
@@ -219,7 +265,7 @@ impl BackendConn {
             return true;
         }
         let mut probe = [0u8; 1];
-        match self.reader.get_mut().try_read(&mut probe) {
+        match self.reader.get_mut().try_read_now(&mut probe) {
             Ok(_) => true, // data or EOF while idle
             Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
         }
@@ -232,7 +278,12 @@ impl BackendConn {
 
     /// Writes bytes to the shard.
     pub async fn write_all(&mut self, data: &[u8]) -> Result<(), BackendError> {
-        if let Err(e) = self.writer.write_all(data).await {
+        // flush() is a no-op on plain sockets; TLS may hold the tail back until flushed.
+        let sent = match self.writer.write_all(data).await {
+            Ok(()) => self.writer.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
             self.broken = true;
             return Err(e.into());
         }

@@ -66,10 +66,26 @@ pub struct RawConfig {
     /// Sharded and reference tables, in file order.
     #[serde(default)]
     pub tables: TableMap,
+    /// TLS for client connections.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
 }
 
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_owned()
+}
+
+/// The `tls:` section: the proxy's certificate for client connections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificate chain file (PEM), server certificate first.
+    pub cert: String,
+    /// Private key file (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Refuse clients that do not use TLS (FATAL 28000, like a `hostssl`-only pg_hba.conf).
+    #[serde(default)]
+    pub require: bool,
 }
 
 /// A proxy user.

@@ -217,6 +217,17 @@ pub struct ClusterOptions {
     pub port: Option<u16>,
     /// Extra `postgresql.conf` settings (name, value as written in the file, e.g. `'on'`).
     pub extra_conf: Vec<(String, String)>,
+    /// Serve TLS (`ssl = on`) with this certificate and key; plain connections still work.
+    pub tls: Option<ClusterTls>,
+}
+
+/// A cluster's TLS certificate and key (PEM text), written into its directory at start.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    /// Certificate chain (PEM).
+    pub cert_pem: String,
+    /// Private key (PEM).
+    pub key_pem: String,
 }
 
 /// A local Postgres cluster in a temp directory, stopped and removed on drop.
@@ -257,6 +268,10 @@ impl PgCluster {
             remove_on_drop: true,
         };
         cluster.initdb()?;
+        let mut extra_conf = opts.extra_conf.clone();
+        if let Some(tls) = &opts.tls {
+            extra_conf.extend(cluster.write_tls_files(tls, owner)?);
+        }
         let conf_path = cluster.data_dir().join("postgresql.conf");
         let base_conf = fs::read_to_string(&conf_path).map_err(|source| LocalPgError::Io {
             action: "read",
@@ -275,7 +290,7 @@ impl PgCluster {
                 Some(p) => p,
                 None => free_port()?,
             };
-            let conf = format!("{base_conf}\n{}", cluster.settings(&opts.extra_conf));
+            let conf = format!("{base_conf}\n{}", cluster.settings(&extra_conf));
             fs::write(&conf_path, conf).map_err(|source| LocalPgError::Io {
                 action: "write",
                 path: conf_path.clone(),
@@ -390,6 +405,37 @@ impl PgCluster {
                 },
             })
         }
+    }
+
+    /// Writes the TLS certificate and key into the cluster directory (mode 0600, owned by
+    /// the server's user) and returns the settings that use them.
+    fn write_tls_files(
+        &self,
+        tls: &ClusterTls,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<(String, String)>, LocalPgError> {
+        let mut conf = vec![("ssl".to_string(), "on".to_string())];
+        for (file, pem, setting) in [
+            ("server.crt", &tls.cert_pem, "ssl_cert_file"),
+            ("server.key", &tls.key_pem, "ssl_key_file"),
+        ] {
+            let path = self.dir.join(file);
+            let io_err = |action, source| LocalPgError::Io {
+                action,
+                path: path.clone(),
+                source,
+            };
+            fs::write(&path, pem).map_err(|e| io_err("write", e))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| io_err("set permissions of", e))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| io_err("chown to postgres", e))?;
+            }
+            let quoted = path.to_string_lossy().replace('\'', "''");
+            conf.push((setting.to_string(), format!("'{quoted}'")));
+        }
+        Ok(conf)
     }
 
     /// The `postgresql.conf` settings appended after initdb's.
@@ -927,6 +973,7 @@ mod tests {
         let err = PgCluster::start(ClusterOptions {
             port: Some(port),
             extra_conf: vec![],
+            tls: None,
         })
         .unwrap_err();
         let msg = err.to_string();

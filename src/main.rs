@@ -16,6 +16,10 @@ struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing EnvFilter directive).
     #[arg(long, global = true, default_value = "info", env = "SHARDWIRE_LOG")]
     log_level: String,
+    /// Log format: text (human) or json (one object per line, with span fields such as the
+    /// client id and peer).
+    #[arg(long, global = true, default_value = "text", env = "SHARDWIRE_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -57,6 +61,10 @@ enum Cmd {
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Rows per unit: larger units copy faster, smaller ones hold statements for less
+        /// time at each switch.
+        #[arg(long, default_value_t = shardwire::rebalance::UNIT_ROWS)]
+        unit_rows: u64,
     },
     /// Show which shard a key goes to, and why.
     Route {
@@ -89,12 +97,15 @@ fn main() -> ExitCode {
     // Logs go to stderr (stdout carries command output such as the rebalance plan), with
     // colour only on a terminal.
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -131,12 +142,14 @@ fn run(cmd: Cmd) -> Result<(), String> {
             to,
             dry_run,
             yes,
+            unit_rows,
         } => {
             let opts = shardwire::rebalance::Options {
                 from,
                 to,
                 dry_run,
                 yes,
+                unit_rows,
             };
             let summary = runtime()?
                 .block_on(shardwire::rebalance::run(&opts))
@@ -153,7 +166,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Serve { config } => {
             let map = ShardMap::load(&config).map_err(|e| e.to_string())?;
-            runtime()?.block_on(serve(map))
+            runtime()?.block_on(serve(map, Some(config)))
         }
         Cmd::Quickstart { config, listen } => quickstart(&config, listen),
         Cmd::DevClusters { action, count, dir } => match action.as_str() {
@@ -170,14 +183,21 @@ fn run(cmd: Cmd) -> Result<(), String> {
     }
 }
 
-async fn serve(map: ShardMap) -> Result<(), String> {
+async fn serve(map: ShardMap, config: Option<PathBuf>) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&map.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", map.listen))?;
     let handle = shardwire::server::start(map, listener)
         .await
         .map_err(|e| e.to_string())?;
-    wait_for_stop().await;
+    *handle.shared.config_path.lock() = config;
+    #[cfg(unix)]
+    spawn_reload_on_sighup(handle.shared.clone());
+    let asked = handle.shared.shutdown.notified();
+    tokio::select! {
+        _ = wait_for_stop() => {}
+        _ = asked => {}
+    }
     // Graceful: stop accepting, let connected clients finish (up to DRAIN), then exit.
     handle.shutdown();
     let clients = || {
@@ -206,6 +226,23 @@ async fn serve(map: ShardMap) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Reloads the shard map on every SIGHUP (an invalid file is logged and ignored).
+#[cfg(unix)]
+fn spawn_reload_on_sighup(shared: std::sync::Arc<shardwire::session::Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP; use the admin console's RELOAD");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if let Err(e) = shardwire::reload::reload(&shared) {
+                tracing::error!(error = %e, "SIGHUP: reload refused");
+            }
+        }
+    });
 }
 
 /// How long a SIGTERM/Ctrl-C waits for connected clients to leave.

@@ -5,6 +5,12 @@
 //! current generation or opens a new one. Any I/O failure on a shard bumps the pool's
 //! generation so idle connections made before it are dropped instead of reused: after a
 //! shard restart the proxy reconnects by itself on the next checkout.
+//!
+//! Reconnection backs off: after a failed connect the shard is marked down for 100 ms,
+//! doubling with every further failure up to 2 s. While it is down, checkouts that would open
+//! a new connection fail at once with the last error (no pile-up of connection attempts
+//! against a dead server); the first checkout after the wait tries again, and a success
+//! clears the backoff.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,8 +35,41 @@ pub struct ShardPool {
     permits: Arc<Semaphore>,
     generation: AtomicU64,
     waiting: AtomicUsize,
+    /// Reconnection backoff after failed connects.
+    backoff: Mutex<Backoff>,
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
+    /// Request latency on this shard (`shardwire_shard_latency_seconds`).
+    pub latency: crate::telemetry::LatencyHistogram,
+    /// Open connections by backend pid: when opened and whether checked out (`SHOW SERVERS`).
+    open: Mutex<std::collections::HashMap<i32, ServerConn>>,
+}
+
+/// The reconnection backoff of a pool.
+#[derive(Debug, Default)]
+struct Backoff {
+    /// Consecutive failed connects.
+    failures: u32,
+    /// No new connection is tried before this.
+    until: Option<std::time::Instant>,
+    /// The last connect error.
+    last_error: String,
+}
+
+/// First wait after a failed connect; doubles per failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest wait between connection attempts to a down shard.
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One open connection of a pool, for `SHOW SERVERS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConn {
+    /// Backend process id.
+    pub pid: i32,
+    /// When it was opened.
+    pub since: std::time::SystemTime,
+    /// Checked out by a session (else idle in the pool).
+    pub in_use: bool,
 }
 
 /// A pool's state, for the admin console.
@@ -68,7 +107,73 @@ impl ShardPool {
             waiting: AtomicUsize::new(0),
             paused: std::sync::atomic::AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
+            open: Mutex::new(std::collections::HashMap::new()),
+            latency: Default::default(),
+            backoff: Mutex::new(Backoff::default()),
         })
+    }
+
+    /// While the shard is down and its backoff runs: the error a checkout gets at once.
+    fn backing_off(&self) -> Option<ProxyError> {
+        let b = self.backoff.lock();
+        let until = b.until?;
+        let now = std::time::Instant::now();
+        if now >= until {
+            return None;
+        }
+        Some(ProxyError::ShardUnavailable {
+            shard: self.info.name.clone(),
+            reason: format!(
+                "{}:{}: {} (down; next connection attempt in {} ms)",
+                self.info.host,
+                self.info.port,
+                b.last_error,
+                (until - now).as_millis()
+            ),
+        })
+    }
+
+    fn connect_failed(&self, error: &str) {
+        let mut b = self.backoff.lock();
+        let wait = FIRST_BACKOFF
+            .saturating_mul(1u32 << b.failures.min(5))
+            .min(MAX_BACKOFF);
+        b.failures = b.failures.saturating_add(1);
+        b.until = Some(std::time::Instant::now() + wait);
+        b.last_error = error.to_owned();
+    }
+
+    fn connected(&self) {
+        let mut b = self.backoff.lock();
+        if b.failures > 0 {
+            tracing::info!(shard = %self.info.name, after = b.failures, "shard reachable again");
+        }
+        *b = Backoff::default();
+    }
+
+    /// Whether the shard is in reconnection backoff (down).
+    pub fn is_down(&self) -> bool {
+        self.backoff
+            .lock()
+            .until
+            .is_some_and(|u| std::time::Instant::now() < u)
+    }
+
+    /// The pool's open connections, by pid.
+    pub fn connections(&self) -> Vec<ServerConn> {
+        let mut v: Vec<ServerConn> = self.open.lock().values().copied().collect();
+        v.sort_by_key(|c| c.pid);
+        v
+    }
+
+    fn note_in_use(&self, pid: i32, in_use: bool) {
+        if let Some(c) = self.open.lock().get_mut(&pid) {
+            c.in_use = in_use;
+        }
+    }
+
+    fn note_closed(&self, pid: i32) {
+        self.open.lock().remove(&pid);
     }
 
     /// Pauses (or resumes) the shard: while paused, new checkouts wait; connections already
@@ -142,12 +247,18 @@ impl ShardPool {
                     if c.is_stale() {
                         // The shard closed it (restart, idle timeout): the others likely too.
                         tracing::info!(shard = %self.info.name, "discarding stale idle connections");
+                        self.note_closed(c.pid);
                         self.mark_failed();
                         continue;
                     }
+                    self.note_in_use(c.pid, true);
                     break Some(c);
                 }
-                Some(_) => continue, // made before a failure: drop it
+                Some(c) => {
+                    // Made before a failure: drop it.
+                    self.note_closed(c.pid);
+                    continue;
+                }
                 None => break None,
             }
         };
@@ -155,6 +266,9 @@ impl ShardPool {
         let conn = match reused {
             Some(c) => c,
             None => {
+                if let Some(err) = self.backing_off() {
+                    return Err(err);
+                }
                 match BackendConn::connect(
                     self.index,
                     &self.info,
@@ -165,10 +279,20 @@ impl ShardPool {
                 {
                     Ok(mut c) => {
                         c.generation = gen;
+                        self.connected();
+                        self.open.lock().insert(
+                            c.pid,
+                            ServerConn {
+                                pid: c.pid,
+                                since: std::time::SystemTime::now(),
+                                in_use: true,
+                            },
+                        );
                         c
                     }
                     Err(e) => {
                         self.mark_failed();
+                        self.connect_failed(&e.to_string());
                         tracing::warn!(shard = %self.info.name, error = %e, "connect to shard failed");
                         return Err(ProxyError::ShardUnavailable {
                             shard: self.info.name.clone(),
@@ -188,7 +312,11 @@ impl ShardPool {
     /// Records that the shard failed: idle connections made so far will be discarded.
     pub fn mark_failed(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.idle.lock().clear();
+        let dropped: Vec<BackendConn> = std::mem::take(&mut *self.idle.lock());
+        let mut open = self.open.lock();
+        for c in &dropped {
+            open.remove(&c.pid);
+        }
     }
 }
 
@@ -200,11 +328,16 @@ impl PooledConn {
     pub fn release(mut self) {
         if let Some(c) = self.conn.take() {
             if c.broken {
+                self.pool.note_closed(c.pid);
                 self.pool.mark_failed();
             } else if c.ready_status != b'I' {
                 tracing::warn!(shard = %self.pool.info.name, status = %(c.ready_status as char), "closing a released connection that is still in a transaction");
+                self.pool.note_closed(c.pid);
             } else if !c.discard && c.generation == self.pool.generation.load(Ordering::Acquire) {
+                self.pool.note_in_use(c.pid, false);
                 self.pool.idle.lock().push(c);
+            } else {
+                self.pool.note_closed(c.pid);
             }
         }
     }
@@ -218,6 +351,7 @@ impl PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
+            self.pool.note_closed(c.pid);
             if c.broken {
                 self.pool.mark_failed();
             }

@@ -169,6 +169,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
+
+    /// The wrapped stream, dropping anything buffered (check [`Self::has_buffered`] first).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
 }
 
 /// Bounds-checked reader over a message body.

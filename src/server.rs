@@ -1,8 +1,7 @@
-//! The listener: accepts clients, runs the startup phase (SSL/GSSENC refusal, cancel
-//! requests, protocol negotiation, password authentication) and hands each logged-in
-//! client to a [`Session`] task.
+//! The listener: accepts clients, runs the startup phase (TLS when the map has `tls:`,
+//! GSSENC refusal, cancel requests, protocol negotiation, password authentication) and
+//! hands each logged-in client to a [`Session`] task.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use crate::router::PlanCache;
 use crate::session::settings::Settings;
 use crate::session::{Session, Shared, Topology};
 use crate::shardmap::{AuthMethod, ShardMap};
+use crate::tls::{NetRead, NetWrite, ServerTls};
 
 /// How long a client may take to log in.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -134,16 +134,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         .enumerate()
         .map(|(i, s)| ShardPool::new(i, s.clone(), map.pool.clone()))
         .collect();
-    let users = map
-        .users
-        .iter()
-        .map(|u| {
-            (
-                u.name.clone(),
-                (u.password.clone(), ScramSecret::from_password(&u.password)),
-            )
-        })
-        .collect::<HashMap<_, _>>();
+    let users = arc_swap::ArcSwap::from_pointee(crate::session::user_secrets(&map));
     let telemetry = crate::telemetry::Telemetry::new(map.shard_names());
     Arc::new(Shared {
         topology: arc_swap::ArcSwap::from_pointee(Topology {
@@ -156,6 +147,10 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         gate: Default::default(),
         cancels: CancelRegistry::default(),
         users,
+        config_path: Mutex::new(None),
+        client_list: Default::default(),
+        shutdown: tokio::sync::Notify::new(),
+        shutting_down: Default::default(),
         server_params: Mutex::new(None),
         clients: Default::default(),
         bytewise_text: Default::default(),
@@ -202,6 +197,7 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
                     }
                 },
                 _ = stopped.changed() => break,
+                _ = sh.shutdown.notified() => break,
             }
         }
     });
@@ -229,6 +225,9 @@ pub enum StartupError {
     /// The client was refused (and told why).
     #[error("{0}")]
     Refused(String),
+    /// The TLS handshake with the client failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
     /// The session ended.
     #[error("{0}")]
     Session(#[from] crate::session::SessionEnd),
@@ -243,24 +242,41 @@ impl Drop for ClientGuard {
 
 async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), StartupError> {
     sock.set_nodelay(true)?;
-    let (r, mut w) = sock.into_split();
-    let mut reader = FrameReader::new(r, shared.map().max_message_size);
-    let startup =
-        tokio::time::timeout(STARTUP_TIMEOUT, startup(&shared, &mut reader, &mut w)).await;
-    let (settings, admin) = match startup {
-        Ok(Ok(Some(s))) => s,
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            let mut out = BytesMut::new();
-            build::error(
-                &mut out,
-                "FATAL",
-                "08P01",
-                "timeout during startup and authentication",
-            );
-            let _ = w.write_all(&out).await;
-            return Ok(());
+    let peer = sock.peer_addr().ok();
+    let max_message_size = shared.map().max_message_size;
+    // Plain sockets keep their own lock-free halves; TLS replaces them after the handshake.
+    let (r, mut w) = crate::tls::split_plain(sock);
+    let mut reader = FrameReader::new(r, max_message_size);
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let (settings, admin, who) = loop {
+        match tokio::time::timeout_at(deadline, startup(&shared, &mut reader, &mut w)).await {
+            Ok(Ok(Startup::Login(settings, admin, who))) => break (settings, admin, who),
+            Ok(Ok(Startup::Tls(tls))) => {
+                let (r, tls_w) =
+                    match tokio::time::timeout_at(deadline, accept_tls(&tls, reader, w)).await {
+                        Ok(r) => r?,
+                        Err(_) => return Ok(()),
+                    };
+                reader = FrameReader::new(r, max_message_size);
+                w = tls_w;
+            }
+            Ok(Ok(Startup::Closed)) => {
+                w.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let mut out = BytesMut::new();
+                build::error(
+                    &mut out,
+                    "FATAL",
+                    "08P01",
+                    "timeout during startup and authentication",
+                );
+                let _ = send(&mut w, &out).await;
+                w.close().await;
+                return Ok(());
+            }
         }
     };
     let n = shared.clients.fetch_add(1, Ordering::AcqRel) + 1;
@@ -273,7 +289,8 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
             "53300",
             "sorry, too many clients already",
         );
-        w.write_all(&out).await?;
+        send(&mut w, &out).await?;
+        w.close().await;
         return Ok(());
     }
     let (pid, secret, slot) = shared.cancels.register();
@@ -290,15 +307,57 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
     }
     build::backend_key_data(&mut out, pid, secret);
     build::ready_for_query(&mut out, b'I');
-    w.write_all(&out).await?;
+    send(&mut w, &out).await?;
+    let registration = shared.client_list.register(&who.user, &who.database, peer);
     if admin {
+        // The console is shown `active`: it only ever runs the command being listed.
+        registration.entry.set_state(crate::clients::ACTIVE);
         crate::admin::run(shared, reader, w).await?;
         return Ok(());
     }
     Session::new(shared, reader, w, settings, slot)
+        .with_client(registration.entry.clone())
         .run()
         .await?;
     Ok(())
+}
+
+/// Writes `data` and flushes it (a TLS stream may hold written bytes back until flushed).
+async fn send(w: &mut NetWrite, data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
+
+/// The server side of a TLS handshake on a connection that has been answered `S`: the
+/// plain halves are put back together and wrapped.
+async fn accept_tls(
+    tls: &ServerTls,
+    reader: FrameReader<NetRead>,
+    w: NetWrite,
+) -> Result<(NetRead, NetWrite), StartupError> {
+    let (NetRead::Plain(r), NetWrite::Plain(w)) = (reader.into_inner(), w) else {
+        return Err(StartupError::Refused(
+            "TLS requested on an encrypted connection".into(),
+        ));
+    };
+    let sock = r.reunite(w).map_err(std::io::Error::other)?;
+    tls.accept(sock).await.map_err(StartupError::Tls)
+}
+
+/// How one run of [`startup`] ended.
+/// A logged-in client's user and database (`SHOW CLIENTS`).
+struct Who {
+    user: String,
+    database: String,
+}
+
+enum Startup {
+    /// Logged in: the client's settings, whether it opened the admin console, and who it is.
+    Login(Settings, bool, Who),
+    /// The client asked for TLS and was answered `S`: the handshake comes next.
+    Tls(ServerTls),
+    /// Nothing more to do (a cancel request, a refusal already sent, or the client left).
+    Closed,
 }
 
 /// The ParameterStatus list a client gets: a shard's values, with the client's own settings.
@@ -342,29 +401,56 @@ async fn server_params(shared: &Arc<Shared>, settings: &Settings) -> Vec<(String
 /// connection was a cancel request or the client left.
 async fn startup(
     shared: &Arc<Shared>,
-    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
-) -> Result<Option<(Settings, bool)>, StartupError> {
+    reader: &mut FrameReader<NetRead>,
+    w: &mut NetWrite,
+) -> Result<Startup, StartupError> {
     let mut out = BytesMut::new();
     let body = loop {
         let Some(mut pkt) = reader.startup_packet().await? else {
-            return Ok(None);
+            return Ok(Startup::Closed);
         };
         if pkt.len() < 4 {
             return Err(StartupError::Refused("short startup packet".into()));
         }
         let code = pkt.get_i32();
         match code {
-            protocol::SSL_REQUEST | protocol::GSSENC_REQUEST => {
-                w.write_all(b"N").await?;
+            protocol::SSL_REQUEST | protocol::GSSENC_REQUEST if w.is_tls() => {
+                build::error(
+                    &mut out,
+                    "FATAL",
+                    "08P01",
+                    "encryption requested again on an encrypted connection",
+                );
+                send(w, &out).await?;
+                return Ok(Startup::Closed);
             }
+            protocol::SSL_REQUEST => match shared.map().tls.clone() {
+                Some(tls) => {
+                    if reader.has_buffered() {
+                        // The client must wait for the answer: bytes sent before the
+                        // handshake could have been injected by a man in the middle.
+                        build::error(
+                            &mut out,
+                            "FATAL",
+                            "08P01",
+                            "received unencrypted data after SSL request",
+                        );
+                        send(w, &out).await?;
+                        return Ok(Startup::Closed);
+                    }
+                    send(w, b"S").await?;
+                    return Ok(Startup::Tls(tls));
+                }
+                None => send(w, b"N").await?,
+            },
+            protocol::GSSENC_REQUEST => send(w, b"N").await?,
             protocol::CANCEL_REQUEST => {
                 if pkt.len() >= 8 {
                     let pid = pkt.get_i32();
                     let secret = pkt.get_i32();
                     shared.cancels.cancel(pid, secret).await;
                 }
-                return Ok(None);
+                return Ok(Startup::Closed);
             }
             c if c >> 16 == 3 => {
                 if c & 0xffff != 0 {
@@ -404,11 +490,23 @@ async fn startup(
                         other & 0xffff
                     ),
                 );
-                w.write_all(&out).await?;
-                return Ok(None);
+                send(w, &out).await?;
+                return Ok(Startup::Closed);
             }
         }
     };
+    if !w.is_tls() && shared.map().tls.as_ref().is_some_and(|t| t.require) {
+        // Like a `hostssl`-only pg_hba.conf: plain connections may only cancel queries.
+        out.clear();
+        build::error(
+            &mut out,
+            "FATAL",
+            "28000",
+            "SSL required: this proxy accepts encrypted connections only (use sslmode=require or stricter)",
+        );
+        send(w, &out).await?;
+        return Ok(Startup::Closed);
+    }
     let mut cur = Cursor::new(&body, "StartupMessage");
     let mut user = None;
     let mut database = None;
@@ -438,10 +536,10 @@ async fn startup(
             "28000",
             "no PostgreSQL user name specified in startup packet",
         );
-        w.write_all(&out).await?;
-        return Ok(None);
+        send(w, &out).await?;
+        return Ok(Startup::Closed);
     };
-    let entry = shared.users.get(&user).cloned();
+    let entry = shared.users.load().get(&user).cloned();
     let ok = match shared.map().auth {
         AuthMethod::ScramSha256 => {
             scram_login(reader, w, &mut out, entry.as_ref().map(|e| e.1.clone())).await?
@@ -465,8 +563,8 @@ async fn startup(
             "28P01",
             &format!("password authentication failed for user \"{user}\""),
         );
-        w.write_all(&out).await?;
-        return Ok(None);
+        send(w, &out).await?;
+        return Ok(Startup::Closed);
     }
     // The admin console is the database named `shardwire`, for users with `admin: true`.
     let admin = database.as_deref() == Some(ADMIN_DATABASE);
@@ -478,18 +576,19 @@ async fn startup(
             "42501",
             &format!("user \"{user}\" may not use the admin console: set `admin: true` on the user in the shard map"),
         );
-        w.write_all(&out).await?;
-        return Ok(None);
+        send(w, &out).await?;
+        return Ok(Startup::Closed);
     }
     if !out.is_empty() {
-        w.write_all(&out).await?;
+        send(w, &out).await?;
         out.clear();
     }
-    Ok(Some((settings, admin)))
+    let database = database.unwrap_or_else(|| user.clone());
+    Ok(Startup::Login(settings, admin, Who { user, database }))
 }
 
 async fn read_password_message(
-    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    reader: &mut FrameReader<NetRead>,
 ) -> Result<Option<bytes::Bytes>, StartupError> {
     match reader.next().await? {
         Some(f) if f.tag == b'p' => Ok(Some(f.raw.slice(5..))),
@@ -499,8 +598,8 @@ async fn read_password_message(
 }
 
 async fn scram_login(
-    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    reader: &mut FrameReader<NetRead>,
+    w: &mut NetWrite,
     out: &mut BytesMut,
     secret: Option<ScramSecret>,
 ) -> Result<bool, StartupError> {
@@ -512,7 +611,7 @@ async fn scram_login(
         ScramSecret::from_password(&format!("{r:?}"))
     });
     build::auth(out, 10, b"SCRAM-SHA-256\0\0");
-    w.write_all(out).await?;
+    send(w, out).await?;
     out.clear();
     let Some(first) = read_password_message(reader).await? else {
         return Ok(false);
@@ -534,7 +633,7 @@ async fn scram_login(
         return Ok(false);
     };
     build::auth(out, 11, server_first.as_bytes());
-    w.write_all(out).await?;
+    send(w, out).await?;
     out.clear();
     let Some(fin) = read_password_message(reader).await? else {
         return Ok(false);
@@ -549,8 +648,8 @@ async fn scram_login(
 }
 
 async fn md5_login(
-    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    reader: &mut FrameReader<NetRead>,
+    w: &mut NetWrite,
     out: &mut BytesMut,
     user: &str,
     password: Option<&str>,
@@ -558,7 +657,7 @@ async fn md5_login(
     let mut salt = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut salt);
     build::auth(out, 5, &salt);
-    w.write_all(out).await?;
+    send(w, out).await?;
     out.clear();
     let Some(resp) = read_password_message(reader).await? else {
         return Ok(false);

@@ -43,10 +43,13 @@ pub struct ShardInfo {
     pub region: Option<String>,
     /// Relative share of the hash ring (>= 1).
     pub weight: u32,
+    /// TLS to the shard (the URL's `sslmode` and `sslrootcert`).
+    pub tls: crate::tls::ShardTls,
 }
 
 impl ShardInfo {
-    /// Whether both describe the same server and login (name, address, user, database).
+    /// Whether both describe the same server and login (name, address, user, database,
+    /// TLS settings).
     pub fn same_server(&self, o: &ShardInfo) -> bool {
         self.name == o.name
             && self.host == o.host
@@ -54,6 +57,7 @@ impl ShardInfo {
             && self.user == o.user
             && self.password == o.password
             && self.dbname == o.dbname
+            && self.tls == o.tls
     }
 }
 
@@ -181,6 +185,8 @@ pub struct ShardMap {
     pub client_idle_timeout: Option<Duration>,
     /// Scatter-gather limits.
     pub gather: GatherSettings,
+    /// TLS for client connections (the `tls:` section), if configured.
+    pub tls: Option<crate::tls::ServerTls>,
     /// Table rules by schema ("" = unqualified) then relation name.
     tables: HashMap<String, HashMap<String, TableRule>>,
     /// Table names and rules in file order (for summaries).
@@ -449,12 +455,28 @@ impl ShardMap {
         if let Some(admin) = &self.admin {
             let _ = writeln!(s, "admin {admin} (HTTP: /metrics, /health)");
         }
+        if let Some(t) = &self.tls {
+            let _ = writeln!(
+                s,
+                "tls for clients: cert {}, key {}{}",
+                t.cert.display(),
+                t.key.display(),
+                if t.require { " (required)" } else { "" }
+            );
+        }
         let shares = self.ring.shares();
         let name_w = self.shards.iter().map(|x| x.name.len()).max().unwrap_or(0);
         let addrs: Vec<String> = self
             .shards
             .iter()
-            .map(|x| format!("{}@{}:{}/{}", x.user, x.host, x.port, x.dbname))
+            .map(|x| {
+                let mut a = format!("{}@{}:{}/{}", x.user, x.host, x.port, x.dbname);
+                if x.tls.mode != crate::tls::SslMode::Disable {
+                    a.push_str(" sslmode=");
+                    a.push_str(x.tls.mode.name());
+                }
+                a
+            })
             .collect();
         let addr_w = addrs.iter().map(String::len).max().unwrap_or(0);
         let _ = writeln!(s, "shards ({}):", self.shards.len());
@@ -552,6 +574,20 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig, opts: BuildOpts) -> Result<ShardM
     if let Some(admin) = &raw.admin {
         check_addr(site, &[Key("admin")], admin)?;
     }
+    let tls = match &raw.tls {
+        None => None,
+        Some(t) => Some(
+            crate::tls::ServerTls::load(Path::new(&t.cert), Path::new(&t.key), t.require).map_err(
+                |e| {
+                    site.error(
+                        &[Key("tls")],
+                        e.to_string(),
+                        "point tls.cert and tls.key at readable PEM files (a certificate chain and its private key)",
+                    )
+                },
+            )?,
+        ),
+    };
 
     // Users.
     if raw.users.is_empty() {
@@ -864,6 +900,7 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig, opts: BuildOpts) -> Result<ShardM
             memory_limit: (g.memory_limit_mb as usize) << 20,
             timeout: Duration::from_secs(g.timeout_secs),
         },
+        tls,
         tables,
         table_order,
         default_shard_explicit,
@@ -1460,12 +1497,14 @@ fn check_addr(site: &ErrorSite<'_>, path: &[Seg<'_>], addr: &str) -> Result<(), 
 /// Parses a shard URL into a [`ShardInfo`] (name, region and weight left
 /// empty). The error is a (message, fix) pair for [`ConfigError::Invalid`].
 fn parse_url(url: &str) -> Result<ShardInfo, (String, &'static str)> {
-    use tokio_postgres::config::{Host, SslMode};
+    use tokio_postgres::config::Host;
     const FIX: &str = "write it as postgres://user[:password]@host[:port]/dbname";
 
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err((format!("`{}` is not a postgres:// URL", redact(url)), FIX));
     }
+    let (url, mode, root_cert) = take_ssl_params(url)?;
+    let url = url.as_str();
     let cfg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
         let mut msg = format!("cannot parse URL `{}`: {e}", redact(url));
         if let Some(source) = std::error::Error::source(&e) {
@@ -1516,12 +1555,12 @@ fn parse_url(url: &str) -> Result<ShardInfo, (String, &'static str)> {
             )
         })?),
     };
-    if !matches!(cfg.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-        return Err((
-            "TLS to shards is not supported by this build yet".to_owned(),
-            "remove sslmode=require from the URL",
-        ));
-    }
+    let tls = crate::tls::ShardTls::new(mode, root_cert).map_err(|e| {
+        (
+            e.to_string(),
+            "give sslrootcert=PATH of a readable PEM file with the CA certificates",
+        )
+    })?;
     Ok(ShardInfo {
         name: String::new(),
         host,
@@ -1531,7 +1570,71 @@ fn parse_url(url: &str) -> Result<ShardInfo, (String, &'static str)> {
         dbname,
         region: None,
         weight: 1,
+        tls,
     })
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a URL's query (tokio-postgres knows neither
+/// `verify-ca`/`verify-full` nor `sslrootcert`): the URL without them, the mode (default
+/// `disable`) and the CA file.
+fn take_ssl_params(
+    url: &str,
+) -> Result<(String, crate::tls::SslMode, Option<std::path::PathBuf>), (String, &'static str)> {
+    use crate::tls::SslMode;
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), SslMode::Disable, None));
+    };
+    let mut mode = SslMode::Disable;
+    let mut root_cert = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "sslmode" => {
+                mode = SslMode::parse(&percent_decode(v)).ok_or_else(|| {
+                    (
+                        format!("unknown sslmode `{v}`"),
+                        "use disable (the default), prefer, require, verify-ca or verify-full",
+                    )
+                })?;
+            }
+            "sslrootcert" => root_cert = Some(std::path::PathBuf::from(percent_decode(v))),
+            "sslnegotiation" if percent_decode(v) == "postgres" => {}
+            "sslnegotiation" => {
+                return Err((
+                    format!("sslnegotiation `{v}` is not supported"),
+                    "remove sslnegotiation (the proxy sends an SSLRequest first, like the default `postgres`)",
+                ))
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, mode, root_cert))
+}
+
+/// Decodes `%XX` escapes (and leaves anything malformed as written).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The URL with any password replaced by `***`, for error messages.
@@ -1621,6 +1724,7 @@ tables:
                 dbname: "app".into(),
                 region: Some("us".into()),
                 weight: 2,
+                tls: Default::default(),
             }
         );
         assert_eq!(
@@ -1881,7 +1985,8 @@ tables:
             ("postgres://u@/d", "names no host"),
             ("postgres://u@h1,h2/d", "several hosts"),
             ("postgres://u@%2Ftmp/d", "unix-socket"),
-            ("postgres://u@h/d?sslmode=require", "TLS"),
+            ("postgres://u@h/d?sslmode=verify-full", "needs sslrootcert"),
+            ("postgres://u@h/d?sslmode=allow", "unknown sslmode"),
         ] {
             let s = bad(
                 &format!("users: [{{ name: app, password: x }}]\nshards:\n  - name: s0\n    url: \"{url}\"\n"),

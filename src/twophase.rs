@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::directory::pg_config;
 use crate::shardmap::ShardMap;
@@ -88,7 +88,7 @@ pub fn decide_sql(gid: &str) -> String {
 
 async fn connect(map: &ShardMap, shard: usize) -> Result<Client, tokio_postgres::Error> {
     let (c, conn) = pg_config(&map.shards[shard], map.pool.connect_timeout)
-        .connect(NoTls)
+        .connect(map.shards[shard].tls.clone())
         .await?;
     tokio::spawn(async move {
         let _ = conn.await;

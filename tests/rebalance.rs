@@ -523,7 +523,11 @@ fn spawn_rebalance(maps: &Maps, extra: &[&str]) -> Running {
     let out = maps.dir.path().join(format!("run{n}.stdout"));
     let err = maps.dir.path().join(format!("run{n}.stderr"));
     let file = |p: &PathBuf| std::fs::File::create(p).expect("create output file");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardwire"))
+    // SHARDWIRE_REBALANCE_BIN runs another build (e.g. target/release/shardwire, to
+    // measure the copy rate) against the same scenario.
+    let bin = std::env::var("SHARDWIRE_REBALANCE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardwire").to_string());
+    let child = tokio::process::Command::new(bin)
         .arg("rebalance")
         .arg("--from")
         .arg(&maps.old_path)
@@ -1405,11 +1409,21 @@ struct HashCase {
 }
 
 async fn hash_case(old: &[usize], new: &[usize], users: i64) -> HashCase {
+    hash_case_with(old, new, users, |y| y).await
+}
+
+/// Like [`hash_case`], with the NEW map's YAML passed through `edit` (e.g. a weight).
+async fn hash_case_with(
+    old: &[usize],
+    new: &[usize],
+    users: i64,
+    edit: impl Fn(String) -> String,
+) -> HashCase {
     let env = TestEnv::new(4).await;
     create_everywhere(&env, &[USERS_DDL, ORDERS_DDL, COUNTRIES_DDL]).await;
     let maps = Maps::new(
         map_yaml(&env, old, HASH_TABLES, ""),
-        map_yaml(&env, new, HASH_TABLES, ""),
+        edit(map_yaml(&env, new, HASH_TABLES, "")),
     );
     let t0 = Instant::now();
     load_hash_data(&env, &maps.old, users).await;
@@ -1641,6 +1655,41 @@ async fn rebalance_drain_4_to_3() {
             .await;
         assert_eq!(per[3], 0, "{t} rows left on the drained s3: {per:?}");
     }
+    check_output_hygiene(&out, &summary);
+}
+
+// ----------------------------------------------------------------------------------------
+// 3b. Weight change: s1 from 1 to 2
+// ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_weight_change() {
+    let case = hash_case_with(&[0, 1, 2], &[0, 1, 2], DRAIN_USERS, |y| {
+        let at = y.find("name: s1, url: ").expect("s1 in the map");
+        let end = at + y[at..].find(" }").expect("end of s1");
+        format!("{}, weight: 2{}", &y[..end], &y[end..])
+    })
+    .await;
+    assert!(
+        case.maps.new.shards[1].weight == 2,
+        "the NEW map gives s1 weight 2"
+    );
+
+    // More tokens for s1: keys only move to s1, never between s0 and s2.
+    let dry = case.dry_run().await;
+    assert!(!dry.moves.is_empty(), "a weight change moves rows");
+    for (t, src, dst) in dry.moves.keys() {
+        assert_eq!(
+            dst, "s1",
+            "weight of s1 raised: a move of {t} goes {src} -> {dst}"
+        );
+    }
+
+    let load = case.load(true).await;
+    let (out, w, r) = execute_under_load(&case.maps, load, SHORT_RUN).await;
+    let summary = parse_summary(&out);
+    assert_clean_load(&w, r.as_ref());
+    check_hash_result(&case.env, &case.maps, &[0, 1, 2]).await;
     check_output_hygiene(&out, &summary);
 }
 

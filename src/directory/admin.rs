@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{pg_config, quote_name, Directory, DirectoryError, Lookup, CHANNEL, MOVE_ANNOUNCE};
 use crate::keys::key_from_text;
@@ -48,7 +48,7 @@ fn directory_tables(map: &ShardMap) -> Vec<Arc<Sharded>> {
 async fn connect(map: &ShardMap, shard: usize) -> Result<Client, DirectoryError> {
     let info = &map.shards[shard];
     let (c, conn) = pg_config(info, map.pool.connect_timeout)
-        .connect(NoTls)
+        .connect(info.tls.clone())
         .await
         .map_err(|e| db_err(map, shard, e))?;
     tokio::spawn(async move {

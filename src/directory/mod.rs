@@ -28,7 +28,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, Notify};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use crate::keys::KeyValue;
 use crate::shardmap::ShardInfo;
@@ -237,7 +237,8 @@ impl Drop for MoveGuard {
     }
 }
 
-/// A tokio-postgres config for a shard.
+/// A tokio-postgres config for a shard; connect with the shard's [`ShardInfo::tls`], which
+/// follows the URL's `sslmode`.
 pub fn pg_config(s: &ShardInfo, connect_timeout: Duration) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
     c.host(&s.host)
@@ -245,7 +246,8 @@ pub fn pg_config(s: &ShardInfo, connect_timeout: Duration) -> tokio_postgres::Co
         .user(&s.user)
         .dbname(&s.dbname)
         .application_name("shardwire-control")
-        .connect_timeout(connect_timeout);
+        .connect_timeout(connect_timeout)
+        .ssl_mode(s.tls.pg_ssl_mode());
     if let Some(p) = &s.password {
         c.password(p);
     }
@@ -368,7 +370,9 @@ async fn session(
     ready: &Notify,
     rx: &mut mpsc::Receiver<(String, usize)>,
 ) -> Result<bool, tokio_postgres::Error> {
-    let (client, mut conn) = pg_config(info, connect_timeout).connect(NoTls).await?;
+    let (client, mut conn) = pg_config(info, connect_timeout)
+        .connect(info.tls.clone())
+        .await?;
     // Drive the connection ourselves to see notifications.
     let (note_tx, mut notes) = mpsc::channel::<String>(1024);
     let (dead_tx, mut dead) = tokio::sync::oneshot::channel::<()>();

@@ -190,3 +190,17 @@ pub async fn lagging_proxies(c: &Client, epoch: i64) -> Result<Vec<String>, toki
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// Proxies seen in the last ten minutes whose heartbeat has lapsed: down, or cut off from
+/// the control shard (a rebalance does not wait for them; see the README).
+pub async fn stale_proxies(c: &Client) -> Result<Vec<(String, f64)>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT id, extract(epoch FROM now() - seen)::float8 FROM shardwire_proxies \
+             WHERE seen <= now() - make_interval(secs => $1) AND seen > now() - interval '10 minutes' \
+             ORDER BY id",
+            &[&(PROXY_LEASE_SECS as f64)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

@@ -35,8 +35,9 @@ use mover::{connect, finish_prepared, set_hold, wait_acks, UnitJob};
 use plan::{quote_ident, Group};
 use progress::Progress;
 
-/// Rows per unit the plan aims at: a pair with more is cut into parts, so the time
-/// statements are held for one switch stays short (about 5 µs per row on loopback).
+/// Rows per unit the plan aims at by default (`--unit-rows`): a pair with more is cut into
+/// parts, so the time statements are held for one switch stays short (about 3–5 µs per row
+/// on loopback); every part reads its source tables once more.
 pub const UNIT_ROWS: u64 = 50_000;
 /// Most parts one pair is cut into.
 const MAX_PARTS: u64 = 64;
@@ -96,6 +97,8 @@ pub struct Options {
     pub dry_run: bool,
     /// Do not ask for confirmation.
     pub yes: bool,
+    /// Rows per unit the plan aims at (see [`UNIT_ROWS`]).
+    pub unit_rows: u64,
 }
 
 /// What a run did.
@@ -188,16 +191,34 @@ pub async fn run(opts: &Options) -> Result<Summary, RebalanceError> {
             }
         }
     }
-    let plan = make_plan(&old, &new, &clients).await?;
+    let plan = make_plan(&old, &new, &clients, opts.unit_rows.max(1)).await?;
     print_plan(&new, &plan);
     if opts.dry_run {
         return Ok(Summary::default());
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let n: String = c
+            .query_one("SHOW max_prepared_transactions", &[])
+            .await?
+            .get(0);
+        if n.trim() == "0" {
+            return Err(RebalanceError::Maps(format!(
+                "shard {} has max_prepared_transactions = 0; every switch commits source and target with two-phase commit: set it above 0 (e.g. 100) and restart that Postgres",
+                new.shards[i].name
+            )));
+        }
     }
     if !opts.yes && !confirm()? {
         return Err(RebalanceError::Cancelled);
     }
     let control = &clients[old.default_shard];
     control.batch_execute(control::SCHEMA).await?;
+    for (id, secs) in control::stale_proxies(control).await? {
+        eprintln!(
+            "warning: proxy {id} was last seen {secs:.0} s ago; the rebalance does not wait for it. \
+             If it is still serving clients, stop it: it would not learn about switches"
+        );
+    }
     let run_id = match control::read_run(control).await? {
         Some(r) if r.from_map == from_text && r.to_map == to_text => {
             if r.phase == "complete" {
@@ -267,6 +288,7 @@ async fn make_plan(
     old: &ShardMap,
     new: &ShardMap,
     clients: &[Client],
+    unit_rows: u64,
 ) -> Result<Plan, RebalanceError> {
     let groups = plan::groups(new);
     let counts = plan::count(old, new, &groups, clients).await?;
@@ -287,7 +309,7 @@ async fn make_plan(
                 })
                 .map(|(_, n)| *n)
                 .sum();
-            let parts = rows.div_ceil(UNIT_ROWS).clamp(1, MAX_PARTS) as u32;
+            let parts = rows.div_ceil(unit_rows).clamp(1, MAX_PARTS) as u32;
             row_units.push((g.label.clone(), s, d, parts));
         }
     }
@@ -416,14 +438,15 @@ fn print_plan(new: &ShardMap, p: &Plan) {
     }
     if p.counts.misplaced > 0 {
         println!(
-            "warning: {} rows sit on a shard the old map does not place them on; they are left where they are",
+            "warning: {} rows sit on a shard the old map does not place them on (rows an interrupted run already moved, or rows written around the proxy); they are left where they are",
             p.counts.misplaced
         );
     }
     let total = p.counts.total + p.directory.first().map_or(0, |m| m.all_rows);
     println!("total {moving} of {total}");
     println!(
-        "units: {} row units, {} reference copies, {} directory keys",
+        "units: {} row units ({} shard pairs), {} reference copies, {} directory keys",
+        p.row_units.iter().map(|u| u.3 as usize).sum::<usize>(),
         p.row_units.len(),
         p.reference.len(),
         p.directory.len()

@@ -37,15 +37,13 @@ use crate::shardmap::{ShardInfo, ShardMap};
 use crate::strategy::Sharded;
 use crate::transition::in_part;
 
-/// The change-capture log and trigger installed on source shards.
+/// The change-capture log and trigger function installed on source shards. The trigger's
+/// `WHEN` clause skips the rebalance's own writes (copies, deletes) without calling the
+/// function: its sessions set `shardwire.rebalance = 'mover'`.
 pub const CAPTURE_SQL: &str = "\
 CREATE TABLE IF NOT EXISTS shardwire_rebalance_log (id bigserial PRIMARY KEY, tbl text NOT NULL, key text);
 CREATE OR REPLACE FUNCTION shardwire_rebalance_capture() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
-    -- The rebalance's own writes (copies, deletes) are not changes to catch up.
-    IF current_setting('shardwire.rebalance', true) = 'mover' THEN
-        RETURN NULL;
-    END IF;
     IF TG_OP <> 'DELETE' THEN
         INSERT INTO shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], to_jsonb(NEW) ->> TG_ARGV[1]);
     END IF;
@@ -71,7 +69,7 @@ const SEND_AT: usize = 256 * 1024;
 /// Opens a control-plane connection to `info`.
 pub async fn connect(info: &ShardInfo, timeout: Duration) -> Result<Client, RebalanceError> {
     let (c, conn) = crate::directory::pg_config(info, timeout)
-        .connect(tokio_postgres::NoTls)
+        .connect(info.tls.clone())
         .await
         .map_err(|e| RebalanceError::Shard(info.name.clone(), e))?;
     tokio::spawn(async move {
@@ -96,7 +94,8 @@ pub async fn install_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), 
         if !exists {
             c.batch_execute(&format!(
                 "CREATE TRIGGER shardwire_rebalance_capture AFTER INSERT OR UPDATE OR DELETE ON {} \
-                 FOR EACH ROW EXECUTE FUNCTION shardwire_rebalance_capture({}, {})",
+                 FOR EACH ROW WHEN (current_setting('shardwire.rebalance', true) IS DISTINCT FROM 'mover') \
+                 EXECUTE FUNCTION shardwire_rebalance_capture({}, {})",
                 quote_ident(&t.name),
                 quote_literal(&t.name),
                 quote_literal(&t.key)
@@ -213,12 +212,16 @@ impl UnitJob<'_> {
         t.batch_execute("BEGIN").await?;
         let mut keys: HashSet<String> = HashSet::new();
         let mut rows = 0u64;
+        let copy_started = Instant::now();
         for m in &tables {
             rows += self.bulk_copy(&reader, &t, m, &mut keys).await?;
         }
+        let copied_in = copy_started.elapsed();
+        let mut changed_keys = 0;
         for _ in 0..CATCH_UP_ROUNDS {
             let changed = self.consume_log(&reader, &tables).await?;
             let n = changed.len();
+            changed_keys += n;
             if n > 0 {
                 self.resync(&reader, &t, &tables, &changed).await?;
                 keys.extend(changed);
@@ -227,6 +230,13 @@ impl UnitJob<'_> {
                 break;
             }
         }
+        self.progress.log(&format!(
+            "unit {}: copied {rows} rows in {} ms ({:.0} rows/s); caught up {changed_keys} changed keys in {} ms",
+            self.name,
+            copied_in.as_millis(),
+            rows as f64 / copied_in.as_secs_f64().max(1e-6),
+            (copy_started.elapsed() - copied_in).as_millis()
+        ));
         let keys: Vec<String> = keys.into_iter().collect();
         for attempt in 1..=SWITCH_ATTEMPTS {
             match self.switch(&s, &t, &tables, keys.clone()).await {

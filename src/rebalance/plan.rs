@@ -75,6 +75,15 @@ pub fn groups(new: &ShardMap) -> Vec<Group> {
 /// type, and directory tables must stay directory tables.
 pub fn validate(old: &ShardMap, new: &ShardMap) -> Result<(), RebalanceError> {
     let refuse = |m: String| Err(RebalanceError::Maps(m));
+    let (od, nd) = (
+        &old.shards[old.default_shard].name,
+        &new.shards[new.default_shard].name,
+    );
+    if od != nd || new.shards[new.default_shard].weight == 0 {
+        return refuse(format!(
+            "the default shard changes from {od} to {nd}: unlisted tables, the two-phase-commit log and the rebalance's own control tables live there; keep {od} in the new map as default_shard (moving unlisted tables is not a rebalance)"
+        ));
+    }
     for (name, rule) in new.tables() {
         let before = old.tables().find(|(n, _)| *n == name).map(|(_, r)| r);
         match (before, rule) {

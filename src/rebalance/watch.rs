@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use super::control::{self, RunState};
 use crate::directory::pg_config;
@@ -55,6 +55,13 @@ pub async fn run(shared: Arc<Shared>, proxy_id: String, first: Arc<tokio::sync::
         if let Err(e) = session(&shared, &info, timeout, &proxy_id, &mut applied, &first).await {
             tracing::debug!(error = %e, shard = %info.name, "rebalance control connection failed; retrying");
         }
+        // Without the control connection this proxy cannot learn about switches: while a
+        // rebalance runs it holds statements (they wait, then fail with 57P03) rather than
+        // route by a stale unit state. The next successful look releases them.
+        if shared.gate.armed() && !shared.gate.is_held() {
+            tracing::warn!(shard = %info.name, "rebalance control connection lost during a rebalance; holding statements until it is back");
+            shared.gate.hold();
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
@@ -68,7 +75,7 @@ async fn session(
     applied: &mut Applied,
     first: &tokio::sync::Notify,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut conn) = pg_config(info, timeout).connect(NoTls).await?;
+    let (client, mut conn) = pg_config(info, timeout).connect(info.tls.clone()).await?;
     let (note_tx, mut notes) = tokio::sync::mpsc::channel::<()>(16);
     let (dead_tx, mut dead) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {

@@ -1198,6 +1198,7 @@ impl Session {
             self.out.extend_from_slice(&r);
         }
         g.sent += n as u64;
+        self.shared.telemetry.gathered_rows.increment(n as u64);
         if rows.is_empty() {
             let tag = format!("SELECT {}", g.sent);
             build::command_complete(&mut self.out, &tag);

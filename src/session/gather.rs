@@ -189,7 +189,12 @@ impl Session {
     /// Reports a failed gather; the shards' connections were already drained.
     fn gather_failed(&mut self, f: Fail, hide_ready: bool) -> Outcome {
         match f {
-            Fail::Shard(frame) => self.out.extend_from_slice(&frame.raw),
+            Fail::Shard(frame) => {
+                self.shared
+                    .telemetry
+                    .error(&crate::protocol::error_fields(frame.body()).0);
+                self.out.extend_from_slice(&frame.raw)
+            }
             Fail::Proxy(e) => build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string()),
         }
         let status = match self.txn.status {
@@ -614,6 +619,7 @@ impl Session {
             return Err(GatherError::Failed(Fail::Shard(e)));
         }
         build::command_complete(&mut self.out, &format!("SELECT {sent}"));
+        self.shared.telemetry.gathered_rows.increment(sent);
         Ok(status)
     }
 

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::auth::ScramSecret;
 use crate::cancel::{CancelRegistry, CancelSlot, CancelTarget};
@@ -28,6 +27,7 @@ use crate::pool::{PooledConn, ShardPool};
 use crate::protocol::{build, FrameError, FrameReader};
 use crate::router::{resolve_keys, Plan, PlanCache, RouteSpec, ShardSet};
 use crate::shardmap::ShardMap;
+use crate::tls::{NetRead, NetWrite};
 use settings::Settings;
 
 /// Most prepared statements kept per backend connection before they are all deallocated.
@@ -63,12 +63,20 @@ pub struct Shared {
     pub gate: Arc<crate::rebalance::gate::Gate>,
     /// Cancel keys handed to clients.
     pub cancels: CancelRegistry,
-    /// SCRAM verifiers and passwords by user name.
-    pub users: HashMap<String, (String, ScramSecret)>,
+    /// SCRAM verifiers and passwords by user name (replaced on reload).
+    pub users: arc_swap::ArcSwap<HashMap<String, (String, ScramSecret)>>,
+    /// The shard map file, for reloads (`None` for a proxy started from text).
+    pub config_path: Mutex<Option<std::path::PathBuf>>,
+    /// Notified when the admin console asks the proxy to shut down.
+    pub shutdown: tokio::sync::Notify,
+    /// Set once a shutdown was asked for.
+    pub shutting_down: std::sync::atomic::AtomicBool,
     /// ParameterStatus values learned from a shard, sent to clients at login.
     pub server_params: Mutex<Option<Vec<(String, String)>>>,
     /// Connected clients.
     pub clients: AtomicUsize,
+    /// Who they are, for `SHOW CLIENTS`.
+    pub client_list: Arc<crate::clients::ClientRegistry>,
     /// Whether text sorts in byte order on the shards (learned once, for merging ORDER BY).
     pub bytewise_text: std::sync::OnceLock<bool>,
     /// Two-phase commit for writes that span shards.
@@ -83,6 +91,18 @@ impl Shared {
     /// The current topology.
     pub fn topo(&self) -> Arc<Topology> {
         self.topology.load_full()
+    }
+
+    /// Replaces the users who may log in with `map`'s.
+    pub fn set_users(&self, map: &ShardMap) {
+        self.users.store(Arc::new(user_secrets(map)));
+    }
+
+    /// Asks the proxy to stop accepting clients and drain (admin `SHUTDOWN`).
+    pub fn request_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shutdown.notify_waiters();
     }
 
     /// The current map.
@@ -113,6 +133,19 @@ impl Shared {
         self.generation
             .store(generation, std::sync::atomic::Ordering::Release);
     }
+}
+
+/// Passwords and SCRAM verifiers of `map`'s users, by name.
+pub fn user_secrets(map: &ShardMap) -> HashMap<String, (String, ScramSecret)> {
+    map.users
+        .iter()
+        .map(|u| {
+            (
+                u.name.clone(),
+                (u.password.clone(), ScramSecret::from_password(&u.password)),
+            )
+        })
+        .collect()
 }
 
 /// Statements routed since the proxy started, by where they went.
@@ -282,8 +315,10 @@ pub struct Session {
     topo: Arc<Topology>,
     /// Held while the rebalance gate is armed and a transaction or statement runs.
     pass: Option<crate::rebalance::gate::Pass>,
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    /// This client in `SHOW CLIENTS`.
+    client: Option<Arc<crate::clients::ClientEntry>>,
+    reader: FrameReader<NetRead>,
+    writer: NetWrite,
     out: BytesMut,
     settings: Settings,
     stmts: HashMap<String, Arc<Prepared>>,
@@ -304,8 +339,8 @@ impl Session {
     /// A session for a logged-in client.
     pub fn new(
         shared: Arc<Shared>,
-        reader: FrameReader<OwnedReadHalf>,
-        writer: OwnedWriteHalf,
+        reader: FrameReader<NetRead>,
+        writer: NetWrite,
         settings: Settings,
         cancel_slot: CancelSlot,
     ) -> Self {
@@ -315,6 +350,7 @@ impl Session {
             shared,
             topo,
             pass: None,
+            client: None,
             reader,
             writer,
             out: BytesMut::with_capacity(16 * 1024),
@@ -329,6 +365,12 @@ impl Session {
             cancel_slot,
             session_mode,
         }
+    }
+
+    /// Shows the session's state in `entry` (`SHOW CLIENTS`).
+    pub fn with_client(mut self, entry: Arc<crate::clients::ClientEntry>) -> Self {
+        self.client = Some(entry);
+        self
     }
 
     /// Serves the client until it leaves.
@@ -346,7 +388,9 @@ impl Session {
             self.out.clear();
             build::error(&mut self.out, "FATAL", "08P01", m);
             let _ = self.writer.write_all(&self.out).await;
+            let _ = self.writer.flush().await;
         }
+        self.writer.close().await;
         result
     }
 
@@ -360,6 +404,13 @@ impl Session {
             // between transactions (a rebalance switch waits for passes to come back).
             if self.pass.is_some() && self.txn.status == b'I' && !batch.is_open() {
                 self.pass = None;
+            }
+            if let Some(c) = &self.client {
+                c.set_state(if self.txn.status == b'I' {
+                    crate::clients::IDLE
+                } else {
+                    crate::clients::IDLE_IN_TRANSACTION
+                });
             }
             // Idle limits apply while the proxy waits for the client's next message.
             let (limit, code, what) = if self.txn.status == b'I' {
@@ -390,6 +441,9 @@ impl Session {
             let Some(frame) = next else {
                 return Ok(());
             };
+            if let Some(c) = &self.client {
+                c.set_state(crate::clients::ACTIVE);
+            }
             match frame.tag {
                 b'Q' => {
                     if !batch.is_empty() {
@@ -422,6 +476,8 @@ impl Session {
     async fn flush(&mut self) -> Result<(), SessionEnd> {
         if !self.out.is_empty() {
             self.writer.write_all(&self.out).await?;
+            // A no-op on plain sockets; TLS may hold the tail back until flushed.
+            self.writer.flush().await?;
             self.out.clear();
         }
         Ok(())

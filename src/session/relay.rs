@@ -97,6 +97,7 @@ impl Session {
         let mut outcome = Outcome::default();
         let mut forwarded = false;
         let shard = self.conns[idx].shard;
+        let started = std::time::Instant::now();
         loop {
             while let Some(Expect::Local(_)) = expects.front() {
                 if let Some(Expect::Local(b)) = expects.pop_front() {
@@ -104,6 +105,7 @@ impl Session {
                 }
             }
             if expects.is_empty() {
+                self.conns[idx].pool().latency.record(started.elapsed());
                 return Ok(outcome);
             }
             if !self.conns[idx].has_frame() && !self.out.is_empty() {
