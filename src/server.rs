@@ -180,7 +180,13 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
     };
     let sh = shared.clone();
     tokio::spawn(async move {
+        // Created once, so a SHUTDOWN arriving while a connection is handed off is not missed.
+        let asked = sh.shutdown.notified();
+        tokio::pin!(asked);
         loop {
+            if sh.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((sock, peer)) => {
@@ -197,7 +203,7 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
                     }
                 },
                 _ = stopped.changed() => break,
-                _ = sh.shutdown.notified() => break,
+                _ = &mut asked => break,
             }
         }
     });

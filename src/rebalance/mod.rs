@@ -802,25 +802,13 @@ async fn copy_reference(
     table: &str,
     timeout: Duration,
 ) -> Result<u64, RebalanceError> {
-    use futures::{pin_mut, SinkExt, TryStreamExt};
     let s = connect(src, timeout).await?;
     let t = connect(dst, timeout).await?;
     let name = quote_ident(table);
     s.batch_execute(&format!("BEGIN; LOCK TABLE {name} IN SHARE MODE"))
         .await?;
     t.batch_execute(&format!("BEGIN; TRUNCATE {name}")).await?;
-    let out = s
-        .copy_out(&format!("COPY {name} TO STDOUT (FORMAT binary)"))
-        .await?;
-    let sink = t
-        .copy_in(&format!("COPY {name} FROM STDIN (FORMAT binary)"))
-        .await?;
-    pin_mut!(out);
-    pin_mut!(sink);
-    while let Some(chunk) = out.try_next().await? {
-        sink.send(chunk).await?;
-    }
-    let n = sink.finish().await?;
+    let n = mover::pipe_copy(&s, &name, &t, &name).await?;
     let digest = format!(
         "SELECT count(*), coalesce(sum(hashtextextended(x::text, 0)), 0)::text FROM {name} x"
     );

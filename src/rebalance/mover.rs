@@ -375,21 +375,11 @@ impl UnitJob<'_> {
                     &[&list],
                 )
                 .await?;
-                let out = src
-                    .copy_out(&format!(
-                        "COPY (SELECT * FROM {name} WHERE {key} = ANY({}::{ty}[])) TO STDOUT (FORMAT binary)",
-                        array_literal(&list)
-                    ))
-                    .await?;
-                let sink = t
-                    .copy_in(&format!("COPY {name} FROM STDIN (FORMAT binary)"))
-                    .await?;
-                pin_mut!(out);
-                pin_mut!(sink);
-                while let Some(chunk) = out.try_next().await? {
-                    sink.send(chunk).await?;
-                }
-                sink.finish().await?;
+                let query = format!(
+                    "SELECT * FROM {name} WHERE {key} = ANY({}::{ty}[])",
+                    array_literal(&list)
+                );
+                pipe_copy(src, &query, t, &name).await?;
             }
         }
         Ok(())
@@ -605,6 +595,33 @@ impl Laps {
             .collect();
         parts.join(", ")
     }
+}
+
+/// Streams `COPY (query) TO STDOUT` on `src` into `COPY table FROM STDIN` on `dst`, both in
+/// binary format and unparsed; the rows `dst` took. `query` may be a table name.
+pub async fn pipe_copy(
+    src: &Client,
+    query: &str,
+    dst: &Client,
+    table: &str,
+) -> Result<u64, RebalanceError> {
+    let source = if query.starts_with("SELECT") {
+        format!("({query})")
+    } else {
+        query.to_owned()
+    };
+    let out = src
+        .copy_out(&format!("COPY {source} TO STDOUT (FORMAT binary)"))
+        .await?;
+    let sink = dst
+        .copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
+        .await?;
+    pin_mut!(out);
+    pin_mut!(sink);
+    while let Some(chunk) = out.try_next().await? {
+        sink.send(chunk).await?;
+    }
+    Ok(sink.finish().await?)
 }
 
 /// Commits (or rolls back) prepared transaction `gid` if it exists.

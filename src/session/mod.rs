@@ -573,13 +573,7 @@ impl Session {
     /// its shard index (a rebalance's merged shard list does): the transaction's next
     /// statements then route like every other session's.
     fn refresh_topology_in_transaction(&mut self) {
-        if self.txn.status == b'I'
-            || self
-                .shared
-                .generation
-                .load(std::sync::atomic::Ordering::Acquire)
-                == self.topo.generation
-        {
+        if self.txn.status == b'I' || !self.topology_changed() {
             return;
         }
         let topo = self.shared.topo();
@@ -593,6 +587,15 @@ impl Session {
             self.replan(&topo);
             self.topo = topo;
         }
+    }
+
+    /// Whether the proxy swapped in a topology newer than the session's.
+    #[inline]
+    fn topology_changed(&self) -> bool {
+        self.shared
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            != self.topo.generation
     }
 
     /// Plans the session's prepared statements again with `topo`'s map.
@@ -614,13 +617,7 @@ impl Session {
     /// Moves to a newer topology when no transaction is open. Prepared statements are planned
     /// again with the new map; held connections whose shard changed place are closed.
     fn refresh_topology(&mut self) {
-        if self.txn.status != b'I'
-            || self
-                .shared
-                .generation
-                .load(std::sync::atomic::Ordering::Acquire)
-                == self.topo.generation
-        {
+        if self.txn.status != b'I' || !self.topology_changed() {
             return;
         }
         let topo = self.shared.topo();
