@@ -183,6 +183,7 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
         // Created once, so a SHUTDOWN arriving while a connection is handed off is not missed.
         let asked = sh.shutdown.notified();
         tokio::pin!(asked);
+        let mut conn_no: u64 = 0;
         loop {
             if sh.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
                 break;
@@ -191,11 +192,14 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
                 r = listener.accept() => match r {
                     Ok((sock, peer)) => {
                         let sh = sh.clone();
-                        tokio::spawn(async move {
+                        // Every log line of the session carries its connection number and peer.
+                        conn_no += 1;
+                        let span = tracing::info_span!("client", conn = conn_no, %peer);
+                        tokio::spawn(tracing::Instrument::instrument(async move {
                             if let Err(e) = handle_client(sh, sock).await {
-                                tracing::debug!(%peer, error = %e, "client session ended");
+                                tracing::debug!(error = %e, "client session ended");
                             }
-                        });
+                        }, span));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");

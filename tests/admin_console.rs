@@ -223,6 +223,24 @@ async fn metrics_and_health_over_http() {
     assert!(metric(&text, "shardwire_errors_total{class=\"0A\"}") >= 1.0);
     assert!(metric(&text, "shardwire_errors_total{class=\"23\"}") >= 1.0);
     assert_eq!(metric(&text, "shardwire_client_connections"), 1.0);
+    // Per-shard latency histogram: every single-shard statement is a sample, cumulative
+    // buckets end at the count.
+    for shard in ["s0", "s1"] {
+        let count = metric(
+            &text,
+            &format!("shardwire_shard_latency_seconds_count{{shard=\"{shard}\"}}"),
+        );
+        assert!(count >= 1.0, "no latency samples for {shard}:\n{text}");
+        assert_eq!(
+            metric(
+                &text,
+                &format!("shardwire_shard_latency_seconds_bucket{{shard=\"{shard}\",le=\"+Inf\"}}"),
+            ),
+            count
+        );
+    }
+    // The scatter count(*) returned one merged row.
+    assert!(metric(&text, "shardwire_gathered_rows_total") >= 1.0, "{text}");
     assert_eq!(metric(&text, "shardwire_pool_size{shard=\"s0\"}"), 10.0);
     assert_eq!(
         metric(

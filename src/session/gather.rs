@@ -770,6 +770,9 @@ impl Session {
             let f = self.read_from(c0).await?;
             match f.tag {
                 b'D' | b'C' if failed.is_none() => {
+                    if f.tag == b'D' {
+                        self.shared.telemetry.gathered_rows.increment(1);
+                    }
                     self.out.extend_from_slice(&f.raw);
                     self.maybe_flush().await?;
                 }
