@@ -16,6 +16,9 @@
 //! | `shardwire_pool_size` | `shard` | configured pool size |
 //! | `shardwire_shard_latency_seconds` | `shard` (histogram) | from forwarding a request to a shard to its last reply (single-shard path) |
 //! | `shardwire_gathered_rows_total` | | rows returned by merged multi-shard reads |
+//! | `shardwire_rebalance_running` | | 1 while a rebalance is recorded and unfinished |
+//! | `shardwire_rebalance_units` | `state` = pending, switched, done | units of the current rebalance |
+//! | `shardwire_rebalance_rows_moved` | | rows moved by finished units of the current rebalance |
 //!
 //! The latency histogram is the proxy's own ([`LatencyHistogram`]: fixed buckets of atomic
 //! counters on each shard's pool), so recording a sample never allocates or locks.
@@ -51,6 +54,19 @@ pub struct Telemetry {
     pools: Vec<[Gauge; 4]>,
     /// Rows returned by merged multi-shard reads.
     pub gathered_rows: Counter,
+    /// The current rebalance as this proxy last read it.
+    pub rebalance: RebalanceGauges,
+}
+
+/// The rebalance progress a proxy saw in the control tables on its last look.
+#[derive(Debug, Default)]
+pub struct RebalanceGauges {
+    /// 1 while a rebalance is unfinished.
+    pub running: AtomicU64,
+    /// Units pending, switched, done.
+    pub units: [AtomicU64; 3],
+    /// Rows moved by finished units.
+    pub rows_moved: AtomicU64,
 }
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -163,6 +179,7 @@ impl Telemetry {
         let gathered_rows =
             recorder.register_counter(&key("shardwire_gathered_rows_total", &[]), &METADATA);
         Telemetry {
+            rebalance: RebalanceGauges::default(),
             gathered_rows,
             recorder,
             handle,
@@ -207,6 +224,27 @@ impl Telemetry {
             g[3].set(st.waiting as f64);
         }
         let mut text = self.handle.render();
+        let rb = &self.rebalance;
+        let _ = writeln!(text, "# TYPE shardwire_rebalance_running gauge");
+        let _ = writeln!(
+            text,
+            "shardwire_rebalance_running {}",
+            rb.running.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(text, "# TYPE shardwire_rebalance_units gauge");
+        for (state, n) in ["pending", "switched", "done"].iter().zip(&rb.units) {
+            let _ = writeln!(
+                text,
+                "shardwire_rebalance_units{{state=\"{state}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(text, "# TYPE shardwire_rebalance_rows_moved gauge");
+        let _ = writeln!(
+            text,
+            "shardwire_rebalance_rows_moved {}",
+            rb.rows_moved.load(Ordering::Relaxed)
+        );
         let name = "shardwire_shard_latency_seconds";
         let _ = writeln!(
             text,

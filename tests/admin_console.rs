@@ -240,7 +240,10 @@ async fn metrics_and_health_over_http() {
         );
     }
     // The scatter count(*) returned one merged row.
-    assert!(metric(&text, "shardwire_gathered_rows_total") >= 1.0, "{text}");
+    assert!(
+        metric(&text, "shardwire_gathered_rows_total") >= 1.0,
+        "{text}"
+    );
     assert_eq!(metric(&text, "shardwire_pool_size{shard=\"s0\"}"), 10.0);
     assert_eq!(
         metric(

@@ -1781,6 +1781,34 @@ async fn rebalance_range_bounds_change() {
     .await;
     check_against_reference(&env, "events").await;
     check_output_hygiene(&out, &summary);
+
+    // The proxy's metrics report the finished run (it reads the control tables every second).
+    let shared = &proxy.handle.shared;
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = shared.telemetry.render(0, &shared.topo().pools);
+        if text.contains("shardwire_rebalance_running 0\n")
+            && text.contains("shardwire_rebalance_units{state=\"done\"} 2\n")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        text.contains("shardwire_rebalance_running 0\n")
+            && text.contains("shardwire_rebalance_units{state=\"done\"} 2\n")
+            && text.contains("shardwire_rebalance_units{state=\"pending\"} 0\n"),
+        "rebalance metrics after the run:\n{text}"
+    );
+    let moved: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("shardwire_rebalance_rows_moved "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        moved as i64, summary.rows,
+        "rows moved in the metrics vs the summary"
+    );
 }
 
 // ----------------------------------------------------------------------------------------

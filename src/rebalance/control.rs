@@ -100,6 +100,8 @@ pub struct UnitRow {
     pub parts: i32,
     /// `pending`, `switched` or `done`.
     pub state: String,
+    /// Rows moved (once done).
+    pub rows_moved: Option<i64>,
 }
 
 /// Reads the run, `None` when no rebalance was ever started (or the tables are absent).
@@ -131,7 +133,7 @@ pub async fn read_run(c: &Client) -> Result<Option<RunState>, tokio_postgres::Er
 pub async fn read_units(c: &Client, run_id: i64) -> Result<Vec<UnitRow>, tokio_postgres::Error> {
     let rows = c
         .query(
-            "SELECT unit, seq, kind, grp, src, dst, part, parts, state FROM shardwire_rebalance_units \
+            "SELECT unit, seq, kind, grp, src, dst, part, parts, state, rows_moved FROM shardwire_rebalance_units \
              WHERE run_id = $1 ORDER BY seq",
             &[&run_id],
         )
@@ -148,6 +150,7 @@ pub async fn read_units(c: &Client, run_id: i64) -> Result<Vec<UnitRow>, tokio_p
             part: r.get(6),
             parts: r.get(7),
             state: r.get(8),
+            rows_moved: r.get(9),
         })
         .collect())
 }

@@ -119,6 +119,7 @@ async fn sync(
     let Some(run) = control::read_run(client).await? else {
         return Ok(None);
     };
+    publish_progress(client, shared, &run).await?;
     match run.phase.as_str() {
         "preparing" | "running" => {
             shared.gate.arm(true);
@@ -194,6 +195,26 @@ async fn sync(
         }
         _ => Ok(None),
     }
+}
+
+/// Publishes the run's progress as metrics (`shardwire_rebalance_*`).
+async fn publish_progress(
+    client: &Client,
+    shared: &Shared,
+    run: &RunState,
+) -> Result<(), tokio_postgres::Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let g = &shared.telemetry.rebalance;
+    let running = run.phase != "complete";
+    g.running.store(u64::from(running), Relaxed);
+    let units = control::read_units(client, run.run_id).await?;
+    for (i, state) in ["pending", "switched", "done"].iter().enumerate() {
+        let n = units.iter().filter(|u| u.state == *state).count();
+        g.units[i].store(n as u64, Relaxed);
+    }
+    let moved: i64 = units.iter().filter_map(|u| u.rows_moved).sum();
+    g.rows_moved.store(moved.max(0) as u64, Relaxed);
+    Ok(())
 }
 
 /// Whether two maps list the same shards in the same order.
