@@ -65,6 +65,7 @@ usage: cargo bench --bench throughput [-- OPTIONS]
                         (PgBouncer 1.18 in transaction pooling cannot run prepared: it
                         falls back to extended there, shown in the proto column)
   --rows N              rows in users (default 100000)
+  --proxy-threads N     worker threads of the proxy's runtime (default: one per core)
   -h, --help            this text
 
 Writes target/bench/throughput.csv and target/bench/throughput.svg.
@@ -188,6 +189,8 @@ struct Opts {
     targets: Vec<TargetKind>,
     mode: String,
     rows: i64,
+    /// Worker threads of the proxy's runtime (0 = one per core, tokio's default).
+    proxy_threads: usize,
 }
 
 fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
@@ -200,6 +203,7 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
         targets: TargetKind::ALL.to_vec(),
         mode: "extended".into(),
         rows: 100_000,
+        proxy_threads: 0,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -229,6 +233,7 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
             "--warmup" => o.warmup = num(flag, value(flag)?)? as u32,
             "--shards" => o.shards = num(flag, value(flag)?)?.clamp(1, 16) as usize,
             "--rows" => o.rows = num(flag, value(flag)?)?.max(100) as i64,
+            "--proxy-threads" => o.proxy_threads = num(flag, value(flag)?)? as usize,
             "--clients" => {
                 let v = value(flag)?;
                 o.clients = v
@@ -377,7 +382,11 @@ fn run(opts: Opts) -> Result<(), String> {
     let need_n = targets.contains(&TargetKind::ShardwireN);
     let n_clusters = if need_n { opts.shards } else { 1 };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if opts.proxy_threads > 0 {
+        builder.worker_threads(opts.proxy_threads);
+    }
+    let rt = builder
         .enable_all()
         .thread_name("bench-proxy")
         .build()

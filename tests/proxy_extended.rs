@@ -740,3 +740,63 @@ async fn extended_protocol_transactions_end_on_every_shard() {
         assert_eq!(n, 0, "shard {i} has a backend left idle in transaction");
     }
 }
+
+/// A prepare (Parse + Describe) inside a transaction is described outside it: the
+/// transaction holds (and BEGINs on) only the shard its statements run on. A prepare that
+/// fails still fails the transaction, as in Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_inside_a_transaction_holds_only_the_shard_it_uses() {
+    let env = TestEnv::new(2).await;
+    let proxy = Proxy::start(&env, TABLES, "").await;
+    let c = proxy.client().await;
+    load_users(&c, 20).await;
+    let shards = shard_of(&env, 1..=20);
+    let (&id, _) = shards
+        .iter()
+        .find(|(_, &s)| s == 1)
+        .expect("an id on shard 1");
+    let in_txn = |i: usize| {
+        let env = &env;
+        async move {
+            env.shard_client(i)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND state = 'idle in transaction'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    c.batch_execute("BEGIN").await.unwrap();
+    let st = c
+        .prepare("UPDATE users SET hits = hits + 1 WHERE id = $1")
+        .await
+        .unwrap();
+    assert_eq!(in_txn(0).await, 0, "a prepare made the transaction hold s0");
+    assert_eq!(c.execute(&st, &[&id]).await.unwrap(), 1);
+    assert_eq!(
+        in_txn(0).await,
+        0,
+        "the transaction holds a connection on s0"
+    );
+    assert_eq!(in_txn(1).await, 1, "the transaction's connection on s1");
+    c.batch_execute("COMMIT").await.unwrap();
+    let hits: i64 = c
+        .query_one("SELECT hits FROM users WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hits, 1);
+
+    // A failing prepare fails the transaction: the next statement is refused until ROLLBACK.
+    c.batch_execute("BEGIN").await.unwrap();
+    let e = c.prepare("SELECT nope FROM users").await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::UNDEFINED_COLUMN), "{e}");
+    let e = c.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION), "{e}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(c.query("SELECT 1", &[]).await.unwrap().len(), 1);
+}

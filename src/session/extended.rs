@@ -222,6 +222,20 @@ impl Session {
             }
             return Ok(());
         }
+        if target.is_none()
+            && self.txn.status == b'T'
+            && self.conns.is_empty()
+            && !self.session_mode
+            && batch.open.is_none()
+            && ops
+                .iter()
+                .all(|o| matches!(o, Op::Parse(_) | Op::Local(_) | Op::DescribeStmt(_)))
+        {
+            // A prepare inside a transaction that has not run anything yet (tokio-postgres,
+            // JDBC): describe outside it, so the transaction does not BEGIN on and hold a
+            // shard it may never use.
+            return self.describe_only(ops, cut.as_ref(), sync).await;
+        }
         let target = target.unwrap_or(Target::Shard(self.any_shard()));
         if let Err(e) = self.check_write(target, writes, self.txn.status != b'I') {
             self.push_error(&e);
@@ -1213,12 +1227,71 @@ impl Session {
 
     /// Describe of a statement on one shard (ParameterDescription + RowDescription/NoData);
     /// a shard error is forwarded.
+    /// Answers a batch of Parse/Describe-statement messages inside a transaction that holds
+    /// no connection: each statement is described on a connection outside the transaction.
+    /// An error fails the client's transaction, as the same error would in Postgres.
+    async fn describe_only(
+        &mut self,
+        ops: Vec<Op>,
+        cut: Option<&ProxyError>,
+        sync: bool,
+    ) -> Result<(), SessionEnd> {
+        let mut failed = false;
+        for op in ops {
+            match op {
+                Op::Parse(_) => build::empty(&mut self.out, b'1'),
+                Op::Local(b) => self.out.extend_from_slice(&b),
+                Op::DescribeStmt(p) => match self.describe_on_one(&p).await {
+                    Ok(Ok(o)) if !o.error => {}
+                    Ok(Ok(_)) => {
+                        failed = true;
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        self.push_error(&e);
+                        failed = true;
+                        break;
+                    }
+                    Err(RelayError::Client(e)) => return Err(e),
+                    Err(RelayError::Backend { shard, error, .. }) => {
+                        self.push_error(&ProxyError::ShardUnavailable {
+                            shard: self.shard_name(shard),
+                            reason: error.to_string(),
+                        });
+                        failed = true;
+                        break;
+                    }
+                },
+                _ => {}
+            }
+        }
+        if failed {
+            self.txn.status = b'E';
+            self.txn.local_failed = true;
+        } else if let Some(e) = cut {
+            self.push_error(e);
+        }
+        if sync {
+            self.push_ready();
+        }
+        Ok(())
+    }
+
     async fn describe_on_one(
         &mut self,
         p: &Arc<Prepared>,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
         let shard = self.any_shard();
-        let idx = match self.conn_for(shard).await {
+        // Inside a transaction that holds no connection yet, describe on a connection outside
+        // it (nothing the transaction created can be involved: it has not run anything).
+        let outside = self.txn.status != b'I' && self.conns.is_empty() && !self.session_mode;
+        let status = self.txn.status;
+        if outside {
+            self.txn.status = b'I'; // no BEGIN on the connection
+        }
+        let idx = self.conn_for(shard).await;
+        self.txn.status = status;
+        let idx = match idx {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
         };
@@ -1237,6 +1310,13 @@ impl Session {
         ex.push_back(Expect::Parse { swallow: true });
         ex.push_back(Expect::Describe);
         ex.push_back(Expect::Query { hide_ready: true });
-        self.relay_one(idx, &mut ex, false).await.map(Ok)
+        let r = self.relay_one(idx, &mut ex, false).await.map(Ok);
+        if outside && idx < self.conns.len() {
+            // It never joined the transaction: back to the pool.
+            let c = self.conns.remove(idx);
+            self.cancel_slot.lock().pop();
+            c.release();
+        }
+        r
     }
 }
