@@ -681,23 +681,21 @@ async fn execute(
         let epoch = set_phase(control, "running").await?;
         require_acks(control, epoch, Duration::from_secs(30), "the transition").await?;
     }
-    for u in units.iter().filter(|u| u.kind == "rows") {
+    // Pending parts of one pair run as one job: one scan of the source feeds them all.
+    let mut pending: Vec<&control::UnitRow> = Vec::new();
+    let rows_units: Vec<&control::UnitRow> = units.iter().filter(|u| u.kind == "rows").collect();
+    for (k, u) in rows_units.iter().enumerate() {
         let gids = (
             format!("swrb_{run_id}_{}_src", u.seq),
             format!("swrb_{run_id}_{}_dst", u.seq),
         );
-        let (Some(g), Some(s), Some(d)) = (
-            p.groups.iter().find(|g| g.label == u.grp),
-            new.shard_index(&u.src),
-            new.shard_index(&u.dst),
-        ) else {
+        let (Some(s), Some(d)) = (new.shard_index(&u.src), new.shard_index(&u.dst)) else {
             return Err(RebalanceError::Maps(format!(
                 "recorded unit {} does not match the maps",
                 u.unit
             )));
         };
-        // Re-read: an earlier unit of this invocation may not have changed it, but a killed
-        // run may have left it half way.
+        // Re-read: a killed run may have left it half way.
         let state: String = control
             .query_one(
                 "SELECT state FROM shardwire_rebalance_units WHERE run_id = $1 AND unit = $2",
@@ -706,7 +704,7 @@ async fn execute(
             .await?
             .get(0);
         match state.as_str() {
-            "done" => continue,
+            "done" => {}
             "switched" => {
                 finish_prepared(&clients[d], &gids.1, true).await?;
                 finish_prepared(&clients[s], &gids.0, true).await?;
@@ -721,36 +719,29 @@ async fn execute(
                     u.unit
                 ));
                 set_hold(control, false).await?;
-                continue;
             }
             _ => {
                 finish_prepared(&clients[d], &gids.1, false).await?;
                 finish_prepared(&clients[s], &gids.0, false).await?;
+                pending.push(u);
             }
         }
-        let job = UnitJob {
-            old,
-            new,
-            group: g,
-            src: s,
-            dst: d,
-            part: (u.part.max(0) as u32, u.parts.max(1) as u32),
-            name: u.unit.clone(),
-            gids,
-            run_id,
-            control,
-            progress: &progress,
+        let same_pair = |a: &control::UnitRow, b: &control::UnitRow| {
+            a.grp == b.grp && a.src == b.src && a.dst == b.dst
         };
-        let r = job.run().await?;
-        summary.rows += r.rows;
-        summary.units += 1;
-        summary.longest_pause = summary.longest_pause.max(r.pause);
-        progress.log(&format!(
-            "unit {}: {} rows moved, statements held {} ms",
-            u.unit,
-            r.rows,
-            r.pause.as_millis()
-        ));
+        let last_of_pair = rows_units.get(k + 1).is_none_or(|n| !same_pair(n, u));
+        if last_of_pair && !pending.is_empty() {
+            let job_units = std::mem::take(&mut pending);
+            run_pair(
+                (old, new),
+                p,
+                &job_units,
+                (run_id, control),
+                &progress,
+                &mut summary,
+            )
+            .await?;
+        }
     }
     if units
         .iter()
@@ -792,6 +783,64 @@ async fn execute(
     ticker.abort();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Moves the pending parts `parts` of one pair with one [`UnitJob`].
+async fn run_pair(
+    (old, new): (&ShardMap, &ShardMap),
+    p: &Plan,
+    parts: &[&control::UnitRow],
+    (run_id, control): (i64, &Client),
+    progress: &Arc<Progress>,
+    summary: &mut Summary,
+) -> Result<(), RebalanceError> {
+    let Some(u) = parts.first() else {
+        return Ok(());
+    };
+    let (Some(g), Some(s), Some(d)) = (
+        p.groups.iter().find(|g| g.label == u.grp),
+        new.shard_index(&u.src),
+        new.shard_index(&u.dst),
+    ) else {
+        return Err(RebalanceError::Maps(format!(
+            "recorded unit {} does not match the maps",
+            u.unit
+        )));
+    };
+    let job = UnitJob {
+        old,
+        new,
+        group: g,
+        src: s,
+        dst: d,
+        parts: parts
+            .iter()
+            .map(|u| mover::PartSpec {
+                name: u.unit.clone(),
+                part: u.part.max(0) as u32,
+                gids: (
+                    format!("swrb_{run_id}_{}_src", u.seq),
+                    format!("swrb_{run_id}_{}_dst", u.seq),
+                ),
+            })
+            .collect(),
+        nparts: u.parts.max(1) as u32,
+        run_id,
+        control,
+        progress,
+    };
+    for (r, u) in job.run().await?.into_iter().zip(parts) {
+        summary.rows += r.rows;
+        summary.units += 1;
+        summary.longest_pause = summary.longest_pause.max(r.pause);
+        progress.log(&format!(
+            "unit {}: {} rows moved, statements held {} ms",
+            u.unit,
+            r.rows,
+            r.pause.as_millis()
+        ));
+    }
+    Ok(())
 }
 
 /// Copies reference table `table` from `src` to `dst` (replacing what `dst` holds), with the

@@ -134,18 +134,28 @@ pub struct UnitJob<'a> {
     pub src: usize,
     /// Target shard.
     pub dst: usize,
-    /// Part and parts of the pair's keys.
-    pub part: (u32, u32),
-    /// Unit name as recorded.
-    pub name: String,
-    /// Prepared-transaction names (source, target).
-    pub gids: (String, String),
+    /// The parts of the pair to move now (the pair's keys are cut into `nparts` parts;
+    /// parts a killed run finished are not listed). One scan of the source feeds them all.
+    pub parts: Vec<PartSpec>,
+    /// Into how many parts the pair's keys are cut.
+    pub nparts: u32,
     /// The run.
     pub run_id: i64,
     /// Control connection.
     pub control: &'a Client,
     /// Progress display.
     pub progress: &'a Arc<Progress>,
+}
+
+/// One part of a pair: a unit as recorded.
+#[derive(Debug, Clone)]
+pub struct PartSpec {
+    /// Unit name as recorded.
+    pub name: String,
+    /// Which part of the pair's keys (`hash64 % nparts`).
+    pub part: u32,
+    /// Prepared-transaction names (source, target).
+    pub gids: (String, String),
 }
 
 /// What a finished unit reports.
@@ -165,14 +175,20 @@ struct TableMove {
 }
 
 impl UnitJob<'_> {
-    fn belongs(&self, m: &TableMove, k: &KeyValue) -> bool {
-        in_part(k, self.part.0, self.part.1)
-            && owner(self.old, &m.old_rule, k) == Some(self.src)
-            && owner(self.new, &m.rule, k) == Some(self.dst)
+    /// The index in `parts` of the part `k` belongs to, if it moves with this job.
+    fn part_of(&self, m: &TableMove, k: &KeyValue) -> Option<usize> {
+        if owner(self.old, &m.old_rule, k) != Some(self.src)
+            || owner(self.new, &m.rule, k) != Some(self.dst)
+        {
+            return None;
+        }
+        self.parts
+            .iter()
+            .position(|p| in_part(k, p.part, self.nparts))
     }
 
-    /// Moves the unit (see the module docs).
-    pub async fn run(&self) -> Result<UnitResult, RebalanceError> {
+    /// Moves the job's parts (see the module docs); one result per part.
+    pub async fn run(&self) -> Result<Vec<UnitResult>, RebalanceError> {
         let timeout = self.new.pool.connect_timeout;
         let src_info = &self.new.shards[self.src];
         let dst_info = &self.new.shards[self.dst];
@@ -208,84 +224,127 @@ impl UnitJob<'_> {
                 key_pos,
             });
         }
-        self.progress.set_unit(&self.name);
-        t.batch_execute("BEGIN").await?;
-        let mut keys: HashSet<String> = HashSet::new();
+        let first = self
+            .parts
+            .first()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        self.progress.set_unit(&first);
+        let n = self.parts.len();
+        let mut targets = Vec::with_capacity(n);
+        targets.push(t);
+        for _ in 1..n {
+            targets.push(connect(dst_info, timeout).await?);
+        }
+        for t in &targets {
+            t.batch_execute("BEGIN").await?;
+        }
+        let mut keys: Vec<HashSet<String>> = vec![HashSet::new(); n];
         let mut rows = 0u64;
         let copy_started = Instant::now();
         for m in &tables {
-            rows += self.bulk_copy(&reader, &t, m, &mut keys).await?;
+            rows += self.bulk_copy(&reader, &targets, m, &mut keys).await?;
         }
         let copied_in = copy_started.elapsed();
         let mut changed_keys = 0;
         for _ in 0..CATCH_UP_ROUNDS {
             let changed = self.consume_log(&reader, &tables).await?;
-            let n = changed.len();
-            changed_keys += n;
-            if n > 0 {
-                self.resync(&reader, &t, &tables, &changed).await?;
-                keys.extend(changed);
+            let count: usize = changed.iter().map(HashSet::len).sum();
+            changed_keys += count;
+            for (i, set) in changed.into_iter().enumerate() {
+                if !set.is_empty() {
+                    self.resync(&reader, &targets[i], &tables, &set).await?;
+                    keys[i].extend(set);
+                }
             }
-            if n < CATCH_UP_ENOUGH {
+            if count < CATCH_UP_ENOUGH {
                 break;
             }
         }
         self.progress.log(&format!(
-            "unit {}: copied {rows} rows in {} ms ({:.0} rows/s); caught up {changed_keys} changed keys in {} ms",
-            self.name,
+            "units {}{}: copied {rows} rows in {} ms ({:.0} rows/s, one scan for {n} part(s)); caught up {changed_keys} changed keys in {} ms",
+            first,
+            if n > 1 { " …" } else { "" },
             copied_in.as_millis(),
             rows as f64 / copied_in.as_secs_f64().max(1e-6),
             (copy_started.elapsed() - copied_in).as_millis()
         ));
-        let keys: Vec<String> = keys.into_iter().collect();
-        for attempt in 1..=SWITCH_ATTEMPTS {
-            match self.switch(&s, &t, &tables, keys.clone()).await {
-                Ok(r) => {
-                    if r.rows < rows {
-                        self.progress.log(&format!(
-                            "unit {}: {rows} rows copied, {} after catching up (rows deleted meanwhile)",
-                            self.name, r.rows
-                        ));
+        // Changes seen while an earlier part was switching, for the parts still to come.
+        let mut dirty: Vec<HashSet<String>> = vec![HashSet::new(); n];
+        let mut results = Vec::with_capacity(n);
+        for i in 0..n {
+            let part = &self.parts[i];
+            self.progress.set_unit(&part.name);
+            let late = std::mem::take(&mut dirty[i]);
+            if !late.is_empty() {
+                self.resync(&reader, &targets[i], &tables, &late).await?;
+                keys[i].extend(late);
+            }
+            let part_keys: Vec<String> = keys[i].iter().cloned().collect();
+            let mut done = None;
+            for attempt in 1..=SWITCH_ATTEMPTS {
+                match self
+                    .switch(&s, &targets[i], &tables, part_keys.clone(), i, &mut dirty)
+                    .await
+                {
+                    Ok(r) => {
+                        done = Some(r);
+                        break;
                     }
-                    return Ok(r);
+                    Err(RebalanceError::Busy(why)) => {
+                        self.progress.log(&format!(
+                            "unit {}: switch attempt {attempt} of {SWITCH_ATTEMPTS} gave up ({why}); retrying",
+                            part.name
+                        ));
+                        tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(RebalanceError::Busy(why)) => {
-                    self.progress.log(&format!(
-                        "unit {}: switch attempt {attempt} of {SWITCH_ATTEMPTS} gave up ({why}); retrying",
-                        self.name
-                    ));
-                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+            }
+            match done {
+                Some(r) => results.push(r),
+                None => {
+                    return Err(RebalanceError::Busy(format!(
+                        "unit {}: could not hold the proxies and lock the source in {SWITCH_ATTEMPTS} attempts",
+                        part.name
+                    )))
                 }
-                Err(e) => return Err(e),
             }
         }
-        Err(RebalanceError::Busy(format!(
-            "unit {}: could not hold the proxies and lock the source in {SWITCH_ATTEMPTS} attempts",
-            self.name
-        )))
+        Ok(results)
     }
 
-    /// Streams the unit's rows of one table from the source into the target transaction.
+    /// Streams the job's rows of one table from the source into each part's target
+    /// transaction (one scan for all parts).
     async fn bulk_copy(
         &self,
         reader: &Client,
-        t: &Client,
+        targets: &[Client],
         m: &TableMove,
-        keys: &mut HashSet<String>,
+        keys: &mut [HashSet<String>],
     ) -> Result<u64, RebalanceError> {
         let name = quote_ident(&m.rule.name);
         let out = reader
             .copy_out(&format!("COPY {name} TO STDOUT (FORMAT binary)"))
             .await?;
-        let sink = t
-            .copy_in(&format!("COPY {name} FROM STDIN (FORMAT binary)"))
-            .await?;
         pin_mut!(out);
-        pin_mut!(sink);
-        let mut buf = BytesMut::with_capacity(SEND_AT + 1024);
-        buf.extend_from_slice(HEADER);
+        let mut sinks = Vec::with_capacity(targets.len());
+        for t in targets {
+            let sink = t
+                .copy_in::<_, bytes::Bytes>(&format!("COPY {name} FROM STDIN (FORMAT binary)"))
+                .await?;
+            sinks.push(Box::pin(sink));
+        }
+        let mut bufs: Vec<BytesMut> = targets
+            .iter()
+            .map(|_| {
+                let mut b = BytesMut::with_capacity(SEND_AT + 1024);
+                b.extend_from_slice(HEADER);
+                b
+            })
+            .collect();
+        let mut sent = vec![0u64; targets.len()];
         let mut tuples = TupleReader::new();
-        let mut n = 0u64;
         let mut pending = 0u64;
         while let Some(chunk) = out.try_next().await? {
             tuples.push(&chunk);
@@ -296,39 +355,48 @@ impl UnitJob<'_> {
                 let k = key_from_binary(m.rule.key_type, kb).map_err(|e| {
                     RebalanceError::Data(format!("{}: undecodable key: {e}", m.rule.what()))
                 })?;
-                if self.belongs(m, &k) {
-                    buf.extend_from_slice(tuple.raw);
-                    keys.insert(k.to_string());
-                    n += 1;
+                if let Some(i) = self.part_of(m, &k) {
+                    bufs[i].extend_from_slice(tuple.raw);
+                    keys[i].insert(k.to_string());
+                    sent[i] += 1;
                     pending += 1;
                 }
             }
-            if buf.len() >= SEND_AT {
-                sink.send(buf.split().freeze()).await?;
+            for (buf, sink) in bufs.iter_mut().zip(sinks.iter_mut()) {
+                if buf.len() >= SEND_AT {
+                    sink.send(buf.split().freeze()).await?;
+                }
+            }
+            if pending >= 10_000 {
                 self.progress.add_rows(pending);
                 pending = 0;
             }
         }
         tuples.finish()?;
-        buf.extend_from_slice(TRAILER);
-        sink.send(buf.split().freeze()).await?;
-        let copied = sink.finish().await?;
         self.progress.add_rows(pending);
-        if copied != n {
-            return Err(RebalanceError::Verify(format!(
-                "{}: sent {n} rows to shard {} but it took {copied}",
-                m.rule.name, self.new.shards[self.dst].name
-            )));
+        let mut total = 0;
+        for (i, (mut buf, mut sink)) in bufs.into_iter().zip(sinks).enumerate() {
+            buf.extend_from_slice(TRAILER);
+            sink.send(buf.freeze()).await?;
+            let copied = sink.as_mut().finish().await?;
+            if copied != sent[i] {
+                return Err(RebalanceError::Verify(format!(
+                    "{}: sent {} rows to shard {} but it took {copied}",
+                    m.rule.name, sent[i], self.new.shards[self.dst].name
+                )));
+            }
+            total += copied;
         }
-        Ok(n)
+        Ok(total)
     }
 
-    /// Takes every logged change of the group's tables; the keys that belong to the unit.
+    /// Takes every logged change of the group's tables; the keys that move with this job,
+    /// by part.
     async fn consume_log(
         &self,
         c: &Client,
         tables: &[TableMove],
-    ) -> Result<HashSet<String>, RebalanceError> {
+    ) -> Result<Vec<HashSet<String>>, RebalanceError> {
         let names: Vec<String> = tables.iter().map(|m| m.rule.name.clone()).collect();
         let rows = c
             .query(
@@ -336,7 +404,7 @@ impl UnitJob<'_> {
                 &[&names],
             )
             .await?;
-        let mut out = HashSet::new();
+        let mut out = vec![HashSet::new(); self.parts.len()];
         for r in rows {
             let tbl: String = r.get(0);
             let Some(key): Option<String> = r.get(1) else {
@@ -348,8 +416,8 @@ impl UnitJob<'_> {
             let k = key_from_text(m.rule.key_type, &key).map_err(|e| {
                 RebalanceError::Data(format!("{}: logged key {key:?}: {e}", m.rule.what()))
             })?;
-            if self.belongs(m, &k) {
-                out.insert(k.to_string());
+            if let Some(i) = self.part_of(m, &k) {
+                out[i].insert(k.to_string());
             }
         }
         Ok(out)
@@ -423,7 +491,10 @@ impl UnitJob<'_> {
         t: &Client,
         tables: &[TableMove],
         mut keys: Vec<String>,
+        i: usize,
+        dirty: &mut [HashSet<String>],
     ) -> Result<UnitResult, RebalanceError> {
+        let part = &self.parts[i];
         let held_at = Instant::now();
         let mut lap = Laps::new();
         let epoch = set_hold(self.control, true).await?;
@@ -449,14 +520,16 @@ impl UnitJob<'_> {
             set_hold(self.control, false).await?;
             return Err(RebalanceError::Busy(format!("locking the source: {e}")));
         }
-        let result = self.switch_locked(s, t, tables, &mut keys, &mut lap).await;
+        let result = self
+            .switch_locked(s, t, tables, &mut keys, &mut lap, (i, dirty))
+            .await;
         match result {
             Ok(rows) => {
                 set_hold(self.control, false).await?;
                 lap.mark("release");
                 self.progress.log(&format!(
                     "unit {}: statements held {} ms ({})",
-                    self.name,
+                    part.name,
                     held_at.elapsed().as_millis(),
                     lap.report()
                 ));
@@ -474,18 +547,18 @@ impl UnitJob<'_> {
                     .control
                     .query_one(
                         "SELECT state FROM shardwire_rebalance_units WHERE run_id = $1 AND unit = $2",
-                        &[&self.run_id, &self.name],
+                        &[&self.run_id, &part.name],
                     )
                     .await?
                     .get::<_, String>(0);
                 let commit = state != "pending";
-                finish_prepared(t, &self.gids.1, commit).await?;
-                finish_prepared(s, &self.gids.0, commit).await?;
+                finish_prepared(t, &part.gids.1, commit).await?;
+                finish_prepared(s, &part.gids.0, commit).await?;
                 if commit {
                     self.control
                         .execute(
                             "UPDATE shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
-                            &[&self.run_id, &self.name],
+                            &[&self.run_id, &part.name],
                         )
                         .await?;
                 }
@@ -502,12 +575,21 @@ impl UnitJob<'_> {
         tables: &[TableMove],
         keys: &mut Vec<String>,
         lap: &mut Laps,
+        (i, dirty): (usize, &mut [HashSet<String>]),
     ) -> Result<u64, RebalanceError> {
-        let changed = self.consume_log(s, tables).await?;
-        if !changed.is_empty() {
-            self.resync(s, t, tables, &changed).await?;
+        let part = &self.parts[i];
+        let mut changed = self.consume_log(s, tables).await?;
+        // Later parts' changes are applied before their own switches.
+        for (j, set) in changed.iter_mut().enumerate() {
+            if j > i {
+                dirty[j].extend(std::mem::take(set));
+            }
+        }
+        let mine = std::mem::take(&mut changed[i]);
+        if !mine.is_empty() {
+            self.resync(s, t, tables, &mine).await?;
             let known: HashSet<String> = keys.iter().cloned().collect();
-            keys.extend(changed.into_iter().filter(|k| !known.contains(k)));
+            keys.extend(mine.into_iter().filter(|k| !known.contains(k)));
         }
         lap.mark("catch-up");
         let mut rows = 0u64;
@@ -517,7 +599,7 @@ impl UnitJob<'_> {
             if a != b {
                 return Err(RebalanceError::Verify(format!(
                     "{} {}: source {} has {} (count:checksum) but target {} has {}; the source is left untouched",
-                    self.name, m.rule.name, self.new.shards[self.src].name, a.1,
+                    part.name, m.rule.name, self.new.shards[self.src].name, a.1,
                     self.new.shards[self.dst].name, b.1
                 )));
             }
@@ -538,7 +620,7 @@ impl UnitJob<'_> {
             }
         }
         lap.mark("delete");
-        let (gs, gt) = &self.gids;
+        let (gs, gt) = &part.gids;
         t.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gt)))
             .await?;
         s.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gs)))
@@ -550,7 +632,7 @@ impl UnitJob<'_> {
                  WHERE run_id = $1 AND unit = $2 RETURNING 1), \
                  e AS (UPDATE shardwire_rebalance SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
                  SELECT pg_notify($5, e.epoch::text) FROM e, u",
-                &[&self.run_id, &self.name, &(rows as i64), &sums.join(" "), &control::CHANNEL],
+                &[&self.run_id, &part.name, &(rows as i64), &sums.join(" "), &control::CHANNEL],
             )
             .await?;
         lap.mark("prepare+record");
@@ -560,7 +642,7 @@ impl UnitJob<'_> {
         self.control
             .execute(
                 "UPDATE shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
-                &[&self.run_id, &self.name],
+                &[&self.run_id, &part.name],
             )
             .await?;
         Ok(rows)
