@@ -6,28 +6,17 @@ mod common;
 use std::collections::HashMap;
 
 use common::{Proxy, TestEnv};
-use tokio_postgres::SimpleQueryMessage;
 
 const TABLES: &str =
     "users: { key: id, type: bigint, strategy: hash }\ncountries: { strategy: reference }";
 
 /// Rows of an admin command as column -> value maps.
 async fn admin(c: &tokio_postgres::Client, sql: &str) -> Vec<HashMap<String, String>> {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| (col.name().to_string(), r.get(i).unwrap_or("").to_string()))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
+    common::rows_as_maps(
+        c.simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}")),
+    )
 }
 
 /// `SHOW STATS` / `SHOW CONFIG` as name -> value.

@@ -79,21 +79,11 @@ fn line_of(yaml: &str, needle: &str) -> usize {
 
 /// Rows of an admin command (simple protocol) as column -> value maps.
 async fn admin(c: &Client, sql: &str) -> Vec<HashMap<String, String>> {
-    bounded(sql, STEP, c.simple_query(sql))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| (col.name().to_string(), r.get(i).unwrap_or("").to_string()))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
+    common::rows_as_maps(
+        bounded(sql, STEP, c.simple_query(sql))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}")),
+    )
 }
 
 /// Polls the admin command `sql` every 50 ms until `done` holds for its rows (at most 5 s);
@@ -400,32 +390,9 @@ const PGBENCH_SCRIPT: &str = "\\set id random(1, 1000)\n\
                               SELECT balance FROM users WHERE id = :id;\n\
                               END;\n";
 
-/// pgbench from PATH, else the newest /usr/lib/postgresql/*/bin.
+/// pgbench (see [`common::pgbench_path`]).
 fn pgbench() -> PathBuf {
-    if let Ok(out) = Command::new("pgbench").arg("--version").output() {
-        if out.status.success() {
-            return PathBuf::from("pgbench");
-        }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|d| d.path().join("bin/pgbench"))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort_by_key(|p| {
-        p.parent()
-            .and_then(|b| b.parent())
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    found.pop().expect(
-        "pgbench not found on PATH or in /usr/lib/postgresql/*/bin: \
-         apt-get install postgresql-contrib (./scripts/test.sh does)",
-    )
+    common::pgbench_path()
 }
 
 /// Value after `prefix` on the line that starts with it.

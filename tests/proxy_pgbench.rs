@@ -16,32 +16,9 @@ const SCRIPT: &str = "\\set id random(1, 1000)\n\
                       SELECT name, balance FROM users WHERE id = :id;\n\
                       UPDATE users SET balance = balance + 1 WHERE id = :id;\n";
 
-/// pgbench from PATH, else the newest /usr/lib/postgresql/*/bin.
+/// pgbench (see [`common::pgbench_path`]).
 fn pgbench() -> PathBuf {
-    if let Ok(out) = Command::new("pgbench").arg("--version").output() {
-        if out.status.success() {
-            return PathBuf::from("pgbench");
-        }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|d| d.path().join("bin/pgbench"))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort_by_key(|p| {
-        p.parent()
-            .and_then(|b| b.parent())
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    found.pop().expect(
-        "pgbench not found on PATH or in /usr/lib/postgresql/*/bin: \
-         apt-get install postgresql-contrib (./scripts/test.sh does)",
-    )
+    common::pgbench_path()
 }
 
 /// Value after `prefix` on the line that starts with it.

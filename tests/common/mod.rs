@@ -399,3 +399,78 @@ pub async fn create_users(c: &Client, extra_columns: &str, n: i64) {
             .expect("insert user");
     }
 }
+
+/// pgbench from PATH, else the newest /usr/lib/postgresql/*/bin.
+pub fn pgbench_path() -> PathBuf {
+    if let Ok(out) = std::process::Command::new("pgbench")
+        .arg("--version")
+        .output()
+    {
+        if out.status.success() {
+            return PathBuf::from("pgbench");
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("bin/pgbench"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|b| b.parent())
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found.pop().expect(
+        "pgbench not found on PATH or in /usr/lib/postgresql/*/bin: \
+         apt-get install postgresql-contrib (./scripts/test.sh does)",
+    )
+}
+
+/// The rows of a simple-protocol result as column -> text value maps (NULL as "").
+pub fn rows_as_maps(
+    messages: Vec<tokio_postgres::SimpleQueryMessage>,
+) -> Vec<std::collections::HashMap<String, String>> {
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_string(), r.get(i).unwrap_or("").to_string()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number from [`days_from_civil`].
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
