@@ -1636,6 +1636,58 @@ async fn rebalance_drain_4_to_3() {
 }
 
 // ----------------------------------------------------------------------------------------
+// 3a. A target without the schema: a clear error, nothing moved
+// ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_refuses_a_target_without_the_tables() {
+    let env = TestEnv::new(4).await;
+    // The tables exist on s0..s2 only; s3 is empty.
+    for i in 0..3 {
+        env.shard_client(i)
+            .await
+            .batch_execute(&[USERS_DDL, ORDERS_DDL, COUNTRIES_DDL].join(";\n"))
+            .await
+            .unwrap_or_else(|e| panic!("schema on shard {i}: {}", err_text(&e)));
+    }
+    env.reference_client()
+        .await
+        .batch_execute(&[USERS_DDL, ORDERS_DDL, COUNTRIES_DDL].join(";\n"))
+        .await
+        .unwrap_or_else(|e| panic!("schema on the reference: {}", err_text(&e)));
+    let maps = Maps::new(
+        map_yaml(&env, &[0, 1, 2], HASH_TABLES, ""),
+        map_yaml(&env, &[0, 1, 2, 3], HASH_TABLES, ""),
+    );
+    load_hash_data(&env, &maps.old, 2_000).await;
+    let old_shards = || async {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(digest(&env.shard_client(i).await, "users").await);
+        }
+        v
+    };
+    let before = old_shards().await;
+    let out = run_rebalance(&maps, &["--yes"], Duration::from_secs(120)).await;
+    assert!(
+        out.status.is_some_and(|s| !s.success()),
+        "the command succeeded without tables on s3:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("does not exist on shard s3"),
+        "the error does not name the missing table and shard:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        old_shards().await,
+        before,
+        "a refused rebalance changed the shards"
+    );
+}
+
+// ----------------------------------------------------------------------------------------
 // 3b. Weight change: s1 from 1 to 2
 // ----------------------------------------------------------------------------------------
 

@@ -208,6 +208,7 @@ pub async fn run(opts: &Options) -> Result<Summary, RebalanceError> {
             )));
         }
     }
+    check_targets(&new, &plan, &clients).await?;
     if !opts.yes && !confirm()? {
         return Err(RebalanceError::Cancelled);
     }
@@ -453,6 +454,34 @@ fn print_plan(new: &ShardMap, p: &Plan) {
     );
 }
 
+/// Refuses, before anything is recorded, when a table is missing on a shard that is to
+/// receive its rows (the command copies rows, not schemas).
+async fn check_targets(new: &ShardMap, p: &Plan, clients: &[Client]) -> Result<(), RebalanceError> {
+    let mut needed: Vec<(&str, usize)> = Vec::new();
+    for (label, _, d, _) in &p.row_units {
+        if let Some(g) = p.groups.iter().find(|g| &g.label == label) {
+            needed.extend(g.tables.iter().map(|t| (t.name.as_str(), *d)));
+        }
+    }
+    needed.extend(p.reference.iter().map(|(t, _, d, _)| (t.as_str(), *d)));
+    for m in &p.directory {
+        for (t, _) in &m.rows {
+            needed.push((t.as_str(), m.dst));
+        }
+    }
+    needed.sort_unstable();
+    needed.dedup();
+    for (table, d) in needed {
+        if !plan::table_exists(&clients[d], table).await? {
+            return Err(RebalanceError::Schema(format!(
+                "table {table} does not exist on shard {}; create it there (empty, with the same columns) and run the command again",
+                new.shards[d].name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Asks on the terminal.
 fn confirm() -> Result<bool, RebalanceError> {
     if !std::io::stdin().is_terminal() {
@@ -654,13 +683,20 @@ async fn execute(
                     continue;
                 };
                 progress.set_unit(&u.unit);
-                let n = copy_reference(
+                let n = match copy_reference(
                     &new.shards[s],
                     &new.shards[d],
                     &u.grp,
                     new.pool.connect_timeout,
                 )
-                .await?;
+                .await
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        set_hold(control, false).await?;
+                        return Err(e);
+                    }
+                };
                 control
                     .execute(
                         "UPDATE shardwire_rebalance_units SET state = 'done', rows_moved = $3 WHERE run_id = $1 AND unit = $2",

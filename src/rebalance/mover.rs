@@ -197,6 +197,12 @@ impl UnitJob<'_> {
         let t = connect(dst_info, timeout).await?;
         let mut tables = Vec::new();
         for rule in &self.group.tables {
+            if !super::plan::table_exists(&t, &rule.name).await? {
+                return Err(RebalanceError::Schema(format!(
+                    "table {} does not exist on shard {}; create it there (empty, with the same columns) and run the command again",
+                    rule.name, dst_info.name
+                )));
+            }
             let cols = columns(&reader, &rule.name).await?;
             let dcols = columns(&t, &rule.name).await?;
             if cols != dcols {
