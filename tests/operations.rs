@@ -390,18 +390,6 @@ const PGBENCH_SCRIPT: &str = "\\set id random(1, 1000)\n\
                               SELECT balance FROM users WHERE id = :id;\n\
                               END;\n";
 
-/// pgbench (see [`common::pgbench_path`]).
-fn pgbench() -> PathBuf {
-    common::pgbench_path()
-}
-
-/// Value after `prefix` on the line that starts with it.
-fn field<'a>(out: &'a str, prefix: &str) -> Option<&'a str> {
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .map(str::trim)
-}
-
 /// What a pgbench run reported.
 #[derive(Debug)]
 struct PgbenchRun {
@@ -417,7 +405,7 @@ fn spawn_pgbench(
     script: PathBuf,
     seconds: u32,
 ) -> tokio::task::JoinHandle<std::process::Output> {
-    let child = Command::new(pgbench())
+    let child = Command::new(common::pgbench_path())
         .args([
             "-n",
             "-h",
@@ -448,11 +436,11 @@ fn parse_pgbench(out: &std::process::Output) -> PgbenchRun {
         "pgbench failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    let failed = field(&stdout, "number of failed transactions:")
+    let failed = common::report_field(&stdout, "number of failed transactions:")
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no failed-transactions line:\n{stdout}"));
-    let processed = field(&stdout, "number of transactions actually processed:")
+    let processed = common::report_field(&stdout, "number of transactions actually processed:")
         .and_then(|v| v.split('/').next())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no processed-transactions line:\n{stdout}"));

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::{Proxy, TestEnv};
@@ -16,18 +15,6 @@ const SCRIPT: &str = "\\set id random(1, 1000)\n\
                       SELECT name, balance FROM users WHERE id = :id;\n\
                       UPDATE users SET balance = balance + 1 WHERE id = :id;\n";
 
-/// pgbench (see [`common::pgbench_path`]).
-fn pgbench() -> PathBuf {
-    common::pgbench_path()
-}
-
-/// Value after `prefix` on the line that starts with it.
-fn field<'a>(out: &'a str, prefix: &str) -> Option<&'a str> {
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .map(str::trim)
-}
-
 async fn run_mode(mode: &str) {
     let env = TestEnv::new(2).await;
     let proxy = Proxy::start(&env, TABLES, "").await;
@@ -37,7 +24,7 @@ async fn run_mode(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("point.sql");
     std::fs::write(&script, SCRIPT).unwrap();
-    let bin = pgbench();
+    let bin = common::pgbench_path();
     let port = proxy.port().to_string();
     let mode_arg = mode.to_string();
     // The proxy runs on this runtime: wait for pgbench on a blocking thread.
@@ -61,16 +48,17 @@ async fn run_mode(mode: &str) {
         "pgbench failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    let failed = field(&stdout, "number of failed transactions:")
+    let failed = common::report_field(&stdout, "number of failed transactions:")
         .unwrap_or_else(|| panic!("no failed-transactions line:\n{stdout}"));
     assert!(
         failed.starts_with("0 ") || failed == "0",
         "failed transactions: {failed}\n{stderr}"
     );
-    let processed: i64 = field(&stdout, "number of transactions actually processed:")
-        .and_then(|v| v.split('/').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no processed-transactions line:\n{stdout}"));
+    let processed: i64 =
+        common::report_field(&stdout, "number of transactions actually processed:")
+            .and_then(|v| v.split('/').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no processed-transactions line:\n{stdout}"));
     let tps: f64 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("tps = "))

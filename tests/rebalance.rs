@@ -131,31 +131,7 @@ fn docs_tables(acme_shard: &str) -> String {
 /// means the same database in every map), like `TestEnv::shard_map_yaml_with` with `app`
 /// an admin.
 fn map_yaml(env: &TestEnv, shards: &[usize], tables: &str, extra: &str) -> String {
-    let mut y = String::from(
-        "listen: 127.0.0.1:0\nusers:\n  - { name: app, password: app-secret, admin: true }\n\
-         shards:\n",
-    );
-    for &i in shards {
-        y.push_str(&format!(
-            "  - {{ name: s{i}, url: \"{}\" }}\n",
-            env.shard_url(i)
-        ));
-    }
-    y.push_str("pool: { size: 10, connect_timeout_ms: 15000 }\nhash: { vnodes: 256 }\ntables:\n");
-    for line in tables.lines() {
-        if !line.trim().is_empty() {
-            y.push_str("  ");
-            y.push_str(line);
-        }
-        y.push('\n');
-    }
-    if !extra.is_empty() {
-        y.push_str(extra);
-        if !extra.ends_with('\n') {
-            y.push('\n');
-        }
-    }
-    y
+    env.shard_map_yaml_on(shards, tables, extra, &[], true)
 }
 
 /// The OLD and NEW maps, parsed and written to files for the command (whose output files

@@ -61,6 +61,8 @@ const CATCH_UP_ENOUGH: usize = 500;
 const SWITCH_ATTEMPTS: usize = 10;
 /// How long every live proxy gets to confirm a hold.
 const ACK_WAIT: Duration = Duration::from_secs(7);
+/// Change-log rows taken per statement.
+const LOG_BATCH: i64 = 50_000;
 /// Keys per statement when rows are copied again or compared.
 const KEY_BATCH: usize = 20_000;
 /// Bytes buffered before they are sent to the target.
@@ -404,13 +406,33 @@ impl UnitJob<'_> {
         tables: &[TableMove],
     ) -> Result<Vec<HashSet<String>>, RebalanceError> {
         let names: Vec<String> = tables.iter().map(|m| m.rule.name.clone()).collect();
-        let rows = c
-            .query(
-                "DELETE FROM shardwire_rebalance_log WHERE tbl = ANY($1) RETURNING tbl, key",
-                &[&names],
-            )
-            .await?;
         let mut out = vec![HashSet::new(); self.parts.len()];
+        // In batches: a log that grew while the command was down must not arrive as one
+        // unbounded result. Only distinct keys of the job are kept.
+        loop {
+            let rows = c
+                .query(
+                    "DELETE FROM shardwire_rebalance_log WHERE id IN \
+                     (SELECT id FROM shardwire_rebalance_log WHERE tbl = ANY($1) ORDER BY id LIMIT $2) \
+                     RETURNING tbl, key",
+                    &[&names, &LOG_BATCH],
+                )
+                .await?;
+            let full = rows.len() as i64 >= LOG_BATCH;
+            self.keep_logged(tables, rows, &mut out)?;
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Adds the logged keys of `rows` that move with this job to `out`, by part.
+    fn keep_logged(
+        &self,
+        tables: &[TableMove],
+        rows: Vec<tokio_postgres::Row>,
+        out: &mut [HashSet<String>],
+    ) -> Result<(), RebalanceError> {
         for r in rows {
             let tbl: String = r.get(0);
             let Some(key): Option<String> = r.get(1) else {
@@ -426,7 +448,7 @@ impl UnitJob<'_> {
                 out[i].insert(k.to_string());
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Makes the target's rows of `keys` equal to the source's (`src` reads the source).

@@ -215,6 +215,20 @@ impl TestEnv {
         regions: &[&str],
         admin: bool,
     ) -> String {
+        let all: Vec<usize> = (0..self.shards.len()).collect();
+        self.shard_map_yaml_on(&all, tables, extra, regions, admin)
+    }
+
+    /// Like [`TestEnv::shard_map_yaml_with`], over the env's shards `shards` only, each
+    /// named `s<env index>` (so a name means the same database in every map).
+    pub fn shard_map_yaml_on(
+        &self,
+        shards: &[usize],
+        tables: &str,
+        extra: &str,
+        regions: &[&str],
+        admin: bool,
+    ) -> String {
         let mut y = String::from("listen: 127.0.0.1:0\nusers:\n");
         if admin {
             y.push_str("  - { name: app, password: app-secret, admin: true }\n");
@@ -222,7 +236,8 @@ impl TestEnv {
             y.push_str("  - { name: app, password: app-secret }\n");
         }
         y.push_str("shards:\n");
-        for (i, db) in self.shards.iter().enumerate() {
+        for &i in shards {
+            let db = &self.shards[i];
             match regions.get(i) {
                 Some(r) => y.push_str(&format!(
                     "  - {{ name: s{i}, url: \"{}\", region: {r} }}\n",
@@ -473,4 +488,11 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The value after `prefix` on the first line that starts with it (pgbench's report).
+pub fn report_field<'a>(out: &'a str, prefix: &str) -> Option<&'a str> {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .map(str::trim)
 }
