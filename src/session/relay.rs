@@ -96,6 +96,12 @@ impl Session {
     ) -> Result<Outcome, RelayError> {
         let mut outcome = Outcome::default();
         let mut forwarded = false;
+        // Whether `out` holds something worth a write before we wait on the backend: the
+        // backend's own frames (a result in progress) or whatever was queued before this call.
+        // Replies the proxy makes itself (a ParseComplete for a statement the connection
+        // already has) wait for the backend's answer, so they share its write: one `sendto`
+        // per exchange instead of two, and the client is woken once.
+        let mut worth_flushing = !self.out.is_empty();
         let shard = self.conns[idx].shard;
         let started = std::time::Instant::now();
         loop {
@@ -108,7 +114,7 @@ impl Session {
                 self.conns[idx].pool().latency.record(started.elapsed());
                 return Ok(outcome);
             }
-            if !self.conns[idx].has_frame() && !self.out.is_empty() {
+            if worth_flushing && !self.conns[idx].has_frame() && !self.out.is_empty() {
                 self.flush().await?;
                 forwarded = true;
             }
@@ -123,6 +129,7 @@ impl Session {
                 }
             };
             let swallow = quiet || matches!(expects.front(), Some(Expect::Parse { swallow: true }));
+            worth_flushing = true;
             match f.tag {
                 b'E' => {
                     outcome.error = true;
