@@ -161,15 +161,20 @@ impl ShardPool {
 
     /// The pool's open connections, by pid.
     pub fn connections(&self) -> Vec<ServerConn> {
-        let mut v: Vec<ServerConn> = self.open.lock().values().copied().collect();
+        // "In use" is worked out here, from the idle list, rather than recorded at every
+        // checkout and release: those are per transaction, this is per admin query.
+        let idle: Vec<i32> = self.idle.lock().iter().map(|c| c.pid).collect();
+        let mut v: Vec<ServerConn> = self
+            .open
+            .lock()
+            .values()
+            .map(|c| ServerConn {
+                in_use: !idle.contains(&c.pid),
+                ..*c
+            })
+            .collect();
         v.sort_by_key(|c| c.pid);
         v
-    }
-
-    fn note_in_use(&self, pid: i32, in_use: bool) {
-        if let Some(c) = self.open.lock().get_mut(&pid) {
-            c.in_use = in_use;
-        }
     }
 
     fn note_closed(&self, pid: i32) {
@@ -251,7 +256,6 @@ impl ShardPool {
                         self.mark_failed();
                         continue;
                     }
-                    self.note_in_use(c.pid, true);
                     break Some(c);
                 }
                 Some(c) => {
@@ -334,7 +338,6 @@ impl PooledConn {
                 tracing::warn!(shard = %self.pool.info.name, status = %(c.ready_status as char), "closing a released connection that is still in a transaction");
                 self.pool.note_closed(c.pid);
             } else if !c.discard && c.generation == self.pool.generation.load(Ordering::Acquire) {
-                self.pool.note_in_use(c.pid, false);
                 self.pool.idle.lock().push(c);
             } else {
                 self.pool.note_closed(c.pid);
