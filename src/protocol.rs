@@ -249,8 +249,8 @@ pub struct ParseMsg<'a> {
     pub name: &'a str,
     /// SQL text.
     pub query: &'a str,
-    /// Declared parameter type OIDs (0 = unspecified).
-    pub param_types: Vec<u32>,
+    /// Declared parameter type OIDs (0 = unspecified), raw: 4 bytes each, big-endian.
+    types: &'a [u8],
 }
 
 impl<'a> ParseMsg<'a> {
@@ -263,16 +263,25 @@ impl<'a> ParseMsg<'a> {
         if n < 0 {
             return Err(FrameError::Malformed("Parse"));
         }
-        let mut param_types = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            param_types.push(c.u32()?);
-        }
+        let types = c.bytes(n as usize * 4)?;
         c.finish()?;
-        Ok(ParseMsg {
-            name,
-            query,
-            param_types,
-        })
+        Ok(ParseMsg { name, query, types })
+    }
+
+    /// The declared parameter type OIDs, collected.
+    pub fn param_types(&self) -> Vec<u32> {
+        self.types_iter().collect()
+    }
+
+    /// Whether the declared parameter types are exactly `types` (no allocation).
+    pub fn has_param_types(&self, types: &[u32]) -> bool {
+        self.types.len() == types.len() * 4 && self.types_iter().eq(types.iter().copied())
+    }
+
+    fn types_iter(&self) -> impl Iterator<Item = u32> + 'a {
+        self.types
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
     }
 }
 
@@ -361,6 +370,21 @@ impl<'a> BindMsg<'a> {
     /// Parameter values (`None` = SQL NULL), in order.
     pub fn params(&self) -> Vec<Option<&'a [u8]>> {
         self.values().collect()
+    }
+
+    /// Calls `f` with the parameter values (`None` = SQL NULL), in order, without
+    /// allocating for up to 16 of them.
+    pub fn with_params<R>(&self, f: impl FnOnce(&[Option<&'a [u8]>]) -> R) -> R {
+        const ON_STACK: usize = 16;
+        if self.n_params <= ON_STACK {
+            let mut buf: [Option<&'a [u8]>; ON_STACK] = [None; ON_STACK];
+            for (slot, v) in buf.iter_mut().zip(self.values()) {
+                *slot = v;
+            }
+            f(&buf[..self.n_params])
+        } else {
+            f(&self.params())
+        }
     }
 
     /// Parameter `i` (0-based): `None` when absent, `Some(None)` for SQL NULL.

@@ -129,11 +129,10 @@ pub(super) enum Op {
     Gather(Frame, Arc<Prepared>),
 }
 
-fn local(tag: u8) -> Bytes {
-    let mut b = BytesMut::with_capacity(5);
-    build::empty(&mut b, tag);
-    b.freeze()
-}
+/// ParseComplete, made by the proxy for a statement the connection already has.
+const PARSE_COMPLETE: Bytes = Bytes::from_static(&[b'1', 0, 0, 0, 4]);
+/// CloseComplete, for a Close the proxy answers itself.
+const CLOSE_COMPLETE: Bytes = Bytes::from_static(&[b'3', 0, 0, 0, 4]);
 
 impl Session {
     /// Runs the pending batch; `sync` is false for Flush.
@@ -442,22 +441,46 @@ impl Session {
             return None;
         }
         let m = BindMsg::decode(bind.body()).ok()?;
-        let stmt = match parse {
+        // Most pipelines are not special: look at the plan first and build a statement
+        // only for one that is.
+        let parsed = match parse {
             Some(p) => {
                 let pm = ParseMsg::decode(p.body()).ok()?;
                 // Only an unnamed statement, bound right away, is taken over here.
                 if !pm.name.is_empty() || !m.statement.is_empty() {
                     return None;
                 }
-                let plan = self.topo.cache.get(&self.topo.map, pm.query).ok()?;
-                Arc::new(Prepared::new(pm.query, pm.param_types, plan))
+                Some(pm)
             }
-            None => self.stmts.get(m.statement)?.clone(),
+            None => None,
         };
-        let st = stmt.plan.stmts.first()?;
-        if stmt.plan.stmts.len() != 1 {
+        let existing = match &parsed {
+            Some(pm) => self.stmts.get("").filter(|p| p.is(pm)),
+            None => Some(self.stmts.get(m.statement)?),
+        };
+        let plan = match (existing, &parsed) {
+            (Some(p), _) => p.plan.clone(),
+            (None, Some(pm)) => self.topo.cache.get(&self.topo.map, pm.query).ok()?,
+            (None, None) => return None,
+        };
+        let st = plan.stmts.first()?;
+        if plan.stmts.len() != 1 {
             return None;
         }
+        let declared;
+        let types: &[u32] = match (existing, &parsed) {
+            (Some(p), _) => &p.types,
+            (None, Some(pm)) => {
+                declared = pm.param_types();
+                &declared
+            }
+            (None, None) => return None,
+        };
+        let sql: &str = match (existing, &parsed) {
+            (Some(p), _) => &p.sql,
+            (None, Some(pm)) => pm.query,
+            (None, None) => return None,
+        };
         let kind = if let Some(copy) = &st.copy {
             SpecialKind::Copy(copy.clone())
         } else if self.txn.status != b'I' {
@@ -479,7 +502,7 @@ impl Session {
                         let types = p
                             .params
                             .iter()
-                            .map(|&i| stmt.types.get(i).copied().unwrap_or(0))
+                            .map(|&i| types.get(i).copied().unwrap_or(0))
                             .collect();
                         let tail = bind_tail(&p.params, &params, &is_binary, &formats);
                         ShardWrite {
@@ -506,7 +529,7 @@ impl Session {
                     .iter()
                     .map(|shard| ShardWrite {
                         shard,
-                        sql: stmt.sql.clone(),
+                        sql: sql.to_string(),
                         bind: None,
                     })
                     .collect(),
@@ -514,6 +537,11 @@ impl Session {
             }
         } else {
             return None;
+        };
+        let stmt = match (existing, parsed) {
+            (Some(p), _) => p.clone(),
+            (None, Some(pm)) => Arc::new(Prepared::new(pm.query, types.to_vec(), plan.clone())),
+            (None, None) => return None,
         };
         Some(Special {
             parsed: parse.is_some().then(|| stmt.clone()),
@@ -608,6 +636,14 @@ impl Session {
         match f.tag {
             b'P' => {
                 let m = ParseMsg::decode(f.body()).map_err(proto)?;
+                if m.name.is_empty() {
+                    // Drivers re-send the same unnamed statement before every execution
+                    // (pgbench -M extended, node-postgres, JDBC's first runs): the one the
+                    // session has is kept, with its plan, instead of built again.
+                    if let Some(p) = self.stmts.get("").filter(|p| p.is(&m)) {
+                        return Ok(Op::Parse(p.clone()));
+                    }
+                }
                 let plan = self.topo.cache.get(&self.topo.map, m.query)?;
                 if plan.stmts.len() > 1 {
                     return Err(ProxyError::Syntax(
@@ -622,7 +658,7 @@ impl Session {
                         "too many prepared statements in this session (limit {MAX_CLIENT_STATEMENTS})"
                     )));
                 }
-                let p = Arc::new(Prepared::new(m.query, m.param_types, plan));
+                let p = Arc::new(Prepared::new(m.query, m.param_types(), plan));
                 self.stmts.insert(m.name.to_string(), p.clone());
                 Ok(Op::Parse(p))
             }
@@ -639,12 +675,9 @@ impl Session {
                     .first()
                     .map(|s| s.route.clone())
                     .unwrap_or(RouteSpec::Any);
-                // Only a key route reads the parameters (collecting them allocates).
-                let params = match route {
-                    RouteSpec::Keys(_) => m.params(),
-                    _ => Vec::new(),
-                };
-                let t = self.resolve(&route, &params, &|i| m.is_binary(i), Default::default())?;
+                let t = m.with_params(|params| {
+                    self.resolve(&route, params, &|i| m.is_binary(i), Default::default())
+                })?;
                 if t.is_multi() && stmt.plan.stmts.first().is_some_and(|s| s.split.is_some()) {
                     return Err(ProxyError::Unsupported(
                         "a multi-row INSERT whose rows belong to different shards is split only outside a transaction block, as its own pipeline (Bind, Execute, Sync); insert the rows separately here".into(),
@@ -726,7 +759,7 @@ impl Session {
                 let (kind, name) = decode_target(f.body(), "Close").map_err(proto)?;
                 if kind == b'S' {
                     self.stmts.remove(name);
-                    Ok(Op::Local(local(b'3')))
+                    Ok(Op::Local(CLOSE_COMPLETE))
                 } else {
                     self.gather_portals.remove(name);
                     match self.portals.remove(name) {
@@ -734,7 +767,7 @@ impl Session {
                             merge(t, self)?;
                             Ok(Op::Raw(f, Expect::Close))
                         }
-                        None => Ok(Op::Local(local(b'3'))),
+                        None => Ok(Op::Local(CLOSE_COMPLETE)),
                     }
                 }
             }
@@ -776,7 +809,7 @@ impl Session {
                 match op {
                     Op::Parse(p) => {
                         if conn.prepared.contains(&p.name_hash) {
-                            ex.push_back(Expect::Local(local(b'1')));
+                            ex.push_back(Expect::Local(PARSE_COMPLETE));
                         } else {
                             ensure(&p, &mut msg, &mut ex, conn);
                             // This Parse answers the client's own Parse.

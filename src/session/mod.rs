@@ -225,6 +225,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Whether `m` parses this very statement (same text, same declared types).
+    fn is(&self, m: &crate::protocol::ParseMsg<'_>) -> bool {
+        self.sql == m.query && m.has_param_types(&self.types)
+    }
+
     fn new(sql: &str, types: Vec<u32>, plan: Arc<Plan>) -> Self {
         let mut h = Vec::with_capacity(sql.len() + types.len() * 4);
         h.extend_from_slice(sql.as_bytes());
