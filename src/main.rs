@@ -20,6 +20,10 @@ struct Cli {
     /// client id and peer).
     #[arg(long, global = true, default_value = "text", env = "SHARDWIRE_LOG_FORMAT", value_parser = ["text", "json"])]
     log_format: String,
+    /// Worker threads of the proxy's runtime; 0 = one per CPU. On a host the proxy shares
+    /// with busy neighbours (shards, load generators), 1 spends the least CPU per statement.
+    #[arg(long, global = true, default_value_t = 0, env = "SHARDWIRE_THREADS")]
+    threads: usize,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -106,7 +110,7 @@ fn main() -> ExitCode {
     } else {
         logs.with_ansi(std::io::stderr().is_terminal()).init();
     }
-    match run(cli.cmd) {
+    match run(cli.cmd, cli.threads) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -121,16 +125,21 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stdout(), "{text}");
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+/// The runtime; `threads` workers (0 = one per CPU).
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
     // The SQL parser (the Postgres grammar, in C) recurses deeply on nested statements.
-    tokio::runtime::Builder::new_multi_thread()
+    builder
         .enable_all()
         .thread_stack_size(16 * 1024 * 1024)
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))
 }
 
-fn run(cmd: Cmd) -> Result<(), String> {
+fn run(cmd: Cmd, threads: usize) -> Result<(), String> {
     match cmd {
         Cmd::Check { config } => {
             let map = ShardMap::load(&config).map_err(|e| e.to_string())?;
@@ -151,7 +160,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 yes,
                 unit_rows,
             };
-            let summary = runtime()?
+            let summary = runtime(threads)?
                 .block_on(shardwire::rebalance::run(&opts))
                 .map_err(|e| format!("rebalance: {e}"))?;
             if !dry_run {
@@ -166,9 +175,9 @@ fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Serve { config } => {
             let map = ShardMap::load(&config).map_err(|e| e.to_string())?;
-            runtime()?.block_on(serve(map, Some(config)))
+            runtime(threads)?.block_on(serve(map, Some(config)))
         }
-        Cmd::Quickstart { config, listen } => quickstart(&config, listen),
+        Cmd::Quickstart { config, listen } => quickstart(&config, listen, threads),
         Cmd::DevClusters { action, count, dir } => match action.as_str() {
             "up" => {
                 let ports =
@@ -268,7 +277,7 @@ async fn wait_for_stop() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn quickstart(config: &Path, listen: Option<String>) -> Result<(), String> {
+fn quickstart(config: &Path, listen: Option<String>, threads: usize) -> Result<(), String> {
     let text = match std::fs::read_to_string(config) {
         Ok(t) => t,
         Err(_) if config == Path::new("config/quickstart.yaml") => {
@@ -306,7 +315,7 @@ fn quickstart(config: &Path, listen: Option<String>) -> Result<(), String> {
         .users
         .first()
         .map(|u| (u.name.clone(), u.password.clone()));
-    let rt = runtime()?;
+    let rt = runtime(threads)?;
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&map.listen)
             .await
