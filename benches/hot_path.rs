@@ -51,6 +51,11 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // The Postgres parser alone: most of an uncached parse + route.
+    c.bench_function("pg_query_parse_point_query", |b| {
+        b.iter(|| pg_query::parse(black_box(sql), 0).map(|r| r.protobuf.stmts.len()))
+    });
+
     c.bench_function("pg_query_scan_point_query", |b| {
         b.iter(|| pg_query::scan(black_box(sql)).map(|r| r.tokens.len()))
     });
