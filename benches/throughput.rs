@@ -357,12 +357,19 @@ enum CpuSource {
 fn run(opts: Opts) -> Result<(), String> {
     let started = Instant::now();
     raise_nofile_limit();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    // As `shardwire serve` does: a plain level filter unless RUST_LOG asks for more (an
+    // EnvFilter costs a lock at every poll of a session, which runs inside its span).
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
 
     let pg_bin = localpg::pg_bin_dir().map_err(|e| e.to_string())?;
     let pgbench = find_pgbench(&pg_bin)?;
