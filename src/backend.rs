@@ -68,7 +68,7 @@ pub struct BackendConn {
     /// ParameterStatus values reported at startup.
     pub params: Vec<(String, String)>,
     /// Hashes of the proxy-named prepared statements that exist on this connection.
-    pub prepared: HashSet<u64>,
+    pub prepared: HashSet<u64, foldhash::fast::RandomState>,
     /// Fingerprint of the session settings (SETs) applied to this connection.
     pub settings_fp: u64,
     /// Pool generation this connection was made in.
@@ -115,7 +115,7 @@ impl BackendConn {
             pid: 0,
             secret: 0,
             params: Vec::new(),
-            prepared: HashSet::new(),
+            prepared: HashSet::default(),
             settings_fp: 0,
             generation: 0,
             broken: false,

@@ -273,11 +273,6 @@ impl<'a> ParseMsg<'a> {
         self.types_iter().collect()
     }
 
-    /// Whether the declared parameter types are exactly `types` (no allocation).
-    pub fn has_param_types(&self, types: &[u32]) -> bool {
-        self.types.len() == types.len() * 4 && self.types_iter().eq(types.iter().copied())
-    }
-
     fn types_iter(&self) -> impl Iterator<Item = u32> + 'a {
         self.types
             .chunks_exact(4)

@@ -440,23 +440,25 @@ impl Session {
         if bind.tag != b'B' {
             return None;
         }
-        let m = BindMsg::decode(bind.body()).ok()?;
-        // Most pipelines are not special: look at the plan first and build a statement
-        // only for one that is.
-        let parsed = match parse {
-            Some(p) => {
-                let pm = ParseMsg::decode(p.body()).ok()?;
-                // Only an unnamed statement, bound right away, is taken over here.
-                if !pm.name.is_empty() || !m.statement.is_empty() {
-                    return None;
+        // Most pipelines are not special: look at the plan first, and decode the Bind and
+        // build a statement only for one that is. A Parse of the session's unnamed statement
+        // again (drivers re-send it before every execution) is recognised without decoding.
+        let (existing, parsed) = match parse {
+            Some(p) => match self.stmts.get("").filter(|s| s.is_unnamed_parse(p.body())) {
+                Some(s) => (Some(s), None),
+                None => {
+                    let pm = ParseMsg::decode(p.body()).ok()?;
+                    // Only an unnamed statement, bound right away, is taken over here.
+                    if !pm.name.is_empty() {
+                        return None;
+                    }
+                    (None, Some(pm))
                 }
-                Some(pm)
+            },
+            None => {
+                let m = BindMsg::decode(bind.body()).ok()?;
+                (Some(self.stmts.get(m.statement)?), None)
             }
-            None => None,
-        };
-        let existing = match &parsed {
-            Some(pm) => self.stmts.get("").filter(|p| p.is(pm)),
-            None => Some(self.stmts.get(m.statement)?),
         };
         let plan = match (existing, &parsed) {
             (Some(p), _) => p.plan.clone(),
@@ -465,6 +467,18 @@ impl Session {
         };
         let st = plan.stmts.first()?;
         if plan.stmts.len() != 1 {
+            return None;
+        }
+        let may_be_special = st.copy.is_some()
+            || (self.txn.status == b'I'
+                && (st.split.is_some()
+                    || (st.kind == StmtKind::Write
+                        && matches!(st.route, RouteSpec::All | RouteSpec::Subset(_)))));
+        if !may_be_special {
+            return None;
+        }
+        let m = BindMsg::decode(bind.body()).ok()?;
+        if parse.is_some() && !m.statement.is_empty() {
             return None;
         }
         let declared;
@@ -635,15 +649,13 @@ impl Session {
         };
         match f.tag {
             b'P' => {
-                let m = ParseMsg::decode(f.body()).map_err(proto)?;
-                if m.name.is_empty() {
-                    // Drivers re-send the same unnamed statement before every execution
-                    // (pgbench -M extended, node-postgres, JDBC's first runs): the one the
-                    // session has is kept, with its plan, instead of built again.
-                    if let Some(p) = self.stmts.get("").filter(|p| p.is(&m)) {
-                        return Ok(Op::Parse(p.clone()));
-                    }
+                // Drivers re-send the same unnamed statement before every execution
+                // (pgbench -M extended, node-postgres, JDBC's first runs): the one the
+                // session has is kept, with its plan, instead of decoded and built again.
+                if let Some(p) = self.stmts.get("").filter(|p| p.is_unnamed_parse(f.body())) {
+                    return Ok(Op::Parse(p.clone()));
                 }
+                let m = ParseMsg::decode(f.body()).map_err(proto)?;
                 let plan = self.topo.cache.get(&self.topo.map, m.query)?;
                 if plan.stmts.len() > 1 {
                     return Err(ProxyError::Syntax(
