@@ -88,8 +88,15 @@ fi
 if is_root && ! id postgres >/dev/null 2>&1; then
     die "running as root but there is no 'postgres' user to run Postgres as: useradd --system postgres (or reinstall the postgresql package)"
 fi
-if [ -z "${LIBCLANG_PATH:-}" ] && ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
-    && ! compgen -G '/usr/lib/*/libclang*.so*' >/dev/null; then
+# libclang-cpp.so (LLVM's C++ library, present on some machines) is not libclang: clang-sys
+# skips it, so only libclang.so* and libclang-<version>.so* count.
+have_libclang() {
+    compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+        || compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null \
+        || compgen -G '/usr/lib/*/libclang.so*' >/dev/null \
+        || compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null
+}
+if [ -z "${LIBCLANG_PATH:-}" ] && ! have_libclang; then
     apt_install libclang-dev
 fi
 if ! command -v cc >/dev/null 2>&1; then
