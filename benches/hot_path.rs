@@ -60,6 +60,12 @@ fn benches(c: &mut Criterion) {
         b.iter(|| pg_query::scan(black_box(sql)).map(|r| r.tokens.len()))
     });
 
+    // What a literal-template lookup scans with for such text (our lexer; Postgres's
+    // scanner above only for unusual forms).
+    c.bench_function("literals_scan_point_query", |b| {
+        b.iter(|| shardwire::literals::scan(black_box(sql)).map(|s| s.lits.len()))
+    });
+
     c.bench_function("key_normalize_ring_lookup", |b| {
         b.iter(|| {
             let k = key_from_text(KeyType::BigInt, black_box("4242")).expect("valid key");
