@@ -65,7 +65,8 @@ usage: cargo bench --bench throughput [-- OPTIONS]
                         (PgBouncer 1.18 in transaction pooling cannot run prepared: it
                         falls back to extended there, shown in the proto column)
   --rows N              rows in users (default 100000)
-  --proxy-threads N     worker threads of the proxy's runtime (default: one per core)
+  --proxy-threads N     worker threads of the proxy's runtime (default: one per core;
+                        1 = a current-thread runtime, as `shardwire --threads 1`)
   -h, --help            this text
 
 Writes target/bench/throughput.csv and target/bench/throughput.svg.
@@ -389,16 +390,8 @@ fn run(opts: Opts) -> Result<(), String> {
     let need_n = targets.contains(&TargetKind::ShardwireN);
     let n_clusters = if need_n { opts.shards } else { 1 };
 
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if opts.proxy_threads > 0 {
-        builder.worker_threads(opts.proxy_threads);
-    }
-    let rt = builder
-        .enable_all()
-        .thread_name("bench-proxy")
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
-    rt.spawn(async {
+    let rt = ProxyRuntime::new(opts.proxy_threads)?;
+    rt.handle.spawn(async {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("\ninterrupted: finishing the current point, then cleaning up");
             ABORT.store(true, Ordering::SeqCst);
@@ -600,6 +593,88 @@ fn run(opts: Opts) -> Result<(), String> {
         return Err("interrupted (partial results written)".into());
     }
     Ok(())
+}
+
+/// The runtime the in-process proxies run on, built as `shardwire --threads N` builds
+/// its own: N = 1 is a current-thread runtime, driven by a thread of its own (the bench's
+/// main thread blocks on pgbench), any other N a multi-thread runtime.
+struct ProxyRuntime {
+    handle: tokio::runtime::Handle,
+    multi: Option<tokio::runtime::Runtime>,
+    driver: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+impl ProxyRuntime {
+    fn new(threads: usize) -> Result<Self, String> {
+        if threads == 1 {
+            let (handle_tx, handle_rx) = mpsc::channel();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name("bench-proxy".into())
+                .stack_size(16 * 1024 * 1024)
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = handle_tx.send(Err(format!("tokio runtime: {e}")));
+                            return;
+                        }
+                    };
+                    let _ = handle_tx.send(Ok(rt.handle().clone()));
+                    // Drives the IO and timers until the bench is done with it.
+                    rt.block_on(async {
+                        let _ = stop_rx.await;
+                    });
+                })
+                .map_err(|e| format!("proxy runtime thread: {e}"))?;
+            let handle = handle_rx
+                .recv()
+                .map_err(|_| "the proxy runtime thread died".to_string())??;
+            return Ok(ProxyRuntime {
+                handle,
+                multi: None,
+                driver: Some((stop_tx, thread)),
+            });
+        }
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 0 {
+            builder.worker_threads(threads);
+        }
+        let rt = builder
+            .enable_all()
+            .thread_name("bench-proxy")
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        Ok(ProxyRuntime {
+            handle: rt.handle().clone(),
+            multi: Some(rt),
+            driver: None,
+        })
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.multi {
+            Some(rt) => rt.block_on(f),
+            None => self.handle.block_on(f),
+        }
+    }
+}
+
+impl Drop for ProxyRuntime {
+    /// Stops the proxies' tasks and closes their backend connections.
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.driver.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+        self.multi.take();
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,6 +10,16 @@ use common::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_connected_clients() {
+    sigterm_drains(&[]).await;
+}
+
+/// The same with `--threads 1` (a current-thread runtime on a thread of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_connected_clients_on_one_thread() {
+    sigterm_drains(&["--threads", "1"]).await;
+}
+
+async fn sigterm_drains(extra_args: &[&str]) {
     let env = TestEnv::new(2).await;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -22,6 +32,7 @@ async fn sigterm_drains_connected_clients() {
     let path = dir.path().join("map.yaml");
     std::fs::write(&path, yaml).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardwire"))
+        .args(extra_args)
         .args(["serve", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
