@@ -161,7 +161,7 @@ const PARSER_STACK: usize = 16 * 1024 * 1024;
 /// The runtime; `threads` workers (0 = one per CPU). With 1, a current-thread runtime,
 /// driven by the calling thread (`main` runs it on a thread with [`PARSER_STACK`]): it has
 /// no work-stealing bookkeeping (the multi-thread scheduler times every batch of polls and
-/// tunes its queue interval with `powf`, ~1,000 instructions a statement under
+/// tunes its queue interval with `powf`, ~1,400 instructions a statement under
 /// callgrind), so it spends the least CPU per statement.
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
     let mut builder = if threads == 1 {
