@@ -609,52 +609,42 @@ struct ProxyRuntime {
 
 impl ProxyRuntime {
     fn new(threads: usize) -> Result<Self, String> {
-        if threads == 1 {
-            let (handle_tx, handle_rx) = mpsc::channel();
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let thread = std::thread::Builder::new()
-                .name("bench-proxy".into())
-                .stack_size(16 * 1024 * 1024)
-                .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            let _ = handle_tx.send(Err(format!("tokio runtime: {e}")));
-                            return;
-                        }
-                    };
-                    let _ = handle_tx.send(Ok(rt.handle().clone()));
-                    // Drives the IO and timers until the bench is done with it.
-                    rt.block_on(async {
-                        let _ = stop_rx.await;
-                    });
-                })
-                .map_err(|e| format!("proxy runtime thread: {e}"))?;
-            let handle = handle_rx
-                .recv()
-                .map_err(|_| "the proxy runtime thread died".to_string())??;
+        if threads != 1 {
+            let rt =
+                shardwire::runtime::build(threads).map_err(|e| format!("tokio runtime: {e}"))?;
             return Ok(ProxyRuntime {
-                handle,
-                multi: None,
-                driver: Some((stop_tx, thread)),
+                handle: rt.handle().clone(),
+                multi: Some(rt),
+                driver: None,
             });
         }
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if threads > 0 {
-            builder.worker_threads(threads);
-        }
-        let rt = builder
-            .enable_all()
-            .thread_name("bench-proxy")
-            .build()
-            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let (handle_tx, handle_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-proxy".into())
+            .stack_size(shardwire::runtime::PARSER_STACK)
+            .spawn(move || {
+                let rt = match shardwire::runtime::build(1) {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(format!("tokio runtime: {e}")));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(rt.handle().clone()));
+                // Drives the IO and timers until the bench is done with it.
+                rt.block_on(async {
+                    let _ = stop_rx.await;
+                });
+            })
+            .map_err(|e| format!("proxy runtime thread: {e}"))?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|_| "the proxy runtime thread died".to_string())??;
         Ok(ProxyRuntime {
-            handle: rt.handle().clone(),
-            multi: Some(rt),
-            driver: None,
+            handle,
+            multi: None,
+            driver: Some((stop_tx, thread)),
         })
     }
 
@@ -667,13 +657,13 @@ impl ProxyRuntime {
 }
 
 impl Drop for ProxyRuntime {
-    /// Stops the proxies' tasks and closes their backend connections.
+    /// Stops the proxies' tasks and closes their backend connections (a multi-thread
+    /// runtime does so when dropped with the struct).
     fn drop(&mut self) {
         if let Some((stop, thread)) = self.driver.take() {
             let _ = stop.send(());
             let _ = thread.join();
         }
-        self.multi.take();
     }
 }
 

@@ -30,6 +30,7 @@ pub mod rebalance;
 pub mod reload;
 pub mod ring;
 pub mod router;
+pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod shardmap;

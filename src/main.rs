@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     let result = if threads == 1 {
         std::thread::Builder::new()
             .name("shardwire".into())
-            .stack_size(PARSER_STACK)
+            .stack_size(shardwire::runtime::PARSER_STACK)
             .spawn(move || run(cli.cmd, threads))
             .map_err(|e| format!("cannot start the runtime thread: {e}"))
             .and_then(|t| {
@@ -154,30 +154,9 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stdout(), "{text}");
 }
 
-/// Stack of the threads that parse SQL: the Postgres grammar (in C) recurses deeply on
-/// nested statements.
-const PARSER_STACK: usize = 16 * 1024 * 1024;
-
-/// The runtime; `threads` workers (0 = one per CPU). With 1, a current-thread runtime,
-/// driven by the calling thread (`main` runs it on a thread with [`PARSER_STACK`]): it has
-/// no work-stealing bookkeeping (the multi-thread scheduler times every batch of polls and
-/// tunes its queue interval with `powf`, ~1,400 instructions a statement under
-/// callgrind), so it spends the least CPU per statement.
+/// The runtime for `--threads` (see [`shardwire::runtime::build`]).
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if threads > 0 {
-            b.worker_threads(threads);
-        }
-        b
-    };
-    builder
-        .enable_all()
-        .thread_stack_size(PARSER_STACK)
-        .build()
-        .map_err(|e| format!("cannot start runtime: {e}"))
+    shardwire::runtime::build(threads).map_err(|e| format!("cannot start runtime: {e}"))
 }
 
 fn run(cmd: Cmd, threads: usize) -> Result<(), String> {

@@ -104,8 +104,7 @@ pub(super) fn scan(sql: &str) -> Option<Scanned> {
                 &mut out,
                 sql,
                 &mut copied,
-                start,
-                i,
+                (start, i),
                 LitKind::Number,
                 negated,
             );
@@ -127,7 +126,7 @@ pub(super) fn scan(sql: &str) -> Option<Scanned> {
             if j < b.len() && (b[j] == b'\'' || is_ident_cont(b[j]) && j == i) {
                 return None;
             }
-            push_lit(&mut out, sql, &mut copied, start, i, LitKind::Str, None);
+            push_lit(&mut out, sql, &mut copied, (start, i), LitKind::Str, None);
         } else if c == b'.' {
             if i + 1 < b.len() && (b[i + 1].is_ascii_digit() || b[i + 1] == b'.') {
                 return None;
@@ -182,26 +181,18 @@ fn minus_before(b: &[u8], start: usize) -> Option<Option<usize>> {
     Some(Some(m))
 }
 
+/// Copies the text before constant `start..end` into the key, then records the constant.
 fn push_lit(
     out: &mut Scanned,
     sql: &str,
     copied: &mut usize,
-    start: usize,
-    end: usize,
+    (start, end): (usize, usize),
     kind: LitKind,
     negated: Option<usize>,
 ) {
     out.key.push_str(&sql[*copied..start]);
-    out.key.push('\u{1}');
-    out.key
-        .push(if kind == LitKind::Number { 'n' } else { 's' });
     *copied = end;
-    let idx = out.lits.len();
-    out.lits.push((start, end, kind));
-    out.locations.push((start as i32, idx, false));
-    if let Some(m) = negated {
-        out.locations.push((m as i32, idx, true));
-    }
+    out.push_lit(start, end, kind, negated);
 }
 
 #[cfg(test)]

@@ -78,14 +78,8 @@ fn postgres_scan(sql: &str) -> Option<Scanned> {
         };
         match lit {
             Some(k) => {
-                let idx = out.lits.len();
-                out.lits.push((s, e, k));
-                out.locations.push((t.start, idx, false));
-                if let (Some(m), LitKind::Number) = (prev_minus, k) {
-                    out.locations.push((m, idx, true));
-                }
-                out.key.push('\u{1}');
-                out.key.push(if k == LitKind::Number { 'n' } else { 's' });
+                let minus = prev_minus.filter(|_| k == LitKind::Number);
+                out.push_lit(s, e, k, minus.map(|m| m as usize));
             }
             None => out.key.push_str(text),
         }
@@ -100,6 +94,21 @@ fn postgres_scan(sql: &str) -> Option<Scanned> {
 }
 
 impl Scanned {
+    /// Records constant `start..end` (negated by the `-` at `minus`): its placeholder in
+    /// the key, its span, and the parser locations that may name it. Offsets fit `i32`
+    /// (pg_query's are `i32`; the fast lexer refuses longer text).
+    fn push_lit(&mut self, start: usize, end: usize, kind: LitKind, minus: Option<usize>) {
+        self.key.push('\u{1}');
+        self.key
+            .push(if kind == LitKind::Number { 'n' } else { 's' });
+        let idx = self.lits.len();
+        self.lits.push((start, end, kind));
+        self.locations.push((start as i32, idx, false));
+        if let Some(m) = minus {
+            self.locations.push((m as i32, idx, true));
+        }
+    }
+
     /// The constants as [`QueryLits`] of `sql` (the text that was scanned).
     pub fn query_lits<'a>(&'a self, sql: &'a str) -> QueryLits<'a> {
         QueryLits {
