@@ -55,6 +55,24 @@ pub enum BackendError {
     Tls(#[source] std::io::Error),
 }
 
+/// How a shard answered one simple-query statement ([`BackendConn::command`]).
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// The shard's error (SQLSTATE, message), if it reported one.
+    pub error: Option<(String, String)>,
+    /// The last command tag (empty when none came).
+    pub tag: String,
+    /// The first column of the first row, as text (`None` for no row or NULL).
+    pub value: Option<String>,
+}
+
+impl Reply {
+    /// Whether it succeeded with exactly this command tag.
+    pub fn is(&self, tag: &str) -> bool {
+        self.error.is_none() && self.tag == tag
+    }
+}
+
 /// A live, authenticated connection to one shard.
 pub struct BackendConn {
     reader: FrameReader<NetRead>,
@@ -308,6 +326,30 @@ impl BackendConn {
                 }
                 b'E' => failed = true,
                 b'Z' => return Ok(if failed { None } else { value }),
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends one statement as a simple query and waits for ReadyForQuery; returns the shard's
+    /// error or the statement's command tag. Two-phase commit checks the tag: a
+    /// `PREPARE TRANSACTION` in an aborted transaction answers `ROLLBACK`, without an error.
+    pub async fn command(&mut self, sql: &str) -> Result<Reply, BackendError> {
+        let mut buf = BytesMut::new();
+        crate::protocol::build::query(&mut buf, sql);
+        self.write_all(&buf).await?;
+        let mut reply = Reply::default();
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'E' if reply.error.is_none() => reply.error = Some(error_fields(f.body())),
+                b'C' => reply.tag = crate::protocol::command_tag(f.body()).to_string(),
+                b'D' if reply.value.is_none() => {
+                    reply.value = crate::gather::datum::first_value(f.body())
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_string);
+                }
+                b'Z' => return Ok(reply),
                 _ => {}
             }
         }

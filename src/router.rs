@@ -38,8 +38,8 @@ pub enum StmtKind {
     Commit,
     /// ROLLBACK / ABORT.
     Rollback,
-    /// SAVEPOINT, RELEASE, ROLLBACK TO.
-    Savepoint,
+    /// SAVEPOINT, RELEASE, ROLLBACK TO, with the savepoint's name as Postgres folds it.
+    Savepoint(SavepointOp),
     /// A session-level SET (not LOCAL); `name` is lowercased.
     Set {
         /// The setting name.
@@ -64,6 +64,17 @@ pub enum StmtKind {
     CopyIn,
     /// Anything else that runs on one shard.
     Other,
+}
+
+/// A savepoint command; the name is the one Postgres uses (unquoted names lowercased).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavepointOp {
+    /// `SAVEPOINT name`.
+    Define(String),
+    /// `RELEASE [SAVEPOINT] name`.
+    Release(String),
+    /// `ROLLBACK TO [SAVEPOINT] name`.
+    RollbackTo(String),
 }
 
 /// Where a statement goes, as far as it is known before parameters are bound.
@@ -596,7 +607,9 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
                 T::TransStmtBegin | T::TransStmtStart => StmtKind::Begin,
                 T::TransStmtCommit => StmtKind::Commit,
                 T::TransStmtRollback => StmtKind::Rollback,
-                T::TransStmtSavepoint | T::TransStmtRelease | T::TransStmtRollbackTo => StmtKind::Savepoint,
+                T::TransStmtSavepoint => StmtKind::Savepoint(SavepointOp::Define(t.savepoint_name.clone())),
+                T::TransStmtRelease => StmtKind::Savepoint(SavepointOp::Release(t.savepoint_name.clone())),
+                T::TransStmtRollbackTo => StmtKind::Savepoint(SavepointOp::RollbackTo(t.savepoint_name.clone())),
                 _ => {
                     return (
                         StmtKind::Other,
@@ -613,6 +626,11 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
             let kind = match K::try_from(v.kind).unwrap_or(K::Undefined) {
                 K::VarResetAll => StmtKind::ResetAll,
                 K::VarReset => StmtKind::Reset { name: v.name.to_ascii_lowercase() },
+                // SET SESSION CHARACTERISTICS AS TRANSACTION …: a session setting (it sets
+                // default_transaction_*), kept and replayed like any SET.
+                K::VarSetMulti if v.name.eq_ignore_ascii_case("session characteristics") => {
+                    StmtKind::Set { name: v.name.to_ascii_lowercase() }
+                }
                 _ if v.is_local || v.kind == K::VarSetMulti as i32 => StmtKind::SetLocal,
                 _ => StmtKind::Set { name: v.name.to_ascii_lowercase() },
             };

@@ -31,8 +31,9 @@ use tokio_postgres::Client;
 use crate::directory::pg_config;
 use crate::shardmap::ShardMap;
 
-/// The decision log table (on the default shard).
-pub const LOG_TABLE: &str = "shardwire_2pc";
+/// The decision log table (on the default shard), schema-qualified so that a client's
+/// `search_path` on the connection that records a decision cannot hide it.
+pub const LOG_TABLE: &str = "public.shardwire_2pc";
 /// How often recovery looks for in-doubt transactions.
 pub const RECOVER_EVERY: Duration = Duration::from_secs(10);
 /// A prepared transaction older than this with no decision is presumed aborted.
@@ -149,46 +150,21 @@ pub async fn probe(map: &ShardMap) -> Result<bool, tokio_postgres::Error> {
 }
 
 /// One recovery pass over every shard (see the module docs): prepared transactions older
-/// than `older_than` are finished by their decision. Returns how many it finished.
+/// than `older_than` are finished by their decision alone — commit when the log says
+/// commit, else `abort` is recorded first and they are rolled back. A shard that cannot be
+/// reached is skipped (and retried on the next pass) without stopping the others; the first
+/// such error is returned after the pass. Returns how many it finished.
 pub async fn recover(map: &ShardMap, older_than: Duration) -> Result<usize, tokio_postgres::Error> {
     let log = connect(map, map.default_shard).await?;
     let mut done = 0;
+    let mut first_error = None;
     for i in 0..map.shards.len() {
-        let c = connect(map, i).await?;
-        let rows = c
-            .query(
-                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() \
-                 AND gid LIKE 'shardwire\\_%' AND prepared < now() - make_interval(secs => $1)",
-                &[&(older_than.as_secs_f64())],
-            )
-            .await?;
-        for r in rows {
-            let gid: String = r.get(0);
-            if !gid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                continue; // not one of ours
+        match recover_shard(map, i, &log, older_than).await {
+            Ok(n) => done += n,
+            Err(e) => {
+                tracing::warn!(shard = %map.shards[i].name, error = %e, "two-phase recovery could not finish this shard; retrying on the next pass");
+                first_error.get_or_insert(e);
             }
-            log.execute(
-                &format!(
-                    "INSERT INTO {LOG_TABLE} (gid, decision) VALUES ($1, 'abort') ON CONFLICT (gid) DO NOTHING"
-                ),
-                &[&gid],
-            )
-            .await?;
-            let decision: String = log
-                .query_one(
-                    &format!("SELECT decision FROM {LOG_TABLE} WHERE gid = $1"),
-                    &[&gid],
-                )
-                .await?
-                .get(0);
-            let sql = if decision == "commit" {
-                format!("COMMIT PREPARED '{gid}'")
-            } else {
-                format!("ROLLBACK PREPARED '{gid}'")
-            };
-            c.batch_execute(&sql).await?;
-            tracing::warn!(%gid, shard = %map.shards[i].name, %decision, "finished an in-doubt two-phase transaction");
-            done += 1;
         }
     }
     // Decisions are only needed while some shard may still hold the prepared transaction.
@@ -196,5 +172,55 @@ pub async fn recover(map: &ShardMap, older_than: Duration) -> Result<usize, toki
         "DELETE FROM {LOG_TABLE} WHERE decided_at < now() - interval '1 day'"
     ))
     .await?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}
+
+/// Recovery of one shard's in-doubt transactions, with decisions read from `log`.
+async fn recover_shard(
+    map: &ShardMap,
+    i: usize,
+    log: &Client,
+    older_than: Duration,
+) -> Result<usize, tokio_postgres::Error> {
+    let c = connect(map, i).await?;
+    let rows = c
+        .query(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() \
+             AND gid LIKE 'shardwire\\_%' AND prepared < now() - make_interval(secs => $1)",
+            &[&(older_than.as_secs_f64())],
+        )
+        .await?;
+    let mut done = 0;
+    for r in rows {
+        let gid: String = r.get(0);
+        if !gid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            continue; // not one of ours
+        }
+        log.execute(
+            &format!(
+                "INSERT INTO {LOG_TABLE} (gid, decision) VALUES ($1, 'abort') ON CONFLICT (gid) DO NOTHING"
+            ),
+            &[&gid],
+        )
+        .await?;
+        let decision: String = log
+            .query_one(
+                &format!("SELECT decision FROM {LOG_TABLE} WHERE gid = $1"),
+                &[&gid],
+            )
+            .await?
+            .get(0);
+        let sql = if decision == "commit" {
+            format!("COMMIT PREPARED '{gid}'")
+        } else {
+            format!("ROLLBACK PREPARED '{gid}'")
+        };
+        c.batch_execute(&sql).await?;
+        tracing::warn!(%gid, shard = %map.shards[i].name, %decision, "finished an in-doubt two-phase transaction");
+        done += 1;
+    }
     Ok(done)
 }

@@ -14,8 +14,8 @@ use super::gather::{Capture, GatherCall, GatherPortal};
 use super::multiwrite::{ShardWrite, WriteProtocol};
 use super::relay::{Expect, Outcome, RelayError};
 use super::{
-    Prepared, Session, SessionEnd, SettingChange, Target, Txn, MAX_BATCH_BYTES,
-    MAX_CLIENT_STATEMENTS, SCRATCH_ITEMS,
+    Prepared, Session, SessionEnd, Target, Txn, MAX_BATCH_BYTES, MAX_CLIENT_STATEMENTS,
+    SCRATCH_ITEMS,
 };
 use crate::error::ProxyError;
 use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
@@ -276,7 +276,7 @@ impl Session {
             Err(RelayError::Client(e)) => return Err(e),
             Err(RelayError::Backend { shard, error, .. }) => {
                 let e = self.backend_failed(shard, &error);
-                self.txn = Txn::idle();
+                self.lose_transaction();
                 self.push_error(&e);
                 if sync {
                     self.push_ready();
@@ -286,22 +286,23 @@ impl Session {
             }
         };
         batch.open = if sync { None } else { Some(target) };
+        if !sync && outcome.error {
+            // An error before Sync aborts the transaction block (the client's Sync says 'E').
+            self.txn.fail();
+        }
         if sync && outcome.status != 0 {
             let was_idle = self.txn.status == b'I';
             for (kind, sql) in changes {
                 if outcome.error {
                     break;
                 }
-                let ch = match kind {
-                    StmtKind::Set { name } => SettingChange::Set(name, sql),
-                    StmtKind::Reset { name } => SettingChange::Reset(name),
-                    StmtKind::ResetAll | StmtKind::DiscardAll => SettingChange::ResetAll,
-                    _ => continue,
-                };
                 if was_idle && outcome.status == b'I' {
-                    self.apply_setting(ch);
-                } else {
-                    self.txn.pending.push(ch);
+                    if let Some(ch) = super::txn::setting_change(&kind, &sql) {
+                        self.apply_setting(ch);
+                    }
+                } else if outcome.status == b'T' {
+                    // A step of the transaction: shards it reaches later replay it too.
+                    self.txn.record_setting(&kind, &sql);
                 }
                 for c in self.conns.iter_mut() {
                     c.settings_fp = super::settings::UNKNOWN_FP;
@@ -314,6 +315,10 @@ impl Session {
                 self.txn.prelude = Some("BEGIN".into());
             }
             self.txn.status = outcome.status;
+            if outcome.status == b'E' {
+                // One shard's failure fails the client's whole transaction.
+                self.txn.fail();
+            }
         }
         self.release_if_idle(batch.open.is_some());
         Ok(())
@@ -352,17 +357,17 @@ impl Session {
             self.statement_of(f).map(|p| p.plan.clone())
         };
         plan.is_some_and(|p| {
-            matches!(
-                p.stmts.first().map(|s| &s.kind),
-                Some(StmtKind::Commit) | Some(StmtKind::Rollback)
-            )
+            p.stmts
+                .first()
+                .is_some_and(|s| super::txn::exits_failed(&s.kind))
         })
     }
 
-    /// A batch that only begins or ends the explicit transaction — Parse/Bind/Describe of a
-    /// BEGIN, COMMIT or ROLLBACK, then its Execute last — is answered like the simple protocol
-    /// does: BEGIN starts the transaction lazily on the shards later statements reach, and
-    /// COMMIT/ROLLBACK end it on every shard the session holds. Returns whether it handled it.
+    /// A batch of one transaction-control statement — Parse/Bind/Describe of a BEGIN, COMMIT,
+    /// ROLLBACK, a savepoint command or (inside a transaction) a settings statement, then its
+    /// Execute last — is answered like the simple protocol does: BEGIN starts the transaction
+    /// lazily on the shards later statements reach; the others act on every shard the
+    /// transaction holds (see [`super::txn`]). Returns whether it handled it.
     async fn transaction_batch(&mut self, ops: &[Op]) -> Result<bool, SessionEnd> {
         let kind_of = |p: &Prepared| p.plan.stmts.first().map(|s| s.kind.clone());
         let mut exec: Option<Arc<Prepared>> = None;
@@ -385,7 +390,9 @@ impl Session {
             };
             match kind_of(&p) {
                 Some(StmtKind::Begin) if self.txn.status == b'I' && self.conns.is_empty() => {}
-                Some(StmtKind::Commit | StmtKind::Rollback) if self.txn.status != b'I' => {}
+                Some(StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint(_))
+                    if self.txn.status != b'I' => {}
+                Some(k) if self.txn.status != b'I' && super::txn::is_setting(&k) => {}
                 _ => return Ok(false),
             }
         }
@@ -406,15 +413,22 @@ impl Session {
         let sql = exec.sql.trim().trim_end_matches(';').to_string();
         match kind_of(&exec) {
             Some(StmtKind::Begin) => {
-                self.txn = Txn {
-                    status: b'T',
-                    prelude: Some(sql),
-                    ..Txn::idle()
-                };
-                build::command_complete(&mut self.out, "BEGIN");
+                build::command_complete(&mut self.out, super::txn::begin_tag(&sql));
+                self.txn = Txn::begun(sql);
                 self.push_ready();
             }
-            Some(k) => self.end_transaction(k == StmtKind::Commit, &sql).await?,
+            Some(k @ (StmtKind::Commit | StmtKind::Rollback)) => {
+                self.end_transaction(k == StmtKind::Commit, &sql, true)
+                    .await?;
+            }
+            Some(StmtKind::Savepoint(op)) => {
+                self.savepoint(&op, &sql).await?;
+                self.push_ready();
+            }
+            Some(k) => {
+                self.txn_setting(&k, &sql).await?;
+                self.push_ready();
+            }
             None => return Ok(false),
         }
         Ok(true)
@@ -609,7 +623,7 @@ impl Session {
             Err(RelayError::Client(e)) => return Err(e),
             Err(RelayError::Backend { shard, error, .. }) => {
                 let e = self.backend_failed(shard, &error);
-                self.txn = Txn::idle();
+                self.lose_transaction();
                 self.push_error(&e);
                 if !started {
                     self.push_ready();
@@ -630,7 +644,7 @@ impl Session {
     ) -> Result<Op, ProxyError> {
         let proto = |e: crate::protocol::FrameError| ProxyError::Protocol(e.to_string());
         // In a transaction the proxy failed, only COMMIT/ROLLBACK (and Close) get through.
-        if self.txn.local_failed && f.tag != b'C' && !self.ends_transaction(&f) {
+        if self.txn.failed && f.tag != b'C' && !self.ends_transaction(&f) {
             return Err(ProxyError::InFailedTransaction);
         }
         let mut merge = |t: Target, s: &Session| -> Result<(), ProxyError> {
@@ -859,9 +873,7 @@ impl Session {
             let mut b = BytesMut::new();
             build::error(&mut b, "ERROR", e.sqlstate(), &e.to_string());
             ex.push_back(Expect::Local(b.freeze()));
-            if self.txn.status != b'I' {
-                self.txn.local_failed = true;
-            }
+            self.txn.fail();
         }
         if sync {
             build::empty(&mut msg, b'S');
@@ -1061,7 +1073,7 @@ impl Session {
                 o.error = true;
                 if o.status == b'T' {
                     o.status = b'E';
-                    self.txn.local_failed = true;
+                    self.txn.fail();
                 }
             }
             build::ready_for_query(&mut self.out, o.status);
@@ -1140,7 +1152,7 @@ impl Session {
                 build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());
                 outcome.error = true;
                 if self.txn.status != b'I' {
-                    self.txn.local_failed = true;
+                    self.txn.fail();
                     outcome.status = b'E';
                 }
             }
@@ -1311,8 +1323,7 @@ impl Session {
             }
         }
         if failed {
-            self.txn.status = b'E';
-            self.txn.local_failed = true;
+            self.txn.fail();
         } else if let Some(e) = cut {
             self.push_error(e);
         }

@@ -178,9 +178,7 @@ impl Session {
                         timeout.as_secs()
                     ),
                 };
-                if self.txn.status != b'I' {
-                    self.txn.local_failed = true;
-                }
+                self.txn.fail();
                 Ok(self.gather_failed(Fail::Proxy(e), hide_ready))
             }
         }

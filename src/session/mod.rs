@@ -11,6 +11,7 @@ mod multiwrite;
 mod relay;
 pub mod settings;
 mod simple;
+mod txn;
 
 use std::collections::HashMap;
 
@@ -34,6 +35,7 @@ use crate::router::{resolve_keys, Plan, PlanCache, RouteSpec, ShardSet};
 use crate::shardmap::ShardMap;
 use crate::tls::{NetRead, NetWrite};
 use settings::Settings;
+use txn::{SettingChange, Txn};
 
 /// Most prepared statements kept per backend connection before they are all deallocated.
 pub const MAX_PREPARED_PER_CONN: usize = 1000;
@@ -265,40 +267,6 @@ impl Prepared {
     }
 }
 
-/// Transaction state as the client sees it.
-#[derive(Debug)]
-struct Txn {
-    /// `I`, `T` or `E`.
-    status: u8,
-    /// The BEGIN text to start the transaction on shards it reaches later.
-    prelude: Option<String>,
-    /// Where the transaction wrote.
-    written: Option<Target>,
-    /// The proxy refused a statement: the transaction is failed until ROLLBACK.
-    local_failed: bool,
-    /// Settings changes made inside the transaction, applied at COMMIT.
-    pending: Vec<SettingChange>,
-}
-
-#[derive(Debug, Clone)]
-enum SettingChange {
-    Set(String, String),
-    Reset(String),
-    ResetAll,
-}
-
-impl Txn {
-    fn idle() -> Self {
-        Txn {
-            status: b'I',
-            prelude: None,
-            written: None,
-            local_failed: false,
-            pending: Vec::new(),
-        }
-    }
-}
-
 /// Buffers reused from one request to the next, kept only while small.
 #[derive(Default)]
 struct Scratch {
@@ -525,10 +493,7 @@ impl Session {
     fn push_error(&mut self, e: &ProxyError) {
         self.shared.telemetry.error(e.sqlstate());
         build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());
-        if self.txn.status != b'I' {
-            self.txn.status = b'E';
-            self.txn.local_failed = true;
-        }
+        self.txn.fail();
     }
 
     /// Queues ReadyForQuery with the current status.
@@ -799,11 +764,8 @@ impl Session {
             conn.settings_fp = self.settings.fingerprint();
         }
         if self.txn.status != b'I' {
-            let begin = self
-                .txn
-                .prelude
-                .clone()
-                .unwrap_or_else(|| "BEGIN".to_string());
+            // The transaction's BEGIN, then its settings and savepoints so far.
+            let begin = self.txn.join_sql();
             let (err, _) = conn
                 .run_simple(&begin)
                 .await

@@ -1,11 +1,9 @@
 //! The simple query protocol: one `Query` message, possibly several statements.
 
-use std::collections::VecDeque;
-
 use super::gather::GatherCall;
 use super::multiwrite::{ShardWrite, WriteProtocol};
 use super::relay::{Expect, Outcome, RelayError};
-use super::{Session, SessionEnd, SettingChange, Target, Txn};
+use super::{Session, SessionEnd, Target, Txn};
 use crate::error::ProxyError;
 use crate::protocol::build;
 use crate::router::{Plan, StmtKind};
@@ -27,16 +25,24 @@ impl Session {
             self.push_ready();
             return Ok(());
         }
-        if plan.stmts.len() == 1 {
-            let kind = plan.stmts[0].kind.clone();
-            if self.local_statement(&kind, sql).await? {
-                return Ok(());
-            }
-        }
-        if self.txn.local_failed {
+        let single = (plan.stmts.len() == 1).then(|| plan.stmts[0].kind.clone());
+        // An aborted transaction lets only COMMIT, ROLLBACK and ROLLBACK TO through.
+        if self.txn.failed && !single.as_ref().is_some_and(super::txn::exits_failed) {
             self.push_error(&ProxyError::InFailedTransaction);
             self.push_ready();
             return Ok(());
+        }
+        if let Some(kind) = single {
+            if self.local_statement(&kind, sql).await? {
+                return Ok(());
+            }
+        } else if self.txn.status != b'I'
+            && plan
+                .stmts
+                .iter()
+                .any(|s| is_txn_control(&s.kind) || super::txn::is_setting(&s.kind))
+        {
+            return self.run_each(&plan, sql).await;
         }
         if let Err(e) = self.enter().await {
             self.push_error(&e);
@@ -113,21 +119,23 @@ impl Session {
         match kind {
             StmtKind::Begin if self.txn.status == b'I' && self.conns.is_empty() => {
                 // Lazy BEGIN: the transaction starts on the shards its statements reach.
-                self.txn = Txn {
-                    status: b'T',
-                    prelude: Some(sql.to_string()),
-                    ..Txn::idle()
-                };
-                build::command_complete(&mut self.out, "BEGIN");
+                self.txn = Txn::begun(sql.trim().trim_end_matches(';').to_string());
+                build::command_complete(&mut self.out, super::txn::begin_tag(sql));
                 self.push_ready();
                 Ok(true)
             }
-            StmtKind::SetLocal if self.txn.status == b'T' => {
-                self.set_local(sql).await?;
+            StmtKind::Savepoint(op) if self.txn.status != b'I' => {
+                self.savepoint(op, sql).await?;
+                self.push_ready();
+                Ok(true)
+            }
+            k if self.txn.status != b'I' && super::txn::is_setting(k) => {
+                self.txn_setting(k, sql).await?;
+                self.push_ready();
                 Ok(true)
             }
             StmtKind::Commit | StmtKind::Rollback if self.txn.status != b'I' => {
-                self.end_transaction(matches!(kind, StmtKind::Commit), sql)
+                self.end_transaction(matches!(kind, StmtKind::Commit), sql, true)
                     .await?;
                 Ok(true)
             }
@@ -146,11 +154,7 @@ impl Session {
                         "DISCARD ALL"
                     }
                     StmtKind::ResetAll => {
-                        if self.txn.status == b'I' {
-                            self.settings.clear();
-                        } else {
-                            self.txn.pending.push(SettingChange::ResetAll);
-                        }
+                        self.settings.clear();
                         "RESET"
                     }
                     StmtKind::Deallocate(None) => {
@@ -173,156 +177,6 @@ impl Session {
             }
             _ => Ok(false),
         }
-    }
-
-    /// SET LOCAL / SET TRANSACTION inside a transaction: it applies to the whole transaction,
-    /// so it runs on every shard the transaction holds and joins the prelude that starts the
-    /// transaction on shards it reaches later.
-    async fn set_local(&mut self, sql: &str) -> Result<(), SessionEnd> {
-        let stmt = sql.trim().trim_end_matches(';').to_string();
-        for i in 0..self.conns.len() {
-            let shard = self.conns[i].shard;
-            match self.conns[i].run_simple(&stmt).await {
-                Ok((None, _)) => {}
-                Ok((Some((code, message)), _)) => {
-                    self.push_error(&ProxyError::Backend { code, message });
-                    self.push_ready();
-                    return Ok(());
-                }
-                Err(error) => {
-                    let e = self.backend_failed(shard, &error);
-                    self.txn = Txn::idle();
-                    self.push_error(&e);
-                    self.push_ready();
-                    return Ok(());
-                }
-            }
-        }
-        self.add_to_prelude(&stmt);
-        build::command_complete(&mut self.out, "SET");
-        self.push_ready();
-        Ok(())
-    }
-
-    fn add_to_prelude(&mut self, stmt: &str) {
-        let mut p = self
-            .txn
-            .prelude
-            .take()
-            .unwrap_or_else(|| "BEGIN".to_string());
-        p.push_str("; ");
-        p.push_str(stmt);
-        self.txn.prelude = Some(p);
-    }
-
-    /// COMMIT/ROLLBACK of a transaction the proxy tracks.
-    pub(super) async fn end_transaction(
-        &mut self,
-        commit: bool,
-        sql: &str,
-    ) -> Result<(), SessionEnd> {
-        let commit = commit && !self.txn.local_failed;
-        let tag = if commit { "COMMIT" } else { "ROLLBACK" };
-        if self.conns.is_empty() {
-            if commit {
-                for ch in std::mem::take(&mut self.txn.pending) {
-                    self.apply_setting(ch);
-                }
-            }
-            self.txn = Txn::idle();
-            build::command_complete(&mut self.out, tag);
-            self.push_ready();
-            return Ok(());
-        }
-        // A transaction that wrote on several shards commits on all of them as one.
-        if commit
-            && self.txn.status == b'T'
-            && !self.txn.local_failed
-            && matches!(self.txn.written, Some(Target::Set(_)))
-        {
-            let idxs: Vec<usize> = (0..self.conns.len()).collect();
-            let r = self.commit_all(&idxs).await;
-            let pending = std::mem::take(&mut self.txn.pending);
-            self.txn = Txn::idle();
-            match r {
-                Ok(Ok(())) => {
-                    for ch in pending {
-                        self.apply_setting(ch);
-                    }
-                    build::command_complete(&mut self.out, "COMMIT");
-                }
-                Ok(Err(e)) => self.push_error(&e),
-                Err(RelayError::Client(e)) => return Err(e),
-                Err(RelayError::Backend { shard, error, .. }) => {
-                    let e = self.backend_failed(shard, &error);
-                    self.push_error(&e);
-                }
-            }
-            for c in self.conns.iter_mut() {
-                c.settings_fp = super::settings::UNKNOWN_FP;
-            }
-            self.push_ready();
-            self.release_if_idle(false);
-            return Ok(());
-        }
-        // Commit the shards that only read first, the one that wrote last; its reply is the client's.
-        let writer = match self.txn.written {
-            Some(Target::Shard(s)) => self.conns.iter().position(|c| c.shard == s),
-            _ => None,
-        };
-        let last = writer.unwrap_or(self.conns.len() - 1);
-        let text = if commit {
-            sql.to_string()
-        } else {
-            "ROLLBACK".to_string()
-        };
-        let mut order: Vec<usize> = (0..self.conns.len()).filter(|&i| i != last).collect();
-        order.push(last);
-        let mut outcome = Outcome::default();
-        for &i in &order {
-            let mut msg = bytes::BytesMut::new();
-            build::query(&mut msg, &text);
-            let shard = self.conns[i].shard;
-            if let Err(error) = self.conns[i].write_all(&msg).await {
-                let e = self.backend_failed(shard, &error);
-                self.txn = Txn::idle();
-                self.push_error(&e);
-                self.push_ready();
-                return Ok(());
-            }
-            let hide = i != last;
-            let mut ex = VecDeque::new();
-            ex.push_back(Expect::Query { hide_ready: true });
-            // Replies of the read-only shards are not shown; the writer's are.
-            match self.relay_one(i, &mut ex, hide).await {
-                Ok(o) => outcome = o,
-                Err(RelayError::Client(e)) => return Err(e),
-                Err(RelayError::Backend { shard, error, .. }) => {
-                    let e = self.backend_failed(shard, &error);
-                    self.txn = Txn::idle();
-                    self.push_error(&e);
-                    self.push_ready();
-                    return Ok(());
-                }
-            }
-        }
-        if commit && !outcome.error {
-            for ch in std::mem::take(&mut self.txn.pending) {
-                self.apply_setting(ch);
-            }
-        }
-        // Settings changed inside the transaction make the connections' state unknown.
-        if !self.txn.pending.is_empty() || commit {
-            for c in self.conns.iter_mut() {
-                if c.settings_fp != self.settings.fingerprint() {
-                    c.settings_fp = super::settings::UNKNOWN_FP;
-                }
-            }
-        }
-        self.txn = Txn::idle();
-        self.push_ready();
-        self.release_if_idle(false);
-        Ok(())
     }
 
     /// Runs the whole query string on one target; returns whether it failed.
@@ -435,9 +289,7 @@ impl Session {
                     if attempt == 1 && reused && !forwarded && self.txn.status == b'I' {
                         continue;
                     }
-                    if self.txn.status != b'I' {
-                        self.txn = Txn::idle();
-                    }
+                    self.lose_transaction();
                     self.push_error(&e);
                     if !hide_ready {
                         self.push_ready();
@@ -495,55 +347,75 @@ impl Session {
 
     /// Session bookkeeping after statements ran: settings, transaction state, connection release.
     fn after_statements(&mut self, plan: &Plan, sql: &str, outcome: Outcome) {
-        let was_idle = self.txn.status == b'I';
+        // Follow the string's own BEGIN/COMMIT/ROLLBACK: a setting inside a block is a step
+        // of the transaction (kept at COMMIT, dropped at ROLLBACK), outside one it is the
+        // session's at once.
+        let mut in_block = self.txn.status != b'I';
+        let mut settings = false;
+        let mut only_autocommit = true;
         for st in &plan.stmts {
             let text = sql.get(st.span.0..st.span.1).unwrap_or("").trim();
-            let ch = match &st.kind {
-                StmtKind::Set { name } => Some(SettingChange::Set(name.clone(), text.to_string())),
-                StmtKind::Reset { name } => Some(SettingChange::Reset(name.clone())),
-                StmtKind::ResetAll => Some(SettingChange::ResetAll),
+            match &st.kind {
                 StmtKind::Begin => {
                     self.txn.prelude = Some(text.trim_end_matches(';').to_string());
-                    None
+                    in_block = true;
                 }
-                StmtKind::SetLocal if !outcome.error && outcome.status == b'T' => {
-                    self.add_to_prelude(text.trim_end_matches(';'));
-                    None
+                StmtKind::Commit if !outcome.error => {
+                    for ch in self.txn.take_changes() {
+                        self.apply_setting(ch);
+                    }
+                    in_block = false;
                 }
-                _ => None,
+                StmtKind::Rollback if !outcome.error => {
+                    self.txn.steps.clear();
+                    in_block = false;
+                }
+                k if super::txn::is_setting(k) => {
+                    settings = true;
+                    if outcome.error {
+                        // Which of them ran is unknown: the connections are resynced.
+                        only_autocommit = false;
+                    } else if in_block {
+                        only_autocommit = false;
+                        // Shards the transaction reaches later replay it too.
+                        self.txn.record_setting(k, text);
+                    } else if let Some(ch) = super::txn::setting_change(k, text) {
+                        self.apply_setting(ch);
+                    }
+                }
+                _ => {}
+            }
+            if in_block {
+                only_autocommit = false;
+            }
+        }
+        if settings {
+            // A connection that ran only autocommit SETs holds exactly the client's settings.
+            let fp = if only_autocommit {
+                self.settings.fingerprint()
+            } else {
+                super::settings::UNKNOWN_FP
             };
-            if let Some(ch) = ch {
-                if outcome.error {
-                    continue;
-                }
-                if outcome.status == b'I' && was_idle {
-                    self.apply_setting(ch);
-                    // The connection that ran it now holds exactly the client's settings.
-                    let fp = self.settings.fingerprint();
-                    for c in self.conns.iter_mut() {
-                        c.settings_fp = fp;
-                    }
-                } else {
-                    self.txn.pending.push(ch);
-                    for c in self.conns.iter_mut() {
-                        c.settings_fp = super::settings::UNKNOWN_FP;
-                    }
-                }
+            for c in self.conns.iter_mut() {
+                c.settings_fp = fp;
             }
         }
         if outcome.status != 0 {
             if outcome.status == b'I' && self.txn.status != b'I' {
                 // The string itself ended the transaction (e.g. "...; COMMIT").
-                let pending = std::mem::take(&mut self.txn.pending);
+                let changes = self.txn.take_changes();
                 if !outcome.error {
-                    for ch in pending {
+                    for ch in changes {
                         self.apply_setting(ch);
                     }
                 }
                 self.txn = Txn::idle();
             }
-            // On 'E' the shard itself refuses statements until ROLLBACK.
             self.txn.status = outcome.status;
+            if outcome.status == b'E' {
+                // One shard's failure fails the client's whole transaction.
+                self.txn.fail();
+            }
         }
         self.release_if_idle(false);
     }
@@ -575,6 +447,66 @@ impl Session {
     }
 }
 
+impl Session {
+    /// A multi-statement string inside a transaction block that holds savepoint, settings or
+    /// transaction-control statements: one statement at a time, as Postgres runs them, so
+    /// savepoints and settings reach every shard the transaction holds. The first error
+    /// stops the string; one ReadyForQuery ends it.
+    async fn run_each(&mut self, plan: &Plan, sql: &str) -> Result<(), SessionEnd> {
+        for st in &plan.stmts {
+            let text = sql.get(st.span.0..st.span.1).unwrap_or("").trim();
+            if !self.run_one_of_many(st, text).await? {
+                break;
+            }
+        }
+        self.push_ready();
+        Ok(())
+    }
+
+    /// One statement of [`Session::run_each`]; returns whether it succeeded.
+    async fn run_one_of_many(
+        &mut self,
+        st: &crate::router::StmtPlan,
+        text: &str,
+    ) -> Result<bool, SessionEnd> {
+        if self.txn.failed && !super::txn::exits_failed(&st.kind) {
+            self.push_error(&ProxyError::InFailedTransaction);
+            return Ok(false);
+        }
+        match &st.kind {
+            StmtKind::Commit | StmtKind::Rollback if self.txn.status != b'I' => {
+                let commit = st.kind == StmtKind::Commit;
+                return self.end_transaction(commit, text, false).await;
+            }
+            StmtKind::Savepoint(op) if self.txn.status != b'I' => {
+                self.savepoint(op, text).await?;
+                return Ok(!self.txn.failed);
+            }
+            k if self.txn.status != b'I' && super::txn::is_setting(k) => {
+                self.txn_setting(k, text).await?;
+                return Ok(!self.txn.failed);
+            }
+            _ => {}
+        }
+        let one = Plan {
+            stmts: vec![st.clone()],
+        };
+        let target = match self.resolve(&st.route, &[], &|_| false, Default::default()) {
+            Ok(t) => t,
+            Err(e) => {
+                self.push_error(&e);
+                return Ok(false);
+            }
+        };
+        if let Err(e) = self.check_write(target, one.writes(), self.txn.status != b'I') {
+            self.push_error(&e);
+            return Ok(false);
+        }
+        let failed = self.run_simple(&one, text, target, true).await?;
+        Ok(!failed)
+    }
+}
+
 /// The merge plan of a one-statement string that needs one.
 fn single_gather(plan: &Plan) -> Option<std::sync::Arc<crate::gather::GatherPlan>> {
     match plan.stmts.as_slice() {
@@ -586,7 +518,7 @@ fn single_gather(plan: &Plan) -> Option<std::sync::Arc<crate::gather::GatherPlan
 fn is_txn_control(k: &StmtKind) -> bool {
     matches!(
         k,
-        StmtKind::Begin | StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint
+        StmtKind::Begin | StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint(_)
     )
 }
 

@@ -1,0 +1,443 @@
+//! The client's transaction block, kept as one transaction across the shards it touches.
+//!
+//! What a client can rely on (the same as from one Postgres server):
+//! - **One failure fails it all.** The first error inside a transaction block — from any
+//!   shard, or from the proxy itself — puts the whole client transaction in the aborted
+//!   state: every later statement gets `25P02` without reaching a shard, `COMMIT` answers
+//!   `ROLLBACK` and rolls every shard back, `ROLLBACK` ends it, and `ROLLBACK TO` a savepoint
+//!   made before the error makes it usable again.
+//! - **Shards join lazily and catch up.** A shard the transaction reaches for the first time
+//!   starts with the transaction's own BEGIN text and then replays the transaction's steps in
+//!   order: settings (`SET`, `SET LOCAL`, `RESET`, `SET TRANSACTION …`) and savepoints. A
+//!   shard that joins after a `SAVEPOINT` gets the savepoint right after its BEGIN, so
+//!   `ROLLBACK TO` undoes everything it did since.
+//! - **Savepoints and settings reach every shard.** `SAVEPOINT`, `RELEASE`, `ROLLBACK TO` and
+//!   settings run on every shard the transaction holds, and are recorded as steps for the
+//!   shards it reaches later. `ROLLBACK TO` drops the steps made after the savepoint (their
+//!   settings are undone, as in Postgres); `RELEASE` keeps them.
+//! - **A lost shard loses the transaction.** When a shard connection fails mid-transaction,
+//!   the other shards are rolled back (their connections closed) and the client transaction
+//!   stays aborted until the client's `ROLLBACK` (or `COMMIT`, answered `ROLLBACK`).
+//!
+//! Commits that wrote on several shards go through two-phase commit ([`super::commit`]).
+
+use std::collections::VecDeque;
+
+use super::relay::{Expect, Outcome, RelayError};
+use super::{Session, SessionEnd, Target};
+use crate::error::ProxyError;
+use crate::protocol::build;
+use crate::router::{SavepointOp, StmtKind};
+
+/// A change to the client's session settings, kept when the transaction commits.
+#[derive(Debug, Clone)]
+pub(super) enum SettingChange {
+    /// `SET name …` with its statement text.
+    Set(String, String),
+    /// `RESET name`.
+    Reset(String),
+    /// `RESET ALL` / `DISCARD ALL`.
+    ResetAll,
+}
+
+/// Something a shard joining the transaction late must replay after its BEGIN.
+#[derive(Debug, Clone)]
+pub(super) enum Step {
+    /// A settings statement and the session-level change it makes at COMMIT (`None` for
+    /// `SET LOCAL` / `SET TRANSACTION`, which end with the transaction).
+    Setting {
+        sql: String,
+        change: Option<SettingChange>,
+    },
+    /// A savepoint, by the name Postgres gives it.
+    Savepoint(String),
+}
+
+/// Transaction state as the client sees it.
+#[derive(Debug)]
+pub(super) struct Txn {
+    /// `I`, `T` or `E`, as the client's ReadyForQuery reports it.
+    pub status: u8,
+    /// The BEGIN text that starts the transaction on shards it reaches later.
+    pub prelude: Option<String>,
+    /// Settings and savepoints, in order, replayed on shards that join later.
+    pub steps: Vec<Step>,
+    /// Where the transaction wrote.
+    pub written: Option<Target>,
+    /// The transaction is aborted (an error anywhere): only ROLLBACK / ROLLBACK TO get through.
+    pub failed: bool,
+    /// A shard connection failed: the work on every shard is gone, only ROLLBACK ends it.
+    pub lost: bool,
+}
+
+impl Txn {
+    /// No transaction.
+    pub fn idle() -> Self {
+        Txn {
+            status: b'I',
+            prelude: None,
+            steps: Vec::new(),
+            written: None,
+            failed: false,
+            lost: false,
+        }
+    }
+
+    /// A transaction begun with `begin` (the client's BEGIN text) that has touched no shard.
+    pub fn begun(begin: String) -> Self {
+        Txn {
+            status: b'T',
+            prelude: Some(begin),
+            ..Txn::idle()
+        }
+    }
+
+    /// Marks an open transaction aborted (nothing happens outside one).
+    pub fn fail(&mut self) {
+        if self.status != b'I' {
+            self.status = b'E';
+            self.failed = true;
+        }
+    }
+
+    /// Marks an open transaction aborted for good: its shards' work is gone.
+    pub fn lose(&mut self) {
+        if self.status != b'I' {
+            self.fail();
+            self.lost = true;
+        }
+    }
+
+    /// What a shard joining the transaction runs: the BEGIN text, then every step.
+    pub fn join_sql(&self) -> String {
+        let mut sql = self.prelude.clone().unwrap_or_else(|| "BEGIN".to_string());
+        for step in &self.steps {
+            sql.push_str("; ");
+            match step {
+                Step::Setting { sql: s, .. } => sql.push_str(s.trim().trim_end_matches(';')),
+                Step::Savepoint(name) => {
+                    sql.push_str("SAVEPOINT ");
+                    sql.push_str(&postgres_protocol::escape::escape_identifier(name));
+                }
+            }
+        }
+        sql
+    }
+
+    /// Index in `steps` of the latest savepoint called `name`.
+    fn savepoint_at(&self, name: &str) -> Option<usize> {
+        self.steps
+            .iter()
+            .rposition(|s| matches!(s, Step::Savepoint(n) if n == name))
+    }
+
+    /// The session-level setting changes the transaction made, in order (applied at COMMIT).
+    pub fn take_changes(&mut self) -> Vec<SettingChange> {
+        std::mem::take(&mut self.steps)
+            .into_iter()
+            .filter_map(|s| match s {
+                Step::Setting { change, .. } => change,
+                Step::Savepoint(_) => None,
+            })
+            .collect()
+    }
+
+    /// Records a settings statement `sql` of kind `kind` that ran in the transaction.
+    pub fn record_setting(&mut self, kind: &StmtKind, sql: &str) {
+        let change = setting_change(kind, sql);
+        self.steps.push(Step::Setting {
+            sql: sql.trim().trim_end_matches(';').to_string(),
+            change,
+        });
+    }
+}
+
+/// The session-level change a settings statement makes (none for SET LOCAL and friends).
+pub(super) fn setting_change(kind: &StmtKind, sql: &str) -> Option<SettingChange> {
+    match kind {
+        StmtKind::Set { name } => Some(SettingChange::Set(
+            name.clone(),
+            sql.trim().trim_end_matches(';').to_string(),
+        )),
+        StmtKind::Reset { name } => Some(SettingChange::Reset(name.clone())),
+        StmtKind::ResetAll | StmtKind::DiscardAll => Some(SettingChange::ResetAll),
+        _ => None,
+    }
+}
+
+/// The command tag of a BEGIN the proxy answers: `START TRANSACTION` for that spelling.
+pub(super) fn begin_tag(sql: &str) -> &'static str {
+    let t = sql.trim_start().as_bytes();
+    if t.len() >= 5 && t[..5].eq_ignore_ascii_case(b"start") {
+        "START TRANSACTION"
+    } else {
+        "BEGIN"
+    }
+}
+
+/// Whether a statement may run in an aborted transaction (Postgres's
+/// `IsTransactionExitStmt`: COMMIT, ROLLBACK, ROLLBACK TO; PREPARE TRANSACTION is the proxy's).
+pub(super) fn exits_failed(kind: &StmtKind) -> bool {
+    matches!(
+        kind,
+        StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint(SavepointOp::RollbackTo(_))
+    )
+}
+
+/// Whether a statement changes settings in the way [`Session::txn_setting`] handles.
+pub(super) fn is_setting(kind: &StmtKind) -> bool {
+    matches!(
+        kind,
+        StmtKind::Set { .. } | StmtKind::SetLocal | StmtKind::Reset { .. } | StmtKind::ResetAll
+    )
+}
+
+impl Session {
+    /// After a shard connection failed (`backend_failed` already dropped every held
+    /// connection, so every shard rolls back): the client's transaction, if any, stays
+    /// aborted until it ends it.
+    pub(super) fn lose_transaction(&mut self) {
+        self.txn.lose();
+    }
+
+    /// Runs `sql` on every connection the transaction holds. On a shard's error it queues the
+    /// error (failing the transaction) and returns false; a lost connection loses the
+    /// transaction.
+    async fn on_every_held(&mut self, sql: &str) -> bool {
+        for i in 0..self.conns.len() {
+            let shard = self.conns[i].shard;
+            match self.conns[i].run_simple(sql).await {
+                Ok((None, _)) => {}
+                Ok((Some((code, message)), _)) => {
+                    self.push_error(&ProxyError::Backend { code, message });
+                    return false;
+                }
+                Err(error) => {
+                    let e = self.backend_failed(shard, &error);
+                    self.lose_transaction();
+                    self.push_error(&e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// `SAVEPOINT`, `RELEASE` or `ROLLBACK TO` inside a transaction block: on every shard the
+    /// transaction holds, and recorded for the shards it reaches later. Queues the reply
+    /// (CommandComplete or an error), not ReadyForQuery.
+    pub(super) async fn savepoint(
+        &mut self,
+        op: &SavepointOp,
+        sql: &str,
+    ) -> Result<(), SessionEnd> {
+        let sql = sql.trim().trim_end_matches(';');
+        match op {
+            SavepointOp::Define(name) => {
+                if self.on_every_held(sql).await {
+                    self.txn
+                        .steps
+                        .push(super::txn::Step::Savepoint(name.clone()));
+                    build::command_complete(&mut self.out, "SAVEPOINT");
+                }
+            }
+            SavepointOp::Release(name) => {
+                let Some(at) = self.txn.savepoint_at(name) else {
+                    self.push_error(&no_savepoint(name));
+                    return Ok(());
+                };
+                if self.on_every_held(sql).await {
+                    // The savepoint and every one made after it are gone; settings stay.
+                    let mut k = 0;
+                    self.txn.steps.retain(|s| {
+                        let keep = k < at || !matches!(s, Step::Savepoint(_));
+                        k += 1;
+                        keep
+                    });
+                    build::command_complete(&mut self.out, "RELEASE");
+                }
+            }
+            SavepointOp::RollbackTo(name) => {
+                if self.txn.lost {
+                    self.push_error(&ProxyError::Backend {
+                        code: "25P02".into(),
+                        message: "current transaction is aborted: a shard connection was lost, so only ROLLBACK can end it".into(),
+                    });
+                    return Ok(());
+                }
+                let Some(at) = self.txn.savepoint_at(name) else {
+                    self.push_error(&no_savepoint(name));
+                    return Ok(());
+                };
+                if self.on_every_held(sql).await {
+                    // What came after the savepoint is undone, settings included.
+                    self.txn.steps.truncate(at + 1);
+                    self.txn.failed = false;
+                    self.txn.status = b'T';
+                    build::command_complete(&mut self.out, "ROLLBACK");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `SET`, `SET LOCAL`, `SET TRANSACTION`, `RESET` inside a transaction block: on every
+    /// shard the transaction holds (joining one first when it holds none, so the value is
+    /// checked as Postgres checks it), and recorded for the shards it reaches later. Queues
+    /// the reply, not ReadyForQuery.
+    pub(super) async fn txn_setting(
+        &mut self,
+        kind: &StmtKind,
+        sql: &str,
+    ) -> Result<(), SessionEnd> {
+        let stmt = sql.trim().trim_end_matches(';');
+        if self.conns.is_empty() {
+            let shard = self.any_shard();
+            if let Err(e) = self.conn_for(shard).await {
+                self.push_error(&e);
+                return Ok(());
+            }
+        }
+        if self.on_every_held(stmt).await {
+            self.txn.record_setting(kind, stmt);
+            let tag = match kind {
+                StmtKind::Reset { .. } | StmtKind::ResetAll => "RESET",
+                _ => "SET",
+            };
+            build::command_complete(&mut self.out, tag);
+        }
+        Ok(())
+    }
+
+    /// COMMIT/ROLLBACK of a transaction the proxy tracks; queues the reply (and, with
+    /// `ready`, ReadyForQuery). An aborted transaction is rolled back whatever the client
+    /// asked, and says `ROLLBACK`. Returns whether it ended without an error.
+    pub(super) async fn end_transaction(
+        &mut self,
+        commit: bool,
+        sql: &str,
+        ready: bool,
+    ) -> Result<bool, SessionEnd> {
+        let commit = commit && !self.txn.failed;
+        if self.conns.is_empty() {
+            if commit {
+                for ch in self.txn.take_changes() {
+                    self.apply_setting(ch);
+                }
+            }
+            self.txn = Txn::idle();
+            build::command_complete(&mut self.out, if commit { "COMMIT" } else { "ROLLBACK" });
+            if ready {
+                self.push_ready();
+            }
+            return Ok(true);
+        }
+        // A transaction that wrote on several shards commits on all of them as one.
+        if commit && matches!(self.txn.written, Some(Target::Set(_))) {
+            let idxs: Vec<usize> = (0..self.conns.len()).collect();
+            let r = self.commit_all(&idxs).await;
+            let changes = self.txn.take_changes();
+            self.txn = Txn::idle();
+            let ok = match r {
+                Ok(Ok(())) => {
+                    for ch in changes {
+                        self.apply_setting(ch);
+                    }
+                    build::command_complete(&mut self.out, "COMMIT");
+                    true
+                }
+                Ok(Err(e)) => {
+                    self.push_error(&e);
+                    false
+                }
+                Err(RelayError::Client(e)) => return Err(e),
+                Err(RelayError::Backend { shard, error, .. }) => {
+                    let e = self.backend_failed(shard, &error);
+                    self.push_error(&e);
+                    false
+                }
+            };
+            for c in self.conns.iter_mut() {
+                c.settings_fp = super::settings::UNKNOWN_FP;
+            }
+            if ready {
+                self.push_ready();
+            }
+            self.release_if_idle(false);
+            return Ok(ok);
+        }
+        // Commit the shards that only read first, the one that wrote last; its reply is the client's.
+        let writer = match self.txn.written {
+            Some(Target::Shard(s)) => self.conns.iter().position(|c| c.shard == s),
+            _ => None,
+        };
+        let last = writer.unwrap_or(self.conns.len() - 1);
+        let text = if commit { sql } else { "ROLLBACK" };
+        let mut order: Vec<usize> = (0..self.conns.len()).filter(|&i| i != last).collect();
+        order.push(last);
+        let mut outcome = Outcome::default();
+        let mut msg = bytes::BytesMut::new();
+        build::query(&mut msg, text);
+        for &i in &order {
+            let shard = self.conns[i].shard;
+            if let Err(error) = self.conns[i].write_all(&msg).await {
+                let e = self.backend_failed(shard, &error);
+                self.txn = Txn::idle();
+                self.push_error(&e);
+                if ready {
+                    self.push_ready();
+                }
+                return Ok(false);
+            }
+            let mut ex = VecDeque::new();
+            ex.push_back(Expect::Query { hide_ready: true });
+            // Replies of the read-only shards are not shown; the writer's are.
+            match self.relay_one(i, &mut ex, i != last).await {
+                Ok(o) => outcome = o,
+                Err(RelayError::Client(e)) => return Err(e),
+                Err(RelayError::Backend { shard, error, .. }) => {
+                    let e = self.backend_failed(shard, &error);
+                    self.txn = Txn::idle();
+                    self.push_error(&e);
+                    if ready {
+                        self.push_ready();
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+        let changed = self
+            .txn
+            .steps
+            .iter()
+            .any(|s| matches!(s, super::txn::Step::Setting { .. }));
+        if commit && !outcome.error {
+            for ch in self.txn.take_changes() {
+                self.apply_setting(ch);
+            }
+        }
+        // Settings changed inside the transaction make the connections' state unknown.
+        if changed || commit {
+            let fp = self.settings.fingerprint();
+            for c in self.conns.iter_mut() {
+                if c.settings_fp != fp || changed {
+                    c.settings_fp = super::settings::UNKNOWN_FP;
+                }
+            }
+        }
+        self.txn = Txn::idle();
+        if ready {
+            self.push_ready();
+        }
+        self.release_if_idle(false);
+        Ok(!outcome.error)
+    }
+}
+
+/// `ROLLBACK TO` / `RELEASE` of a savepoint the transaction does not have.
+fn no_savepoint(name: &str) -> ProxyError {
+    ProxyError::Backend {
+        code: "3B001".into(),
+        message: format!("savepoint \"{name}\" does not exist"),
+    }
+}
