@@ -94,6 +94,18 @@ pub struct PooledConn {
 }
 
 impl ShardPool {
+    /// A connection outside the pool (not counted against its size, never pooled), for a
+    /// control step that must not wait for a slot: finishing a decided two-phase commit.
+    pub async fn connect_unpooled(&self) -> Result<BackendConn, crate::backend::BackendError> {
+        BackendConn::connect(
+            self.index,
+            &self.info,
+            self.settings.connect_timeout,
+            self.settings.statement_timeout,
+        )
+        .await
+    }
+
     /// A pool for shard `index`.
     pub fn new(index: usize, info: ShardInfo, settings: PoolSettings) -> Arc<Self> {
         Arc::new(ShardPool {

@@ -110,13 +110,19 @@ impl Session {
         let mut all = true;
         for &ci in &prepared {
             let shard = self.conns[ci].shard;
-            match self.step(ci, &finish).await {
-                Ok(r) if r.is("COMMIT PREPARED") => {}
-                other => {
-                    // Decided: recovery commits it when the shard answers again.
-                    tracing::warn!(%gid, shard = %self.shard_name(shard), reply = ?other, "COMMIT PREPARED failed; recovery will finish it");
-                    all = false;
+            let done = match self.step(ci, &finish).await {
+                Ok(r) if r.is("COMMIT PREPARED") => true,
+                // The held connection failed: any session of the database can finish it.
+                Err(_) => self.finish_elsewhere(shard, &finish).await,
+                Ok(r) => {
+                    tracing::warn!(%gid, shard = %self.shard_name(shard), reply = ?r, "COMMIT PREPARED refused");
+                    false
                 }
+            };
+            if !done {
+                // Decided: recovery commits it when the shard answers again.
+                tracing::warn!(%gid, shard = %self.shard_name(shard), "COMMIT PREPARED failed; recovery will finish it");
+                all = false;
             }
         }
         if all {
@@ -129,6 +135,23 @@ impl Session {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// `COMMIT PREPARED` of a decided transaction on a fresh connection to `shard`, once,
+    /// outside the pool (the session may hold that pool's only slot). Returns whether it
+    /// committed there; if not, recovery will.
+    async fn finish_elsewhere(&self, shard: usize, finish: &str) -> bool {
+        let Some(pool) = self.topo.pools.get(shard) else {
+            return false;
+        };
+        let attempt = async {
+            let mut conn = pool.connect_unpooled().await.ok()?;
+            conn.command(finish).await.ok()
+        };
+        matches!(
+            tokio::time::timeout(STEP_TIMEOUT, attempt).await,
+            Ok(Some(r)) if r.is("COMMIT PREPARED")
+        )
     }
 
     /// Runs one commit step on held connection `ci`, bounded by [`STEP_TIMEOUT`]; a

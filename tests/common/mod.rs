@@ -13,6 +13,8 @@
 //! config runs those one at a time, as each starts its own clusters).
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::path::PathBuf;
 
 use shardwire::localpg::{self, PgCluster};
