@@ -126,3 +126,82 @@ print("second applied")
         assert_eq!(per, vec![want; 3], "{code}");
     }
 }
+
+/// Django-style nested `atomic()` over three shards, as psycopg 3 sends it (extended
+/// protocol; BEGIN, SAVEPOINT "_pg3_n", ROLLBACK TO, RELEASE): an error in the inner block is
+/// undone with its savepoint on every shard — including one first reached inside it — and
+/// the outer transaction commits; an error outside a savepoint aborts the whole transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_nested_transactions_span_shards() {
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(&env, TABLES, "").await;
+    let map =
+        shardwire::shardmap::ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
+    let on = |s: usize| {
+        (1..1000i64)
+            .find(|&id| map.hash_shard(&shardwire::keys::KeyValue::Int(id)) == s)
+            .unwrap()
+    };
+    let (a, b, d) = (on(0), on(1), on(2));
+    let c = proxy.client().await;
+    common::create_users(&c, "", 0).await;
+    for id in [a, b, d] {
+        c.execute("INSERT INTO users (id, name) VALUES ($1, 'orig')", &[&id])
+            .await
+            .unwrap();
+    }
+    let script = r#"
+import sys, psycopg
+conn = psycopg.connect(sys.argv[1])
+a, b, d = map(int, sys.argv[2].split(","))
+cur = conn.cursor()
+with conn.transaction():
+    cur.execute("UPDATE users SET name = 'outer' WHERE id = %s", (a,))
+    try:
+        with conn.transaction():
+            cur.execute("UPDATE users SET name = 'inner' WHERE id = %s", (b,))
+            cur.execute("SELECT 1/0")
+    except psycopg.errors.DivisionByZero:
+        print("inner rolled back")
+    cur.execute("UPDATE users SET name = 'after' WHERE id = %s", (d,))
+cur.execute("UPDATE users SET name = 'lost' WHERE id = %s", (b,))
+try:
+    cur.execute("SELECT 1/0")
+except psycopg.errors.DivisionByZero:
+    pass
+try:
+    cur.execute("UPDATE users SET name = 'lost' WHERE id = %s", (d,))
+except psycopg.errors.InFailedSqlTransaction:
+    print("aborted")
+conn.commit()
+print("done")
+"#;
+    let conninfo = proxy.conninfo();
+    let ids = format!("{a},{b},{d}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .args(["-c", script, &conninfo, &ids])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("inner rolled back"), "{stdout}");
+    assert!(stdout.contains("aborted"), "{stdout}");
+    for (shard, id, want) in [(0, a, "outer"), (1, b, "orig"), (2, d, "after")] {
+        let name: String = env
+            .shard_client(shard)
+            .await
+            .query_one("SELECT name FROM users WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(name, want, "id {id} on shard {shard}");
+    }
+}

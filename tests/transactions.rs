@@ -544,10 +544,8 @@ async fn random_transaction_scripts_match_one_postgres() {
     while done < scripts {
         let n = chunk.min(scripts - done);
         let mut text = String::new();
-        let mut starts = Vec::new();
         for i in 0..n {
-            starts.push((text.lines().count(), done + i));
-            text.push_str(&format!("-- script {}\n", done + i));
+            text.push_str(&format!("\\echo script {}\n", done + i));
             for stmt in script(&mut rng, &ids) {
                 text.push_str(&stmt);
                 text.push_str(";\n");
@@ -569,7 +567,7 @@ async fn random_transaction_scripts_match_one_postgres() {
             let script_no = pl[..at]
                 .iter()
                 .rev()
-                .find_map(|l| l.strip_prefix("-- script "))
+                .find_map(|l| l.strip_prefix("script "))
                 .unwrap_or("?");
             panic!(
                 "seed {seed:#x}: script {script_no} differs at output line {at}:\n  proxy:     {:?}\n  reference: {:?}\n--- proxy, around it ---\n{}\n--- reference ---\n{}\n--- scripts in {} ---",

@@ -83,9 +83,12 @@ async fn two_phase_commit_never_half_commits_under_faults() {
         .await
         .unwrap();
     for &id in &ids {
-        c.execute("INSERT INTO accts (id, bal) VALUES ($1, $2)", &[&id, &START])
-            .await
-            .unwrap();
+        c.execute(
+            "INSERT INTO accts (id, bal) VALUES ($1, $2)",
+            &[&id, &START],
+        )
+        .await
+        .unwrap();
     }
     let direct_map = ShardMap::from_yaml_str(&direct, "direct").unwrap();
     // The decision row is the only INSERT with this text (recovery binds its gid).
@@ -187,7 +190,12 @@ async fn two_phase_commit_never_half_commits_under_faults() {
                 })
             }
         };
-        assert_eq!(relays[case.shard].fired(), 1, "{}: the fault fired", case.what);
+        assert_eq!(
+            relays[case.shard].fired(),
+            1,
+            "{}: the fault fired",
+            case.what
+        );
         relays[case.shard].disarm();
         assert_eq!(heard, case.heard, "{}", case.what);
         // The session is still usable (no panic, no hang).
