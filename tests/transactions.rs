@@ -473,24 +473,41 @@ fn script(rng: &mut Rng, ids: &[i64]) -> Vec<String> {
         );
     }
     let sps = ["sp1", "sp2", "sp3"];
+    // Savepoints defined so far: ROLLBACK TO / RELEASE mostly name one of them.
+    let mut defined: Vec<&str> = Vec::new();
     for _ in 0..(3 + rng.below(9)) {
         let id = *rng.pick(ids);
         let k = rng.below(50) as i64 + 1;
-        let sp = rng.pick(&sps);
+        // Now and then a savepoint that does not exist (3B001), mostly a defined one.
+        let sp = if !defined.is_empty() && rng.below(10) != 0 {
+            Some(*rng.pick(&defined))
+        } else if rng.below(4) == 0 {
+            Some(*rng.pick(&sps))
+        } else {
+            None
+        };
         let op = rng.below(if txn { 17 } else { 10 });
         out.push(match op {
             0 | 1 => format!("UPDATE accts SET bal = bal + {k} WHERE id = {id}"),
-            2 => format!("INSERT INTO accts (id, bal) VALUES ({id}, {k})"),
+            2 if rng.below(2) == 0 => format!("INSERT INTO accts (id, bal) VALUES ({id}, {k})"),
+            2 => format!("INSERT INTO accts (id, bal) VALUES ({id}, {k}) ON CONFLICT (id) DO UPDATE SET bal = accts.bal + {k}"),
             3 => format!("DELETE FROM accts WHERE id = {id}"),
             4 => format!("SELECT id, bal FROM accts WHERE id = {id}"),
-            5 => "SELECT 1/0".into(),
+            // Deliberate errors: a third of the time, else a write.
+            5 if rng.below(3) == 0 => "SELECT 1/0".into(),
+            5 => format!("UPDATE accts SET bal = bal * 2 WHERE id = {id}"),
             6 => format!("SET work_mem = '{}MB'", 1 + rng.below(9)),
             7 => format!("SELECT current_setting('work_mem'), current_setting('TimeZone') FROM accts WHERE id = {id}"),
             8 => "SELECT count(*), sum(bal) FROM accts".into(),
             9 => rng.pick(&["SET TimeZone = 'UTC'", "SET TimeZone = 'Asia/Kolkata'", "RESET TimeZone", "SHOW work_mem", "RESET work_mem"]).to_string(),
-            10 | 11 => format!("SAVEPOINT {sp}"),
-            12 | 13 => format!("ROLLBACK TO SAVEPOINT {sp}"),
-            14 => format!("RELEASE SAVEPOINT {sp}"),
+            10 | 11 => {
+                let name = *rng.pick(&sps);
+                defined.push(name);
+                format!("SAVEPOINT {name}")
+            }
+            12 | 13 if sp.is_some() => format!("ROLLBACK TO SAVEPOINT {}", sp.unwrap_or("sp1")),
+            14 if sp.is_some() => format!("RELEASE SAVEPOINT {}", sp.unwrap_or("sp1")),
+            12..=14 => format!("UPDATE accts SET bal = bal + {k} WHERE id = {id}"),
             15 => format!("SET LOCAL work_mem = '{}MB'", 10 + rng.below(9)),
             _ => format!("UPDATE accts SET bal = bal - {k} WHERE id = {id} AND bal >= {k}"),
         });
@@ -540,6 +557,7 @@ async fn random_transaction_scripts_match_one_postgres() {
     // Scripts run in chunks (one psql process each) so a difference is reported with the
     // script that caused it.
     let chunk = 50;
+    let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     let mut done = 0;
     while done < scripts {
         let n = chunk.min(scripts - done);
@@ -554,32 +572,36 @@ async fn random_transaction_scripts_match_one_postgres() {
         let file = dir.join(format!("scripts-{done}.sql"));
         std::fs::write(&file, &text).unwrap();
         let f = file.to_str().unwrap();
-        let proxied = psql_echo(&proxy.conninfo(), Some("app-secret"), f);
-        let direct = psql_echo(&env.reference_url(), None, f);
-        if proxied != direct {
-            let (pl, dl): (Vec<&str>, Vec<&str>) =
-                (proxied.lines().collect(), direct.lines().collect());
-            let at = pl
-                .iter()
-                .zip(dl.iter())
-                .position(|(a, b)| a != b)
-                .unwrap_or(pl.len().min(dl.len()));
-            let script_no = pl[..at]
-                .iter()
-                .rev()
-                .find_map(|l| l.strip_prefix("script "))
-                .unwrap_or("?");
-            panic!(
-                "seed {seed:#x}: script {script_no} differs at output line {at}:\n  proxy:     {:?}\n  reference: {:?}\n--- proxy, around it ---\n{}\n--- reference ---\n{}\n--- scripts in {} ---",
-                pl.get(at),
-                dl.get(at),
-                pl[at.saturating_sub(25)..(at + 3).min(pl.len())].join("\n"),
-                dl[at.saturating_sub(25)..(at + 3).min(dl.len())].join("\n"),
-                file.display()
-            );
+        // Each chunk runs twice: with psql (simple protocol), then with psycopg 3 (extended
+        // protocol: Parse/Bind/Describe/Execute/Sync for every statement, savepoints too).
+        for (how, proxied, direct) in [
+            (
+                "psql",
+                psql_echo(&proxy.conninfo(), Some("app-secret"), f),
+                psql_echo(&env.reference_url(), None, f),
+            ),
+            (
+                "psycopg",
+                psycopg_replay(&proxy.conninfo(), f),
+                psycopg_replay(&env.reference_url(), f),
+            ),
+        ] {
+            compare(how, seed, &file, &proxied, &direct);
+            for tag in ["COMMIT", "ROLLBACK", "ERROR"] {
+                *seen.entry((how, tag)).or_insert(0usize) += proxied
+                    .lines()
+                    .filter(|l| {
+                        l.ends_with(tag)
+                            || l.contains(&format!("{tag}:  "))
+                            || l.contains(&format!("-> {tag}"))
+                    })
+                    .count();
+            }
         }
         done += n;
     }
+    // What the scripts exercised (printed with --no-capture).
+    eprintln!("{scripts} scripts, seed {seed:#x}: replies seen {seen:?}");
     // Placement: every row on the shard its key maps to, and nothing else anywhere.
     let want: BTreeMap<i64, i64> = reference
         .query("SELECT id, bal FROM accts", &[])
@@ -638,5 +660,49 @@ fn psql_echo(conninfo: &str, password: Option<&str>, file: &str) -> String {
         None => cmd.env_remove("PGPASSWORD"),
     };
     let out = cmd.output().expect("run psql");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Panics with the first line where `proxied` and `direct` differ, and the script it is in.
+fn compare(how: &str, seed: u64, file: &std::path::Path, proxied: &str, direct: &str) {
+    if proxied == direct {
+        return;
+    }
+    let (pl, dl): (Vec<&str>, Vec<&str>) = (proxied.lines().collect(), direct.lines().collect());
+    let at = pl
+        .iter()
+        .zip(dl.iter())
+        .position(|(a, b)| a != b)
+        .unwrap_or(pl.len().min(dl.len()));
+    let script_no = pl[..at]
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("script "))
+        .unwrap_or("?");
+    panic!(
+        "{how}, seed {seed:#x}: script {script_no} differs at output line {at}:\n  proxy:     {:?}\n  reference: {:?}\n--- proxy, around it ---\n{}\n--- reference ---\n{}\n--- scripts in {} ---",
+        pl.get(at),
+        dl.get(at),
+        pl[at.saturating_sub(25)..(at + 3).min(pl.len())].join("\n"),
+        dl[at.saturating_sub(25)..(at + 3).min(dl.len())].join("\n"),
+        file.display()
+    );
+}
+
+/// Runs script file `file` with psycopg 3 (`tests/py/txn_replay.py`): one line per
+/// statement with its tag and rows or its SQLSTATE.
+fn psycopg_replay(conninfo: &str, file: &str) -> String {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/txn_replay.py");
+    let out = Command::new(python)
+        .args([script, conninfo, file])
+        .env_remove("PGOPTIONS")
+        .output()
+        .expect("run python3 with psycopg 3 (./scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "txn_replay.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
