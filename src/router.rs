@@ -653,7 +653,10 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
                 "SQL-level PREPARE/EXECUTE is not supported with transaction pooling; use the extended protocol (driver prepared statements)".into(),
             )),
         ),
-        N::ListenStmt(_) | N::UnlistenStmt(_) | N::NotifyStmt(_) => (
+        // LISTEN is refused, so no pooled connection listens: UNLISTEN (asyncpg's pool sends
+        // `UNLISTEN *` on every release) is a no-op any shard answers.
+        N::UnlistenStmt(_) => (StmtKind::Other, RouteSpec::Any),
+        N::ListenStmt(_) | N::NotifyStmt(_) => (
             StmtKind::Other,
             RouteSpec::Refuse(ProxyError::Unsupported(
                 "LISTEN/NOTIFY is not supported with transaction pooling".into(),

@@ -534,8 +534,25 @@ async fn startup(
         match k {
             "user" => user = Some(v.to_string()),
             "database" => database = Some(v.to_string()),
-            "replication" | "options" => {}
+            "replication" => {}
+            // `-c name=value` settings follow the client like its other startup parameters.
+            "options" => match crate::session::settings::startup_options(v) {
+                Ok(pairs) => {
+                    for (name, value) in pairs {
+                        settings.set_value(&name, &value);
+                    }
+                }
+                Err(msg) => {
+                    build::error(&mut out, "FATAL", "08P01", &msg);
+                    send(w, &out).await?;
+                    return Ok(Startup::Closed);
+                }
+            },
             k if k.starts_with("_pq_.") => {}
+            // Reported back as Postgres names it (asyncpg sends 'utf-8').
+            "client_encoding" => {
+                settings.set_value(k, crate::session::settings::canonical_encoding(v))
+            }
             k => settings.set_value(k, v),
         }
     }

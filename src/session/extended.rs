@@ -51,6 +51,15 @@ fn bind_tail(
     b
 }
 
+/// Whether a statement touches no sharded data (route `Any`): it runs wherever the rest of
+/// its pipeline runs instead of deciding the shard.
+fn floats(stmt: &Prepared) -> bool {
+    matches!(
+        stmt.plan.stmts.first().map(|s| &s.route),
+        Some(RouteSpec::Any) | None
+    )
+}
+
 /// A pipeline the proxy runs itself (see [`Session::special_batch`]).
 struct Special {
     /// The statement bound.
@@ -131,6 +140,8 @@ pub(super) enum Op {
 
 /// ParseComplete, made by the proxy for a statement the connection already has.
 const PARSE_COMPLETE: Bytes = Bytes::from_static(&[b'1', 0, 0, 0, 4]);
+/// BindComplete, for a Bind the proxy answers itself.
+const BIND_COMPLETE: Bytes = Bytes::from_static(&[b'2', 0, 0, 0, 4]);
 /// CloseComplete, for a Close the proxy answers itself.
 const CLOSE_COMPLETE: Bytes = Bytes::from_static(&[b'3', 0, 0, 0, 4]);
 
@@ -201,6 +212,9 @@ impl Session {
             // anything, so nothing runs at all (never a half-applied pipeline).
             ops.clear();
         }
+        if cut.is_none() && batch.open.is_none() {
+            self.lazy_begin_in_pipeline(&mut ops);
+        }
         let needs_backend = ops
             .iter()
             .any(|o| !matches!(o, Op::Local(_) | Op::Parse(_)));
@@ -235,6 +249,16 @@ impl Session {
             // shard it may never use.
             return self.describe_only(ops, cut.as_ref(), sync).await;
         }
+        // A prepare that ends at a Flush (asyncpg, postgres.js: Parse, Describe, Flush, then
+        // Bind, Execute, Sync): only metadata, which every shard answers alike. It runs as an
+        // exchange of its own (closed with a Sync whose ReadyForQuery the client never sees),
+        // so it pins no shard: the Bind that follows decides where the statement runs.
+        let detached = !sync
+            && target.is_none()
+            && batch.open.is_none()
+            && ops
+                .iter()
+                .all(|o| matches!(o, Op::Parse(_) | Op::Local(_) | Op::DescribeStmt(_)));
         let target = target.unwrap_or(Target::Shard(self.any_shard()));
         if let Err(e) = self.check_write(target, writes, self.txn.status != b'I') {
             self.push_error(&e);
@@ -244,7 +268,7 @@ impl Session {
             return Ok(());
         }
         let result = match target {
-            Target::Shard(s) => self.batch_one(s, ops, cut.as_ref(), sync).await,
+            Target::Shard(s) => self.batch_one(s, ops, cut.as_ref(), sync, detached).await,
             Target::Set(set) => {
                 if !sync {
                     // A scatter is merged up to ReadyForQuery, so it cannot stop at a Flush:
@@ -285,10 +309,14 @@ impl Session {
                 return Ok(());
             }
         };
-        batch.open = if sync { None } else { Some(target) };
+        batch.open = if sync || detached { None } else { Some(target) };
         if !sync && outcome.error {
-            // An error before Sync aborts the transaction block (the client's Sync says 'E').
+            // An error before Sync aborts the transaction block (the client's Sync says 'E'),
+            // and Postgres discards what the client sends until that Sync. The backend's own
+            // exchange was already closed (see `batch_one`).
             self.txn.fail();
+            batch.skip_to_sync = true;
+            batch.open = None;
         }
         if sync && outcome.status != 0 {
             let was_idle = self.txn.status == b'I';
@@ -322,6 +350,53 @@ impl Session {
         }
         self.release_if_idle(batch.open.is_some());
         Ok(())
+    }
+
+    /// JDBC (autocommit off) pipelines its BEGIN with the first statement: `Parse "BEGIN",
+    /// Bind, Execute, Parse …, Bind, Describe, Execute, Sync`. When the first Execute of an
+    /// idle session's pipeline is a BEGIN, the proxy answers that BEGIN itself (BindComplete,
+    /// CommandComplete) and starts the transaction lazily, as for a BEGIN of its own: the
+    /// statements after it decide the shard, and the transaction starts there.
+    fn lazy_begin_in_pipeline(&mut self, ops: &mut [Op]) {
+        if self.txn.status != b'I' || !self.conns.is_empty() || self.session_mode {
+            return;
+        }
+        let Some(at) = ops
+            .iter()
+            .position(|o| matches!(o, Op::Raw(_, Expect::Execute) | Op::Gather(..)))
+        else {
+            return;
+        };
+        let Op::Raw(exec, Expect::Execute) = &ops[at] else {
+            return;
+        };
+        let Ok((portal, _)) = decode_execute(exec.body()) else {
+            return;
+        };
+        let portal = portal.to_string();
+        let Some(stmt) = self.portals.get(&portal).map(|(_, p)| p.clone()) else {
+            return;
+        };
+        if !matches!(
+            stmt.plan.stmts.first().map(|s| &s.kind),
+            Some(StmtKind::Begin)
+        ) {
+            return;
+        }
+        // The Bind that made this portal is answered locally too: nothing reaches a shard.
+        let bound_here = ops[..at].iter().rposition(|o| match o {
+            Op::Bind(_, f, _) => BindMsg::decode(f.body()).is_ok_and(|m| m.portal == portal),
+            _ => false,
+        });
+        if let Some(b) = bound_here {
+            ops[b] = Op::Local(BIND_COMPLETE);
+        }
+        let sql = stmt.sql.trim().trim_end_matches(';').to_string();
+        let mut done = BytesMut::new();
+        build::command_complete(&mut done, super::txn::begin_tag(&sql));
+        ops[at] = Op::Local(done.freeze());
+        self.portals.remove(&portal);
+        self.txn = Txn::begun(sql);
     }
 
     /// The statement a Bind/Describe/Execute message is about.
@@ -739,12 +814,14 @@ impl Session {
                         .ok_or_else(|| ProxyError::NoSuchStatement(name.to_string()))?;
                     Ok(Op::DescribeStmt(stmt))
                 } else {
-                    let (t, _) = self
+                    let (t, stmt) = self
                         .portals
                         .get(name)
                         .cloned()
                         .ok_or_else(|| ProxyError::NoSuchPortal(name.to_string()))?;
-                    merge(t, self)?;
+                    if !floats(&stmt) {
+                        merge(t, self)?;
+                    }
                     Ok(Op::Raw(f, Expect::Describe))
                 }
             }
@@ -755,7 +832,11 @@ impl Session {
                     .get(portal)
                     .cloned()
                     .ok_or_else(|| ProxyError::NoSuchPortal(portal.to_string()))?;
-                merge(t, self)?;
+                // A statement any shard answers (BEGIN, SET, SELECT 1) goes wherever the rest
+                // of the pipeline goes.
+                if !floats(&stmt) {
+                    merge(t, self)?;
+                }
                 if stmt.plan.writes() {
                     *writes = true;
                 }
@@ -786,8 +867,18 @@ impl Session {
                 if kind == b'S' {
                     self.stmts.remove(name);
                     Ok(Op::Local(CLOSE_COMPLETE))
+                } else if self.gather_portals.contains_key(name) {
+                    // A merged query's portal (sqlx: Bind, Execute, Close, Sync): the merge
+                    // runs it first and forgets it at its Close.
+                    match self.portals.get(name) {
+                        Some((t, _)) => {
+                            let t = *t;
+                            merge(t, self)?;
+                            Ok(Op::Raw(f, Expect::Close))
+                        }
+                        None => Ok(Op::Local(CLOSE_COMPLETE)),
+                    }
                 } else {
-                    self.gather_portals.remove(name);
                     match self.portals.remove(name) {
                         Some((t, _)) => {
                             merge(t, self)?;
@@ -810,6 +901,7 @@ impl Session {
         mut ops: Vec<Op>,
         cut: Option<&ProxyError>,
         sync: bool,
+        detached: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
         let idx = match self.conn_for(shard).await {
             Ok(i) => i,
@@ -878,7 +970,7 @@ impl Session {
         if sync {
             build::empty(&mut msg, b'S');
             ex.push_back(Expect::Sync);
-        } else if cut.is_some() {
+        } else if cut.is_some() || detached {
             // The client has not sent Sync yet: end the backend's exchange quietly; the
             // client's own Sync (after skipped messages) gets the ReadyForQuery.
             build::empty(&mut msg, b'S');
@@ -901,22 +993,32 @@ impl Session {
         if ex.capacity() <= SCRATCH_ITEMS {
             self.scratch.expects = ex;
         }
-        if outcome.error && !added.is_empty() {
-            self.forget_statements(idx, &added).await?;
+        // After an error at a Flush the backend discards everything until a Sync: end its
+        // exchange now (the client's messages until its own Sync are discarded by the proxy).
+        let open = outcome.error && !sync && !detached && cut.is_none();
+        if outcome.error && (open || !added.is_empty()) {
+            self.forget_statements(idx, &added, open).await?;
         }
         Ok(Ok(outcome))
     }
 
     /// After an error the proxy cannot tell which injected Parses succeeded: close them all
-    /// (Close of a missing statement is not an error) so the next use re-prepares.
+    /// (Close of a missing statement is not an error) so the next use re-prepares. With
+    /// `open` the backend is still inside the failed exchange (an error at a Flush): a Sync
+    /// ends it first, or it would discard the Closes and the wait would never end.
     async fn forget_statements(
         &mut self,
         idx: usize,
         added: &[Arc<Prepared>],
+        open: bool,
     ) -> Result<(), RelayError> {
         let shard = self.conns[idx].shard;
         let mut msg = BytesMut::new();
         let mut ex = VecDeque::new();
+        if open {
+            build::empty(&mut msg, b'S');
+            ex.push_back(Expect::Query { hide_ready: true });
+        }
         for p in added {
             build::target(&mut msg, b'C', b'S', &p.backend_name);
             self.conns[idx].prepared.remove(&p.name_hash);
@@ -1124,6 +1226,7 @@ impl Session {
                 Op::Raw(f, Expect::Close) => {
                     if let Ok((_, name)) = decode_target(f.body(), "Close") {
                         self.gather_portals.remove(name);
+                        self.portals.remove(name);
                     }
                     build::empty(&mut self.out, b'3');
                 }

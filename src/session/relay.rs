@@ -149,6 +149,14 @@ impl Session {
                 }
                 b'Z' => {
                     outcome.status = f.body().first().copied().unwrap_or(b'I');
+                    // ReadyForQuery answers a Sync (or Query): anything still expected before
+                    // it was skipped by the backend (it discards messages after an error).
+                    while matches!(
+                        expects.front(),
+                        Some(e) if !matches!(e, Expect::Sync | Expect::Query { .. } | Expect::Local(_))
+                    ) {
+                        expects.pop_front();
+                    }
                     let hide = matches!(expects.front(), Some(Expect::Query { hide_ready: true }));
                     expects.pop_front();
                     if !hide && !quiet {

@@ -132,9 +132,105 @@ impl Settings {
     }
 }
 
+/// The settings in a startup packet's `options` value (`PGOPTIONS`, JDBC's `options`):
+/// `-c name=value`, `-cname=value` and `--name=value`, separated by whitespace, a backslash
+/// escaping the next character (Postgres's `pg_split_opts`); dashes in a name become
+/// underscores, as Postgres reads them. Any other switch is an error naming it: the proxy
+/// cannot honour server command-line options.
+pub fn startup_options(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    let mut in_word = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+                in_word = true;
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let pair = if w == "-c" {
+            it.next()
+                .ok_or_else(|| "startup option -c needs name=value".to_string())?
+        } else if let Some(rest) = w.strip_prefix("--") {
+            rest.to_string()
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            rest.to_string()
+        } else {
+            return Err(format!(
+                "startup option \"{w}\" is not supported through the proxy; use -c name=value"
+            ));
+        };
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("startup option \"{pair}\" needs name=value"))?;
+        if name.is_empty() {
+            return Err(format!("startup option \"{pair}\" has no name"));
+        }
+        out.push((name.replace('-', "_"), value.to_string()));
+    }
+    Ok(out)
+}
+
+/// The name Postgres reports for a `client_encoding` value it takes as UTF-8: like
+/// Postgres's `clean_encoding_name`, everything but letters and digits is ignored, case too
+/// (`utf-8`, asyncpg's `'utf-8'`, `unicode`); other values unchanged.
+pub fn canonical_encoding(v: &str) -> &str {
+    let squashed: String = v
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if squashed == "utf8" || squashed == "unicode" {
+        "UTF8"
+    } else {
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_options_are_read_like_postgres() {
+        let got = startup_options("-c statement_timeout=300  --search-path=a\\ b -cwork_mem=8MB")
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("statement_timeout".to_string(), "300".to_string()),
+                ("search_path".to_string(), "a b".to_string()),
+                ("work_mem".to_string(), "8MB".to_string()),
+            ]
+        );
+        assert!(startup_options("-B 100").is_err());
+        assert!(startup_options("-c").is_err());
+        assert!(startup_options("-c novalue").is_err());
+        assert_eq!(startup_options("  ").unwrap(), vec![]);
+        assert_eq!(canonical_encoding("utf-8"), "UTF8");
+        assert_eq!(canonical_encoding("'utf-8'"), "UTF8");
+        assert_eq!(canonical_encoding("LATIN1"), "LATIN1");
+    }
 
     #[test]
     fn fingerprints_follow_content() {

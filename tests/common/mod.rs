@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod relay;
+pub mod wire;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,338 @@
+//! Drivers' wire habits, sent byte for byte as each driver sends them (issue 16), on three
+//! shards with `users` hashed on `id`:
+//! - an error reported at a Flush, then Sync (psycopg pipeline mode) never hangs nor leaks
+//!   the backend connection;
+//! - JDBC (autocommit off) pipelines BEGIN with the first statement;
+//! - asyncpg / postgres.js prepare with Parse, Describe, Flush before Bind, Execute, Sync;
+//! - sqlx closes the portal before Sync, also for merged multi-shard queries;
+//! - asyncpg's pool reset (`UNLISTEN *` among others), its quoted `client_encoding`, and the
+//!   `options` startup parameter (`PGOPTIONS=-c statement_timeout=300`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::wire::{first_error, first_values, tags, Wire};
+use common::{Proxy, TestEnv};
+use shardwire::keys::KeyValue;
+use shardwire::shardmap::ShardMap;
+
+const TABLES: &str = "users: { key: id, type: bigint, strategy: hash }\n";
+
+/// One user id on each shard.
+fn one_per_shard(env: &TestEnv) -> Vec<i64> {
+    let map = ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
+    (0..env.shard_count())
+        .map(|s| {
+            (1i64..)
+                .find(|&id| map.hash_shard(&KeyValue::Int(id)) == s)
+                .unwrap()
+        })
+        .collect()
+}
+
+async fn setup(pool_size: usize) -> (TestEnv, Proxy, Vec<i64>) {
+    let env = TestEnv::new(3).await;
+    let yaml = env
+        .shard_map_yaml(TABLES, "")
+        .replace("pool: { size: 10,", &format!("pool: {{ size: {pool_size},"));
+    let proxy = Proxy::start_yaml(&yaml).await;
+    let ids = one_per_shard(&env);
+    let c = proxy.client().await;
+    common::create_users(&c, "", 0).await;
+    for id in &ids {
+        c.execute(
+            "INSERT INTO users (id, name) VALUES ($1, $2)",
+            &[id, &format!("user-{id}")],
+        )
+        .await
+        .unwrap();
+    }
+    (env, proxy, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_at_flush_then_sync_answers_at_once_and_keeps_the_pool_clean() {
+    // Pool size 1: a connection leaked by one failed exchange would stop every later one.
+    let (env, proxy, ids) = setup(1).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..1000 {
+        // A statement the connection may or may not have yet: both paths.
+        let sql = if i % 2 == 0 {
+            "SELECT 1/0".to_string()
+        } else {
+            format!("SELECT 1/(id - id) FROM users WHERE id = {}", ids[i % 3])
+        };
+        let started = Instant::now();
+        w.parse("", &sql).bind("", "", &[]).execute("", 0).flush();
+        w.send().await;
+        let mut got = Vec::new();
+        while got.last().map(|m: &common::wire::Msg| m.0) != Some(b'E') {
+            got.push(w.recv().await.expect("closed"));
+        }
+        assert_eq!(first_error(&got).as_deref(), Some("22012"), "round {i}");
+        // Messages after the error are discarded until Sync, which gets one ReadyForQuery.
+        w.bind("", "", &[]).execute("", 0).sync();
+        w.send().await;
+        let rest = w.until_ready().await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(tags(&rest), "Z", "round {i}: {:?}", tags(&rest));
+    }
+    assert!(
+        slowest < Duration::from_millis(100),
+        "slowest error-at-Flush round took {slowest:?}"
+    );
+    // The pool's only connection per shard is clean: statements go on, here and elsewhere.
+    w.query(&format!("SELECT name FROM users WHERE id = {}", ids[0]));
+    w.send().await;
+    assert_eq!(
+        first_values(&w.until_ready().await),
+        vec![format!("user-{}", ids[0])]
+    );
+    let other = proxy.client().await;
+    for id in &ids {
+        let n: String = other
+            .query_one("SELECT name FROM users WHERE id = $1", &[id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, format!("user-{id}"));
+    }
+    // Nothing was left idle in a transaction on any shard.
+    let stuck = env
+        .per_shard_i64(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%'",
+        )
+        .await;
+    assert_eq!(stuck, vec![0, 0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_begin_pipelined_with_the_first_statement_on_every_shard() {
+    let (env, proxy, ids) = setup(5).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    for (s, id) in ids.iter().enumerate() {
+        let id = id.to_string();
+        // pgjdbc with autocommit off: BEGIN rides in the first statement's pipeline.
+        w.parse("", "BEGIN")
+            .bind("", "", &[])
+            .execute("", 0)
+            .parse("", "UPDATE users SET name = 'jdbc' WHERE id = $1")
+            .bind("", "", &[&id])
+            .describe(b'P', "")
+            .execute("", 1)
+            .sync();
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(first_error(&got), None, "shard {s}: {}", tags(&got));
+        assert_eq!(tags(&got), "12C12nCZ", "shard {s}");
+        assert_eq!(got.last().unwrap().1[0], b'T', "in a transaction");
+        // A second statement on another shard joins the same transaction.
+        let next = ids[(s + 1) % 3].to_string();
+        w.parse("", "UPDATE users SET name = 'jdbc2' WHERE id = $1")
+            .bind("", "", &[&next])
+            .execute("", 1)
+            .sync();
+        w.send().await;
+        assert_eq!(first_error(&w.until_ready().await), None);
+        w.parse("", "ROLLBACK")
+            .bind("", "", &[])
+            .execute("", 0)
+            .sync();
+        w.send().await;
+        assert_eq!(tags(&w.until_ready().await), "12CZ");
+    }
+    // Rolled back everywhere; and a committed one lands on its shard.
+    for (s, id) in ids.iter().enumerate() {
+        let name: String = env
+            .shard_client(s)
+            .await
+            .query_one("SELECT name FROM users WHERE id = $1", &[id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(name, format!("user-{id}"));
+    }
+    let id = ids[2].to_string();
+    w.parse("", "BEGIN")
+        .bind("", "", &[])
+        .execute("", 0)
+        .parse("", "UPDATE users SET name = 'committed' WHERE id = $1")
+        .bind("", "", &[&id])
+        .execute("", 1)
+        .parse("", "COMMIT")
+        .bind("", "", &[])
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(got.last().unwrap().1[0], b'I');
+    let name: String = env
+        .shard_client(2)
+        .await
+        .query_one("SELECT name FROM users WHERE id = $1", &[&ids[2]])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_prepare_with_flush_then_execute_on_every_shard() {
+    let (_env, proxy, ids) = setup(5).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    for k in 0..ids.len() {
+        // Outside and inside a transaction block (postgres.js re-describes in both).
+        if k == 2 {
+            w.query("BEGIN");
+            w.send().await;
+            w.until_ready().await;
+        }
+        let name = format!("__asyncpg_stmt_{k}__");
+        w.parse(&name, "SELECT name FROM users WHERE id = $1")
+            .describe(b'S', &name)
+            .flush();
+        w.send().await;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(w.recv().await.expect("closed"));
+        }
+        assert_eq!(tags(&got), "1tT", "statement {k}");
+        for id in &ids {
+            let key = id.to_string();
+            w.bind("", &name, &[&key]).execute("", 0).sync();
+            w.send().await;
+            let got = w.until_ready().await;
+            assert_eq!(first_error(&got), None, "{name} for {id}: {}", tags(&got));
+            assert_eq!(first_values(&got), vec![format!("user-{id}")]);
+        }
+    }
+    w.query("COMMIT");
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    // A failing prepare at a Flush: the error, then the client's messages are discarded
+    // until its Sync.
+    w.parse("bad", "SELECT nosuchcolumn FROM users")
+        .describe(b'S', "bad")
+        .flush();
+    w.send().await;
+    let (tag, _) = w.recv().await.expect("closed");
+    assert_eq!(tag, b'E');
+    w.sync();
+    w.send().await;
+    assert_eq!(tags(&w.until_ready().await), "Z");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_closes_the_portal_of_a_merged_query_before_sync() {
+    let (_env, proxy, ids) = setup(5).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    for sql in [
+        "SELECT count(*) FROM users",
+        "SELECT id FROM users ORDER BY id",
+        "SELECT sum(id) FROM users",
+    ] {
+        w.parse("sqlx_s_1", sql).describe(b'S', "sqlx_s_1").sync();
+        w.send().await;
+        assert_eq!(first_error(&w.until_ready().await), None, "{sql}");
+        w.bind("", "sqlx_s_1", &[])
+            .execute("", 0)
+            .close(b'P', "")
+            .sync();
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(first_error(&got), None, "{sql}: {}", tags(&got));
+        let vals = first_values(&got);
+        match sql {
+            s if s.contains("count") => assert_eq!(vals, vec!["3"]),
+            s if s.contains("sum") => {
+                assert_eq!(vals, vec![ids.iter().sum::<i64>().to_string()])
+            }
+            _ => {
+                let mut sorted = ids.clone();
+                sorted.sort();
+                assert_eq!(
+                    vals,
+                    sorted.iter().map(|i| i.to_string()).collect::<Vec<_>>()
+                );
+            }
+        }
+        assert!(tags(&got).ends_with("C3Z"), "{sql}: {}", tags(&got));
+        w.close(b'S', "sqlx_s_1").sync();
+        w.send().await;
+        w.until_ready().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_pool_reset_options_and_client_encoding() {
+    let (_env, proxy, _ids) = setup(5).await;
+    let mut w = Wire::login(
+        proxy.port(),
+        &[
+            ("client_encoding", "'utf-8'"),
+            (
+                "options",
+                "-c statement_timeout=300 --application-name=opts",
+            ),
+        ],
+    )
+    .await;
+    let enc = w
+        .params
+        .iter()
+        .find(|(k, _)| k == "client_encoding")
+        .map(|(_, v)| v.clone());
+    assert_eq!(enc.as_deref(), Some("UTF8"));
+    for _ in 0..1000 {
+        // What asyncpg's Pool.release() sends.
+        w.query("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;");
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(first_error(&got), None, "{}", tags(&got));
+    }
+    // RESET ALL returns to the startup values, options included.
+    let mut w = Wire::login(
+        proxy.port(),
+        &[(
+            "options",
+            "-c statement_timeout=300 --application-name=opts",
+        )],
+    )
+    .await;
+    w.query("SHOW statement_timeout");
+    w.send().await;
+    assert_eq!(first_values(&w.until_ready().await), vec!["300ms"]);
+    w.query("SELECT pg_sleep(2)");
+    w.send().await;
+    assert_eq!(
+        first_error(&w.until_ready().await).as_deref(),
+        Some("57014")
+    );
+    w.query("SHOW application_name");
+    w.send().await;
+    assert_eq!(first_values(&w.until_ready().await), vec!["opts"]);
+    // A server switch the proxy cannot honour is refused at login, not dropped.
+    let sock = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port()))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", "app"), ("database", "app"), ("options", "-B 100")],
+        &mut out,
+    )
+    .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = sock;
+    sock.write_all(&out).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(buf.first(), Some(&b'E'), "{:?}", &buf[..n]);
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("-B"));
+}
