@@ -7,7 +7,8 @@
 # What it does:
 #   1. installs what is missing (as root, with apt-get): PostgreSQL server + client (initdb,
 #      pg_ctl, psql, pgbench), libclang (the SQL parser crate needs it to build), a C compiler;
-#      and the Python driver psycopg 3 for the non-Rust driver tests;
+#      the Python drivers psycopg 3 and asyncpg, and pgjdbc (Debian's libpostgresql-jdbc-java,
+#      run with the machine's Java) for the non-Rust driver tests;
 #   2. builds the `shardwire` binary and starts 5 throwaway Postgres clusters with it
 #      (`shardwire dev-clusters up`), removed again on exit whatever happens;
 #   3. runs `cargo nextest run --no-fail-fast` with SHARDWIRE_TEST_CLUSTERS=<their ports>,
@@ -115,6 +116,26 @@ if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
         || true
     python3 -c 'import psycopg' >/dev/null 2>&1 \
         || log "WARNING: psycopg 3 is not importable (pip install 'psycopg[binary]>=3.1'); the Python driver tests will fail"
+fi
+
+# asyncpg for the driver-habit tests (tests/py/asyncpg_habits.py).
+if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
+    log "installing asyncpg for the driver tests"
+    python3 -m pip install --quiet 'asyncpg>=0.29' 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages 'asyncpg>=0.29' 2>/dev/null \
+        || { is_root && command -v apt-get >/dev/null 2>&1 && apt_install python3-asyncpg; } \
+        || true
+    python3 -c 'import asyncpg' >/dev/null 2>&1 \
+        || log "WARNING: asyncpg is not importable (pip install asyncpg); the asyncpg driver test will fail"
+fi
+
+# --- 2b. JDBC (pgjdbc from Debian) and a Java runtime that runs a single source file ------
+# (`java File.java` compiles in memory: it needs a JDK, so look for javac.)
+if ! command -v javac >/dev/null 2>&1; then
+    apt_install default-jdk-headless
+fi
+if [ -z "${PGJDBC_JAR:-}" ] && [ ! -f /usr/share/java/postgresql.jar ]; then
+    apt_install libpostgresql-jdbc-java
 fi
 
 # --- 3. binary and shared clusters ------------------------------------------------------

@@ -336,3 +336,67 @@ async fn asyncpg_pool_reset_options_and_client_encoding() {
     assert_eq!(buf.first(), Some(&b'E'), "{:?}", &buf[..n]);
     assert!(String::from_utf8_lossy(&buf[..n]).contains("-B"));
 }
+
+/// Runs a driver's check program on a blocking thread (the proxy runs on this runtime);
+/// asserts it succeeded and printed `expect`.
+async fn run_driver(mut cmd: std::process::Command, expect: &'static str) {
+    let what = format!("{cmd:?}");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e} (./scripts/test.sh installs it)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(expect),
+        "{what} failed ({}):\n{stdout}{stderr}",
+        out.status
+    );
+}
+
+fn id_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// asyncpg itself: prepare for keys on every shard (first executions), transactions with a
+/// nested savepoint, and its pool's reset on 1,000 releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_driver_through_the_proxy() {
+    let (_env, proxy, ids) = setup(5).await;
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/asyncpg_habits.py"
+    ))
+    .arg(format!(
+        "postgresql://app:app-secret@127.0.0.1:{}/app",
+        proxy.port()
+    ))
+    .arg(id_list(&ids));
+    run_driver(cmd, "asyncpg checks passed").await;
+}
+
+/// pgjdbc (Debian's libpostgresql-jdbc-java): autocommit off, so BEGIN rides with the first
+/// statement; first keys on each shard; 8 threads committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_driver_through_the_proxy() {
+    let (_env, proxy, ids) = setup(10).await;
+    let jar =
+        std::env::var("PGJDBC_JAR").unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into());
+    let mut cmd = std::process::Command::new("java");
+    cmd.args(["-cp", &jar])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/java/JdbcHabits.java"
+        ))
+        .arg(format!(
+            "jdbc:postgresql://127.0.0.1:{}/app?sslmode=disable",
+            proxy.port()
+        ))
+        .arg(id_list(&ids));
+    run_driver(cmd, "jdbc checks passed").await;
+}

@@ -373,8 +373,8 @@ impl Session {
         let Ok((portal, _)) = decode_execute(exec.body()) else {
             return;
         };
-        let portal = portal.to_string();
-        let Some(stmt) = self.portals.get(&portal).map(|(_, p)| p.clone()) else {
+        // Checked without allocating: this runs for every pipeline of an idle session.
+        let Some((_, stmt)) = self.portals.get(portal) else {
             return;
         };
         if !matches!(
@@ -383,6 +383,8 @@ impl Session {
         ) {
             return;
         }
+        let stmt = stmt.clone();
+        let portal = portal.to_string();
         // The Bind that made this portal is answered locally too: nothing reaches a shard.
         let bound_here = ops[..at].iter().rposition(|o| match o {
             Op::Bind(_, f, _) => BindMsg::decode(f.body()).is_ok_and(|m| m.portal == portal),

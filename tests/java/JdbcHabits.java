@@ -1,0 +1,62 @@
+// pgjdbc through the proxy (issue 16): with autocommit off the driver pipelines BEGIN with
+// the first statement of each transaction; transactions whose first key is on each shard,
+// committed and rolled back, from several threads at once.
+//
+// usage: java -cp postgresql.jar JdbcHabits.java JDBC_URL ID[,ID...]
+import java.sql.*;
+import java.util.*;
+import java.util.concurrent.*;
+import java.util.concurrent.atomic.*;
+
+public class JdbcHabits {
+    public static void main(String[] args) throws Exception {
+        String url = args[0];
+        long[] ids = Arrays.stream(args[1].split(",")).mapToLong(Long::parseLong).toArray();
+        try (Connection c = DriverManager.getConnection(url, "app", "app-secret")) {
+            c.setAutoCommit(false);
+            for (long first : ids) {
+                for (long other : ids) {
+                    try (PreparedStatement s = c.prepareStatement("SELECT name FROM users WHERE id = ?")) {
+                        s.setLong(1, first);
+                        try (ResultSet r = s.executeQuery()) {
+                            if (!r.next() || !r.getString(1).equals("user-" + first))
+                                throw new AssertionError("first " + first);
+                        }
+                    }
+                    try (PreparedStatement u = c.prepareStatement("UPDATE users SET name = ? WHERE id = ?")) {
+                        u.setString(1, "jdbc");
+                        u.setLong(2, other);
+                        if (u.executeUpdate() != 1) throw new AssertionError("update " + other);
+                    }
+                    c.rollback();
+                }
+            }
+        }
+        ExecutorService pool = Executors.newFixedThreadPool(8);
+        AtomicInteger errors = new AtomicInteger();
+        List<Future<?>> done = new ArrayList<>();
+        for (int t = 0; t < 8; t++) {
+            final int thread = t;
+            done.add(pool.submit(() -> {
+                try (Connection c = DriverManager.getConnection(url, "app", "app-secret")) {
+                    c.setAutoCommit(false);
+                    for (int i = 0; i < 100; i++) {
+                        long id = ids[(thread + i) % ids.length];
+                        try (PreparedStatement s = c.prepareStatement("UPDATE users SET name = name WHERE id = ?")) {
+                            s.setLong(1, id);
+                            s.executeUpdate();
+                        }
+                        c.commit();
+                    }
+                } catch (Exception e) {
+                    errors.incrementAndGet();
+                    e.printStackTrace();
+                }
+            }));
+        }
+        for (Future<?> f : done) f.get();
+        pool.shutdown();
+        if (errors.get() != 0) throw new AssertionError(errors.get() + " threads failed");
+        System.out.println("jdbc checks passed");
+    }
+}
