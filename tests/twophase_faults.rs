@@ -95,6 +95,15 @@ async fn two_phase_commit_never_half_commits_under_faults() {
     let decision = "'commit') ON CONFLICT";
     let cases = [
         Case {
+            what: "a participant's transaction aborted before PREPARE (it answers ROLLBACK)",
+            shard: 1,
+            pattern: "PREPARE TRANSACTION",
+            fault: Fault::AbortFirst,
+            between: (0, 1),
+            heard: Heard::Error("40000"),
+            applied: Applied::No,
+        },
+        Case {
             what: "a participant's PREPARE answer is lost",
             shard: 1,
             pattern: "PREPARE TRANSACTION",
@@ -184,6 +193,7 @@ async fn two_phase_commit_never_half_commits_under_faults() {
             Err(e) => {
                 let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
                 Heard::Error(match code.as_str() {
+                    "40000" => "40000",
                     "08006" => "08006",
                     "08007" => "08007",
                     other => panic!("{}: unexpected error {other}: {e:?}", case.what),

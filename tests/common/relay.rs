@@ -18,6 +18,9 @@ pub enum Fault {
     /// Deliver the request, then close the connection before any reply reaches the sender
     /// (the shard runs it; its answer is lost).
     DropReply,
+    /// Abort the shard's open transaction behind the sender's back: send it a failing
+    /// statement first (its answer is swallowed), then the request.
+    AbortFirst,
 }
 
 #[derive(Default)]
@@ -85,14 +88,35 @@ async fn pump(client: TcpStream, server: TcpStream, armed: Arc<Mutex<Armed>>) {
     let (mut sr, mut sw) = server.into_split();
     let cut = Arc::new(Notify::new());
     let cut2 = cut.clone();
+    // Replies to swallow: the shard's messages up to this many ReadyForQuery are dropped.
+    let swallow = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let swallow2 = swallow.clone();
     // Shard -> client, until the shard closes or the connection is cut.
     let back = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut held: Vec<u8> = Vec::new();
         loop {
             tokio::select! {
                 r = sr.read(&mut buf) => match r {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => if cw.write_all(&buf[..n]).await.is_err() { break },
+                    Ok(n) => {
+                        held.extend_from_slice(&buf[..n]);
+                        // Drop whole messages while some are to be swallowed.
+                        while swallow2.load(std::sync::atomic::Ordering::Acquire) > 0 && held.len() >= 5 {
+                            let len = u32::from_be_bytes([held[1], held[2], held[3], held[4]]) as usize;
+                            if held.len() < len + 1 {
+                                break;
+                            }
+                            if held[0] == b'Z' {
+                                swallow2.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                            }
+                            held.drain(..len + 1);
+                        }
+                        if swallow2.load(std::sync::atomic::Ordering::Acquire) == 0 && !held.is_empty() {
+                            if cw.write_all(&held).await.is_err() { break }
+                            held.clear();
+                        }
+                    }
                 },
                 _ = cut2.notified() => break,
             }
@@ -124,6 +148,17 @@ async fn pump(client: TcpStream, server: TcpStream, armed: Arc<Mutex<Armed>>) {
             Some(Fault::DropRequest) => {
                 cut.notify_one();
                 break;
+            }
+            Some(Fault::AbortFirst) => {
+                swallow.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let mut q = vec![b'Q'];
+                let sql = b"SELECT 1/0\0";
+                q.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
+                q.extend_from_slice(sql);
+                q.extend_from_slice(chunk);
+                if sw.write_all(&q).await.is_err() {
+                    break;
+                }
             }
             Some(Fault::DropReply) => {
                 // Stop replies first, then deliver the request and give the shard time to
