@@ -205,3 +205,50 @@ print("done")
         assert_eq!(name, want, "id {id} on shard {shard}");
     }
 }
+
+/// psycopg 3 server-side cursors (`conn.cursor(name=…)`: DECLARE, then a Describe of the
+/// portal DECLARE made) on a single-shard query; and `DISCARD ALL` / `DEALLOCATE ALL` sent
+/// through the extended protocol, after which prepared executions go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_named_cursor_and_discard_all() {
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(&env, TABLES, "").await;
+    let c = proxy.client().await;
+    common::create_users(&c, "", 40).await;
+    let script = r#"
+import sys, psycopg
+conn = psycopg.connect(sys.argv[1])
+for key in range(1, 41):
+    with conn.cursor(name="nc") as cur:
+        cur.execute("SELECT id, name FROM users WHERE id = %s", (key,))
+        assert cur.fetchall() == [(key, f"user-{key}")], key
+    conn.commit()
+with conn.cursor(name="big") as cur:
+    cur.itersize = 3
+    cur.execute("SELECT u.id, g FROM users u, generate_series(1, 10) g WHERE u.id = 5")
+    assert [g for _, g in cur] == list(range(1, 11))
+conn.commit()
+conn.autocommit = True
+for i in range(3):
+    for key in (1, 2, 3):
+        row = conn.execute("SELECT name FROM users WHERE id = %s", (key,), prepare=True).fetchone()
+        assert row == (f"user-{key}",), row
+    conn.execute("DISCARD ALL" if i == 0 else "DEALLOCATE ALL")
+print("cursor checks passed")
+"#;
+    let conninfo = proxy.conninfo();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .args(["-c", script, &conninfo])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && stdout.contains("cursor checks passed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

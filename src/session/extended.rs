@@ -470,6 +470,7 @@ impl Session {
                 Some(StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint(_))
                     if self.txn.status != b'I' => {}
                 Some(k) if self.txn.status != b'I' && super::txn::is_setting(&k) => {}
+                Some(StmtKind::DiscardAll | StmtKind::Deallocate(_)) => {}
                 _ => return Ok(false),
             }
         }
@@ -500,6 +501,10 @@ impl Session {
             }
             Some(StmtKind::Savepoint(op)) => {
                 self.savepoint(&op, &sql).await?;
+                self.push_ready();
+            }
+            Some(k @ (StmtKind::DiscardAll | StmtKind::Deallocate(_))) => {
+                self.session_command(&k);
                 self.push_ready();
             }
             Some(k) => {
@@ -816,13 +821,16 @@ impl Session {
                         .ok_or_else(|| ProxyError::NoSuchStatement(name.to_string()))?;
                     Ok(Op::DescribeStmt(stmt))
                 } else {
-                    let (t, stmt) = self
-                        .portals
-                        .get(name)
-                        .cloned()
-                        .ok_or_else(|| ProxyError::NoSuchPortal(name.to_string()))?;
-                    if !floats(&stmt) {
-                        merge(t, self)?;
+                    match self.portals.get(name).cloned() {
+                        Some((t, stmt)) => {
+                            if !floats(&stmt) {
+                                merge(t, self)?;
+                            }
+                        }
+                        // A cursor made by SQL DECLARE (psycopg's named cursors describe it):
+                        // it lives in the transaction, on the shard that ran the DECLARE.
+                        None if self.txn.status != b'I' && !self.conns.is_empty() => {}
+                        None => return Err(ProxyError::NoSuchPortal(name.to_string())),
                     }
                     Ok(Op::Raw(f, Expect::Describe))
                 }

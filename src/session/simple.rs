@@ -140,43 +140,49 @@ impl Session {
                 Ok(true)
             }
             StmtKind::DiscardAll | StmtKind::ResetAll | StmtKind::Deallocate(_) => {
-                if matches!(kind, StmtKind::DiscardAll) && self.txn.status != b'I' {
-                    self.push_error(&ProxyError::Unsupported(
-                        "DISCARD ALL cannot run inside a transaction block".into(),
-                    ));
-                    self.push_ready();
-                    return Ok(true);
-                }
-                let tag = match kind {
-                    StmtKind::DiscardAll => {
-                        self.settings.clear();
-                        self.stmts.clear();
-                        "DISCARD ALL"
-                    }
-                    StmtKind::ResetAll => {
-                        self.settings.clear();
-                        "RESET"
-                    }
-                    StmtKind::Deallocate(None) => {
-                        self.stmts.clear();
-                        "DEALLOCATE ALL"
-                    }
-                    StmtKind::Deallocate(Some(name)) => {
-                        if self.stmts.remove(name).is_none() {
-                            self.push_error(&ProxyError::NoSuchStatement(name.clone()));
-                            self.push_ready();
-                            return Ok(true);
-                        }
-                        "DEALLOCATE"
-                    }
-                    _ => unreachable!("matched above"),
-                };
-                build::command_complete(&mut self.out, tag);
+                self.session_command(kind);
                 self.push_ready();
                 Ok(true)
             }
             _ => Ok(false),
         }
+    }
+
+    /// `DISCARD ALL`, `RESET ALL`, `DEALLOCATE [ALL]`: they act on the client's session as
+    /// the proxy keeps it (its settings, its prepared statements), never on a pooled backend
+    /// (whose statements are the proxy's). Queues the reply, not ReadyForQuery.
+    pub(super) fn session_command(&mut self, kind: &StmtKind) {
+        let tag = match kind {
+            StmtKind::DiscardAll if self.txn.status != b'I' => {
+                self.push_error(&ProxyError::Backend {
+                    code: "25001".into(),
+                    message: "DISCARD ALL cannot run inside a transaction block".into(),
+                });
+                return;
+            }
+            StmtKind::DiscardAll => {
+                self.settings.clear();
+                self.stmts.clear();
+                "DISCARD ALL"
+            }
+            StmtKind::ResetAll => {
+                self.settings.clear();
+                "RESET"
+            }
+            StmtKind::Deallocate(None) => {
+                self.stmts.clear();
+                "DEALLOCATE ALL"
+            }
+            StmtKind::Deallocate(Some(name)) => {
+                if self.stmts.remove(name).is_none() {
+                    self.push_error(&ProxyError::NoSuchStatement(name.clone()));
+                    return;
+                }
+                "DEALLOCATE"
+            }
+            _ => return,
+        };
+        build::command_complete(&mut self.out, tag);
     }
 
     /// Runs the whole query string on one target; returns whether it failed.
