@@ -294,7 +294,23 @@ async fn asyncpg_pool_reset_options_and_client_encoding() {
         let got = w.until_ready().await;
         assert_eq!(first_error(&got), None, "{}", tags(&got));
     }
-    // RESET ALL returns to the startup values, options included.
+    // RESET ALL returns to the startup values, options included (on the same connection,
+    // after the reset string ran on a backend, and inside a transaction).
+    w.query("SHOW statement_timeout");
+    w.send().await;
+    assert_eq!(first_values(&w.until_ready().await), vec!["300ms"]);
+    w.query("BEGIN; SET statement_timeout = 1000");
+    w.send().await;
+    w.until_ready().await;
+    w.query("RESET ALL");
+    w.send().await;
+    w.until_ready().await;
+    w.query("SHOW statement_timeout");
+    w.send().await;
+    assert_eq!(first_values(&w.until_ready().await), vec!["300ms"]);
+    w.query("COMMIT");
+    w.send().await;
+    w.until_ready().await;
     let mut w = Wire::login(
         proxy.port(),
         &[(
@@ -303,6 +319,9 @@ async fn asyncpg_pool_reset_options_and_client_encoding() {
         )],
     )
     .await;
+    w.query("SET statement_timeout = 5000; RESET statement_timeout");
+    w.send().await;
+    w.until_ready().await;
     w.query("SHOW statement_timeout");
     w.send().await;
     assert_eq!(first_values(&w.until_ready().await), vec!["300ms"]);

@@ -19,9 +19,11 @@ struct Entry {
     value: Option<String>,
 }
 
-/// Ordered name -> SET statement list with its fingerprint.
+/// The client's settings: its startup parameters (the session's defaults, which `RESET`
+/// returns to, as in Postgres) and its `SET`s, in order, with their fingerprint.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    defaults: Vec<Entry>,
     entries: Vec<Entry>,
     fp: u64,
 }
@@ -29,6 +31,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         let mut s = Settings {
+            defaults: Vec::new(),
             entries: Vec::new(),
             fp: 0,
         };
@@ -62,6 +65,12 @@ pub fn quote_ident(v: &str) -> String {
 impl Settings {
     fn refresh(&mut self) {
         let mut h = Vec::new();
+        for e in &self.defaults {
+            h.extend_from_slice(e.name.as_bytes());
+            h.push(1);
+            h.extend_from_slice(e.stmt.as_bytes());
+            h.push(1);
+        }
         for e in &self.entries {
             h.extend_from_slice(e.name.as_bytes());
             h.push(0);
@@ -77,10 +86,19 @@ impl Settings {
         self.put(name, stmt.to_string(), None);
     }
 
-    /// Records a startup parameter as `SET name TO 'value'`.
+    /// Records a startup parameter (a session default) as `SET name TO 'value'`.
     pub fn set_value(&mut self, name: &str, value: &str) {
         let stmt = format!("SET {} TO {}", quote_ident(name), quote_literal(value));
-        self.put(name, stmt, Some(value.to_string()));
+        let name = name.to_ascii_lowercase();
+        let value = Some(value.to_string());
+        match self.defaults.iter_mut().find(|e| e.name == name) {
+            Some(e) => {
+                e.stmt = stmt;
+                e.value = value;
+            }
+            None => self.defaults.push(Entry { name, stmt, value }),
+        }
+        self.refresh();
     }
 
     fn put(&mut self, name: &str, stmt: String, value: Option<String>) {
@@ -95,6 +113,30 @@ impl Settings {
         self.refresh();
     }
 
+    /// What brings a backend inside a transaction to the state after `RESET name`
+    /// (`None` for every name: `RESET ALL`): Postgres returns to the session's defaults,
+    /// which for a client of the proxy include its startup parameters. `None` when the
+    /// backend's own `RESET name` is already right (no startup value for that name).
+    pub fn reset_sql(&self, name: Option<&str>) -> Option<String> {
+        match name {
+            None => {
+                let mut sql = String::from("RESET ALL");
+                for e in &self.defaults {
+                    sql.push_str("; ");
+                    sql.push_str(&e.stmt);
+                }
+                Some(sql)
+            }
+            Some(n) => {
+                let n = n.to_ascii_lowercase();
+                self.defaults
+                    .iter()
+                    .find(|e| e.name == n)
+                    .map(|e| e.stmt.clone())
+            }
+        }
+    }
+
     /// Records `RESET name`.
     pub fn reset(&mut self, name: &str) {
         let name = name.to_ascii_lowercase();
@@ -102,7 +144,7 @@ impl Settings {
         self.refresh();
     }
 
-    /// Records `RESET ALL` / `DISCARD ALL`.
+    /// Records `RESET ALL` / `DISCARD ALL`: back to the startup parameters.
     pub fn clear(&mut self) {
         self.entries.clear();
         self.refresh();
@@ -116,7 +158,7 @@ impl Settings {
     /// `(name, value)` of the settings whose value is known (startup parameters), for
     /// the ParameterStatus messages of the login.
     pub fn known_values(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries
+        self.defaults
             .iter()
             .filter_map(|e| e.value.as_deref().map(|v| (e.name.as_str(), v)))
     }
@@ -124,7 +166,7 @@ impl Settings {
     /// The SQL that brings a connection to these settings.
     pub fn replay_sql(&self) -> String {
         let mut sql = String::from("RESET ALL");
-        for e in &self.entries {
+        for e in self.defaults.iter().chain(&self.entries) {
             sql.push_str("; ");
             sql.push_str(&e.stmt);
         }
@@ -243,7 +285,27 @@ mod tests {
         a.reset("search_path");
         assert_eq!(a.fingerprint(), fp);
         a.clear();
-        assert_eq!(a.fingerprint(), empty_fp());
+        assert_eq!(
+            a.fingerprint(),
+            fp,
+            "RESET ALL keeps the startup parameters"
+        );
         assert_ne!(empty_fp(), UNKNOWN_FP);
+        a.set("application_name", "SET application_name = 'z'");
+        assert_eq!(
+            a.replay_sql(),
+            "RESET ALL; SET application_name TO 'x''y'; SET application_name = 'z'"
+        );
+        assert_eq!(
+            a.reset_sql(Some("Application_Name")).as_deref(),
+            Some("SET application_name TO 'x''y'")
+        );
+        assert_eq!(a.reset_sql(Some("work_mem")), None);
+        assert_eq!(
+            a.reset_sql(None).as_deref(),
+            Some("RESET ALL; SET application_name TO 'x''y'")
+        );
+        a.reset("application_name");
+        assert_eq!(a.fingerprint(), fp);
     }
 }

@@ -378,6 +378,11 @@ impl Session {
                 }
                 k if super::txn::is_setting(k) => {
                     settings = true;
+                    if matches!(k, StmtKind::Reset { .. } | StmtKind::ResetAll) {
+                        // The backend reset to its own defaults, not the client's startup
+                        // parameters: it is brought back to the client's settings before reuse.
+                        only_autocommit = false;
+                    }
                     if outcome.error {
                         // Which of them ran is unknown: the connections are resynced.
                         only_autocommit = false;

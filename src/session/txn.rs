@@ -290,7 +290,13 @@ impl Session {
         kind: &StmtKind,
         sql: &str,
     ) -> Result<(), SessionEnd> {
-        let stmt = sql.trim().trim_end_matches(';');
+        // RESET returns to the session's defaults, the client's startup parameters included.
+        let reset = match kind {
+            StmtKind::ResetAll => self.settings.reset_sql(None),
+            StmtKind::Reset { name } => self.settings.reset_sql(Some(name)),
+            _ => None,
+        };
+        let stmt = reset.unwrap_or_else(|| sql.trim().trim_end_matches(';').to_string());
         if self.conns.is_empty() {
             let shard = self.any_shard();
             if let Err(e) = self.conn_for(shard).await {
@@ -298,8 +304,8 @@ impl Session {
                 return Ok(());
             }
         }
-        if self.on_every_held(stmt).await {
-            self.txn.record_setting(kind, stmt);
+        if self.on_every_held(&stmt).await {
+            self.txn.record_setting(kind, &stmt);
             let tag = match kind {
                 StmtKind::Reset { .. } | StmtKind::ResetAll => "RESET",
                 _ => "SET",
