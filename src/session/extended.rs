@@ -367,6 +367,14 @@ impl Session {
         else {
             return;
         };
+        // Only a pipeline that executes something after the BEGIN qualifies (a lone BEGIN is
+        // `transaction_batch`'s): most pipelines stop here, before any decoding.
+        if !ops[at + 1..]
+            .iter()
+            .any(|o| matches!(o, Op::Raw(_, Expect::Execute) | Op::Gather(..)))
+        {
+            return;
+        }
         let Op::Raw(exec, Expect::Execute) = &ops[at] else {
             return;
         };
