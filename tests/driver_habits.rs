@@ -419,3 +419,81 @@ async fn jdbc_driver_through_the_proxy() {
         .arg(id_list(&ids));
     run_driver(cmd, "jdbc checks passed").await;
 }
+
+/// Execute with a row limit on a query that runs on several shards without a merge
+/// (tokio-postgres `query_portal`, asyncpg cursors, JDBC `setFetchSize`): the proxy pages
+/// the concatenated rows and answers PortalSuspended — never an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_limited_execute_on_several_shards() {
+    let (_env, proxy, ids) = setup(5).await;
+    let mut c = proxy.client().await;
+    for n in 4..40i64 {
+        c.execute(
+            "INSERT INTO users (id, name) VALUES ($1, $2)",
+            &[&(1000 + n), &format!("user-{}", 1000 + n)],
+        )
+        .await
+        .unwrap();
+    }
+    let mut want: Vec<i64> = ids.clone();
+    want.extend((4..40).map(|n| 1000 + n));
+    want.sort();
+    let any: Vec<i64> = vec![ids[0], ids[1], ids[2], 1004, 1005];
+    for (sql, expect) in [
+        ("SELECT id FROM users", want.clone()),
+        ("SELECT id FROM users WHERE id = ANY($1)", {
+            let mut a = any.clone();
+            a.sort();
+            a
+        }),
+    ] {
+        let t = c.transaction().await.unwrap();
+        let st = t.prepare(sql).await.unwrap();
+        let portal = if sql.contains("ANY") {
+            t.bind(&st, &[&any]).await.unwrap()
+        } else {
+            t.bind(&st, &[]).await.unwrap()
+        };
+        let mut got: Vec<i64> = Vec::new();
+        let mut pages = 0;
+        loop {
+            let rows = t
+                .query_portal(&portal, 7)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            pages += 1;
+            if rows.is_empty() {
+                break;
+            }
+            assert!(rows.len() <= 7);
+            got.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+        }
+        t.commit().await.unwrap();
+        got.sort();
+        assert_eq!(got, expect, "{sql}");
+        assert!(pages > expect.len() / 7, "{sql}: fetched in {pages} pages");
+    }
+    // The raw exchange, as asyncpg's cursor sends it: Bind, Execute(2), Sync, Execute(2)…
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    w.query("BEGIN");
+    w.send().await;
+    w.until_ready().await;
+    w.parse("", "SELECT id FROM users WHERE id < 1000")
+        .bind("cur", "", &[])
+        .execute("cur", 2)
+        .sync();
+    w.send().await;
+    let first = w.until_ready().await;
+    assert_eq!(tags(&first), "12DDsZ", "{}", tags(&first));
+    w.execute("cur", 2).sync();
+    w.send().await;
+    let second = w.until_ready().await;
+    assert_eq!(first_error(&second), None, "{}", tags(&second));
+    let mut all = first_values(&first);
+    all.extend(first_values(&second));
+    all.sort();
+    let mut three: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    three.sort();
+    assert_eq!(all, three);
+    assert!(tags(&second).ends_with("CZ"), "{}", tags(&second));
+}

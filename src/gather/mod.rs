@@ -38,6 +38,22 @@ pub struct GatherPlan {
     pub describe: String,
 }
 
+impl GatherPlan {
+    /// The rows of every shard one after the other, unchanged (a read whose result is the
+    /// union of the shards' results: no ORDER BY, aggregate, DISTINCT or LIMIT).
+    pub fn concatenation(sql: &str) -> GatherPlan {
+        GatherPlan {
+            shard_sql: sql.to_string(),
+            hidden: 0,
+            sort: Vec::new(),
+            limit: None,
+            offset: None,
+            mode: Mode::Stream,
+            describe: "concatenate the shards' rows".into(),
+        }
+    }
+}
+
 /// A LIMIT or OFFSET value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {

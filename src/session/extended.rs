@@ -802,8 +802,14 @@ impl Session {
                 if !matches!(route, RouteSpec::Any) {
                     merge(t, self)?;
                 }
-                let merged =
-                    t.is_multi() && stmt.plan.stmts.first().is_some_and(|s| s.gather.is_some());
+                // A read on several shards keeps its Bind in the proxy: a merge needs it, and a
+                // plain concatenation does too when it is fetched with a row limit (JDBC's
+                // setFetchSize, asyncpg cursors, tokio-postgres's query_portal).
+                let merged = t.is_multi()
+                    && stmt.plan.stmts.first().is_some_and(|s| {
+                        s.gather.is_some()
+                            || (s.kind == StmtKind::Read && s.explain.is_none() && s.copy.is_none())
+                    });
                 let portal = m.portal.to_string();
                 let tail = m.tail_offset;
                 if merged {
@@ -844,7 +850,7 @@ impl Session {
                 }
             }
             b'E' => {
-                let (portal, _) = decode_execute(f.body()).map_err(proto)?;
+                let (portal, max_rows) = decode_execute(f.body()).map_err(proto)?;
                 let (t, stmt) = self
                     .portals
                     .get(portal)
@@ -858,9 +864,14 @@ impl Session {
                 if stmt.plan.writes() {
                     *writes = true;
                 }
-                // Its Bind registered the portal as merged when it runs on several shards.
-                if self.gather_portals.contains_key(portal) {
-                    return Ok(Op::Gather(f, stmt));
+                // Its Bind registered the portal as merged when it runs on several shards. A
+                // plain concatenation fetched whole streams through the shards' own portals;
+                // fetched in chunks, the proxy pages it.
+                if let Some(g) = self.gather_portals.get(portal) {
+                    let planned = stmt.plan.stmts.first().is_some_and(|s| s.gather.is_some());
+                    if planned || max_rows > 0 || g.rows.is_some() {
+                        return Ok(Op::Gather(f, stmt));
+                    }
                 }
                 if let Some(st) = stmt.plan.stmts.first() {
                     if matches!(
@@ -1294,10 +1305,10 @@ impl Session {
         max_rows: i32,
         describe: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
-        let Some(gp) = p.plan.stmts.first().and_then(|s| s.gather.clone()) else {
-            return Ok(Err(ProxyError::Protocol(
-                "portal is not a merged query".into(),
-            )));
+        // A read without a merge plan is a concatenation of the shards' rows.
+        let gp = match p.plan.stmts.first().and_then(|s| s.gather.clone()) {
+            Some(gp) => gp,
+            None => Arc::new(crate::gather::GatherPlan::concatenation(&p.sql)),
         };
         let Some(bind) = self.gather_portals.get(portal).map(|g| g.bind.clone()) else {
             return Ok(Err(ProxyError::NoSuchPortal(portal.to_string())));
