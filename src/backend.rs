@@ -89,6 +89,8 @@ pub struct BackendConn {
     pub prepared: HashSet<u64, foldhash::fast::RandomState>,
     /// Fingerprint of the session settings (SETs) applied to this connection.
     pub settings_fp: u64,
+    /// The proxy's schema epoch its prepared statements belong to (see `Shared::schema_epoch`).
+    pub prepared_epoch: u64,
     /// Pool generation this connection was made in.
     pub generation: u64,
     /// Set when the connection must not be reused (I/O error, unknown state).
@@ -135,6 +137,7 @@ impl BackendConn {
             params: Vec::new(),
             prepared: HashSet::default(),
             settings_fp: 0,
+            prepared_epoch: 0,
             generation: 0,
             broken: false,
             discard: false,

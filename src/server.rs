@@ -157,6 +157,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         twophase: Default::default(),
         stats: Default::default(),
         telemetry,
+        schema_epoch: Default::default(),
     })
 }
 

@@ -497,3 +497,77 @@ async fn row_limited_execute_on_several_shards() {
     assert_eq!(all, three);
     assert!(tags(&second).ends_with("CZ"), "{}", tags(&second));
 }
+
+/// Prepared statements shared by content on pooled backends never outlive the DDL they
+/// depend on: DDL through the proxy clears them; DDL made elsewhere is noticed from the
+/// first error it causes (`cached plan must not change result type`,
+/// `cache lookup failed for type`), after which the statement is prepared again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_survive_ddl() {
+    // Pool size 1: every client meets the statements the previous one left on the backend.
+    let (env, proxy, _ids) = setup(1).await;
+    let a = proxy.client().await;
+    a.batch_execute("CREATE TABLE t_ddl (a int)").await.unwrap();
+    a.batch_execute("INSERT INTO t_ddl VALUES (1)")
+        .await
+        .unwrap();
+    let rows = a.query("SELECT * FROM t_ddl", &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 1);
+    drop(a);
+    let b = proxy.client().await;
+    b.batch_execute("ALTER TABLE t_ddl ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    let rows = b.query("SELECT * FROM t_ddl", &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 2, "a new prepare sees the new column");
+    assert_eq!(rows[0].get::<_, i32>(1), 7);
+    // A type dropped and made again (SQLAlchemy's and asyncpg's suites do this constantly).
+    b.batch_execute("CREATE TYPE mood AS ENUM ('ok', 'sad')")
+        .await
+        .unwrap();
+    let v: String = b
+        .query_one("SELECT $1::text::mood::text", &[&"ok"])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "ok");
+    b.batch_execute("DROP TYPE mood").await.unwrap();
+    b.batch_execute("CREATE TYPE mood AS ENUM ('ok', 'sad', 'glad')")
+        .await
+        .unwrap();
+    let c = proxy.client().await;
+    let v: String = c
+        .query_one("SELECT $1::text::mood::text", &[&"glad"])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "glad");
+    // DDL made directly on the shards, behind the proxy's back: at most one error, then the
+    // statement is prepared again.
+    for s in 0..env.shard_count() {
+        env.shard_client(s)
+            .await
+            .batch_execute("ALTER TABLE t_ddl ADD COLUMN c int DEFAULT 9")
+            .await
+            .unwrap();
+    }
+    let d = proxy.client().await;
+    let mut ok = None;
+    for attempt in 0..2 {
+        match d.query("SELECT * FROM t_ddl", &[]).await {
+            Ok(rows) => {
+                ok = Some((attempt, rows[0].len()));
+                break;
+            }
+            Err(e) => {
+                let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                assert!(code == "0A000" || code == "XX000", "{e:?}");
+            }
+        }
+    }
+    assert_eq!(
+        ok.map(|o| o.1),
+        Some(3),
+        "after at most one stale-plan error"
+    );
+}

@@ -309,6 +309,9 @@ impl Session {
                 return Ok(());
             }
         };
+        if changes.iter().any(|(k, _)| *k == StmtKind::Ddl) {
+            self.schema_changed();
+        }
         batch.open = if sync || detached { None } else { Some(target) };
         if !sync && outcome.error {
             // An error before Sync aborts the transaction block (the client's Sync says 'E'),
@@ -323,6 +326,9 @@ impl Session {
             for (kind, sql) in changes {
                 if outcome.error {
                     break;
+                }
+                if !super::txn::is_setting(&kind) && kind != StmtKind::DiscardAll {
+                    continue;
                 }
                 if was_idle && outcome.status == b'I' {
                     if let Some(ch) = super::txn::setting_change(&kind, &sql) {
@@ -877,11 +883,14 @@ impl Session {
                     if matches!(
                         st.kind,
                         StmtKind::Set { .. }
+                            | StmtKind::SetLocal
                             | StmtKind::Reset { .. }
                             | StmtKind::ResetAll
                             | StmtKind::DiscardAll
                     ) {
                         changes.push((st.kind.clone(), stmt.sql.trim().to_string()));
+                    } else if st.kind == StmtKind::Ddl {
+                        changes.push((StmtKind::Ddl, String::new()));
                     }
                     if matches!(st.kind, StmtKind::CopyIn) {
                         return Err(ProxyError::Unsupported(

@@ -39,6 +39,8 @@ use txn::{SettingChange, Txn};
 
 /// Most prepared statements kept per backend connection before they are all deallocated.
 pub const MAX_PREPARED_PER_CONN: usize = 1000;
+/// The prepared-statement epoch of a connection whose statements must be dropped.
+pub const STALE_EPOCH: u64 = u64::MAX;
 /// Most prepared statements a client may hold.
 pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
 /// Most bytes of extended-protocol messages buffered before a Sync/Flush.
@@ -92,6 +94,10 @@ pub struct Shared {
     pub stats: RouteStats,
     /// Prometheus metrics.
     pub telemetry: crate::telemetry::Telemetry,
+    /// Bumped by every schema change that passes through this proxy: a backend connection
+    /// whose prepared statements are older is cleared (`DEALLOCATE ALL`) at its next
+    /// checkout, so statements shared by content never outlive the DDL they depend on.
+    pub schema_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -741,7 +747,15 @@ impl Session {
             shard: name,
             reason: e.to_string(),
         };
-        if conn.prepared.len() > MAX_PREPARED_PER_CONN {
+        let epoch = self
+            .shared
+            .schema_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        // Statements prepared before a schema change (or found stale) are dropped and
+        // prepared again on next use.
+        let stale = conn.prepared_epoch != epoch && !conn.prepared.is_empty();
+        conn.prepared_epoch = epoch;
+        if stale || conn.prepared.len() > MAX_PREPARED_PER_CONN {
             conn.run_simple("DEALLOCATE ALL")
                 .await
                 .map_err(|e| lost(e, pool.info.name.clone()))?;
@@ -798,6 +812,17 @@ impl Session {
             idxs.push(self.conn_for(s).await?);
         }
         Ok(idxs)
+    }
+
+    /// A schema change passed through this session: every pooled connection's prepared
+    /// statements are cleared at its next checkout, the ones held now included.
+    fn schema_changed(&mut self) {
+        self.shared
+            .schema_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        for c in self.conns.iter_mut() {
+            c.prepared_epoch = STALE_EPOCH;
+        }
     }
 
     /// Gives the held connections back when no transaction or exchange needs them.

@@ -133,9 +133,13 @@ impl Session {
             match f.tag {
                 b'E' => {
                     outcome.error = true;
-                    self.shared
-                        .telemetry
-                        .error(&crate::protocol::error_fields(f.body()).0);
+                    let (code, message) = crate::protocol::error_fields(f.body());
+                    self.shared.telemetry.error(&code);
+                    if stale_statement(&code, &message) {
+                        // A statement the proxy prepared outlived a schema change made
+                        // elsewhere (or vanished): this connection's are prepared again.
+                        self.conns[idx].prepared_epoch = super::STALE_EPOCH;
+                    }
                     if !quiet {
                         self.out.extend_from_slice(&f.raw);
                     }
@@ -403,6 +407,15 @@ impl Session {
             reason: error.to_string(),
         }
     }
+}
+
+/// Whether an error says a prepared statement on the backend is out of date or gone:
+/// `cached plan must not change result type` (0A000), `cache lookup failed for type N`
+/// (XX000, a type dropped and made again), or a missing statement (26000).
+fn stale_statement(code: &str, message: &str) -> bool {
+    (code == "0A000" && message.starts_with("cached plan must not change result type"))
+        || (code == "XX000" && message.starts_with("cache lookup failed"))
+        || code == "26000"
 }
 
 fn merge_status(boundaries: &[Option<Frame>]) -> u8 {

@@ -400,6 +400,9 @@ impl Session {
                 only_autocommit = false;
             }
         }
+        if plan.stmts.iter().any(|st| st.kind == StmtKind::Ddl) {
+            self.schema_changed();
+        }
         if settings {
             // A connection that ran only autocommit SETs holds exactly the client's settings.
             let fp = if only_autocommit {
