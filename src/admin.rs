@@ -115,18 +115,8 @@ pub async fn run(
 
 fn write_output(out: &mut BytesMut, o: &Output) {
     if !o.columns.is_empty() {
-        let at = build::begin(out, b'T');
-        out.extend_from_slice(&(o.columns.len() as i16).to_be_bytes());
-        for c in &o.columns {
-            build::put_cstr(out, c);
-            out.extend_from_slice(&0i32.to_be_bytes()); // table oid
-            out.extend_from_slice(&0i16.to_be_bytes()); // column number
-            out.extend_from_slice(&25u32.to_be_bytes()); // text
-            out.extend_from_slice(&(-1i16).to_be_bytes());
-            out.extend_from_slice(&(-1i32).to_be_bytes());
-            out.extend_from_slice(&0i16.to_be_bytes());
-        }
-        build::finish(out, at);
+        let cols: Vec<(&str, u32, i16, i16)> = o.columns.iter().map(|c| (*c, 25, -1, 0)).collect(); // text
+        build::row_description(out, &cols);
         for r in &o.rows {
             let vals: Vec<Option<&str>> = r.iter().map(|v| v.as_deref()).collect();
             build::data_row(out, &vals);

@@ -25,41 +25,73 @@ pub struct CancelTarget {
 /// The backends one client session is currently using.
 pub type CancelSlot = Arc<Mutex<Vec<CancelTarget>>>;
 
-/// Map from the keys handed to clients to their sessions' slots.
+/// One registered session: its secret, its user and its slot.
+struct Registered {
+    secret: i32,
+    user: Arc<str>,
+    slot: CancelSlot,
+}
+
+/// Map from the pids handed to clients (unique among live sessions) to their sessions.
 #[derive(Default)]
 pub struct CancelRegistry {
-    slots: Mutex<HashMap<(i32, i32), CancelSlot>>,
+    slots: Mutex<HashMap<i32, Registered>>,
 }
 
 impl CancelRegistry {
-    /// Registers a new session; returns its (pid, secret) and slot.
-    pub fn register(&self) -> (i32, i32, CancelSlot) {
+    /// Registers a new session of `user`; returns its (pid, secret) and slot.
+    pub fn register(&self, user: &str) -> (i32, i32, CancelSlot) {
         let mut rng = rand::thread_rng();
         let mut slots = self.slots.lock();
         loop {
-            let key = (rng.gen_range(1..i32::MAX), rng.gen::<i32>());
-            if let std::collections::hash_map::Entry::Vacant(e) = slots.entry(key) {
+            let pid = rng.gen_range(1..i32::MAX);
+            if let std::collections::hash_map::Entry::Vacant(e) = slots.entry(pid) {
+                let secret = rng.gen::<i32>();
                 let slot: CancelSlot = Arc::new(Mutex::new(Vec::new()));
-                e.insert(slot.clone());
-                return (key.0, key.1, slot);
+                e.insert(Registered {
+                    secret,
+                    user: Arc::from(user),
+                    slot: slot.clone(),
+                });
+                return (pid, secret, slot);
             }
         }
     }
 
     /// Removes a session.
     pub fn unregister(&self, pid: i32, secret: i32) {
-        self.slots.lock().remove(&(pid, secret));
+        let mut slots = self.slots.lock();
+        if slots.get(&pid).is_some_and(|r| r.secret == secret) {
+            slots.remove(&pid);
+        }
     }
 
     /// Forwards a cancel for (pid, secret) to the backends that session is using.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let targets = match self.slots.lock().get(&(pid, secret)) {
-            Some(slot) => slot.lock().clone(),
-            None => return, // Postgres ignores unknown keys silently, so do we.
+        let targets = match self.slots.lock().get(&pid) {
+            Some(r) if r.secret == secret => r.slot.lock().clone(),
+            _ => return, // Postgres ignores unknown keys silently, so do we.
         };
         for t in targets {
             send_cancel(&t).await;
         }
+    }
+
+    /// `pg_cancel_backend(pid)` from a client of `user`: cancels what the session with that
+    /// pid runs, when it belongs to the same user (Postgres lets a role signal its own
+    /// sessions). Returns whether such a session exists.
+    pub async fn cancel_pid(&self, pid: i64, user: &str) -> bool {
+        let Ok(pid) = i32::try_from(pid) else {
+            return false;
+        };
+        let targets = match self.slots.lock().get(&pid) {
+            Some(r) if &*r.user == user => r.slot.lock().clone(),
+            _ => return false,
+        };
+        for t in targets {
+            send_cancel(&t).await;
+        }
+        true
     }
 }
 

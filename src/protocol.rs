@@ -524,6 +524,37 @@ pub mod build {
         buf.put_u8(tag);
         buf.put_i32(4);
     }
+    /// RowDescription of columns made by the proxy: (name, type oid, type length, format)
+    /// each, no table.
+    pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32, i16, i16)]) {
+        let at = begin(buf, b'T');
+        buf.put_i16(columns.len() as i16);
+        for &(name, oid, len, format) in columns {
+            put_cstr(buf, name);
+            buf.put_i32(0); // table oid
+            buf.put_i16(0); // column number
+            buf.put_u32(oid);
+            buf.put_i16(len);
+            buf.put_i32(-1); // type modifier
+            buf.put_i16(format);
+        }
+        finish(buf, at);
+    }
+    /// DataRow of raw values (`None` = NULL), in whatever format was asked.
+    pub fn data_row_raw(buf: &mut BytesMut, values: &[Option<&[u8]>]) {
+        let at = begin(buf, b'D');
+        buf.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(b) => {
+                    buf.put_i32(b.len() as i32);
+                    buf.put_slice(b);
+                }
+                None => buf.put_i32(-1),
+            }
+        }
+        finish(buf, at);
+    }
     /// DataRow of text values (`None` = NULL).
     pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
         let at = begin(buf, b'D');

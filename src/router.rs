@@ -62,8 +62,30 @@ pub enum StmtKind {
     Show,
     /// COPY ... FROM STDIN.
     CopyIn,
+    /// `SELECT pg_backend_pid()` or `SELECT pg_cancel_backend(N)` on its own: about the
+    /// client's session as the proxy presents it, so the proxy answers it.
+    SessionFn(SessionFn),
     /// Anything else that runs on one shard.
     Other,
+}
+
+/// A server function about sessions that the proxy answers itself: a client's pid is the
+/// one in its BackendKeyData (the proxy's), not a pooled backend's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFn {
+    /// What it asks.
+    pub call: SessionCall,
+    /// The result column's name (the alias, or the function's name).
+    pub column: String,
+}
+
+/// See [`SessionFn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionCall {
+    /// `pg_backend_pid()`.
+    BackendPid,
+    /// `pg_cancel_backend(pid)`.
+    Cancel(i64),
 }
 
 /// A savepoint command; the name is the one Postgres uses (unquoted names lowercased).
@@ -581,7 +603,10 @@ fn refuse_scatter(route: RouteSpec, e: ProxyError) -> RouteSpec {
 fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
     use NodeEnum as N;
     match node {
-        N::SelectStmt(s) => (StmtKind::Read, route_query(map, node, Some(s))),
+        N::SelectStmt(s) => match session_fn(s) {
+            Some(f) => (StmtKind::SessionFn(f), RouteSpec::Any),
+            None => (StmtKind::Read, route_query(map, node, Some(s))),
+        },
         N::InsertStmt(i) => (StmtKind::Write, route_insert(map, node, i)),
         N::UpdateStmt(u) => {
             let route = route_query(map, node, None);
@@ -711,6 +736,63 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
         // Everything else is a utility/DDL statement: it runs on every shard.
         _ => (StmtKind::Ddl, RouteSpec::All),
     }
+}
+
+/// `SELECT pg_backend_pid()` / `SELECT pg_cancel_backend(<integer>)` and nothing else (no
+/// FROM, WHERE or other column; `pg_catalog.` allowed).
+fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
+    let bare = s.from_clause.is_empty()
+        && s.where_clause.is_none()
+        && s.target_list.len() == 1
+        && s.op == SetOperation::SetopNone as i32
+        && s.values_lists.is_empty()
+        && s.with_clause.is_none()
+        && s.distinct_clause.is_empty()
+        && s.group_clause.is_empty()
+        && s.sort_clause.is_empty()
+        && s.limit_count.is_none()
+        && s.into_clause.is_none();
+    if !bare {
+        return None;
+    }
+    let Some(NodeEnum::ResTarget(rt)) = s.target_list[0].node.as_ref() else {
+        return None;
+    };
+    let Some(NodeEnum::FuncCall(f)) = rt.val.as_ref().and_then(|v| v.node.as_ref()) else {
+        return None;
+    };
+    if f.agg_star || f.agg_distinct || f.over.is_some() || !f.agg_order.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = f
+        .funcname
+        .iter()
+        .filter_map(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    let name = match names.as_slice() {
+        [n] | ["pg_catalog", n] => *n,
+        _ => return None,
+    };
+    let call = match (name, f.args.as_slice()) {
+        ("pg_backend_pid", []) => SessionCall::BackendPid,
+        ("pg_cancel_backend", [arg]) => match arg.node.as_ref() {
+            Some(NodeEnum::AConst(c)) if !c.isnull => match &c.val {
+                Some(Val::Ival(i)) => SessionCall::Cancel(i64::from(i.ival)),
+                _ => return None,
+            },
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let column = if rt.name.is_empty() {
+        name.to_string()
+    } else {
+        rt.name.clone()
+    };
+    Some(SessionFn { call, column })
 }
 
 fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtKind, RouteSpec) {

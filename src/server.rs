@@ -304,7 +304,7 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
         w.close().await;
         return Ok(());
     }
-    let (pid, secret, slot) = shared.cancels.register();
+    let (pid, secret, slot) = shared.cancels.register(&who.user);
     struct Unreg(Arc<Shared>, i32, i32);
     impl Drop for Unreg {
         fn drop(&mut self) {
@@ -328,6 +328,7 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
     }
     Session::new(shared, reader, w, settings, slot)
         .with_client(registration.entry.clone())
+        .with_key(pid, &who.user)
         .run()
         .await?;
     Ok(())

@@ -571,3 +571,63 @@ async fn prepared_statements_survive_ddl() {
         "after at most one stale-plan error"
     );
 }
+
+/// `pg_backend_pid()` is the pid of the client's BackendKeyData for the whole session, in
+/// both protocols; `pg_cancel_backend(pid)` with it, from another connection (Knex's way to
+/// cancel a timed-out query), cancels that client's statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_pid_and_cancel_by_pid() {
+    let (_env, proxy, _ids) = setup(5).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    let pid = w.pid.to_string();
+    for _ in 0..3 {
+        w.query("SELECT pg_backend_pid()");
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(tags(&got), "TDCZ");
+        assert_eq!(first_values(&got), vec![pid.clone()]);
+        w.parse("", "SELECT pg_backend_pid() AS me")
+            .bind("", "", &[])
+            .describe(b'P', "")
+            .execute("", 0)
+            .sync();
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(tags(&got), "12TDCZ");
+        assert_eq!(first_values(&got), vec![pid.clone()]);
+    }
+    // Cancel by pid from another connection.
+    let conninfo = proxy.conninfo();
+    let sleeper = tokio::spawn(async move {
+        let mut w = w;
+        w.query("SELECT pg_sleep(20)");
+        w.send().await;
+        let started = Instant::now();
+        let got = w.until_ready().await;
+        (first_error(&got), started.elapsed())
+    });
+    let other = common::connect(&conninfo).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = other
+        .simple_query(&format!("SELECT pg_cancel_backend({pid})"))
+        .await
+        .unwrap();
+    let answered = common::rows_as_maps(rows);
+    assert_eq!(answered[0]["pg_cancel_backend"], "t");
+    let (err, took) = sleeper.await.unwrap();
+    assert_eq!(err.as_deref(), Some("57014"));
+    assert!(took < Duration::from_secs(10), "cancelled after {took:?}");
+    // A pid that is no session of this proxy: false, as Postgres answers.
+    let v: bool = other
+        .query_one("SELECT pg_cancel_backend(12345)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!v);
+    let mine: i32 = other
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(mine.to_string(), pid);
+}

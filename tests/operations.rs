@@ -765,7 +765,9 @@ async fn show_clients_and_servers() {
     txn.batch_execute("BEGIN; SELECT 1 FROM users WHERE id = 1")
         .await
         .unwrap();
-    let pid: i32 = simple_value(&txn, "SELECT pg_backend_pid()")
+    // (A bare `SELECT pg_backend_pid()` is the client's own pid, answered by the proxy;
+    // with a FROM it runs on the backend that holds the transaction.)
+    let pid: i32 = simple_value(&txn, "SELECT pg_backend_pid() FROM users WHERE id = 1")
         .await
         .parse()
         .unwrap();

@@ -484,20 +484,37 @@ impl Session {
                 Some(StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint(_))
                     if self.txn.status != b'I' => {}
                 Some(k) if self.txn.status != b'I' && super::txn::is_setting(&k) => {}
-                Some(StmtKind::DiscardAll | StmtKind::Deallocate(_)) => {}
+                Some(StmtKind::DiscardAll | StmtKind::Deallocate(_) | StmtKind::SessionFn(_)) => {}
                 _ => return Ok(false),
             }
         }
         let Some(exec) = exec else { return Ok(false) };
+        // A session function returns a row (in the formats its Bind asked for); the other
+        // statements here return none.
+        let func = match kind_of(&exec) {
+            Some(StmtKind::SessionFn(f)) => Some(f),
+            _ => None,
+        };
+        let mut binary = false;
         for op in ops {
             match op {
                 Op::Parse(_) => build::empty(&mut self.out, b'1'),
-                Op::Bind(..) => build::empty(&mut self.out, b'2'),
+                Op::Bind(_, f, _) => {
+                    binary = BindMsg::decode(f.body())
+                        .is_ok_and(|m| m.result_formats().first() == Some(&1));
+                    build::empty(&mut self.out, b'2');
+                }
                 Op::DescribeStmt(_) => {
                     self.out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
-                    build::empty(&mut self.out, b'n');
+                    match &func {
+                        Some(f) => self.describe_session_fn(f, false),
+                        None => build::empty(&mut self.out, b'n'),
+                    }
                 }
-                Op::Raw(_, Expect::Describe) => build::empty(&mut self.out, b'n'),
+                Op::Raw(_, Expect::Describe) => match &func {
+                    Some(f) => self.describe_session_fn(f, binary),
+                    None => build::empty(&mut self.out, b'n'),
+                },
                 Op::Local(b) => self.out.extend_from_slice(b),
                 _ => {}
             }
@@ -519,6 +536,10 @@ impl Session {
             }
             Some(k @ (StmtKind::DiscardAll | StmtKind::Deallocate(_))) => {
                 self.session_command(&k);
+                self.push_ready();
+            }
+            Some(StmtKind::SessionFn(f)) => {
+                self.session_fn(&f, false, binary).await;
                 self.push_ready();
             }
             Some(k) => {

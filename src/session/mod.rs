@@ -9,6 +9,7 @@ mod extended;
 mod gather;
 mod multiwrite;
 mod relay;
+mod session_fn;
 pub mod settings;
 mod simple;
 mod txn;
@@ -330,6 +331,10 @@ pub struct Session {
     txn: Txn,
     cancel_slot: CancelSlot,
     session_mode: bool,
+    /// The pid the client was given (BackendKeyData): what `pg_backend_pid()` returns.
+    key_pid: i32,
+    /// The proxy user the client logged in as.
+    user: Arc<str>,
 }
 
 impl Session {
@@ -361,7 +366,16 @@ impl Session {
             txn: Txn::idle(),
             cancel_slot,
             session_mode,
+            key_pid: 0,
+            user: Arc::from(""),
         }
+    }
+
+    /// The pid handed to the client and the user it logged in as.
+    pub fn with_key(mut self, pid: i32, user: &str) -> Self {
+        self.key_pid = pid;
+        self.user = Arc::from(user);
+        self
     }
 
     /// Shows the session's state in `entry` (`SHOW CLIENTS`).

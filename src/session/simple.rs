@@ -144,6 +144,11 @@ impl Session {
                 self.push_ready();
                 Ok(true)
             }
+            StmtKind::SessionFn(f) => {
+                self.session_fn(f, true, false).await;
+                self.push_ready();
+                Ok(true)
+            }
             _ => Ok(false),
         }
     }

@@ -88,6 +88,9 @@ async fn pump(client: TcpStream, server: TcpStream, armed: Arc<Mutex<Armed>>) {
     let (mut sr, mut sw) = server.into_split();
     let cut = Arc::new(Notify::new());
     let cut2 = cut.clone();
+    // Set before the request goes out: no reply read after it is forwarded.
+    let is_cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_cut2 = is_cut.clone();
     // Replies to swallow: the shard's messages up to this many ReadyForQuery are dropped.
     let swallow = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let swallow2 = swallow.clone();
@@ -97,8 +100,11 @@ async fn pump(client: TcpStream, server: TcpStream, armed: Arc<Mutex<Armed>>) {
         let mut held: Vec<u8> = Vec::new();
         loop {
             tokio::select! {
+                biased;
+                _ = cut2.notified() => break,
                 r = sr.read(&mut buf) => match r {
                     Ok(0) | Err(_) => break,
+                    Ok(_) if is_cut2.load(std::sync::atomic::Ordering::Acquire) => break,
                     Ok(n) => {
                         held.extend_from_slice(&buf[..n]);
                         // Drop whole messages while some are to be swallowed.
@@ -118,7 +124,6 @@ async fn pump(client: TcpStream, server: TcpStream, armed: Arc<Mutex<Armed>>) {
                         }
                     }
                 },
-                _ = cut2.notified() => break,
             }
         }
         let _ = cw.shutdown().await;
@@ -146,6 +151,7 @@ async fn pump(client: TcpStream, server: TcpStream, armed: Arc<Mutex<Armed>>) {
         };
         match fire {
             Some(Fault::DropRequest) => {
+                is_cut.store(true, std::sync::atomic::Ordering::Release);
                 cut.notify_one();
                 break;
             }
@@ -163,6 +169,7 @@ async fn pump(client: TcpStream, server: TcpStream, armed: Arc<Mutex<Armed>>) {
             Some(Fault::DropReply) => {
                 // Stop replies first, then deliver the request and give the shard time to
                 // run it before its connection closes.
+                is_cut.store(true, std::sync::atomic::Ordering::Release);
                 cut.notify_one();
                 let _ = sw.write_all(chunk).await;
                 tokio::time::sleep(Duration::from_millis(500)).await;

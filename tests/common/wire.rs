@@ -21,6 +21,8 @@ pub struct Wire {
     pub out: BytesMut,
     /// ParameterStatus values from the login.
     pub params: Vec<(String, String)>,
+    /// The process id of BackendKeyData.
+    pub pid: i32,
 }
 
 impl Wire {
@@ -34,6 +36,7 @@ impl Wire {
             buf: BytesMut::new(),
             out: BytesMut::new(),
             params: Vec::new(),
+            pid: 0,
         };
         let mut params = vec![("user", "app"), ("database", "app")];
         params.extend_from_slice(extra);
@@ -68,6 +71,7 @@ impl Wire {
                     let v = cstr(&mut body);
                     w.params.push((k, v));
                 }
+                b'K' => w.pid = body.get_i32(),
                 b'E' => panic!("login failed: {}", error_code(&body)),
                 b'Z' => return w,
                 _ => {}
