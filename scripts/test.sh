@@ -7,8 +7,9 @@
 # What it does:
 #   1. installs what is missing (as root, with apt-get): PostgreSQL server + client (initdb,
 #      pg_ctl, psql, pgbench), libclang (the SQL parser crate needs it to build), a C compiler;
-#      the Python drivers psycopg 3 and asyncpg, and pgjdbc (Debian's libpostgresql-jdbc-java,
-#      run with the machine's Java) for the non-Rust driver tests;
+#      the Python drivers psycopg 3 and asyncpg, pgjdbc (Debian's libpostgresql-jdbc-java,
+#      run with the machine's Java), and node-postgres + postgres.js (npm ci in tests/node)
+#      for the non-Rust driver tests;
 #   2. builds the `shardwire` binary and starts 5 throwaway Postgres clusters with it
 #      (`shardwire dev-clusters up`), removed again on exit whatever happens;
 #   3. runs `cargo nextest run --no-fail-fast` with SHARDWIRE_TEST_CLUSTERS=<their ports>,
@@ -136,6 +137,16 @@ if ! command -v javac >/dev/null 2>&1; then
 fi
 if [ -z "${PGJDBC_JAR:-}" ] && [ ! -f /usr/share/java/postgresql.jar ]; then
     apt_install libpostgresql-jdbc-java
+fi
+
+# --- 2c. node-postgres and postgres.js (tests/node, pinned in its package-lock.json) ------
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+if [ ! -d tests/node/node_modules/pg ] || [ ! -d tests/node/node_modules/postgres ]; then
+    log "npm ci in tests/node (node-postgres, postgres.js)"
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+        || log "WARNING: npm ci in tests/node failed; the Node.js driver test will fail"
 fi
 
 # --- 3. binary and shared clusters ------------------------------------------------------

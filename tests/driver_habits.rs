@@ -631,3 +631,20 @@ async fn backend_pid_and_cancel_by_pid() {
         .get(0);
     assert_ne!(mine.to_string(), pid);
 }
+
+/// node-postgres and postgres.js (`tests/node`, installed by `scripts/test.sh`): postgres.js
+/// prepares with Flush, in and out of transactions; node-postgres's named statements,
+/// savepoints, and Knex's cancel by `processID`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_drivers_through_the_proxy() {
+    let (_env, proxy, ids) = setup(5).await;
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node"))
+        .arg("habits.mjs")
+        .arg(format!(
+            "postgres://app:app-secret@127.0.0.1:{}/app",
+            proxy.port()
+        ))
+        .arg(id_list(&ids));
+    run_driver(cmd, "node checks passed").await;
+}
