@@ -648,3 +648,40 @@ async fn node_drivers_through_the_proxy() {
         .arg(id_list(&ids));
     run_driver(cmd, "node checks passed").await;
 }
+
+/// A Parse that fails (libpq's PQprepare: Parse, Sync) is reported at the Parse, as
+/// Postgres does, and its name is free again; one that works is reported at once too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_parse_is_reported_at_the_parse_and_frees_its_name() {
+    let (_env, proxy, ids) = setup(5).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    w.parse("st", "SELECT nosuchcolumn FROM users WHERE id = $1")
+        .sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(tags(&got), "EZ");
+    assert_eq!(first_error(&got).as_deref(), Some("42703"));
+    // The name is free: the corrected statement takes it.
+    w.parse("st", "SELECT name FROM users WHERE id = $1").sync();
+    w.send().await;
+    assert_eq!(tags(&w.until_ready().await), "1Z");
+    let key = ids[1].to_string();
+    w.bind("", "st", &[&key]).execute("", 0).sync();
+    w.send().await;
+    assert_eq!(
+        first_values(&w.until_ready().await),
+        vec![format!("user-{}", ids[1])]
+    );
+    // Inside a transaction the failure aborts it, as in Postgres.
+    w.query("BEGIN");
+    w.send().await;
+    w.until_ready().await;
+    w.parse("bad", "SELECT * FROM nosuchtable").sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got).as_deref(), Some("42P01"));
+    assert_eq!(got.last().unwrap().1[0], b'E');
+    w.query("ROLLBACK");
+    w.send().await;
+    assert_eq!(w.until_ready().await.last().unwrap().1[0], b'I');
+}

@@ -219,9 +219,25 @@ impl Session {
             .iter()
             .any(|o| !matches!(o, Op::Local(_) | Op::Parse(_)));
         if !needs_backend && batch.open.is_none() {
-            // Answer locally: ParseComplete/CloseComplete, then the error if any.
-            for op in &ops {
+            // Answer locally: ParseComplete/CloseComplete, then the error if any. A Parse is
+            // checked on a shard first (libpq's PQprepare, psycopg's prepare: Parse, Sync), so
+            // a statement that does not plan fails at its Parse, as in Postgres, and its name
+            // is free again.
+            for (i, op) in ops.iter().enumerate() {
                 match op {
+                    Op::Parse(p) if sync && cut.is_none() => match self.check_parse(p).await? {
+                        None => build::empty(&mut self.out, b'1'),
+                        Some(_) => {
+                            // Postgres skips the rest of the pipeline: those names are free too.
+                            for later in &ops[i..] {
+                                if let Op::Parse(q) = later {
+                                    self.stmts.retain(|_, s| !Arc::ptr_eq(s, q));
+                                }
+                            }
+                            self.txn.fail();
+                            break;
+                        }
+                    },
                     Op::Parse(_) => build::empty(&mut self.out, b'1'),
                     Op::Local(b) => self.out.extend_from_slice(b),
                     _ => {}
@@ -233,6 +249,7 @@ impl Session {
             if sync {
                 self.push_ready();
             }
+            self.release_if_idle(false);
             return Ok(());
         }
         if target.is_none()
@@ -1495,9 +1512,39 @@ impl Session {
         Ok(())
     }
 
+    /// Checks that `p` parses and plans on a shard (see [`Session::describe_on_one`]); the
+    /// shard's error, if any, is forwarded to the client and returned as `Some`.
+    async fn check_parse(&mut self, p: &Arc<Prepared>) -> Result<Option<ProxyError>, SessionEnd> {
+        match self.parse_on_one(p, false).await {
+            Ok(Ok(o)) if o.error => Ok(Some(ProxyError::Syntax(String::new()))),
+            Ok(Ok(_)) => Ok(None),
+            Ok(Err(e)) => {
+                self.push_error(&e);
+                Ok(Some(e))
+            }
+            Err(RelayError::Client(e)) => Err(e),
+            Err(RelayError::Backend { shard, error, .. }) => {
+                let e = self.backend_failed(shard, &error);
+                self.lose_transaction();
+                self.push_error(&e);
+                Ok(Some(e))
+            }
+        }
+    }
+
     async fn describe_on_one(
         &mut self,
         p: &Arc<Prepared>,
+    ) -> Result<Result<Outcome, ProxyError>, RelayError> {
+        self.parse_on_one(p, true).await
+    }
+
+    /// Parses `p` as the unnamed statement on one shard (with `describe`, also describes it
+    /// to the client), outside the transaction when it holds no connection yet.
+    async fn parse_on_one(
+        &mut self,
+        p: &Arc<Prepared>,
+        describe: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
         let shard = self.any_shard();
         // Inside a transaction that holds no connection yet, describe on a connection outside
@@ -1515,7 +1562,9 @@ impl Session {
         };
         let mut msg = BytesMut::new();
         build::parse(&mut msg, "", &p.sql, &p.types);
-        build::target(&mut msg, b'D', b'S', "");
+        if describe {
+            build::target(&mut msg, b'D', b'S', "");
+        }
         build::empty(&mut msg, b'S');
         if let Err(error) = self.conns[idx].write_all(&msg).await {
             return Err(RelayError::Backend {
@@ -1526,7 +1575,9 @@ impl Session {
         }
         let mut ex = VecDeque::new();
         ex.push_back(Expect::Parse { swallow: true });
-        ex.push_back(Expect::Describe);
+        if describe {
+            ex.push_back(Expect::Describe);
+        }
         ex.push_back(Expect::Query { hide_ready: true });
         let r = self.relay_one(idx, &mut ex, false).await.map(Ok);
         if outside && idx < self.conns.len() {
