@@ -109,26 +109,21 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
     apt_install python3 python3-pip
 fi
-if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
-    log "installing psycopg 3 for the Python driver tests"
-    python3 -m pip install --quiet 'psycopg[binary]>=3.1' 2>/dev/null \
-        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]>=3.1' 2>/dev/null \
-        || { is_root && command -v apt-get >/dev/null 2>&1 && apt_install python3-psycopg; } \
+# py_driver MODULE PIP_SPEC DEBIAN_PACKAGE: makes `import MODULE` work (pip, then pip with
+# --break-system-packages for Debian's externally managed Python, then Debian's package).
+py_driver() {
+    local module=$1 spec=$2 deb=$3
+    python3 -c "import $module" >/dev/null 2>&1 && return 0
+    log "installing $spec for the driver tests"
+    python3 -m pip install --quiet "$spec" 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages "$spec" 2>/dev/null \
+        || { is_root && command -v apt-get >/dev/null 2>&1 && apt_install "$deb"; } \
         || true
-    python3 -c 'import psycopg' >/dev/null 2>&1 \
-        || log "WARNING: psycopg 3 is not importable (pip install 'psycopg[binary]>=3.1'); the Python driver tests will fail"
-fi
-
-# asyncpg for the driver-habit tests (tests/py/asyncpg_habits.py).
-if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
-    log "installing asyncpg for the driver tests"
-    python3 -m pip install --quiet 'asyncpg>=0.29' 2>/dev/null \
-        || python3 -m pip install --quiet --break-system-packages 'asyncpg>=0.29' 2>/dev/null \
-        || { is_root && command -v apt-get >/dev/null 2>&1 && apt_install python3-asyncpg; } \
-        || true
-    python3 -c 'import asyncpg' >/dev/null 2>&1 \
-        || log "WARNING: asyncpg is not importable (pip install asyncpg); the asyncpg driver test will fail"
-fi
+    python3 -c "import $module" >/dev/null 2>&1 \
+        || log "WARNING: $module is not importable (pip install '$spec'); the tests that use it will fail"
+}
+py_driver psycopg 'psycopg[binary]>=3.1' python3-psycopg
+py_driver asyncpg 'asyncpg>=0.29' python3-asyncpg
 
 # --- 2b. JDBC (pgjdbc from Debian) and a Java runtime that runs a single source file ------
 # (`java File.java` compiles in memory: it needs a JDK, so look for javac.)

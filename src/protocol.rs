@@ -557,18 +557,8 @@ pub mod build {
     }
     /// DataRow of text values (`None` = NULL).
     pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
-        let at = begin(buf, b'D');
-        buf.put_i16(values.len() as i16);
-        for v in values {
-            match v {
-                Some(s) => {
-                    buf.put_i32(s.len() as i32);
-                    buf.put_slice(s.as_bytes());
-                }
-                None => buf.put_i32(-1),
-            }
-        }
-        finish(buf, at);
+        let raw: Vec<Option<&[u8]>> = values.iter().map(|v| v.map(str::as_bytes)).collect();
+        data_row_raw(buf, &raw);
     }
     /// Query (simple protocol).
     pub fn query(buf: &mut BytesMut, sql: &str) {

@@ -56,7 +56,8 @@ impl Session {
             .unwrap_or_default();
         match self.simple_target(&plan, lits) {
             Ok(Some(target)) => self.run_simple(&plan, sql, target, false).await.map(|_| ()),
-            Ok(None) => self.run_split(&plan, sql).await,
+            // Each statement on its own target (reads; and transaction control, settings).
+            Ok(None) => self.run_each(&plan, sql).await,
             Err(e) => {
                 self.push_error(&e);
                 self.push_ready();
@@ -438,39 +439,14 @@ impl Session {
         }
         self.release_if_idle(false);
     }
-
-    /// Runs the statements of a string one by one on their own targets (reads only).
-    async fn run_split(&mut self, plan: &Plan, sql: &str) -> Result<(), SessionEnd> {
-        let n = plan.stmts.len();
-        for (i, st) in plan.stmts.iter().enumerate() {
-            let text = sql.get(st.span.0..st.span.1).unwrap_or("");
-            let one = Plan {
-                stmts: vec![st.clone()],
-            };
-            let target = match self.resolve(&st.route, &[], &|_| false, Default::default()) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.push_error(&e);
-                    self.push_ready();
-                    return Ok(());
-                }
-            };
-            let failed = self.run_simple(&one, text, target, i + 1 < n).await?;
-            // Stop at the first failing statement, as Postgres does.
-            if failed && i + 1 < n {
-                self.push_ready();
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Session {
-    /// A multi-statement string inside a transaction block that holds savepoint, settings or
-    /// transaction-control statements: one statement at a time, as Postgres runs them, so
-    /// savepoints and settings reach every shard the transaction holds. The first error
-    /// stops the string; one ReadyForQuery ends it.
+    /// A multi-statement string whose statements need different shards, or that holds
+    /// savepoint, settings or transaction-control statements inside a transaction block: one
+    /// statement at a time, each on its own target, as Postgres runs them (so savepoints and
+    /// settings reach every shard the transaction holds). The first error stops the string;
+    /// one ReadyForQuery ends it.
     async fn run_each(&mut self, plan: &Plan, sql: &str) -> Result<(), SessionEnd> {
         for st in &plan.stmts {
             let text = sql.get(st.span.0..st.span.1).unwrap_or("").trim();

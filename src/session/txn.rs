@@ -387,13 +387,7 @@ impl Session {
         for &i in &order {
             let shard = self.conns[i].shard;
             if let Err(error) = self.conns[i].write_all(&msg).await {
-                let e = self.backend_failed(shard, &error);
-                self.txn = Txn::idle();
-                self.push_error(&e);
-                if ready {
-                    self.push_ready();
-                }
-                return Ok(false);
+                return Ok(self.end_lost(shard, &error, ready));
             }
             let mut ex = VecDeque::new();
             ex.push_back(Expect::Query { hide_ready: true });
@@ -402,13 +396,7 @@ impl Session {
                 Ok(o) => outcome = o,
                 Err(RelayError::Client(e)) => return Err(e),
                 Err(RelayError::Backend { shard, error, .. }) => {
-                    let e = self.backend_failed(shard, &error);
-                    self.txn = Txn::idle();
-                    self.push_error(&e);
-                    if ready {
-                        self.push_ready();
-                    }
-                    return Ok(false);
+                    return Ok(self.end_lost(shard, &error, ready));
                 }
             }
         }
@@ -437,6 +425,25 @@ impl Session {
         }
         self.release_if_idle(false);
         Ok(!outcome.error)
+    }
+}
+
+impl Session {
+    /// A shard connection failed while the transaction ended: every shard rolls back (the
+    /// connections are dropped), the client gets the error. Returns false (not ended cleanly).
+    fn end_lost(
+        &mut self,
+        shard: usize,
+        error: &crate::backend::BackendError,
+        ready: bool,
+    ) -> bool {
+        let e = self.backend_failed(shard, error);
+        self.txn = Txn::idle();
+        self.push_error(&e);
+        if ready {
+            self.push_ready();
+        }
+        false
     }
 }
 
