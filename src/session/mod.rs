@@ -8,6 +8,7 @@ mod explain;
 mod extended;
 mod gather;
 mod multiwrite;
+mod pipeline_control;
 mod relay;
 mod session_fn;
 pub mod settings;

@@ -1,0 +1,209 @@
+//! Transaction control and session statements inside extended-protocol pipelines,
+//! answered by the proxy the way the simple protocol answers them (see [`super::txn`]):
+//! a pipeline of one BEGIN/COMMIT/ROLLBACK/savepoint/setting/session statement, and JDBC's
+//! BEGIN pipelined with the first statement.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::extended::{Op, BIND_COMPLETE};
+use super::relay::Expect;
+use super::{Prepared, Session, SessionEnd, Txn};
+use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
+use crate::router::StmtKind;
+
+impl Session {
+    /// JDBC (autocommit off) pipelines its BEGIN with the first statement: `Parse "BEGIN",
+    /// Bind, Execute, Parse …, Bind, Describe, Execute, Sync`. When the first Execute of an
+    /// idle session's pipeline is a BEGIN, the proxy answers that BEGIN itself (BindComplete,
+    /// CommandComplete) and starts the transaction lazily, as for a BEGIN of its own: the
+    /// statements after it decide the shard, and the transaction starts there.
+    pub(super) fn lazy_begin_in_pipeline(&mut self, ops: &mut [Op]) {
+        if self.txn.status != b'I' || !self.conns.is_empty() || self.session_mode {
+            return;
+        }
+        let Some(at) = ops
+            .iter()
+            .position(|o| matches!(o, Op::Raw(_, Expect::Execute) | Op::Gather(..)))
+        else {
+            return;
+        };
+        // Only a pipeline that executes something after the BEGIN qualifies (a lone BEGIN is
+        // `transaction_batch`'s): most pipelines stop here, before any decoding.
+        if !ops[at + 1..]
+            .iter()
+            .any(|o| matches!(o, Op::Raw(_, Expect::Execute) | Op::Gather(..)))
+        {
+            return;
+        }
+        let Op::Raw(exec, Expect::Execute) = &ops[at] else {
+            return;
+        };
+        let Ok((portal, _)) = decode_execute(exec.body()) else {
+            return;
+        };
+        // Checked without allocating: this runs for every pipeline of an idle session.
+        let Some((_, stmt)) = self.portals.get(portal) else {
+            return;
+        };
+        if !matches!(
+            stmt.plan.stmts.first().map(|s| &s.kind),
+            Some(StmtKind::Begin)
+        ) {
+            return;
+        }
+        let stmt = stmt.clone();
+        let portal = portal.to_string();
+        // The Bind that made this portal is answered locally too: nothing reaches a shard.
+        let bound_here = ops[..at].iter().rposition(|o| match o {
+            Op::Bind(_, f, _) => BindMsg::decode(f.body()).is_ok_and(|m| m.portal == portal),
+            _ => false,
+        });
+        if let Some(b) = bound_here {
+            ops[b] = Op::Local(BIND_COMPLETE);
+        }
+        let sql = stmt.sql.trim().trim_end_matches(';').to_string();
+        let mut done = BytesMut::new();
+        build::command_complete(&mut done, super::txn::begin_tag(&sql));
+        ops[at] = Op::Local(done.freeze());
+        self.portals.remove(&portal);
+        self.txn = Txn::begun(sql);
+    }
+
+    /// The statement a Bind/Describe/Execute message is about.
+    fn statement_of(&self, f: &Frame) -> Option<Arc<Prepared>> {
+        match f.tag {
+            b'B' => {
+                let m = BindMsg::decode(f.body()).ok()?;
+                self.stmts.get(m.statement).cloned()
+            }
+            b'D' => {
+                let (kind, name) = decode_target(f.body(), "Describe").ok()?;
+                if kind == b'S' {
+                    self.stmts.get(name).cloned()
+                } else {
+                    self.portals.get(name).map(|(_, p)| p.clone())
+                }
+            }
+            b'E' => {
+                let (portal, _) = decode_execute(f.body()).ok()?;
+                self.portals.get(portal).map(|(_, p)| p.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the message belongs to a COMMIT or ROLLBACK.
+    pub(super) fn ends_transaction(&self, f: &Frame) -> bool {
+        let plan = if f.tag == b'P' {
+            ParseMsg::decode(f.body())
+                .ok()
+                .and_then(|m| self.topo.cache.get(&self.topo.map, m.query).ok())
+        } else {
+            self.statement_of(f).map(|p| p.plan.clone())
+        };
+        plan.is_some_and(|p| {
+            p.stmts
+                .first()
+                .is_some_and(|s| super::txn::exits_failed(&s.kind))
+        })
+    }
+
+    /// A batch of one transaction-control statement — Parse/Bind/Describe of a BEGIN, COMMIT,
+    /// ROLLBACK, a savepoint command or (inside a transaction) a settings statement, then its
+    /// Execute last — is answered like the simple protocol does: BEGIN starts the transaction
+    /// lazily on the shards later statements reach; the others act on every shard the
+    /// transaction holds (see [`super::txn`]). Returns whether it handled it.
+    pub(super) async fn transaction_batch(&mut self, ops: &[Op]) -> Result<bool, SessionEnd> {
+        let kind_of = |p: &Prepared| p.plan.stmts.first().map(|s| s.kind.clone());
+        let mut exec: Option<Arc<Prepared>> = None;
+        for (i, op) in ops.iter().enumerate() {
+            let p = match op {
+                Op::Parse(p) | Op::Bind(p, _, _) | Op::DescribeStmt(p) => p.clone(),
+                Op::Raw(f, Expect::Describe) => match self.statement_of(f) {
+                    Some(p) => p,
+                    None => return Ok(false),
+                },
+                Op::Raw(f, Expect::Execute) if i + 1 == ops.len() => match self.statement_of(f) {
+                    Some(p) => {
+                        exec = Some(p.clone());
+                        p
+                    }
+                    None => return Ok(false),
+                },
+                Op::Local(_) => continue,
+                _ => return Ok(false),
+            };
+            match kind_of(&p) {
+                Some(StmtKind::Begin) if self.txn.status == b'I' && self.conns.is_empty() => {}
+                Some(StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint(_))
+                    if self.txn.status != b'I' => {}
+                Some(k) if self.txn.status != b'I' && super::txn::is_setting(&k) => {}
+                Some(StmtKind::DiscardAll | StmtKind::Deallocate(_) | StmtKind::SessionFn(_)) => {}
+                _ => return Ok(false),
+            }
+        }
+        let Some(exec) = exec else { return Ok(false) };
+        // A session function returns a row (in the formats its Bind asked for); the other
+        // statements here return none.
+        let func = match kind_of(&exec) {
+            Some(StmtKind::SessionFn(f)) => Some(f),
+            _ => None,
+        };
+        let mut binary = false;
+        for op in ops {
+            match op {
+                Op::Parse(_) => build::empty(&mut self.out, b'1'),
+                Op::Bind(_, f, _) => {
+                    binary = BindMsg::decode(f.body())
+                        .is_ok_and(|m| m.result_formats().first() == Some(&1));
+                    build::empty(&mut self.out, b'2');
+                }
+                Op::DescribeStmt(_) => {
+                    self.out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
+                    match &func {
+                        Some(f) => self.describe_session_fn(f, false),
+                        None => build::empty(&mut self.out, b'n'),
+                    }
+                }
+                Op::Raw(_, Expect::Describe) => match &func {
+                    Some(f) => self.describe_session_fn(f, binary),
+                    None => build::empty(&mut self.out, b'n'),
+                },
+                Op::Local(b) => self.out.extend_from_slice(b),
+                _ => {}
+            }
+        }
+        let sql = exec.sql.trim().trim_end_matches(';').to_string();
+        match kind_of(&exec) {
+            Some(StmtKind::Begin) => {
+                build::command_complete(&mut self.out, super::txn::begin_tag(&sql));
+                self.txn = Txn::begun(sql);
+                self.push_ready();
+            }
+            Some(k @ (StmtKind::Commit | StmtKind::Rollback)) => {
+                self.end_transaction(k == StmtKind::Commit, &sql, true)
+                    .await?;
+            }
+            Some(StmtKind::Savepoint(op)) => {
+                self.savepoint(&op, &sql).await?;
+                self.push_ready();
+            }
+            Some(k @ (StmtKind::DiscardAll | StmtKind::Deallocate(_))) => {
+                self.session_command(&k);
+                self.push_ready();
+            }
+            Some(StmtKind::SessionFn(f)) => {
+                self.session_fn(&f, false, binary).await;
+                self.push_ready();
+            }
+            Some(k) => {
+                self.txn_setting(&k, &sql).await?;
+                self.push_ready();
+            }
+            None => return Ok(false),
+        }
+        Ok(true)
+    }
+}
