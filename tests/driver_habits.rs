@@ -685,3 +685,21 @@ async fn a_failed_parse_is_reported_at_the_parse_and_frees_its_name() {
     w.send().await;
     assert_eq!(w.until_ready().await.last().unwrap().1[0], b'I');
 }
+
+/// psycopg2, and SQLAlchemy's ORM over psycopg 3, psycopg2 and asyncpg
+/// (`tests/py/orm_habits.py`): reads on every shard, a failed nested transaction inside one
+/// that commits across shards, merged reads, a statement reused 100 times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg2_and_sqlalchemy_through_the_proxy() {
+    let (_env, proxy, ids) = setup(5).await;
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/orm_habits.py"
+    ))
+    .arg("127.0.0.1")
+    .arg(proxy.port().to_string())
+    .arg(id_list(&ids));
+    run_driver(cmd, "orm checks passed").await;
+}
