@@ -7,7 +7,7 @@
 # What it does:
 #   1. installs what is missing (as root, with apt-get): PostgreSQL server + client (initdb,
 #      pg_ctl, psql, pgbench), libclang (the SQL parser crate needs it to build), a C compiler;
-#      the Python drivers psycopg 3, asyncpg, psycopg2 and SQLAlchemy, pgjdbc (Debian's libpostgresql-jdbc-java,
+#      the Python drivers psycopg 3, asyncpg, psycopg2, SQLAlchemy and Django, pgjdbc (Debian's libpostgresql-jdbc-java,
 #      run with the machine's Java), and node-postgres + postgres.js (npm ci in tests/node)
 #      for the non-Rust driver tests;
 #   2. builds the `shardwire` binary and starts 5 throwaway Postgres clusters with it
@@ -127,6 +127,7 @@ py_driver asyncpg 'asyncpg>=0.29' python3-asyncpg
 py_driver psycopg2 'psycopg2-binary>=2.9' python3-psycopg2
 py_driver sqlalchemy 'sqlalchemy[asyncio]>=2.0' python3-sqlalchemy
 py_driver greenlet 'greenlet>=3' python3-greenlet
+py_driver django 'django>=4.2,<6' python3-django
 
 # --- 2b. JDBC (pgjdbc from Debian) and a Java runtime that runs a single source file ------
 # (`java File.java` compiles in memory: it needs a JDK, so look for javac.)

@@ -703,3 +703,35 @@ async fn psycopg2_and_sqlalchemy_through_the_proxy() {
     .arg(id_list(&ids));
     run_driver(cmd, "orm checks passed").await;
 }
+
+/// Django (`tests/py/djapp`): `migrate` through the proxy, then the ORM on a model sharded
+/// by `user_id` — creates on every shard, `atomic()` with a nested `atomic()` that fails,
+/// filters, a merged count, update and delete by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_migrate_and_orm_through_the_proxy() {
+    let env = TestEnv::new(3).await;
+    let tables = format!("{TABLES}shop_order: {{ key: user_id, type: bigint, strategy: hash }}\n");
+    let proxy = Proxy::start(&env, &tables, "").await;
+    let uids = one_per_shard(&env);
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/djapp/run.py"
+    ))
+    .arg("127.0.0.1")
+    .arg(proxy.port().to_string())
+    .arg(id_list(&uids));
+    run_driver(cmd, "django checks passed").await;
+    // Each order on the shard its user_id maps to.
+    for (s, u) in uids.iter().enumerate() {
+        let n: i64 = env
+            .shard_client(s)
+            .await
+            .query_one("SELECT count(*) FROM shop_order WHERE user_id <> $1", &[u])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "shard {s} holds only user {u}'s orders");
+    }
+}

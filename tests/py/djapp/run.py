@@ -1,0 +1,64 @@
+"""Django through the proxy (issue 16): `migrate` (DDL on every shard, the migration
+history on the default shard), then the ORM: create on every shard, atomic() with a nested
+atomic() that fails, filters by key, a merged count, and update/delete by key.
+
+usage: run.py HOST PORT USER_ID[,USER_ID...]   (one user id per shard)
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+host, port, id_list = sys.argv[1], sys.argv[2], sys.argv[3]
+uids = [int(x) for x in id_list.split(",")]
+
+import django
+from django.conf import settings
+
+settings.configure(
+    INSTALLED_APPS=["shop"],
+    DATABASES={
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "app",
+            "USER": "app",
+            "PASSWORD": "app-secret",
+            "HOST": host,
+            "PORT": port,
+        }
+    },
+    USE_TZ=True,
+    DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+)
+django.setup()
+
+from django.core.management import call_command
+from django.db import IntegrityError, transaction
+
+call_command("migrate", verbosity=0)
+from shop.models import Order
+
+
+def check(ok, what):
+    if not ok:
+        raise AssertionError(what)
+
+
+for n, u in enumerate(uids):
+    Order.objects.create(id=n + 1, user_id=u, note="new")
+with transaction.atomic():
+    Order.objects.filter(user_id=uids[0]).update(note="outer")
+    try:
+        with transaction.atomic():
+            Order.objects.filter(user_id=uids[1]).update(note="inner")
+            Order.objects.create(id=2, user_id=uids[1], note="duplicate")
+    except IntegrityError:
+        pass
+    Order.objects.filter(user_id=uids[2]).update(note="outer")
+notes = {o.user_id: o.note for o in Order.objects.all()}
+check(notes == {uids[0]: "outer", uids[1]: "new", uids[2]: "outer"}, f"notes {notes}")
+check(Order.objects.count() == len(uids), "count")
+for u in uids:
+    check(list(Order.objects.filter(user_id=u).values_list("note", flat=True)) != [], f"filter {u}")
+Order.objects.filter(user_id=uids[1]).delete()
+check(Order.objects.count() == len(uids) - 1, "delete")
+print("django checks passed")
