@@ -735,3 +735,56 @@ async fn django_migrate_and_orm_through_the_proxy() {
         assert_eq!(n, 0, "shard {s} holds only user {u}'s orders");
     }
 }
+
+/// sqlx itself: its statement cache (named statements), `Close` of the portal before `Sync`
+/// on merged queries, reads by key on every shard, a transaction over two shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_driver_through_the_proxy() {
+    let (env, proxy, ids) = setup(5).await;
+    let url = format!("postgres://app:app-secret@127.0.0.1:{}/app", proxy.port());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        let sum: i64 = sqlx::query_scalar("SELECT sum(id)::bigint FROM users")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(sum, ids.iter().sum::<i64>());
+        for id in &ids {
+            let name: String = sqlx::query_scalar("SELECT name FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(name, format!("user-{id}"));
+        }
+    }
+    let mut tx = pool.begin().await.unwrap();
+    for id in &ids[..2] {
+        sqlx::query("UPDATE users SET name = 'sqlx' WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    for (s, id) in ids.iter().enumerate().take(2) {
+        let name: String = env
+            .shard_client(s)
+            .await
+            .query_one("SELECT name FROM users WHERE id = $1", &[id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(name, "sqlx");
+    }
+    pool.close().await;
+}
