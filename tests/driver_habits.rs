@@ -356,23 +356,6 @@ async fn asyncpg_pool_reset_options_and_client_encoding() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("-B"));
 }
 
-/// Runs a driver's check program on a blocking thread (the proxy runs on this runtime);
-/// asserts it succeeded and printed `expect`.
-async fn run_driver(mut cmd: std::process::Command, expect: &'static str) {
-    let what = format!("{cmd:?}");
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e} (./scripts/test.sh installs it)"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains(expect),
-        "{what} failed ({}):\n{stdout}{stderr}",
-        out.status
-    );
-}
-
 fn id_list(ids: &[i64]) -> String {
     ids.iter()
         .map(|i| i.to_string())
@@ -396,7 +379,7 @@ async fn asyncpg_driver_through_the_proxy() {
         proxy.port()
     ))
     .arg(id_list(&ids));
-    run_driver(cmd, "asyncpg checks passed").await;
+    common::run_program(cmd, "asyncpg checks passed").await;
 }
 
 /// pgjdbc (Debian's libpostgresql-jdbc-java): autocommit off, so BEGIN rides with the first
@@ -417,7 +400,7 @@ async fn jdbc_driver_through_the_proxy() {
             proxy.port()
         ))
         .arg(id_list(&ids));
-    run_driver(cmd, "jdbc checks passed").await;
+    common::run_program(cmd, "jdbc checks passed").await;
 }
 
 /// Execute with a row limit on a query that runs on several shards without a merge
@@ -646,7 +629,7 @@ async fn node_drivers_through_the_proxy() {
             proxy.port()
         ))
         .arg(id_list(&ids));
-    run_driver(cmd, "node checks passed").await;
+    common::run_program(cmd, "node checks passed").await;
 }
 
 /// A Parse that fails (libpq's PQprepare: Parse, Sync) is reported at the Parse, as
@@ -701,7 +684,7 @@ async fn psycopg2_and_sqlalchemy_through_the_proxy() {
     .arg("127.0.0.1")
     .arg(proxy.port().to_string())
     .arg(id_list(&ids));
-    run_driver(cmd, "orm checks passed").await;
+    common::run_program(cmd, "orm checks passed").await;
 }
 
 /// Django (`tests/py/djapp`): `migrate` through the proxy, then the ORM on a model sharded
@@ -722,7 +705,7 @@ async fn django_migrate_and_orm_through_the_proxy() {
     .arg("127.0.0.1")
     .arg(proxy.port().to_string())
     .arg(id_list(&uids));
-    run_driver(cmd, "django checks passed").await;
+    common::run_program(cmd, "django checks passed").await;
     // Each order on the shard its user_id maps to.
     for (s, u) in uids.iter().enumerate() {
         let n: i64 = env

@@ -176,22 +176,9 @@ except psycopg.errors.InFailedSqlTransaction:
 conn.commit()
 print("done")
 "#;
-    let conninfo = proxy.conninfo();
-    let ids = format!("{a},{b},{d}");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .args(["-c", script, &conninfo, &ids])
-            .output()
-            .expect("run python")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = Command::new(python());
+    cmd.args(["-c", script, &proxy.conninfo(), &format!("{a},{b},{d}")]);
+    let stdout = common::run_program(cmd, "done").await;
     assert!(stdout.contains("inner rolled back"), "{stdout}");
     assert!(stdout.contains("aborted"), "{stdout}");
     for (shard, id, want) in [(0, a, "outer"), (1, b, "orig"), (2, d, "after")] {
@@ -236,19 +223,7 @@ for i in range(3):
     conn.execute("DISCARD ALL" if i == 0 else "DEALLOCATE ALL")
 print("cursor checks passed")
 "#;
-    let conninfo = proxy.conninfo();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .args(["-c", script, &conninfo])
-            .output()
-            .expect("run python")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success() && stdout.contains("cursor checks passed"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = Command::new(python());
+    cmd.args(["-c", script, &proxy.conninfo()]);
+    common::run_program(cmd, "cursor checks passed").await;
 }

@@ -499,3 +499,21 @@ pub fn report_field<'a>(out: &'a str, prefix: &str) -> Option<&'a str> {
         .find_map(|l| l.trim().strip_prefix(prefix))
         .map(str::trim)
 }
+
+/// Runs a driver's check program on a blocking thread (the proxy runs on the test's
+/// runtime); asserts it succeeded and printed `expect`; returns its standard output.
+pub async fn run_program(mut cmd: std::process::Command, expect: &'static str) -> String {
+    let what = format!("{cmd:?}");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("program task panicked")
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e} (./scripts/test.sh installs it)"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(expect),
+        "{what} failed ({}):\n{stdout}{stderr}",
+        out.status
+    );
+    stdout
+}
