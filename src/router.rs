@@ -209,6 +209,9 @@ pub struct StmtPlan {
     pub split: Option<Arc<InsertSplit>>,
     /// `COPY … FROM STDIN` into a sharded or reference table: how to split its rows.
     pub copy: Option<Arc<crate::copyplan::CopyPlan>>,
+    /// DDL that can change what a prepared statement returns or refers to (ALTER, DROP,
+    /// RENAME, CREATE OR REPLACE VIEW): pooled connections drop their prepared statements.
+    pub reshapes: bool,
 }
 
 /// A multi-row `INSERT … VALUES` cut into one INSERT per shard. The per-shard statements are
@@ -503,6 +506,7 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
             _ => None,
         };
         stmts.push(StmtPlan {
+            reshapes: kind == StmtKind::Ddl && reshapes(node),
             kind,
             route,
             span,
@@ -514,6 +518,25 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
         });
     }
     Ok(Plan { stmts })
+}
+
+/// Whether a DDL statement can invalidate a prepared statement's result shape or the
+/// objects it refers to (`cached plan must not change result type`, `cache lookup failed for
+/// type`): anything that alters, drops or renames, and a view replaced in place. Creating
+/// new objects (tables, indexes, temp tables) cannot, so it leaves prepared statements be.
+fn reshapes(node: &NodeEnum) -> bool {
+    use NodeEnum as N;
+    match node {
+        N::ViewStmt(v) => v.replace,
+        N::AlterTableStmt(_)
+        | N::DropStmt(_)
+        | N::RenameStmt(_)
+        | N::AlterEnumStmt(_)
+        | N::AlterDomainStmt(_)
+        | N::AlterObjectSchemaStmt(_)
+        | N::AlterTypeStmt(_) => true,
+        _ => false,
+    }
 }
 
 /// An EXPLAIN option's value (lowercased; "true" when given without a value).

@@ -734,7 +734,7 @@ impl Session {
                             | StmtKind::DiscardAll
                     ) {
                         changes.push((st.kind.clone(), stmt.sql.trim().to_string()));
-                    } else if st.kind == StmtKind::Ddl {
+                    } else if st.reshapes {
                         changes.push((StmtKind::Ddl, String::new()));
                     }
                     if matches!(st.kind, StmtKind::CopyIn) {

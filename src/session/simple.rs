@@ -406,7 +406,7 @@ impl Session {
                 only_autocommit = false;
             }
         }
-        if plan.stmts.iter().any(|st| st.kind == StmtKind::Ddl) {
+        if plan.stmts.iter().any(|st| st.reshapes) {
             self.schema_changed();
         }
         if settings {
