@@ -706,3 +706,23 @@ fn psycopg_replay(conninfo: &str, file: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Savepoints and settings one transaction keeps for shards that join later are bounded:
+/// past the bound the statement fails (54000) and the transaction with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_per_transaction_are_bounded() {
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(&env, TABLES, "").await;
+    let c = proxy.client().await;
+    c.batch_execute("BEGIN").await.unwrap();
+    let mut script = String::new();
+    for i in 0..shardwire::session::MAX_TXN_STEPS {
+        script.push_str(&format!("SAVEPOINT s{i};"));
+    }
+    c.batch_execute(&script).await.unwrap();
+    let e = c.batch_execute("SAVEPOINT one_too_many").await.unwrap_err();
+    assert_eq!(code(&e), "54000");
+    assert_eq!(run(&c, "SELECT 1").await, Err("25P02".into()));
+    assert_eq!(run(&c, "ROLLBACK").await, Ok(0));
+    assert_eq!(run(&c, "SELECT 1").await, Ok(1));
+}

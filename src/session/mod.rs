@@ -37,6 +37,8 @@ use crate::router::{resolve_keys, Plan, PlanCache, RouteSpec, ShardSet};
 use crate::shardmap::ShardMap;
 use crate::tls::{NetRead, NetWrite};
 use settings::Settings;
+/// Most savepoints and settings statements one transaction block may hold.
+pub use txn::MAX_STEPS as MAX_TXN_STEPS;
 use txn::{SettingChange, Txn};
 
 /// Most prepared statements kept per backend connection before they are all deallocated.

@@ -394,7 +394,9 @@ impl Session {
                         only_autocommit = false;
                     } else if in_block {
                         only_autocommit = false;
-                        // Shards the transaction reaches later replay it too.
+                        // Shards the transaction reaches later replay it too. (Only a string
+                        // that began the block gets here; inside one, settings go through
+                        // `run_each`, which bounds them.)
                         self.txn.record_setting(k, text);
                     } else if let Some(ch) = super::txn::setting_change(k, text) {
                         self.apply_setting(ch);

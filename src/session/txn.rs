@@ -29,6 +29,9 @@ use crate::error::ProxyError;
 use crate::protocol::build;
 use crate::router::{SavepointOp, StmtKind};
 
+/// Most savepoints and settings statements one transaction block may hold.
+pub const MAX_STEPS: usize = 10_000;
+
 /// A change to the client's session settings, kept when the transaction commits.
 #[derive(Debug, Clone)]
 pub(super) enum SettingChange {
@@ -142,6 +145,12 @@ impl Txn {
             .collect()
     }
 
+    /// Whether the transaction may record another step (a bound on what a shard joining
+    /// late replays and on the memory one transaction holds in the proxy).
+    pub fn has_room(&self) -> bool {
+        self.steps.len() < MAX_STEPS
+    }
+
     /// Records a settings statement `sql` of kind `kind` that ran in the transaction.
     pub fn record_setting(&mut self, kind: &StmtKind, sql: &str) {
         let change = setting_change(kind, sql);
@@ -232,6 +241,10 @@ impl Session {
         sql: &str,
     ) -> Result<(), SessionEnd> {
         let sql = sql.trim().trim_end_matches(';');
+        if matches!(op, SavepointOp::Define(_)) && !self.txn.has_room() {
+            self.push_error(&too_many_steps());
+            return Ok(());
+        }
         match op {
             SavepointOp::Define(name) => {
                 if self.on_every_held(sql).await {
@@ -290,6 +303,10 @@ impl Session {
         kind: &StmtKind,
         sql: &str,
     ) -> Result<(), SessionEnd> {
+        if !self.txn.has_room() {
+            self.push_error(&too_many_steps());
+            return Ok(());
+        }
         // RESET returns to the session's defaults, the client's startup parameters included.
         let reset = match kind {
             StmtKind::ResetAll => self.settings.reset_sql(None),
@@ -444,6 +461,16 @@ impl Session {
             self.push_ready();
         }
         false
+    }
+}
+
+/// A transaction block past [`MAX_STEPS`] savepoints and settings.
+fn too_many_steps() -> ProxyError {
+    ProxyError::Backend {
+        code: "54000".into(),
+        message: format!(
+            "more than {MAX_STEPS} savepoints and settings statements in one transaction block"
+        ),
     }
 }
 
