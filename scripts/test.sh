@@ -8,8 +8,8 @@
 #   1. installs what is missing (as root, with apt-get): PostgreSQL server + client (initdb,
 #      pg_ctl, psql, pgbench), libclang (the SQL parser crate needs it to build), a C compiler;
 #      the Python drivers psycopg 3, asyncpg, psycopg2, SQLAlchemy and Django, pgjdbc (Debian's libpostgresql-jdbc-java,
-#      run with the machine's Java), and node-postgres + postgres.js (npm ci in tests/node)
-#      for the non-Rust driver tests;
+#      run with the machine's Java), node-postgres + postgres.js (npm ci in tests/node), and
+#      Go's pgx v4 and lib/pq (Debian's golang packages) for the non-Rust driver tests;
 #   2. builds the `shardwire` binary and starts 5 throwaway Postgres clusters with it
 #      (`shardwire dev-clusters up`), removed again on exit whatever happens;
 #   3. runs `cargo nextest run --no-fail-fast` with SHARDWIRE_TEST_CLUSTERS=<their ports>,
@@ -146,6 +146,15 @@ if [ ! -d tests/node/node_modules/pg ] || [ ! -d tests/node/node_modules/postgre
     log "npm ci in tests/node (node-postgres, postgres.js)"
     (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
         || log "WARNING: npm ci in tests/node failed; the Node.js driver test will fail"
+fi
+
+# --- 2d. Go drivers from Debian's packages (pgx v4, lib/pq; built offline, GOPATH mode) --
+if ! command -v go >/dev/null 2>&1; then
+    apt_install golang-go
+fi
+if [ -z "${SHARDWIRE_GOPATH:-}" ]; then
+    [ -d /usr/share/gocode/src/github.com/jackc/pgx/v4 ] || apt_install golang-github-jackc-pgx-v4-dev
+    [ -d /usr/share/gocode/src/github.com/lib/pq ] || apt_install golang-github-lib-pq-dev
 fi
 
 # --- 3. binary and shared clusters ------------------------------------------------------

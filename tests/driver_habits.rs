@@ -771,3 +771,27 @@ async fn sqlx_driver_through_the_proxy() {
     }
     pool.close().await;
 }
+
+/// Go: pgx v4 and lib/pq from Debian's packages (`tests/go/habits.go`, built offline in
+/// GOPATH mode): pgx's statement cache, a transaction across shards and a batch on one
+/// shard; lib/pq's prepared statements and a rolled-back transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_drivers_through_the_proxy() {
+    let (_env, proxy, ids) = setup(5).await;
+    let gopath = std::env::var("SHARDWIRE_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
+    let cache = std::env::temp_dir().join("shardwire-gocache");
+    let mut cmd = std::process::Command::new("go");
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/go"))
+        .args(["run", "habits.go"])
+        .arg(format!(
+            "postgres://app:app-secret@127.0.0.1:{}/app",
+            proxy.port()
+        ))
+        .arg(id_list(&ids))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", gopath)
+        .env("GOCACHE", cache)
+        .env("GOFLAGS", "")
+        .env("GOPROXY", "off");
+    common::run_program(cmd, "go checks passed").await;
+}
