@@ -787,14 +787,7 @@ fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
     if f.agg_star || f.agg_distinct || f.over.is_some() || !f.agg_order.is_empty() {
         return None;
     }
-    let names: Vec<&str> = f
-        .funcname
-        .iter()
-        .filter_map(|n| match &n.node {
-            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-            _ => None,
-        })
-        .collect();
+    let names = name_list(&f.funcname);
     let name = match names.as_slice() {
         [n] | ["pg_catalog", n] => *n,
         _ => return None,
@@ -1863,14 +1856,7 @@ fn column(n: &protobuf::Node) -> Option<Col<'_>> {
     let Some(NodeEnum::ColumnRef(c)) = &n.node else {
         return None;
     };
-    let names: Vec<&str> = c
-        .fields
-        .iter()
-        .filter_map(|f| match &f.node {
-            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-            _ => None,
-        })
-        .collect();
+    let names = name_list(&c.fields);
     if names.len() != c.fields.len() {
         return None; // `t.*`
     }
@@ -1893,6 +1879,18 @@ fn is_value(n: &protobuf::Node) -> bool {
         Some(NodeEnum::TypeCast(t)) => t.arg.as_deref().map(is_value).unwrap_or(false),
         _ => false,
     }
+}
+
+/// The String nodes of a qualified name (function name, column reference), in order; other
+/// nodes (`*`) are left out.
+fn name_list(nodes: &[protobuf::Node]) -> Vec<&str> {
+    nodes
+        .iter()
+        .filter_map(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn equality(n: &protobuf::Node) -> Option<Eq<'_>> {

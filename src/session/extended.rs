@@ -127,6 +127,18 @@ impl Batch {
     }
 }
 
+/// What the statements a pipeline executes do beyond their results, gathered while its
+/// messages are decoded and applied once it ran.
+#[derive(Default)]
+pub(super) struct Effects {
+    /// Some statement writes (or changes schema).
+    writes: bool,
+    /// Settings statements (`SET`, `SET LOCAL`, `RESET`, `DISCARD ALL`) with their text.
+    settings: Vec<(StmtKind, String)>,
+    /// Some statement alters, drops or renames schema objects (see `StmtPlan::reshapes`).
+    reshapes: bool,
+}
+
 /// One decoded pipeline message, ready to run.
 pub(super) enum Op {
     Parse(Arc<Prepared>),
@@ -184,10 +196,9 @@ impl Session {
         self.directory_gate().await;
         let mut cut: Option<ProxyError> = None;
         let mut target: Option<Target> = batch.open;
-        let mut writes = false;
-        let mut changes: Vec<(StmtKind, String)> = Vec::new();
+        let mut fx = Effects::default();
         for f in frames.drain(..) {
-            match self.prepare_op(f, &mut target, &mut writes, &mut changes) {
+            match self.prepare_op(f, &mut target, &mut fx) {
                 Ok(op) => ops.push(op),
                 Err(e) => {
                     cut = Some(e);
@@ -225,9 +236,9 @@ impl Session {
             // is free again.
             for (i, op) in ops.iter().enumerate() {
                 match op {
-                    Op::Parse(p) if sync && cut.is_none() => match self.check_parse(p).await? {
-                        None => build::empty(&mut self.out, b'1'),
-                        Some(_) => {
+                    Op::Parse(p) if sync && cut.is_none() => match self.parse_fails(p).await? {
+                        false => build::empty(&mut self.out, b'1'),
+                        true => {
                             // Postgres skips the rest of the pipeline: those names are free too.
                             for later in &ops[i..] {
                                 if let Op::Parse(q) = later {
@@ -277,7 +288,7 @@ impl Session {
                 .iter()
                 .all(|o| matches!(o, Op::Parse(_) | Op::Local(_) | Op::DescribeStmt(_)));
         let target = target.unwrap_or(Target::Shard(self.any_shard()));
-        if let Err(e) = self.check_write(target, writes, self.txn.status != b'I') {
+        if let Err(e) = self.check_write(target, fx.writes, self.txn.status != b'I') {
             self.push_error(&e);
             if sync {
                 self.push_ready();
@@ -298,7 +309,7 @@ impl Session {
                     self.batch_gather(set, ops, cut.as_ref()).await
                 } else {
                     // Writes outside a transaction: one atomic write on every shard.
-                    let atomic = writes && self.txn.status == b'I';
+                    let atomic = fx.writes && self.txn.status == b'I';
                     self.batch_all(set, ops, cut.as_ref(), atomic).await
                 }
             }
@@ -326,7 +337,7 @@ impl Session {
                 return Ok(());
             }
         };
-        if changes.iter().any(|(k, _)| *k == StmtKind::Ddl) {
+        if fx.reshapes {
             self.schema_changed();
         }
         batch.open = if sync || detached { None } else { Some(target) };
@@ -340,12 +351,9 @@ impl Session {
         }
         if sync && outcome.status != 0 {
             let was_idle = self.txn.status == b'I';
-            for (kind, sql) in changes {
+            for (kind, sql) in fx.settings {
                 if outcome.error {
                     break;
-                }
-                if !super::txn::is_setting(&kind) && kind != StmtKind::DiscardAll {
-                    continue;
                 }
                 if was_idle && outcome.status == b'I' {
                     if let Some(ch) = super::txn::setting_change(&kind, &sql) {
@@ -580,8 +588,7 @@ impl Session {
         &mut self,
         f: Frame,
         target: &mut Option<Target>,
-        writes: &mut bool,
-        changes: &mut Vec<(StmtKind, String)>,
+        fx: &mut Effects,
     ) -> Result<Op, ProxyError> {
         let proto = |e: crate::protocol::FrameError| ProxyError::Protocol(e.to_string());
         // In a transaction the proxy failed, only COMMIT/ROLLBACK (and Close) get through.
@@ -713,7 +720,7 @@ impl Session {
                     merge(t, self)?;
                 }
                 if stmt.plan.writes() {
-                    *writes = true;
+                    fx.writes = true;
                 }
                 // Its Bind registered the portal as merged when it runs on several shards. A
                 // plain concatenation fetched whole streams through the shards' own portals;
@@ -733,10 +740,10 @@ impl Session {
                             | StmtKind::ResetAll
                             | StmtKind::DiscardAll
                     ) {
-                        changes.push((st.kind.clone(), stmt.sql.trim().to_string()));
-                    } else if st.reshapes {
-                        changes.push((StmtKind::Ddl, String::new()));
+                        fx.settings
+                            .push((st.kind.clone(), stmt.sql.trim().to_string()));
                     }
+                    fx.reshapes |= st.reshapes;
                     if matches!(st.kind, StmtKind::CopyIn) {
                         return Err(ProxyError::Unsupported(
                             "COPY FROM STDIN through the extended protocol is not supported; use a simple Query".into(),
@@ -1031,7 +1038,14 @@ impl Session {
                     seen_backend_op = true;
                     build::target(&mut msg, b'D', b'S', &p.backend_name);
                 }
-                Op::Raw(f, _) | Op::Gather(f, _) => {
+                Op::Raw(f, e) => {
+                    seen_backend_op = true;
+                    if matches!(e, Expect::Close) {
+                        self.forget_closed_portal(&f);
+                    }
+                    msg.extend_from_slice(&f.raw);
+                }
+                Op::Gather(f, _) => {
                     seen_backend_op = true;
                     msg.extend_from_slice(&f.raw);
                 }
@@ -1107,10 +1121,7 @@ impl Session {
                 }
                 Op::Raw(_, Expect::Describe) => describe = true,
                 Op::Raw(f, Expect::Close) => {
-                    if let Ok((_, name)) = decode_target(f.body(), "Close") {
-                        self.gather_portals.remove(name);
-                        self.portals.remove(name);
-                    }
+                    self.forget_closed_portal(&f);
                     build::empty(&mut self.out, b'3');
                 }
                 Op::Gather(f, p) => {
@@ -1319,22 +1330,30 @@ impl Session {
         Ok(())
     }
 
-    /// Checks that `p` parses and plans on a shard (see [`Session::describe_on_one`]); the
-    /// shard's error, if any, is forwarded to the client and returned as `Some`.
-    async fn check_parse(&mut self, p: &Arc<Prepared>) -> Result<Option<ProxyError>, SessionEnd> {
+    /// A Close of a multi-shard portal whose forgetting was deferred to when its pipeline runs
+    /// (see `prepare_op`): the proxy forgets the portal now.
+    fn forget_closed_portal(&mut self, close: &Frame) {
+        if let Ok((b'P', name)) = decode_target(close.body(), "Close") {
+            self.gather_portals.remove(name);
+            self.portals.remove(name);
+        }
+    }
+
+    /// Checks that `p` parses and plans on a shard (see [`Session::describe_on_one`]);
+    /// returns whether it failed (the error is queued for the client).
+    async fn parse_fails(&mut self, p: &Arc<Prepared>) -> Result<bool, SessionEnd> {
         match self.parse_on_one(p, false).await {
-            Ok(Ok(o)) if o.error => Ok(Some(ProxyError::Syntax(String::new()))),
-            Ok(Ok(_)) => Ok(None),
+            Ok(Ok(o)) => Ok(o.error), // a shard's error was forwarded
             Ok(Err(e)) => {
                 self.push_error(&e);
-                Ok(Some(e))
+                Ok(true)
             }
             Err(RelayError::Client(e)) => Err(e),
             Err(RelayError::Backend { shard, error, .. }) => {
                 let e = self.backend_failed(shard, &error);
                 self.lose_transaction();
                 self.push_error(&e);
-                Ok(Some(e))
+                Ok(true)
             }
         }
     }

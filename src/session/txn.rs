@@ -248,9 +248,7 @@ impl Session {
         match op {
             SavepointOp::Define(name) => {
                 if self.on_every_held(sql).await {
-                    self.txn
-                        .steps
-                        .push(super::txn::Step::Savepoint(name.clone()));
+                    self.txn.steps.push(Step::Savepoint(name.clone()));
                     build::command_complete(&mut self.out, "SAVEPOINT");
                 }
             }
@@ -421,7 +419,7 @@ impl Session {
             .txn
             .steps
             .iter()
-            .any(|s| matches!(s, super::txn::Step::Setting { .. }));
+            .any(|s| matches!(s, Step::Setting { .. }));
         if commit && !outcome.error {
             for ch in self.txn.take_changes() {
                 self.apply_setting(ch);
