@@ -1,11 +1,13 @@
 //! CancelRequest routing: the proxy hands each client its own (pid, secret) pair and
 //! remembers which backend connections the client is using, so a cancel sent to the
-//! proxy is forwarded to exactly those backends.
+//! proxy is forwarded to exactly those backends. `pg_terminate_backend` of a client's pid
+//! also marks its session to end.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 
@@ -22,8 +24,29 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
-/// The backends one client session is currently using.
-pub type CancelSlot = Arc<Mutex<Vec<CancelTarget>>>;
+/// One client session's entry: the backends it is currently using, and whether another
+/// session asked for it to end (`pg_terminate_backend`).
+#[derive(Default)]
+pub struct Slot {
+    targets: Mutex<Vec<CancelTarget>>,
+    terminated: AtomicBool,
+}
+
+impl Slot {
+    /// The backends the session is using (the session pushes and clears them).
+    pub fn lock(&self) -> MutexGuard<'_, Vec<CancelTarget>> {
+        self.targets.lock()
+    }
+
+    /// Whether `pg_terminate_backend` named this session; it then ends with FATAL 57P01.
+    #[inline]
+    pub fn terminated(&self) -> bool {
+        self.terminated.load(Ordering::Relaxed)
+    }
+}
+
+/// See [`Slot`].
+pub type CancelSlot = Arc<Slot>;
 
 /// One registered session: its secret, its user and its slot.
 struct Registered {
@@ -47,7 +70,7 @@ impl CancelRegistry {
             let pid = rng.gen_range(1..i32::MAX);
             if let std::collections::hash_map::Entry::Vacant(e) = slots.entry(pid) {
                 let secret = rng.gen::<i32>();
-                let slot: CancelSlot = Arc::new(Mutex::new(Vec::new()));
+                let slot: CancelSlot = Arc::default();
                 e.insert(Registered {
                     secret,
                     user: Arc::from(user),
@@ -81,11 +104,26 @@ impl CancelRegistry {
     /// pid runs, when it belongs to the same user (Postgres lets a role signal its own
     /// sessions). Returns whether such a session exists.
     pub async fn cancel_pid(&self, pid: i64, user: &str) -> bool {
+        self.signal_pid(pid, user, false).await
+    }
+
+    /// `pg_terminate_backend(pid)`: like [`CancelRegistry::cancel_pid`], and the session
+    /// ends (FATAL 57P01) before it answers anything else.
+    pub async fn terminate_pid(&self, pid: i64, user: &str) -> bool {
+        self.signal_pid(pid, user, true).await
+    }
+
+    async fn signal_pid(&self, pid: i64, user: &str, terminate: bool) -> bool {
         let Ok(pid) = i32::try_from(pid) else {
             return false;
         };
         let targets = match self.slots.lock().get(&pid) {
-            Some(r) if &*r.user == user => r.slot.lock().clone(),
+            Some(r) if &*r.user == user => {
+                if terminate {
+                    r.slot.terminated.store(true, Ordering::Relaxed);
+                }
+                r.slot.lock().clone()
+            }
             _ => return false,
         };
         for t in targets {

@@ -62,8 +62,8 @@ pub enum StmtKind {
     Show,
     /// COPY ... FROM STDIN.
     CopyIn,
-    /// `SELECT pg_backend_pid()` or `SELECT pg_cancel_backend(N)` on its own: about the
-    /// client's session as the proxy presents it, so the proxy answers it.
+    /// `SELECT pg_backend_pid()`, `pg_cancel_backend(pid)` or `pg_terminate_backend(pid)` on
+    /// its own: about the client's session as the proxy presents it, so the proxy answers it.
     SessionFn(SessionFn),
     /// Anything else that runs on one shard.
     Other,
@@ -85,7 +85,18 @@ pub enum SessionCall {
     /// `pg_backend_pid()`.
     BackendPid,
     /// `pg_cancel_backend(pid)`.
-    Cancel(i64),
+    Cancel(PidArg),
+    /// `pg_terminate_backend(pid)`.
+    Terminate(PidArg),
+}
+
+/// The pid argument of [`SessionCall::Cancel`] / [`SessionCall::Terminate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidArg {
+    /// A literal.
+    Value(i64),
+    /// Bind parameter `$n` (index `n - 1`); Knex and node-postgres bind the pid.
+    Param(usize),
 }
 
 /// A savepoint command; the name is the one Postgres uses (unquoted names lowercased).
@@ -761,8 +772,9 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
     }
 }
 
-/// `SELECT pg_backend_pid()` / `SELECT pg_cancel_backend(<integer>)` and nothing else (no
-/// FROM, WHERE or other column; `pg_catalog.` allowed).
+/// `SELECT pg_backend_pid()` / `SELECT pg_cancel_backend(<pid>)` /
+/// `SELECT pg_terminate_backend(<pid>)` and nothing else (no FROM, WHERE or other column;
+/// `pg_catalog.` allowed).
 fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
     let bare = s.from_clause.is_empty()
         && s.where_clause.is_none()
@@ -794,13 +806,8 @@ fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
     };
     let call = match (name, f.args.as_slice()) {
         ("pg_backend_pid", []) => SessionCall::BackendPid,
-        ("pg_cancel_backend", [arg]) => match arg.node.as_ref() {
-            Some(NodeEnum::AConst(c)) if !c.isnull => match &c.val {
-                Some(Val::Ival(i)) => SessionCall::Cancel(i64::from(i.ival)),
-                _ => return None,
-            },
-            _ => return None,
-        },
+        ("pg_cancel_backend", [arg]) => SessionCall::Cancel(pid_arg(arg)?),
+        ("pg_terminate_backend", [arg]) => SessionCall::Terminate(pid_arg(arg)?),
         _ => return None,
     };
     let column = if rt.name.is_empty() {
@@ -809,6 +816,30 @@ fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
         rt.name.clone()
     };
     Some(SessionFn { call, column })
+}
+
+/// An integer literal, `$n`, or either cast to int2/int4.
+fn pid_arg(arg: &protobuf::Node) -> Option<PidArg> {
+    match arg.node.as_ref()? {
+        NodeEnum::AConst(c) if !c.isnull => match &c.val {
+            Some(Val::Ival(i)) => Some(PidArg::Value(i64::from(i.ival))),
+            _ => None,
+        },
+        NodeEnum::ParamRef(p) if p.number >= 1 => {
+            Some(PidArg::Param(usize::try_from(p.number - 1).ok()?))
+        }
+        NodeEnum::TypeCast(tc) => {
+            let ty = tc.type_name.as_ref()?;
+            let names = name_list(&ty.names);
+            match names.last() {
+                // No pg_cancel_backend(bigint) exists: that cast errors on the shard, as in Postgres.
+                Some(&("int2" | "int4" | "integer" | "smallint")) => {}
+                _ => return None,
+            }
+            pid_arg(tc.arg.as_deref()?)
+        }
+        _ => None,
+    }
 }
 
 fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtKind, RouteSpec) {

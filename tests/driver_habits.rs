@@ -615,6 +615,105 @@ async fn backend_pid_and_cancel_by_pid() {
     assert_ne!(mine.to_string(), pid);
 }
 
+/// Messages until the proxy closes the connection (EOF).
+async fn until_closed(w: &mut Wire) -> Vec<common::wire::Msg> {
+    let mut got = Vec::new();
+    while let Some(m) = w.recv().await {
+        got.push(m);
+    }
+    got
+}
+
+/// `pg_cancel_backend($1)` and `pg_terminate_backend($1)` with the pid bound as a parameter
+/// (node-postgres and Knex bind it), cast to int or not: the proxy answers them for its own pids.
+/// Terminate ends the named session with FATAL 57P01, whether it was running a statement or
+/// idle (it learns at its next message), and its shard connections are not pooled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_terminate_with_a_bound_pid() {
+    let (_env, proxy, _ids) = setup(2).await;
+    let other = proxy.client().await;
+    // Cancel, the pid bound as int4.
+    for sql in [
+        "SELECT pg_cancel_backend($1)",
+        "SELECT pg_catalog.pg_cancel_backend($1::int) AS c",
+    ] {
+        let mut w = Wire::login(proxy.port(), &[]).await;
+        let pid = w.pid;
+        let sleeper = tokio::spawn(async move {
+            w.query("SELECT pg_sleep(20)");
+            w.send().await;
+            let t0 = Instant::now();
+            let got = w.until_ready().await;
+            (first_error(&got), t0.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let st = other.prepare(sql).await.unwrap();
+        let done: bool = other.query_one(&st, &[&pid]).await.unwrap().get(0);
+        assert!(done, "{sql}");
+        let (err, took) = sleeper.await.unwrap();
+        assert_eq!(err.as_deref(), Some("57014"), "{sql}");
+        assert!(took < Duration::from_secs(5), "{sql}: {took:?}");
+    }
+    // Strict: a NULL pid gives NULL; an unknown pid false.
+    let v: Option<bool> = other
+        .query_one("SELECT pg_cancel_backend($1)", &[&None::<i32>])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, None);
+    let v: bool = other
+        .query_one("SELECT pg_terminate_backend($1)", &[&7i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!v);
+    // Terminate a session that is running a statement inside a transaction.
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    let pid = w.pid;
+    w.query("BEGIN; UPDATE users SET name = 'gone' WHERE id > 0");
+    w.send().await;
+    w.until_ready().await;
+    let sleeper = tokio::spawn(async move {
+        w.query("SELECT pg_sleep(20)");
+        w.send().await;
+        let t0 = Instant::now();
+        let got = until_closed(&mut w).await;
+        (first_error(&got), t0.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done: bool = other
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(done);
+    let (err, took) = sleeper.await.unwrap();
+    assert_eq!(err.as_deref(), Some("57P01"));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Its transaction rolled back; the pool (2 a shard) still serves.
+    for _ in 0..4 {
+        let n: i64 = other
+            .query_one("SELECT count(*) FROM users WHERE name = 'gone'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
+    }
+    // An idle session learns at its next message.
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    let done: bool = other
+        .query_one("SELECT pg_terminate_backend($1)", &[&w.pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(done);
+    w.query("SELECT 1");
+    w.send().await;
+    let got = until_closed(&mut w).await;
+    assert_eq!(first_error(&got).as_deref(), Some("57P01"));
+    assert_eq!(tags(&got), "E");
+}
+
 /// node-postgres and postgres.js (`tests/node`, installed by `scripts/test.sh`): postgres.js
 /// prepares with Flush, in and out of transactions; node-postgres's named statements,
 /// savepoints, and Knex's cancel by `processID`.

@@ -408,9 +408,26 @@ impl Session {
         result
     }
 
+    /// `pg_terminate_backend` named this session: whatever it was answering is dropped and
+    /// it ends as Postgres ends a terminated backend (the held shard connections are closed,
+    /// so their transactions roll back).
+    async fn end_terminated(&mut self) -> Result<(), SessionEnd> {
+        self.out.clear();
+        build::error(
+            &mut self.out,
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+        );
+        self.flush().await
+    }
+
     async fn serve(&mut self) -> Result<(), SessionEnd> {
         let mut batch = extended::Batch::default();
         loop {
+            if self.cancel_slot.terminated() {
+                return self.end_terminated().await;
+            }
             if !self.out.is_empty() && !self.reader.has_frame() {
                 self.flush().await?;
             }
@@ -455,6 +472,9 @@ impl Session {
             let Some(frame) = next else {
                 return Ok(());
             };
+            if self.cancel_slot.terminated() {
+                return self.end_terminated().await;
+            }
             if let Some(c) = &self.client {
                 c.set_state(crate::clients::ACTIVE);
             }

@@ -152,21 +152,27 @@ impl Session {
             _ => None,
         };
         let mut binary = false;
+        let mut bind: Option<BindMsg> = None;
         for op in ops {
             match op {
                 Op::Parse(_) => build::empty(&mut self.out, b'1'),
                 Op::Bind(_, f, _) => {
-                    binary = BindMsg::decode(f.body())
-                        .is_ok_and(|m| m.result_formats().first() == Some(&1));
+                    bind = BindMsg::decode(f.body()).ok();
+                    binary = bind
+                        .as_ref()
+                        .is_some_and(|m| m.result_formats().first() == Some(&1));
                     build::empty(&mut self.out, b'2');
                 }
-                Op::DescribeStmt(_) => {
-                    self.out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
-                    match &func {
-                        Some(f) => self.describe_session_fn(f, false),
-                        None => build::empty(&mut self.out, b'n'),
+                Op::DescribeStmt(p) => match &func {
+                    Some(f) => {
+                        self.describe_session_fn_params(f, p.types.first().copied());
+                        self.describe_session_fn(f, false);
                     }
-                }
+                    None => {
+                        self.out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
+                        build::empty(&mut self.out, b'n');
+                    }
+                },
                 Op::Raw(_, Expect::Describe) => match &func {
                     Some(f) => self.describe_session_fn(f, binary),
                     None => build::empty(&mut self.out, b'n'),
@@ -195,7 +201,7 @@ impl Session {
                 self.push_ready();
             }
             Some(StmtKind::SessionFn(f)) => {
-                self.session_fn(&f, false, binary).await;
+                self.session_fn(&f, false, binary, bind.as_ref()).await;
                 self.push_ready();
             }
             Some(k) => {

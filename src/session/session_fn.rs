@@ -5,35 +5,106 @@
 //! - `pg_backend_pid()` returns that pid.
 //! - `pg_cancel_backend(pid)` cancels what the proxy session with that pid is running on
 //!   the shards, when it belongs to the same proxy user (Knex cancels timed-out queries
-//!   this way); `false` otherwise, as Postgres answers for a pid it cannot signal.
+//!   this way, binding the pid as `$1`); `false` otherwise, as Postgres answers for a pid it
+//!   cannot signal.
+//! - `pg_terminate_backend(pid)` also ends that session: it answers FATAL 57P01 before
+//!   anything else.
+//!
+//! Both functions are strict: a NULL pid gives a NULL result, as in Postgres.
 
 use super::Session;
-use crate::protocol::build;
-use crate::router::{SessionCall, SessionFn};
+use crate::protocol::{build, BindMsg};
+use crate::router::{PidArg, SessionCall, SessionFn};
 
 /// Type oids and lengths of the results.
 const INT4: (u32, i16) = (23, 4);
 const BOOL: (u32, i16) = (16, 1);
 
-impl Session {
-    /// The result of `f`: RowDescription when `describe`, then its row and CommandComplete,
-    /// in text or (with `binary`) binary format.
-    pub(super) async fn session_fn(&mut self, f: &SessionFn, describe: bool, binary: bool) {
-        let (text, bin): (String, Vec<u8>) = match f.call {
-            SessionCall::BackendPid => (
-                self.key_pid.to_string(),
-                self.key_pid.to_be_bytes().to_vec(),
-            ),
-            SessionCall::Cancel(pid) => {
-                let done = self.shared.cancels.cancel_pid(pid, &self.user).await;
-                (if done { "t" } else { "f" }.into(), vec![u8::from(done)])
+/// The pid `arg` names: `Ok(None)` for NULL, `Err` for a value that is not an integer.
+fn pid_value(arg: PidArg, bind: Option<&BindMsg>) -> Result<Option<i64>, ()> {
+    let i = match arg {
+        PidArg::Value(v) => return Ok(Some(v)),
+        PidArg::Param(i) => i,
+    };
+    let Some(value) = bind.and_then(|b| b.param(i)).ok_or(())? else {
+        return Ok(None);
+    };
+    if bind.is_some_and(|b| b.is_binary(i)) {
+        return match value.len() {
+            2 => Ok(Some(i64::from(i16::from_be_bytes([value[0], value[1]])))),
+            4 => Ok(Some(i64::from(i32::from_be_bytes([
+                value[0], value[1], value[2], value[3],
+            ])))),
+            8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(value);
+                Ok(Some(i64::from_be_bytes(b)))
             }
+            _ => Err(()),
+        };
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .map(Some)
+        .ok_or(())
+}
+
+impl Session {
+    /// The result of `f` (its parameters from `bind`, when it came by the extended
+    /// protocol): RowDescription when `describe`, then its row and CommandComplete, in text or
+    /// (with `binary`) binary format.
+    pub(super) async fn session_fn(
+        &mut self,
+        f: &SessionFn,
+        describe: bool,
+        binary: bool,
+        bind: Option<&BindMsg<'_>>,
+    ) {
+        let (arg, terminate) = match f.call {
+            SessionCall::BackendPid => {
+                if describe {
+                    self.describe_session_fn(f, binary);
+                }
+                let (text, bin) = (self.key_pid.to_string(), self.key_pid.to_be_bytes());
+                let value: &[u8] = if binary { &bin } else { text.as_bytes() };
+                build::data_row_raw(&mut self.out, &[Some(value)]);
+                build::command_complete(&mut self.out, "SELECT 1");
+                return;
+            }
+            SessionCall::Cancel(arg) => (arg, false),
+            SessionCall::Terminate(arg) => (arg, true),
+        };
+        let pid = match pid_value(arg, bind) {
+            Ok(pid) => pid,
+            Err(()) => {
+                build::error(
+                    &mut self.out,
+                    "ERROR",
+                    "22P02",
+                    "invalid input syntax for the pid argument: an integer is expected",
+                );
+                return;
+            }
+        };
+        let done = match pid {
+            None => None,
+            Some(pid) if terminate => {
+                Some(self.shared.cancels.terminate_pid(pid, &self.user).await)
+            }
+            Some(pid) => Some(self.shared.cancels.cancel_pid(pid, &self.user).await),
         };
         if describe {
             self.describe_session_fn(f, binary);
         }
-        let value: &[u8] = if binary { &bin } else { text.as_bytes() };
-        build::data_row_raw(&mut self.out, &[Some(value)]);
+        let bin = done.map(|d| [u8::from(d)]);
+        let value: Option<&[u8]> = match (done, binary) {
+            (None, _) => None,
+            (Some(_), true) => bin.as_ref().map(|b| &b[..]),
+            (Some(true), false) => Some(b"t"),
+            (Some(false), false) => Some(b"f"),
+        };
+        build::data_row_raw(&mut self.out, &[value]);
         build::command_complete(&mut self.out, "SELECT 1");
     }
 
@@ -41,8 +112,24 @@ impl Session {
     pub(super) fn describe_session_fn(&mut self, f: &SessionFn, binary: bool) {
         let (oid, len) = match f.call {
             SessionCall::BackendPid => INT4,
-            SessionCall::Cancel(_) => BOOL,
+            SessionCall::Cancel(_) | SessionCall::Terminate(_) => BOOL,
         };
         build::row_description(&mut self.out, &[(&f.column, oid, len, i16::from(binary))]);
+    }
+
+    /// The ParameterDescription of `f`'s statement: one int4 for a `$1` pid (the type the
+    /// client gave at Parse, when it gave one), none otherwise.
+    pub(super) fn describe_session_fn_params(&mut self, f: &SessionFn, declared: Option<u32>) {
+        match f.call {
+            SessionCall::Cancel(PidArg::Param(0)) | SessionCall::Terminate(PidArg::Param(0)) => {
+                let oid = declared.filter(|&t| t != 0).unwrap_or(INT4.0);
+                let mut body = [0u8; 6];
+                body[..2].copy_from_slice(&1i16.to_be_bytes());
+                body[2..].copy_from_slice(&oid.to_be_bytes());
+                self.out.extend_from_slice(&[b't', 0, 0, 0, 10]);
+                self.out.extend_from_slice(&body);
+            }
+            _ => self.out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]),
+        }
     }
 }

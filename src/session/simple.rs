@@ -146,7 +146,7 @@ impl Session {
                 Ok(true)
             }
             StmtKind::SessionFn(f) => {
-                self.session_fn(f, true, false).await;
+                self.session_fn(f, true, false, None).await;
                 self.push_ready();
                 Ok(true)
             }
