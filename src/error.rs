@@ -60,6 +60,9 @@ pub enum ProxyError {
     /// Authentication failed.
     #[error("password authentication failed for user \"{0}\"")]
     AuthFailed(String),
+    /// Text that is not valid UTF-8 (the proxy's only client encoding).
+    #[error("{0}")]
+    Encoding(String),
     /// The client exceeded a configured limit (message size, connections).
     #[error("{0}")]
     Limit(String),
@@ -91,6 +94,7 @@ impl ProxyError {
             ProxyError::NoSuchPortal(_) => "34000",
             ProxyError::AuthFailed(_) => "28P01",
             ProxyError::Limit(_) => "53300",
+            ProxyError::Encoding(_) => "22021",
             ProxyError::Backend { code, .. } => code,
         }
     }

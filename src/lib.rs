@@ -19,6 +19,7 @@ pub mod config;
 pub mod copyplan;
 pub mod copysplit;
 pub mod directory;
+pub mod encoding;
 pub mod error;
 pub mod gather;
 pub mod keys;

@@ -36,6 +36,9 @@ pub enum FrameError {
         /// The configured maximum.
         max: usize,
     },
+    /// A string in a message is not UTF-8, the only client encoding the proxy speaks.
+    #[error("invalid byte sequence for encoding \"UTF8\" in a {0} message")]
+    NotUtf8(&'static str),
     /// A message body did not have the shape its tag requires.
     #[error("malformed {0} message")]
     Malformed(&'static str),
@@ -197,7 +200,8 @@ impl<'a> Cursor<'a> {
             .iter()
             .position(|&b| b == 0)
             .ok_or_else(|| self.err())?;
-        let s = std::str::from_utf8(&self.data[..pos]).map_err(|_| self.err())?;
+        let s =
+            std::str::from_utf8(&self.data[..pos]).map_err(|_| FrameError::NotUtf8(self.what))?;
         self.data = &self.data[pos + 1..];
         Ok(s)
     }

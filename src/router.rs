@@ -682,6 +682,14 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
         }
         N::VariableSetStmt(v) => {
             use protobuf::VariableSetKind as K;
+            if let Some(name) = unsupported_encoding(v) {
+                return (
+                    StmtKind::SetLocal,
+                    RouteSpec::Refuse(ProxyError::Unsupported(
+                        crate::encoding::unsupported_encoding(&name),
+                    )),
+                );
+            }
             let kind = match K::try_from(v.kind).unwrap_or(K::Undefined) {
                 K::VarResetAll => StmtKind::ResetAll,
                 K::VarReset => StmtKind::Reset { name: v.name.to_ascii_lowercase() },
@@ -816,6 +824,28 @@ fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
         rt.name.clone()
     };
     Some(SessionFn { call, column })
+}
+
+/// The value of `SET [LOCAL] client_encoding` / `SET NAMES` when it is an encoding the proxy
+/// does not speak (see [`crate::encoding::canonical_encoding`]).
+fn unsupported_encoding(v: &protobuf::VariableSetStmt) -> Option<String> {
+    if !v.name.eq_ignore_ascii_case("client_encoding")
+        || v.kind != protobuf::VariableSetKind::VarSetValue as i32
+    {
+        return None;
+    }
+    let value = match v.args.first()?.node.as_ref()? {
+        NodeEnum::AConst(c) => match &c.val {
+            Some(Val::Sval(s)) => s.sval.clone(),
+            Some(Val::Ival(i)) => i.ival.to_string(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    match crate::encoding::canonical_encoding(&value) {
+        Some(_) => None,
+        None => Some(value),
+    }
 }
 
 /// An integer literal, `$n`, or either cast to int2/int4.

@@ -538,24 +538,33 @@ async fn startup(
             "database" => database = Some(v.to_string()),
             "replication" => {}
             // `-c name=value` settings follow the client like its other startup parameters.
-            "options" => match crate::session::settings::startup_options(v) {
-                Ok(pairs) => {
-                    for (name, value) in pairs {
-                        settings.set_value(&name, &value);
+            "options" => {
+                let pairs = crate::session::settings::startup_options(v)
+                    .map_err(|m| ("08P01", m))
+                    .and_then(|pairs| {
+                        pairs
+                            .into_iter()
+                            .map(|(n, v)| startup_setting(&n, &v).map(|v| (n, v)))
+                            .collect::<Result<Vec<_>, _>>()
+                    });
+                match pairs {
+                    Ok(pairs) => pairs.iter().for_each(|(n, v)| settings.set_value(n, v)),
+                    Err((code, msg)) => {
+                        build::error(&mut out, "FATAL", code, &msg);
+                        send(w, &out).await?;
+                        return Ok(Startup::Closed);
                     }
                 }
-                Err(msg) => {
-                    build::error(&mut out, "FATAL", "08P01", &msg);
+            }
+            k if k.starts_with("_pq_.") => {}
+            k => match startup_setting(k, v) {
+                Ok(v) => settings.set_value(k, &v),
+                Err((code, msg)) => {
+                    build::error(&mut out, "FATAL", code, &msg);
                     send(w, &out).await?;
                     return Ok(Startup::Closed);
                 }
             },
-            k if k.starts_with("_pq_.") => {}
-            // Reported back as Postgres names it (asyncpg sends 'utf-8').
-            "client_encoding" => {
-                settings.set_value(k, crate::session::settings::canonical_encoding(v))
-            }
-            k => settings.set_value(k, v),
         }
     }
     let Some(user) = user else {
@@ -696,4 +705,16 @@ async fn md5_login(
         return Ok(false);
     };
     Ok(given == md5_expected(user, password, salt).as_bytes())
+}
+
+/// A setting from the startup packet as the session keeps it: `client_encoding` as Postgres
+/// names it (asyncpg sends `'utf-8'`), refused with FATAL 0A000 when it is one the proxy
+/// does not speak; others unchanged.
+fn startup_setting(name: &str, value: &str) -> Result<String, (&'static str, String)> {
+    if name != "client_encoding" {
+        return Ok(value.to_string());
+    }
+    crate::encoding::canonical_encoding(value)
+        .map(str::to_string)
+        .ok_or_else(|| ("0A000", crate::encoding::unsupported_encoding(value)))
 }

@@ -714,6 +714,75 @@ async fn cancel_and_terminate_with_a_bound_pid() {
     assert_eq!(tags(&got), "E");
 }
 
+/// Client encodings: the proxy speaks UTF-8 (and SQL_ASCII, which is the same against UTF-8
+/// shards). Any other encoding is refused with a clear error — at login (FATAL 0A000, also
+/// through `options`) or at `SET NAMES` / `SET client_encoding` (ERROR, the session goes on);
+/// text that is not UTF-8 gets Postgres's 22021, not a closed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_encodings() {
+    let (_env, proxy, _ids) = setup(2).await;
+    for params in [
+        vec![("user", "app"), ("client_encoding", "LATIN1")],
+        vec![("user", "app"), ("options", "-c client_encoding=euc_jp")],
+    ] {
+        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port()))
+            .await
+            .unwrap();
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(params.iter().copied(), &mut out)
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut sock, &out)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut sock, &mut got),
+        )
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+        assert_eq!(got.first(), Some(&b'E'), "{params:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("0A000") && text.contains("FATAL"), "{text}");
+        assert!(text.contains("not supported by shardwire"), "{text}");
+    }
+    let mut w = Wire::login(proxy.port(), &[("client_encoding", "sql_ascii")]).await;
+    assert!(w
+        .params
+        .contains(&("client_encoding".into(), "SQL_ASCII".into())));
+    for set in [
+        "SET NAMES 'latin1'",
+        "SET client_encoding TO 'WIN1252'",
+        "SET LOCAL client_encoding = 'sjis'",
+    ] {
+        w.query(set);
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(first_error(&got).as_deref(), Some("0A000"), "{set}");
+    }
+    w.query("SET client_encoding = 'utf-8'; SHOW client_encoding");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_values(&got), vec!["UTF8".to_string()]);
+    // Bytes that are not UTF-8, in a Query and in a Parse: 22021, and the session goes on.
+    w.out.extend_from_slice(b"Q\0\0\0\x12SELECT 'caf\xe9'\0");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got).as_deref(), Some("22021"));
+    w.out
+        .extend_from_slice(b"P\0\0\0\x15\0SELECT 'caf\xe9'\0\0\0");
+    w.sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got).as_deref(), Some("22021"));
+    assert_eq!(tags(&got), "EZ");
+    w.query("SELECT 'café'");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_values(&got), vec!["café".to_string()]);
+}
+
 /// node-postgres and postgres.js (`tests/node`, installed by `scripts/test.sh`): postgres.js
 /// prepares with Flush, in and out of transactions; node-postgres's named statements,
 /// savepoints, and Knex's cancel by `processID`.

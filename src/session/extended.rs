@@ -590,7 +590,10 @@ impl Session {
         target: &mut Option<Target>,
         fx: &mut Effects,
     ) -> Result<Op, ProxyError> {
-        let proto = |e: crate::protocol::FrameError| ProxyError::Protocol(e.to_string());
+        let proto = |e: crate::protocol::FrameError| match e {
+            crate::protocol::FrameError::NotUtf8(_) => ProxyError::Encoding(e.to_string()),
+            e => ProxyError::Protocol(e.to_string()),
+        };
         // In a transaction the proxy failed, only COMMIT/ROLLBACK (and Close) get through.
         if self.txn.failed && f.tag != b'C' && !self.ends_transaction(&f) {
             return Err(ProxyError::InFailedTransaction);

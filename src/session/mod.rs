@@ -485,8 +485,16 @@ impl Session {
                         // pending messages are discarded with the statement they belonged to.
                         batch.clear();
                     }
-                    let sql = crate::protocol::decode_query(frame.body())?;
-                    self.simple_query(sql).await?;
+                    match crate::protocol::decode_query(frame.body()) {
+                        Ok(sql) => self.simple_query(sql).await?,
+                        // Postgres answers bytes invalid in the client encoding with an error,
+                        // not by closing the connection.
+                        Err(e @ crate::protocol::FrameError::NotUtf8(_)) => {
+                            self.push_error(&ProxyError::Encoding(e.to_string()));
+                            self.push_ready();
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 b'P' | b'B' | b'D' | b'E' | b'C' => {
                     batch.push(frame)?;

@@ -233,22 +233,6 @@ pub fn startup_options(options: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// The name Postgres reports for a `client_encoding` value it takes as UTF-8: like
-/// Postgres's `clean_encoding_name`, everything but letters and digits is ignored, case too
-/// (`utf-8`, asyncpg's `'utf-8'`, `unicode`); other values unchanged.
-pub fn canonical_encoding(v: &str) -> &str {
-    let squashed: String = v
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    if squashed == "utf8" || squashed == "unicode" {
-        "UTF8"
-    } else {
-        v
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,9 +253,6 @@ mod tests {
         assert!(startup_options("-c").is_err());
         assert!(startup_options("-c novalue").is_err());
         assert_eq!(startup_options("  ").unwrap(), vec![]);
-        assert_eq!(canonical_encoding("utf-8"), "UTF8");
-        assert_eq!(canonical_encoding("'utf-8'"), "UTF8");
-        assert_eq!(canonical_encoding("LATIN1"), "LATIN1");
     }
 
     #[test]
