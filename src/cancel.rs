@@ -24,18 +24,77 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
-/// One client session's entry: the backends it is currently using, and whether another
-/// session asked for it to end (`pg_terminate_backend`).
+/// One client session's entry: the backends it is currently using, whether a cancel was
+/// forwarded to them, and whether another session asked for it to end
+/// (`pg_terminate_backend`).
+///
+/// A forwarded cancel is a signal the shard may deliver after the statement it was meant
+/// for has ended; a backend that got one is therefore closed rather than pooled, or the
+/// late signal would cancel whatever runs there next — another client's statement
+/// included. Targets are taken and the flag set under one lock, and the session clears the
+/// targets (reading the flag) under the same lock *before* it gives the backends back, so a
+/// cancel either sees the backends and marks them, or sees none and sends nothing.
 #[derive(Default)]
 pub struct Slot {
-    targets: Mutex<Vec<CancelTarget>>,
+    targets: Mutex<Targets>,
     terminated: AtomicBool,
 }
 
+/// See [`Slot`].
+#[derive(Default)]
+pub struct Targets {
+    list: Vec<CancelTarget>,
+    cancelled: bool,
+}
+
+impl std::ops::Deref for Targets {
+    type Target = Vec<CancelTarget>;
+    fn deref(&self) -> &Vec<CancelTarget> {
+        &self.list
+    }
+}
+
+impl std::ops::DerefMut for Targets {
+    fn deref_mut(&mut self) -> &mut Vec<CancelTarget> {
+        &mut self.list
+    }
+}
+
 impl Slot {
-    /// The backends the session is using (the session pushes and clears them).
-    pub fn lock(&self) -> MutexGuard<'_, Vec<CancelTarget>> {
+    /// The backends the session is using (the session pushes them; see
+    /// [`Slot::release_all`] for giving them back).
+    pub fn lock(&self) -> MutexGuard<'_, Targets> {
         self.targets.lock()
+    }
+
+    /// Forgets every backend (the session is about to give them back or close them);
+    /// returns whether a cancel was forwarded to them since they were taken, in which case
+    /// they must be closed, not pooled.
+    pub fn release_all(&self) -> bool {
+        let mut t = self.targets.lock();
+        t.list.clear();
+        std::mem::take(&mut t.cancelled)
+    }
+
+    /// Forgets the most recently taken backend; returns whether a cancel was forwarded to
+    /// the session's backends (then it must be closed, not pooled).
+    pub fn release_last(&self) -> bool {
+        let mut t = self.targets.lock();
+        t.list.pop();
+        let cancelled = t.cancelled;
+        if t.list.is_empty() {
+            t.cancelled = false;
+        }
+        cancelled
+    }
+
+    /// The backends to cancel, marked as cancelled.
+    fn take_for_cancel(&self) -> Vec<CancelTarget> {
+        let mut t = self.targets.lock();
+        if !t.list.is_empty() {
+            t.cancelled = true;
+        }
+        t.list.clone()
     }
 
     /// Whether `pg_terminate_backend` named this session; it then ends with FATAL 57P01.
@@ -92,7 +151,7 @@ impl CancelRegistry {
     /// Forwards a cancel for (pid, secret) to the backends that session is using.
     pub async fn cancel(&self, pid: i32, secret: i32) {
         let targets = match self.slots.lock().get(&pid) {
-            Some(r) if r.secret == secret => r.slot.lock().clone(),
+            Some(r) if r.secret == secret => r.slot.take_for_cancel(),
             _ => return, // Postgres ignores unknown keys silently, so do we.
         };
         for t in targets {
@@ -122,7 +181,7 @@ impl CancelRegistry {
                 if terminate {
                     r.slot.terminated.store(true, Ordering::Relaxed);
                 }
-                r.slot.lock().clone()
+                r.slot.take_for_cancel()
             }
             _ => return false,
         };
@@ -133,14 +192,18 @@ impl CancelRegistry {
     }
 }
 
-/// Sends a CancelRequest to one backend (at most 5 s; failures are logged, as a cancel is
-/// best effort in Postgres too).
+/// Sends a CancelRequest to one backend and waits until the shard closes the connection,
+/// which it does once it has signalled the backend (libpq's PQcancel waits the same way, so
+/// the client's next statement cannot meet the signal); at most 5 s; failures are logged, as
+/// a cancel is best effort in Postgres too.
 pub async fn send_cancel(t: &CancelTarget) {
     let pkt = cancel_packet(t.pid, t.secret);
     let fut = async {
         let mut s = tokio::net::TcpStream::connect((&*t.host, t.port)).await?;
         s.write_all(&pkt).await?;
-        s.shutdown().await
+        let mut sink = [0u8; 64];
+        while tokio::io::AsyncReadExt::read(&mut s, &mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), fut).await {
         Ok(Ok(())) => {}

@@ -1412,8 +1412,9 @@ impl Session {
         if outside && idx < self.conns.len() {
             // It never joined the transaction: back to the pool.
             let c = self.conns.remove(idx);
-            self.cancel_slot.lock().pop();
-            c.release();
+            if !self.cancel_slot.release_last() {
+                c.release();
+            }
         }
         r
     }

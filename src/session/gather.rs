@@ -170,7 +170,7 @@ impl Session {
                 // Out of time: stop the shards and drop their connections (their state is unknown).
                 self.cancel_conns(&idxs);
                 self.conns.clear();
-                self.cancel_slot.lock().clear();
+                self.cancel_slot.release_all();
                 let e = ProxyError::Backend {
                     code: "57014".into(),
                     message: format!(

@@ -660,16 +660,32 @@ impl Session {
             return;
         }
         let topo = self.shared.topo();
-        let before = self.conns.len();
         let old = self.topo.clone();
-        self.conns.retain(
-            |c| match (topo.pools.get(c.shard), old.pools.get(c.shard)) {
-                (Some(a), Some(b)) => a.info.same_server(&b.info),
-                _ => false,
-            },
-        );
-        if self.conns.len() != before {
-            self.cancel_slot.lock().clear();
+        let keep: Vec<bool> = self
+            .conns
+            .iter()
+            .map(
+                |c| match (topo.pools.get(c.shard), old.pools.get(c.shard)) {
+                    (Some(a), Some(b)) => a.info.same_server(&b.info),
+                    _ => false,
+                },
+            )
+            .collect();
+        if keep.contains(&false) {
+            // The cancel targets run parallel to the connections: drop the same ones, so
+            // the kept connections can still be cancelled.
+            let mut targets = self.cancel_slot.lock();
+            let mut i = 0;
+            targets.retain(|_| {
+                i += 1;
+                keep.get(i - 1).copied().unwrap_or(false)
+            });
+            drop(targets);
+            let mut j = 0;
+            self.conns.retain(|_| {
+                j += 1;
+                keep.get(j - 1).copied().unwrap_or(false)
+            });
         }
         self.replan(&topo);
         self.portals.clear();
@@ -876,10 +892,14 @@ impl Session {
             self.pass = None;
         }
         if self.txn.status == b'I' && !exchange_open && !self.session_mode {
+            // Forget them for cancels first: a backend a cancel reached is closed, not
+            // pooled (the signal may land after the statement it was meant for).
+            let cancelled = self.cancel_slot.release_all();
             for c in self.conns.drain(..) {
-                c.release();
+                if !cancelled {
+                    c.release();
+                }
             }
-            self.cancel_slot.lock().clear();
             self.portals.clear();
             self.gather_portals.clear();
             self.txn = Txn::idle();

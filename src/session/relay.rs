@@ -401,7 +401,7 @@ impl Session {
             }
         }
         self.conns.clear();
-        self.cancel_slot.lock().clear();
+        self.cancel_slot.release_all();
         ProxyError::ShardUnavailable {
             shard: self.shard_name(shard),
             reason: error.to_string(),

@@ -152,6 +152,25 @@ impl Wire {
         self
     }
 
+    /// Bind `portal` to `stmt` with binary parameters (raw bytes each), text results.
+    pub fn bind_binary(&mut self, portal: &str, stmt: &str, params: &[&[u8]]) -> &mut Self {
+        frontend::bind(
+            portal,
+            stmt,
+            std::iter::once(1i16),
+            params.iter(),
+            |p, buf| {
+                buf.extend_from_slice(p);
+                Ok(postgres_protocol::IsNull::No)
+            },
+            std::iter::empty::<i16>(),
+            &mut self.out,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        self
+    }
+
     /// Describe a statement (`b'S'`) or portal (`b'P'`).
     pub fn describe(&mut self, kind: u8, name: &str) -> &mut Self {
         frontend::describe(kind, name, &mut self.out).unwrap();
