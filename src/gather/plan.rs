@@ -286,29 +286,65 @@ fn visible_index(s: &protobuf::SelectStmt, e: &Node) -> Result<usize, ProxyError
 }
 
 /// Shards return at most `offset + limit` rows; the proxy applies the OFFSET.
+///
+/// A parameter keeps the client's own expression (`$3::integer` stays that, cast to int8
+/// only to be added), so the shard infers the same parameter types the client's statement
+/// has: a driver that binds the int4 it was told about must not meet an int8 on the shard.
+/// An OFFSET parameter with no LIMIT stays referenced (`OFFSET 0 * $n`) for the same reason:
+/// a parameter a statement does not mention has no type to infer.
 fn push_down_limit(
     shard: &mut protobuf::SelectStmt,
     limit: Option<Count>,
     offset: Option<Count>,
 ) -> Result<(), ProxyError> {
-    shard.limit_offset = None;
+    let orig_limit = shard.limit_count.take();
+    let orig_offset = shard.limit_offset.take();
     let Some(limit) = limit else {
-        shard.limit_count = None;
         shard.limit_option = protobuf::LimitOption::Default as i32;
+        if let (Some(Count::Param(_)), Some(o)) = (offset, orig_offset) {
+            shard.limit_offset = Some(Box::new(with_args(parse_expr("0 * $1::int8")?, &[*o])?));
+        }
         return Ok(());
     };
-    let text = |c: Count| match c {
-        Count::Const(v) => v.to_string(),
-        Count::Param(i) => format!("${}::int8", i + 1),
+    let expr = match (limit, offset, orig_limit, orig_offset) {
+        (Count::Const(l), Some(Count::Const(o)), _, _) => {
+            parse_expr(&l.saturating_add(o).to_string())?
+        }
+        (_, None, Some(l), _) => *l,
+        (_, Some(_), Some(l), Some(o)) => with_args(parse_expr("$1::int8 + $2::int8")?, &[*l, *o])?,
+        _ => return refuse("LIMIT/OFFSET"),
     };
-    let expr = match (limit, offset) {
-        (Count::Const(l), Some(Count::Const(o))) => l.saturating_add(o).to_string(),
-        (l, Some(o)) => format!("{} + {}", text(l), text(o)),
-        (l, None) => text(l),
-    };
-    shard.limit_count = Some(Box::new(parse_expr(&expr)?));
+    shard.limit_count = Some(Box::new(expr));
     shard.limit_option = protobuf::LimitOption::Count as i32;
     Ok(())
+}
+
+/// `template` with the argument of each `$n::int8` cast in it (in order) replaced by the
+/// given expressions.
+fn with_args(mut template: Node, args: &[Node]) -> Result<Node, ProxyError> {
+    fn casts<'a>(n: &'a mut Node, out: &mut Vec<&'a mut protobuf::TypeCast>) {
+        match n.node.as_mut() {
+            Some(NodeEnum::TypeCast(tc)) => out.push(tc),
+            Some(NodeEnum::AExpr(e)) => {
+                if let Some(l) = e.lexpr.as_deref_mut() {
+                    casts(l, out);
+                }
+                if let Some(r) = e.rexpr.as_deref_mut() {
+                    casts(r, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    casts(&mut template, &mut found);
+    if found.len() != args.len() {
+        return refuse("LIMIT/OFFSET rewrite");
+    }
+    for (tc, arg) in found.into_iter().zip(args) {
+        tc.arg = Some(Box::new(arg.clone()));
+    }
+    Ok(template)
 }
 
 /// A classified aggregate call.
@@ -616,6 +652,29 @@ mod tests {
             p.shard_sql
         );
         assert_eq!(p.limit, Some(Count::Param(0)));
+        // The client's casts stay (SQLAlchemy renders LIMIT $n::INTEGER; asyncpg then binds
+        // an int4), and an OFFSET parameter alone stays referenced.
+        let p = plan_of("SELECT id FROM users ORDER BY id LIMIT $1::integer")
+            .unwrap()
+            .unwrap();
+        assert!(p.shard_sql.ends_with("LIMIT $1::int"), "{}", p.shard_sql);
+        let p = plan_of("SELECT id FROM users ORDER BY id LIMIT $1::integer OFFSET $2::integer")
+            .unwrap()
+            .unwrap();
+        assert!(
+            p.shard_sql.ends_with("LIMIT $1::int::int8 + $2::int::int8"),
+            "{}",
+            p.shard_sql
+        );
+        let p = plan_of("SELECT id FROM users ORDER BY id OFFSET $1")
+            .unwrap()
+            .unwrap();
+        assert!(
+            p.shard_sql.ends_with("OFFSET 0 * $1::int8"),
+            "{}",
+            p.shard_sql
+        );
+        assert_eq!(p.offset, Some(Count::Param(0)));
     }
 
     #[test]
