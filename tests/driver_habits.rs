@@ -555,6 +555,75 @@ async fn prepared_statements_survive_ddl() {
     );
 }
 
+/// `DEALLOCATE` / `DISCARD ALL` among other statements — a multi-statement Query, or a
+/// pipeline (psycopg's pipeline mode sends `ROLLBACK` then `DEALLOCATE ALL`) — act on the
+/// client's statements as the proxy keeps them and never reach a backend, whose prepared
+/// statements are the proxy's: the next prepare and execution work (it got 26000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_among_other_statements() {
+    let (_env, proxy, ids) = setup(1).await;
+    let id = ids[0].to_string();
+    let sel = "SELECT name FROM users WHERE id = $1";
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    let run_named = |w: &mut Wire, name: &str| {
+        w.parse(name, sel)
+            .bind("", name, &[id.as_str()])
+            .execute("", 0)
+            .sync();
+    };
+    for (round, batch) in [
+        "SELECT 1; DEALLOCATE ALL",
+        "DEALLOCATE s1; SELECT 1",
+        "SET application_name = 'x'; DISCARD ALL",
+    ]
+    .iter()
+    .enumerate()
+    {
+        run_named(&mut w, "s1");
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(first_error(&got), None, "{batch}: prepare");
+        w.query(batch);
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(first_error(&got), None, "{batch}");
+        // s1 is gone for the client, as in Postgres; preparing again works.
+        w.bind("", "s1", &[id.as_str()]).execute("", 0).sync();
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(first_error(&got).as_deref(), Some("26000"), "{batch}");
+        run_named(&mut w, &format!("again{round}"));
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(first_error(&got), None, "{batch}: prepared again");
+        assert_eq!(first_values(&got), vec![format!("user-{id}")]);
+        w.query(&format!("DEALLOCATE again{round}"));
+        w.send().await;
+        w.until_ready().await;
+    }
+    // A pipeline: BEGIN, a prepared read, ROLLBACK, DEALLOCATE ALL, one Sync.
+    run_named(&mut w, "p1");
+    w.send().await;
+    w.until_ready().await;
+    w.parse("", "BEGIN").bind("", "", &[]).execute("", 0);
+    w.bind("", "p1", &[id.as_str()]).execute("", 0);
+    w.parse("", "ROLLBACK").bind("", "", &[]).execute("", 0);
+    w.parse("", "DEALLOCATE ALL")
+        .bind("", "", &[])
+        .describe(b'P', "")
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(tags(&got), "12C2DC12C12nCZ");
+    run_named(&mut w, "p1");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "prepared again after the pipeline");
+    assert_eq!(first_values(&got), vec![format!("user-{id}")]);
+}
+
 /// A merged `ORDER BY … LIMIT $1::integer` prepared without parameter types, the parameter
 /// then bound in binary as the int4 the client was told (SQLAlchemy renders `.limit(n)` so,
 /// asyncpg binds it so): the shards must infer the same type. And `OFFSET $1` with no LIMIT

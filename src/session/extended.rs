@@ -154,6 +154,8 @@ pub(super) enum Op {
 const PARSE_COMPLETE: Bytes = Bytes::from_static(&[b'1', 0, 0, 0, 4]);
 /// BindComplete, for a Bind the proxy answers itself.
 pub(super) const BIND_COMPLETE: Bytes = Bytes::from_static(&[b'2', 0, 0, 0, 4]);
+/// NoData, for a Describe of a portal the proxy answers itself.
+const NO_DATA: Bytes = Bytes::from_static(&[b'n', 0, 0, 0, 4]);
 /// CloseComplete, for a Close the proxy answers itself.
 const CLOSE_COMPLETE: Bytes = Bytes::from_static(&[b'3', 0, 0, 0, 4]);
 
@@ -236,19 +238,28 @@ impl Session {
             // is free again.
             for (i, op) in ops.iter().enumerate() {
                 match op {
-                    Op::Parse(p) if sync && cut.is_none() => match self.parse_fails(p).await? {
-                        false => build::empty(&mut self.out, b'1'),
-                        true => {
-                            // Postgres skips the rest of the pipeline: those names are free too.
-                            for later in &ops[i..] {
-                                if let Op::Parse(q) = later {
-                                    self.stmts.retain(|_, s| !Arc::ptr_eq(s, q));
+                    // (DEALLOCATE / DISCARD ALL are the proxy's own: nothing to check.)
+                    Op::Parse(p)
+                        if sync
+                            && cut.is_none()
+                            && !p.plan.stmts.first().is_some_and(|s| {
+                                matches!(s.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll)
+                            }) =>
+                    {
+                        match self.parse_fails(p).await? {
+                            false => build::empty(&mut self.out, b'1'),
+                            true => {
+                                // Postgres skips the rest of the pipeline: those names are free too.
+                                for later in &ops[i..] {
+                                    if let Op::Parse(q) = later {
+                                        self.stmts.retain(|_, s| !Arc::ptr_eq(s, q));
+                                    }
                                 }
+                                self.txn.fail();
+                                break;
                             }
-                            self.txn.fail();
-                            break;
                         }
-                    },
+                    }
                     Op::Parse(_) => build::empty(&mut self.out, b'1'),
                     Op::Local(b) => self.out.extend_from_slice(b),
                     _ => {}
@@ -683,7 +694,14 @@ impl Session {
                 } else if !self.gather_portals.is_empty() {
                     self.gather_portals.remove(&portal);
                 }
+                let local = stmt.plan.stmts.first().is_some_and(|s| {
+                    matches!(s.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll)
+                });
                 self.portals.insert(portal, (t, stmt.clone()));
+                if local {
+                    // Answered by the proxy at its Execute (below): no backend portal.
+                    return Ok(Op::Local(BIND_COMPLETE));
+                }
                 Ok(Op::Bind(stmt, f, tail))
             }
             b'D' => {
@@ -697,6 +715,13 @@ impl Session {
                     Ok(Op::DescribeStmt(stmt))
                 } else {
                     match self.portals.get(name).cloned() {
+                        Some((_, stmt))
+                            if stmt.plan.stmts.first().is_some_and(|s| {
+                                matches!(s.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll)
+                            }) =>
+                        {
+                            return Ok(Op::Local(NO_DATA));
+                        }
                         Some((t, stmt)) => {
                             if !floats(&stmt) {
                                 merge(t, self)?;
@@ -735,13 +760,22 @@ impl Session {
                     }
                 }
                 if let Some(st) = stmt.plan.stmts.first() {
+                    if matches!(st.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll) {
+                        // Among other statements (psycopg's pipeline sends ROLLBACK then
+                        // DEALLOCATE ALL): it acts on the client's statements as the proxy
+                        // keeps them, never on the backend (whose statements are the proxy's).
+                        // Its effect is applied now, before the statements ahead of it run.
+                        let tag = self.apply_session_command(&st.kind)?;
+                        let mut done = BytesMut::new();
+                        build::command_complete(&mut done, tag);
+                        return Ok(Op::Local(done.freeze()));
+                    }
                     if matches!(
                         st.kind,
                         StmtKind::Set { .. }
                             | StmtKind::SetLocal
                             | StmtKind::Reset { .. }
                             | StmtKind::ResetAll
-                            | StmtKind::DiscardAll
                     ) {
                         fx.settings
                             .push((st.kind.clone(), stmt.sql.trim().to_string()));

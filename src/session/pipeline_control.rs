@@ -197,7 +197,7 @@ impl Session {
                 self.push_ready();
             }
             Some(k @ (StmtKind::DiscardAll | StmtKind::Deallocate(_))) => {
-                self.session_command(&k);
+                let _ = self.session_command(&k);
                 self.push_ready();
             }
             Some(StmtKind::SessionFn(f)) => {

@@ -36,12 +36,15 @@ impl Session {
             if self.local_statement(&kind, sql).await? {
                 return Ok(());
             }
-        } else if self.txn.status != b'I'
-            && plan
-                .stmts
-                .iter()
-                .any(|s| is_txn_control(&s.kind) || super::txn::is_setting(&s.kind))
+        } else if plan.stmts.iter().any(|s| is_session_command(&s.kind))
+            || self.txn.status != b'I'
+                && plan
+                    .stmts
+                    .iter()
+                    .any(|s| is_txn_control(&s.kind) || super::txn::is_setting(&s.kind))
         {
+            // DEALLOCATE, DISCARD ALL and session functions among other statements act on
+            // the client's session as the proxy keeps it, never on a backend.
             return self.run_each(&plan, sql).await;
         }
         if let Err(e) = self.enter().await {
@@ -156,15 +159,32 @@ impl Session {
 
     /// `DISCARD ALL`, `RESET ALL`, `DEALLOCATE [ALL]`: they act on the client's session as
     /// the proxy keeps it (its settings, its prepared statements), never on a pooled backend
-    /// (whose statements are the proxy's). Queues the reply, not ReadyForQuery.
-    pub(super) fn session_command(&mut self, kind: &StmtKind) {
-        let tag = match kind {
+    /// (whose statements are the proxy's). Queues the reply, not ReadyForQuery; returns
+    /// whether it succeeded.
+    pub(super) fn session_command(&mut self, kind: &StmtKind) -> bool {
+        match self.apply_session_command(kind) {
+            Ok(tag) => {
+                build::command_complete(&mut self.out, tag);
+                true
+            }
+            Err(e) => {
+                self.push_error(&e);
+                false
+            }
+        }
+    }
+
+    /// The effect of a [`Session::session_command`]: its command tag, or its error.
+    pub(super) fn apply_session_command(
+        &mut self,
+        kind: &StmtKind,
+    ) -> Result<&'static str, ProxyError> {
+        Ok(match kind {
             StmtKind::DiscardAll if self.txn.status != b'I' => {
-                self.push_error(&ProxyError::Backend {
+                return Err(ProxyError::Backend {
                     code: "25001".into(),
                     message: "DISCARD ALL cannot run inside a transaction block".into(),
                 });
-                return;
             }
             StmtKind::DiscardAll => {
                 self.settings.clear();
@@ -181,14 +201,12 @@ impl Session {
             }
             StmtKind::Deallocate(Some(name)) => {
                 if self.stmts.remove(name).is_none() {
-                    self.push_error(&ProxyError::NoSuchStatement(name.clone()));
-                    return;
+                    return Err(ProxyError::NoSuchStatement(name.clone()));
                 }
                 "DEALLOCATE"
             }
-            _ => return,
-        };
-        build::command_complete(&mut self.out, tag);
+            _ => return Err(ProxyError::Unsupported("not a session command".into())),
+        })
     }
 
     /// Runs the whole query string on one target; returns whether it failed.
@@ -483,6 +501,13 @@ impl Session {
                 self.txn_setting(k, text).await?;
                 return Ok(!self.txn.failed);
             }
+            StmtKind::DiscardAll | StmtKind::ResetAll | StmtKind::Deallocate(_) => {
+                return Ok(self.session_command(&st.kind));
+            }
+            StmtKind::SessionFn(f) => {
+                self.session_fn(f, true, false, None).await;
+                return Ok(true);
+            }
             _ => {}
         }
         let one = Plan {
@@ -510,6 +535,14 @@ fn single_gather(plan: &Plan) -> Option<std::sync::Arc<crate::gather::GatherPlan
         [one] => one.gather.clone(),
         _ => None,
     }
+}
+
+/// Statements the proxy answers from the client's session as it keeps it.
+fn is_session_command(k: &StmtKind) -> bool {
+    matches!(
+        k,
+        StmtKind::DiscardAll | StmtKind::Deallocate(_) | StmtKind::SessionFn(_)
+    )
 }
 
 fn is_txn_control(k: &StmtKind) -> bool {
