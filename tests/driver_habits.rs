@@ -624,6 +624,61 @@ async fn deallocate_among_other_statements() {
     assert_eq!(first_values(&got), vec![format!("user-{id}")]);
 }
 
+/// A merged read fetched at a Flush (psycopg's pipeline mode: Parse, Bind, Describe,
+/// Execute, Flush, and the Sync only when the pipeline block ends): its rows come at the
+/// Flush, ReadyForQuery at the Sync; a plain read on several shards likewise; and the
+/// pipeline goes on after them, in and out of a transaction block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_read_fetched_at_a_flush() {
+    let (_env, proxy, ids) = setup(2).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    for block in [false, true] {
+        if block {
+            w.query("BEGIN");
+            w.send().await;
+            w.until_ready().await;
+        }
+        w.parse("", "SELECT count(*) FROM users WHERE id > $1")
+            .bind("", "", &["0"])
+            .describe(b'P', "")
+            .execute("", 0)
+            .flush();
+        w.send().await;
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(w.recv_within(Duration::from_secs(5)).await.unwrap());
+        }
+        assert_eq!(tags(&got), "12TDC", "block {block}");
+        assert_eq!(first_values(&got), vec![ids.len().to_string()]);
+        // A plain read on every shard (no merge plan), fetched at a Flush too.
+        w.parse("", "SELECT name FROM users")
+            .bind("", "", &[])
+            .describe(b'P', "")
+            .execute("", 0)
+            .flush();
+        w.send().await;
+        let mut got = Vec::new();
+        for _ in 0..(4 + ids.len()) {
+            got.push(w.recv_within(Duration::from_secs(5)).await.unwrap());
+        }
+        assert_eq!(tags(&got), format!("12T{}C", "D".repeat(ids.len())));
+        // The pipeline goes on: a write on one shard, then the Sync.
+        w.parse("", "UPDATE users SET name = name WHERE id = $1")
+            .bind("", "", &[ids[0].to_string().as_str()])
+            .execute("", 0)
+            .sync();
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(tags(&got), "12CZ", "block {block}");
+        assert_eq!(got.last().unwrap().1[..], [if block { b'T' } else { b'I' }]);
+        if block {
+            w.query("COMMIT");
+            w.send().await;
+            assert_eq!(first_error(&w.until_ready().await), None);
+        }
+    }
+}
+
 /// A merged `ORDER BY … LIMIT $1::integer` prepared without parameter types, the parameter
 /// then bound in binary as the int4 the client was told (SQLAlchemy renders `.limit(n)` so,
 /// asyncpg binds it so): the shards must infer the same type. And `OFFSET $1` with no LIMIT

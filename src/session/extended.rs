@@ -306,18 +306,30 @@ impl Session {
             }
             return Ok(());
         }
+        let mut gathered_at_flush = false;
         let result = match target {
             Target::Shard(s) => self.batch_one(s, ops, cut.as_ref(), sync, detached).await,
             Target::Set(set) => {
-                if !sync {
-                    // A scatter is merged up to ReadyForQuery, so it cannot stop at a Flush:
-                    // refuse it and skip to Sync like after any error.
+                if !sync && !fx.writes && batch.open.is_none() {
+                    // At a Flush, a plain read on several shards is paged by the proxy too.
+                    self.concatenations_as_gathers(&mut ops);
+                }
+                let gather = ops.iter().any(|o| matches!(o, Op::Gather(..)));
+                if !sync && gather && !fx.writes && batch.open.is_none() {
+                    // A merged read fetched at a Flush (psycopg's pipeline mode fetches
+                    // results so): it runs as its own exchange on the shards, as a read may —
+                    // the rows reach the client now, the ReadyForQuery at the client's Sync.
+                    gathered_at_flush = true;
+                    self.batch_gather(set, ops, cut.as_ref(), false).await
+                } else if !sync {
+                    // Anything else on several shards stops at Sync only: refuse it and skip
+                    // to Sync like after any error.
                     batch.skip_to_sync = true;
                     Ok(Err(ProxyError::Unsupported(
-                        "Flush before Sync in a pipeline that runs on all shards is not supported; send Sync".into(),
+                        "Flush before Sync in a pipeline that runs on several shards is supported for a merged read alone; send Sync".into(),
                     )))
-                } else if ops.iter().any(|o| matches!(o, Op::Gather(..))) {
-                    self.batch_gather(set, ops, cut.as_ref()).await
+                } else if gather {
+                    self.batch_gather(set, ops, cut.as_ref(), true).await
                 } else {
                     // Writes outside a transaction: one atomic write on every shard.
                     let atomic = fx.writes && self.txn.status == b'I';
@@ -351,7 +363,11 @@ impl Session {
         if fx.reshapes {
             self.schema_changed();
         }
-        batch.open = if sync || detached { None } else { Some(target) };
+        batch.open = if sync || detached || gathered_at_flush {
+            None
+        } else {
+            Some(target)
+        };
         if !sync && outcome.error {
             // An error before Sync aborts the transaction block (the client's Sync says 'E'),
             // and Postgres discards what the client sends until that Sync. The backend's own
@@ -1122,11 +1138,31 @@ impl Session {
     /// [`Session::gather`]. An Execute with a row limit (cursor-style fetching, e.g. JDBC's
     /// fetchSize) runs the query once, keeps its rows (bounded by the gather memory limit)
     /// and hands them out chunk by chunk with PortalSuspended, as Postgres does.
+    /// Turns the Execute of each portal the proxy keeps for a plain multi-shard read (see
+    /// the Bind in `prepare_op`) into a merged execution, so the proxy runs it to completion.
+    fn concatenations_as_gathers(&self, ops: &mut [Op]) {
+        for op in ops.iter_mut() {
+            let Op::Raw(f, Expect::Execute) = op else {
+                continue;
+            };
+            let Ok((portal, _)) = decode_execute(f.body()) else {
+                continue;
+            };
+            if !self.gather_portals.contains_key(portal) {
+                continue;
+            }
+            if let Some((_, stmt)) = self.portals.get(portal) {
+                *op = Op::Gather(f.clone(), stmt.clone());
+            }
+        }
+    }
+
     async fn batch_gather(
         &mut self,
         set: ShardSet,
         ops: Vec<Op>,
         cut: Option<&ProxyError>,
+        ready: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
         let mut describe = false;
         let mut outcome = Outcome {
@@ -1194,7 +1230,9 @@ impl Session {
         if outcome.status == 0 {
             outcome.status = b'I';
         }
-        build::ready_for_query(&mut self.out, outcome.status);
+        if ready {
+            build::ready_for_query(&mut self.out, outcome.status);
+        }
         Ok(Ok(outcome))
     }
 
