@@ -8,7 +8,7 @@
 #   1. installs what is missing (as root, with apt-get): PostgreSQL server + client (initdb,
 #      pg_ctl, psql, pgbench), libclang (the SQL parser crate needs it to build), a C compiler;
 #      the Python drivers psycopg 3, asyncpg, psycopg2, SQLAlchemy and Django, pgjdbc (Debian's libpostgresql-jdbc-java,
-#      run with the machine's Java), node-postgres + postgres.js (npm ci in tests/node), and
+#      run with the machine's Java), node-postgres + pg-copy-streams + postgres.js (npm ci in tests/node), and
 #      Go's pgx v4 and lib/pq (Debian's golang packages) for the non-Rust driver tests;
 #   2. builds the `shardwire` binary and starts 5 throwaway Postgres clusters with it
 #      (`shardwire dev-clusters up`), removed again on exit whatever happens;
@@ -143,7 +143,7 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm
 fi
 if [ ! -d tests/node/node_modules/pg ] || [ ! -d tests/node/node_modules/postgres ]; then
-    log "npm ci in tests/node (node-postgres, postgres.js)"
+    log "npm ci in tests/node (node-postgres, pg-copy-streams, postgres.js)"
     (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
         || log "WARNING: npm ci in tests/node failed; the Node.js driver test will fail"
 fi
