@@ -894,7 +894,13 @@ async fn cancel_and_terminate_with_a_bound_pid() {
         w.send().await;
         let t0 = Instant::now();
         let got = until_closed(&mut w).await;
-        (first_error(&got), t0.elapsed())
+        // The statement's own cancel error may come first; the session ends with the FATAL.
+        let last = got
+            .iter()
+            .rev()
+            .find(|m| m.0 == b'E')
+            .map(|m| common::wire::error_code(&m.1));
+        (last, t0.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let done: bool = other

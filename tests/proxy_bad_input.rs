@@ -643,8 +643,9 @@ async fn flush_without_sync_never_hangs() {
     r.send(&sync).await;
     assert_eq!(r.until_ready().await, (None, 0));
 
-    // All shards: an error at Flush, then Sync -> one ReadyForQuery.
-    let mut out = parse("SELECT name FROM users");
+    // A write on all shards cannot stop at a Flush (a read can: it runs as its own
+    // exchange): an error at Flush, then Sync -> one ReadyForQuery.
+    let mut out = parse("UPDATE users SET name = name");
     out.extend(&bind);
     out.extend(&execute);
     out.extend(&flush);
