@@ -894,13 +894,16 @@ async fn cancel_and_terminate_with_a_bound_pid() {
         w.send().await;
         let t0 = Instant::now();
         let got = until_closed(&mut w).await;
-        // The statement's own cancel error may come first; the session ends with the FATAL.
-        let last = got
+        // Only the FATAL, as from Postgres (after the RowDescription, when it was sent): not
+        // the statement's own cancel error first.
+        let errors: Vec<String> = got
             .iter()
-            .rev()
-            .find(|m| m.0 == b'E')
-            .map(|m| common::wire::error_code(&m.1));
-        (last, t0.elapsed())
+            .filter(|m| m.0 == b'E')
+            .map(|m| common::wire::error_code(&m.1))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", tags(&got));
+        assert!(tags(&got).ends_with('E'), "{}", tags(&got));
+        (first_error(&got), t0.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let done: bool = other

@@ -140,7 +140,9 @@ impl Session {
                         // elsewhere (or vanished): this connection's are prepared again.
                         self.conns[idx].prepared_epoch = super::STALE_EPOCH;
                     }
-                    if !quiet {
+                    // A session terminated by pg_terminate_backend reports only its FATAL
+                    // (the cancel that stopped this statement is part of it).
+                    if !quiet && !self.cancel_slot.terminated() {
                         self.out.extend_from_slice(&f.raw);
                     }
                     // After an error the backend skips to Sync; a Query runs on to its ReadyForQuery.
