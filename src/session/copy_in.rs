@@ -277,6 +277,7 @@ impl Session {
         Ok(Ok(Outcome {
             status: self.txn.status,
             error: false,
+            ..Default::default()
         }))
     }
 

@@ -101,6 +101,10 @@ impl Session {
         if !hide_ready {
             build::ready_for_query(&mut self.out, status);
         }
-        Ok(Ok(Outcome { status, error }))
+        Ok(Ok(Outcome {
+            status,
+            error,
+            ..Default::default()
+        }))
     }
 }

@@ -850,6 +850,80 @@ impl Session {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
         };
+        // A statement the backend kept from before a schema change made behind the proxy's
+        // back fails once with a stale plan; outside a transaction block that failure undid
+        // everything, so the exchange runs once more on freshly prepared statements — unless
+        // part of the reply already reached the client.
+        let mut retry = sync && cut.is_none() && self.txn.status == b'I';
+        let out_mark = self.out.len();
+        loop {
+            let (outcome, ex, added) = self
+                .batch_one_exchange(idx, &ops, cut, sync, detached)
+                .await?;
+            if retry && outcome.stale && !outcome.flushed && outcome.status == b'I' {
+                retry = false;
+                self.out.truncate(out_mark);
+                if let Some(e) = self.fresh_statements(idx).await {
+                    return Err(e);
+                }
+                if ex.capacity() <= SCRATCH_ITEMS {
+                    self.scratch.expects = ex;
+                }
+                tracing::debug!(shard = %self.shard_name(shard), "stale prepared statement: prepared again and run once more");
+                continue;
+            }
+            if ex.capacity() <= SCRATCH_ITEMS {
+                self.scratch.expects = ex;
+            }
+            ops.clear();
+            if ops.capacity() <= SCRATCH_ITEMS {
+                self.scratch.ops = ops;
+            }
+            // After an error at a Flush the backend discards everything until a Sync: end its
+            // exchange now (the client's messages until its own Sync are discarded by the proxy).
+            let open = outcome.error && !sync && !detached && cut.is_none();
+            if outcome.error && (open || !added.is_empty()) {
+                self.forget_statements(idx, &added, open).await?;
+            }
+            return Ok(Ok(outcome));
+        }
+    }
+
+    /// Drops every statement the proxy kept on connection `idx` (`DEALLOCATE ALL`), so the
+    /// next use prepares them again; `Some` when the backend failed.
+    async fn fresh_statements(&mut self, idx: usize) -> Option<RelayError> {
+        let shard = self.conns[idx].shard;
+        let epoch = self
+            .shared
+            .schema_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        let conn = &mut self.conns[idx];
+        match conn.run_simple("DEALLOCATE ALL").await {
+            Ok(_) => {
+                conn.prepared.clear();
+                conn.prepared_epoch = epoch;
+                None
+            }
+            Err(error) => Some(RelayError::Backend {
+                shard,
+                error,
+                forwarded: false,
+            }),
+        }
+    }
+
+    /// One exchange of [`Session::batch_one`] on connection `idx`: the messages of `ops`
+    /// (Parses injected where the connection lacks a statement), relayed. Returns the
+    /// outcome, the (spent) expectation list for reuse, and the statements it prepared.
+    async fn batch_one_exchange(
+        &mut self,
+        idx: usize,
+        ops: &[Op],
+        cut: Option<&ProxyError>,
+        sync: bool,
+        detached: bool,
+    ) -> Result<(Outcome, VecDeque<Expect>, Vec<Arc<Prepared>>), RelayError> {
+        let shard = self.conns[idx].shard;
         let mut msg = self.scratch.take_msg();
         let mut ex: VecDeque<Expect> = std::mem::take(&mut self.scratch.expects);
         ex.clear();
@@ -866,13 +940,13 @@ impl Session {
                     added.push(p.clone());
                 }
             };
-            for op in ops.drain(..) {
+            for op in ops {
                 match op {
                     Op::Parse(p) => {
                         if conn.prepared.contains(&p.name_hash) {
                             ex.push_back(Expect::Local(PARSE_COMPLETE));
                         } else {
-                            ensure(&p, &mut msg, &mut ex, conn);
+                            ensure(p, &mut msg, &mut ex, conn);
                             // This Parse answers the client's own Parse.
                             if let Some(Expect::Parse { swallow }) = ex.back_mut() {
                                 *swallow = false;
@@ -880,23 +954,23 @@ impl Session {
                         }
                     }
                     Op::Bind(p, f, tail) => {
-                        ensure(&p, &mut msg, &mut ex, conn);
+                        ensure(p, &mut msg, &mut ex, conn);
                         let body = f.body();
                         let portal_end = body.iter().position(|&b| b == 0).unwrap_or(0);
                         let portal = std::str::from_utf8(&body[..portal_end]).unwrap_or("");
-                        build::bind_renamed(&mut msg, portal, &p.backend_name, &body[tail..]);
+                        build::bind_renamed(&mut msg, portal, &p.backend_name, &body[*tail..]);
                         ex.push_back(Expect::Bind);
                     }
                     Op::DescribeStmt(p) => {
-                        ensure(&p, &mut msg, &mut ex, conn);
+                        ensure(p, &mut msg, &mut ex, conn);
                         build::target(&mut msg, b'D', b'S', &p.backend_name);
                         ex.push_back(Expect::Describe);
                     }
                     Op::Raw(f, e) => {
                         msg.extend_from_slice(&f.raw);
-                        ex.push_back(e);
+                        ex.push_back(e.clone());
                     }
-                    Op::Local(b) => ex.push_back(Expect::Local(b)),
+                    Op::Local(b) => ex.push_back(Expect::Local(b.clone())),
                     Op::Gather(f, _) => {
                         msg.extend_from_slice(&f.raw);
                         ex.push_back(Expect::Execute);
@@ -921,9 +995,6 @@ impl Session {
         } else {
             build::empty(&mut msg, b'H');
         }
-        if ops.capacity() <= SCRATCH_ITEMS {
-            self.scratch.ops = ops;
-        }
         if let Err(error) = self.conns[idx].write_all(&msg).await {
             return Err(RelayError::Backend {
                 shard,
@@ -933,16 +1004,7 @@ impl Session {
         }
         self.scratch.put_msg(msg);
         let outcome = self.relay_one(idx, &mut ex, false).await?;
-        if ex.capacity() <= SCRATCH_ITEMS {
-            self.scratch.expects = ex;
-        }
-        // After an error at a Flush the backend discards everything until a Sync: end its
-        // exchange now (the client's messages until its own Sync are discarded by the proxy).
-        let open = outcome.error && !sync && !detached && cut.is_none();
-        if outcome.error && (open || !added.is_empty()) {
-            self.forget_statements(idx, &added, open).await?;
-        }
-        Ok(Ok(outcome))
+        Ok((outcome, ex, added))
     }
 
     /// After an error the proxy cannot tell which injected Parses succeeded: close them all
@@ -1033,6 +1095,7 @@ impl Session {
                 return Ok(Ok(Outcome {
                     status: o.status,
                     error: true,
+                    ..Default::default()
                 }));
             }
             for p in &missing {
@@ -1168,6 +1231,7 @@ impl Session {
         let mut outcome = Outcome {
             status: self.txn.status,
             error: false,
+            ..Default::default()
         };
         for op in ops {
             match op {
@@ -1299,6 +1363,7 @@ impl Session {
                 return Ok(Ok(Outcome {
                     status: self.txn.status,
                     error: true,
+                    ..Default::default()
                 }));
             }
             let mut rows = std::collections::VecDeque::new();
@@ -1351,6 +1416,7 @@ impl Session {
         Ok(Ok(Outcome {
             status: self.txn.status,
             error: false,
+            ..Default::default()
         }))
     }
 

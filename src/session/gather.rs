@@ -162,6 +162,7 @@ impl Session {
                 Ok(Outcome {
                     status,
                     error: false,
+                    ..Default::default()
                 })
             }
             Ok(Err(GatherError::Relay(e))) => Err(e),
@@ -205,6 +206,7 @@ impl Session {
         Outcome {
             status,
             error: true,
+            ..Default::default()
         }
     }
 

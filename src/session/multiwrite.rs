@@ -172,6 +172,7 @@ impl Session {
             return Ok(Ok(Outcome {
                 status: self.txn.status,
                 error: true,
+                ..Default::default()
             }));
         }
         let describe = matches!(protocol, WriteProtocol::Extended { describe: true, .. });
@@ -192,6 +193,7 @@ impl Session {
         Ok(Ok(Outcome {
             status: self.txn.status,
             error: false,
+            ..Default::default()
         }))
     }
 }

@@ -18,7 +18,7 @@ use crate::error::ProxyError;
 use crate::protocol::{build, command_tag, Frame};
 
 /// A reply the relay waits for, in request order.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Expect {
     /// Parse -> ParseComplete; `swallow` for a Parse the proxy injected.
     Parse { swallow: bool },
@@ -45,6 +45,11 @@ pub struct Outcome {
     pub status: u8,
     /// Whether any backend reported an error.
     pub error: bool,
+    /// The error said a statement the proxy kept on the backend is out of date (see
+    /// `stale_statement`); the relay then held its output back until ReadyForQuery.
+    pub stale: bool,
+    /// Whether part of the reply was already written to the client.
+    pub flushed: bool,
 }
 
 /// A failure while relaying.
@@ -117,6 +122,7 @@ impl Session {
             if worth_flushing && !self.conns[idx].has_frame() && !self.out.is_empty() {
                 self.flush().await?;
                 forwarded = true;
+                outcome.flushed = true;
             }
             let f = match self.conns[idx].read_frame().await {
                 Ok(f) => f,
@@ -135,10 +141,12 @@ impl Session {
                     outcome.error = true;
                     let (code, message) = crate::protocol::error_fields(f.body());
                     self.shared.telemetry.error(&code);
-                    if stale_statement(&code, &message) {
+                    let stale = stale_statement(&code, &message);
+                    if stale {
                         // A statement the proxy prepared outlived a schema change made
                         // elsewhere (or vanished): this connection's are prepared again.
                         self.conns[idx].prepared_epoch = super::STALE_EPOCH;
+                        outcome.stale = true;
                     }
                     // A session terminated by pg_terminate_backend reports only its FATAL
                     // (the cancel that stopped this statement is part of it).
@@ -151,6 +159,10 @@ impl Session {
                             break;
                         }
                         expects.pop_front();
+                    }
+                    if stale {
+                        // Held until ReadyForQuery: the caller may run the statement again.
+                        worth_flushing = false;
                     }
                 }
                 b'Z' => {
