@@ -223,6 +223,9 @@ pub struct StmtPlan {
     /// DDL that can change what a prepared statement returns or refers to (ALTER, DROP,
     /// RENAME, CREATE OR REPLACE VIEW): pooled connections drop their prepared statements.
     pub reshapes: bool,
+    /// Leaves session state on the backend that outlives the transaction and that the proxy
+    /// does not track (see [`dirties`]): the connections it ran on are closed, not pooled.
+    pub dirties: bool,
 }
 
 /// A multi-row `INSERT … VALUES` cut into one INSERT per shard. The per-shard statements are
@@ -516,8 +519,17 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
             }
             _ => None,
         };
+        let dirties = dirties(node);
+        if dirties && !map.pool.session_mode && calls(node, SESSION_LOCKS) {
+            // Held by a backend the client gives back after the statement: it would be
+            // released behind the client's back (the connection is closed) — refuse.
+            route = RouteSpec::Refuse(ProxyError::Unsupported(
+                "session-level advisory locks (pg_advisory_lock, pg_try_advisory_lock) cannot be held under transaction pooling: use pg_advisory_xact_lock inside a transaction block, or pool.mode: session".into(),
+            ));
+        }
         stmts.push(StmtPlan {
             reshapes: kind == StmtKind::Ddl && reshapes(node),
+            dirties,
             kind,
             route,
             span,
@@ -548,6 +560,71 @@ fn reshapes(node: &NodeEnum) -> bool {
         | N::AlterTypeStmt(_) => true,
         _ => false,
     }
+}
+
+/// Whether a statement can leave session state on a pooled backend that outlives its
+/// transaction and that the proxy neither tracks nor resets: a setting made by
+/// `set_config(…)`, a session advisory lock, a temporary object, a `WITH HOLD` cursor, or
+/// anything a `DO` block or a `CALL`ed procedure may do. Transaction-scoped forms
+/// (`pg_advisory_xact_lock`) end with the transaction and do not count. (`SET ROLE` and
+/// `SET SESSION AUTHORIZATION` are settings the proxy tracks and resets.) Functions of the
+/// application's own are not inspected.
+fn dirties(node: &NodeEnum) -> bool {
+    use NodeEnum as N;
+    match node {
+        N::DoStmt(_) | N::CallStmt(_) => return true,
+        // CURSOR_OPT_HOLD (parsenodes.h)
+        N::DeclareCursorStmt(d) if d.options & 0x0020 != 0 => return true,
+        N::CreateStmt(c) if c.relation.as_ref().is_some_and(|r| r.relpersistence == "t") => {
+            return true
+        }
+        N::ViewStmt(v) if v.view.as_ref().is_some_and(|r| r.relpersistence == "t") => return true,
+        N::CreateSeqStmt(c) if c.sequence.as_ref().is_some_and(|r| r.relpersistence == "t") => {
+            return true
+        }
+        N::CreateTableAsStmt(c)
+            if c.into
+                .as_ref()
+                .and_then(|i| i.rel.as_ref())
+                .is_some_and(|r| r.relpersistence == "t") =>
+        {
+            return true
+        }
+        N::SelectStmt(s)
+            if s.into_clause
+                .as_ref()
+                .and_then(|i| i.rel.as_ref())
+                .is_some_and(|r| r.relpersistence == "t") =>
+        {
+            return true
+        }
+        _ => {}
+    }
+    calls(node, &["set_config"]) || calls(node, SESSION_LOCKS)
+}
+
+/// Session-level advisory lock functions: the lock outlives the statement and its
+/// transaction, on a backend the client does not keep under transaction pooling.
+const SESSION_LOCKS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+/// Whether the statement calls one of `names` (any schema) anywhere.
+fn calls(node: &NodeEnum, names: &[&str]) -> bool {
+    node.nodes().iter().any(|(n, _, _, _)| match n {
+        NodeRef::FuncCall(f) => f
+            .funcname
+            .last()
+            .and_then(|n| match &n.node {
+                Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                _ => None,
+            })
+            .is_some_and(|name| names.contains(&name)),
+        _ => false,
+    })
 }
 
 /// An EXPLAIN option's value (lowercased; "true" when given without a value).

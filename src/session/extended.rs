@@ -776,6 +776,7 @@ impl Session {
                     }
                 }
                 if let Some(st) = stmt.plan.stmts.first() {
+                    self.dirty |= st.dirties;
                     if matches!(st.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll) {
                         // Among other statements (psycopg's pipeline sends ROLLBACK then
                         // DEALLOCATE ALL): it acts on the client's statements as the proxy

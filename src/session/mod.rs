@@ -334,6 +334,9 @@ pub struct Session {
     txn: Txn,
     cancel_slot: CancelSlot,
     session_mode: bool,
+    /// A statement since the held connections were checked out left session state the
+    /// proxy cannot reset (see `StmtPlan::dirties`): they are closed, not pooled.
+    dirty: bool,
     /// The pid the client was given (BackendKeyData): what `pg_backend_pid()` returns.
     key_pid: i32,
     /// The proxy user the client logged in as.
@@ -369,6 +372,7 @@ impl Session {
             txn: Txn::idle(),
             cancel_slot,
             session_mode,
+            dirty: false,
             key_pid: 0,
             user: Arc::from(""),
         }
@@ -893,10 +897,13 @@ impl Session {
         }
         if self.txn.status == b'I' && !exchange_open && !self.session_mode {
             // Forget them for cancels first: a backend a cancel reached is closed, not
-            // pooled (the signal may land after the statement it was meant for).
+            // pooled (the signal may land after the statement it was meant for); so is one
+            // a statement left untracked session state on (a temp table, a session
+            // advisory lock, set_config, a WITH HOLD cursor, a DO block).
             let cancelled = self.cancel_slot.release_all();
+            let keep = !cancelled && !std::mem::take(&mut self.dirty);
             for c in self.conns.drain(..) {
-                if !cancelled {
+                if keep {
                     c.release();
                 }
             }

@@ -163,9 +163,11 @@ impl Settings {
             .filter_map(|e| e.value.as_deref().map(|v| (e.name.as_str(), v)))
     }
 
-    /// The SQL that brings a connection to these settings.
+    /// The SQL that brings a connection to these settings. `RESET ALL` leaves the role and
+    /// the session authorization alone (Postgres marks them so), hence their own resets
+    /// first: a client's `SET ROLE` never reaches the next client of that connection.
     pub fn replay_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL");
+        let mut sql = String::from("SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL");
         for e in self.defaults.iter().chain(&self.entries) {
             sql.push_str("; ");
             sql.push_str(&e.stmt);
@@ -260,7 +262,10 @@ mod tests {
         let mut a = Settings::default();
         assert_eq!(a.fingerprint(), empty_fp());
         a.set_value("application_name", "x'y");
-        assert_eq!(a.replay_sql(), "RESET ALL; SET application_name TO 'x''y'");
+        assert_eq!(
+            a.replay_sql(),
+            "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; SET application_name TO 'x''y'"
+        );
         let fp = a.fingerprint();
         a.set("search_path", "SET search_path = a");
         a.reset("search_path");
@@ -275,7 +280,7 @@ mod tests {
         a.set("application_name", "SET application_name = 'z'");
         assert_eq!(
             a.replay_sql(),
-            "RESET ALL; SET application_name TO 'x''y'; SET application_name = 'z'"
+            "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; SET application_name TO 'x''y'; SET application_name = 'z'"
         );
         assert_eq!(
             a.reset_sql(Some("Application_Name")).as_deref(),

@@ -25,6 +25,9 @@ impl Session {
             self.push_ready();
             return Ok(());
         }
+        if plan.stmts.iter().any(|s| s.dirties) {
+            self.dirty = true;
+        }
         let single = (plan.stmts.len() == 1).then(|| plan.stmts[0].kind.clone());
         // An aborted transaction lets only COMMIT, ROLLBACK and ROLLBACK TO through.
         if self.txn.failed && !single.as_ref().is_some_and(super::txn::exits_failed) {
