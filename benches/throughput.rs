@@ -673,7 +673,7 @@ impl Drop for ProxyRuntime {
 /// A shard map over `urls` (shard `s{i}` = `urls[i]`).
 fn shard_map(urls: &[String]) -> Result<ShardMap, String> {
     let mut y = format!(
-        "listen: 127.0.0.1:0\nusers:\n  - {{ name: {APP_USER}, password: {APP_PASSWORD} }}\n\
+        "listen: 127.0.0.1:0\ndatabase: app\nusers:\n  - {{ name: {APP_USER}, password: {APP_PASSWORD} }}\n\
          shards:\n"
     );
     for (i, u) in urls.iter().enumerate() {

@@ -26,6 +26,24 @@ pub struct ScramSecret {
 }
 
 impl ScramSecret {
+    /// The verifier an unknown user is answered with: its salt derived from `key` (a
+    /// per-process secret) and the name, so every attempt for a name sees the same salt, as
+    /// for a known user, whose verifier is also made once per process; no key derivation at
+    /// login, so the reply takes the same time. No password matches it.
+    pub fn fake(user: &str, key: &[u8; 32]) -> Self {
+        let salt = hmac(key, user.as_bytes())[..16].to_vec();
+        let mut stored_key = [0u8; 32];
+        let mut server_key = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut stored_key);
+        rand::thread_rng().fill_bytes(&mut server_key);
+        ScramSecret {
+            salt,
+            iterations: SCRAM_ITERATIONS,
+            stored_key,
+            server_key,
+        }
+    }
+
     /// Derives a verifier from a plain password with a fresh random salt.
     pub fn from_password(password: &str) -> Self {
         let mut salt = vec![0u8; 16];

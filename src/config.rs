@@ -36,6 +36,10 @@ pub struct RawConfig {
     /// Address of the HTTP admin endpoint (`/metrics`, `/health`).
     #[serde(default)]
     pub admin: Option<String>,
+    /// The database name clients connect to (default: the database names of the shards'
+    /// URLs); any other name is refused with `3D000`.
+    #[serde(default)]
+    pub database: Option<String>,
     /// Who may connect to the proxy (at least one).
     #[serde(default)]
     pub users: Vec<RawUser>,

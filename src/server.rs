@@ -137,6 +137,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
     let users = arc_swap::ArcSwap::from_pointee(crate::session::user_secrets(&map));
     let telemetry = crate::telemetry::Telemetry::new(map.shard_names());
     Arc::new(Shared {
+        login_key: rand::random(),
         topology: arc_swap::ArcSwap::from_pointee(Topology {
             map,
             pools,
@@ -536,6 +537,22 @@ async fn startup(
         match k {
             "user" => user = Some(v.to_string()),
             "database" => database = Some(v.to_string()),
+            // A replication connection (walsender) is not something a proxy can serve.
+            "replication"
+                if !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "false" | "off" | "no" | "0"
+                ) =>
+            {
+                build::error(
+                    &mut out,
+                    "FATAL",
+                    "0A000",
+                    "replication connections are not supported by shardwire: connect to a shard directly",
+                );
+                send(w, &out).await?;
+                return Ok(Startup::Closed);
+            }
             "replication" => {}
             // `-c name=value` settings follow the client like its other startup parameters.
             "options" => {
@@ -580,7 +597,11 @@ async fn startup(
     let entry = shared.users.load().get(&user).cloned();
     let ok = match shared.map().auth {
         AuthMethod::ScramSha256 => {
-            scram_login(reader, w, &mut out, entry.as_ref().map(|e| e.1.clone())).await?
+            let secret = match entry.as_ref() {
+                Some(e) => e.1.clone(),
+                None => crate::auth::ScramSecret::fake(&user, &shared.login_key),
+            };
+            scram_login(reader, w, &mut out, secret).await?
         }
         AuthMethod::Md5 => {
             md5_login(
@@ -617,11 +638,24 @@ async fn startup(
         send(w, &out).await?;
         return Ok(Startup::Closed);
     }
+    // As in Postgres, the database defaults to the user name, and a name the proxy does not
+    // serve fails after authentication (so it tells nothing to who cannot log in).
+    let database = database.unwrap_or_else(|| user.clone());
+    if !admin && !shared.map().databases.contains(&database) {
+        // After the authentication messages, as from Postgres.
+        build::error(
+            &mut out,
+            "FATAL",
+            "3D000",
+            &format!("database \"{database}\" does not exist"),
+        );
+        send(w, &out).await?;
+        return Ok(Startup::Closed);
+    }
     if !out.is_empty() {
         send(w, &out).await?;
         out.clear();
     }
-    let database = database.unwrap_or_else(|| user.clone());
     Ok(Startup::Login(settings, admin, Who { user, database }))
 }
 
@@ -639,15 +673,11 @@ async fn scram_login(
     reader: &mut FrameReader<NetRead>,
     w: &mut NetWrite,
     out: &mut BytesMut,
-    secret: Option<ScramSecret>,
+    // Unknown users come with a fake verifier (`ScramSecret::fake`): the same exchange,
+    // the same stable salt and the same work, so a client cannot tell them apart from a
+    // wrong password.
+    secret: ScramSecret,
 ) -> Result<bool, StartupError> {
-    // Unknown users go through the same exchange with a random verifier, so a client
-    // cannot tell them apart from a wrong password.
-    let secret = secret.unwrap_or_else(|| {
-        let mut r = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut r);
-        ScramSecret::from_password(&format!("{r:?}"))
-    });
     build::auth(out, 10, b"SCRAM-SHA-256\0\0");
     send(w, out).await?;
     out.clear();

@@ -187,6 +187,8 @@ pub struct ShardMap {
     pub gather: GatherSettings,
     /// TLS for client connections (the `tls:` section), if configured.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Database names clients may connect to: `database:`, else the shards' database names.
+    pub databases: Vec<String>,
     /// Table rules by schema ("" = unqualified) then relation name.
     tables: HashMap<String, HashMap<String, TableRule>>,
     /// Table names and rules in file order (for summaries).
@@ -494,6 +496,7 @@ impl ShardMap {
             }
             s.push('\n');
         }
+        let _ = writeln!(s, "clients connect to database: {}", self.databases.join(", "));
         let _ = writeln!(
             s,
             "pool: {} connections per shard, {} pooling, checkout timeout {} ms, connect timeout {} ms",
@@ -877,7 +880,17 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig, opts: BuildOpts) -> Result<ShardM
         table_order.push((shown, rule));
     }
 
+    let databases = match &raw.database {
+        Some(d) => vec![d.clone()],
+        None => {
+            let mut names: Vec<String> = shards.iter().map(|s| s.dbname.clone()).collect();
+            names.sort();
+            names.dedup();
+            names
+        }
+    };
     Ok(ShardMap {
+        databases,
         listen: raw.listen,
         admin: raw.admin,
         users,

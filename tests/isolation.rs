@@ -120,3 +120,127 @@ async fn untracked_session_state_never_reaches_another_client() {
     let free = one(&b, "SELECT pg_try_advisory_xact_lock(42)").await;
     assert_eq!(free, "t");
 }
+
+/// The salt in the proxy's SCRAM server-first message for `user`, and how long that reply
+/// took (the client-first message sent to the reply read).
+async fn scram_salt(port: u16, user: &str) -> (String, std::time::Duration) {
+    use bytes::{Buf, BytesMut};
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::frontend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", user), ("database", "app")], &mut out).unwrap();
+    sock.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let next = async |sock: &mut tokio::net::TcpStream, buf: &mut BytesMut| loop {
+        if buf.len() >= 5 {
+            let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
+            if buf.len() > len {
+                let mut m = buf.split_to(len + 1);
+                let tag = m.get_u8();
+                m.advance(4);
+                return (tag, m);
+            }
+        }
+        assert!(sock.read_buf(buf).await.unwrap() > 0, "closed");
+    };
+    let (tag, _) = next(&mut sock, &mut buf).await;
+    assert_eq!(tag, b'R');
+    let scram = ScramSha256::new(b"wrong", ChannelBinding::unsupported());
+    out.clear();
+    frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out).unwrap();
+    let t0 = std::time::Instant::now();
+    sock.write_all(&out).await.unwrap();
+    let (tag, mut body) = next(&mut sock, &mut buf).await;
+    let took = t0.elapsed();
+    assert_eq!(tag, b'R');
+    assert_eq!(body.get_i32(), 11, "SASL continue");
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let salt = text
+        .split(',')
+        .find_map(|p| p.strip_prefix("s="))
+        .unwrap()
+        .to_string();
+    (salt, took)
+}
+
+/// Login hygiene: an unknown user meets the same stable salt and the same work as a known
+/// one (no enumeration by salt or timing); a database the proxy does not serve is `3D000`
+/// after authentication; a replication connection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_hygiene() {
+    let (_env, proxy) = setup().await;
+    let port = proxy.port();
+    let (known1, _) = scram_salt(port, "app").await;
+    let (known2, _) = scram_salt(port, "app").await;
+    assert_eq!(known1, known2, "a known user's salt is stable");
+    let (ghost1, _) = scram_salt(port, "nobody").await;
+    let (ghost2, _) = scram_salt(port, "nobody").await;
+    assert_eq!(ghost1, ghost2, "an unknown user's salt is stable too");
+    let (other, _) = scram_salt(port, "somebody-else").await;
+    assert_ne!(ghost1, other);
+    // The same work: medians of 15 first replies each, within noise.
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for _ in 0..15 {
+        known.push(scram_salt(port, "app").await.1);
+        unknown.push(scram_salt(port, "nobody").await.1);
+    }
+    known.sort();
+    unknown.sort();
+    let (k, u) = (known[7], unknown[7]);
+    assert!(
+        u < k * 3 + std::time::Duration::from_millis(2)
+            && k < u * 3 + std::time::Duration::from_millis(2),
+        "first reply: known {k:?}, unknown {u:?}"
+    );
+    // A database the proxy does not serve.
+    let e = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=app password=app-secret dbname=nosuchdb"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .expect("nosuchdb must be refused");
+    assert_eq!(code(&e), "3D000", "{e:?}");
+    // A wrong password for it still says the password is wrong (nothing about the database).
+    let e = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=app password=nope dbname=nosuchdb"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .expect("wrong password");
+    assert_eq!(code(&e), "28P01", "{e:?}");
+    // Replication connections: refused; replication=false is a normal session.
+    for (value, refused) in [("true", true), ("database", true), ("false", false)] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(
+            [("user", "app"), ("database", "app"), ("replication", value)],
+            &mut out,
+        )
+        .unwrap();
+        sock.write_all(&out).await.unwrap();
+        let mut first = [0u8; 1];
+        sock.read_exact(&mut first).await.unwrap();
+        if refused {
+            let mut rest = Vec::new();
+            let _ = sock.read_to_end(&mut rest).await;
+            let text = String::from_utf8_lossy(&rest);
+            assert_eq!(first[0], b'E', "replication={value}");
+            assert!(text.contains("0A000"), "replication={value}: {text}");
+        } else {
+            assert_eq!(
+                first[0], b'R',
+                "replication={value}: authentication goes on"
+            );
+        }
+    }
+}

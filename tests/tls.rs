@@ -433,7 +433,7 @@ fn tls_config_errors_name_the_file() {
 /// A one-shard map on `url` (no tables: everything runs on that shard).
 fn one_shard_map(url: &str) -> String {
     format!(
-        "listen: 127.0.0.1:0\nusers: [{{ name: app, password: app-secret }}]\n\
+        "listen: 127.0.0.1:0\ndatabase: app\nusers: [{{ name: app, password: app-secret }}]\n\
          shards: [{{ name: s0, url: \"{url}\" }}]\n\
          pool: {{ size: 2, connect_timeout_ms: 2000 }}\ntables: {{}}\n"
     )

@@ -76,6 +76,8 @@ pub struct Shared {
     pub gate: Arc<crate::rebalance::gate::Gate>,
     /// Cancel keys handed to clients.
     pub cancels: CancelRegistry,
+    /// Per-process secret behind the salts unknown users are answered with.
+    pub login_key: [u8; 32],
     /// SCRAM verifiers and passwords by user name (replaced on reload).
     pub users: arc_swap::ArcSwap<HashMap<String, (String, ScramSecret)>>,
     /// The shard map file, for reloads (`None` for a proxy started from text).

@@ -201,7 +201,8 @@ impl TestEnv {
         &self.owned[i]
     }
 
-    /// A complete shard map for this env: listen on 127.0.0.1:0, user `app`/`app-secret`,
+    /// A complete shard map for this env: listen on 127.0.0.1:0, database `app`, user
+    /// `app`/`app-secret`,
     /// shards `s0..s{n-1}`, pool size 10, 256 vnodes, `tables:` holding `tables` (YAML, one
     /// table per line, indented here), then `extra` appended verbatim as top-level YAML.
     pub fn shard_map_yaml(&self, tables: &str, extra: &str) -> String {
@@ -232,7 +233,7 @@ impl TestEnv {
         regions: &[&str],
         admin: bool,
     ) -> String {
-        let mut y = String::from("listen: 127.0.0.1:0\nusers:\n");
+        let mut y = String::from("listen: 127.0.0.1:0\ndatabase: app\nusers:\n");
         if admin {
             y.push_str("  - { name: app, password: app-secret, admin: true }\n");
         } else {
