@@ -849,6 +849,28 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
                 "CREATE/DROP DATABASE through the proxy is not supported; create the database on each shard".into(),
             )),
         ),
+        // LOCK goes where its tables are: an unsharded table lives on the default shard
+        // only (elsewhere the LOCK would fail, or lock a stray table of that name).
+        N::LockStmt(l) => {
+            let mut unsharded = false;
+            let mut everywhere = false;
+            for r in &l.relations {
+                if let Some(NodeEnum::RangeVar(rv)) = r.node.as_ref() {
+                    match map.table(&rv.schemaname, &rv.relname) {
+                        Some(_) => everywhere = true,
+                        None => unsharded = true,
+                    }
+                }
+            }
+            let route = match (unsharded, everywhere) {
+                (true, true) => RouteSpec::Refuse(ProxyError::Unsupported(
+                    "LOCK of an unsharded table together with sharded or reference tables; lock them in two statements".into(),
+                )),
+                (true, false) => RouteSpec::Shard(map.default_shard),
+                _ => RouteSpec::All,
+            };
+            (StmtKind::Other, route)
+        }
         N::VacuumStmt(_) | N::CheckPointStmt(_) | N::ReindexStmt(_) | N::ClusterStmt(_) => {
             (StmtKind::Other, RouteSpec::All)
         }

@@ -496,7 +496,11 @@ impl ShardMap {
             }
             s.push('\n');
         }
-        let _ = writeln!(s, "clients connect to database: {}", self.databases.join(", "));
+        let _ = writeln!(
+            s,
+            "clients connect to database: {}",
+            self.databases.join(", ")
+        );
         let _ = writeln!(
             s,
             "pool: {} connections per shard, {} pooling, checkout timeout {} ms, connect timeout {} ms",

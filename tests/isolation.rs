@@ -244,3 +244,84 @@ async fn login_hygiene() {
         }
     }
 }
+
+/// `LOCK TABLE` routes like other statements (the review found an unsharded table locked on
+/// every shard): an unsharded table on the default shard only, a sharded one on every shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_table_goes_where_the_table_is() {
+    let env = TestEnv::new(2).await;
+    let proxy = Proxy::start(
+        &env,
+        "users: { key: id, type: bigint, strategy: hash }\n",
+        "",
+    )
+    .await;
+    let c = proxy.client().await;
+    common::create_users(&c, "", 0).await;
+    c.batch_execute("CREATE TABLE plain (v int)").await.unwrap();
+    let locks_on = |s: usize, table: &'static str| {
+        let env = &env;
+        async move {
+            let sql = format!(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 WHERE c.relname = '{table}' AND l.mode = 'ExclusiveLock'"
+            );
+            let n: i64 = env
+                .shard_client(s)
+                .await
+                .query_one(&sql, &[])
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    c.batch_execute("BEGIN; LOCK TABLE plain IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    assert_eq!(locks_on(0, "plain").await, 1, "the default shard holds it");
+    assert_eq!(locks_on(1, "plain").await, 0, "no other shard");
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("LOCK TABLE users IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    assert_eq!(locks_on(0, "users").await, 1);
+    assert_eq!(locks_on(1, "users").await, 1);
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    let e = c
+        .batch_execute("LOCK TABLE plain, users")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000", "{e:?}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+}
+
+/// The review's statement hijack: a `DO` block on a shared backend DEALLOCATEs one of the
+/// proxy's prepared statements and PREPAREs its name with other SQL. The backend a `DO`
+/// block ran on is closed, so the victim's next execution never meets the impostor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_do_block_cannot_hijack_another_clients_statement() {
+    let (_env, proxy) = setup().await;
+    let victim = proxy.client().await;
+    let st = victim.prepare("SELECT 'original'::text").await.unwrap();
+    let v: String = victim.query_one(&st, &[]).await.unwrap().get(0);
+    assert_eq!(v, "original");
+    let attacker = proxy.client().await;
+    attacker
+        .batch_execute(
+            "DO $$ DECLARE n text; BEGIN
+               FOR n IN SELECT name FROM pg_prepared_statements WHERE name LIKE 'sw_%' LOOP
+                 EXECUTE format('DEALLOCATE %I', n);
+                 EXECUTE format('PREPARE %I AS SELECT ''hijacked''::text', n);
+               END LOOP;
+             END $$",
+        )
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let v: String = victim.query_one(&st, &[]).await.unwrap().get(0);
+        assert_eq!(v, "original");
+    }
+}
