@@ -325,3 +325,46 @@ async fn a_do_block_cannot_hijack_another_clients_statement() {
         assert_eq!(v, "original");
     }
 }
+
+/// The review's "hold freeze": a `hold` row in the rebalance control table (written by hand
+/// here, as a client could) holds statements; once the row is gone the proxy releases them
+/// by itself — it stayed frozen until restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_lost_its_row_ends_by_itself() {
+    let env = TestEnv::new(2).await;
+    let proxy = Proxy::start(
+        &env,
+        "users: { key: id, type: bigint, strategy: hash }\n",
+        "",
+    )
+    .await;
+    let c = proxy.client().await;
+    common::create_users(&c, "", 3).await;
+    let control = env.shard_client(0).await;
+    control
+        .batch_execute(shardwire::rebalance::control::SCHEMA)
+        .await
+        .unwrap();
+    control
+        .batch_execute(
+            "INSERT INTO shardwire_rebalance (id, run_id, from_map, to_map, phase, hold) \
+             VALUES (1, 666, '', '', 'preparing', true); NOTIFY shardwire_rebalance",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let waiting = tokio::spawn(async move {
+        let t0 = std::time::Instant::now();
+        let r = c.query_one("SELECT count(*) FROM users", &[]).await;
+        (r.map(|r| r.get::<_, i64>(0)), t0.elapsed())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert!(!waiting.is_finished(), "the hold holds statements");
+    control
+        .batch_execute("DELETE FROM shardwire_rebalance; NOTIFY shardwire_rebalance")
+        .await
+        .unwrap();
+    let (n, took) = waiting.await.unwrap();
+    assert_eq!(n.unwrap(), 3, "released, not failed with 57P03");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}

@@ -117,6 +117,9 @@ async fn sync(
     applied: &mut Applied,
 ) -> Result<Option<i64>, tokio_postgres::Error> {
     let Some(run) = control::read_run(client).await? else {
+        // No run recorded (the row is gone): nothing may stay held or armed by it — a hold
+        // that lost its source ends by itself.
+        release(shared, applied);
         return Ok(None);
     };
     publish_progress(client, shared, &run).await?;
@@ -193,7 +196,25 @@ async fn sync(
             shared.gate.arm(false);
             Ok(Some(run.epoch))
         }
-        _ => Ok(None),
+        _ => {
+            // A phase this proxy does not know (or a run abandoned mid-way, e.g. `failed`):
+            // it holds nothing.
+            release(shared, applied);
+            Ok(None)
+        }
+    }
+}
+
+/// Opens and disarms the gate when no known run is in force. Routing keeps the map it has:
+/// a transition adopted for a run that vanished stays until a known run says otherwise.
+fn release(shared: &Arc<Shared>, applied: &Applied) {
+    let gate = &shared.gate;
+    if gate.armed() || gate.is_held() {
+        tracing::warn!(
+            run = ?applied.run_id,
+            "rebalance: no run in force any more; statements released"
+        );
+        gate.arm(false);
     }
 }
 

@@ -102,12 +102,14 @@ impl Batch {
         self.open.is_some()
     }
 
-    /// Adds a message, bounded by [`MAX_BATCH_BYTES`].
+    /// Adds a message, bounded by [`MAX_BATCH_BYTES`] (bytes and per-message overhead).
     pub fn push(&mut self, f: Frame) -> Result<(), SessionEnd> {
         if self.skip_to_sync {
             return Ok(());
         }
-        self.bytes += f.raw.len();
+        // Each held message costs its bytes plus its handle: counting only the bytes let
+        // millions of tiny messages hold far more memory than the limit says.
+        self.bytes += f.raw.len() + FRAME_OVERHEAD;
         if self.bytes > MAX_BATCH_BYTES {
             return Err(SessionEnd::Protocol(format!(
                 "more than {MAX_BATCH_BYTES} bytes of extended-protocol messages without Sync"
@@ -126,6 +128,10 @@ impl Batch {
         self.bytes = 0;
     }
 }
+
+/// Memory a held message costs besides its bytes: its `Frame` in the list (tag, `Bytes`
+/// handle) and the shared buffer's bookkeeping, rounded up.
+const FRAME_OVERHEAD: usize = 64;
 
 /// What the statements a pipeline executes do beyond their results, gathered while its
 /// messages are decoded and applied once it ran.
