@@ -184,6 +184,10 @@ pub struct RawLimits {
     pub max_message_size: u64,
     /// Most concurrent client connections.
     pub max_client_connections: u64,
+    /// Memory, in MiB, that large client messages (1 MiB and more) may hold at once across
+    /// the whole proxy, counting the work of parsing them; a client whose message does not
+    /// fit waits (the proxy stops reading from it) until others are done.
+    pub max_buffered_mb: u64,
     /// Longest a statement may run on a shard, in milliseconds (0: no limit). Sent to the
     /// shards as their `statement_timeout` default; a client's own SET still wins.
     pub query_timeout_ms: u64,
@@ -198,6 +202,7 @@ impl Default for RawLimits {
         RawLimits {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+            max_buffered_mb: 256,
             query_timeout_ms: 0,
             idle_in_transaction_timeout_ms: 0,
             client_idle_timeout_ms: 0,

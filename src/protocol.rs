@@ -6,8 +6,11 @@
 //! Everything else (`D` rows above all) is forwarded as raw bytes.
 //! Reference: <https://www.postgresql.org/docs/current/protocol-message-formats.html>.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Protocol version 3.0 in a StartupMessage.
 pub const PROTOCOL_3_0: i32 = 196_608;
@@ -68,6 +71,45 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max_len: usize,
+    /// A budget shared by many readers for large messages, and its size in permits (see
+    /// [`FrameReader::with_budget`]).
+    budget: Option<(Arc<Semaphore>, usize)>,
+    /// What the last large message took from the budget, given back at the next read.
+    held: Option<LargeShare>,
+}
+
+/// Returns freed heap memory to the system (glibc keeps it in its arenas otherwise).
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A large message's share of the budget. When it goes (at the reader's next read, or with
+/// the reader), the message is done with: its memory is returned to the system — the
+/// allocator keeps freed memory otherwise, and RSS would stay at the burst's peak.
+struct LargeShare(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Drop for LargeShare {
+    fn drop(&mut self) {
+        give_back_memory();
+    }
+}
+
+/// Messages from this size on draw on a reader's budget.
+pub const LARGE_MESSAGE: usize = 1 << 20;
+
+/// Memory a large statement costs the proxy, as a multiple of its size: its bytes, the
+/// parser's copies and tree, the forwarded copy (measured: ~15 with 16 MiB statements).
+const LARGE_MESSAGE_WEIGHT: usize = 16;
+
+/// Budget units (KiB) a large message of `len` bytes takes: [`LARGE_MESSAGE_WEIGHT`] times
+/// its size, capped at the whole budget (`units`) so the largest message still fits.
+fn budget_units(len: usize, units: usize) -> u32 {
+    let want = (len.saturating_mul(LARGE_MESSAGE_WEIGHT) >> 10).max(1);
+    u32::try_from(want.min(units)).unwrap_or(u32::MAX)
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -77,7 +119,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: BytesMut::with_capacity(8192),
             max_len,
+            budget: None,
+            held: None,
         }
+    }
+
+    /// Makes large messages (from [`LARGE_MESSAGE`] bytes) draw on `budget` (permits are
+    /// KiB), shared by every client of a proxy: a message that does not fit is not read on
+    /// until others give theirs back — the reader stops reading, so the client waits
+    /// (backpressure) instead of the proxy's memory growing. A message keeps its share
+    /// until the next read, by when the session has finished with it; the memory is then
+    /// handed back to the system.
+    pub fn with_budget(mut self, budget: Arc<Semaphore>, units: usize) -> Self {
+        self.budget = Some((budget, units));
+        self
+    }
+
+    /// Length (tag included) of the frame whose header is buffered, if any.
+    fn pending_total(&self) -> Option<usize> {
+        if self.buf.len() < 5 {
+            return None;
+        }
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        usize::try_from(len).ok().map(|l| l + 1)
     }
 
     /// Takes a complete frame out of the buffer, if one is there.
@@ -101,6 +165,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(None);
         }
         let raw = self.buf.split_to(total).freeze();
+        if total >= LARGE_MESSAGE {
+            // What is left of the buffer shares the large message's allocation: move it to a
+            // small one, so the large allocation goes when the message does, not when this
+            // connection next grows its buffer.
+            let rest = std::mem::replace(&mut self.buf, BytesMut::with_capacity(8192));
+            self.buf.extend_from_slice(&rest);
+        }
         Ok(Some(Frame { tag, raw }))
     }
 
@@ -120,7 +191,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads the next frame; `Ok(None)` on a clean end of stream between messages.
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
+        // The last large message is done with.
+        self.held = None;
         loop {
+            if let Some((budget, size)) = &self.budget {
+                if self.held.is_none() {
+                    if let Some(total) = self.pending_total().filter(|&t| t >= LARGE_MESSAGE) {
+                        if total <= self.max_len {
+                            let units = budget_units(total, *size);
+                            self.held = budget
+                                .clone()
+                                .acquire_many_owned(units)
+                                .await
+                                .ok()
+                                .map(LargeShare);
+                        }
+                    }
+                }
+            }
             if let Some(f) = self.try_frame()? {
                 return Ok(Some(f));
             }

@@ -136,8 +136,11 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         .collect();
     let users = arc_swap::ArcSwap::from_pointee(crate::session::user_secrets(&map));
     let telemetry = crate::telemetry::Telemetry::new(map.shard_names());
+    let large_message_units = map.max_buffered >> 10;
     Arc::new(Shared {
         login_key: rand::random(),
+        large_messages: Arc::new(tokio::sync::Semaphore::new(large_message_units)),
+        large_message_units,
         topology: arc_swap::ArcSwap::from_pointee(Topology {
             map,
             pools,
@@ -256,9 +259,10 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
     sock.set_nodelay(true)?;
     let peer = sock.peer_addr().ok();
     let max_message_size = shared.map().max_message_size;
+    let budget = (shared.large_messages.clone(), shared.large_message_units);
     // Plain sockets keep their own lock-free halves; TLS replaces them after the handshake.
     let (r, mut w) = crate::tls::split_plain(sock);
-    let mut reader = FrameReader::new(r, max_message_size);
+    let mut reader = FrameReader::new(r, max_message_size).with_budget(budget.0.clone(), budget.1);
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     let (settings, admin, who) = loop {
         match tokio::time::timeout_at(deadline, startup(&shared, &mut reader, &mut w)).await {
@@ -269,7 +273,8 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
                         Ok(r) => r?,
                         Err(_) => return Ok(()),
                     };
-                reader = FrameReader::new(r, max_message_size);
+                reader =
+                    FrameReader::new(r, max_message_size).with_budget(budget.0.clone(), budget.1);
                 w = tls_w;
             }
             Ok(Ok(Startup::Closed)) => {

@@ -179,6 +179,9 @@ pub struct ShardMap {
     pub max_message_size: usize,
     /// Most concurrent client connections.
     pub max_client_connections: usize,
+    /// Bytes large client messages may hold at once across the proxy (`limits.max_buffered_mb`,
+    /// never below the largest message).
+    pub max_buffered: usize,
     /// A client idle inside a transaction longer than this is disconnected (25P03).
     pub idle_in_transaction_timeout: Option<Duration>,
     /// A client idle outside a transaction longer than this is disconnected (57P05).
@@ -517,8 +520,10 @@ impl ShardMap {
         );
         let _ = writeln!(
             s,
-            "limits: max message {} bytes, max {} client connections",
-            self.max_message_size, self.max_client_connections
+            "limits: max message {} bytes, max {} client connections, {} MiB for large messages at once",
+            self.max_message_size,
+            self.max_client_connections,
+            self.max_buffered >> 20
         );
         if let Some(d) = &self.directory {
             let _ = writeln!(
@@ -913,6 +918,8 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig, opts: BuildOpts) -> Result<ShardM
         default_shard,
         max_message_size: limits.max_message_size as usize,
         max_client_connections: limits.max_client_connections as usize,
+        max_buffered: ((limits.max_buffered_mb as usize) << 20)
+            .max(limits.max_message_size as usize),
         gather: GatherSettings {
             memory_limit: (g.memory_limit_mb as usize) << 20,
             timeout: Duration::from_secs(g.timeout_secs),

@@ -76,6 +76,11 @@ pub struct Shared {
     pub gate: Arc<crate::rebalance::gate::Gate>,
     /// Cancel keys handed to clients.
     pub cancels: CancelRegistry,
+    /// The budget large client messages draw on (`limits.max_buffered_mb`, in KiB), shared
+    /// by every client's reader, and its size.
+    pub large_messages: Arc<tokio::sync::Semaphore>,
+    /// Size of [`Shared::large_messages`] in permits (KiB).
+    pub large_message_units: usize,
     /// Per-process secret behind the salts unknown users are answered with.
     pub login_key: [u8; 32],
     /// SCRAM verifiers and passwords by user name (replaced on reload).
