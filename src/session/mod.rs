@@ -251,6 +251,14 @@ pub struct Prepared {
     unnamed_parse: Box<[u8]>,
 }
 
+/// A per-process secret in the names of the proxy's statements on the backends: stable
+/// for the life of the proxy (every pooled connection agrees on a statement's name), not
+/// predictable by a client from the statement's text.
+fn name_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(rand::random)
+}
+
 impl Prepared {
     /// Whether the Parse body `body` defines this very statement as the unnamed statement
     /// (same text, same declared types).
@@ -264,7 +272,7 @@ impl Prepared {
         for t in &types {
             h.extend_from_slice(&t.to_be_bytes());
         }
-        let name_hash = xxhash_rust::xxh3::xxh3_64(&h);
+        let name_hash = xxhash_rust::xxh3::xxh3_64_with_seed(&h, name_seed());
         let mut unnamed_parse = Vec::with_capacity(sql.len() + 4 + types.len() * 4);
         unnamed_parse.push(0);
         unnamed_parse.extend_from_slice(sql.as_bytes());
