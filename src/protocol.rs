@@ -135,6 +135,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self
     }
 
+    /// After a large message: what is left of the buffer shares its allocation; move it to
+    /// a small one, so the large allocation goes when the message does, not when this
+    /// connection next grows its buffer.
+    #[cold]
+    #[inline(never)]
+    fn detach_buffer(&mut self) {
+        let rest = std::mem::replace(&mut self.buf, BytesMut::with_capacity(8192));
+        self.buf.extend_from_slice(&rest);
+    }
+
     /// Length (tag included) of the frame whose header is buffered, if any.
     fn pending_total(&self) -> Option<usize> {
         if self.buf.len() < 5 {
@@ -166,11 +176,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let raw = self.buf.split_to(total).freeze();
         if total >= LARGE_MESSAGE {
-            // What is left of the buffer shares the large message's allocation: move it to a
-            // small one, so the large allocation goes when the message does, not when this
-            // connection next grows its buffer.
-            let rest = std::mem::replace(&mut self.buf, BytesMut::with_capacity(8192));
-            self.buf.extend_from_slice(&rest);
+            self.detach_buffer();
         }
         Ok(Some(Frame { tag, raw }))
     }
@@ -191,26 +197,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads the next frame; `Ok(None)` on a clean end of stream between messages.
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
-        // The last large message is done with.
-        self.held = None;
+        if self.held.is_some() {
+            // The last large message is done with.
+            self.held = None;
+        }
         loop {
-            if let Some((budget, size)) = &self.budget {
-                if self.held.is_none() {
-                    if let Some(total) = self.pending_total().filter(|&t| t >= LARGE_MESSAGE) {
-                        if total <= self.max_len {
-                            let units = budget_units(total, *size);
-                            self.held = budget
-                                .clone()
-                                .acquire_many_owned(units)
-                                .await
-                                .ok()
-                                .map(LargeShare);
-                        }
-                    }
-                }
-            }
             if let Some(f) = self.try_frame()? {
                 return Ok(Some(f));
+            }
+            // More bytes are needed: a large message waits for its share of the budget
+            // before they are read (its buffer is reserved, not yet filled).
+            if self.budget.is_some() && self.held.is_none() && self.buf.len() >= 5 {
+                self.take_share().await;
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(8192);
@@ -222,6 +220,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 } else {
                     Err(FrameError::Truncated)
                 };
+            }
+        }
+    }
+
+    /// Waits for the budget share of the large message whose header is buffered, if it is
+    /// one.
+    async fn take_share(&mut self) {
+        let Some((budget, size)) = &self.budget else {
+            return;
+        };
+        if let Some(total) = self.pending_total().filter(|&t| t >= LARGE_MESSAGE) {
+            if total <= self.max_len {
+                let units = budget_units(total, *size);
+                self.held = budget
+                    .clone()
+                    .acquire_many_owned(units)
+                    .await
+                    .ok()
+                    .map(LargeShare);
             }
         }
     }
