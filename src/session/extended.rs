@@ -860,8 +860,14 @@ impl Session {
         // A statement the backend kept from before a schema change made behind the proxy's
         // back fails once with a stale plan; outside a transaction block that failure undid
         // everything, so the exchange runs once more on freshly prepared statements — unless
-        // part of the reply already reached the client.
-        let mut retry = sync && cut.is_none() && self.txn.status == b'I';
+        // part of the reply already reached the client, and only when the exchange itself
+        // describes what it runs: the client then decodes the rows by the description it
+        // gets now. A statement described earlier keeps its old shape in the client (asyncpg
+        // decodes by it), so there the error goes to the client, as Postgres sends it.
+        let describes = ops
+            .iter()
+            .any(|o| matches!(o, Op::DescribeStmt(_) | Op::Raw(_, Expect::Describe)));
+        let mut retry = sync && cut.is_none() && self.txn.status == b'I' && describes;
         let out_mark = self.out.len();
         loop {
             let (outcome, ex, added) = self
