@@ -364,6 +364,16 @@ impl BackendConn {
         &mut self,
         sql: &str,
     ) -> Result<(Option<(String, String)>, u8), BackendError> {
+        self.run_simple_into(sql, None).await
+    }
+
+    /// Like [`BackendConn::run_simple`], appending the ParameterStatus messages the shard
+    /// sends (a `SET DateStyle` reports the new value) to `statuses`, raw, when given.
+    pub async fn run_simple_into(
+        &mut self,
+        sql: &str,
+        mut statuses: Option<&mut BytesMut>,
+    ) -> Result<(Option<(String, String)>, u8), BackendError> {
         let mut buf = BytesMut::new();
         crate::protocol::build::query(&mut buf, sql);
         self.write_all(&buf).await?;
@@ -372,6 +382,11 @@ impl BackendConn {
             let f = self.read_frame().await?;
             match f.tag {
                 b'E' if err.is_none() => err = Some(error_fields(f.body())),
+                b'S' => {
+                    if let Some(out) = statuses.as_deref_mut() {
+                        out.extend_from_slice(&f.raw);
+                    }
+                }
                 b'Z' => return Ok((err, f.body().first().copied().unwrap_or(b'I'))),
                 _ => {}
             }

@@ -553,7 +553,11 @@ async fn prepared_statements_survive_ddl() {
     let got = w.until_ready().await;
     assert_eq!(first_error(&got), None, "{}", tags(&got));
     let desc = got.iter().find(|m| m.0 == b'T').unwrap();
-    assert_eq!(i16::from_be_bytes([desc.1[0], desc.1[1]]), 3, "the new shape");
+    assert_eq!(
+        i16::from_be_bytes([desc.1[0], desc.1[1]]),
+        3,
+        "the new shape"
+    );
     // A statement the client described before the change (asyncpg, tokio-postgres) is not
     // run again silently: its rows would not match the description the client decodes by.
     // It gets the error, as from Postgres, and works once prepared again.
@@ -725,6 +729,33 @@ async fn a_merged_read_fetched_at_a_flush() {
             assert_eq!(first_error(&w.until_ready().await), None);
         }
     }
+}
+
+/// `SET` of a reported parameter (DateStyle, TimeZone, …) inside a transaction block sends
+/// its ParameterStatus, as Postgres does — psycopg parses dates by it — and a ROLLBACK that
+/// undoes it reports the old value again (found by psycopg's own suite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_inside_a_block_report_parameter_status() {
+    let (_env, proxy, _ids) = setup(2).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    let status = |got: &[common::wire::Msg]| -> Vec<String> {
+        got.iter()
+            .filter(|m| m.0 == b'S')
+            .map(|m| String::from_utf8_lossy(&m.1).replace('\0', "="))
+            .collect()
+    };
+    w.query("BEGIN");
+    w.send().await;
+    w.until_ready().await;
+    w.query("SET datestyle = German, DMY");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None);
+    assert_eq!(status(&got), vec!["DateStyle=German, DMY=".to_string()]);
+    w.query("ROLLBACK");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(status(&got), vec!["DateStyle=ISO, MDY=".to_string()]);
 }
 
 /// A merged `ORDER BY … LIMIT $1::integer` prepared without parameter types, the parameter

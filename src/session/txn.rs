@@ -215,7 +215,10 @@ impl Session {
     async fn on_every_held(&mut self, sql: &str) -> bool {
         for i in 0..self.conns.len() {
             let shard = self.conns[i].shard;
-            match self.conns[i].run_simple(sql).await {
+            // The first shard's ParameterStatus messages are the client's (a SET DateStyle
+            // inside a block is reported at once, as Postgres does; drivers parse by it).
+            let statuses = (i == 0).then_some(&mut self.out);
+            match self.conns[i].run_simple_into(sql, statuses).await {
                 Ok((None, _)) => {}
                 Ok((Some((code, message)), _)) => {
                     self.push_error(&ProxyError::Backend { code, message });
