@@ -758,6 +758,31 @@ async fn settings_inside_a_block_report_parameter_status() {
     assert_eq!(status(&got), vec!["DateStyle=ISO, MDY=".to_string()]);
 }
 
+/// A protocol Close of a portal made by SQL `DECLARE` closes the cursor on its shard
+/// (psycopg's `close_portal`); it was answered CloseComplete and left open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_declared_cursor_closes_it() {
+    let (_env, proxy, ids) = setup(2).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    w.query(&format!(
+        "BEGIN; DECLARE cur CURSOR FOR SELECT id FROM users WHERE id = {}",
+        ids[0]
+    ));
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    w.close(b'P', "cur").sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(tags(&got), "3Z");
+    w.query("FETCH 1 FROM cur");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got).as_deref(), Some("34000"), "{}", tags(&got));
+    w.query("ROLLBACK");
+    w.send().await;
+    w.until_ready().await;
+}
+
 /// A merged `ORDER BY … LIMIT $1::integer` prepared without parameter types, the parameter
 /// then bound in binary as the int4 the client was told (SQLAlchemy renders `.limit(n)` so,
 /// asyncpg binds it so): the shards must infer the same type. And `OFFSET $1` with no LIMIT

@@ -834,6 +834,11 @@ impl Session {
                             merge(t, self)?;
                             Ok(Op::Raw(f, Expect::Close))
                         }
+                        // A cursor made by SQL DECLARE (psycopg closes its named cursors so):
+                        // it lives in the transaction, on the shard that ran the DECLARE.
+                        None if self.txn.status != b'I' && !self.conns.is_empty() => {
+                            Ok(Op::Raw(f, Expect::Close))
+                        }
                         None => Ok(Op::Local(CLOSE_COMPLETE)),
                     }
                 }
