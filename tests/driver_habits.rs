@@ -777,10 +777,45 @@ async fn closing_a_declared_cursor_closes_it() {
     w.query("FETCH 1 FROM cur");
     w.send().await;
     let got = w.until_ready().await;
-    assert_eq!(first_error(&got).as_deref(), Some("34000"), "{}", tags(&got));
+    assert_eq!(
+        first_error(&got).as_deref(),
+        Some("34000"),
+        "{}",
+        tags(&got)
+    );
     w.query("ROLLBACK");
     w.send().await;
     w.until_ready().await;
+}
+
+/// A table made inside a transaction block that rolls back takes the backends' statements
+/// prepared against it along (SQLAlchemy's suite recreates tables with other column types
+/// this way, 150 tests): the next block's same statement text is prepared again, never run
+/// on the stale plan (`invalid input syntax for type cidr`, `cache lookup failed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_rolled_back_leaves_no_stale_statements() {
+    let (_env, proxy, _ids) = setup(1).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    for (coltype, value) in [("cidr", "10.0.0.0/8"), ("macaddr", "08:00:2b:01:02:03")] {
+        w.query("BEGIN");
+        w.send().await;
+        w.until_ready().await;
+        w.query(&format!(
+            "CREATE TABLE addresses (name varchar, value {coltype})"
+        ));
+        w.send().await;
+        assert_eq!(first_error(&w.until_ready().await), None);
+        w.parse("", "INSERT INTO addresses (name, value) VALUES ($1, $2)")
+            .bind("", "", &["test", value])
+            .execute("", 0)
+            .sync();
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(first_error(&got), None, "{coltype}: {}", tags(&got));
+        w.query("ROLLBACK");
+        w.send().await;
+        w.until_ready().await;
+    }
 }
 
 /// A merged `ORDER BY … LIMIT $1::integer` prepared without parameter types, the parameter

@@ -783,6 +783,9 @@ impl Session {
                 }
                 if let Some(st) = stmt.plan.stmts.first() {
                     self.dirty |= st.dirties;
+                    if st.kind == StmtKind::Ddl && self.txn.status != b'I' {
+                        self.txn.ddl = true;
+                    }
                     if matches!(st.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll) {
                         // Among other statements (psycopg's pipeline sends ROLLBACK then
                         // DEALLOCATE ALL): it acts on the client's statements as the proxy

@@ -28,6 +28,9 @@ impl Session {
         if plan.stmts.iter().any(|s| s.dirties) {
             self.dirty = true;
         }
+        if self.txn.status != b'I' && plan.stmts.iter().any(|s| s.kind == StmtKind::Ddl) {
+            self.txn.ddl = true;
+        }
         let single = (plan.stmts.len() == 1).then(|| plan.stmts[0].kind.clone());
         // An aborted transaction lets only COMMIT, ROLLBACK and ROLLBACK TO through.
         if self.txn.failed && !single.as_ref().is_some_and(super::txn::exits_failed) {

@@ -71,6 +71,9 @@ pub(super) struct Txn {
     pub failed: bool,
     /// A shard connection failed: the work on every shard is gone, only ROLLBACK ends it.
     pub lost: bool,
+    /// The block ran DDL: rolled back (or back to a savepoint), what it created is gone, so
+    /// statements the backends prepared against it are stale.
+    pub ddl: bool,
 }
 
 impl Txn {
@@ -83,6 +86,7 @@ impl Txn {
             written: None,
             failed: false,
             lost: false,
+            ddl: false,
         }
     }
 
@@ -283,6 +287,9 @@ impl Session {
                     self.push_error(&no_savepoint(name));
                     return Ok(());
                 };
+                if self.txn.ddl {
+                    self.schema_changed();
+                }
                 if self.on_every_held(sql).await {
                     // What came after the savepoint is undone, settings included.
                     self.txn.steps.truncate(at + 1);
@@ -343,6 +350,11 @@ impl Session {
         ready: bool,
     ) -> Result<bool, SessionEnd> {
         let commit = commit && !self.txn.failed;
+        if !commit && self.txn.ddl {
+            // A type or table made in this block and used by a prepared statement vanishes
+            // with it: the backends' statements are prepared again.
+            self.schema_changed();
+        }
         if self.conns.is_empty() {
             if commit {
                 for ch in self.txn.take_changes() {
