@@ -376,7 +376,7 @@ fn param_refs(stmt: &str) -> Option<Vec<(usize, usize, usize)>> {
                 let (s, e) = (t.start as usize, t.end as usize);
                 let digits = stmt.get(s..e)?.strip_prefix('$')?;
                 let n: usize = digits.parse().ok()?;
-                (n >= 1).then_some((s, e, n - 1))
+                (n >= 1).then(|| (s, e, n - 1))
             })
             .collect(),
     )
