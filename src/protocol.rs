@@ -554,6 +554,26 @@ pub fn decode_execute(body: &[u8]) -> Result<(&str, i32), FrameError> {
     Ok((portal, max))
 }
 
+/// An integer Bind parameter's value: text (`-12`), or binary int2/int4/int8 (big-endian);
+/// `None` when it is neither.
+pub fn bound_int(value: &[u8], binary: bool) -> Option<i64> {
+    if !binary {
+        return std::str::from_utf8(value).ok()?.trim().parse().ok();
+    }
+    match value.len() {
+        2 => Some(i64::from(i16::from_be_bytes([value[0], value[1]]))),
+        4 => Some(i64::from(i32::from_be_bytes([
+            value[0], value[1], value[2], value[3],
+        ]))),
+        8 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(value);
+            Some(i64::from_be_bytes(b))
+        }
+        _ => None,
+    }
+}
+
 /// Decodes a Query body: the SQL text.
 pub fn decode_query(body: &[u8]) -> Result<&str, FrameError> {
     let mut c = Cursor::new(body, "Query");
@@ -784,5 +804,15 @@ mod tests {
         // A length below -1 is malformed.
         let bad = [0, 0, 0, 0, 0, 1, 255, 255, 255, 254, 0, 0];
         assert!(BindMsg::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn bound_ints_in_text_and_binary() {
+        assert_eq!(bound_int(b" -12 ", false), Some(-12));
+        assert_eq!(bound_int(&7i16.to_be_bytes(), true), Some(7));
+        assert_eq!(bound_int(&(-7i32).to_be_bytes(), true), Some(-7));
+        assert_eq!(bound_int(&(1i64 << 40).to_be_bytes(), true), Some(1 << 40));
+        assert_eq!(bound_int(b"abc", false), None);
+        assert_eq!(bound_int(&[1, 2, 3], true), None);
     }
 }

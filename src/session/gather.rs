@@ -441,22 +441,7 @@ impl Session {
                 let Some(raw) = call.param(i) else {
                     return Ok(None);
                 };
-                let parsed = if call.is_binary(i) {
-                    match raw.len() {
-                        8 => Some(i64::from_be_bytes(raw.try_into().unwrap_or([0; 8]))),
-                        4 => Some(i64::from(i32::from_be_bytes(
-                            raw.try_into().unwrap_or([0; 4]),
-                        ))),
-                        2 => Some(i64::from(i16::from_be_bytes(
-                            raw.try_into().unwrap_or([0; 2]),
-                        ))),
-                        _ => None,
-                    }
-                } else {
-                    std::str::from_utf8(raw)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<i64>().ok())
-                };
+                let parsed = crate::protocol::bound_int(raw, call.is_binary(i));
                 parsed.ok_or_else(|| ProxyError::Backend {
                     code: "22P02".into(),
                     message: format!("invalid value for {what} parameter ${}", i + 1),

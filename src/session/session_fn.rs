@@ -29,23 +29,7 @@ fn pid_value(arg: PidArg, bind: Option<&BindMsg>) -> Result<Option<i64>, ()> {
     let Some(value) = bind.and_then(|b| b.param(i)).ok_or(())? else {
         return Ok(None);
     };
-    if bind.is_some_and(|b| b.is_binary(i)) {
-        return match value.len() {
-            2 => Ok(Some(i64::from(i16::from_be_bytes([value[0], value[1]])))),
-            4 => Ok(Some(i64::from(i32::from_be_bytes([
-                value[0], value[1], value[2], value[3],
-            ])))),
-            8 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(value);
-                Ok(Some(i64::from_be_bytes(b)))
-            }
-            _ => Err(()),
-        };
-    }
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
+    crate::protocol::bound_int(value, bind.is_some_and(|b| b.is_binary(i)))
         .map(Some)
         .ok_or(())
 }
