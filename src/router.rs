@@ -600,17 +600,22 @@ fn dirties(node: &NodeEnum) -> bool {
         }
         _ => {}
     }
-    calls(node, &["set_config"]) || calls(node, SESSION_LOCKS)
+    calls(node, DIRTYING_CALLS)
 }
 
-/// Session-level advisory lock functions: the lock outlives the statement and its
-/// transaction, on a backend the client does not keep under transaction pooling.
-const SESSION_LOCKS: &[&str] = &[
+/// Functions whose effect outlives the transaction on the backend: `set_config` and the
+/// session-level advisory locks ([`SESSION_LOCKS`]).
+const DIRTYING_CALLS: &[&str] = &[
+    "set_config",
     "pg_advisory_lock",
     "pg_advisory_lock_shared",
     "pg_try_advisory_lock",
     "pg_try_advisory_lock_shared",
 ];
+
+/// Session-level advisory lock functions: the lock outlives the statement and its
+/// transaction, on a backend the client does not keep under transaction pooling.
+const SESSION_LOCKS: &[&str] = DIRTYING_CALLS.split_at(1).1;
 
 /// Whether the statement calls one of `names` (any schema) anywhere.
 fn calls(node: &NodeEnum, names: &[&str]) -> bool {

@@ -368,13 +368,8 @@ fn id_list(ids: &[i64]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_driver_through_the_proxy() {
     let (_env, proxy, ids) = setup(5).await;
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut cmd = std::process::Command::new(python);
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/py/asyncpg_habits.py"
-    ))
-    .arg(format!(
+    let mut cmd = common::python("asyncpg_habits.py");
+    cmd.arg(format!(
         "postgresql://app:app-secret@127.0.0.1:{}/app",
         proxy.port()
     ))
@@ -387,19 +382,12 @@ async fn asyncpg_driver_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jdbc_driver_through_the_proxy() {
     let (_env, proxy, ids) = setup(10).await;
-    let jar =
-        std::env::var("PGJDBC_JAR").unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into());
-    let mut cmd = std::process::Command::new("java");
-    cmd.args(["-cp", &jar])
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/java/JdbcHabits.java"
-        ))
-        .arg(format!(
-            "jdbc:postgresql://127.0.0.1:{}/app?sslmode=disable",
-            proxy.port()
-        ))
-        .arg(id_list(&ids));
+    let mut cmd = common::java("JdbcHabits.java");
+    cmd.arg(format!(
+        "jdbc:postgresql://127.0.0.1:{}/app?sslmode=disable",
+        proxy.port()
+    ))
+    .arg(id_list(&ids));
     common::run_program(cmd, "jdbc checks passed").await;
 }
 
@@ -1153,14 +1141,12 @@ async fn client_encodings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_drivers_through_the_proxy() {
     let (_env, proxy, ids) = setup(5).await;
-    let mut cmd = std::process::Command::new("node");
-    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node"))
-        .arg("habits.mjs")
-        .arg(format!(
-            "postgres://app:app-secret@127.0.0.1:{}/app",
-            proxy.port()
-        ))
-        .arg(id_list(&ids));
+    let mut cmd = common::node("habits.mjs");
+    cmd.arg(format!(
+        "postgres://app:app-secret@127.0.0.1:{}/app",
+        proxy.port()
+    ))
+    .arg(id_list(&ids));
     common::run_program(cmd, "node checks passed").await;
 }
 
@@ -1207,15 +1193,10 @@ async fn a_failed_parse_is_reported_at_the_parse_and_frees_its_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg2_and_sqlalchemy_through_the_proxy() {
     let (_env, proxy, ids) = setup(5).await;
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut cmd = std::process::Command::new(python);
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/py/orm_habits.py"
-    ))
-    .arg("127.0.0.1")
-    .arg(proxy.port().to_string())
-    .arg(id_list(&ids));
+    let mut cmd = common::python("orm_habits.py");
+    cmd.arg("127.0.0.1")
+        .arg(proxy.port().to_string())
+        .arg(id_list(&ids));
     common::run_program(cmd, "orm checks passed").await;
 }
 
@@ -1228,15 +1209,10 @@ async fn django_migrate_and_orm_through_the_proxy() {
     let tables = format!("{TABLES}shop_order: {{ key: user_id, type: bigint, strategy: hash }}\n");
     let proxy = Proxy::start(&env, &tables, "").await;
     let uids = one_per_shard(&env);
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut cmd = std::process::Command::new(python);
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/py/djapp/run.py"
-    ))
-    .arg("127.0.0.1")
-    .arg(proxy.port().to_string())
-    .arg(id_list(&uids));
+    let mut cmd = common::python("djapp/run.py");
+    cmd.arg("127.0.0.1")
+        .arg(proxy.port().to_string())
+        .arg(id_list(&uids));
     common::run_program(cmd, "django checks passed").await;
     // Each order on the shard its user_id maps to.
     for (s, u) in uids.iter().enumerate() {
@@ -1310,20 +1286,11 @@ async fn sqlx_driver_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_drivers_through_the_proxy() {
     let (_env, proxy, ids) = setup(5).await;
-    let gopath = std::env::var("SHARDWIRE_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
-    let cache = std::env::temp_dir().join("shardwire-gocache");
-    let mut cmd = std::process::Command::new("go");
-    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/go"))
-        .args(["run", "habits.go"])
-        .arg(format!(
-            "postgres://app:app-secret@127.0.0.1:{}/app",
-            proxy.port()
-        ))
-        .arg(id_list(&ids))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", gopath)
-        .env("GOCACHE", cache)
-        .env("GOFLAGS", "")
-        .env("GOPROXY", "off");
+    let mut cmd = common::go_run("habits.go");
+    cmd.arg(format!(
+        "postgres://app:app-secret@127.0.0.1:{}/app",
+        proxy.port()
+    ))
+    .arg(id_list(&ids));
     common::run_program(cmd, "go checks passed").await;
 }

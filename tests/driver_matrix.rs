@@ -157,44 +157,6 @@ pub fn list(ids: &[i64]) -> String {
         .join(",")
 }
 
-fn python() -> std::process::Command {
-    let mut cmd =
-        std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/matrix.py"));
-    cmd
-}
-
-fn node() -> std::process::Command {
-    let mut cmd = std::process::Command::new("node");
-    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node"))
-        .arg("matrix.mjs");
-    cmd
-}
-
-fn java() -> std::process::Command {
-    let jar =
-        std::env::var("PGJDBC_JAR").unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into());
-    let mut cmd = std::process::Command::new("java");
-    cmd.args(["-cp", &jar]).arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/java/JdbcMatrix.java"
-    ));
-    cmd
-}
-
-fn go() -> std::process::Command {
-    let gopath = std::env::var("SHARDWIRE_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
-    let mut cmd = std::process::Command::new("go");
-    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/go"))
-        .args(["run", "matrix.go"])
-        .env("GO111MODULE", "off")
-        .env("GOPATH", gopath)
-        .env("GOCACHE", std::env::temp_dir().join("shardwire-gocache"))
-        .env("GOFLAGS", "")
-        .env("GOPROXY", "off");
-    cmd
-}
-
 macro_rules! matrix_test {
     ($name:ident, $program:expr, $driver:literal, [$($na:literal),*]) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,18 +167,43 @@ macro_rules! matrix_test {
     };
 }
 
-matrix_test!(psycopg, python(), "psycopg", []);
-matrix_test!(psycopg_async, python(), "psycopg-async", []);
-matrix_test!(psycopg_pipeline, python(), "psycopg-pipeline", []);
-matrix_test!(psycopg2, python(), "psycopg2", ["prepared"]);
-matrix_test!(asyncpg, python(), "asyncpg", []);
-matrix_test!(sqlalchemy_psycopg, python(), "sqlalchemy-psycopg", []);
-matrix_test!(sqlalchemy_asyncpg, python(), "sqlalchemy-asyncpg", []);
-matrix_test!(node_postgres, node(), "pg", []);
-matrix_test!(postgres_js, node(), "postgres", []);
-matrix_test!(jdbc, java(), "jdbc", []);
-matrix_test!(go_pgx, go(), "pgx", []);
-matrix_test!(go_lib_pq, go(), "pq", []);
+matrix_test!(psycopg, common::python("matrix.py"), "psycopg", []);
+matrix_test!(
+    psycopg_async,
+    common::python("matrix.py"),
+    "psycopg-async",
+    []
+);
+matrix_test!(
+    psycopg_pipeline,
+    common::python("matrix.py"),
+    "psycopg-pipeline",
+    []
+);
+matrix_test!(
+    psycopg2,
+    common::python("matrix.py"),
+    "psycopg2",
+    ["prepared"]
+);
+matrix_test!(asyncpg, common::python("matrix.py"), "asyncpg", []);
+matrix_test!(
+    sqlalchemy_psycopg,
+    common::python("matrix.py"),
+    "sqlalchemy-psycopg",
+    []
+);
+matrix_test!(
+    sqlalchemy_asyncpg,
+    common::python("matrix.py"),
+    "sqlalchemy-asyncpg",
+    []
+);
+matrix_test!(node_postgres, common::node("matrix.mjs"), "pg", []);
+matrix_test!(postgres_js, common::node("matrix.mjs"), "postgres", []);
+matrix_test!(jdbc, common::java("JdbcMatrix.java"), "jdbc", []);
+matrix_test!(go_pgx, common::go_run("matrix.go"), "pgx", []);
+matrix_test!(go_lib_pq, common::go_run("matrix.go"), "pq", []);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_postgres() {

@@ -501,6 +501,47 @@ pub fn report_field<'a>(out: &'a str, prefix: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// `python3 tests/py/<script>` (`$PYTHON` if set): a Python driver program.
+pub fn python(script: &str) -> std::process::Command {
+    let mut cmd =
+        std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
+    cmd.arg(format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR")));
+    cmd
+}
+
+/// `node <script>` in tests/node (its node_modules come from `npm ci` there).
+pub fn node(script: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node"))
+        .arg(script);
+    cmd
+}
+
+/// `java -cp <pgjdbc> tests/java/<file>` (Debian's jar, or `$PGJDBC_JAR`).
+pub fn java(file: &str) -> std::process::Command {
+    let jar =
+        std::env::var("PGJDBC_JAR").unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into());
+    let mut cmd = std::process::Command::new("java");
+    cmd.args(["-cp", &jar])
+        .arg(format!("{}/tests/java/{file}", env!("CARGO_MANIFEST_DIR")));
+    cmd
+}
+
+/// `go run <file>` in tests/go, offline in GOPATH mode over Debian's Go packages
+/// (`$SHARDWIRE_GOPATH` to use others).
+pub fn go_run(file: &str) -> std::process::Command {
+    let gopath = std::env::var("SHARDWIRE_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
+    let mut cmd = std::process::Command::new("go");
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/go"))
+        .args(["run", file])
+        .env("GO111MODULE", "off")
+        .env("GOPATH", gopath)
+        .env("GOCACHE", std::env::temp_dir().join("shardwire-gocache"))
+        .env("GOFLAGS", "")
+        .env("GOPROXY", "off");
+    cmd
+}
+
 /// Runs a driver's check program on a blocking thread (the proxy runs on the test's
 /// runtime); asserts it succeeded and printed `expect`; returns its standard output.
 pub async fn run_program(mut cmd: std::process::Command, expect: &'static str) -> String {
