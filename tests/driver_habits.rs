@@ -595,6 +595,85 @@ async fn prepared_statements_survive_ddl() {
     assert_eq!(rows[0].len(), 5);
 }
 
+/// A statement the client described (asyncpg, tokio-postgres, sqlx: Parse, Describe, then
+/// only Bind/Execute) is decoded by that description for good. After DDL through the proxy
+/// (which drops the proxy's statements on every pooled backend) it is prepared again; if its
+/// result changed it is refused with Postgres's own error rather than run with rows the
+/// client would decode wrongly; if not, it runs without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_described_statement_never_changes_shape_silently() {
+    let (_env, proxy, _ids) = setup(1).await;
+    let admin = proxy.client().await;
+    admin
+        .batch_execute("CREATE TABLE t_shape (a int, b text)")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("INSERT INTO t_shape VALUES (1, 'x')")
+        .await
+        .unwrap();
+    let d = proxy.client().await;
+    let star = d.prepare("SELECT * FROM t_shape").await.unwrap();
+    let narrow = d.prepare("SELECT a FROM t_shape").await.unwrap();
+    assert_eq!(d.query(&star, &[]).await.unwrap()[0].len(), 2);
+    // DDL that leaves both results alone: both run on, re-prepared quietly.
+    admin
+        .batch_execute("CREATE INDEX t_shape_a ON t_shape (a)")
+        .await
+        .unwrap();
+    assert_eq!(d.query(&star, &[]).await.unwrap()[0].len(), 2);
+    // A column that changes type under `SELECT *` but not under `SELECT a`.
+    admin
+        .batch_execute("ALTER TABLE t_shape ALTER COLUMN b TYPE int USING 7")
+        .await
+        .unwrap();
+    let err = d.query(&star, &[]).await.unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "0A000", "{err:?}");
+    assert_eq!(db.message(), "cached plan must not change result type");
+    // Postgres keeps refusing that statement; the other one runs; a new prepare sees the
+    // new shape.
+    assert!(d.query(&star, &[]).await.is_err());
+    assert_eq!(d.query(&narrow, &[]).await.unwrap()[0].get::<_, i32>(0), 1);
+    let again = d.prepare("SELECT * FROM t_shape").await.unwrap();
+    assert_eq!(d.query(&again, &[]).await.unwrap()[0].get::<_, i32>(1), 7);
+    // Inside a transaction block the error aborts the block, as in Postgres: the client's
+    // ReadyForQuery says so, and only ROLLBACK gets through.
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    w.parse("held", "SELECT * FROM t_shape")
+        .describe(b'S', "held")
+        .sync();
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    admin
+        .batch_execute("ALTER TABLE t_shape ADD COLUMN c int")
+        .await
+        .unwrap();
+    w.query("BEGIN");
+    w.send().await;
+    w.until_ready().await;
+    w.bind("", "held", &[]).execute("", 0).sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(
+        first_error(&got).as_deref(),
+        Some("0A000"),
+        "{}",
+        tags(&got)
+    );
+    assert_eq!(got.last().map(|m| m.1.to_vec()), Some(vec![b'E']));
+    w.query("SELECT 1");
+    w.send().await;
+    assert_eq!(
+        first_error(&w.until_ready().await).as_deref(),
+        Some("25P02")
+    );
+    w.query("ROLLBACK");
+    w.send().await;
+    let end = w.until_ready().await;
+    assert_eq!(end.last().map(|m| m.1.to_vec()), Some(vec![b'I']));
+}
+
 /// `DEALLOCATE` / `DISCARD ALL` among other statements — a multi-statement Query, or a
 /// pipeline (psycopg's pipeline mode sends `ROLLBACK` then `DEALLOCATE ALL`) — act on the
 /// client's statements as the proxy keeps them and never reach a backend, whose prepared

@@ -145,6 +145,16 @@ pub(super) struct Effects {
     reshapes: bool,
 }
 
+/// What [`Session::shape_check`] found.
+enum ShapeCheck {
+    /// Every statement the connection had to prepare describes as the client holds it.
+    Same,
+    /// The statement bound by the op at this index now has another result shape.
+    Changed(usize),
+    /// Preparing a statement failed on the shard (its error); the shard skips to Sync.
+    Failed(ProxyError),
+}
+
 /// One decoded pipeline message, ready to run.
 pub(super) enum Op {
     Parse(Arc<Prepared>),
@@ -651,7 +661,11 @@ impl Session {
                 // (pgbench -M extended, node-postgres, JDBC's first runs): the one the
                 // session has is kept, with its plan, instead of decoded and built again.
                 if let Some(p) = self.stmts.get("").filter(|p| p.is_unnamed_parse(f.body())) {
-                    return Ok(Op::Parse(p.clone()));
+                    if !p.shape.changed() {
+                        // Parsed anew: the client describes it again if it decodes by that.
+                        p.shape.forget();
+                        return Ok(Op::Parse(p.clone()));
+                    }
                 }
                 let m = ParseMsg::decode(f.body()).map_err(proto)?;
                 let plan = self.topo.cache.get(&self.topo.map, m.query)?;
@@ -875,6 +889,40 @@ impl Session {
         let describes = ops
             .iter()
             .any(|o| matches!(o, Op::DescribeStmt(_) | Op::Raw(_, Expect::Describe)));
+        // A statement the client decodes by an earlier description, prepared again here:
+        // its shape is checked first, and a changed one refused as Postgres refuses it.
+        let mut own_cut = None;
+        if cut.is_none() && !detached {
+            match self.shape_check(idx, &ops).await? {
+                ShapeCheck::Same => {}
+                ShapeCheck::Changed(at) => {
+                    // Outside a transaction block the pipeline is one implicit transaction
+                    // the error undoes: what came before runs only if it writes nothing.
+                    let writes = ops[..at]
+                        .iter()
+                        .any(|o| matches!(o, Op::Bind(p, ..) if p.plan.writes()));
+                    let keep = if self.txn.status == b'I' && writes {
+                        0
+                    } else {
+                        at
+                    };
+                    self.forget_later_statements(&ops[keep..]);
+                    ops.truncate(keep);
+                    own_cut = Some(ProxyError::Backend {
+                        code: "0A000".into(),
+                        message: super::shape::CHANGED.into(),
+                    });
+                }
+                ShapeCheck::Failed(e) => {
+                    // The backend skips to Sync after the failed Parse (and a transaction
+                    // block on it is aborted): nothing else of the pipeline runs.
+                    self.forget_later_statements(&ops);
+                    ops.clear();
+                    own_cut = Some(e);
+                }
+            }
+        }
+        let cut = cut.or(own_cut.as_ref());
         let mut retry = sync && cut.is_none() && self.txn.status == b'I' && describes;
         let out_mark = self.out.len();
         loop {
@@ -902,6 +950,15 @@ impl Session {
             }
             // After an error at a Flush the backend discards everything until a Sync: end its
             // exchange now (the client's messages until its own Sync are discarded by the proxy).
+            let mut outcome = outcome;
+            if own_cut.is_some() {
+                // The error the proxy put in the exchange fails it like a shard's error.
+                outcome.error = true;
+            }
+            if cut.is_some() && sync && outcome.status == b'T' {
+                // The shard's block is fine, the client's is failed (see below).
+                outcome.status = b'E';
+            }
             let open = outcome.error && !sync && !detached && cut.is_none();
             if outcome.error && (open || !added.is_empty()) {
                 self.forget_statements(idx, &added, open).await?;
@@ -930,6 +987,69 @@ impl Session {
                 error,
                 forwarded: false,
             }),
+        }
+    }
+
+    /// Checks, before an exchange on connection `idx`, the statements its Binds use that the
+    /// connection lacks and whose shape the client holds (see [`super::shape`]): each is
+    /// prepared and described there (Parse, Describe, Flush — no Sync, so an implicit
+    /// transaction the pipeline has open stays open) and its description compared.
+    async fn shape_check(&mut self, idx: usize, ops: &[Op]) -> Result<ShapeCheck, RelayError> {
+        let shard = self.conns[idx].shard;
+        for (at, op) in ops.iter().enumerate() {
+            let Op::Bind(p, ..) = op else { continue };
+            if p.shape.changed() {
+                return Ok(ShapeCheck::Changed(at));
+            }
+            let Some(held) = p.shape.known() else {
+                continue;
+            };
+            if self.conns[idx].prepared.contains(&p.name_hash) {
+                continue;
+            }
+            let conn = &mut self.conns[idx];
+            let mut msg = BytesMut::new();
+            build::parse(&mut msg, &p.backend_name, &p.sql, &p.types);
+            build::target(&mut msg, b'D', b'S', &p.backend_name);
+            build::empty(&mut msg, b'H');
+            let backend = |error| RelayError::Backend {
+                shard,
+                error,
+                forwarded: false,
+            };
+            conn.write_all(&msg).await.map_err(backend)?;
+            loop {
+                let f = conn.read_frame().await.map_err(backend)?;
+                match f.tag {
+                    b'E' => {
+                        let (code, message) = crate::protocol::error_fields(f.body());
+                        self.shared.telemetry.error(&code);
+                        return Ok(ShapeCheck::Failed(ProxyError::Backend { code, message }));
+                    }
+                    b'T' | b'n' => {
+                        conn.prepared.insert(p.name_hash);
+                        if super::shape::fingerprint(f.tag, f.body()) != Some(held) {
+                            p.shape.mark_changed();
+                            tracing::debug!(shard = %self.shard_name(shard), statement = %p.backend_name, "a prepared statement's result changed since the client described it");
+                            return Ok(ShapeCheck::Changed(at));
+                        }
+                        break;
+                    }
+                    // ParseComplete, ParameterDescription, notices.
+                    _ => {}
+                }
+            }
+        }
+        Ok(ShapeCheck::Same)
+    }
+
+    /// Forgets the statements that Parse messages among `ops` named: the pipeline stops
+    /// before them, so (as in Postgres) they were never created.
+    fn forget_later_statements(&mut self, ops: &[Op]) {
+        for op in ops {
+            if let Op::Parse(q) = op {
+                self.stmts.retain(|_, s| !Arc::ptr_eq(s, q));
+            }
         }
     }
 
@@ -985,7 +1105,7 @@ impl Session {
                     Op::DescribeStmt(p) => {
                         ensure(p, &mut msg, &mut ex, conn);
                         build::target(&mut msg, b'D', b'S', &p.backend_name);
-                        ex.push_back(Expect::Describe);
+                        ex.push_back(Expect::DescribeStmt(p.clone()));
                     }
                     Op::Raw(f, e) => {
                         msg.extend_from_slice(&f.raw);
@@ -1005,10 +1125,13 @@ impl Session {
             ex.push_back(Expect::Local(b.freeze()));
             self.txn.fail();
         }
-        if sync {
+        // An error the proxy adds inside a transaction block fails the block: the client's
+        // ReadyForQuery says 'E' although the shard's block is fine.
+        let failed_block = cut.is_some() && self.txn.status != b'I';
+        if sync && !failed_block {
             build::empty(&mut msg, b'S');
             ex.push_back(Expect::Sync);
-        } else if cut.is_some() || detached {
+        } else if sync || cut.is_some() || detached {
             // The client has not sent Sync yet: end the backend's exchange quietly; the
             // client's own Sync (after skipped messages) gets the ReadyForQuery.
             build::empty(&mut msg, b'S');
@@ -1025,6 +1148,9 @@ impl Session {
         }
         self.scratch.put_msg(msg);
         let outcome = self.relay_one(idx, &mut ex, false).await?;
+        if sync && failed_block {
+            self.push_ready();
+        }
         Ok((outcome, ex, added))
     }
 
@@ -1564,7 +1690,7 @@ impl Session {
         let mut ex = VecDeque::new();
         ex.push_back(Expect::Parse { swallow: true });
         if describe {
-            ex.push_back(Expect::Describe);
+            ex.push_back(Expect::DescribeStmt(p.clone()));
         }
         ex.push_back(Expect::Query { hide_ready: true });
         let r = self.relay_one(idx, &mut ex, false).await.map(Ok);

@@ -12,6 +12,7 @@ mod pipeline_control;
 mod relay;
 mod session_fn;
 pub mod settings;
+pub mod shape;
 mod simple;
 mod txn;
 
@@ -249,6 +250,8 @@ pub struct Prepared {
     /// The body of a Parse that defines this statement as the unnamed one, byte for byte, so a
     /// re-sent Parse is recognised with one comparison, before any decoding.
     unnamed_parse: Box<[u8]>,
+    /// The result shape the client was told this statement has (see [`shape`]).
+    pub shape: shape::Shape,
 }
 
 /// A per-process secret in the names of the proxy's statements on the backends: stable
@@ -288,6 +291,7 @@ impl Prepared {
             backend_name: format!("sw_{name_hash:016x}"),
             name_hash,
             unnamed_parse: unnamed_parse.into_boxed_slice(),
+            shape: shape::Shape::default(),
         }
     }
 }

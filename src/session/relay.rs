@@ -26,6 +26,9 @@ pub enum Expect {
     Bind,
     /// Describe -> (ParameterDescription) RowDescription | NoData.
     Describe,
+    /// Describe of a client's statement: as `Describe`, and the client's statement remembers
+    /// the shape it was given (see `shape`).
+    DescribeStmt(std::sync::Arc<super::Prepared>),
     /// Execute -> rows, then CommandComplete | EmptyQueryResponse | PortalSuspended.
     Execute,
     /// Close -> CloseComplete.
@@ -81,7 +84,7 @@ fn completes(e: &Expect, tag: u8) -> bool {
     match e {
         Expect::Parse { .. } => tag == b'1',
         Expect::Bind => tag == b'2',
-        Expect::Describe => tag == b'T' || tag == b'n',
+        Expect::Describe | Expect::DescribeStmt(_) => tag == b'T' || tag == b'n',
         Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
         Expect::Close => tag == b'3',
         Expect::Sync | Expect::Query { .. } => tag == b'Z',
@@ -195,6 +198,9 @@ impl Session {
                 tag => {
                     if !swallow {
                         self.out.extend_from_slice(&f.raw);
+                        if let Some(Expect::DescribeStmt(p)) = expects.front() {
+                            p.shape.note(tag, f.body());
+                        }
                     }
                     if expects.front().map(|e| completes(e, tag)).unwrap_or(false) {
                         expects.pop_front();
