@@ -1373,3 +1373,64 @@ async fn go_drivers_through_the_proxy() {
     .arg(id_list(&ids));
     common::run_program(cmd, "go checks passed").await;
 }
+
+/// psycopg's pipeline mode ends a failed savepoint with `ROLLBACK TO` and `RELEASE` in one
+/// pipeline (one Sync): both run, on every shard the transaction holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_to_and_release_in_one_pipeline() {
+    let (_env, proxy, ids) = setup(4).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    w.query("BEGIN");
+    w.send().await;
+    w.until_ready().await;
+    w.query(&format!(
+        "UPDATE users SET name = 'a' WHERE id = {}",
+        ids[0]
+    ));
+    w.send().await;
+    w.until_ready().await;
+    w.query("SAVEPOINT s1");
+    w.send().await;
+    w.until_ready().await;
+    w.query(&format!(
+        "UPDATE users SET name = 'b' WHERE id = {}",
+        ids[1]
+    ));
+    w.send().await;
+    w.until_ready().await;
+    w.query("SELECT 1/0");
+    w.send().await;
+    assert_eq!(
+        first_error(&w.until_ready().await).as_deref(),
+        Some("22012")
+    );
+    w.parse("", "ROLLBACK TO s1")
+        .bind("", "", &[])
+        .describe(b'P', "")
+        .execute("", 0)
+        .parse("", "RELEASE s1")
+        .bind("", "", &[])
+        .describe(b'P', "")
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(tags(&got), "12nC12nCZ");
+    assert_eq!(got.last().map(|m| m.1.to_vec()), Some(vec![b'T']));
+    w.query("COMMIT");
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    let c = proxy.client().await;
+    let names: Vec<String> = c
+        .query(
+            "SELECT name FROM users WHERE id = ANY($1) ORDER BY id = $2 DESC",
+            &[&vec![ids[0], ids[1]], &ids[0]],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, vec!["a".to_string(), format!("user-{}", ids[1])]);
+}

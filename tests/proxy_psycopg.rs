@@ -227,3 +227,61 @@ print("cursor checks passed")
     cmd.args(["-c", script, &proxy.conninfo()]);
     common::run_program(cmd, "cursor checks passed").await;
 }
+
+/// The same nesting in psycopg's pipeline mode: after the error inside the savepoint,
+/// psycopg sends `ROLLBACK TO SAVEPOINT` and `RELEASE SAVEPOINT` in one pipeline (one Sync),
+/// and the transaction goes on and commits on every shard it reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_pipeline_savepoint_recovers() {
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(&env, TABLES, "").await;
+    let map =
+        shardwire::shardmap::ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
+    let on = |s: usize| {
+        (1..1000i64)
+            .find(|&id| map.hash_shard(&shardwire::keys::KeyValue::Int(id)) == s)
+            .unwrap()
+    };
+    let (a, b, d) = (on(0), on(1), on(2));
+    let c = proxy.client().await;
+    common::create_users(&c, "", 0).await;
+    for id in [a, b, d] {
+        c.execute("INSERT INTO users (id, name) VALUES ($1, 'orig')", &[&id])
+            .await
+            .unwrap();
+    }
+    let script = r#"
+import sys, psycopg
+conn = psycopg.connect(sys.argv[1])
+a, b, d = map(int, sys.argv[2].split(","))
+cur = conn.cursor()
+with conn.pipeline():
+    with conn.transaction():
+        cur.execute("UPDATE users SET name = 'outer' WHERE id = %s", (a,))
+        try:
+            with conn.transaction():
+                cur.execute("UPDATE users SET name = 'inner' WHERE id = %s", (b,))
+                cur.execute("SELECT 1/0")
+        except psycopg.errors.DivisionByZero:
+            print("inner rolled back")
+        cur.execute("UPDATE users SET name = 'after' WHERE id = %s", (d,))
+        cur.execute("SELECT name FROM users WHERE id = %s", (d,))
+        print("seen", cur.fetchone()[0])
+print("done")
+"#;
+    let mut cmd = Command::new(python());
+    cmd.args(["-c", script, &proxy.conninfo(), &format!("{a},{b},{d}")]);
+    let stdout = common::run_program(cmd, "done").await;
+    assert!(stdout.contains("inner rolled back"), "{stdout}");
+    assert!(stdout.contains("seen after"), "{stdout}");
+    for (shard, id, want) in [(0, a, "outer"), (1, b, "orig"), (2, d, "after")] {
+        let name: String = env
+            .shard_client(shard)
+            .await
+            .query_one("SELECT name FROM users WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(name, want, "id {id} on shard {shard}");
+    }
+}

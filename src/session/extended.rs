@@ -19,7 +19,7 @@ use super::{
 };
 use crate::error::ProxyError;
 use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
-use crate::router::{RouteSpec, ShardSet, StmtKind};
+use crate::router::{RouteSpec, SavepointOp, ShardSet, StmtKind};
 
 /// A Bind body after the statement name that binds the client's parameters `take` (in that
 /// order), each with its own format code, and asks for the client's result formats.
@@ -143,6 +143,9 @@ pub(super) struct Effects {
     settings: Vec<(StmtKind, String)>,
     /// Some statement alters, drops or renames schema objects (see `StmtPlan::reshapes`).
     reshapes: bool,
+    /// A `ROLLBACK TO SAVEPOINT` that ends a failed transaction's failure is executed earlier
+    /// in the pipeline: what follows it is not refused up front.
+    recovers: bool,
 }
 
 /// What [`Session::shape_check`] found.
@@ -234,6 +237,17 @@ impl Session {
         }
         if sync && cut.is_none() && batch.open.is_none() && self.transaction_batch(&ops).await? {
             return Ok(());
+        }
+        if fx.recovers && cut.is_none() {
+            // A ROLLBACK TO acts on every shard the transaction holds, as the proxy runs it
+            // (`transaction_batch`), never inside a pipeline relayed to one shard.
+            cut = Some(ProxyError::Unsupported(
+                "in a failed transaction, send ROLLBACK TO SAVEPOINT in a pipeline of transaction-control statements only, then Sync".into(),
+            ));
+            ops.clear();
+            if !sync {
+                batch.skip_to_sync = true;
+            }
         }
         if cut.is_some() && self.txn.status == b'I' && batch.open.is_none() {
             // Postgres runs a pipeline outside a transaction block as one implicit transaction:
@@ -638,7 +652,7 @@ impl Session {
             e => ProxyError::Protocol(e.to_string()),
         };
         // In a transaction the proxy failed, only COMMIT/ROLLBACK (and Close) get through.
-        if self.txn.failed && f.tag != b'C' && !self.ends_transaction(&f) {
+        if self.txn.failed && !fx.recovers && f.tag != b'C' && !self.ends_transaction(&f) {
             return Err(ProxyError::InFailedTransaction);
         }
         let mut merge = |t: Target, s: &Session| -> Result<(), ProxyError> {
@@ -785,6 +799,13 @@ impl Session {
                 }
                 if stmt.plan.writes() {
                     fx.writes = true;
+                }
+                if self.txn.failed
+                    && stmt.plan.stmts.first().is_some_and(|s| {
+                        matches!(s.kind, StmtKind::Savepoint(SavepointOp::RollbackTo(_)))
+                    })
+                {
+                    fx.recovers = true;
                 }
                 // Its Bind registered the portal as merged when it runs on several shards. A
                 // plain concatenation fetched whole streams through the shards' own portals;

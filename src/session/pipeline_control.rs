@@ -110,44 +110,103 @@ impl Session {
         })
     }
 
-    /// A batch of one transaction-control statement — Parse/Bind/Describe of a BEGIN, COMMIT,
-    /// ROLLBACK, a savepoint command or (inside a transaction) a settings statement, then its
-    /// Execute last — is answered like the simple protocol does: BEGIN starts the transaction
-    /// lazily on the shards later statements reach; the others act on every shard the
-    /// transaction holds (see [`super::txn`]). Returns whether it handled it.
+    /// A pipeline of transaction-control statements — each Parse/Bind/Describe of a BEGIN,
+    /// COMMIT, ROLLBACK, a savepoint command or (inside a transaction) a settings statement,
+    /// then its Execute — is answered like the simple protocol answers them: BEGIN starts the
+    /// transaction lazily on the shards later statements reach; the others act on every shard
+    /// the transaction holds (see [`super::txn`]). Several run one after another (psycopg's
+    /// pipeline mode sends `ROLLBACK TO SAVEPOINT` and `RELEASE SAVEPOINT` with one Sync); the
+    /// first error skips the rest, as in Postgres. Returns whether it handled the pipeline.
     pub(super) async fn transaction_batch(&mut self, ops: &[Op]) -> Result<bool, SessionEnd> {
         let kind_of = |p: &Prepared| p.plan.stmts.first().map(|s| s.kind.clone());
-        let mut exec: Option<Arc<Prepared>> = None;
+        // Each statement's messages end at its Execute; only proxy-made replies may follow.
+        let mut groups: Vec<(&[Op], Arc<Prepared>)> = Vec::new();
+        let mut from = 0;
+        // The transaction status each statement meets, as the ones before it leave it.
+        let mut status = self.txn.status;
+        // The statement the group's own Bind bound: its portal (the unnamed one, mostly) is
+        // bound again by the next group, so the portal names no longer tell.
+        let mut bound: Option<Arc<Prepared>> = None;
         for (i, op) in ops.iter().enumerate() {
             let p = match op {
-                Op::Parse(p) | Op::Bind(p, _, _) | Op::DescribeStmt(p) => p.clone(),
-                Op::Raw(f, Expect::Describe) => match self.statement_of(f) {
-                    Some(p) => p,
-                    None => return Ok(false),
-                },
-                Op::Raw(f, Expect::Execute) if i + 1 == ops.len() => match self.statement_of(f) {
-                    Some(p) => {
-                        exec = Some(p.clone());
-                        p
+                Op::Bind(p, _, _) => {
+                    bound = Some(p.clone());
+                    p.clone()
+                }
+                Op::Parse(p) | Op::DescribeStmt(p) => p.clone(),
+                Op::Raw(f, Expect::Describe) => {
+                    match bound.clone().or_else(|| self.statement_of(f)) {
+                        Some(p) => p,
+                        None => return Ok(false),
                     }
-                    None => return Ok(false),
-                },
+                }
+                Op::Raw(f, Expect::Execute) => {
+                    match bound.take().or_else(|| self.statement_of(f)) {
+                        Some(p) => {
+                            groups.push((&ops[from..=i], p.clone()));
+                            from = i + 1;
+                            p
+                        }
+                        None => return Ok(false),
+                    }
+                }
                 Op::Local(_) => continue,
                 _ => return Ok(false),
             };
+            let executes = matches!(op, Op::Raw(_, Expect::Execute));
             match kind_of(&p) {
-                Some(StmtKind::Begin) if self.txn.status == b'I' && self.conns.is_empty() => {}
-                Some(StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint(_))
-                    if self.txn.status != b'I' => {}
-                Some(k) if self.txn.status != b'I' && super::txn::is_setting(&k) => {}
+                Some(StmtKind::Begin) if status == b'I' && self.conns.is_empty() => {
+                    if executes {
+                        status = b'T';
+                    }
+                }
+                Some(StmtKind::Commit | StmtKind::Rollback) if status != b'I' => {
+                    if executes {
+                        status = b'I';
+                    }
+                }
+                Some(StmtKind::Savepoint(_)) if status != b'I' => {}
+                Some(k) if status != b'I' && super::txn::is_setting(&k) => {}
                 Some(StmtKind::DiscardAll | StmtKind::Deallocate(_) | StmtKind::SessionFn(_)) => {}
                 _ => return Ok(false),
             }
         }
-        let Some(exec) = exec else { return Ok(false) };
+        if groups.is_empty() || !ops[from..].iter().all(|o| matches!(o, Op::Local(_))) {
+            return Ok(false);
+        }
+        // A session function is one statement alone (its row needs the Bind's formats).
+        if groups.len() > 1
+            && groups
+                .iter()
+                .any(|(_, p)| matches!(kind_of(p), Some(StmtKind::SessionFn(_))))
+        {
+            return Ok(false);
+        }
+        for (group, exec) in groups {
+            if !self.control_statement(group, &exec).await? {
+                break;
+            }
+        }
+        for op in &ops[from..] {
+            if let Op::Local(b) = op {
+                self.out.extend_from_slice(b);
+            }
+        }
+        self.push_ready();
+        Ok(true)
+    }
+
+    /// One statement of [`Session::transaction_batch`]: the replies to its messages, then
+    /// the statement itself. Returns false when it failed (the pipeline stops there).
+    async fn control_statement(
+        &mut self,
+        ops: &[Op],
+        exec: &Arc<Prepared>,
+    ) -> Result<bool, SessionEnd> {
+        let kind_of = |p: &Prepared| p.plan.stmts.first().map(|s| s.kind.clone());
         // A session function returns a row (in the formats its Bind asked for); the other
         // statements here return none.
-        let func = match kind_of(&exec) {
+        let func = match kind_of(exec) {
             Some(StmtKind::SessionFn(f)) => Some(f),
             _ => None,
         };
@@ -182,34 +241,27 @@ impl Session {
             }
         }
         let sql = exec.sql.trim().trim_end_matches(';').to_string();
-        match kind_of(&exec) {
+        match kind_of(exec) {
             Some(StmtKind::Begin) => {
                 build::command_complete(&mut self.out, super::txn::begin_tag(&sql));
                 self.txn = Txn::begun(sql);
-                self.push_ready();
             }
             Some(k @ (StmtKind::Commit | StmtKind::Rollback)) => {
-                self.end_transaction(k == StmtKind::Commit, &sql, true)
-                    .await?;
+                return self
+                    .end_transaction(k == StmtKind::Commit, &sql, false)
+                    .await;
             }
-            Some(StmtKind::Savepoint(op)) => {
-                self.savepoint(&op, &sql).await?;
-                self.push_ready();
-            }
+            Some(StmtKind::Savepoint(op)) => self.savepoint(&op, &sql).await?,
             Some(k @ (StmtKind::DiscardAll | StmtKind::Deallocate(_))) => {
                 let _ = self.session_command(&k);
-                self.push_ready();
             }
             Some(StmtKind::SessionFn(f)) => {
                 self.session_fn(&f, false, binary, bind.as_ref()).await;
-                self.push_ready();
             }
-            Some(k) => {
-                self.txn_setting(&k, &sql).await?;
-                self.push_ready();
-            }
-            None => return Ok(false),
+            Some(k) => self.txn_setting(&k, &sql).await?,
+            None => {}
         }
-        Ok(true)
+        // In a block, an error leaves it failed (a ROLLBACK TO that worked, not).
+        Ok(!self.txn.failed)
     }
 }
