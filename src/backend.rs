@@ -41,6 +41,14 @@ pub enum BackendError {
         /// Server message.
         message: String,
     },
+    /// The shard ended a working session with a FATAL error.
+    #[error("the shard ended the session: {message} (SQLSTATE {code})")]
+    Ended {
+        /// SQLSTATE.
+        code: String,
+        /// Server message.
+        message: String,
+    },
     /// The shard asked for an authentication method we cannot do.
     #[error("unsupported authentication request {0} from shard")]
     UnsupportedAuth(i32),
@@ -100,6 +108,9 @@ pub struct BackendConn {
     pub discard: bool,
     /// Transaction status of the last ReadyForQuery it sent (`I`, `T`, `E`).
     pub ready_status: u8,
+    /// Set at the first ReadyForQuery: the login is over, and a FATAL from here on ends a
+    /// working session (see [`BackendConn::read_frame`]).
+    logged_in: bool,
 }
 
 impl BackendConn {
@@ -142,6 +153,7 @@ impl BackendConn {
             broken: false,
             discard: false,
             ready_status: b'I',
+            logged_in: false,
         };
         let mut buf = BytesMut::new();
         let timeout_ms = statement_timeout.map(|d| d.as_millis().to_string());
@@ -259,12 +271,23 @@ impl BackendConn {
         }
     }
 
-    /// Reads one message; a closed connection is an error.
+    /// Reads one message; a closed connection is an error. So is a FATAL (or PANIC) error
+    /// after login — the shard ends the session right after it (an administrator's
+    /// `pg_terminate_backend`, a shutdown, `idle_in_transaction_session_timeout`): it is
+    /// never relayed as is, since the client's session goes on through the proxy.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         match self.reader.next().await {
             Ok(Some(f)) => {
                 if f.tag == b'Z' {
                     self.ready_status = f.body().first().copied().unwrap_or(b'I');
+                    self.logged_in = true;
+                } else if f.tag == b'E'
+                    && self.logged_in
+                    && crate::protocol::error_is_fatal(f.body())
+                {
+                    self.broken = true;
+                    let (code, message) = error_fields(f.body());
+                    return Err(BackendError::Ended { code, message });
                 }
                 Ok(f)
             }

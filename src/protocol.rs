@@ -754,6 +754,25 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
     (code, msg)
 }
 
+/// Whether an ErrorResponse body has severity FATAL or PANIC (the non-localized `V` field,
+/// else the localized `S`): the sender closes the connection after it.
+pub fn error_is_fatal(body: &[u8]) -> bool {
+    let mut c = Cursor::new(body, "ErrorResponse");
+    let mut severity = None;
+    while let Ok(t) = c.u8() {
+        if t == 0 {
+            break;
+        }
+        let Ok(v) = c.cstr() else { break };
+        match t {
+            b'V' => return matches!(v, "FATAL" | "PANIC"),
+            b'S' => severity = Some(v),
+            _ => {}
+        }
+    }
+    matches!(severity, Some("FATAL" | "PANIC"))
+}
+
 /// The NUL-terminated text body of a CommandComplete.
 pub fn command_tag(body: &[u8]) -> &str {
     let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());

@@ -1434,3 +1434,93 @@ async fn rollback_to_and_release_in_one_pipeline() {
         .collect();
     assert_eq!(names, vec!["a".to_string(), format!("user-{}", ids[1])]);
 }
+
+/// The severity field of an ErrorResponse body.
+fn severity(body: &[u8]) -> String {
+    body.split(|&b| b == 0)
+        .find(|f| f.first() == Some(&b'S'))
+        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+        .unwrap_or_default()
+}
+
+/// A shard session ended under the proxy — an administrator's `pg_terminate_backend` on
+/// the shard, a shard restart — while a client holds it (in a transaction, or mid-statement):
+/// the shard's FATAL is not relayed (the client's session is the proxy's and goes on; drivers
+/// such as node-postgres wait for a close that would never come). The client gets an
+/// ERROR, its transaction is over, and its next statements run on fresh connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_session_ended_by_its_administrator_is_an_error_not_a_hangup() {
+    let (env, proxy, ids) = setup(1).await;
+    let shard0 = env.shard_client(0).await;
+    let kill = |cond: &str| {
+        format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND {cond}"
+        )
+    };
+    let read = format!("SELECT name FROM users WHERE id = {}", ids[0]);
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    // In a transaction holding the shard.
+    w.query("BEGIN");
+    w.send().await;
+    w.until_ready().await;
+    w.query(&format!(
+        "UPDATE users SET name = 'gone' WHERE id = {}",
+        ids[0]
+    ));
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    let killed: i64 = shard0
+        .query_one(&kill("state = 'idle in transaction'"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    w.query(&read);
+    w.send().await;
+    let got = w.until_ready().await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let err = got.iter().find(|m| m.0 == b'E').expect("an error");
+    assert_eq!(severity(&err.1), "ERROR", "{}", tags(&got));
+    assert_eq!(got.last().map(|m| m.1.to_vec()), Some(vec![b'E']));
+    w.query("ROLLBACK");
+    w.send().await;
+    let end = w.until_ready().await;
+    assert_eq!(end.last().map(|m| m.1.to_vec()), Some(vec![b'I']));
+    w.query(&read);
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_values(&got), vec![format!("user-{}", ids[0])]);
+    // Mid-statement, outside a transaction block.
+    w.query(&format!(
+        "SELECT pg_sleep(5)::text FROM users WHERE id = {}",
+        ids[0]
+    ));
+    w.send().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed: i64 = shard0
+        .query_one(&kill("query LIKE '%pg_sleep(5)%'"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    let started = Instant::now();
+    let got = w.until_ready().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?} {}",
+        started.elapsed(),
+        tags(&got)
+    );
+    let err = got.iter().find(|m| m.0 == b'E').expect("an error");
+    assert_eq!(severity(&err.1), "ERROR", "{}", tags(&got));
+    assert_eq!(got.last().map(|m| m.1.to_vec()), Some(vec![b'I']));
+    w.query(&read);
+    w.send().await;
+    assert_eq!(
+        first_values(&w.until_ready().await),
+        vec![format!("user-{}", ids[0])]
+    );
+}

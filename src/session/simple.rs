@@ -224,6 +224,7 @@ impl Session {
         hide_ready: bool,
     ) -> Result<bool, SessionEnd> {
         let mut attempt = 0;
+        let out_mark = self.out.len();
         loop {
             attempt += 1;
             let reused = self.conns.is_empty();
@@ -321,8 +322,12 @@ impl Session {
                 }) => {
                     let e = self.backend_failed(shard, &error);
                     // A pooled connection that died while idle (shard restart) is retried once
-                    // on a fresh one, when nothing reached the client and no transaction is open.
-                    if attempt == 1 && reused && !forwarded && self.txn.status == b'I' {
+                    // on a fresh one, when nothing reached the client and no transaction is open
+                    // — never when the shard ended the session on purpose with a FATAL while
+                    // the statement ran (an administrator's pg_terminate_backend stops it).
+                    let ended = matches!(error, crate::backend::BackendError::Ended { .. });
+                    if attempt == 1 && reused && !forwarded && !ended && self.txn.status == b'I' {
+                        self.out.truncate(out_mark);
                         continue;
                     }
                     self.lose_transaction();
