@@ -108,6 +108,9 @@ pub struct BackendConn {
     pub discard: bool,
     /// Transaction status of the last ReadyForQuery it sent (`I`, `T`, `E`).
     pub ready_status: u8,
+    /// The `client_encoding` the connection runs with when it is not UTF-8: the text of the
+    /// Query and Parse messages the proxy writes is converted to it (see [`crate::encoding`]).
+    pub codec: Option<crate::encoding::Codec>,
     /// Set at the first ReadyForQuery: the login is over, and a FATAL from here on ends a
     /// working session (see [`BackendConn::read_frame`]).
     logged_in: bool,
@@ -154,6 +157,7 @@ impl BackendConn {
             discard: false,
             ready_status: b'I',
             logged_in: false,
+            codec: None,
         };
         let mut buf = BytesMut::new();
         let timeout_ms = statement_timeout.map(|d| d.as_millis().to_string());
@@ -322,6 +326,10 @@ impl BackendConn {
 
     /// Writes bytes to the shard.
     pub async fn write_all(&mut self, data: &[u8]) -> Result<(), BackendError> {
+        let converted = self
+            .codec
+            .and_then(|c| crate::encoding::to_client_messages(&c, data));
+        let data = converted.as_deref().unwrap_or(data);
         // flush() is a no-op on plain sockets; TLS may hold the tail back until flushed.
         let sent = match self.writer.write_all(data).await {
             Ok(()) => self.writer.flush().await,

@@ -285,3 +285,43 @@ print("done")
         assert_eq!(name, want, "id {id} on shard {shard}");
     }
 }
+
+/// psycopg with a LATIN9 connection (`client_encoding` at connect, as psycopg's own suite
+/// does): statements and parameters in LATIN9 — bound server-side and client-side — read
+/// back as sent, stored as the same characters a UTF-8 client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_latin9_connection() {
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(&env, TABLES, "").await;
+    let c = proxy.client().await;
+    common::create_users(&c, "", 0).await;
+    let script = r#"
+import sys, psycopg
+conn = psycopg.connect(sys.argv[1], client_encoding="latin9", autocommit=True)
+assert conn.info.encoding == "iso8859-15", conn.info.encoding
+cur = conn.cursor()
+for i, name in [(1, "€uro"), (2, "œuvre"), (3, "Ÿ")]:
+    cur.execute("INSERT INTO users (id, name) VALUES (%s, %s)", (i, name))
+cur.execute("SELECT name FROM users WHERE id = %s AND name <> 'ž'", (1,))
+assert cur.fetchone()[0] == "€uro"
+cur = psycopg.ClientCursor(conn)
+cur.execute("SELECT name FROM users WHERE id = %s AND name = %s", (2, "œuvre"))
+assert cur.fetchone()[0] == "œuvre"
+cur.execute("SELECT count(*) FROM users WHERE name LIKE 'Ÿ%'")
+assert cur.fetchone()[0] == 1
+try:
+    cur.execute("SELECT * FROM nowhere_€")
+except psycopg.errors.UndefinedTable as e:
+    assert "nowhere_€" in str(e), str(e)
+print("done")
+"#;
+    let mut cmd = Command::new(python());
+    cmd.args(["-c", script, &proxy.conninfo()]);
+    common::run_program(cmd, "done").await;
+    let rows = c
+        .query("SELECT name FROM users ORDER BY id", &[])
+        .await
+        .unwrap();
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, vec!["€uro", "œuvre", "Ÿ"]);
+}

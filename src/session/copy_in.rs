@@ -93,6 +93,16 @@ impl Session {
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
         // Inside a client transaction the COPY joins it (the shards commit together at
         // COMMIT, which needs two-phase commit); outside, it is its own transaction.
+        if let (CopyTarget::Sharded { .. }, Some(c)) = (&plan.target, self.codec) {
+            if !c.ascii_safe() {
+                // Rows are split on ASCII delimiters before any conversion; in these
+                // encodings a character's second byte can be one.
+                return Ok(Err(ProxyError::Unsupported(format!(
+                    "COPY into a sharded table with client_encoding {} is not supported: its multi-byte characters can contain delimiter bytes; use UTF8 for the COPY",
+                    c.name()
+                ))));
+            }
+        }
         let in_txn = self.txn.status != b'I';
         if in_txn {
             let all = self.target_of(crate::router::ShardSet::all(self.topo.map.shards.len()));
@@ -302,6 +312,7 @@ impl Session {
             CopyTarget::Sharded { table, .. } => Some(table.clone()),
             CopyTarget::Reference => None,
         };
+        let codec = self.codec;
         let route = |key: Option<&[u8]>| -> Result<usize, ProxyError> {
             let Some(t) = &table else {
                 return Ok(0);
@@ -312,10 +323,16 @@ impl Session {
                     t.what()
                 )));
             };
-            let text = std::str::from_utf8(raw).map_err(|_| {
-                ProxyError::Protocol("invalid UTF-8 in the shard key of a COPY row".into())
-            })?;
-            let k = key_from_text(t.key_type, text)?;
+            // The key's characters decide its shard, whatever encoding the client speaks.
+            let text = match codec {
+                Some(c) => c
+                    .to_utf8(raw)
+                    .map_err(|e| ProxyError::Encoding(e.to_string()))?,
+                None => std::borrow::Cow::Borrowed(std::str::from_utf8(raw).map_err(|_| {
+                    ProxyError::Protocol("invalid UTF-8 in the shard key of a COPY row".into())
+                })?),
+            };
+            let k = key_from_text(t.key_type, &text)?;
             match map.locate(t, &k, true) {
                 Located::Shard(s) => Ok(s),
                 Located::Nowhere(why) => Err(ProxyError::NoShard(why)),

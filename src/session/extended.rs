@@ -522,8 +522,14 @@ impl Session {
         } else if let Some(split) = &st.split {
             let params = m.params();
             let is_binary = |i: usize| m.is_binary(i);
+            // Keys are read in UTF-8; the shards get the values as sent.
+            let utf8 = self.params_utf8(&params, &is_binary);
+            let keyed: Vec<Option<&[u8]>> = match &utf8 {
+                Some(c) => c.iter().map(|v| v.as_deref()).collect(),
+                None => params.clone(),
+            };
             let parts = split
-                .statements(&self.topo.map, Some((&params, &is_binary)))
+                .statements(&self.topo.map, Some((&keyed, &is_binary)))
                 .ok()?;
             if parts.len() < 2 {
                 return None;
@@ -640,6 +646,40 @@ impl Session {
         Ok(())
     }
 
+    /// Text-format Bind parameters in UTF-8, for reading shard keys, when the client's
+    /// encoding is not UTF-8 and some parameter is not plain ASCII; `None` otherwise (use them
+    /// as sent). The shards still get the parameters as sent: they run in the client's
+    /// encoding. Binary-format values are left alone (their bytes are not text in general;
+    /// drivers that bind text in binary — asyncpg, pgx, JDBC, tokio-postgres — speak UTF-8).
+    fn params_utf8<'p>(
+        &self,
+        params: &[Option<&'p [u8]>],
+        is_binary: &dyn Fn(usize) -> bool,
+    ) -> Option<Vec<Option<std::borrow::Cow<'p, [u8]>>>> {
+        let codec = self.codec?;
+        let needed = params
+            .iter()
+            .enumerate()
+            .any(|(i, v)| !is_binary(i) && v.is_some_and(|v| !v.is_ascii()));
+        if !needed {
+            return None;
+        }
+        let converted = params
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.map(|v| match codec.to_utf8(v) {
+                    Ok(s) if !is_binary(i) => match s {
+                        std::borrow::Cow::Borrowed(s) => std::borrow::Cow::Borrowed(s.as_bytes()),
+                        std::borrow::Cow::Owned(s) => std::borrow::Cow::Owned(s.into_bytes()),
+                    },
+                    _ => std::borrow::Cow::Borrowed(v),
+                })
+            })
+            .collect();
+        Some(converted)
+    }
+
     /// Decodes one message into an operation, registering statements and portals.
     fn prepare_op(
         &mut self,
@@ -714,7 +754,14 @@ impl Session {
                     .map(|s| s.route.clone())
                     .unwrap_or(RouteSpec::Any);
                 let t = m.with_params(|params| {
-                    self.resolve(&route, params, &|i| m.is_binary(i), Default::default())
+                    let is_binary = |i| m.is_binary(i);
+                    match self.params_utf8(params, &is_binary) {
+                        Some(c) => {
+                            let c: Vec<Option<&[u8]>> = c.iter().map(|v| v.as_deref()).collect();
+                            self.resolve(&route, &c, &is_binary, Default::default())
+                        }
+                        None => self.resolve(&route, params, &is_binary, Default::default()),
+                    }
                 })?;
                 if t.is_multi() && stmt.plan.stmts.first().is_some_and(|s| s.split.is_some()) {
                     return Err(ProxyError::Unsupported(

@@ -360,6 +360,8 @@ pub struct Session {
     key_pid: i32,
     /// The proxy user the client logged in as.
     user: Arc<str>,
+    /// The client's encoding when it is not UTF-8 (see [`crate::encoding`]).
+    codec: Option<crate::encoding::Codec>,
 }
 
 impl Session {
@@ -394,6 +396,27 @@ impl Session {
             dirty: false,
             key_pid: 0,
             user: Arc::from(""),
+            codec: None,
+        }
+        .with_codec()
+    }
+
+    /// Follows the client's `client_encoding` (see [`crate::encoding`]).
+    fn with_codec(mut self) -> Self {
+        self.refresh_codec();
+        self
+    }
+
+    fn refresh_codec(&mut self) {
+        let codec = self
+            .settings
+            .client_encoding()
+            .and_then(crate::encoding::Codec::for_name);
+        if codec != self.codec {
+            self.codec = codec;
+            for c in self.conns.iter_mut() {
+                c.codec = codec;
+            }
         }
     }
 
@@ -508,7 +531,19 @@ impl Session {
                         // pending messages are discarded with the statement they belonged to.
                         batch.clear();
                     }
-                    match crate::protocol::decode_query(frame.body()) {
+                    let converted = match self.codec {
+                        Some(c) => match crate::encoding::body_to_utf8(&c, b'Q', frame.body()) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                self.push_error(&ProxyError::Encoding(e.to_string()));
+                                self.push_ready();
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    let body = converted.as_deref().unwrap_or(frame.body());
+                    match crate::protocol::decode_query(body) {
                         Ok(sql) => self.simple_query(sql).await?,
                         // Postgres answers bytes invalid in the client encoding with an error,
                         // not by closing the connection.
@@ -518,6 +553,12 @@ impl Session {
                         }
                         Err(e) => return Err(e.into()),
                     }
+                }
+                b'P' if self.codec.is_some() => {
+                    // The statement in UTF-8 for the proxy; text the encoding cannot read
+                    // stays as sent, and its Parse fails as invalid (22021).
+                    let frame = self.frame_to_utf8(frame);
+                    batch.push(frame)?;
                 }
                 b'P' | b'B' | b'D' | b'E' | b'C' => {
                     batch.push(frame)?;
@@ -534,6 +575,24 @@ impl Session {
                     )))
                 }
             }
+        }
+    }
+
+    /// A Parse message from a client with a non-UTF-8 encoding, its text in UTF-8.
+    fn frame_to_utf8(&self, frame: crate::protocol::Frame) -> crate::protocol::Frame {
+        let Some(c) = self.codec else { return frame };
+        match crate::encoding::body_to_utf8(&c, frame.tag, frame.body()) {
+            Ok(Some(body)) => {
+                let mut raw = BytesMut::with_capacity(body.len() + 5);
+                raw.extend_from_slice(&[frame.tag]);
+                raw.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+                raw.extend_from_slice(&body);
+                crate::protocol::Frame {
+                    tag: frame.tag,
+                    raw: raw.freeze(),
+                }
+            }
+            _ => frame,
         }
     }
 
@@ -845,6 +904,24 @@ impl Session {
                 .map_err(|e| lost(e, pool.info.name.clone()))?;
             conn.prepared.clear();
         }
+        if conn.codec != self.codec {
+            // The replay below is read in the encoding the connection has now: switch it
+            // first, so the text of the client's settings arrives in the one it is sent in.
+            let name = self.codec.map_or("UTF8", |c| c.name());
+            let (err, _) = conn
+                .run_simple(&format!("SET client_encoding TO '{name}'"))
+                .await
+                .map_err(|e| lost(e, pool.info.name.clone()))?;
+            if err.is_some() {
+                conn.broken = true;
+                return Err(ProxyError::Unsupported(format!(
+                    "shard {} does not accept client_encoding {name}",
+                    pool.info.name
+                )));
+            }
+            conn.codec = self.codec;
+            conn.settings_fp = settings::UNKNOWN_FP;
+        }
         if conn.settings_fp != self.settings.fingerprint() {
             let sql = self.settings.replay_sql();
             let (err, _) = conn
@@ -939,5 +1016,6 @@ impl Session {
             SettingChange::Reset(n) => self.settings.reset(&n),
             SettingChange::ResetAll => self.settings.clear(),
         }
+        self.refresh_codec();
     }
 }

@@ -150,6 +150,19 @@ impl Settings {
         self.refresh();
     }
 
+    /// The `client_encoding` these settings give (Postgres's name), `None` for the shards'
+    /// own default (UTF8): a `SET client_encoding`/`SET NAMES` if any, else the startup value.
+    pub fn client_encoding(&self) -> Option<&'static str> {
+        if let Some(e) = self.entries.iter().find(|e| e.name == "client_encoding") {
+            return set_value_of(&e.stmt).and_then(crate::encoding::canonical_encoding);
+        }
+        self.defaults
+            .iter()
+            .find(|e| e.name == "client_encoding")
+            .and_then(|e| e.value.as_deref())
+            .and_then(crate::encoding::canonical_encoding)
+    }
+
     /// The fingerprint compared against a backend connection's.
     pub fn fingerprint(&self) -> u64 {
         self.fp
@@ -174,6 +187,15 @@ impl Settings {
         }
         sql
     }
+}
+
+/// The value a `SET name TO value` / `SET name = value` / `SET NAMES value` statement gives
+/// (quotes removed); `None` for `DEFAULT` or a text it cannot read.
+fn set_value_of(stmt: &str) -> Option<&str> {
+    let t = stmt.trim().trim_end_matches(';').trim_end();
+    let v = t.rsplit(|c: char| c.is_whitespace() || c == '=').next()?;
+    let v = v.trim_matches(|c| c == '\'' || c == '"');
+    (!v.is_empty() && !v.eq_ignore_ascii_case("default")).then_some(v)
 }
 
 /// The settings in a startup packet's `options` value (`PGOPTIONS`, JDBC's `options`):
@@ -255,6 +277,22 @@ mod tests {
         assert!(startup_options("-c").is_err());
         assert!(startup_options("-c novalue").is_err());
         assert_eq!(startup_options("  ").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn client_encoding_follows_set_and_startup() {
+        let mut s = Settings::default();
+        assert_eq!(s.client_encoding(), None);
+        s.set_value("client_encoding", "LATIN1");
+        assert_eq!(s.client_encoding(), Some("LATIN1"));
+        s.set("client_encoding", "SET client_encoding TO 'euc-jp'");
+        assert_eq!(s.client_encoding(), Some("EUC_JP"));
+        s.set("client_encoding", "set names utf8;");
+        assert_eq!(s.client_encoding(), Some("UTF8"));
+        s.set("client_encoding", "SET client_encoding = DEFAULT");
+        assert_eq!(s.client_encoding(), None);
+        s.clear();
+        assert_eq!(s.client_encoding(), Some("LATIN1"));
     }
 
     #[test]
