@@ -629,6 +629,10 @@ pub mod build {
     }
     /// ErrorResponse (or NoticeResponse with tag `N`).
     pub fn error(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
+        error_bytes(buf, severity, code, message.as_bytes());
+    }
+    /// ErrorResponse whose message is already in the client's encoding (not UTF-8).
+    pub fn error_bytes(buf: &mut BytesMut, severity: &str, code: &str, message: &[u8]) {
         let at = begin(buf, b'E');
         buf.put_u8(b'S');
         put_cstr(buf, severity);
@@ -637,7 +641,8 @@ pub mod build {
         buf.put_u8(b'C');
         put_cstr(buf, code);
         buf.put_u8(b'M');
-        put_cstr(buf, message);
+        buf.put_slice(message);
+        buf.put_u8(0);
         buf.put_u8(0);
         finish(buf, at);
     }
@@ -739,16 +744,13 @@ pub mod build {
 pub fn error_fields(body: &[u8]) -> (String, String) {
     let mut code = String::new();
     let mut msg = String::new();
-    let mut c = Cursor::new(body, "ErrorResponse");
-    while let Ok(t) = c.u8() {
-        if t == 0 {
-            break;
-        }
-        let Ok(v) = c.cstr() else { break };
-        match t {
-            b'C' => code = v.to_string(),
-            b'M' => msg = v.to_string(),
-            _ => {}
+    // Field texts are in the connection's client encoding, not always UTF-8: read lossily.
+    for field in body.split(|&b| b == 0) {
+        match field.split_first() {
+            Some((b'C', v)) => code = String::from_utf8_lossy(v).into_owned(),
+            Some((b'M', v)) => msg = String::from_utf8_lossy(v).into_owned(),
+            Some(_) => {}
+            None => break,
         }
     }
     (code, msg)

@@ -625,7 +625,30 @@ impl Session {
     /// Queues an ErrorResponse; inside a transaction it fails the transaction, as in Postgres.
     fn push_error(&mut self, e: &ProxyError) {
         self.shared.telemetry.error(e.sqlstate());
-        build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());
+        let text = e.to_string();
+        match self.codec.filter(|_| !text.is_ascii()) {
+            // In the client's encoding, as Postgres sends its messages (a character it
+            // cannot hold becomes `?`).
+            Some(c) => {
+                let safe: String = text
+                    .chars()
+                    .map(|ch| {
+                        let mut b = [0u8; 4];
+                        if c.from_utf8(ch.encode_utf8(&mut b)).is_ok() {
+                            ch
+                        } else {
+                            '?'
+                        }
+                    })
+                    .collect();
+                let bytes = c
+                    .from_utf8(&safe)
+                    .map(|b| b.into_owned())
+                    .unwrap_or_default();
+                build::error_bytes(&mut self.out, "ERROR", e.sqlstate(), &bytes);
+            }
+            None => build::error(&mut self.out, "ERROR", e.sqlstate(), &text),
+        }
         self.txn.fail();
     }
 
