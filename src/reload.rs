@@ -76,8 +76,7 @@ pub fn reload_from(shared: &Shared, path: &Path) -> Result<String, ReloadError> 
         notes.push("admin address unchanged until a restart".to_string());
     }
     let summary = describe(&cur, &new);
-    shared.set_users(&new);
-    shared.swap_map(Arc::new(new));
+    shared.swap_config(Arc::new(new));
     notes.insert(0, summary);
     let line = notes.join("; ");
     tracing::info!(file = %path.display(), changes = %line, "shard map reloaded");

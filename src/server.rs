@@ -134,7 +134,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         .enumerate()
         .map(|(i, s)| ShardPool::new(i, s.clone(), map.pool.clone()))
         .collect();
-    let users = arc_swap::ArcSwap::from_pointee(crate::session::user_secrets(&map));
+    let users = Arc::new(crate::session::user_secrets(&map));
     let telemetry = crate::telemetry::Telemetry::new(map.shard_names());
     let large_message_units = map.max_buffered >> 10;
     Arc::new(Shared {
@@ -146,11 +146,11 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
             pools,
             cache: PlanCache::new(PLAN_CACHE_CAPACITY),
             generation: 0,
+            users,
         }),
         generation: Default::default(),
         gate: Default::default(),
         cancels: CancelRegistry::default(),
-        users,
         config_path: Mutex::new(None),
         client_list: Default::default(),
         shutdown: tokio::sync::Notify::new(),
@@ -599,8 +599,11 @@ async fn startup(
         send(w, &out).await?;
         return Ok(Startup::Closed);
     };
-    let entry = shared.users.load().get(&user).cloned();
-    let ok = match shared.map().auth {
+    // One snapshot for the whole login: its user and its database are checked against the
+    // same map, even when a reload swaps them meanwhile.
+    let topo = shared.topo();
+    let entry = topo.users.get(&user).cloned();
+    let ok = match topo.map.auth {
         AuthMethod::ScramSha256 => {
             let secret = match entry.as_ref() {
                 Some(e) => e.1.clone(),
@@ -632,7 +635,7 @@ async fn startup(
     }
     // The admin console is the database named `shardwire`, for users with `admin: true`.
     let admin = database.as_deref() == Some(ADMIN_DATABASE);
-    if admin && !shared.map().users.iter().any(|u| u.name == user && u.admin) {
+    if admin && !topo.map.users.iter().any(|u| u.name == user && u.admin) {
         out.clear();
         build::error(
             &mut out,
@@ -646,7 +649,7 @@ async fn startup(
     // As in Postgres, the database defaults to the user name, and a name the proxy does not
     // serve fails after authentication (so it tells nothing to who cannot log in).
     let database = database.unwrap_or_else(|| user.clone());
-    if !admin && !shared.map().databases.contains(&database) {
+    if !admin && !topo.map.databases.contains(&database) {
         // After the authentication messages, as from Postgres.
         build::error(
             &mut out,

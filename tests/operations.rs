@@ -1210,3 +1210,137 @@ async fn owned_shard_restart_errors_only_for_that_shard() {
         updates(false)
     );
 }
+
+/// A reload that re-points one shard (here: the same server by another host name) drops a
+/// session-pooled client's connection to that shard only; the connections it keeps stay
+/// cancellable (their cancel targets are kept with them — a refresh once cleared them all,
+/// and the client's cancel then reached nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_a_reload_that_drops_some_connections() {
+    let env = TestEnv::new(2).await;
+    let session = |y: String| y.replace("pool: { size: 10,", "pool: { mode: session, size: 10,");
+    let yaml = session(map_yaml(&env, &[USERS_TABLE]));
+    let proxy = Proxy::start_yaml(&yaml).await;
+    let map = shardwire::shardmap::ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let on = |s: usize| {
+        (1..1000i64)
+            .find(|&id| map.hash_shard(&shardwire::keys::KeyValue::Int(id)) == s)
+            .unwrap()
+    };
+    let (a, b) = (on(0), on(1));
+    let c = proxy.client().await;
+    common::create_users(&c, "", 0).await;
+    for id in [a, b] {
+        c.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", &[&id])
+            .await
+            .unwrap();
+    }
+    // The session now holds a connection on each shard.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("map.yaml");
+    write_map(&path, &yaml);
+    *proxy.handle.shared.config_path.lock() = Some(path.clone());
+    let s1_url = env.shard_url(1);
+    assert!(s1_url.contains("127.0.0.1"), "{s1_url}");
+    let moved = yaml.replace(&s1_url, &s1_url.replace("127.0.0.1", "localhost"));
+    assert_ne!(moved, yaml);
+    write_map(&path, &moved);
+    let reply = admin_raw(proxy.port(), "RELOAD").await;
+    assert_eq!(reply.error, None, "{reply:?}");
+    // The next statement refreshes the session's topology: s1's connection goes, s0's stays.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM users WHERE id = $1", &[&b])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(NoTls).await
+    });
+    let started = Instant::now();
+    let err = c
+        .query("SELECT pg_sleep(10) FROM users WHERE id = $1", &[&a])
+        .await
+        .expect_err("the statement is cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    canceller.await.unwrap().unwrap();
+}
+
+/// A reload swaps users and map as one: a login checks its user and its database against
+/// the same map. Two maps alternate while clients log in as a user only the second has, to
+/// a database only the second serves: each login either succeeds (second map) or fails its
+/// password (first map) — never "database does not exist", which a login that checked the
+/// user against one map and the database against the other would get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_sees_users_and_map_of_one_reload() {
+    let env = TestEnv::new(2).await;
+    let first = map_yaml(&env, &[USERS_TABLE]);
+    assert!(first.contains("database: app\n"), "{first}");
+    let second = first
+        .replace("database: app\n", "database: app2\n")
+        .replace(
+            "users:\n",
+            "users:\n  - { name: late, password: late-secret }\n",
+        );
+    let proxy = Proxy::start_yaml(&first).await;
+    let maps: Vec<Arc<shardwire::shardmap::ShardMap>> = [&first, &second]
+        .iter()
+        .map(|y| Arc::new(shardwire::shardmap::ShardMap::from_yaml_str(y, "t").unwrap()))
+        .collect();
+    let shared = proxy.handle.shared.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                shared.swap_config(maps[i % 2].clone());
+                i += 1;
+                tokio::time::sleep(Duration::from_micros(300)).await;
+            }
+            i
+        })
+    };
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=late password=late-secret dbname=app2",
+        proxy.port()
+    );
+    let (mut ok, mut bad_password, mut other) = (0, 0, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline && ok + bad_password < 400 {
+        match tokio_postgres::connect(&conninfo, NoTls).await {
+            Ok((client, conn)) => {
+                drop(client);
+                drop(conn);
+                ok += 1;
+            }
+            Err(e) => match e.code().map(|c| c.code()) {
+                Some("28P01") => bad_password += 1,
+                code => other.push(format!(
+                    "{code:?}: {:?}",
+                    e.as_db_error().map(|d| d.message())
+                )),
+            },
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flips = flipper.await.unwrap();
+    println!("{flips} swaps; {ok} logins, {bad_password} refused passwords");
+    assert!(
+        other.is_empty(),
+        "{} other outcomes: {:?}",
+        other.len(),
+        &other[..other.len().min(5)]
+    );
+    assert!(
+        ok > 0 && bad_password > 0,
+        "both maps were met: {ok} / {bad_password}"
+    );
+}

@@ -65,7 +65,13 @@ pub struct Topology {
     pub cache: PlanCache,
     /// Counts swaps; sessions compare it with [`Shared::generation`].
     pub generation: u64,
+    /// The map's users with their SCRAM verifiers, swapped with the map in one step: a login
+    /// checks its user and its database against the same map.
+    pub users: Arc<Users>,
 }
+
+/// Passwords and SCRAM verifiers by user name.
+pub type Users = HashMap<String, (String, ScramSecret)>;
 
 /// State shared by every session of one proxy.
 pub struct Shared {
@@ -84,8 +90,6 @@ pub struct Shared {
     pub large_message_units: usize,
     /// Per-process secret behind the salts unknown users are answered with.
     pub login_key: [u8; 32],
-    /// SCRAM verifiers and passwords by user name (replaced on reload).
-    pub users: arc_swap::ArcSwap<HashMap<String, (String, ScramSecret)>>,
     /// The shard map file, for reloads (`None` for a proxy started from text).
     pub config_path: Mutex<Option<std::path::PathBuf>>,
     /// Notified when the admin console asks the proxy to shut down.
@@ -118,11 +122,6 @@ impl Shared {
         self.topology.load_full()
     }
 
-    /// Replaces the users who may log in with `map`'s.
-    pub fn set_users(&self, map: &ShardMap) {
-        self.users.store(Arc::new(user_secrets(map)));
-    }
-
     /// Asks the proxy to stop accepting clients and drain (admin `SHUTDOWN`).
     pub fn request_shutdown(&self) {
         self.shutting_down
@@ -138,6 +137,17 @@ impl Shared {
     /// Swaps in `map`, keeping the pools of shards whose place and address are unchanged.
     /// Sessions move to it when they next start a transaction.
     pub fn swap_map(&self, map: Arc<ShardMap>) {
+        let users = self.topology.load().users.clone();
+        self.swap(map, users);
+    }
+
+    /// Swaps in a reloaded map and its users together (see [`Topology::users`]).
+    pub fn swap_config(&self, map: Arc<ShardMap>) {
+        let users = Arc::new(user_secrets(&map));
+        self.swap(map, users);
+    }
+
+    fn swap(&self, map: Arc<ShardMap>, users: Arc<Users>) {
         let cur = self.topology.load();
         let pools = map
             .shards
@@ -154,6 +164,7 @@ impl Shared {
             pools,
             cache: PlanCache::new(crate::server::PLAN_CACHE_CAPACITY),
             generation,
+            users,
         }));
         self.generation
             .store(generation, std::sync::atomic::Ordering::Release);
@@ -161,7 +172,7 @@ impl Shared {
 }
 
 /// Passwords and SCRAM verifiers of `map`'s users, by name.
-pub fn user_secrets(map: &ShardMap) -> HashMap<String, (String, ScramSecret)> {
+pub fn user_secrets(map: &ShardMap) -> Users {
     map.users
         .iter()
         .map(|u| {
