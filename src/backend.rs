@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::protocol::{error_fields, Cursor, Frame, FrameError, FrameReader};
-use crate::shardmap::ShardInfo;
+use crate::shard::ShardInfo;
 use crate::tls::{NetRead, NetWrite, SslMode};
 
 /// Largest message accepted from a shard (a row can be up to 1 GB in Postgres; we bound lower).

@@ -1544,6 +1544,35 @@ fn fmt_timestamptz(f: &mut fmt::Formatter<'_>, t: i64) -> fmt::Result {
     }
 }
 
+/// What a decimal literal compared with a key means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumericLiteral {
+    /// It equals this key (`id = 2.0` is `id = 2`).
+    Value(KeyValue),
+    /// No key of the type can equal it (`id = 1.5`, or out of range).
+    Nothing,
+    /// Not decided here (an exponent form): it pins nothing.
+    Unknown,
+}
+
+/// Evaluates a decimal literal against an integer key of type `ty`.
+pub fn numeric_literal(ty: KeyType, text: &str) -> NumericLiteral {
+    if !ty.is_integer() {
+        return NumericLiteral::Nothing;
+    }
+    if text.contains(['e', 'E']) {
+        return NumericLiteral::Unknown;
+    }
+    let (int_part, frac) = text.split_once('.').unwrap_or((text, ""));
+    if !frac.bytes().all(|b| b == b'0') {
+        return NumericLiteral::Nothing;
+    }
+    match key_from_text(ty, int_part) {
+        Ok(k) => NumericLiteral::Value(k),
+        Err(_) => NumericLiteral::Nothing,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

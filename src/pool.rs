@@ -20,7 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::BackendConn;
 use crate::error::ProxyError;
-use crate::shardmap::{PoolSettings, ShardInfo};
+use crate::shard::ShardInfo;
+use crate::shardmap::PoolSettings;
 
 /// The pool of one shard.
 pub struct ShardPool {
@@ -40,7 +41,7 @@ pub struct ShardPool {
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
     /// Request latency on this shard (`shardwire_shard_latency_seconds`).
-    pub latency: crate::telemetry::LatencyHistogram,
+    pub latency: crate::latency::LatencyHistogram,
     /// Open connections by backend pid: when opened and whether checked out (`SHOW SERVERS`).
     open: Mutex<std::collections::HashMap<i32, ServerConn>>,
 }

@@ -17,10 +17,15 @@ use pg_query::protobuf::{self, a_const::Val, AExprKind, BoolExprType, SetOperati
 use pg_query::{NodeEnum, NodeRef};
 
 use crate::error::ProxyError;
+use crate::gather::sqltree::is_aggregate_name;
 use crate::gather::GatherPlan;
-use crate::keys::{key_from_binary, key_from_int, key_from_text, KeyError, KeyType, KeyValue};
+use crate::keys::{
+    key_from_binary, key_from_int, key_from_text, numeric_literal, KeyError, KeyType, KeyValue,
+    NumericLiteral,
+};
 use crate::literals::{literal_value, LitVal, QueryLits};
 use crate::shardmap::{ShardMap, TableRule};
+use crate::shardset::ShardSet;
 use crate::strategy::{Located, Sharded};
 
 /// What a statement is, as far as session handling cares.
@@ -125,43 +130,6 @@ pub enum RouteSpec {
     Keys(Arc<KeyRoute>),
     /// Refused, with the error to send.
     Refuse(ProxyError),
-}
-
-/// A set of shards (by index; shard maps hold at most [`crate::shardmap::MAX_SHARDS`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ShardSet(u128);
-
-impl ShardSet {
-    /// Shards `0..n`.
-    pub fn all(n: usize) -> ShardSet {
-        if n >= 128 {
-            ShardSet(u128::MAX)
-        } else {
-            ShardSet((1u128 << n) - 1)
-        }
-    }
-    /// Adds shard `i`.
-    pub fn add(&mut self, i: usize) {
-        if i < 128 {
-            self.0 |= 1u128 << i;
-        }
-    }
-    /// Number of shards in the set.
-    pub fn len(self) -> usize {
-        self.0.count_ones() as usize
-    }
-    /// Whether the set is empty.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-    /// The shards in both sets.
-    pub fn intersect(self, other: ShardSet) -> ShardSet {
-        ShardSet(self.0 & other.0)
-    }
-    /// The shard indexes, ascending.
-    pub fn iter(self) -> impl Iterator<Item = usize> {
-        (0..128usize).filter(move |i| self.0 & (1u128 << i) != 0)
-    }
 }
 
 /// A route that is decided from Bind parameters (or, for directory tables, from the
@@ -1858,65 +1826,6 @@ fn scatter_check(
     Ok(())
 }
 
-/// Built-in aggregate functions (pg_aggregate in Postgres 15–18), by name.
-const AGGREGATES: &[&str] = &[
-    "count",
-    "sum",
-    "avg",
-    "min",
-    "max",
-    "array_agg",
-    "string_agg",
-    "bool_and",
-    "bool_or",
-    "every",
-    "bit_and",
-    "bit_or",
-    "bit_xor",
-    "json_agg",
-    "jsonb_agg",
-    "json_object_agg",
-    "jsonb_object_agg",
-    "xmlagg",
-    "stddev",
-    "stddev_pop",
-    "stddev_samp",
-    "variance",
-    "var_pop",
-    "var_samp",
-    "corr",
-    "covar_pop",
-    "covar_samp",
-    "regr_avgx",
-    "regr_avgy",
-    "regr_count",
-    "regr_intercept",
-    "regr_r2",
-    "regr_slope",
-    "regr_sxx",
-    "regr_sxy",
-    "regr_syy",
-    "mode",
-    "percentile_cont",
-    "percentile_disc",
-    "rank",
-    "dense_rank",
-    "percent_rank",
-    "cume_dist",
-    "any_value",
-    "range_agg",
-    "range_intersect_agg",
-    "json_agg_strict",
-    "jsonb_agg_strict",
-    "json_objectagg",
-    "json_arrayagg",
-];
-
-/// Whether `name` (lowercase) is a built-in aggregate function.
-pub fn is_aggregate_name(name: &str) -> bool {
-    AGGREGATES.contains(&name)
-}
-
 /// Whether the statement writes a reference table.
 fn writes_reference(map: &ShardMap, node: &NodeEnum) -> bool {
     write_target(node)
@@ -2399,35 +2308,6 @@ fn range_cond(
     Some((bound_src(t, lo, true)?, bound_src(t, hi, false)?))
 }
 
-/// What a decimal literal compared with a key means.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NumericLiteral {
-    /// It equals this key (`id = 2.0` is `id = 2`).
-    Value(KeyValue),
-    /// No key of the type can equal it (`id = 1.5`, or out of range).
-    Nothing,
-    /// Not decided here (an exponent form): it pins nothing.
-    Unknown,
-}
-
-/// Evaluates a decimal literal against an integer key of type `ty`.
-pub fn numeric_literal(ty: KeyType, text: &str) -> NumericLiteral {
-    if !ty.is_integer() {
-        return NumericLiteral::Nothing;
-    }
-    if text.contains(['e', 'E']) {
-        return NumericLiteral::Unknown;
-    }
-    let (int_part, frac) = text.split_once('.').unwrap_or((text, ""));
-    if !frac.bytes().all(|b| b == b'0') {
-        return NumericLiteral::Nothing;
-    }
-    match key_from_text(ty, int_part) {
-        Ok(k) => NumericLiteral::Value(k),
-        Err(_) => NumericLiteral::Nothing,
-    }
-}
-
 /// Routes an UPDATE that sets the shard key: allowed when the statement runs on one shard
 /// and the new key (a constant) belongs to that same shard; refused otherwise, since the
 /// row would have to move.
@@ -2583,6 +2463,9 @@ fn route_insert(map: &ShardMap, node: &NodeEnum, ins: &protobuf::InsertStmt) -> 
         }
     }
 }
+
+/// Plans kept in each of the parse cache's maps.
+pub const PLAN_CACHE_CAPACITY: usize = 10_000;
 
 /// Parsed plans cached by SQL text, and (for the simple protocol) by literal template;
 /// each map is cleared when full (bounded memory).

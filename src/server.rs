@@ -26,8 +26,6 @@ use crate::tls::{NetRead, NetWrite, ServerTls};
 
 /// How long a client may take to log in.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Plans kept in the parse cache.
-pub const PLAN_CACHE_CAPACITY: usize = 10_000;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +142,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         topology: arc_swap::ArcSwap::from_pointee(Topology {
             map,
             pools,
-            cache: PlanCache::new(PLAN_CACHE_CAPACITY),
+            cache: PlanCache::new(crate::router::PLAN_CACHE_CAPACITY),
             generation: 0,
             users,
         }),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::directory::{Directory, Lookup};
 use crate::keys::{KeyType, KeyValue};
 use crate::ring::HashRing;
-use crate::router::ShardSet;
+use crate::shardset::ShardSet;
 
 /// A sharded table's rule.
 #[derive(Debug)]

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_postgres::{AsyncMessage, Client};
 
 use crate::keys::KeyValue;
-use crate::shardmap::ShardInfo;
+use crate::shard::ShardInfo;
 
 /// The LISTEN/NOTIFY channel directory changes are announced on.
 pub const CHANNEL: &str = "shardwire_directory";

@@ -90,7 +90,7 @@ fn is_aggregate(f: &protobuf::FuncCall) -> bool {
         || f.agg_filter.is_some()
         || f.agg_within_group
         || !f.agg_order.is_empty()
-        || crate::router::is_aggregate_name(&func_name(f))
+        || super::sqltree::is_aggregate_name(&func_name(f))
 }
 
 /// LIMIT/OFFSET as a constant or a parameter; `None` for absent, `ALL` or `NULL`.

@@ -248,6 +248,65 @@ pub fn visit(
     .map(|_| ())
 }
 
+/// Built-in aggregate functions (pg_aggregate in Postgres 15–18), by name.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "xmlagg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "mode",
+    "percentile_cont",
+    "percentile_disc",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "any_value",
+    "range_agg",
+    "range_intersect_agg",
+    "json_agg_strict",
+    "jsonb_agg_strict",
+    "json_objectagg",
+    "json_arrayagg",
+];
+
+/// Whether `name` (lowercase) is a built-in aggregate function.
+pub fn is_aggregate_name(name: &str) -> bool {
+    AGGREGATES.contains(&name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,10 +166,10 @@ pub fn literal_value(ty: KeyType, sql: &str, lit: (usize, usize, LitKind), negat
             };
             match key_from_text(ty, &text) {
                 Ok(k) => LitVal::Value(k),
-                Err(_) => match crate::router::numeric_literal(ty, &text) {
-                    crate::router::NumericLiteral::Value(k) => LitVal::Value(k),
-                    crate::router::NumericLiteral::Nothing => LitVal::Nothing,
-                    crate::router::NumericLiteral::Unknown => LitVal::Unpinned,
+                Err(_) => match crate::keys::numeric_literal(ty, &text) {
+                    crate::keys::NumericLiteral::Value(k) => LitVal::Value(k),
+                    crate::keys::NumericLiteral::Nothing => LitVal::Nothing,
+                    crate::keys::NumericLiteral::Unknown => LitVal::Unpinned,
                 },
             }
         }

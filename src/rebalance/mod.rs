@@ -16,7 +16,6 @@
 
 pub mod control;
 pub mod copybin;
-pub mod gate;
 pub mod mover;
 pub mod plan;
 pub mod progress;
@@ -882,8 +881,8 @@ async fn run_pair(
 /// Copies reference table `table` from `src` to `dst` (replacing what `dst` holds), with the
 /// source locked against writes; the rows copied.
 async fn copy_reference(
-    src: &crate::shardmap::ShardInfo,
-    dst: &crate::shardmap::ShardInfo,
+    src: &crate::shard::ShardInfo,
+    dst: &crate::shard::ShardInfo,
     table: &str,
     timeout: Duration,
 ) -> Result<u64, RebalanceError> {

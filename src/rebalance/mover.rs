@@ -33,7 +33,8 @@ use super::plan::{columns, old_rule, owner, quote_ident, Group};
 use super::progress::Progress;
 use super::RebalanceError;
 use crate::keys::{key_from_binary, key_from_text, KeyValue};
-use crate::shardmap::{ShardInfo, ShardMap};
+use crate::shard::ShardInfo;
+use crate::shardmap::ShardMap;
 use crate::strategy::Sharded;
 use crate::transition::in_part;
 

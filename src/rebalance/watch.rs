@@ -25,7 +25,8 @@ use tokio_postgres::{AsyncMessage, Client};
 use super::control::{self, RunState};
 use crate::directory::pg_config;
 use crate::session::Shared;
-use crate::shardmap::{ShardInfo, ShardMap};
+use crate::shard::ShardInfo;
+use crate::shardmap::ShardMap;
 use crate::transition::{group_label, unit_name, Transition};
 
 /// How long a proxy waits for its in-flight transactions before it stops trying to hold

@@ -105,7 +105,7 @@ impl Session {
         }
         let in_txn = self.txn.status != b'I';
         if in_txn {
-            let all = self.target_of(crate::router::ShardSet::all(self.topo.map.shards.len()));
+            let all = self.target_of(crate::shardset::ShardSet::all(self.topo.map.shards.len()));
             if let Err(e) = self.check_write(all, true, true) {
                 return Ok(Err(e));
             }

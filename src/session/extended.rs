@@ -19,7 +19,8 @@ use super::{
 };
 use crate::error::ProxyError;
 use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
-use crate::router::{RouteSpec, SavepointOp, ShardSet, StmtKind};
+use crate::router::{RouteSpec, SavepointOp, StmtKind};
+use crate::shardset::ShardSet;
 
 /// A Bind body after the statement name that binds the client's parameters `take` (in that
 /// order), each with its own format code, and asks for the client's result formats.

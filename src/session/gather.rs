@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::gather::datum::{self, Field};
 use crate::gather::{self as g, Count, Final, GatherPlan, Mode};
 use crate::protocol::{build, BindMsg, Frame};
-use crate::router::ShardSet;
+use crate::shardset::ShardSet;
 use bytes::{BufMut, BytesMut};
 
 /// One execution of a gather statement.

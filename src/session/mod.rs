@@ -6,6 +6,7 @@ mod commit;
 mod copy_in;
 mod explain;
 mod extended;
+pub mod gate;
 mod gather;
 mod multiwrite;
 mod pipeline_control;
@@ -34,8 +35,9 @@ use crate::cancel::{CancelRegistry, CancelSlot, CancelTarget};
 use crate::error::ProxyError;
 use crate::pool::{PooledConn, ShardPool};
 use crate::protocol::{build, FrameError, FrameReader};
-use crate::router::{resolve_keys, Plan, PlanCache, RouteSpec, ShardSet};
+use crate::router::{resolve_keys, Plan, PlanCache, RouteSpec};
 use crate::shardmap::ShardMap;
+use crate::shardset::ShardSet;
 use crate::tls::{NetRead, NetWrite};
 use settings::Settings;
 /// Most savepoints and settings statements one transaction block may hold.
@@ -80,7 +82,7 @@ pub struct Shared {
     /// Generation of `topology` (read by sessions on every statement, cheaply).
     pub generation: std::sync::atomic::AtomicU64,
     /// The rebalance hold.
-    pub gate: Arc<crate::rebalance::gate::Gate>,
+    pub gate: Arc<gate::Gate>,
     /// Cancel keys handed to clients.
     pub cancels: CancelRegistry,
     /// The budget large client messages draw on (`limits.max_buffered_mb`, in KiB), shared
@@ -162,7 +164,7 @@ impl Shared {
         self.topology.store(Arc::new(Topology {
             map,
             pools,
-            cache: PlanCache::new(crate::server::PLAN_CACHE_CAPACITY),
+            cache: PlanCache::new(crate::router::PLAN_CACHE_CAPACITY),
             generation,
             users,
         }));
@@ -345,7 +347,7 @@ pub struct Session {
     /// The topology this session routes with (refreshed between transactions).
     topo: Arc<Topology>,
     /// Held while the rebalance gate is armed and a transaction or statement runs.
-    pass: Option<crate::rebalance::gate::Pass>,
+    pass: Option<gate::Pass>,
     /// This client in `SHOW CLIENTS`.
     client: Option<Arc<crate::clients::ClientEntry>>,
     reader: FrameReader<NetRead>,
@@ -714,7 +716,7 @@ impl Session {
         self.refresh_topology();
         if self.pass.is_none() && self.shared.gate.armed() {
             let gate = self.shared.gate.clone();
-            match gate.enter(crate::rebalance::gate::MAX_HOLD_WAIT).await {
+            match gate.enter(gate::MAX_HOLD_WAIT).await {
                 Ok(p) => self.pass = Some(p),
                 Err(e) => return Err(ProxyError::Unavailable(e.to_string())),
             }

@@ -371,7 +371,7 @@ impl Session {
 
     async fn exec_query_all(
         &mut self,
-        set: crate::router::ShardSet,
+        set: crate::shardset::ShardSet,
         sql: &str,
         hide_ready: bool,
         replicated: bool,

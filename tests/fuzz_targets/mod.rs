@@ -833,7 +833,7 @@ pub fn router(data: &[u8]) {
                 let _ = key_from_binary(ty, v);
             } else if let Ok(t) = std::str::from_utf8(v) {
                 let _ = key_from_text(ty, t);
-                let _ = router::numeric_literal(ty, t);
+                let _ = shardwire::keys::numeric_literal(ty, t);
             }
         }
     }
