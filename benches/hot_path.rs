@@ -6,10 +6,10 @@
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use shardwire::keys::{key_from_text, KeyType};
-use shardwire::protocol::{build, FrameReader};
-use shardwire::router::{plan, PlanCache};
-use shardwire::shardmap::ShardMap;
+use shardwire::routing::router::{plan, PlanCache};
+use shardwire::sharding::keys::{key_from_text, KeyType};
+use shardwire::sharding::shardmap::ShardMap;
+use shardwire::wire::protocol::{build, FrameReader};
 
 const MAP: &str = r#"
 users: [{ name: app, password: x }]
@@ -63,7 +63,7 @@ fn benches(c: &mut Criterion) {
     // What a literal-template lookup scans with for such text (our lexer; Postgres's
     // scanner above only for unusual forms).
     c.bench_function("literals_scan_point_query", |b| {
-        b.iter(|| shardwire::literals::scan(black_box(sql)).map(|s| s.lits.len()))
+        b.iter(|| shardwire::routing::literals::scan(black_box(sql)).map(|s| s.lits.len()))
     });
 
     c.bench_function("key_normalize_ring_lookup", |b| {

@@ -34,10 +34,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shardwire::keys::KeyValue;
 use shardwire::localpg::{self, PgCluster};
 use shardwire::server::ServerHandle;
-use shardwire::shardmap::ShardMap;
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
 use tokio_postgres::{Client, NoTls};
 
 /// Backend connections per shard, for shardwire and PgBouncer alike.
@@ -610,8 +610,8 @@ struct ProxyRuntime {
 impl ProxyRuntime {
     fn new(threads: usize) -> Result<Self, String> {
         if threads != 1 {
-            let rt =
-                shardwire::runtime::build(threads).map_err(|e| format!("tokio runtime: {e}"))?;
+            let rt = shardwire::server::runtime::build(threads)
+                .map_err(|e| format!("tokio runtime: {e}"))?;
             return Ok(ProxyRuntime {
                 handle: rt.handle().clone(),
                 multi: Some(rt),
@@ -622,9 +622,9 @@ impl ProxyRuntime {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("bench-proxy".into())
-            .stack_size(shardwire::runtime::PARSER_STACK)
+            .stack_size(shardwire::server::runtime::PARSER_STACK)
             .spawn(move || {
-                let rt = match shardwire::runtime::build(1) {
+                let rt = match shardwire::server::runtime::build(1) {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = handle_tx.send(Err(format!("tokio runtime: {e}")));

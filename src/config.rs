@@ -3,7 +3,7 @@
 //! These are the raw `serde` structures (unknown fields are refused) plus the
 //! [`ConfigError`] every validation failure is reported as. Meaning and
 //! cross-field rules (URLs, strategies, shard names, ranges) are checked when
-//! the raw map becomes a [`crate::shardmap::ShardMap`]. See
+//! the raw map becomes a [`crate::sharding::shardmap::ShardMap`]. See
 //! `config/example.yaml` for a commented map using every field.
 
 use std::fmt;
@@ -242,7 +242,7 @@ pub struct RawTable {
     /// The shard-key column (a list here is a composite key, refused).
     #[serde(default)]
     pub key: Option<serde_norway::Value>,
-    /// The key column's type (see [`crate::keys::KeyType::parse`]).
+    /// The key column's type (see [`crate::sharding::keys::KeyType::parse`]).
     #[serde(default, rename = "type")]
     pub key_type: Option<String>,
     /// `hash`, `reference`, `range`, `geo` or `directory`.

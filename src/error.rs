@@ -1,6 +1,6 @@
 //! Errors the proxy reports to clients, each with the SQLSTATE it is sent with.
 
-use crate::keys::KeyError;
+use crate::sharding::keys::KeyError;
 
 /// An error the proxy itself raises for a client request.
 ///

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use shardwire::shardmap::ShardMap;
+use shardwire::sharding::shardmap::ShardMap;
 
 #[derive(Parser)]
 #[command(
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     let result = if threads == 1 {
         std::thread::Builder::new()
             .name("shardwire".into())
-            .stack_size(shardwire::runtime::PARSER_STACK)
+            .stack_size(shardwire::server::runtime::PARSER_STACK)
             .spawn(move || run(cli.cmd, threads))
             .map_err(|e| format!("cannot start the runtime thread: {e}"))
             .and_then(|t| {
@@ -154,9 +154,9 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stdout(), "{text}");
 }
 
-/// The runtime for `--threads` (see [`shardwire::runtime::build`]).
+/// The runtime for `--threads` (see [`shardwire::server::runtime::build`]).
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
-    shardwire::runtime::build(threads).map_err(|e| format!("cannot start runtime: {e}"))
+    shardwire::server::runtime::build(threads).map_err(|e| format!("cannot start runtime: {e}"))
 }
 
 fn run(cmd: Cmd, threads: usize) -> Result<(), String> {
@@ -267,7 +267,7 @@ fn spawn_reload_on_sighup(shared: std::sync::Arc<shardwire::session::Shared>) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            if let Err(e) = shardwire::reload::reload(&shared) {
+            if let Err(e) = shardwire::ops::reload::reload(&shared) {
                 tracing::error!(error = %e, "SIGHUP: reload refused");
             }
         }

@@ -20,7 +20,7 @@
 //! | `shardwire_rebalance_units` | `state` = pending, switched, done | units of the current rebalance |
 //! | `shardwire_rebalance_rows_moved` | | rows moved by finished units of the current rebalance |
 //!
-//! The latency histogram is the proxy's own ([`crate::latency::LatencyHistogram`]: fixed buckets of atomic
+//! The latency histogram is the proxy's own ([`crate::backend::latency::LatencyHistogram`]: fixed buckets of atomic
 //! counters on each shard's pool), so recording a sample never allocates or locks.
 
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use parking_lot::Mutex;
 
-use crate::pool::ShardPool;
+use crate::backend::pool::ShardPool;
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::wire::{first_error, first_values, tags, Wire};
 use common::{Proxy, TestEnv};
-use shardwire::keys::KeyValue;
-use shardwire::shardmap::ShardMap;
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
 
 const TABLES: &str = "users: { key: id, type: bigint, strategy: hash }\n";
 

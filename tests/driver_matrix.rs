@@ -11,8 +11,8 @@ mod common;
 mod matrix;
 
 use common::{Proxy, TestEnv};
-use shardwire::keys::KeyValue;
-use shardwire::shardmap::ShardMap;
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
 
 /// The map every matrix run uses.
 pub const TABLES: &str = "items: { key: id, type: bigint, strategy: hash }\n";

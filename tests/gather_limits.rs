@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{Proxy, TestEnv};
 use futures::StreamExt;
-use shardwire::keys::KeyValue;
-use shardwire::shardmap::ShardMap;
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 

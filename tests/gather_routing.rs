@@ -5,8 +5,8 @@
 mod common;
 
 use common::{Proxy, TestEnv};
-use shardwire::keys::KeyValue;
-use shardwire::shardmap::ShardMap;
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
 use tokio_postgres::SimpleQueryMessage;
 
 const TABLES: &str = "users: { key: id, type: bigint, strategy: hash }\n\

@@ -105,7 +105,7 @@ async fn allocs_per_simple_lookup(client: &tokio_postgres::Client, n: u64) -> f6
 async fn single_shard_rows_are_forwarded_without_per_row_work() {
     let env = TestEnv::new(2).await;
     let yaml = env.shard_map_yaml("users: { key: id, type: bigint, strategy: hash }\n", "");
-    let map = shardwire::shardmap::ShardMap::from_yaml_str(&yaml, "test").unwrap();
+    let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(&yaml, "test").unwrap();
     // The proxy on a runtime of its own, whose threads are counted.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

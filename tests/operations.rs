@@ -258,7 +258,7 @@ impl Raw {
                     }
                     5 => {
                         let salt = [body[0], body[1], body[2], body[3]];
-                        let resp = shardwire::auth::md5_expected("app", "app-secret", salt);
+                        let resp = shardwire::wire::auth::md5_expected("app", "app-secret", salt);
                         frontend::password_message(resp.as_bytes(), &mut out).unwrap();
                         r.send(&mut out).await;
                     }
@@ -754,8 +754,8 @@ async fn show_clients_and_servers() {
         let setup = proxy.client().await;
         common::create_users(&setup, "", 20).await;
     }
-    let map = shardwire::shardmap::ShardMap::from_yaml_str(&yaml, "t").unwrap();
-    let shard_of_1 = map.hash_shard(&shardwire::keys::KeyValue::Int(1));
+    let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let shard_of_1 = map.hash_shard(&shardwire::sharding::keys::KeyValue::Int(1));
 
     let (idle, idle_port) = connect_tracked(&proxy, "app").await;
     idle.simple_query("SELECT 1").await.unwrap();
@@ -1021,10 +1021,10 @@ async fn owned_shard_restart_errors_only_for_that_shard() {
     let yaml = map_yaml(&env, &[USERS_TABLE]);
     let proxy = Proxy::start_yaml(&yaml).await;
     create_users_with_balance(&proxy.client().await, RESTART_USERS).await;
-    let map = shardwire::shardmap::ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(&yaml, "t").unwrap();
     let shard_of: Arc<Vec<usize>> = Arc::new(
         (0..=RESTART_USERS)
-            .map(|id| map.hash_shard(&shardwire::keys::KeyValue::Int(id)))
+            .map(|id| map.hash_shard(&shardwire::sharding::keys::KeyValue::Int(id)))
             .collect(),
     );
 
@@ -1221,10 +1221,10 @@ async fn cancel_after_a_reload_that_drops_some_connections() {
     let session = |y: String| y.replace("pool: { size: 10,", "pool: { mode: session, size: 10,");
     let yaml = session(map_yaml(&env, &[USERS_TABLE]));
     let proxy = Proxy::start_yaml(&yaml).await;
-    let map = shardwire::shardmap::ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(&yaml, "t").unwrap();
     let on = |s: usize| {
         (1..1000i64)
-            .find(|&id| map.hash_shard(&shardwire::keys::KeyValue::Int(id)) == s)
+            .find(|&id| map.hash_shard(&shardwire::sharding::keys::KeyValue::Int(id)) == s)
             .unwrap()
     };
     let (a, b) = (on(0), on(1));
@@ -1290,9 +1290,9 @@ async fn a_login_sees_users_and_map_of_one_reload() {
             "users:\n  - { name: late, password: late-secret }\n",
         );
     let proxy = Proxy::start_yaml(&first).await;
-    let maps: Vec<Arc<shardwire::shardmap::ShardMap>> = [&first, &second]
+    let maps: Vec<Arc<shardwire::sharding::shardmap::ShardMap>> = [&first, &second]
         .iter()
-        .map(|y| Arc::new(shardwire::shardmap::ShardMap::from_yaml_str(y, "t").unwrap()))
+        .map(|y| Arc::new(shardwire::sharding::shardmap::ShardMap::from_yaml_str(y, "t").unwrap()))
         .collect();
     let shared = proxy.handle.shared.clone();
     let stop = Arc::new(AtomicBool::new(false));

@@ -173,7 +173,8 @@ impl Raw {
                         0 => {}
                         5 => {
                             let salt = [body[4], body[5], body[6], body[7]];
-                            let resp = shardwire::auth::md5_expected("app", "app-secret", salt);
+                            let resp =
+                                shardwire::wire::auth::md5_expected("app", "app-secret", salt);
                             r.send(&msg(b'p', &cstr(&resp))).await;
                         }
                         other => panic!("expected md5 authentication, got request {other}"),

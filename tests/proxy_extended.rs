@@ -7,8 +7,8 @@ mod common;
 use std::collections::{HashMap, HashSet};
 
 use common::{Proxy, TestEnv};
-use shardwire::keys::KeyValue;
-use shardwire::shardmap::ShardMap;
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -689,9 +689,12 @@ async fn extended_protocol_transactions_end_on_every_shard() {
     let proxy = Proxy::start(&env, TABLES, "").await;
     let c = proxy.client().await;
     load_users(&c, 200).await;
-    let map =
-        shardwire::shardmap::ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
-    let shard_of = |id: i64| map.hash_shard(&shardwire::keys::KeyValue::Int(id));
+    let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(
+        &env.shard_map_yaml(TABLES, ""),
+        "t",
+    )
+    .unwrap();
+    let shard_of = |id: i64| map.hash_shard(&shardwire::sharding::keys::KeyValue::Int(id));
     // Keys away from the default shard, and one on it.
     let far = (1..200).find(|&k| shard_of(k) != 0).unwrap();
     let near = (1..200).find(|&k| shard_of(k) == 0).unwrap();

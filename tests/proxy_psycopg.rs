@@ -30,10 +30,13 @@ async fn psycopg3_suite_through_the_proxy() {
     let proxy = Proxy::start(&env, TABLES, "").await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/psycopg_suite.py");
     let conninfo = proxy.conninfo();
-    let map =
-        shardwire::shardmap::ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
+    let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(
+        &env.shard_map_yaml(TABLES, ""),
+        "t",
+    )
+    .unwrap();
     let same_shard: Vec<String> = (1..=1000i64)
-        .filter(|&id| map.hash_shard(&shardwire::keys::KeyValue::Int(id)) == 0)
+        .filter(|&id| map.hash_shard(&shardwire::sharding::keys::KeyValue::Int(id)) == 0)
         .take(20)
         .map(|id| id.to_string())
         .collect();
@@ -135,11 +138,14 @@ print("second applied")
 async fn psycopg_nested_transactions_span_shards() {
     let env = TestEnv::new(3).await;
     let proxy = Proxy::start(&env, TABLES, "").await;
-    let map =
-        shardwire::shardmap::ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
+    let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(
+        &env.shard_map_yaml(TABLES, ""),
+        "t",
+    )
+    .unwrap();
     let on = |s: usize| {
         (1..1000i64)
-            .find(|&id| map.hash_shard(&shardwire::keys::KeyValue::Int(id)) == s)
+            .find(|&id| map.hash_shard(&shardwire::sharding::keys::KeyValue::Int(id)) == s)
             .unwrap()
     };
     let (a, b, d) = (on(0), on(1), on(2));
@@ -235,11 +241,14 @@ print("cursor checks passed")
 async fn psycopg_pipeline_savepoint_recovers() {
     let env = TestEnv::new(3).await;
     let proxy = Proxy::start(&env, TABLES, "").await;
-    let map =
-        shardwire::shardmap::ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
+    let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(
+        &env.shard_map_yaml(TABLES, ""),
+        "t",
+    )
+    .unwrap();
     let on = |s: usize| {
         (1..1000i64)
-            .find(|&id| map.hash_shard(&shardwire::keys::KeyValue::Int(id)) == s)
+            .find(|&id| map.hash_shard(&shardwire::sharding::keys::KeyValue::Int(id)) == s)
             .unwrap()
     };
     let (a, b, d) = (on(0), on(1), on(2));

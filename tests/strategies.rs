@@ -18,8 +18,8 @@ use common::{Proxy, TestEnv};
 use futures::SinkExt;
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
-use shardwire::keys::KeyValue;
-use shardwire::shardmap::ShardMap;
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, SimpleQueryMessage};
 

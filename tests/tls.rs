@@ -394,7 +394,7 @@ async fn ssl_request_twice_or_with_data_behind_it_is_refused() {
 fn tls_config_errors_name_the_file() {
     let base = "listen: 127.0.0.1:0\nusers: [{ name: app, password: x }]\ntables: {}\n";
     let map = |extra: &str| {
-        shardwire::shardmap::ShardMap::from_yaml_str(&format!("{base}{extra}"), "m.yaml")
+        shardwire::sharding::shardmap::ShardMap::from_yaml_str(&format!("{base}{extra}"), "m.yaml")
             .map(|_| ())
             .map_err(|e| e.to_string())
     };

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::{Proxy, TestEnv};
-use shardwire::keys::KeyValue;
-use shardwire::shardmap::ShardMap;
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
 use tokio_postgres::Client;
 
 const TABLES: &str = "users: { key: id, type: bigint, strategy: hash }\naccts: { key: id, type: bigint, strategy: hash }\n";

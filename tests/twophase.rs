@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Proxy, TestEnv};
-use shardwire::twophase::{self, LOG_TABLE};
+use shardwire::backend::twophase::{self, LOG_TABLE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_finishes_in_doubt_transactions_by_the_log() {
@@ -36,7 +36,7 @@ async fn recovery_finishes_in_doubt_transactions_by_the_log() {
     )
     .await
     .unwrap();
-    let map = shardwire::shardmap::ShardMap::from_yaml_str(
+    let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(
         &env.shard_map_yaml("countries: { strategy: reference }", ""),
         "test",
     )

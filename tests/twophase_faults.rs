@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::relay::{Fault, Relay};
 use common::{Proxy, TestEnv};
-use shardwire::keys::KeyValue;
-use shardwire::shardmap::ShardMap;
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
 
 const TABLES: &str = "accts: { key: id, type: bigint, strategy: hash }\n";
 const START: i64 = 1000;
@@ -216,7 +216,7 @@ async fn two_phase_commit_never_half_commits_under_faults() {
             .get(0);
         assert_eq!(one, ids.len() as i64);
         // Recovery decides from the log alone; afterwards nothing is left in doubt.
-        shardwire::twophase::recover(&direct_map, Duration::ZERO)
+        shardwire::backend::twophase::recover(&direct_map, Duration::ZERO)
             .await
             .unwrap_or_else(|e| panic!("{}: recovery: {e}", case.what));
         let left = env

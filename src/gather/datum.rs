@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use bytes::{BufMut, BytesMut};
 
 use super::SortKey;
-use crate::protocol::{build, Cursor, FrameError};
+use crate::wire::protocol::{build, Cursor, FrameError};
 
 /// One column of a RowDescription.
 #[derive(Debug, Clone)]

@@ -94,7 +94,7 @@ pub struct UnitRow {
     pub src: String,
     /// Target shard name.
     pub dst: String,
-    /// Part of the pair's keys (see [`crate::transition::in_part`]).
+    /// Part of the pair's keys (see [`crate::sharding::shardmap::transition::in_part`]).
     pub part: i32,
     /// Parts the pair's keys are cut into.
     pub parts: i32,

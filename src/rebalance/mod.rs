@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::shardmap::{ConfigError, ShardMap, TableRule};
+use crate::sharding::shardmap::{ConfigError, ShardMap, TableRule};
 use mover::{connect, finish_prepared, set_hold, wait_acks, UnitJob};
 use plan::{quote_ident, Group};
 use progress::Progress;
@@ -524,7 +524,13 @@ async fn record_run(
     }
     for (g, s, d, parts) in &p.row_units {
         for part in 0..*parts {
-            let u = crate::transition::unit_name(g, &name(*s), &name(*d), part, *parts);
+            let u = crate::sharding::shardmap::transition::unit_name(
+                g,
+                &name(*s),
+                &name(*d),
+                part,
+                *parts,
+            );
             units.push((
                 u,
                 "rows",
@@ -881,8 +887,8 @@ async fn run_pair(
 /// Copies reference table `table` from `src` to `dst` (replacing what `dst` holds), with the
 /// source locked against writes; the rows copied.
 async fn copy_reference(
-    src: &crate::shard::ShardInfo,
-    dst: &crate::shard::ShardInfo,
+    src: &crate::sharding::shard::ShardInfo,
+    dst: &crate::sharding::shard::ShardInfo,
     table: &str,
     timeout: Duration,
 ) -> Result<u64, RebalanceError> {
@@ -926,7 +932,7 @@ async fn move_directory_keys(
     };
     let ready = Arc::new(tokio::sync::Notify::new());
     let loaded = ready.notified();
-    let task = tokio::spawn(crate::directory::run(
+    let task = tokio::spawn(crate::sharding::directory::run(
         dir.clone(),
         new.shards[dir.shard].clone(),
         new.shard_names().to_vec(),
@@ -952,7 +958,7 @@ async fn move_directory_keys(
             continue;
         };
         progress.set_unit(&u.unit);
-        let report = crate::directory::admin::move_key(new, &u.grp, d)
+        let report = crate::sharding::directory::admin::move_key(new, &u.grp, d)
             .await
             .map_err(|e| RebalanceError::Directory(format!("moving key '{}': {e}", u.grp)));
         let report = match report {

@@ -32,11 +32,11 @@ use super::copybin::{TupleReader, HEADER, TRAILER};
 use super::plan::{columns, old_rule, owner, quote_ident, Group};
 use super::progress::Progress;
 use super::RebalanceError;
-use crate::keys::{key_from_binary, key_from_text, KeyValue};
-use crate::shard::ShardInfo;
-use crate::shardmap::ShardMap;
-use crate::strategy::Sharded;
-use crate::transition::in_part;
+use crate::sharding::keys::{key_from_binary, key_from_text, KeyValue};
+use crate::sharding::shard::ShardInfo;
+use crate::sharding::shardmap::transition::in_part;
+use crate::sharding::shardmap::ShardMap;
+use crate::sharding::strategy::Sharded;
 
 /// The change-capture log and trigger function installed on source shards. The trigger's
 /// `WHEN` clause skips the rebalance's own writes (copies, deletes) without calling the
@@ -71,7 +71,7 @@ const SEND_AT: usize = 256 * 1024;
 
 /// Opens a control-plane connection to `info`.
 pub async fn connect(info: &ShardInfo, timeout: Duration) -> Result<Client, RebalanceError> {
-    let (c, conn) = crate::directory::pg_config(info, timeout)
+    let (c, conn) = crate::sharding::directory::pg_config(info, timeout)
         .connect(info.tls.clone())
         .await
         .map_err(|e| RebalanceError::Shard(info.name.clone(), e))?;
@@ -816,7 +816,7 @@ mod tests {
 
 #[cfg(test)]
 mod key_text_tests {
-    use crate::keys::{key_from_text, KeyType, KeyValue};
+    use crate::sharding::keys::{key_from_text, KeyType, KeyValue};
 
     /// The capture trigger logs keys as `to_jsonb(row) ->> key`: JSON's ISO 8601 forms.
     #[test]

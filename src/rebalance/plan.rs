@@ -13,10 +13,10 @@ use tokio_postgres::Client;
 
 use super::copybin::TupleReader;
 use super::RebalanceError;
-use crate::keys::{key_from_binary, KeyValue};
-use crate::shardmap::{ShardMap, TableRule};
-use crate::strategy::{Located, Sharded, Strategy};
-use crate::transition::group_label;
+use crate::sharding::keys::{key_from_binary, KeyValue};
+use crate::sharding::shardmap::transition::group_label;
+use crate::sharding::shardmap::{ShardMap, TableRule};
+use crate::sharding::strategy::{Located, Sharded, Strategy};
 
 /// The tables of one co-location group (rules of the new map).
 #[derive(Debug, Clone)]
@@ -163,7 +163,8 @@ pub fn pairs(old: &ShardMap, new: &ShardMap, g: &Group) -> BTreeSet<(usize, usiz
             }
         }
         (Strategy::Range(a), Strategy::Range(b)) => {
-            let first = |r: &crate::strategy::RangeRule| r.bounds.first().map(|x| x.1).or(r.rest);
+            let first =
+                |r: &crate::sharding::strategy::RangeRule| r.bounds.first().map(|x| x.1).or(r.rest);
             if let (Some(x), Some(y)) = (first(a), first(b)) {
                 if x != y {
                     out.insert((x, y));

@@ -23,11 +23,11 @@ use futures::StreamExt;
 use tokio_postgres::{AsyncMessage, Client};
 
 use super::control::{self, RunState};
-use crate::directory::pg_config;
 use crate::session::Shared;
-use crate::shard::ShardInfo;
-use crate::shardmap::ShardMap;
-use crate::transition::{group_label, unit_name, Transition};
+use crate::sharding::directory::pg_config;
+use crate::sharding::shard::ShardInfo;
+use crate::sharding::shardmap::transition::{group_label, unit_name, Transition};
+use crate::sharding::shardmap::ShardMap;
 
 /// How long a proxy waits for its in-flight transactions before it stops trying to hold
 /// (the rebalance then gives up this attempt and retries the unit later).

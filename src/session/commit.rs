@@ -1,5 +1,5 @@
 //! Ending a write that spans shards: two-phase commit when every shard allows it (see
-//! [`crate::twophase`]), else a COMMIT round shard by shard.
+//! [`crate::backend::twophase`]), else a COMMIT round shard by shard.
 //!
 //! The coordinator's rules, step by step:
 //! 1. `PREPARE TRANSACTION` on every participant. Only the tag `PREPARE TRANSACTION` counts
@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use super::relay::RelayError;
 use super::Session;
-use crate::backend::{BackendError, Reply};
+use crate::backend::conn::{BackendError, Reply};
+use crate::backend::twophase::decide_sql;
 use crate::error::ProxyError;
-use crate::twophase::decide_sql;
 
 /// Longest wait for a shard's answer to one commit step.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -128,7 +128,7 @@ impl Session {
         if all {
             let forget = format!(
                 "DELETE FROM {} WHERE gid = '{gid}'",
-                crate::twophase::LOG_TABLE
+                crate::backend::twophase::LOG_TABLE
             );
             if let Err(e) = self.on_log_shard(on_log, &forget).await {
                 tracing::debug!(%gid, error = %e, "decision row not deleted; recovery's cleanup will");

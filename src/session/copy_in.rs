@@ -2,7 +2,7 @@
 //! row to every shard), all-or-nothing.
 //!
 //! Every shard runs `BEGIN` and the client's COPY statement; the client gets one
-//! CopyInResponse. Its CopyData is cut at row boundaries ([`crate::copysplit`]) and each
+//! CopyInResponse. Its CopyData is cut at row boundaries ([`crate::routing::copysplit`]) and each
 //! row's original bytes go to the shard of its key, in CopyData messages of up to
 //! [`SHARD_CHUNK`] bytes per shard (bounded buffering). On CopyDone every shard finishes its
 //! COPY; only if all succeeded are they committed together (two-phase commit where the
@@ -16,13 +16,13 @@ use bytes::BytesMut;
 
 use super::relay::{Outcome, RelayError};
 use super::Session;
-use crate::copyplan::{CopyPlan, CopyTarget};
-use crate::copysplit::{CopySplitter, SplitError};
-use crate::directory::quote_name;
 use crate::error::ProxyError;
-use crate::keys::key_from_text;
-use crate::protocol::{build, command_tag, error_fields};
-use crate::strategy::Located;
+use crate::routing::copyplan::{CopyPlan, CopyTarget};
+use crate::routing::copysplit::{CopySplitter, SplitError};
+use crate::sharding::directory::quote_name;
+use crate::sharding::keys::key_from_text;
+use crate::sharding::strategy::Located;
+use crate::wire::protocol::{build, command_tag, error_fields};
 
 /// Bytes of rows buffered per shard before they are sent as one CopyData message.
 pub const SHARD_CHUNK: usize = 64 * 1024;
@@ -49,7 +49,7 @@ fn copy_fail(buf: &mut BytesMut, msg: &str) {
 
 /// A shard failure during a COPY: never retried, since other shards may already be in
 /// their COPY and the client's data is consumed.
-fn lost(shard: usize) -> impl Fn(crate::backend::BackendError) -> RelayError {
+fn lost(shard: usize) -> impl Fn(crate::backend::conn::BackendError) -> RelayError {
     move |error| RelayError::Backend {
         shard,
         error,
@@ -105,7 +105,9 @@ impl Session {
         }
         let in_txn = self.txn.status != b'I';
         if in_txn {
-            let all = self.target_of(crate::shardset::ShardSet::all(self.topo.map.shards.len()));
+            let all = self.target_of(crate::sharding::shardset::ShardSet::all(
+                self.topo.map.shards.len(),
+            ));
             if let Err(e) = self.check_write(all, true, true) {
                 return Ok(Err(e));
             }
@@ -296,7 +298,7 @@ impl Session {
     async fn stream_copy(
         &mut self,
         plan: &CopyPlan,
-        format: crate::copysplit::CopyFormat,
+        format: crate::routing::copysplit::CopyFormat,
         columns: Option<(usize, usize)>,
         idxs: &[usize],
     ) -> Result<Option<Abort>, RelayError> {
@@ -376,7 +378,7 @@ impl Session {
                     true
                 }
                 b'f' => {
-                    let m = crate::protocol::Cursor::new(f.body(), "CopyFail")
+                    let m = crate::wire::protocol::Cursor::new(f.body(), "CopyFail")
                         .cstr()
                         .unwrap_or("")
                         .to_string();

@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use super::relay::{combine_status, Outcome, RelayError};
 use super::{Session, Target};
 use crate::error::ProxyError;
-use crate::protocol::{build, Frame};
+use crate::wire::protocol::{build, Frame};
 
 impl Session {
     /// Runs a text-format EXPLAIN on the target's shards and writes the labelled plans.

@@ -18,9 +18,9 @@ use super::{
     SCRATCH_ITEMS,
 };
 use crate::error::ProxyError;
-use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
-use crate::router::{RouteSpec, SavepointOp, StmtKind};
-use crate::shardset::ShardSet;
+use crate::routing::router::{RouteSpec, SavepointOp, StmtKind};
+use crate::sharding::shardset::ShardSet;
+use crate::wire::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
 
 /// A Bind body after the statement name that binds the client's parameters `take` (in that
 /// order), each with its own format code, and asks for the client's result formats.
@@ -78,7 +78,7 @@ struct Special {
 
 enum SpecialKind {
     /// COPY FROM STDIN into a sharded or reference table.
-    Copy(Arc<crate::copyplan::CopyPlan>),
+    Copy(Arc<crate::routing::copyplan::CopyPlan>),
     /// An all-or-nothing write on several shards.
     Write {
         work: Vec<ShardWrite>,
@@ -688,8 +688,8 @@ impl Session {
         target: &mut Option<Target>,
         fx: &mut Effects,
     ) -> Result<Op, ProxyError> {
-        let proto = |e: crate::protocol::FrameError| match e {
-            crate::protocol::FrameError::NotUtf8(_) => ProxyError::Encoding(e.to_string()),
+        let proto = |e: crate::wire::protocol::FrameError| match e {
+            crate::wire::protocol::FrameError::NotUtf8(_) => ProxyError::Encoding(e.to_string()),
             e => ProxyError::Protocol(e.to_string()),
         };
         // In a transaction the proxy failed, only COMMIT/ROLLBACK (and Close) get through.
@@ -1091,7 +1091,7 @@ impl Session {
                 let f = conn.read_frame().await.map_err(backend)?;
                 match f.tag {
                     b'E' => {
-                        let (code, message) = crate::protocol::error_fields(f.body());
+                        let (code, message) = crate::wire::protocol::error_fields(f.body());
                         self.shared.telemetry.error(&code);
                         return Ok(ShapeCheck::Failed(ProxyError::Backend { code, message }));
                     }
@@ -1140,16 +1140,17 @@ impl Session {
         let mut added: Vec<Arc<Prepared>> = Vec::new();
         {
             let conn = &mut self.conns[idx];
-            let mut ensure = |p: &Arc<Prepared>,
-                              msg: &mut BytesMut,
-                              ex: &mut VecDeque<Expect>,
-                              conn: &mut crate::pool::PooledConn| {
-                if conn.prepared.insert(p.name_hash) {
-                    build::parse(msg, &p.backend_name, &p.sql, &p.types);
-                    ex.push_back(Expect::Parse { swallow: true });
-                    added.push(p.clone());
-                }
-            };
+            let mut ensure =
+                |p: &Arc<Prepared>,
+                 msg: &mut BytesMut,
+                 ex: &mut VecDeque<Expect>,
+                 conn: &mut crate::backend::pool::PooledConn| {
+                    if conn.prepared.insert(p.name_hash) {
+                        build::parse(msg, &p.backend_name, &p.sql, &p.types);
+                        ex.push_back(Expect::Parse { swallow: true });
+                        added.push(p.clone());
+                    }
+                };
             for op in ops {
                 match op {
                     Op::Parse(p) => {

@@ -16,13 +16,13 @@ use std::cmp::Ordering;
 
 use super::relay::{combine_status, Outcome, RelayError};
 use super::{Session, SessionEnd};
-use crate::backend::BackendError;
-use crate::cancel::CancelTarget;
+use crate::backend::conn::BackendError;
 use crate::error::ProxyError;
 use crate::gather::datum::{self, Field};
 use crate::gather::{self as g, Count, Final, GatherPlan, Mode};
-use crate::protocol::{build, BindMsg, Frame};
-use crate::shardset::ShardSet;
+use crate::sharding::shardset::ShardSet;
+use crate::wire::cancel::CancelTarget;
+use crate::wire::protocol::{build, BindMsg, Frame};
 use bytes::{BufMut, BytesMut};
 
 /// One execution of a gather statement.
@@ -191,7 +191,7 @@ impl Session {
             Fail::Shard(frame) => {
                 self.shared
                     .telemetry
-                    .error(&crate::protocol::error_fields(frame.body()).0);
+                    .error(&crate::wire::protocol::error_fields(frame.body()).0);
                 self.out.extend_from_slice(&frame.raw)
             }
             Fail::Proxy(e) => build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string()),
@@ -225,7 +225,7 @@ impl Session {
                 pid: c.pid,
                 secret: c.secret,
             };
-            tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
+            tokio::spawn(async move { crate::wire::cancel::send_cancel(&target).await });
         }
     }
 
@@ -441,7 +441,7 @@ impl Session {
                 let Some(raw) = call.param(i) else {
                     return Ok(None);
                 };
-                let parsed = crate::protocol::bound_int(raw, call.is_binary(i));
+                let parsed = crate::wire::protocol::bound_int(raw, call.is_binary(i));
                 parsed.ok_or_else(|| ProxyError::Backend {
                     code: "22P02".into(),
                     message: format!("invalid value for {what} parameter ${}", i + 1),
@@ -792,7 +792,7 @@ fn put_bind(buf: &mut BytesMut, params_section: &[u8], result_formats: &[i16]) {
 }
 
 fn parse_param_description(body: &[u8]) -> Vec<u32> {
-    let mut c = crate::protocol::Cursor::new(body, "ParameterDescription");
+    let mut c = crate::wire::protocol::Cursor::new(body, "ParameterDescription");
     let n = c.i16().unwrap_or(0).max(0);
     (0..n).filter_map(|_| c.u32().ok()).collect()
 }

@@ -2,6 +2,7 @@
 //! prepared statements, transaction) and the backend connections it holds while a
 //! transaction (or a single statement outside one) runs.
 
+pub mod clients;
 mod commit;
 mod copy_in;
 mod explain;
@@ -30,15 +31,15 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 
-use crate::auth::ScramSecret;
-use crate::cancel::{CancelRegistry, CancelSlot, CancelTarget};
+use crate::backend::pool::{PooledConn, ShardPool};
 use crate::error::ProxyError;
-use crate::pool::{PooledConn, ShardPool};
-use crate::protocol::{build, FrameError, FrameReader};
-use crate::router::{resolve_keys, Plan, PlanCache, RouteSpec};
-use crate::shardmap::ShardMap;
-use crate::shardset::ShardSet;
-use crate::tls::{NetRead, NetWrite};
+use crate::routing::router::{resolve_keys, Plan, PlanCache, RouteSpec};
+use crate::sharding::shardmap::ShardMap;
+use crate::sharding::shardset::ShardSet;
+use crate::wire::auth::ScramSecret;
+use crate::wire::cancel::{CancelRegistry, CancelSlot, CancelTarget};
+use crate::wire::protocol::{build, FrameError, FrameReader};
+use crate::wire::tls::{NetRead, NetWrite};
 use settings::Settings;
 /// Most savepoints and settings statements one transaction block may hold.
 pub use txn::MAX_STEPS as MAX_TXN_STEPS;
@@ -103,11 +104,11 @@ pub struct Shared {
     /// Connected clients.
     pub clients: AtomicUsize,
     /// Who they are, for `SHOW CLIENTS`.
-    pub client_list: Arc<crate::clients::ClientRegistry>,
+    pub client_list: Arc<crate::session::clients::ClientRegistry>,
     /// Whether text sorts in byte order on the shards (learned once, for merging ORDER BY).
     pub bytewise_text: std::sync::OnceLock<bool>,
     /// Two-phase commit for writes that span shards.
-    pub twophase: Arc<crate::twophase::TwoPhase>,
+    pub twophase: Arc<crate::backend::twophase::TwoPhase>,
     /// Statements routed, by kind of route.
     pub stats: RouteStats,
     /// Prometheus metrics.
@@ -164,7 +165,7 @@ impl Shared {
         self.topology.store(Arc::new(Topology {
             map,
             pools,
-            cache: PlanCache::new(crate::router::PLAN_CACHE_CAPACITY),
+            cache: PlanCache::new(crate::routing::router::PLAN_CACHE_CAPACITY),
             generation,
             users,
         }));
@@ -349,7 +350,7 @@ pub struct Session {
     /// Held while the rebalance gate is armed and a transaction or statement runs.
     pass: Option<gate::Pass>,
     /// This client in `SHOW CLIENTS`.
-    client: Option<Arc<crate::clients::ClientEntry>>,
+    client: Option<Arc<crate::session::clients::ClientEntry>>,
     reader: FrameReader<NetRead>,
     writer: NetWrite,
     out: BytesMut,
@@ -373,8 +374,8 @@ pub struct Session {
     key_pid: i32,
     /// The proxy user the client logged in as.
     user: Arc<str>,
-    /// The client's encoding when it is not UTF-8 (see [`crate::encoding`]).
-    codec: Option<crate::encoding::Codec>,
+    /// The client's encoding when it is not UTF-8 (see [`crate::wire::encoding`]).
+    codec: Option<crate::wire::encoding::Codec>,
 }
 
 impl Session {
@@ -414,7 +415,7 @@ impl Session {
         .with_codec()
     }
 
-    /// Follows the client's `client_encoding` (see [`crate::encoding`]).
+    /// Follows the client's `client_encoding` (see [`crate::wire::encoding`]).
     fn with_codec(mut self) -> Self {
         self.refresh_codec();
         self
@@ -424,7 +425,7 @@ impl Session {
         let codec = self
             .settings
             .client_encoding()
-            .and_then(crate::encoding::Codec::for_name);
+            .and_then(crate::wire::encoding::Codec::for_name);
         if codec != self.codec {
             self.codec = codec;
             for c in self.conns.iter_mut() {
@@ -441,7 +442,7 @@ impl Session {
     }
 
     /// Shows the session's state in `entry` (`SHOW CLIENTS`).
-    pub fn with_client(mut self, entry: Arc<crate::clients::ClientEntry>) -> Self {
+    pub fn with_client(mut self, entry: Arc<crate::session::clients::ClientEntry>) -> Self {
         self.client = Some(entry);
         self
     }
@@ -497,9 +498,9 @@ impl Session {
             }
             if let Some(c) = &self.client {
                 c.set_state(if self.txn.status == b'I' {
-                    crate::clients::IDLE
+                    crate::session::clients::IDLE
                 } else {
-                    crate::clients::IDLE_IN_TRANSACTION
+                    crate::session::clients::IDLE_IN_TRANSACTION
                 });
             }
             // Idle limits apply while the proxy waits for the client's next message.
@@ -535,7 +536,7 @@ impl Session {
                 return self.end_terminated().await;
             }
             if let Some(c) = &self.client {
-                c.set_state(crate::clients::ACTIVE);
+                c.set_state(crate::session::clients::ACTIVE);
             }
             match frame.tag {
                 b'Q' => {
@@ -545,22 +546,24 @@ impl Session {
                         batch.clear();
                     }
                     let converted = match self.codec {
-                        Some(c) => match crate::encoding::body_to_utf8(&c, b'Q', frame.body()) {
-                            Ok(b) => b,
-                            Err(e) => {
-                                self.push_error(&ProxyError::Encoding(e.to_string()));
-                                self.push_ready();
-                                continue;
+                        Some(c) => {
+                            match crate::wire::encoding::body_to_utf8(&c, b'Q', frame.body()) {
+                                Ok(b) => b,
+                                Err(e) => {
+                                    self.push_error(&ProxyError::Encoding(e.to_string()));
+                                    self.push_ready();
+                                    continue;
+                                }
                             }
-                        },
+                        }
                         None => None,
                     };
                     let body = converted.as_deref().unwrap_or(frame.body());
-                    match crate::protocol::decode_query(body) {
+                    match crate::wire::protocol::decode_query(body) {
                         Ok(sql) => self.simple_query(sql).await?,
                         // Postgres answers bytes invalid in the client encoding with an error,
                         // not by closing the connection.
-                        Err(e @ crate::protocol::FrameError::NotUtf8(_)) => {
+                        Err(e @ crate::wire::protocol::FrameError::NotUtf8(_)) => {
                             self.push_error(&ProxyError::Encoding(e.to_string()));
                             self.push_ready();
                         }
@@ -592,15 +595,15 @@ impl Session {
     }
 
     /// A Parse message from a client with a non-UTF-8 encoding, its text in UTF-8.
-    fn frame_to_utf8(&self, frame: crate::protocol::Frame) -> crate::protocol::Frame {
+    fn frame_to_utf8(&self, frame: crate::wire::protocol::Frame) -> crate::wire::protocol::Frame {
         let Some(c) = self.codec else { return frame };
-        match crate::encoding::body_to_utf8(&c, frame.tag, frame.body()) {
+        match crate::wire::encoding::body_to_utf8(&c, frame.tag, frame.body()) {
             Ok(Some(body)) => {
                 let mut raw = BytesMut::with_capacity(body.len() + 5);
                 raw.extend_from_slice(&[frame.tag]);
                 raw.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
                 raw.extend_from_slice(&body);
-                crate::protocol::Frame {
+                crate::wire::protocol::Frame {
                     tag: frame.tag,
                     raw: raw.freeze(),
                 }
@@ -811,7 +814,7 @@ impl Session {
         self.topo = topo;
     }
 
-    /// Waits while a directory key move runs in this proxy (see [`crate::directory::admin`]).
+    /// Waits while a directory key move runs in this proxy (see [`crate::sharding::directory::admin`]).
     /// Sessions inside a transaction are not held: the move's table lock orders them.
     async fn directory_gate(&self) {
         if self.txn.status != b'I' {
@@ -831,7 +834,7 @@ impl Session {
         route: &RouteSpec,
         params: &[Option<&[u8]>],
         is_binary: &dyn Fn(usize) -> bool,
-        lits: crate::literals::QueryLits<'_>,
+        lits: crate::routing::literals::QueryLits<'_>,
     ) -> Result<Target, ProxyError> {
         let r = self.resolve_route(route, params, is_binary, lits);
         let n = self.topo.map.shards.len();
@@ -854,7 +857,7 @@ impl Session {
         route: &RouteSpec,
         params: &[Option<&[u8]>],
         is_binary: &dyn Fn(usize) -> bool,
-        lits: crate::literals::QueryLits<'_>,
+        lits: crate::routing::literals::QueryLits<'_>,
     ) -> Result<Target, ProxyError> {
         match route {
             RouteSpec::Any => Ok(Target::Shard(self.any_shard())),
@@ -922,10 +925,11 @@ impl Session {
             .cloned()
             .ok_or_else(|| ProxyError::Protocol(format!("no shard #{shard}")))?;
         let mut conn = pool.checkout().await?;
-        let lost = |e: crate::backend::BackendError, name: String| ProxyError::ShardUnavailable {
-            shard: name,
-            reason: e.to_string(),
-        };
+        let lost =
+            |e: crate::backend::conn::BackendError, name: String| ProxyError::ShardUnavailable {
+                shard: name,
+                reason: e.to_string(),
+            };
         let epoch = self
             .shared
             .schema_epoch

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use super::relay::{Outcome, RelayError};
 use super::Session;
 use crate::error::ProxyError;
-use crate::protocol::{build, command_tag, error_fields};
+use crate::wire::protocol::{build, command_tag, error_fields};
 
 /// One shard's part of a multi-shard write.
 pub struct ShardWrite {

@@ -10,8 +10,8 @@ use bytes::BytesMut;
 use super::extended::{Op, BIND_COMPLETE};
 use super::relay::Expect;
 use super::{Prepared, Session, SessionEnd, Txn};
-use crate::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
-use crate::router::StmtKind;
+use crate::routing::router::StmtKind;
+use crate::wire::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
 
 impl Session {
     /// JDBC (autocommit off) pipelines its BEGIN with the first statement: `Parse "BEGIN",

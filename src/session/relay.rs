@@ -13,9 +13,9 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::{Session, SessionEnd};
-use crate::backend::BackendError;
+use crate::backend::conn::BackendError;
 use crate::error::ProxyError;
-use crate::protocol::{build, command_tag, Frame};
+use crate::wire::protocol::{build, command_tag, Frame};
 
 /// A reply the relay waits for, in request order.
 #[derive(Debug, Clone)]
@@ -142,7 +142,7 @@ impl Session {
             match f.tag {
                 b'E' => {
                     outcome.error = true;
-                    let (code, message) = crate::protocol::error_fields(f.body());
+                    let (code, message) = crate::wire::protocol::error_fields(f.body());
                     self.shared.telemetry.error(&code);
                     let stale = stale_statement(&code, &message);
                     if stale {

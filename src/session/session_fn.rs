@@ -13,8 +13,8 @@
 //! Both functions are strict: a NULL pid gives a NULL result, as in Postgres.
 
 use super::Session;
-use crate::protocol::{build, BindMsg};
-use crate::router::{PidArg, SessionCall, SessionFn};
+use crate::routing::router::{PidArg, SessionCall, SessionFn};
+use crate::wire::protocol::{build, BindMsg};
 
 /// Type oids and lengths of the results.
 const INT4: (u32, i16) = (23, 4);
@@ -29,7 +29,7 @@ fn pid_value(arg: PidArg, bind: Option<&BindMsg>) -> Result<Option<i64>, ()> {
     let Some(value) = bind.and_then(|b| b.param(i)).ok_or(())? else {
         return Ok(None);
     };
-    crate::protocol::bound_int(value, bind.is_some_and(|b| b.is_binary(i)))
+    crate::wire::protocol::bound_int(value, bind.is_some_and(|b| b.is_binary(i)))
         .map(Some)
         .ok_or(())
 }

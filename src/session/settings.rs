@@ -154,13 +154,13 @@ impl Settings {
     /// own default (UTF8): a `SET client_encoding`/`SET NAMES` if any, else the startup value.
     pub fn client_encoding(&self) -> Option<&'static str> {
         if let Some(e) = self.entries.iter().find(|e| e.name == "client_encoding") {
-            return set_value_of(&e.stmt).and_then(crate::encoding::canonical_encoding);
+            return set_value_of(&e.stmt).and_then(crate::wire::encoding::canonical_encoding);
         }
         self.defaults
             .iter()
             .find(|e| e.name == "client_encoding")
             .and_then(|e| e.value.as_deref())
-            .and_then(crate::encoding::canonical_encoding)
+            .and_then(crate::wire::encoding::canonical_encoding)
     }
 
     /// The fingerprint compared against a backend connection's.

@@ -5,8 +5,8 @@ use super::multiwrite::{ShardWrite, WriteProtocol};
 use super::relay::{Expect, Outcome, RelayError};
 use super::{Session, SessionEnd, Target, Txn};
 use crate::error::ProxyError;
-use crate::protocol::build;
-use crate::router::{Plan, StmtKind};
+use crate::routing::router::{Plan, StmtKind};
+use crate::wire::protocol::build;
 
 impl Session {
     /// Handles one Query message.
@@ -80,13 +80,13 @@ impl Session {
     fn simple_target(
         &mut self,
         plan: &Plan,
-        lits: crate::literals::QueryLits<'_>,
+        lits: crate::routing::literals::QueryLits<'_>,
     ) -> Result<Option<Target>, ProxyError> {
         let mut target: Option<Target> = None;
         let mut split = false;
         for st in &plan.stmts {
             let t = self.resolve(&st.route, &[], &|_| false, lits)?;
-            if matches!(st.route, crate::router::RouteSpec::Any) {
+            if matches!(st.route, crate::routing::router::RouteSpec::Any) {
                 continue; // goes wherever the rest goes
             }
             match target {
@@ -325,7 +325,7 @@ impl Session {
                     // on a fresh one, when nothing reached the client and no transaction is open
                     // — never when the shard ended the session on purpose with a FATAL while
                     // the statement ran (an administrator's pg_terminate_backend stops it).
-                    let ended = matches!(error, crate::backend::BackendError::Ended { .. });
+                    let ended = matches!(error, crate::backend::conn::BackendError::Ended { .. });
                     if attempt == 1 && reused && !forwarded && !ended && self.txn.status == b'I' {
                         self.out.truncate(out_mark);
                         continue;
@@ -371,7 +371,7 @@ impl Session {
 
     async fn exec_query_all(
         &mut self,
-        set: crate::shardset::ShardSet,
+        set: crate::sharding::shardset::ShardSet,
         sql: &str,
         hide_ready: bool,
         replicated: bool,
@@ -492,7 +492,7 @@ impl Session {
     /// One statement of [`Session::run_each`]; returns whether it succeeded.
     async fn run_one_of_many(
         &mut self,
-        st: &crate::router::StmtPlan,
+        st: &crate::routing::router::StmtPlan,
         text: &str,
     ) -> Result<bool, SessionEnd> {
         if self.txn.failed && !super::txn::exits_failed(&st.kind) {

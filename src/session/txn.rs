@@ -26,8 +26,8 @@ use std::collections::VecDeque;
 use super::relay::{Expect, Outcome, RelayError};
 use super::{Session, SessionEnd, Target};
 use crate::error::ProxyError;
-use crate::protocol::build;
-use crate::router::{SavepointOp, StmtKind};
+use crate::routing::router::{SavepointOp, StmtKind};
+use crate::wire::protocol::build;
 
 /// Most savepoints and settings statements one transaction block may hold.
 pub const MAX_STEPS: usize = 10_000;
@@ -464,7 +464,7 @@ impl Session {
     fn end_lost(
         &mut self,
         shard: usize,
-        error: &crate::backend::BackendError,
+        error: &crate::backend::conn::BackendError,
         ready: bool,
     ) -> bool {
         let e = self.backend_failed(shard, error);

@@ -341,7 +341,7 @@ impl Proxy {
     /// Starts the proxy on 127.0.0.1:0 with `env.shard_map_yaml(tables, extra)`.
     pub async fn start(env: &TestEnv, tables: &str, extra: &str) -> Proxy {
         let yaml = env.shard_map_yaml(tables, extra);
-        let map = shardwire::shardmap::ShardMap::from_yaml_str(&yaml, "test shard map")
+        let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(&yaml, "test shard map")
             .unwrap_or_else(|e| panic!("invalid test shard map: {e}\n--- map ---\n{yaml}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -355,7 +355,7 @@ impl Proxy {
     /// Starts the proxy on 127.0.0.1:0 with a complete shard map (e.g. from
     /// [`TestEnv::shard_map_yaml_with`]); several proxies may share one map.
     pub async fn start_yaml(yaml: &str) -> Proxy {
-        let map = shardwire::shardmap::ShardMap::from_yaml_str(yaml, "test shard map")
+        let map = shardwire::sharding::shardmap::ShardMap::from_yaml_str(yaml, "test shard map")
             .unwrap_or_else(|e| panic!("invalid test shard map: {e}\n--- map ---\n{yaml}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -27,18 +27,18 @@ use std::pin::{pin, Pin};
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
-use shardwire::auth::{md5_expected, ScramSecret, ScramServer};
-use shardwire::copysplit::{CopyFormat, CopySplitter, SplitError};
 use shardwire::gather::{self, Mode};
-use shardwire::keys::{key_from_binary, key_from_text, KeyType};
-use shardwire::literals::{self, LitKind};
-use shardwire::protocol::{
+use shardwire::routing::copysplit::{CopyFormat, CopySplitter, SplitError};
+use shardwire::routing::literals::{self, LitKind};
+use shardwire::routing::router::{self, PlanCache, RouteSpec};
+use shardwire::session::settings::{startup_options, Settings};
+use shardwire::sharding::keys::{key_from_binary, key_from_text, KeyType};
+use shardwire::sharding::shardmap::ShardMap;
+use shardwire::wire::auth::{md5_expected, ScramSecret, ScramServer};
+use shardwire::wire::protocol::{
     self, command_tag, decode_execute, decode_query, decode_target, error_fields, BindMsg, Cursor,
     FrameError, FrameReader, ParseMsg,
 };
-use shardwire::router::{self, PlanCache, RouteSpec};
-use shardwire::session::settings::{startup_options, Settings};
-use shardwire::shardmap::ShardMap;
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Every key type, for the key parsers.
@@ -619,9 +619,9 @@ fn startup_setting(name: &str, value: &str) -> Option<String> {
     if name != "client_encoding" {
         return Some(value.to_string());
     }
-    let enc = shardwire::encoding::canonical_encoding(value);
+    let enc = shardwire::wire::encoding::canonical_encoding(value);
     if enc.is_none() {
-        let _ = shardwire::encoding::unsupported_encoding(value);
+        let _ = shardwire::wire::encoding::unsupported_encoding(value);
     }
     enc.map(str::to_string)
 }
@@ -833,7 +833,7 @@ pub fn router(data: &[u8]) {
                 let _ = key_from_binary(ty, v);
             } else if let Ok(t) = std::str::from_utf8(v) {
                 let _ = key_from_text(ty, t);
-                let _ = shardwire::keys::numeric_literal(ty, t);
+                let _ = shardwire::sharding::keys::numeric_literal(ty, t);
             }
         }
     }
@@ -906,9 +906,9 @@ fn gather_final(g: &gather::GatherPlan, n_params: usize) {
 }
 
 /// A planned COPY … FROM STDIN, fed the parameters' bytes as CopyData.
-fn copy_through(copy: &shardwire::copyplan::CopyPlan, params: &[Option<&[u8]>]) {
+fn copy_through(copy: &shardwire::routing::copyplan::CopyPlan, params: &[Option<&[u8]>]) {
     let (key, n) = match &copy.target {
-        shardwire::copyplan::CopyTarget::Sharded {
+        shardwire::routing::copyplan::CopyTarget::Sharded {
             columns: Some((k, n)),
             ..
         } => (*k, *n),

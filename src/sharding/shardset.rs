@@ -1,6 +1,6 @@
 //! Sets of shards by index: what a statement's keys, ranges and rules resolve to.
 
-/// A set of shards (by index; shard maps hold at most [`crate::shardmap::MAX_SHARDS`]).
+/// A set of shards (by index; shard maps hold at most [`crate::sharding::shardmap::MAX_SHARDS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ShardSet(u128);
 

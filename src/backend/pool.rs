@@ -18,10 +18,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::BackendConn;
+use crate::backend::conn::BackendConn;
 use crate::error::ProxyError;
-use crate::shard::ShardInfo;
-use crate::shardmap::PoolSettings;
+use crate::sharding::shard::ShardInfo;
+use crate::sharding::shardmap::PoolSettings;
 
 /// The pool of one shard.
 pub struct ShardPool {
@@ -41,7 +41,7 @@ pub struct ShardPool {
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
     /// Request latency on this shard (`shardwire_shard_latency_seconds`).
-    pub latency: crate::latency::LatencyHistogram,
+    pub latency: crate::backend::latency::LatencyHistogram,
     /// Open connections by backend pid: when opened and whether checked out (`SHOW SERVERS`).
     open: Mutex<std::collections::HashMap<i32, ServerConn>>,
 }
@@ -97,7 +97,9 @@ pub struct PooledConn {
 impl ShardPool {
     /// A connection outside the pool (not counted against its size, never pooled), for a
     /// control step that must not wait for a slot: finishing a decided two-phase commit.
-    pub async fn connect_unpooled(&self) -> Result<BackendConn, crate::backend::BackendError> {
+    pub async fn connect_unpooled(
+        &self,
+    ) -> Result<BackendConn, crate::backend::conn::BackendError> {
         BackendConn::connect(
             self.index,
             &self.info,

@@ -31,7 +31,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::ring::hash_bytes;
+use crate::sharding::ring::hash_bytes;
 
 /// The declared type of a shard-key column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -24,10 +24,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use crate::directory::admin as dir_admin;
-use crate::protocol::{build, decode_query, FrameReader};
 use crate::session::Shared;
-use crate::tls::{NetRead, NetWrite};
+use crate::sharding::directory::admin as dir_admin;
+use crate::wire::protocol::{build, decode_query, FrameReader};
+use crate::wire::tls::{NetRead, NetWrite};
 
 /// Why an admin command failed: message and SQLSTATE.
 #[derive(Debug, thiserror::Error)]
@@ -301,7 +301,7 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
                 tag: format!("SHOW {n}"),
             })
         }
-        ["reload"] => match crate::reload::reload(shared) {
+        ["reload"] => match crate::ops::reload::reload(shared) {
             Ok(summary) => Ok(Output {
                 columns: vec!["reloaded"],
                 rows: vec![vec![Some(summary)]],

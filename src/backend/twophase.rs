@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::directory::pg_config;
-use crate::shardmap::ShardMap;
+use crate::sharding::directory::pg_config;
+use crate::sharding::shardmap::ShardMap;
 
 /// The decision log table (on the default shard), schema-qualified so that a client's
 /// `search_path` on the connection that records a decision cannot hide it.

@@ -19,14 +19,14 @@ use pg_query::{NodeEnum, NodeRef};
 use crate::error::ProxyError;
 use crate::gather::sqltree::is_aggregate_name;
 use crate::gather::GatherPlan;
-use crate::keys::{
+use crate::routing::literals::{literal_value, LitVal, QueryLits};
+use crate::sharding::keys::{
     key_from_binary, key_from_int, key_from_text, numeric_literal, KeyError, KeyType, KeyValue,
     NumericLiteral,
 };
-use crate::literals::{literal_value, LitVal, QueryLits};
-use crate::shardmap::{ShardMap, TableRule};
-use crate::shardset::ShardSet;
-use crate::strategy::{Located, Sharded};
+use crate::sharding::shardmap::{ShardMap, TableRule};
+use crate::sharding::shardset::ShardSet;
+use crate::sharding::strategy::{Located, Sharded};
 
 /// What a statement is, as far as session handling cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +187,7 @@ pub struct StmtPlan {
     /// A multi-row INSERT whose rows may belong to different shards: how to split it.
     pub split: Option<Arc<InsertSplit>>,
     /// `COPY … FROM STDIN` into a sharded or reference table: how to split its rows.
-    pub copy: Option<Arc<crate::copyplan::CopyPlan>>,
+    pub copy: Option<Arc<crate::routing::copyplan::CopyPlan>>,
     /// DDL that can change what a prepared statement returns or refers to (ALTER, DROP,
     /// RENAME, CREATE OR REPLACE VIEW): pooled connections drop their prepared statements.
     pub reshapes: bool,
@@ -451,7 +451,7 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
             if let (true, false, Some(table)) =
                 (c.is_from, matches!(route, RouteSpec::Refuse(_)), table)
             {
-                match crate::copyplan::plan(c, table) {
+                match crate::routing::copyplan::plan(c, table) {
                     Ok(p) => copy = Some(Arc::new(p)),
                     Err(e) => route = RouteSpec::Refuse(e),
                 }
@@ -736,7 +736,7 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
                 return (
                     StmtKind::SetLocal,
                     RouteSpec::Refuse(ProxyError::Unsupported(
-                        crate::encoding::unsupported_encoding(&name),
+                        crate::wire::encoding::unsupported_encoding(&name),
                     )),
                 );
             }
@@ -899,7 +899,7 @@ fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
 }
 
 /// The value of `SET [LOCAL] client_encoding` / `SET NAMES` when it is an encoding the proxy
-/// does not speak (see [`crate::encoding::canonical_encoding`]).
+/// does not speak (see [`crate::wire::encoding::canonical_encoding`]).
 fn unsupported_encoding(v: &protobuf::VariableSetStmt) -> Option<String> {
     if !v.name.eq_ignore_ascii_case("client_encoding")
         || v.kind != protobuf::VariableSetKind::VarSetValue as i32
@@ -914,7 +914,7 @@ fn unsupported_encoding(v: &protobuf::VariableSetStmt) -> Option<String> {
         },
         _ => return None,
     };
-    match crate::encoding::canonical_encoding(&value) {
+    match crate::wire::encoding::canonical_encoding(&value) {
         Some(_) => None,
         None => Some(value),
     }
@@ -1024,7 +1024,7 @@ enum KeySrc {
 type TemplateState = Option<(HashMap<i32, (usize, bool)>, bool)>;
 
 thread_local! {
-    /// The template being planned on this thread (see [`crate::literals`]).
+    /// The template being planned on this thread (see [`crate::routing::literals`]).
     static TEMPLATE: std::cell::RefCell<TemplateState> = const { std::cell::RefCell::new(None) };
 }
 
@@ -2116,7 +2116,7 @@ const MAX_UTC_OFFSET_MICROS: i64 = 16 * 3_600 * 1_000_000;
 
 /// The instants an offset-less timestamptz can denote, whatever the session's time zone.
 fn offset_less_window(t: &Sharded, text: &str) -> Option<(KeyValue, KeyValue)> {
-    match crate::shardmap::utc_default(
+    match crate::sharding::shardmap::utc_default(
         t.key_type,
         text,
         KeyError::NoUtcOffset { input: text.into() },
@@ -2302,7 +2302,7 @@ fn range_cond(
     lo: Bound<&protobuf::Node>,
     hi: Bound<&protobuf::Node>,
 ) -> Option<(BoundSrc, BoundSrc)> {
-    if !matches!(t.strategy, crate::strategy::Strategy::Range(_)) {
+    if !matches!(t.strategy, crate::sharding::strategy::Strategy::Range(_)) {
         return None;
     }
     Some((bound_src(t, lo, true)?, bound_src(t, hi, false)?))
@@ -2501,14 +2501,14 @@ impl PlanCache {
         &self,
         map: &ShardMap,
         sql: &str,
-    ) -> Result<(Arc<Plan>, Option<crate::literals::Scanned>), ProxyError> {
+    ) -> Result<(Arc<Plan>, Option<crate::routing::literals::Scanned>), ProxyError> {
         if let Some(p) = self.map.read().get(sql) {
             return Ok((p.clone(), None));
         }
         if sql.len() > MAX_CACHED_SQL {
             return self.get(map, sql).map(|p| (p, None));
         }
-        let scanned = match crate::literals::scan(sql) {
+        let scanned = match crate::routing::literals::scan(sql) {
             Some(s) if !s.lits.is_empty() => s,
             _ => return self.get(map, sql).map(|p| (p, None)),
         };

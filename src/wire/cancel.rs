@@ -218,7 +218,7 @@ pub async fn send_cancel(t: &CancelTarget) {
 pub fn cancel_packet(pid: i32, secret: i32) -> [u8; 16] {
     let mut p = [0u8; 16];
     p[0..4].copy_from_slice(&16i32.to_be_bytes());
-    p[4..8].copy_from_slice(&crate::protocol::CANCEL_REQUEST.to_be_bytes());
+    p[4..8].copy_from_slice(&crate::wire::protocol::CANCEL_REQUEST.to_be_bytes());
     p[8..12].copy_from_slice(&pid.to_be_bytes());
     p[12..16].copy_from_slice(&secret.to_be_bytes());
     p

@@ -8,7 +8,7 @@
 //! pin it. Changing any step is a data migration, not a refactoring.
 //!
 //! 1. **Key hash.** A key is first turned into its canonical bytes
-//!    ([`crate::keys::KeyValue::canonical_bytes`]: integers of every width as the
+//!    ([`crate::sharding::keys::KeyValue::canonical_bytes`]: integers of every width as the
 //!    8-byte big-endian two's complement of the `i64`, text as its UTF-8 bytes,
 //!    uuid as its 16 raw bytes). The key hash is XXH3-64 with seed 0 of those
 //!    bytes ([`hash_bytes`]).
@@ -153,7 +153,7 @@ impl fmt::Debug for HashRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::KeyValue;
+    use crate::sharding::keys::KeyValue;
 
     const N: i64 = 100_000;
 

@@ -30,8 +30,8 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, Notify};
 use tokio_postgres::{AsyncMessage, Client};
 
-use crate::keys::KeyValue;
-use crate::shard::ShardInfo;
+use crate::sharding::keys::KeyValue;
+use crate::sharding::shard::ShardInfo;
 
 /// The LISTEN/NOTIFY channel directory changes are announced on.
 pub const CHANNEL: &str = "shardwire_directory";

@@ -20,7 +20,7 @@ pub struct ShardInfo {
     /// Relative share of the hash ring (>= 1).
     pub weight: u32,
     /// TLS to the shard (the URL's `sslmode` and `sslrootcert`).
-    pub tls: crate::tls::ShardTls,
+    pub tls: crate::wire::tls::ShardTls,
 }
 
 impl ShardInfo {

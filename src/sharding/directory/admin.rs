@@ -22,9 +22,9 @@ use futures::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
 use super::{pg_config, quote_name, Directory, DirectoryError, Lookup, CHANNEL, MOVE_ANNOUNCE};
-use crate::keys::key_from_text;
-use crate::shardmap::ShardMap;
-use crate::strategy::{Fallback, Sharded, Strategy};
+use crate::sharding::keys::key_from_text;
+use crate::sharding::shardmap::ShardMap;
+use crate::sharding::strategy::{Fallback, Sharded, Strategy};
 
 /// How long a move waits for statements already routed, before locking and after switching.
 pub const GRACE: Duration = Duration::from_millis(300);

@@ -1,6 +1,8 @@
 //! The listener: accepts clients, runs the startup phase (TLS when the map has `tls:`,
 //! GSSENC refusal, cancel requests, protocol negotiation, password authentication) and
-//! hands each logged-in client to a [`Session`] task.
+//! hands each logged-in client to a [`Session`] task. [`runtime`] builds the tokio runtime.
+
+pub mod runtime;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -14,15 +16,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::auth::{md5_expected, ScramSecret, ScramServer};
-use crate::cancel::CancelRegistry;
-use crate::pool::ShardPool;
-use crate::protocol::{self, build, Cursor, FrameReader};
-use crate::router::PlanCache;
+use crate::backend::pool::ShardPool;
+use crate::routing::router::PlanCache;
 use crate::session::settings::Settings;
 use crate::session::{Session, Shared, Topology};
-use crate::shardmap::{AuthMethod, ShardMap};
-use crate::tls::{NetRead, NetWrite, ServerTls};
+use crate::sharding::shardmap::{AuthMethod, ShardMap};
+use crate::wire::auth::{md5_expected, ScramSecret, ScramServer};
+use crate::wire::cancel::CancelRegistry;
+use crate::wire::protocol::{self, build, Cursor, FrameReader};
+use crate::wire::tls::{NetRead, NetWrite, ServerTls};
 
 /// How long a client may take to log in.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -69,7 +71,7 @@ pub async fn start_directory(shared: &Arc<Shared>, stop: watch::Receiver<bool>) 
     let waiting = ready.notified();
     until_stopped(
         stop,
-        crate::directory::run(
+        crate::sharding::directory::run(
             dir.clone(),
             shared.map().shards[dir.shard].clone(),
             shared.map().shard_names().to_vec(),
@@ -116,7 +118,10 @@ pub async fn start_rebalance_watch(shared: &Arc<Shared>, stop: watch::Receiver<b
 /// so the first multi-shard write already uses it) and runs recovery in the background.
 pub async fn start_twophase(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
     let tp = shared.twophase.clone();
-    until_stopped(stop, crate::twophase::run(shared.map().clone(), tp.clone()));
+    until_stopped(
+        stop,
+        crate::backend::twophase::run(shared.map().clone(), tp.clone()),
+    );
     let deadline = tokio::time::Instant::now() + shared.map().pool.connect_timeout;
     while !tp.probed() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -142,7 +147,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         topology: arc_swap::ArcSwap::from_pointee(Topology {
             map,
             pools,
-            cache: PlanCache::new(crate::router::PLAN_CACHE_CAPACITY),
+            cache: PlanCache::new(crate::routing::router::PLAN_CACHE_CAPACITY),
             generation: 0,
             users,
         }),
@@ -175,7 +180,7 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
         Some(a) => {
             let l = TcpListener::bind(a.as_str()).await?;
             let at = l.local_addr()?;
-            tokio::spawn(crate::admin_http::serve(shared.clone(), l, stopped.clone()));
+            tokio::spawn(crate::ops::http::serve(shared.clone(), l, stopped.clone()));
             tracing::info!(addr = %at, "admin endpoint (/metrics, /health) listening");
             Some(at)
         }
@@ -259,7 +264,7 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
     let max_message_size = shared.map().max_message_size;
     let budget = (shared.large_messages.clone(), shared.large_message_units);
     // Plain sockets keep their own lock-free halves; TLS replaces them after the handshake.
-    let (r, mut w) = crate::tls::split_plain(sock);
+    let (r, mut w) = crate::wire::tls::split_plain(sock);
     let mut reader = FrameReader::new(r, max_message_size).with_budget(budget.0.clone(), budget.1);
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     let (settings, admin, who) = loop {
@@ -326,8 +331,10 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
     let registration = shared.client_list.register(&who.user, &who.database, peer);
     if admin {
         // The console is shown `active`: it only ever runs the command being listed.
-        registration.entry.set_state(crate::clients::ACTIVE);
-        crate::admin::run(shared, reader, w).await?;
+        registration
+            .entry
+            .set_state(crate::session::clients::ACTIVE);
+        crate::ops::admin::run(shared, reader, w).await?;
         return Ok(());
     }
     Session::new(shared, reader, w, settings, slot)
@@ -605,7 +612,7 @@ async fn startup(
         AuthMethod::ScramSha256 => {
             let secret = match entry.as_ref() {
                 Some(e) => e.1.clone(),
-                None => crate::auth::ScramSecret::fake(&user, &shared.login_key),
+                None => crate::wire::auth::ScramSecret::fake(&user, &shared.login_key),
             };
             scram_login(reader, w, &mut out, secret).await?
         }
@@ -750,7 +757,7 @@ fn startup_setting(name: &str, value: &str) -> Result<String, (&'static str, Str
     if name != "client_encoding" {
         return Ok(value.to_string());
     }
-    crate::encoding::canonical_encoding(value)
+    crate::wire::encoding::canonical_encoding(value)
         .map(str::to_string)
-        .ok_or_else(|| ("0A000", crate::encoding::unsupported_encoding(value)))
+        .ok_or_else(|| ("0A000", crate::wire::encoding::unsupported_encoding(value)))
 }

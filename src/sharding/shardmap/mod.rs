@@ -6,6 +6,8 @@
 //! shard a key lives on ([`ShardMap::hash_shard`]) — without allocating. It is
 //! never mutated: a reload builds a new map and swaps it in whole.
 
+pub mod transition;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,10 +15,10 @@ use std::time::Duration;
 
 pub use crate::config::ConfigError;
 use crate::config::{ErrorSite, RawConfig, RawTable, Seg};
-use crate::directory::Directory;
-use crate::keys::{key_from_text, KeyError, KeyType, KeyValue};
-use crate::ring::HashRing;
-use crate::strategy::{
+use crate::sharding::directory::Directory;
+use crate::sharding::keys::{key_from_text, KeyError, KeyType, KeyValue};
+use crate::sharding::ring::HashRing;
+use crate::sharding::strategy::{
     DirectoryRule, Fallback, GeoRule, Located, RangeRule, Region, Sharded, Strategy,
 };
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use std::sync::Arc;
 /// Most ring tokens a map may ask for (`hash.vnodes × total weight`).
 pub const MAX_RING_TOKENS: u64 = 1 << 22;
 
-use crate::shard::ShardInfo;
+use crate::sharding::shard::ShardInfo;
 
 /// How clients authenticate to the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +156,7 @@ pub struct ShardMap {
     /// Scatter-gather limits.
     pub gather: GatherSettings,
     /// TLS for client connections (the `tls:` section), if configured.
-    pub tls: Option<crate::tls::ServerTls>,
+    pub tls: Option<crate::wire::tls::ServerTls>,
     /// Database names clients may connect to: `database:`, else the shards' database names.
     pub databases: Vec<String>,
     /// Table rules by schema ("" = unqualified) then relation name.
@@ -170,8 +172,8 @@ pub struct ShardMap {
     /// Shard names in map order.
     shard_names: Vec<String>,
     /// A rebalance in progress: keys of units not yet switched still live where the old
-    /// map put them (see [`crate::transition`]).
-    pub transition: Option<Arc<crate::transition::Transition>>,
+    /// map put them (see [`crate::sharding::shardmap::transition`]).
+    pub transition: Option<Arc<crate::sharding::shardmap::transition::Transition>>,
 }
 
 /// Why [`ShardMap::explain_route`] could not explain a route.
@@ -441,7 +443,7 @@ impl ShardMap {
             .iter()
             .map(|x| {
                 let mut a = format!("{}@{}:{}/{}", x.user, x.host, x.port, x.dbname);
-                if x.tls.mode != crate::tls::SslMode::Disable {
+                if x.tls.mode != crate::wire::tls::SslMode::Disable {
                     a.push_str(" sslmode=");
                     a.push_str(x.tls.mode.name());
                 }
@@ -554,7 +556,7 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig, opts: BuildOpts) -> Result<ShardM
     let tls = match &raw.tls {
         None => None,
         Some(t) => Some(
-            crate::tls::ServerTls::load(Path::new(&t.cert), Path::new(&t.key), t.require).map_err(
+            crate::wire::tls::ServerTls::load(Path::new(&t.cert), Path::new(&t.key), t.require).map_err(
                 |e| {
                     site.error(
                         &[Key("tls")],
@@ -800,7 +802,7 @@ fn build(site: &ErrorSite<'_>, raw: RawConfig, opts: BuildOpts) -> Result<ShardM
             }
             Some((shard, d.table.clone()))
         }
-        (None, true) => Some((0, crate::directory::DEFAULT_TABLE.to_owned())),
+        (None, true) => Some((0, crate::sharding::directory::DEFAULT_TABLE.to_owned())),
         (None, false) => None,
     };
     let directory = match directory {
@@ -1544,7 +1546,7 @@ fn parse_url(url: &str) -> Result<ShardInfo, (String, &'static str)> {
             )
         })?),
     };
-    let tls = crate::tls::ShardTls::new(mode, root_cert).map_err(|e| {
+    let tls = crate::wire::tls::ShardTls::new(mode, root_cert).map_err(|e| {
         (
             e.to_string(),
             "give sslrootcert=PATH of a readable PEM file with the CA certificates",
@@ -1568,8 +1570,15 @@ fn parse_url(url: &str) -> Result<ShardInfo, (String, &'static str)> {
 /// `disable`) and the CA file.
 fn take_ssl_params(
     url: &str,
-) -> Result<(String, crate::tls::SslMode, Option<std::path::PathBuf>), (String, &'static str)> {
-    use crate::tls::SslMode;
+) -> Result<
+    (
+        String,
+        crate::wire::tls::SslMode,
+        Option<std::path::PathBuf>,
+    ),
+    (String, &'static str),
+> {
+    use crate::wire::tls::SslMode;
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_owned(), SslMode::Disable, None));
     };

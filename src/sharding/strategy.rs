@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::directory::{Directory, Lookup};
-use crate::keys::{KeyType, KeyValue};
-use crate::ring::HashRing;
-use crate::shardset::ShardSet;
+use crate::sharding::directory::{Directory, Lookup};
+use crate::sharding::keys::{KeyType, KeyValue};
+use crate::sharding::ring::HashRing;
+use crate::sharding::shardset::ShardSet;
 
 /// A sharded table's rule.
 #[derive(Debug)]

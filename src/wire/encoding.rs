@@ -341,9 +341,9 @@ mod tests {
     fn messages_convert_their_text_only() {
         let c = Codec::for_name("LATIN1").unwrap();
         let mut data = BytesMut::new();
-        crate::protocol::build::query(&mut data, "SELECT 'é'");
-        crate::protocol::build::parse(&mut data, "s1", "SELECT 'ü' = $1", &[25]);
-        crate::protocol::build::empty(&mut data, b'S');
+        crate::wire::protocol::build::query(&mut data, "SELECT 'é'");
+        crate::wire::protocol::build::parse(&mut data, "s1", "SELECT 'ü' = $1", &[25]);
+        crate::wire::protocol::build::empty(&mut data, b'S');
         let out = to_client_messages(&c, &data).unwrap();
         let mut want = BytesMut::new();
         want.extend_from_slice(b"Q\0\0\0\x0fSELECT '\xe9'\0");

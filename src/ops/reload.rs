@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::session::Shared;
-use crate::shardmap::{ConfigError, ShardMap};
+use crate::sharding::shardmap::{ConfigError, ShardMap};
 
 /// Why a reload was refused (the running map stays).
 #[derive(Debug, thiserror::Error)]

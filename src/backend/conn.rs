@@ -11,9 +11,9 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::protocol::{error_fields, Cursor, Frame, FrameError, FrameReader};
-use crate::shard::ShardInfo;
-use crate::tls::{NetRead, NetWrite, SslMode};
+use crate::sharding::shard::ShardInfo;
+use crate::wire::protocol::{error_fields, Cursor, Frame, FrameError, FrameReader};
+use crate::wire::tls::{NetRead, NetWrite, SslMode};
 
 /// Largest message accepted from a shard (a row can be up to 1 GB in Postgres; we bound lower).
 pub const MAX_BACKEND_MESSAGE: usize = 256 * 1024 * 1024;
@@ -109,8 +109,8 @@ pub struct BackendConn {
     /// Transaction status of the last ReadyForQuery it sent (`I`, `T`, `E`).
     pub ready_status: u8,
     /// The `client_encoding` the connection runs with when it is not UTF-8: the text of the
-    /// Query and Parse messages the proxy writes is converted to it (see [`crate::encoding`]).
-    pub codec: Option<crate::encoding::Codec>,
+    /// Query and Parse messages the proxy writes is converted to it (see [`crate::wire::encoding`]).
+    pub codec: Option<crate::wire::encoding::Codec>,
     /// Set at the first ReadyForQuery: the login is over, and a FATAL from here on ends a
     /// working session (see [`BackendConn::read_frame`]).
     logged_in: bool,
@@ -250,11 +250,11 @@ impl BackendConn {
         mut stream: TcpStream,
     ) -> Result<(NetRead, NetWrite), BackendError> {
         if !info.tls.enabled() {
-            return Ok(crate::tls::split_plain(stream));
+            return Ok(crate::wire::tls::split_plain(stream));
         }
         let mut req = [0u8; 8];
         req[..4].copy_from_slice(&8i32.to_be_bytes());
-        req[4..].copy_from_slice(&crate::protocol::SSL_REQUEST.to_be_bytes());
+        req[4..].copy_from_slice(&crate::wire::protocol::SSL_REQUEST.to_be_bytes());
         stream.write_all(&req).await?;
         let mut answer = [0u8; 1];
         if stream.read(&mut answer).await? == 0 {
@@ -268,7 +268,7 @@ impl BackendConn {
                 .map_err(BackendError::Tls),
             b'N' if info.tls.mode == SslMode::Prefer => {
                 tracing::debug!(shard = %info.name, "shard does not offer TLS; sslmode=prefer goes on in plain text");
-                Ok(crate::tls::split_plain(stream))
+                Ok(crate::wire::tls::split_plain(stream))
             }
             b'N' => Err(BackendError::TlsRefused(info.tls.mode.name())),
             other => Err(BackendError::TlsAnswer(other as char)),
@@ -287,7 +287,7 @@ impl BackendConn {
                     self.logged_in = true;
                 } else if f.tag == b'E'
                     && self.logged_in
-                    && crate::protocol::error_is_fatal(f.body())
+                    && crate::wire::protocol::error_is_fatal(f.body())
                 {
                     self.broken = true;
                     let (code, message) = error_fields(f.body());
@@ -328,7 +328,7 @@ impl BackendConn {
     pub async fn write_all(&mut self, data: &[u8]) -> Result<(), BackendError> {
         let converted = self
             .codec
-            .and_then(|c| crate::encoding::to_client_messages(&c, data));
+            .and_then(|c| crate::wire::encoding::to_client_messages(&c, data));
         let data = converted.as_deref().unwrap_or(data);
         // flush() is a no-op on plain sockets; TLS may hold the tail back until flushed.
         let sent = match self.writer.write_all(data).await {
@@ -346,7 +346,7 @@ impl BackendConn {
     /// (`None` for no row, NULL, or an error).
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
         let mut buf = BytesMut::new();
-        crate::protocol::build::query(&mut buf, sql);
+        crate::wire::protocol::build::query(&mut buf, sql);
         self.write_all(&buf).await?;
         let mut value = None;
         let mut failed = false;
@@ -370,14 +370,14 @@ impl BackendConn {
     /// `PREPARE TRANSACTION` in an aborted transaction answers `ROLLBACK`, without an error.
     pub async fn command(&mut self, sql: &str) -> Result<Reply, BackendError> {
         let mut buf = BytesMut::new();
-        crate::protocol::build::query(&mut buf, sql);
+        crate::wire::protocol::build::query(&mut buf, sql);
         self.write_all(&buf).await?;
         let mut reply = Reply::default();
         loop {
             let f = self.read_frame().await?;
             match f.tag {
                 b'E' if reply.error.is_none() => reply.error = Some(error_fields(f.body())),
-                b'C' => reply.tag = crate::protocol::command_tag(f.body()).to_string(),
+                b'C' => reply.tag = crate::wire::protocol::command_tag(f.body()).to_string(),
                 b'D' if reply.value.is_none() => {
                     reply.value = crate::gather::datum::first_value(f.body())
                         .and_then(|v| std::str::from_utf8(v).ok())
@@ -406,7 +406,7 @@ impl BackendConn {
         mut statuses: Option<&mut BytesMut>,
     ) -> Result<(Option<(String, String)>, u8), BackendError> {
         let mut buf = BytesMut::new();
-        crate::protocol::build::query(&mut buf, sql);
+        crate::wire::protocol::build::query(&mut buf, sql);
         self.write_all(&buf).await?;
         let mut err = None;
         loop {

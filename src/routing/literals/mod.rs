@@ -12,7 +12,7 @@
 
 use pg_query::protobuf::Token;
 
-use crate::keys::{key_from_text, KeyType, KeyValue};
+use crate::sharding::keys::{key_from_text, KeyType, KeyValue};
 
 /// Kind of a templated constant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +137,7 @@ pub enum LitVal {
     /// It pins nothing (an exponent form); the statement runs where it would without it.
     Unpinned,
     /// Not a valid key of the type (`id = 'abc'`).
-    Bad(crate::keys::KeyError),
+    Bad(crate::sharding::keys::KeyError),
 }
 
 /// Evaluates constant `lit` of `sql` (negated or not) as a key of type `ty`, with the same
@@ -166,10 +166,10 @@ pub fn literal_value(ty: KeyType, sql: &str, lit: (usize, usize, LitKind), negat
             };
             match key_from_text(ty, &text) {
                 Ok(k) => LitVal::Value(k),
-                Err(_) => match crate::keys::numeric_literal(ty, &text) {
-                    crate::keys::NumericLiteral::Value(k) => LitVal::Value(k),
-                    crate::keys::NumericLiteral::Nothing => LitVal::Nothing,
-                    crate::keys::NumericLiteral::Unknown => LitVal::Unpinned,
+                Err(_) => match crate::sharding::keys::numeric_literal(ty, &text) {
+                    crate::sharding::keys::NumericLiteral::Value(k) => LitVal::Value(k),
+                    crate::sharding::keys::NumericLiteral::Nothing => LitVal::Nothing,
+                    crate::sharding::keys::NumericLiteral::Unknown => LitVal::Unpinned,
                 },
             }
         }

@@ -2,7 +2,7 @@
 //! split (or replicate) the client's data, read from the parsed statement.
 //!
 //! Every shard receives the client's statement text unchanged and the rows that belong to
-//! it, byte for byte ([`crate::copysplit`] cuts the stream at row boundaries), so each shard
+//! it, byte for byte ([`crate::routing::copysplit`] cuts the stream at row boundaries), so each shard
 //! parses its rows exactly as one Postgres would have. A `HEADER` row is sent to every shard
 //! ahead of its rows. Options the proxy cannot honour while splitting are refused here.
 
@@ -11,9 +11,9 @@ use std::sync::Arc;
 use pg_query::protobuf::{self, a_const::Val};
 use pg_query::NodeEnum;
 
-use crate::copysplit::CopyFormat;
 use crate::error::ProxyError;
-use crate::strategy::Sharded;
+use crate::routing::copysplit::CopyFormat;
+use crate::sharding::strategy::Sharded;
 
 /// Where the rows of a `COPY … FROM STDIN` go.
 #[derive(Debug)]

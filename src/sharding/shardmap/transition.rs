@@ -1,7 +1,7 @@
 //! The routing overlay of a rebalance in progress.
 //!
 //! While `shardwire rebalance` runs, a proxy routes with the *new* map built over the merged
-//! shard list ([`crate::shardmap::ShardMap::transition_pair`]) plus a [`Transition`]: for a
+//! shard list ([`crate::sharding::shardmap::ShardMap::transition_pair`]) plus a [`Transition`]: for a
 //! key whose owner differs between the old and the new map, the unit
 //! `(co-location group, old owner, new owner)` decides. Until the rebalance has switched
 //! that unit, the key still lives on its old owner; afterwards on the new one. Units are
@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::keys::KeyValue;
-use crate::shardmap::{ShardMap, TableRule};
-use crate::strategy::{Located, Sharded};
+use crate::sharding::keys::KeyValue;
+use crate::sharding::shardmap::{ShardMap, TableRule};
+use crate::sharding::strategy::{Located, Sharded};
 
 /// One unit of a rebalance: the keys of one co-location group moving between two shards.
 #[derive(Debug)]
