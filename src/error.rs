@@ -66,6 +66,14 @@ pub enum ProxyError {
     /// The client exceeded a configured limit (message size, connections).
     #[error("{0}")]
     Limit(String),
+    /// The proxy needed more memory than a configured budget allows (the gather memory
+    /// limit); SQLSTATE 53200, as Postgres reports running out of memory.
+    #[error("{0}")]
+    OutOfMemory(String),
+    /// An invariant of the proxy's own did not hold (a bug, never the client's doing);
+    /// SQLSTATE XX000, as Postgres reports an internal error.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A shard refused a statement the proxy ran on the client's behalf.
     #[error("{message}")]
     Backend {
@@ -95,6 +103,8 @@ impl ProxyError {
             ProxyError::AuthFailed(_) => "28P01",
             ProxyError::Limit(_) => "53300",
             ProxyError::Encoding(_) => "22021",
+            ProxyError::OutOfMemory(_) => "53200",
+            ProxyError::Internal(_) => "XX000",
             ProxyError::Backend { code, .. } => code,
         }
     }

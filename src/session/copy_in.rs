@@ -209,7 +209,7 @@ impl Session {
             first_error,
             response
                 .is_none()
-                .then(|| ProxyError::Protocol("no shard started the COPY".into())),
+                .then(|| ProxyError::Internal("no shard started the COPY".into())),
         ) {
             self.end_copy(&idxs, &copying, Some("COPY refused by a shard"), in_txn)
                 .await?;

@@ -634,13 +634,10 @@ impl Session {
                     b'D' if failure.is_none() => {
                         used += f.raw.len() + 64;
                         if used > budget {
-                            failure = Some(Fail::Proxy(ProxyError::Backend {
-                                code: "53200".into(),
-                                message: format!(
-                                    "scatter-gather query needs more than the gather memory limit ({} MiB, gather.memory_limit_mb) to merge shard results; add a shard key or a LIMIT, or raise the limit",
-                                    budget >> 20
-                                ),
-                            }));
+                            failure = Some(Fail::Proxy(ProxyError::OutOfMemory(format!(
+                                "scatter-gather query needs more than the gather memory limit ({} MiB, gather.memory_limit_mb) to merge shard results; add a shard key or a LIMIT, or raise the limit",
+                                budget >> 20
+                            ))));
                             rows = Vec::new();
                             // Stop every shard still producing rows (this one included).
                             self.cancel_conns(&idxs[k..]);
@@ -671,7 +668,7 @@ impl Session {
             return Err(GatherError::Failed(f));
         }
         let partial = partial_fields.ok_or_else(|| {
-            proxy_fail(ProxyError::Protocol(
+            proxy_fail(ProxyError::Internal(
                 "shard sent no row description for partial rows".into(),
             ))
         })?;

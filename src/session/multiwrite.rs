@@ -127,7 +127,7 @@ impl Session {
                             continue; // another copy's rows are already held
                         }
                         if rows.len() + f.raw.len() > limit {
-                            first_error = Some(ProxyError::Limit(format!(
+                            first_error = Some(ProxyError::OutOfMemory(format!(
                                 "the rows returned by a multi-shard write exceed gather.memory_limit_mb ({} MiB)",
                                 limit >> 20
                             )));

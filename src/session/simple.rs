@@ -256,9 +256,7 @@ impl Session {
                     None if plan.stmts.len() == 1 && plan.stmts[0].copy.is_some() => {
                         match plan.stmts[0].copy.clone() {
                             Some(cp) => self.copy_in_split(&cp, sql, hide_ready).await.map(|r| r.0),
-                            None => Ok(Err(ProxyError::Protocol(
-                                "internal: copy plan vanished".into(),
-                            ))),
+                            None => Ok(Err(ProxyError::Internal("copy plan vanished".into()))),
                         }
                     }
                     None if plan.stmts.len() == 1 && plan.stmts[0].split.is_some() => {
@@ -278,9 +276,7 @@ impl Session {
                                     .await
                             }
                             Some(Err(e)) => Ok(Err(e)),
-                            None => {
-                                Ok(Err(ProxyError::Protocol("internal: split vanished".into())))
-                            }
+                            None => Ok(Err(ProxyError::Internal("split vanished".into()))),
                         }
                     }
                     None if atomic_write(plan) && self.txn.status == b'I' => {

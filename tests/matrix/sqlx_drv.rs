@@ -288,7 +288,9 @@ pub async fn run(run: &Run) -> String {
             let mut conn = pool.acquire().await.unwrap();
             let id = 3001 + w;
             let mut done = 0i32;
-            while Instant::now() < until {
+            // At least one round each, however slow the machine (connecting 20 clients
+            // on a loaded CI box can take most of the window).
+            while done == 0 || Instant::now() < until {
                 sqlx::query("UPDATE items SET grp = grp + 1 WHERE id = $1")
                     .bind(id)
                     .execute(&mut *conn)
