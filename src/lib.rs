@@ -17,7 +17,8 @@
 //! - [`gather`]: how a multi-shard read is merged (plans and row values).
 //! - [`sharding`]: the validated shard map, key types, strategies (hash ring, range,
 //!   geography, directory) and the transition of a map during a rebalance.
-//! - [`config`]: the YAML shard map as written by the user; [`error`]: the proxy's errors.
+//! - [`config`]: the YAML shard map as written by the user; [`error`]: the proxy's errors;
+//!   [`quote`]: names and values quoted into the SQL the proxy writes.
 //! - [`wire`]: the Postgres wire protocol as a codec (no I/O), SCRAM, TLS, cancel keys,
 //!   client encodings.
 //! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
@@ -28,6 +29,7 @@ pub mod error;
 pub mod gather;
 pub mod localpg;
 pub mod ops;
+pub mod quote;
 pub mod rebalance;
 pub mod routing;
 pub mod server;

@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::sharding::directory::pg_config;
 use crate::sharding::shardmap::ShardMap;
 
 /// The decision log table (on the default shard), schema-qualified so that a client's
@@ -88,13 +87,9 @@ pub fn decide_sql(gid: &str) -> String {
 }
 
 async fn connect(map: &ShardMap, shard: usize) -> Result<Client, tokio_postgres::Error> {
-    let (c, conn) = pg_config(&map.shards[shard], map.pool.connect_timeout)
-        .connect(map.shards[shard].tls.clone())
-        .await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(c)
+    map.shards[shard]
+        .connect_control(map.pool.connect_timeout)
+        .await
 }
 
 /// Checks that every shard allows prepared transactions and creates the log table; then

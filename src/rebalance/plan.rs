@@ -217,8 +217,8 @@ pub async fn scan_keys(
 ) -> Result<(), RebalanceError> {
     let sql = format!(
         "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
-        quote_ident(&t.key),
-        quote_ident(&t.name)
+        crate::quote::ident(&t.key),
+        crate::quote::qualified(&t.name)
     );
     let stream = c.copy_out(&sql).await?;
     pin_mut!(stream);
@@ -282,19 +282,15 @@ pub async fn count(
     Ok(counts)
 }
 
+/// (Until mod.rs and mover.rs call [`crate::quote`] directly.)
+pub use crate::quote::qualified as quote_ident;
+
 /// Whether `table` exists on the shard.
 pub async fn table_exists(c: &Client, table: &str) -> Result<bool, tokio_postgres::Error> {
-    Ok(
-        c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&quote_ident(table)])
-            .await?
-            .get(0),
+    Ok(c.query_one(
+        "SELECT to_regclass($1) IS NOT NULL",
+        &[&crate::quote::qualified(table)],
     )
-}
-
-/// Quotes an identifier that may be `schema.table`.
-pub fn quote_ident(name: &str) -> String {
-    name.split('.')
-        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(".")
+    .await?
+    .get(0))
 }

@@ -24,7 +24,6 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use super::control::{self, RunState};
 use crate::session::Shared;
-use crate::sharding::directory::pg_config;
 use crate::sharding::shard::ShardInfo;
 use crate::sharding::shardmap::transition::{group_label, unit_name, Transition};
 use crate::sharding::shardmap::ShardMap;
@@ -76,7 +75,10 @@ async fn session(
     applied: &mut Applied,
     first: &tokio::sync::Notify,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut conn) = pg_config(info, timeout).connect(info.tls.clone()).await?;
+    let (client, mut conn) = info
+        .control_config(timeout)
+        .connect(info.tls.clone())
+        .await?;
     let (note_tx, mut notes) = tokio::sync::mpsc::channel::<()>(16);
     let (dead_tx, mut dead) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {

@@ -19,7 +19,6 @@ use super::Session;
 use crate::error::ProxyError;
 use crate::routing::copyplan::{CopyPlan, CopyTarget};
 use crate::routing::copysplit::{CopySplitter, SplitError};
-use crate::sharding::directory::quote_name;
 use crate::sharding::keys::key_from_text;
 use crate::sharding::strategy::Located;
 use crate::wire::protocol::{build, command_tag, error_fields};
@@ -126,8 +125,8 @@ impl Session {
                 let q = format!(
                     "SELECT array_position(array_agg(attname::text ORDER BY attnum), {})::text || ',' || count(*)::text \
                      FROM pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
-                    crate::session::settings::quote_literal(&table.key),
-                    crate::session::settings::quote_literal(&quote_name(&plan.relation)),
+                    crate::quote::literal(&table.key),
+                    crate::quote::literal(&crate::quote::qualified(&plan.relation)),
                 );
                 let c = &mut self.conns[idxs[0]];
                 let shard = c.shard;

@@ -45,23 +45,6 @@ pub fn empty_fp() -> u64 {
     Settings::default().fp
 }
 
-/// Quotes a value as a SQL string literal.
-pub fn quote_literal(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
-}
-
-/// Quotes an identifier (for setting names with odd characters).
-pub fn quote_ident(v: &str) -> String {
-    if !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-    {
-        v.to_string()
-    } else {
-        format!("\"{}\"", v.replace('"', "\"\""))
-    }
-}
-
 impl Settings {
     fn refresh(&mut self) {
         let mut h = Vec::new();
@@ -88,7 +71,11 @@ impl Settings {
 
     /// Records a startup parameter (a session default) as `SET name TO 'value'`.
     pub fn set_value(&mut self, name: &str, value: &str) {
-        let stmt = format!("SET {} TO {}", quote_ident(name), quote_literal(value));
+        let stmt = format!(
+            "SET {} TO {}",
+            crate::quote::ident(name),
+            crate::quote::literal(value)
+        );
         let name = name.to_ascii_lowercase();
         let value = Some(value.to_string());
         match self.defaults.iter_mut().find(|e| e.name == name) {

@@ -1,4 +1,7 @@
-//! One backend shard as the map names it: its address, login and TLS settings.
+//! One backend shard as the map names it: its address, login and TLS settings, and how the
+//! control plane (directory, 2PC log, rebalance) opens its own connections to it.
+
+use std::time::Duration;
 
 /// One backend shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,5 +37,41 @@ impl ShardInfo {
             && self.password == o.password
             && self.dbname == o.dbname
             && self.tls == o.tls
+    }
+}
+
+impl ShardInfo {
+    /// A tokio-postgres config for the control plane's connections to this shard (TLS as the
+    /// URL's `sslmode` says: connect with [`ShardInfo::tls`]).
+    pub fn control_config(&self, connect_timeout: Duration) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name("shardwire-control")
+            .connect_timeout(connect_timeout)
+            .ssl_mode(self.tls.pg_ssl_mode());
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c
+    }
+
+    /// Opens a control-plane connection; its I/O runs on a task of its own until the client
+    /// is dropped. (Listeners that must see notifications drive the connection themselves
+    /// from [`ShardInfo::control_config`].)
+    pub async fn connect_control(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = self
+            .control_config(connect_timeout)
+            .connect(self.tls.clone())
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
     }
 }

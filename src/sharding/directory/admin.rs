@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
-use super::{pg_config, quote_name, Directory, DirectoryError, Lookup, CHANNEL, MOVE_ANNOUNCE};
+use super::{Directory, DirectoryError, Lookup, CHANNEL, MOVE_ANNOUNCE};
 use crate::sharding::keys::key_from_text;
 use crate::sharding::shardmap::ShardMap;
 use crate::sharding::strategy::{Fallback, Sharded, Strategy};
@@ -47,14 +47,9 @@ fn directory_tables(map: &ShardMap) -> Vec<Arc<Sharded>> {
 
 async fn connect(map: &ShardMap, shard: usize) -> Result<Client, DirectoryError> {
     let info = &map.shards[shard];
-    let (c, conn) = pg_config(info, map.pool.connect_timeout)
-        .connect(info.tls.clone())
+    info.connect_control(map.pool.connect_timeout)
         .await
-        .map_err(|e| db_err(map, shard, e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(c)
+        .map_err(|e| db_err(map, shard, e))
 }
 
 fn db_err(map: &ShardMap, shard: usize, source: tokio_postgres::Error) -> DirectoryError {
@@ -83,7 +78,11 @@ fn dir_of(map: &ShardMap) -> Result<&Arc<Directory>, DirectoryError> {
 fn key_predicate(t: &Sharded, key: &str) -> Result<String, DirectoryError> {
     let v = key_from_text(t.key_type, key)
         .map_err(|e| DirectoryError::Refused(format!("{}: {e}", t.what())))?;
-    Ok(format!("{} = {}", quote_name(&t.key), v.sql_literal()))
+    Ok(format!(
+        "{} = {}",
+        crate::quote::ident(&t.key),
+        v.sql_literal()
+    ))
 }
 
 /// Where `key` lives now: its entry, else the fallback of the first directory table.
@@ -124,7 +123,7 @@ async fn write_entry(
     shard: &str,
     moving_from: Option<&str>,
 ) -> Result<(), tokio_postgres::Error> {
-    let t = quote_name(&dir.table);
+    let t = crate::quote::qualified(&dir.table);
     c.execute(
         &format!(
             "WITH up AS (INSERT INTO {t} (key, shard, moving_from) VALUES ($1, $2, $3) ON CONFLICT (key) DO UPDATE \
@@ -151,7 +150,7 @@ pub async fn assign(map: &ShardMap, key: &str, shard: usize) -> Result<(), Direc
         .query_opt(
             &format!(
                 "SELECT shard FROM {} WHERE key = $1",
-                quote_name(&dir.table)
+                crate::quote::qualified(&dir.table)
             ),
             &[&key],
         )
@@ -172,7 +171,7 @@ pub async fn assign(map: &ShardMap, key: &str, shard: usize) -> Result<(), Direc
         for t in &tables {
             let sql = format!(
                 "SELECT 1 FROM {} WHERE {} LIMIT 1",
-                quote_name(&t.name),
+                crate::quote::qualified(&t.name),
                 key_predicate(t, key)?
             );
             if !c
@@ -223,7 +222,7 @@ pub async fn move_key(
         .query_opt(
             &format!(
                 "SELECT moving_from FROM {} WHERE key = $1 AND moving_from IS NOT NULL",
-                quote_name(&dir.table)
+                crate::quote::qualified(&dir.table)
             ),
             &[&key],
         )
@@ -315,7 +314,10 @@ async fn copy_rows(
     clear_target: bool,
     report: &mut MoveReport,
 ) -> Result<(), DirectoryError> {
-    let names: Vec<String> = tables.iter().map(|t| quote_name(&t.name)).collect();
+    let names: Vec<String> = tables
+        .iter()
+        .map(|t| crate::quote::qualified(&t.name))
+        .collect();
     src.batch_execute(&format!(
         "BEGIN; SET LOCAL lock_timeout = '10s'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
         names.join(", ")
@@ -396,7 +398,7 @@ async fn delete_and_commit(
     for (t, pred) in tables.iter().zip(preds) {
         sql.push_str(&format!(
             "DELETE FROM {} WHERE {pred};",
-            quote_name(&t.name)
+            crate::quote::qualified(&t.name)
         ));
     }
     sql.push_str("COMMIT");

@@ -237,29 +237,14 @@ impl Drop for MoveGuard {
     }
 }
 
-/// A tokio-postgres config for a shard; connect with the shard's [`ShardInfo::tls`], which
-/// follows the URL's `sslmode`.
+/// A tokio-postgres config for a shard (see [`ShardInfo::control_config`]).
 pub fn pg_config(s: &ShardInfo, connect_timeout: Duration) -> tokio_postgres::Config {
-    let mut c = tokio_postgres::Config::new();
-    c.host(&s.host)
-        .port(s.port)
-        .user(&s.user)
-        .dbname(&s.dbname)
-        .application_name("shardwire-control")
-        .connect_timeout(connect_timeout)
-        .ssl_mode(s.tls.pg_ssl_mode());
-    if let Some(p) = &s.password {
-        c.password(p);
-    }
-    c
+    s.control_config(connect_timeout)
 }
 
-/// Quotes an identifier (possibly `schema.table`) for SQL.
+/// Quotes a possibly schema-qualified name (see [`crate::quote::qualified`]).
 pub fn quote_name(name: &str) -> String {
-    name.split('.')
-        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(".")
+    crate::quote::qualified(name)
 }
 
 /// Creates the directory table if absent and seeds the static entries (existing rows win).
@@ -268,7 +253,7 @@ pub async fn ensure_table(
     dir: &Directory,
     shard_names: &[String],
 ) -> Result<(), tokio_postgres::Error> {
-    let t = quote_name(&dir.table);
+    let t = crate::quote::qualified(&dir.table);
     c.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {t} (key text PRIMARY KEY, shard text NOT NULL, \
          moving_from text, updated_at timestamptz NOT NULL DEFAULT now())"
@@ -293,7 +278,10 @@ async fn load_all(
 ) -> Result<HashMap<String, usize>, tokio_postgres::Error> {
     let rows = c
         .query(
-            &format!("SELECT key, shard FROM {}", quote_name(&dir.table)),
+            &format!(
+                "SELECT key, shard FROM {}",
+                crate::quote::qualified(&dir.table)
+            ),
             &[],
         )
         .await?;
@@ -323,7 +311,7 @@ async fn load_key(
         .query_opt(
             &format!(
                 "SELECT shard FROM {} WHERE key = $1",
-                quote_name(&dir.table)
+                crate::quote::qualified(&dir.table)
             ),
             &[&key],
         )
@@ -370,7 +358,8 @@ async fn session(
     ready: &Notify,
     rx: &mut mpsc::Receiver<(String, usize)>,
 ) -> Result<bool, tokio_postgres::Error> {
-    let (client, mut conn) = pg_config(info, connect_timeout)
+    let (client, mut conn) = info
+        .control_config(connect_timeout)
         .connect(info.tls.clone())
         .await?;
     // Drive the connection ourselves to see notifications.
@@ -401,7 +390,7 @@ async fn session(
         .prepare(&format!(
             "WITH ins AS (INSERT INTO {} (key, shard) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING key) \
              SELECT pg_notify('{CHANNEL}', key) FROM ins",
-            quote_name(&dir.table)
+            crate::quote::qualified(&dir.table)
         ))
         .await?;
     loop {
