@@ -86,6 +86,26 @@ pub fn decide_sql(gid: &str) -> String {
     )
 }
 
+/// The statement that prepares the shard's part of transaction `gid`.
+pub fn prepare_sql(gid: &str) -> String {
+    format!("PREPARE TRANSACTION '{gid}'")
+}
+
+/// The statement that commits a prepared part.
+pub fn commit_prepared_sql(gid: &str) -> String {
+    format!("COMMIT PREPARED '{gid}'")
+}
+
+/// The statement that rolls a prepared part back.
+pub fn rollback_prepared_sql(gid: &str) -> String {
+    format!("ROLLBACK PREPARED '{gid}'")
+}
+
+/// Forgets a finished transaction's decision (every part committed).
+pub fn forget_sql(gid: &str) -> String {
+    format!("DELETE FROM {LOG_TABLE} WHERE gid = '{gid}'")
+}
+
 async fn connect(map: &ShardMap, shard: usize) -> Result<Client, tokio_postgres::Error> {
     map.shards[shard]
         .connect_control(map.pool.connect_timeout)
@@ -209,9 +229,9 @@ async fn recover_shard(
             .await?
             .get(0);
         let sql = if decision == "commit" {
-            format!("COMMIT PREPARED '{gid}'")
+            commit_prepared_sql(&gid)
         } else {
-            format!("ROLLBACK PREPARED '{gid}'")
+            rollback_prepared_sql(&gid)
         };
         c.batch_execute(&sql).await?;
         tracing::warn!(%gid, shard = %map.shards[i].name, %decision, "finished an in-doubt two-phase transaction");

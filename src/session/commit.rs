@@ -24,7 +24,7 @@ use std::time::Duration;
 use super::relay::RelayError;
 use super::Session;
 use crate::backend::conn::{BackendError, Reply};
-use crate::backend::twophase::decide_sql;
+use crate::backend::twophase::{self, decide_sql};
 use crate::error::ProxyError;
 
 /// Longest wait for a shard's answer to one commit step.
@@ -53,7 +53,7 @@ impl Session {
             return self.commit_each(idxs).await;
         }
         let gid = self.shared.twophase.next_gid();
-        let prepare = format!("PREPARE TRANSACTION '{gid}'");
+        let prepare = twophase::prepare_sql(&gid);
         let mut prepared: Vec<usize> = Vec::with_capacity(idxs.len());
         let mut failure: Option<ProxyError> = None;
         for &ci in idxs {
@@ -106,7 +106,7 @@ impl Session {
                 return Ok(Err(e));
             }
         }
-        let finish = format!("COMMIT PREPARED '{gid}'");
+        let finish = twophase::commit_prepared_sql(&gid);
         let mut all = true;
         for &ci in &prepared {
             let shard = self.conns[ci].shard;
@@ -126,10 +126,7 @@ impl Session {
             }
         }
         if all {
-            let forget = format!(
-                "DELETE FROM {} WHERE gid = '{gid}'",
-                crate::backend::twophase::LOG_TABLE
-            );
+            let forget = twophase::forget_sql(&gid);
             if let Err(e) = self.on_log_shard(on_log, &forget).await {
                 tracing::debug!(%gid, error = %e, "decision row not deleted; recovery's cleanup will");
             }
@@ -185,7 +182,7 @@ impl Session {
     /// ROLLBACK. A participant that cannot be reached keeps its prepared transaction until
     /// recovery presumes abort (no decision row exists).
     async fn undo(&mut self, idxs: &[usize], prepared: &[usize], gid: &str) {
-        let undo = format!("ROLLBACK PREPARED '{gid}'");
+        let undo = twophase::rollback_prepared_sql(gid);
         for &ci in idxs {
             if self.conns[ci].broken {
                 continue;
