@@ -1,21 +1,32 @@
 //! One client session: the task that owns a client socket, its session state (settings,
 //! prepared statements, transaction) and the backend connections it holds while a
 //! transaction (or a single statement outside one) runs.
+//!
+//! Here: the [`Session`] itself, its serve loop and output. Beside it: `shared` (proxy-wide
+//! state, topology), `targets` (routing), `conns` (held connections), `simple`/`extended`
+//! (the two query protocols) and their helpers, `txn`/`commit` (transactions).
 
 pub mod clients;
 mod commit;
+mod conns;
 mod copy_in;
+mod describe;
 mod explain;
 mod extended;
 pub mod gate;
 mod gather;
 mod multiwrite;
 mod pipeline_control;
+mod pipeline_multi;
+mod pipeline_one;
+mod pipeline_special;
 mod relay;
 mod session_fn;
 pub mod settings;
 pub mod shape;
+mod shared;
 mod simple;
+mod targets;
 mod txn;
 
 use std::collections::HashMap;
@@ -24,26 +35,24 @@ use std::collections::HashMap;
 /// session: SipHash cost ~150 instructions a lookup, eight lookups a statement. The keys are
 /// the client's own statement and portal names, in maps bounded per session.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 
-use crate::backend::pool::{PooledConn, ShardPool};
+use crate::backend::pool::PooledConn;
 use crate::error::ProxyError;
-use crate::routing::router::{resolve_keys, Plan, PlanCache, RouteSpec};
-use crate::sharding::shardmap::ShardMap;
-use crate::sharding::shardset::ShardSet;
-use crate::wire::auth::ScramSecret;
-use crate::wire::cancel::{CancelRegistry, CancelSlot, CancelTarget};
+use crate::routing::router::Plan;
+use crate::wire::cancel::CancelSlot;
 use crate::wire::protocol::{build, FrameError, FrameReader};
 use crate::wire::tls::{NetRead, NetWrite};
 use settings::Settings;
 /// Most savepoints and settings statements one transaction block may hold.
 pub use txn::MAX_STEPS as MAX_TXN_STEPS;
 use txn::{SettingChange, Txn};
+
+pub use shared::{user_secrets, RouteStats, Shared, Topology, Users};
+pub use targets::Target;
 
 /// Most prepared statements kept per backend connection before they are all deallocated.
 pub const MAX_PREPARED_PER_CONN: usize = 1000;
@@ -55,178 +64,6 @@ pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
 pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// Output buffered for the client before it is written out.
 const OUT_FLUSH_AT: usize = 64 * 1024;
-
-/// What sessions route with: a map, one pool per shard and the plans made with that map.
-/// A reload or a rebalance swaps in a new one whole; a session moves to it between
-/// transactions.
-pub struct Topology {
-    /// The routing map.
-    pub map: Arc<ShardMap>,
-    /// One pool per shard, in map order.
-    pub pools: Vec<Arc<ShardPool>>,
-    /// Parsed plans by SQL text (plans hold shard indexes of this map).
-    pub cache: PlanCache,
-    /// Counts swaps; sessions compare it with [`Shared::generation`].
-    pub generation: u64,
-    /// The map's users with their SCRAM verifiers, swapped with the map in one step: a login
-    /// checks its user and its database against the same map.
-    pub users: Arc<Users>,
-}
-
-/// Passwords and SCRAM verifiers by user name.
-pub type Users = HashMap<String, (String, ScramSecret)>;
-
-/// State shared by every session of one proxy.
-pub struct Shared {
-    /// The current topology.
-    pub topology: arc_swap::ArcSwap<Topology>,
-    /// Generation of `topology` (read by sessions on every statement, cheaply).
-    pub generation: std::sync::atomic::AtomicU64,
-    /// The rebalance hold.
-    pub gate: Arc<gate::Gate>,
-    /// Cancel keys handed to clients.
-    pub cancels: CancelRegistry,
-    /// The budget large client messages draw on (`limits.max_buffered_mb`, in KiB), shared
-    /// by every client's reader, and its size.
-    pub large_messages: Arc<tokio::sync::Semaphore>,
-    /// Size of [`Shared::large_messages`] in permits (KiB).
-    pub large_message_units: usize,
-    /// Per-process secret behind the salts unknown users are answered with.
-    pub login_key: [u8; 32],
-    /// The shard map file, for reloads (`None` for a proxy started from text).
-    pub config_path: Mutex<Option<std::path::PathBuf>>,
-    /// Notified when the admin console asks the proxy to shut down.
-    pub shutdown: tokio::sync::Notify,
-    /// Set once a shutdown was asked for.
-    pub shutting_down: std::sync::atomic::AtomicBool,
-    /// ParameterStatus values learned from a shard, sent to clients at login.
-    pub server_params: Mutex<Option<Vec<(String, String)>>>,
-    /// Connected clients.
-    pub clients: AtomicUsize,
-    /// Who they are, for `SHOW CLIENTS`.
-    pub client_list: Arc<crate::session::clients::ClientRegistry>,
-    /// Whether text sorts in byte order on the shards (learned once, for merging ORDER BY).
-    pub bytewise_text: std::sync::OnceLock<bool>,
-    /// Two-phase commit for writes that span shards.
-    pub twophase: Arc<crate::backend::twophase::TwoPhase>,
-    /// Statements routed, by kind of route.
-    pub stats: RouteStats,
-    /// Prometheus metrics.
-    pub telemetry: crate::telemetry::Telemetry,
-    /// Bumped by every schema change that passes through this proxy: a backend connection
-    /// whose prepared statements are older is cleared (`DEALLOCATE ALL`) at its next
-    /// checkout, so statements shared by content never outlive the DDL they depend on.
-    pub schema_epoch: std::sync::atomic::AtomicU64,
-}
-
-impl Shared {
-    /// The current topology.
-    pub fn topo(&self) -> Arc<Topology> {
-        self.topology.load_full()
-    }
-
-    /// Asks the proxy to stop accepting clients and drain (admin `SHUTDOWN`).
-    pub fn request_shutdown(&self) {
-        self.shutting_down
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.shutdown.notify_waiters();
-    }
-
-    /// The current map.
-    pub fn map(&self) -> Arc<ShardMap> {
-        self.topology.load().map.clone()
-    }
-
-    /// Swaps in `map`, keeping the pools of shards whose place and address are unchanged.
-    /// Sessions move to it when they next start a transaction.
-    pub fn swap_map(&self, map: Arc<ShardMap>) {
-        let users = self.topology.load().users.clone();
-        self.swap(map, users);
-    }
-
-    /// Swaps in a reloaded map and its users together (see [`Topology::users`]).
-    pub fn swap_config(&self, map: Arc<ShardMap>) {
-        let users = Arc::new(user_secrets(&map));
-        self.swap(map, users);
-    }
-
-    fn swap(&self, map: Arc<ShardMap>, users: Arc<Users>) {
-        let cur = self.topology.load();
-        let pools = map
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match cur.pools.get(i) {
-                Some(p) if p.info.same_server(s) => p.clone(),
-                _ => ShardPool::new(i, s.clone(), map.pool.clone()),
-            })
-            .collect();
-        let generation = cur.generation + 1;
-        self.topology.store(Arc::new(Topology {
-            map,
-            pools,
-            cache: PlanCache::new(crate::routing::router::PLAN_CACHE_CAPACITY),
-            generation,
-            users,
-        }));
-        self.generation
-            .store(generation, std::sync::atomic::Ordering::Release);
-    }
-}
-
-/// Passwords and SCRAM verifiers of `map`'s users, by name.
-pub fn user_secrets(map: &ShardMap) -> Users {
-    map.users
-        .iter()
-        .map(|u| {
-            (
-                u.name.clone(),
-                (u.password.clone(), ScramSecret::from_password(&u.password)),
-            )
-        })
-        .collect()
-}
-
-/// Statements routed since the proxy started, by where they went.
-#[derive(Debug, Default)]
-pub struct RouteStats {
-    /// To one shard.
-    pub single: std::sync::atomic::AtomicU64,
-    /// To some of the shards (a key list).
-    pub multi: std::sync::atomic::AtomicU64,
-    /// To every shard.
-    pub all: std::sync::atomic::AtomicU64,
-    /// Refused by the router.
-    pub refused: std::sync::atomic::AtomicU64,
-}
-
-/// A resolved destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// One shard.
-    Shard(usize),
-    /// Several shards (every shard, or the ones a key list names).
-    Set(ShardSet),
-}
-
-impl Target {
-    /// Whether it runs on several shards.
-    pub fn is_multi(self) -> bool {
-        matches!(self, Target::Set(_))
-    }
-}
-
-/// The shards of a target.
-fn shards_of(t: Target) -> ShardSet {
-    match t {
-        Target::Shard(s) => {
-            let mut set = ShardSet::default();
-            set.add(s);
-            set
-        }
-        Target::Set(set) => set,
-    }
-}
 
 /// Why a session ends.
 #[derive(Debug, thiserror::Error)]
@@ -671,382 +508,6 @@ impl Session {
     /// Queues ReadyForQuery with the current status.
     fn push_ready(&mut self) {
         build::ready_for_query(&mut self.out, self.txn.status);
-    }
-
-    fn shard_name(&self, i: usize) -> String {
-        self.topo
-            .map
-            .shards
-            .get(i)
-            .map(|s| s.name.clone())
-            .unwrap_or_else(|| format!("#{i}"))
-    }
-
-    /// The shard an "any shard" statement uses: one the transaction already holds, else the default.
-    fn any_shard(&self) -> usize {
-        if let Some(Target::Shard(s)) = self.txn.written {
-            return s;
-        }
-        self.conns
-            .first()
-            .map(|c| c.shard)
-            .unwrap_or(self.topo.map.default_shard)
-    }
-
-    /// The target for a set of shards (one shard is a plain single-shard target).
-    fn target_of(&self, set: ShardSet) -> Target {
-        match (set.len(), set.iter().next()) {
-            (1, Some(s)) => Target::Shard(s),
-            _ => Target::Set(set),
-        }
-    }
-
-    /// Names of a target's shards, for messages.
-    fn target_name(&self, t: Target) -> String {
-        match t {
-            Target::Shard(i) => self.shard_name(i),
-            Target::Set(set) if set.len() == self.topo.map.shards.len() => "all shards".into(),
-            Target::Set(set) => {
-                let names: Vec<String> = set.iter().map(|i| self.shard_name(i)).collect();
-                format!("shards {}", names.join(", "))
-            }
-        }
-    }
-
-    /// Before a statement runs: between transactions, moves to the proxy's current topology;
-    /// while a rebalance runs, takes a gate pass (waiting while a unit switches).
-    async fn enter(&mut self) -> Result<(), ProxyError> {
-        self.refresh_topology();
-        if self.pass.is_none() && self.shared.gate.armed() {
-            let gate = self.shared.gate.clone();
-            match gate.enter(gate::MAX_HOLD_WAIT).await {
-                Ok(p) => self.pass = Some(p),
-                Err(e) => return Err(ProxyError::Unavailable(e.to_string())),
-            }
-            self.refresh_topology();
-            self.refresh_topology_in_transaction();
-        }
-        Ok(())
-    }
-
-    /// Inside a transaction, moves to a newer topology only when every held connection keeps
-    /// its shard index (a rebalance's merged shard list does): the transaction's next
-    /// statements then route like every other session's.
-    fn refresh_topology_in_transaction(&mut self) {
-        if self.txn.status == b'I' || !self.topology_changed() {
-            return;
-        }
-        let topo = self.shared.topo();
-        let keeps = self.conns.iter().all(|c| {
-            match (topo.pools.get(c.shard), self.topo.pools.get(c.shard)) {
-                (Some(a), Some(b)) => a.info.same_server(&b.info),
-                _ => false,
-            }
-        });
-        if keeps {
-            self.replan(&topo);
-            self.topo = topo;
-        }
-    }
-
-    /// Whether the proxy swapped in a topology newer than the session's.
-    #[inline]
-    fn topology_changed(&self) -> bool {
-        self.shared
-            .generation
-            .load(std::sync::atomic::Ordering::Acquire)
-            != self.topo.generation
-    }
-
-    /// Plans the session's prepared statements again with `topo`'s map.
-    fn replan(&mut self, topo: &Topology) {
-        let stmts = std::mem::take(&mut self.stmts);
-        for (name, p) in stmts {
-            match topo.cache.get(&topo.map, &p.sql) {
-                Ok(plan) => {
-                    let fresh = Prepared::new(&p.sql, p.types.clone(), plan);
-                    self.stmts.insert(name, Arc::new(fresh));
-                }
-                Err(e) => {
-                    tracing::info!(statement = %name, error = %e, "prepared statement dropped: it does not plan with the new shard map")
-                }
-            }
-        }
-    }
-
-    /// Moves to a newer topology when no transaction is open. Prepared statements are planned
-    /// again with the new map; held connections whose shard changed place are closed.
-    fn refresh_topology(&mut self) {
-        if self.txn.status != b'I' || !self.topology_changed() {
-            return;
-        }
-        let topo = self.shared.topo();
-        let old = self.topo.clone();
-        let keep: Vec<bool> = self
-            .conns
-            .iter()
-            .map(
-                |c| match (topo.pools.get(c.shard), old.pools.get(c.shard)) {
-                    (Some(a), Some(b)) => a.info.same_server(&b.info),
-                    _ => false,
-                },
-            )
-            .collect();
-        if keep.contains(&false) {
-            // The cancel targets run parallel to the connections: drop the same ones, so
-            // the kept connections can still be cancelled.
-            let mut targets = self.cancel_slot.lock();
-            let mut i = 0;
-            targets.retain(|_| {
-                i += 1;
-                keep.get(i - 1).copied().unwrap_or(false)
-            });
-            drop(targets);
-            let mut j = 0;
-            self.conns.retain(|_| {
-                j += 1;
-                keep.get(j - 1).copied().unwrap_or(false)
-            });
-        }
-        self.replan(&topo);
-        self.portals.clear();
-        self.gather_portals.clear();
-        self.topo = topo;
-    }
-
-    /// Waits while a directory key move runs in this proxy (see [`crate::sharding::directory::admin`]).
-    /// Sessions inside a transaction are not held: the move's table lock orders them.
-    async fn directory_gate(&self) {
-        if self.txn.status != b'I' {
-            return;
-        }
-        if let Some(d) = &self.topo.map.directory {
-            if d.moving() {
-                d.wait_moves().await;
-            }
-        }
-    }
-
-    /// Resolves a route (with Bind parameters where it needs them), counting it in the
-    /// proxy's route statistics.
-    fn resolve(
-        &self,
-        route: &RouteSpec,
-        params: &[Option<&[u8]>],
-        is_binary: &dyn Fn(usize) -> bool,
-        lits: crate::routing::literals::QueryLits<'_>,
-    ) -> Result<Target, ProxyError> {
-        let r = self.resolve_route(route, params, is_binary, lits);
-        let n = self.topo.map.shards.len();
-        let (st, tm) = (&self.shared.stats, &self.shared.telemetry);
-        let (counter, metric) = match &r {
-            Ok(Target::Shard(_)) => (&st.single, &tm.single),
-            Ok(Target::Set(set)) if set.len() >= n => (&st.all, &tm.all),
-            Ok(Target::Set(_)) => (&st.multi, &tm.multi),
-            Err(_) => (&st.refused, &tm.refused),
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metric.increment(1);
-        // Off by default (--log-level debug): a disabled event costs one relaxed load.
-        tracing::debug!(target_shards = ?r.as_ref().ok(), "statement routed");
-        r
-    }
-
-    fn resolve_route(
-        &self,
-        route: &RouteSpec,
-        params: &[Option<&[u8]>],
-        is_binary: &dyn Fn(usize) -> bool,
-        lits: crate::routing::literals::QueryLits<'_>,
-    ) -> Result<Target, ProxyError> {
-        match route {
-            RouteSpec::Any => Ok(Target::Shard(self.any_shard())),
-            RouteSpec::Shard(s) => Ok(Target::Shard(*s)),
-            RouteSpec::All => Ok(self.target_of(ShardSet::all(self.topo.map.shards.len()))),
-            RouteSpec::Subset(set) => Ok(self.target_of(*set)),
-            RouteSpec::Refuse(e) => Err(e.clone()),
-            RouteSpec::Keys(kr) => {
-                let r = resolve_keys(&self.topo.map, kr, params, is_binary, lits);
-                if matches!(r, RouteSpec::Keys(_)) {
-                    return Err(ProxyError::Protocol("unresolved key route".into()));
-                }
-                self.resolve_route(&r, params, is_binary, lits)
-            }
-        }
-    }
-
-    /// Refuses writes that would make one transaction write on several shards.
-    fn check_write(
-        &mut self,
-        target: Target,
-        writes: bool,
-        explicit_txn: bool,
-    ) -> Result<(), ProxyError> {
-        if !writes || !explicit_txn {
-            return Ok(());
-        }
-        let names = |s: &Session, t: Target| s.target_name(t);
-        // With two-phase commit a transaction may write anywhere: COMMIT commits all as one.
-        if self.shared.twophase.available() {
-            let mut set = self.txn.written.map(shards_of).unwrap_or_default();
-            for s in shards_of(target).iter() {
-                set.add(s);
-            }
-            self.txn.written = Some(self.target_of(set));
-            return Ok(());
-        }
-        match (self.txn.written, target) {
-            (None, t) if t.is_multi() => Err(ProxyError::Unsupported(
-                "a transaction that writes on several shards is refused: two-phase commit is off (set max_prepared_transactions > 0 on every shard); run this statement outside the transaction block".into(),
-            )),
-            (None, t) => {
-                self.txn.written = Some(t);
-                Ok(())
-            }
-            (Some(w), t) if w == t => Ok(()),
-            (Some(w), t) => Err(ProxyError::Unsupported(format!(
-                "a transaction that writes on several shards is refused: it already wrote on {} and this statement writes on {}; two-phase commit is off (set max_prepared_transactions > 0 on every shard)",
-                names(self, w),
-                names(self, t)
-            ))),
-        }
-    }
-
-    /// The index in `self.conns` of a connection to `shard`, checking one out (and bringing it to
-    /// the client's settings and transaction) when the session does not hold one yet.
-    async fn conn_for(&mut self, shard: usize) -> Result<usize, ProxyError> {
-        if let Some(i) = self.conns.iter().position(|c| c.shard == shard) {
-            return Ok(i);
-        }
-        let pool = self
-            .topo
-            .pools
-            .get(shard)
-            .cloned()
-            .ok_or_else(|| ProxyError::Protocol(format!("no shard #{shard}")))?;
-        let mut conn = pool.checkout().await?;
-        let lost =
-            |e: crate::backend::conn::BackendError, name: String| ProxyError::ShardUnavailable {
-                shard: name,
-                reason: e.to_string(),
-            };
-        let epoch = self
-            .shared
-            .schema_epoch
-            .load(std::sync::atomic::Ordering::Acquire);
-        // Statements prepared before a schema change (or found stale) are dropped and
-        // prepared again on next use.
-        let stale = conn.prepared_epoch != epoch && !conn.prepared.is_empty();
-        conn.prepared_epoch = epoch;
-        if stale || conn.prepared.len() > MAX_PREPARED_PER_CONN {
-            conn.run_simple("DEALLOCATE ALL")
-                .await
-                .map_err(|e| lost(e, pool.info.name.clone()))?;
-            conn.prepared.clear();
-        }
-        if conn.codec != self.codec {
-            // The replay below is read in the encoding the connection has now: switch it
-            // first, so the text of the client's settings arrives in the one it is sent in.
-            let name = self.codec.map_or("UTF8", |c| c.name());
-            let (err, _) = conn
-                .run_simple(&format!("SET client_encoding TO '{name}'"))
-                .await
-                .map_err(|e| lost(e, pool.info.name.clone()))?;
-            if err.is_some() {
-                conn.broken = true;
-                return Err(ProxyError::Unsupported(format!(
-                    "shard {} does not accept client_encoding {name}",
-                    pool.info.name
-                )));
-            }
-            conn.codec = self.codec;
-            conn.settings_fp = settings::UNKNOWN_FP;
-        }
-        if conn.settings_fp != self.settings.fingerprint() {
-            let sql = self.settings.replay_sql();
-            let (err, _) = conn
-                .run_simple(&sql)
-                .await
-                .map_err(|e| lost(e, pool.info.name.clone()))?;
-            if let Some((code, msg)) = err {
-                conn.settings_fp = settings::UNKNOWN_FP;
-                conn.release();
-                return Err(ProxyError::Unsupported(format!(
-                    "could not apply this session's settings on shard {}: {msg} (SQLSTATE {code})",
-                    pool.info.name
-                )));
-            }
-            conn.settings_fp = self.settings.fingerprint();
-        }
-        if self.txn.status != b'I' {
-            // The transaction's BEGIN, then its settings and savepoints so far.
-            let begin = self.txn.join_sql();
-            let (err, _) = conn
-                .run_simple(&begin)
-                .await
-                .map_err(|e| lost(e, pool.info.name.clone()))?;
-            if let Some((code, msg)) = err {
-                conn.release();
-                return Err(ProxyError::Unsupported(format!(
-                    "could not start the transaction on shard {}: {msg} (SQLSTATE {code})",
-                    pool.info.name
-                )));
-            }
-        }
-        self.cancel_slot.lock().push(CancelTarget {
-            host: pool.host.clone(),
-            port: pool.info.port,
-            pid: conn.pid,
-            secret: conn.secret,
-        });
-        self.conns.push(conn);
-        Ok(self.conns.len() - 1)
-    }
-
-    /// Connections to each of `shards` (indexes into `self.conns`), checked out as needed.
-    async fn conns_for(
-        &mut self,
-        shards: impl Iterator<Item = usize>,
-    ) -> Result<Vec<usize>, ProxyError> {
-        let mut idxs = Vec::with_capacity(shards.size_hint().0);
-        for s in shards {
-            idxs.push(self.conn_for(s).await?);
-        }
-        Ok(idxs)
-    }
-
-    /// A schema change passed through this session: every pooled connection's prepared
-    /// statements are cleared at its next checkout, the ones held now included.
-    fn schema_changed(&mut self) {
-        self.shared
-            .schema_epoch
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        for c in self.conns.iter_mut() {
-            c.prepared_epoch = STALE_EPOCH;
-        }
-    }
-
-    /// Gives the held connections back when no transaction or exchange needs them.
-    fn release_if_idle(&mut self, exchange_open: bool) {
-        if self.txn.status == b'I' && !exchange_open {
-            self.pass = None;
-        }
-        if self.txn.status == b'I' && !exchange_open && !self.session_mode {
-            // Forget them for cancels first: a backend a cancel reached is closed, not
-            // pooled (the signal may land after the statement it was meant for); so is one
-            // a statement left untracked session state on (a temp table, a session
-            // advisory lock, set_config, a WITH HOLD cursor, a DO block).
-            let cancelled = self.cancel_slot.release_all();
-            let keep = !cancelled && !std::mem::take(&mut self.dirty);
-            for c in self.conns.drain(..) {
-                if keep {
-                    c.release();
-                }
-            }
-            self.portals.clear();
-            self.gather_portals.clear();
-            self.txn = Txn::idle();
-        }
     }
 
     /// Applies settings changes that took effect.

@@ -1,0 +1,262 @@
+//! The backend connections a session holds: checked out and brought to the client's
+//! settings and transaction (`conn_for`), given back when idle, and the move to a newer
+//! topology between transactions (closing those whose shard changed place), behind the gates.
+
+use std::sync::Arc;
+
+use super::{gate, settings, Prepared, Session, Topology, Txn, MAX_PREPARED_PER_CONN, STALE_EPOCH};
+use crate::error::ProxyError;
+use crate::wire::cancel::CancelTarget;
+
+impl Session {
+    /// Before a statement runs: between transactions, moves to the proxy's current topology;
+    /// while a rebalance runs, takes a gate pass (waiting while a unit switches).
+    pub(super) async fn enter(&mut self) -> Result<(), ProxyError> {
+        self.refresh_topology();
+        if self.pass.is_none() && self.shared.gate.armed() {
+            let gate = self.shared.gate.clone();
+            match gate.enter(gate::MAX_HOLD_WAIT).await {
+                Ok(p) => self.pass = Some(p),
+                Err(e) => return Err(ProxyError::Unavailable(e.to_string())),
+            }
+            self.refresh_topology();
+            self.refresh_topology_in_transaction();
+        }
+        Ok(())
+    }
+
+    /// Inside a transaction, moves to a newer topology only when every held connection keeps
+    /// its shard index (a rebalance's merged shard list does): the transaction's next
+    /// statements then route like every other session's.
+    fn refresh_topology_in_transaction(&mut self) {
+        if self.txn.status == b'I' || !self.topology_changed() {
+            return;
+        }
+        let topo = self.shared.topo();
+        let keeps = self.conns.iter().all(|c| {
+            match (topo.pools.get(c.shard), self.topo.pools.get(c.shard)) {
+                (Some(a), Some(b)) => a.info.same_server(&b.info),
+                _ => false,
+            }
+        });
+        if keeps {
+            self.replan(&topo);
+            self.topo = topo;
+        }
+    }
+
+    /// Whether the proxy swapped in a topology newer than the session's.
+    #[inline]
+    fn topology_changed(&self) -> bool {
+        self.shared
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            != self.topo.generation
+    }
+
+    /// Plans the session's prepared statements again with `topo`'s map.
+    fn replan(&mut self, topo: &Topology) {
+        let stmts = std::mem::take(&mut self.stmts);
+        for (name, p) in stmts {
+            match topo.cache.get(&topo.map, &p.sql) {
+                Ok(plan) => {
+                    let fresh = Prepared::new(&p.sql, p.types.clone(), plan);
+                    self.stmts.insert(name, Arc::new(fresh));
+                }
+                Err(e) => {
+                    tracing::info!(statement = %name, error = %e, "prepared statement dropped: it does not plan with the new shard map")
+                }
+            }
+        }
+    }
+
+    /// Moves to a newer topology when no transaction is open. Prepared statements are planned
+    /// again with the new map; held connections whose shard changed place are closed.
+    pub(super) fn refresh_topology(&mut self) {
+        if self.txn.status != b'I' || !self.topology_changed() {
+            return;
+        }
+        let topo = self.shared.topo();
+        let old = self.topo.clone();
+        let keep: Vec<bool> = self
+            .conns
+            .iter()
+            .map(
+                |c| match (topo.pools.get(c.shard), old.pools.get(c.shard)) {
+                    (Some(a), Some(b)) => a.info.same_server(&b.info),
+                    _ => false,
+                },
+            )
+            .collect();
+        if keep.contains(&false) {
+            // The cancel targets run parallel to the connections: drop the same ones, so
+            // the kept connections can still be cancelled.
+            let mut targets = self.cancel_slot.lock();
+            let mut i = 0;
+            targets.retain(|_| {
+                i += 1;
+                keep.get(i - 1).copied().unwrap_or(false)
+            });
+            drop(targets);
+            let mut j = 0;
+            self.conns.retain(|_| {
+                j += 1;
+                keep.get(j - 1).copied().unwrap_or(false)
+            });
+        }
+        self.replan(&topo);
+        self.portals.clear();
+        self.gather_portals.clear();
+        self.topo = topo;
+    }
+
+    /// Waits while a directory key move runs in this proxy (see [`crate::sharding::directory::admin`]).
+    /// Sessions inside a transaction are not held: the move's table lock orders them.
+    pub(super) async fn directory_gate(&self) {
+        if self.txn.status != b'I' {
+            return;
+        }
+        if let Some(d) = &self.topo.map.directory {
+            if d.moving() {
+                d.wait_moves().await;
+            }
+        }
+    }
+
+    /// The index in `self.conns` of a connection to `shard`, checking one out (and bringing it to
+    /// the client's settings and transaction) when the session does not hold one yet.
+    pub(super) async fn conn_for(&mut self, shard: usize) -> Result<usize, ProxyError> {
+        if let Some(i) = self.conns.iter().position(|c| c.shard == shard) {
+            return Ok(i);
+        }
+        let pool = self
+            .topo
+            .pools
+            .get(shard)
+            .cloned()
+            .ok_or_else(|| ProxyError::Protocol(format!("no shard #{shard}")))?;
+        let mut conn = pool.checkout().await?;
+        let lost =
+            |e: crate::backend::conn::BackendError, name: String| ProxyError::ShardUnavailable {
+                shard: name,
+                reason: e.to_string(),
+            };
+        let epoch = self
+            .shared
+            .schema_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        // Statements prepared before a schema change (or found stale) are dropped and
+        // prepared again on next use.
+        let stale = conn.prepared_epoch != epoch && !conn.prepared.is_empty();
+        conn.prepared_epoch = epoch;
+        if stale || conn.prepared.len() > MAX_PREPARED_PER_CONN {
+            conn.run_simple("DEALLOCATE ALL")
+                .await
+                .map_err(|e| lost(e, pool.info.name.clone()))?;
+            conn.prepared.clear();
+        }
+        if conn.codec != self.codec {
+            // The replay below is read in the encoding the connection has now: switch it
+            // first, so the text of the client's settings arrives in the one it is sent in.
+            let name = self.codec.map_or("UTF8", |c| c.name());
+            let (err, _) = conn
+                .run_simple(&format!("SET client_encoding TO '{name}'"))
+                .await
+                .map_err(|e| lost(e, pool.info.name.clone()))?;
+            if err.is_some() {
+                conn.broken = true;
+                return Err(ProxyError::Unsupported(format!(
+                    "shard {} does not accept client_encoding {name}",
+                    pool.info.name
+                )));
+            }
+            conn.codec = self.codec;
+            conn.settings_fp = settings::UNKNOWN_FP;
+        }
+        if conn.settings_fp != self.settings.fingerprint() {
+            let sql = self.settings.replay_sql();
+            let (err, _) = conn
+                .run_simple(&sql)
+                .await
+                .map_err(|e| lost(e, pool.info.name.clone()))?;
+            if let Some((code, msg)) = err {
+                conn.settings_fp = settings::UNKNOWN_FP;
+                conn.release();
+                return Err(ProxyError::Unsupported(format!(
+                    "could not apply this session's settings on shard {}: {msg} (SQLSTATE {code})",
+                    pool.info.name
+                )));
+            }
+            conn.settings_fp = self.settings.fingerprint();
+        }
+        if self.txn.status != b'I' {
+            // The transaction's BEGIN, then its settings and savepoints so far.
+            let begin = self.txn.join_sql();
+            let (err, _) = conn
+                .run_simple(&begin)
+                .await
+                .map_err(|e| lost(e, pool.info.name.clone()))?;
+            if let Some((code, msg)) = err {
+                conn.release();
+                return Err(ProxyError::Unsupported(format!(
+                    "could not start the transaction on shard {}: {msg} (SQLSTATE {code})",
+                    pool.info.name
+                )));
+            }
+        }
+        self.cancel_slot.lock().push(CancelTarget {
+            host: pool.host.clone(),
+            port: pool.info.port,
+            pid: conn.pid,
+            secret: conn.secret,
+        });
+        self.conns.push(conn);
+        Ok(self.conns.len() - 1)
+    }
+
+    /// Connections to each of `shards` (indexes into `self.conns`), checked out as needed.
+    pub(super) async fn conns_for(
+        &mut self,
+        shards: impl Iterator<Item = usize>,
+    ) -> Result<Vec<usize>, ProxyError> {
+        let mut idxs = Vec::with_capacity(shards.size_hint().0);
+        for s in shards {
+            idxs.push(self.conn_for(s).await?);
+        }
+        Ok(idxs)
+    }
+
+    /// A schema change passed through this session: every pooled connection's prepared
+    /// statements are cleared at its next checkout, the ones held now included.
+    pub(super) fn schema_changed(&mut self) {
+        self.shared
+            .schema_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        for c in self.conns.iter_mut() {
+            c.prepared_epoch = STALE_EPOCH;
+        }
+    }
+
+    /// Gives the held connections back when no transaction or exchange needs them.
+    pub(super) fn release_if_idle(&mut self, exchange_open: bool) {
+        if self.txn.status == b'I' && !exchange_open {
+            self.pass = None;
+        }
+        if self.txn.status == b'I' && !exchange_open && !self.session_mode {
+            // Forget them for cancels first: a backend a cancel reached is closed, not
+            // pooled (the signal may land after the statement it was meant for); so is one
+            // a statement left untracked session state on (a temp table, a session
+            // advisory lock, set_config, a WITH HOLD cursor, a DO block).
+            let cancelled = self.cancel_slot.release_all();
+            let keep = !cancelled && !std::mem::take(&mut self.dirty);
+            for c in self.conns.drain(..) {
+                if keep {
+                    c.release();
+                }
+            }
+            self.portals.clear();
+            self.gather_portals.clear();
+            self.txn = Txn::idle();
+        }
+    }
+}

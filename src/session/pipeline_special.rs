@@ -1,0 +1,275 @@
+//! The pipelines the proxy runs itself instead of relaying them (see
+//! [`Session::special_batch`]): a `COPY … FROM STDIN` sent through the extended protocol and,
+//! outside a transaction, an all-or-nothing write on several shards.
+
+use std::sync::Arc;
+
+use super::multiwrite::{ShardWrite, WriteProtocol};
+use super::relay::{Outcome, RelayError};
+use super::{Prepared, Session, SessionEnd};
+use crate::routing::router::{RouteSpec, StmtKind};
+use crate::sharding::shardset::ShardSet;
+use crate::wire::protocol::{build, BindMsg, Frame, ParseMsg};
+
+/// A Bind body after the statement name that binds the client's parameters `take` (in that
+/// order), each with its own format code, and asks for the client's result formats.
+fn bind_tail(
+    take: &[usize],
+    params: &[Option<&[u8]>],
+    is_binary: &dyn Fn(usize) -> bool,
+    result_formats: &[i16],
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(take.len() as i16).to_be_bytes());
+    for &i in take {
+        b.extend_from_slice(&(i16::from(is_binary(i))).to_be_bytes());
+    }
+    b.extend_from_slice(&(take.len() as i16).to_be_bytes());
+    for &i in take {
+        match params.get(i).copied().flatten() {
+            Some(v) => {
+                b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                b.extend_from_slice(v);
+            }
+            None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    b.extend_from_slice(&(result_formats.len() as i16).to_be_bytes());
+    for f in result_formats {
+        b.extend_from_slice(&f.to_be_bytes());
+    }
+    b
+}
+
+/// A pipeline the proxy runs itself (see [`Session::special_batch`]).
+pub(super) struct Special {
+    /// The statement bound.
+    stmt: Arc<Prepared>,
+    /// Set when the pipeline parsed it (as the unnamed statement).
+    parsed: Option<Arc<Prepared>>,
+    /// The client's Bind message.
+    bind: Frame,
+    /// Where its parameters and result formats start in the body.
+    tail_offset: usize,
+    /// Whether the portal is described.
+    describe: bool,
+    kind: SpecialKind,
+}
+
+enum SpecialKind {
+    /// COPY FROM STDIN into a sharded or reference table.
+    Copy(Arc<crate::routing::copyplan::CopyPlan>),
+    /// An all-or-nothing write on several shards.
+    Write {
+        work: Vec<ShardWrite>,
+        replicated: bool,
+    },
+}
+
+impl Session {
+    /// A pipeline the proxy runs itself rather than relaying it: [Parse] + Bind
+    /// [+ Describe portal] + Execute + Sync of one statement that is
+    /// - a `COPY … FROM STDIN` into a sharded or reference table (what drivers send for COPY);
+    /// - outside a transaction, a write on several shards (a reference-table write, a keyless
+    ///   UPDATE/DELETE, an INSERT … SELECT per shard, a multi-row INSERT whose constant keys
+    ///   span shards): an all-or-nothing write.
+    pub(super) fn special_batch(&self, frames: &[Frame]) -> Option<Special> {
+        let (parse, rest) = match frames.split_first()? {
+            (p, rest) if p.tag == b'P' => (Some(p), rest),
+            _ => (None, frames),
+        };
+        let (bind, rest) = rest.split_first()?;
+        let describe = match rest {
+            [e] if e.tag == b'E' => false,
+            [d, e] if d.tag == b'D' && e.tag == b'E' => true,
+            _ => return None,
+        };
+        if bind.tag != b'B' {
+            return None;
+        }
+        // Most pipelines are not special: look at the plan first, and decode the Bind and
+        // build a statement only for one that is. A Parse of the session's unnamed statement
+        // again (drivers re-send it before every execution) is recognised without decoding.
+        let (existing, parsed) = match parse {
+            Some(p) => match self.stmts.get("").filter(|s| s.is_unnamed_parse(p.body())) {
+                Some(s) => (Some(s), None),
+                None => {
+                    let pm = ParseMsg::decode(p.body()).ok()?;
+                    // Only an unnamed statement, bound right away, is taken over here.
+                    if !pm.name.is_empty() {
+                        return None;
+                    }
+                    (None, Some(pm))
+                }
+            },
+            None => {
+                let m = BindMsg::decode(bind.body()).ok()?;
+                (Some(self.stmts.get(m.statement)?), None)
+            }
+        };
+        let plan = match (existing, &parsed) {
+            (Some(p), _) => p.plan.clone(),
+            (None, Some(pm)) => self.topo.cache.get(&self.topo.map, pm.query).ok()?,
+            (None, None) => return None,
+        };
+        let st = plan.stmts.first()?;
+        if plan.stmts.len() != 1 {
+            return None;
+        }
+        let may_be_special = st.copy.is_some()
+            || (self.txn.status == b'I'
+                && (st.split.is_some()
+                    || (st.kind == StmtKind::Write
+                        && matches!(st.route, RouteSpec::All | RouteSpec::Subset(_)))));
+        if !may_be_special {
+            return None;
+        }
+        let m = BindMsg::decode(bind.body()).ok()?;
+        if parse.is_some() && !m.statement.is_empty() {
+            return None;
+        }
+        let declared;
+        let types: &[u32] = match (existing, &parsed) {
+            (Some(p), _) => &p.types,
+            (None, Some(pm)) => {
+                declared = pm.param_types();
+                &declared
+            }
+            (None, None) => return None,
+        };
+        let sql: &str = match (existing, &parsed) {
+            (Some(p), _) => &p.sql,
+            (None, Some(pm)) => pm.query,
+            (None, None) => return None,
+        };
+        let kind = if let Some(copy) = &st.copy {
+            SpecialKind::Copy(copy.clone())
+        } else if self.txn.status != b'I' {
+            return None;
+        } else if let Some(split) = &st.split {
+            let params = m.params();
+            let is_binary = |i: usize| m.is_binary(i);
+            // Keys are read in UTF-8; the shards get the values as sent.
+            let utf8 = self.params_utf8(&params, &is_binary);
+            let keyed: Vec<Option<&[u8]>> = match &utf8 {
+                Some(c) => c.iter().map(|v| v.as_deref()).collect(),
+                None => params.clone(),
+            };
+            let parts = split
+                .statements(&self.topo.map, Some((&keyed, &is_binary)))
+                .ok()?;
+            if parts.len() < 2 {
+                return None;
+            }
+            let formats = m.result_formats();
+            SpecialKind::Write {
+                work: parts
+                    .into_iter()
+                    .map(|p| {
+                        let types = p
+                            .params
+                            .iter()
+                            .map(|&i| types.get(i).copied().unwrap_or(0))
+                            .collect();
+                        let tail = bind_tail(&p.params, &params, &is_binary, &formats);
+                        ShardWrite {
+                            shard: p.shard,
+                            sql: p.sql,
+                            bind: Some((types, tail)),
+                        }
+                    })
+                    .collect(),
+                replicated: false,
+            }
+        } else if st.kind == StmtKind::Write {
+            // A write whose route names several shards without parameters.
+            let set = match &st.route {
+                RouteSpec::All => ShardSet::all(self.topo.map.shards.len()),
+                RouteSpec::Subset(set) => *set,
+                _ => return None,
+            };
+            if set.len() < 2 {
+                return None;
+            }
+            SpecialKind::Write {
+                work: set
+                    .iter()
+                    .map(|shard| ShardWrite {
+                        shard,
+                        sql: sql.to_string(),
+                        bind: None,
+                    })
+                    .collect(),
+                replicated: st.replicated,
+            }
+        } else {
+            return None;
+        };
+        let stmt = match (existing, parsed) {
+            (Some(p), _) => p.clone(),
+            (None, Some(pm)) => Arc::new(Prepared::new(pm.query, types.to_vec(), plan.clone())),
+            (None, None) => return None,
+        };
+        Some(Special {
+            parsed: parse.is_some().then(|| stmt.clone()),
+            stmt,
+            bind: bind.clone(),
+            tail_offset: m.tail_offset,
+            describe,
+            kind,
+        })
+    }
+
+    /// Runs a [`Session::special_batch`] pipeline. BindComplete (and NoData for a COPY)
+    /// come from the proxy. After a COPY that started, the Sync that came before the data is
+    /// ignored, as Postgres does: ReadyForQuery answers the Sync the client sends after
+    /// CopyDone/CopyFail (libpq and tokio-postgres send one).
+    pub(super) async fn run_special(&mut self, sp: Special) -> Result<(), SessionEnd> {
+        if let Some(p) = &sp.parsed {
+            self.stmts.insert(String::new(), p.clone());
+            build::empty(&mut self.out, b'1');
+        }
+        build::empty(&mut self.out, b'2');
+        let (result, started) = match &sp.kind {
+            SpecialKind::Copy(plan) => {
+                if sp.describe {
+                    build::empty(&mut self.out, b'n');
+                }
+                match self.copy_in_split(plan, &sp.stmt.sql, true).await {
+                    Ok((Ok(_), _)) => (Ok(Ok(Outcome::default())), true),
+                    Ok((r, started)) => (Ok(r), started),
+                    Err(e) => (Err(e), true),
+                }
+            }
+            SpecialKind::Write { work, replicated } => {
+                let protocol = WriteProtocol::Extended {
+                    types: &sp.stmt.types,
+                    bind_tail: sp.bind.body().get(sp.tail_offset..).unwrap_or(&[]),
+                    describe: sp.describe,
+                };
+                let r = self.multi_write(work, protocol, *replicated, false).await;
+                (r, false)
+            }
+        };
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                self.push_error(&e);
+                if !started {
+                    self.push_ready();
+                }
+            }
+            Err(RelayError::Client(e)) => return Err(e),
+            Err(RelayError::Backend { shard, error, .. }) => {
+                let e = self.backend_failed(shard, &error);
+                self.lose_transaction();
+                self.push_error(&e);
+                if !started {
+                    self.push_ready();
+                }
+            }
+        }
+        self.release_if_idle(false);
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! State shared by every session of one proxy: the [`Topology`] sessions route with (map,
+//! pools, plan cache, users) and how a reload or rebalance swaps it, plus the proxy's
+//! counters, registries and shutdown signal.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::gate;
+use crate::backend::pool::ShardPool;
+use crate::routing::router::PlanCache;
+use crate::sharding::shardmap::ShardMap;
+use crate::wire::auth::ScramSecret;
+use crate::wire::cancel::CancelRegistry;
+
+/// What sessions route with: a map, one pool per shard and the plans made with that map.
+/// A reload or a rebalance swaps in a new one whole; a session moves to it between
+/// transactions.
+pub struct Topology {
+    /// The routing map.
+    pub map: Arc<ShardMap>,
+    /// One pool per shard, in map order.
+    pub pools: Vec<Arc<ShardPool>>,
+    /// Parsed plans by SQL text (plans hold shard indexes of this map).
+    pub cache: PlanCache,
+    /// Counts swaps; sessions compare it with [`Shared::generation`].
+    pub generation: u64,
+    /// The map's users with their SCRAM verifiers, swapped with the map in one step: a login
+    /// checks its user and its database against the same map.
+    pub users: Arc<Users>,
+}
+
+/// Passwords and SCRAM verifiers by user name.
+pub type Users = HashMap<String, (String, ScramSecret)>;
+
+/// State shared by every session of one proxy.
+pub struct Shared {
+    /// The current topology.
+    pub topology: arc_swap::ArcSwap<Topology>,
+    /// Generation of `topology` (read by sessions on every statement, cheaply).
+    pub generation: std::sync::atomic::AtomicU64,
+    /// The rebalance hold.
+    pub gate: Arc<gate::Gate>,
+    /// Cancel keys handed to clients.
+    pub cancels: CancelRegistry,
+    /// The budget large client messages draw on (`limits.max_buffered_mb`, in KiB), shared
+    /// by every client's reader, and its size.
+    pub large_messages: Arc<tokio::sync::Semaphore>,
+    /// Size of [`Shared::large_messages`] in permits (KiB).
+    pub large_message_units: usize,
+    /// Per-process secret behind the salts unknown users are answered with.
+    pub login_key: [u8; 32],
+    /// The shard map file, for reloads (`None` for a proxy started from text).
+    pub config_path: Mutex<Option<std::path::PathBuf>>,
+    /// Notified when the admin console asks the proxy to shut down.
+    pub shutdown: tokio::sync::Notify,
+    /// Set once a shutdown was asked for.
+    pub shutting_down: std::sync::atomic::AtomicBool,
+    /// ParameterStatus values learned from a shard, sent to clients at login.
+    pub server_params: Mutex<Option<Vec<(String, String)>>>,
+    /// Connected clients.
+    pub clients: AtomicUsize,
+    /// Who they are, for `SHOW CLIENTS`.
+    pub client_list: Arc<crate::session::clients::ClientRegistry>,
+    /// Whether text sorts in byte order on the shards (learned once, for merging ORDER BY).
+    pub bytewise_text: std::sync::OnceLock<bool>,
+    /// Two-phase commit for writes that span shards.
+    pub twophase: Arc<crate::backend::twophase::TwoPhase>,
+    /// Statements routed, by kind of route.
+    pub stats: RouteStats,
+    /// Prometheus metrics.
+    pub telemetry: crate::telemetry::Telemetry,
+    /// Bumped by every schema change that passes through this proxy: a backend connection
+    /// whose prepared statements are older is cleared (`DEALLOCATE ALL`) at its next
+    /// checkout, so statements shared by content never outlive the DDL they depend on.
+    pub schema_epoch: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// The current topology.
+    pub fn topo(&self) -> Arc<Topology> {
+        self.topology.load_full()
+    }
+
+    /// Asks the proxy to stop accepting clients and drain (admin `SHUTDOWN`).
+    pub fn request_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shutdown.notify_waiters();
+    }
+
+    /// The current map.
+    pub fn map(&self) -> Arc<ShardMap> {
+        self.topology.load().map.clone()
+    }
+
+    /// Swaps in `map`, keeping the pools of shards whose place and address are unchanged.
+    /// Sessions move to it when they next start a transaction.
+    pub fn swap_map(&self, map: Arc<ShardMap>) {
+        let users = self.topology.load().users.clone();
+        self.swap(map, users);
+    }
+
+    /// Swaps in a reloaded map and its users together (see [`Topology::users`]).
+    pub fn swap_config(&self, map: Arc<ShardMap>) {
+        let users = Arc::new(user_secrets(&map));
+        self.swap(map, users);
+    }
+
+    fn swap(&self, map: Arc<ShardMap>, users: Arc<Users>) {
+        let cur = self.topology.load();
+        let pools = map
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match cur.pools.get(i) {
+                Some(p) if p.info.same_server(s) => p.clone(),
+                _ => ShardPool::new(i, s.clone(), map.pool.clone()),
+            })
+            .collect();
+        let generation = cur.generation + 1;
+        self.topology.store(Arc::new(Topology {
+            map,
+            pools,
+            cache: PlanCache::new(crate::routing::router::PLAN_CACHE_CAPACITY),
+            generation,
+            users,
+        }));
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Passwords and SCRAM verifiers of `map`'s users, by name.
+pub fn user_secrets(map: &ShardMap) -> Users {
+    map.users
+        .iter()
+        .map(|u| {
+            (
+                u.name.clone(),
+                (u.password.clone(), ScramSecret::from_password(&u.password)),
+            )
+        })
+        .collect()
+}
+
+/// Statements routed since the proxy started, by where they went.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// To one shard.
+    pub single: std::sync::atomic::AtomicU64,
+    /// To some of the shards (a key list).
+    pub multi: std::sync::atomic::AtomicU64,
+    /// To every shard.
+    pub all: std::sync::atomic::AtomicU64,
+    /// Refused by the router.
+    pub refused: std::sync::atomic::AtomicU64,
+}
