@@ -81,8 +81,6 @@ impl Session {
         Ok(ShapeCheck::Same)
     }
 
-    /// Describe of a statement on one shard (ParameterDescription + RowDescription/NoData);
-    /// a shard error is forwarded.
     /// Answers a batch of Parse/Describe-statement messages inside a transaction that holds
     /// no connection: each statement is described on a connection outside the transaction.
     /// An error fails the client's transaction, as the same error would in Postgres.
@@ -151,6 +149,8 @@ impl Session {
         }
     }
 
+    /// Describe of a statement on one shard (ParameterDescription + RowDescription/NoData);
+    /// a shard error is forwarded.
     pub(super) async fn describe_on_one(
         &mut self,
         p: &Arc<Prepared>,

@@ -170,11 +170,6 @@ impl Session {
         Ok(Ok(o))
     }
 
-    /// Runs a pipeline that executes a merged (multi-shard) query: Parse/Bind/Close are
-    /// answered here, Describe of statements runs on one shard, each Execute through
-    /// [`Session::gather`]. An Execute with a row limit (cursor-style fetching, e.g. JDBC's
-    /// fetchSize) runs the query once, keeps its rows (bounded by the gather memory limit)
-    /// and hands them out chunk by chunk with PortalSuspended, as Postgres does.
     /// Turns the Execute of each portal the proxy keeps for a plain multi-shard read (see
     /// the Bind in `prepare_op`) into a merged execution, so the proxy runs it to completion.
     pub(super) fn concatenations_as_gathers(&self, ops: &mut [Op]) {
@@ -194,6 +189,11 @@ impl Session {
         }
     }
 
+    /// Runs a pipeline that executes a merged (multi-shard) query: Parse/Bind/Close are
+    /// answered here, Describe of statements runs on one shard, each Execute through
+    /// [`Session::gather`]. An Execute with a row limit (cursor-style fetching, e.g. JDBC's
+    /// fetchSize) runs the query once, keeps its rows (bounded by the gather memory limit)
+    /// and hands them out chunk by chunk with PortalSuspended, as Postgres does.
     pub(super) async fn batch_gather(
         &mut self,
         set: ShardSet,
