@@ -88,17 +88,17 @@ pub fn decide_sql(gid: &str) -> String {
 
 /// The statement that prepares the shard's part of transaction `gid`.
 pub fn prepare_sql(gid: &str) -> String {
-    format!("PREPARE TRANSACTION '{gid}'")
+    format!("PREPARE TRANSACTION {}", crate::quote::literal(gid))
 }
 
 /// The statement that commits a prepared part.
 pub fn commit_prepared_sql(gid: &str) -> String {
-    format!("COMMIT PREPARED '{gid}'")
+    format!("COMMIT PREPARED {}", crate::quote::literal(gid))
 }
 
 /// The statement that rolls a prepared part back.
 pub fn rollback_prepared_sql(gid: &str) -> String {
-    format!("ROLLBACK PREPARED '{gid}'")
+    format!("ROLLBACK PREPARED {}", crate::quote::literal(gid))
 }
 
 /// Forgets a finished transaction's decision (every part committed).

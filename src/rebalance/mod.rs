@@ -3,7 +3,7 @@
 //! The command compares two shard maps, counts on the shards the rows whose owner changes
 //! ([`plan`]), and moves them in units while clients keep using proxies that run the old
 //! map ([`mover`]). Proxies follow through the control tables ([`control`], [`watch`]) and
-//! hold statements for the short moment a unit switches ([`gate`]). Progress is durable:
+//! hold statements for the short moment a unit switches ([`crate::session::gate`]). Progress is durable:
 //! running the same command again after a crash finishes the job.
 //!
 //! Order of a run:

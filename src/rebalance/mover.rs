@@ -29,12 +29,12 @@ use tokio_postgres::Client;
 
 use super::control;
 use super::copybin::{TupleReader, HEADER, TRAILER};
-use super::plan::{columns, old_rule, owner, quote_ident, Group};
+use super::plan::{columns, old_rule, owner, Group};
 use super::progress::Progress;
-pub use super::statements::{
-    connect, finish_prepared, pipe_copy, quote_literal, set_hold, wait_acks,
-};
+pub use super::statements::{connect, finish_prepared, pipe_copy, set_hold, wait_acks};
 use super::RebalanceError;
+use crate::backend::twophase;
+use crate::quote;
 use crate::sharding::keys::{key_from_binary, key_from_text, KeyValue};
 use crate::sharding::shardmap::transition::in_part;
 use crate::sharding::shardmap::ShardMap;
@@ -78,7 +78,7 @@ pub async fn install_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), 
         let exists: bool = c
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'shardwire_rebalance_capture' AND tgrelid = $1::text::regclass)",
-                &[&quote_ident(&t.name)],
+                &[&quote::qualified(&t.name)],
             )
             .await?
             .get(0);
@@ -87,9 +87,9 @@ pub async fn install_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), 
                 "CREATE TRIGGER shardwire_rebalance_capture AFTER INSERT OR UPDATE OR DELETE ON {} \
                  FOR EACH ROW WHEN (current_setting('shardwire.rebalance', true) IS DISTINCT FROM 'mover') \
                  EXECUTE FUNCTION shardwire_rebalance_capture({}, {})",
-                quote_ident(&t.name),
-                quote_literal(&t.name),
-                quote_literal(&t.key)
+                quote::qualified(&t.name),
+                quote::literal(&t.name),
+                quote::literal(&t.key)
             ))
             .await?;
         }
@@ -102,7 +102,7 @@ pub async fn remove_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), R
     for t in tables {
         c.batch_execute(&format!(
             "DROP TRIGGER IF EXISTS shardwire_rebalance_capture ON {}",
-            quote_ident(&t.name)
+            quote::qualified(&t.name)
         ))
         .await?;
     }
@@ -320,7 +320,7 @@ impl UnitJob<'_> {
         m: &TableMove,
         keys: &mut [HashSet<String>],
     ) -> Result<u64, RebalanceError> {
-        let name = quote_ident(&m.rule.name);
+        let name = quote::qualified(&m.rule.name);
         let out = reader
             .copy_out(&format!("COPY {name} TO STDOUT (FORMAT binary)"))
             .await?;
@@ -452,9 +452,9 @@ impl UnitJob<'_> {
         for batch in keys.chunks(KEY_BATCH) {
             let list: Vec<String> = batch.iter().map(|k| (*k).clone()).collect();
             for m in tables {
-                let name = quote_ident(&m.rule.name);
+                let name = quote::qualified(&m.rule.name);
                 let ty = m.rule.key_type.pg_name();
-                let key = quote_ident(&m.rule.key);
+                let key = quote::ident(&m.rule.key);
                 t.execute(
                     &format!("DELETE FROM {name} WHERE {key} = ANY($1::text[]::{ty}[])"),
                     &[&list],
@@ -477,9 +477,9 @@ impl UnitJob<'_> {
         m: &TableMove,
         keys: &[String],
     ) -> Result<(i64, String), RebalanceError> {
-        let name = quote_ident(&m.rule.name);
+        let name = quote::qualified(&m.rule.name);
         let ty = m.rule.key_type.pg_name();
-        let key = quote_ident(&m.rule.key);
+        let key = quote::ident(&m.rule.key);
         let mut count = 0i64;
         let mut sum = 0i128;
         for batch in keys.chunks(KEY_BATCH) {
@@ -524,7 +524,10 @@ impl UnitJob<'_> {
                 lagging.join(", ")
             )));
         }
-        let names: Vec<String> = tables.iter().map(|m| quote_ident(&m.rule.name)).collect();
+        let names: Vec<String> = tables
+            .iter()
+            .map(|m| quote::qualified(&m.rule.name))
+            .collect();
         let locked = s
             .batch_execute(&format!(
                 "BEGIN; SET LOCAL lock_timeout = '3s'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
@@ -625,9 +628,9 @@ impl UnitJob<'_> {
         }
         lap.mark("verify");
         for m in tables {
-            let name = quote_ident(&m.rule.name);
+            let name = quote::qualified(&m.rule.name);
             let ty = m.rule.key_type.pg_name();
-            let key = quote_ident(&m.rule.key);
+            let key = quote::ident(&m.rule.key);
             for batch in keys.chunks(KEY_BATCH) {
                 s.execute(
                     &format!("DELETE FROM {name} WHERE {key} = ANY($1::text[]::{ty}[])"),
@@ -638,10 +641,8 @@ impl UnitJob<'_> {
         }
         lap.mark("delete");
         let (gs, gt) = &part.gids;
-        t.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gt)))
-            .await?;
-        s.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gs)))
-            .await?;
+        t.batch_execute(&twophase::prepare_sql(gt)).await?;
+        s.batch_execute(&twophase::prepare_sql(gs)).await?;
         // The commit point: once recorded, a re-run commits both prepared transactions.
         self.control
             .execute(
@@ -708,7 +709,7 @@ fn array_literal(items: &[String]) -> String {
         a.push('"');
     }
     a.push('}');
-    quote_literal(&a)
+    quote::literal(&a)
 }
 
 #[cfg(test)]

@@ -282,9 +282,6 @@ pub async fn count(
     Ok(counts)
 }
 
-/// (Until mod.rs and mover.rs call [`crate::quote`] directly.)
-pub use crate::quote::qualified as quote_ident;
-
 /// Whether `table` exists on the shard.
 pub async fn table_exists(c: &Client, table: &str) -> Result<bool, tokio_postgres::Error> {
     Ok(c.query_one(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
-use super::plan::{self, quote_ident, Group};
+use super::plan::{self, Group};
 use super::RebalanceError;
 use crate::sharding::shardmap::{ShardMap, TableRule};
 
@@ -75,7 +75,10 @@ pub(super) async fn make_plan(
             for &d in &added {
                 let src = old.default_shard;
                 let rows: i64 = clients[src]
-                    .query_one(&format!("SELECT count(*) FROM {}", quote_ident(name)), &[])
+                    .query_one(
+                        &format!("SELECT count(*) FROM {}", crate::quote::qualified(name)),
+                        &[],
+                    )
                     .await?
                     .get(0);
                 reference.push((name.to_owned(), src, d, rows as u64));
@@ -106,7 +109,10 @@ async fn directory_moves(
     }
     let rows = c
         .query(
-            &format!("SELECT key, shard FROM {}", quote_ident(&dir.table)),
+            &format!(
+                "SELECT key, shard FROM {}",
+                crate::quote::qualified(&dir.table)
+            ),
             &[],
         )
         .await?;
@@ -122,7 +128,7 @@ async fn directory_moves(
             if plan::table_exists(c, &t.name).await? {
                 let n: i64 = c
                     .query_one(
-                        &format!("SELECT count(*) FROM {}", quote_ident(&t.name)),
+                        &format!("SELECT count(*) FROM {}", crate::quote::qualified(&t.name)),
                         &[],
                     )
                     .await?
@@ -145,8 +151,8 @@ async fn directory_moves(
                 .query_one(
                     &format!(
                         "SELECT count(*) FROM {} WHERE {}::text = $1",
-                        quote_ident(&t.name),
-                        quote_ident(&t.key)
+                        crate::quote::qualified(&t.name),
+                        crate::quote::ident(&t.key)
                     ),
                     &[key],
                 )

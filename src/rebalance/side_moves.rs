@@ -8,7 +8,6 @@ use tokio_postgres::Client;
 
 use super::control;
 use super::mover::{self, connect};
-use super::plan::quote_ident;
 use super::progress::Progress;
 use super::RebalanceError;
 use crate::sharding::shardmap::ShardMap;
@@ -23,7 +22,7 @@ pub(super) async fn copy_reference(
 ) -> Result<u64, RebalanceError> {
     let s = connect(src, timeout).await?;
     let t = connect(dst, timeout).await?;
-    let name = quote_ident(table);
+    let name = crate::quote::qualified(table);
     s.batch_execute(&format!("BEGIN; LOCK TABLE {name} IN SHARE MODE"))
         .await?;
     t.batch_execute(&format!("BEGIN; TRUNCATE {name}")).await?;

@@ -1,6 +1,6 @@
 //! Statements the mover and the run both send: a control-plane connection, a binary COPY
 //! piped between shards, settling prepared transactions, holding the proxies and waiting for
-//! their acknowledgements, and SQL string literals.
+//! their acknowledgements.
 
 use std::time::{Duration, Instant};
 
@@ -9,17 +9,15 @@ use tokio_postgres::Client;
 
 use super::control;
 use super::RebalanceError;
+use crate::backend::twophase;
 use crate::sharding::shard::ShardInfo;
 
 /// Opens a control-plane connection to `info`.
 pub async fn connect(info: &ShardInfo, timeout: Duration) -> Result<Client, RebalanceError> {
-    let (c, conn) = crate::sharding::directory::pg_config(info, timeout)
-        .connect(info.tls.clone())
+    let c = info
+        .connect_control(timeout)
         .await
         .map_err(|e| RebalanceError::Shard(info.name.clone(), e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     // Marks this session's writes as the rebalance's own (see CAPTURE_SQL).
     c.batch_execute("SET shardwire.rebalance = 'mover'").await?;
     Ok(c)
@@ -62,9 +60,12 @@ pub async fn finish_prepared(c: &Client, gid: &str, commit: bool) -> Result<bool
         .await?
         .get(0);
     if exists {
-        let verb = if commit { "COMMIT" } else { "ROLLBACK" };
-        c.batch_execute(&format!("{verb} PREPARED {}", quote_literal(gid)))
-            .await?;
+        let sql = if commit {
+            twophase::commit_prepared_sql(gid)
+        } else {
+            twophase::rollback_prepared_sql(gid)
+        };
+        c.batch_execute(&sql).await?;
     }
     Ok(exists)
 }
@@ -98,9 +99,4 @@ pub async fn wait_acks(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// A SQL string literal.
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }

@@ -237,16 +237,6 @@ impl Drop for MoveGuard {
     }
 }
 
-/// A tokio-postgres config for a shard (see [`ShardInfo::control_config`]).
-pub fn pg_config(s: &ShardInfo, connect_timeout: Duration) -> tokio_postgres::Config {
-    s.control_config(connect_timeout)
-}
-
-/// Quotes a possibly schema-qualified name (see [`crate::quote::qualified`]).
-pub fn quote_name(name: &str) -> String {
-    crate::quote::qualified(name)
-}
-
 /// Creates the directory table if absent and seeds the static entries (existing rows win).
 pub async fn ensure_table(
     c: &Client,
