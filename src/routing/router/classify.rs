@@ -1,0 +1,355 @@
+//! Classification: [`plan`] parses a query string and gives each statement its kind and
+//! route (and its merge, split, COPY and EXPLAIN plans); `analyze` decides kind and route
+//! per statement type.
+
+use std::sync::Arc;
+
+use pg_query::protobuf;
+use pg_query::NodeEnum;
+
+use super::explain::{explain_merge, explain_option};
+use super::query::{route_query, writes_reference};
+use super::session::{calls, dirties, reshapes, session_fn, unsupported_encoding, SESSION_LOCKS};
+use super::split::insert_split;
+use super::stmt::{Plan, RouteSpec, SavepointOp, StmtKind, StmtPlan};
+use super::writes::{key_update, route_insert};
+use crate::error::ProxyError;
+use crate::sharding::shardmap::{ShardMap, TableRule};
+
+/// Parses and routes `sql` against `map`.
+pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
+    let parsed = pg_query::parse(sql, 0).map_err(|e| match e {
+        pg_query::Error::Parse(m) => ProxyError::Syntax(m),
+        other => ProxyError::Syntax(format!("could not parse statement: {other}")),
+    })?;
+    let mut stmts = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for raw in &parsed.protobuf.stmts {
+        let start = raw.stmt_location.max(0) as usize;
+        let len = if raw.stmt_len == 0 {
+            sql.len().saturating_sub(start)
+        } else {
+            raw.stmt_len as usize
+        };
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            continue;
+        };
+        let (kind, mut route) = analyze(map, node);
+        let replicated = matches!(route, RouteSpec::All)
+            && (kind == StmtKind::Ddl || writes_reference(map, node));
+        let span = (start, (start + len).min(sql.len()));
+        let mut gather = None;
+        if let NodeEnum::SelectStmt(s) = node {
+            if may_scatter(&route) {
+                match crate::gather::plan::build(&sql[span.0..span.1], s) {
+                    Ok(g) => gather = g.map(Arc::new),
+                    Err(e) => route = refuse_scatter(route, e),
+                }
+            }
+        }
+        let explain = match node {
+            NodeEnum::ExplainStmt(e) => explain_merge(e),
+            _ => None,
+        };
+        let mut copy = None;
+        if let NodeEnum::CopyStmt(c) = node {
+            let rule = c
+                .relation
+                .as_ref()
+                .and_then(|r| map.table(&r.schemaname, &r.relname));
+            let table = match rule {
+                Some(TableRule::Sharded(t)) => Some(Some(t)),
+                Some(TableRule::Reference) => Some(None),
+                None => None,
+            };
+            if let (true, false, Some(table)) =
+                (c.is_from, matches!(route, RouteSpec::Refuse(_)), table)
+            {
+                match crate::routing::copyplan::plan(c, table) {
+                    Ok(p) => copy = Some(Arc::new(p)),
+                    Err(e) => route = RouteSpec::Refuse(e),
+                }
+            }
+        }
+        let split = match node {
+            NodeEnum::InsertStmt(i) => {
+                let split = insert_split(map, i, &sql[span.0..span.1]);
+                let values = i
+                    .select_stmt
+                    .as_ref()
+                    .and_then(|n| n.node.as_ref())
+                    .is_some_and(
+                        |n| matches!(n, NodeEnum::SelectStmt(sel) if !sel.values_lists.is_empty()),
+                    );
+                let sharded = values
+                    && i.relation.as_ref().is_some_and(|r| {
+                        matches!(
+                            map.table(&r.schemaname, &r.relname),
+                            Some(TableRule::Sharded(_))
+                        )
+                    });
+                if sharded && split.is_none() && may_scatter(&route) {
+                    // Never send one INSERT to several shards: that would duplicate rows.
+                    route = refuse_scatter(
+                        route,
+                        ProxyError::Unsupported(
+                            "multi-row INSERT whose rows belong to different shards can only be split when every shard key is a constant".into(),
+                        ),
+                    );
+                }
+                split
+            }
+            _ => None,
+        };
+        let dirties = dirties(node);
+        if dirties && !map.pool.session_mode && calls(node, SESSION_LOCKS) {
+            // Held by a backend the client gives back after the statement: it would be
+            // released behind the client's back (the connection is closed) — refuse.
+            route = RouteSpec::Refuse(ProxyError::Unsupported(
+                "session-level advisory locks (pg_advisory_lock, pg_try_advisory_lock) cannot be held under transaction pooling: use pg_advisory_xact_lock inside a transaction block, or pool.mode: session".into(),
+            ));
+        }
+        stmts.push(StmtPlan {
+            reshapes: kind == StmtKind::Ddl && reshapes(node),
+            dirties,
+            kind,
+            route,
+            span,
+            replicated,
+            gather,
+            explain,
+            split,
+            copy,
+        });
+    }
+    Ok(Plan { stmts })
+}
+
+/// Whether a route can end up on several shards.
+fn may_scatter(route: &RouteSpec) -> bool {
+    match route {
+        RouteSpec::All | RouteSpec::Subset(_) => true,
+        RouteSpec::Keys(kr) => matches!(*kr.spread, RouteSpec::All),
+        _ => false,
+    }
+}
+
+/// The route with its multi-shard case refused by `e` (a key-pinned single shard still runs).
+fn refuse_scatter(route: RouteSpec, e: ProxyError) -> RouteSpec {
+    match route {
+        RouteSpec::Keys(kr) => {
+            let mut k = (*kr).clone();
+            k.spread = Box::new(RouteSpec::Refuse(e));
+            RouteSpec::Keys(Arc::new(k))
+        }
+        _ => RouteSpec::Refuse(e),
+    }
+}
+
+fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
+    use NodeEnum as N;
+    match node {
+        N::SelectStmt(s) => match session_fn(s) {
+            Some(f) => (StmtKind::SessionFn(f), RouteSpec::Any),
+            None => (StmtKind::Read, route_query(map, node, Some(s))),
+        },
+        N::InsertStmt(i) => (StmtKind::Write, route_insert(map, node, i)),
+        N::UpdateStmt(u) => {
+            let route = route_query(map, node, None);
+            if let Some(rel) = &u.relation {
+                if let Some(TableRule::Sharded(t)) = map.table(&rel.schemaname, &rel.relname) {
+                    let new_key = u.target_list.iter().find_map(|x| match &x.node {
+                        Some(N::ResTarget(r)) if r.name.eq_ignore_ascii_case(&t.key) => {
+                            Some(r.val.as_deref())
+                        }
+                        _ => None,
+                    });
+                    if let Some(new_key) = new_key {
+                        return (StmtKind::Write, key_update(map, t, new_key, route));
+                    }
+                }
+            }
+            (StmtKind::Write, route)
+        }
+        N::DeleteStmt(_) | N::MergeStmt(_) => (StmtKind::Write, route_query(map, node, None)),
+        N::TransactionStmt(t) => {
+            use protobuf::TransactionStmtKind as T;
+            let kind = match T::try_from(t.kind).unwrap_or(T::Undefined) {
+                T::TransStmtBegin | T::TransStmtStart => StmtKind::Begin,
+                T::TransStmtCommit => StmtKind::Commit,
+                T::TransStmtRollback => StmtKind::Rollback,
+                T::TransStmtSavepoint => StmtKind::Savepoint(SavepointOp::Define(t.savepoint_name.clone())),
+                T::TransStmtRelease => StmtKind::Savepoint(SavepointOp::Release(t.savepoint_name.clone())),
+                T::TransStmtRollbackTo => StmtKind::Savepoint(SavepointOp::RollbackTo(t.savepoint_name.clone())),
+                _ => {
+                    return (
+                        StmtKind::Other,
+                        RouteSpec::Refuse(ProxyError::Unsupported(
+                            "two-phase commit commands (PREPARE TRANSACTION, COMMIT PREPARED) are reserved for the proxy".into(),
+                        )),
+                    )
+                }
+            };
+            (kind, RouteSpec::Any)
+        }
+        N::VariableSetStmt(v) => {
+            use protobuf::VariableSetKind as K;
+            if let Some(name) = unsupported_encoding(v) {
+                return (
+                    StmtKind::SetLocal,
+                    RouteSpec::Refuse(ProxyError::Unsupported(
+                        crate::wire::encoding::unsupported_encoding(&name),
+                    )),
+                );
+            }
+            let kind = match K::try_from(v.kind).unwrap_or(K::Undefined) {
+                K::VarResetAll => StmtKind::ResetAll,
+                K::VarReset => StmtKind::Reset { name: v.name.to_ascii_lowercase() },
+                // SET SESSION CHARACTERISTICS AS TRANSACTION …: a session setting (it sets
+                // default_transaction_*), kept and replayed like any SET.
+                K::VarSetMulti if v.name.eq_ignore_ascii_case("session characteristics") => {
+                    StmtKind::Set { name: v.name.to_ascii_lowercase() }
+                }
+                _ if v.is_local || v.kind == K::VarSetMulti as i32 => StmtKind::SetLocal,
+                _ => StmtKind::Set { name: v.name.to_ascii_lowercase() },
+            };
+            (kind, RouteSpec::Any)
+        }
+        N::VariableShowStmt(_) => (StmtKind::Show, RouteSpec::Any),
+        N::DiscardStmt(d) => {
+            if d.target == protobuf::DiscardMode::DiscardAll as i32 {
+                (StmtKind::DiscardAll, RouteSpec::Any)
+            } else {
+                (StmtKind::Other, RouteSpec::Any)
+            }
+        }
+        N::DeallocateStmt(d) => {
+            (StmtKind::Deallocate(if d.isall { None } else { Some(d.name.clone()) }), RouteSpec::Any)
+        }
+        N::PrepareStmt(_) | N::ExecuteStmt(_) => (
+            StmtKind::Other,
+            RouteSpec::Refuse(ProxyError::Unsupported(
+                "SQL-level PREPARE/EXECUTE is not supported with transaction pooling; use the extended protocol (driver prepared statements)".into(),
+            )),
+        ),
+        // LISTEN is refused, so no pooled connection listens: UNLISTEN (asyncpg's pool sends
+        // `UNLISTEN *` on every release) is a no-op any shard answers.
+        N::UnlistenStmt(_) => (StmtKind::Other, RouteSpec::Any),
+        N::ListenStmt(_) | N::NotifyStmt(_) => (
+            StmtKind::Other,
+            RouteSpec::Refuse(ProxyError::Unsupported(
+                "LISTEN/NOTIFY is not supported with transaction pooling".into(),
+            )),
+        ),
+        N::ExplainStmt(e) => {
+            let inner = e.query.as_ref().and_then(|q| q.node.as_ref());
+            match inner {
+                Some(q) => {
+                    let (kind, route) = analyze(map, q);
+                    // EXPLAIN ANALYZE runs the statement: a write stays a write.
+                    let runs = explain_option(e, "analyze").is_some_and(|v| v != "false" && v != "off");
+                    let kind = if runs && kind == StmtKind::Write {
+                        StmtKind::Write
+                    } else {
+                        StmtKind::Read
+                    };
+                    (kind, route)
+                }
+                None => (StmtKind::Read, RouteSpec::Any),
+            }
+        }
+        N::CopyStmt(c) => route_copy(map, node, c),
+        N::DeclareCursorStmt(d) => {
+            // The cursor lives on the shard its query runs on; FETCH/CLOSE follow the
+            // transaction there. A cursor over several shards would need a merge per FETCH.
+            let route = match d.query.as_ref().and_then(|q| q.node.as_ref()) {
+                Some(q) => analyze(map, q).1,
+                None => RouteSpec::Any,
+            };
+            let e = ProxyError::Unsupported(
+                "DECLARE CURSOR for a query that runs on several shards is not supported; fetch the whole result, or add the shard key".into(),
+            );
+            let route = if may_scatter(&route) {
+                refuse_scatter(route, e)
+            } else {
+                route
+            };
+            (StmtKind::Read, route)
+        }
+        N::FetchStmt(_) | N::ClosePortalStmt(_) => (StmtKind::Read, RouteSpec::Any),
+        N::DoStmt(_) | N::CallStmt(_) => (StmtKind::Other, RouteSpec::Shard(map.default_shard)),
+        N::CreatedbStmt(_) | N::DropdbStmt(_) => (
+            StmtKind::Other,
+            RouteSpec::Refuse(ProxyError::Unsupported(
+                "CREATE/DROP DATABASE through the proxy is not supported; create the database on each shard".into(),
+            )),
+        ),
+        // LOCK goes where its tables are: an unsharded table lives on the default shard
+        // only (elsewhere the LOCK would fail, or lock a stray table of that name).
+        N::LockStmt(l) => {
+            let mut unsharded = false;
+            let mut everywhere = false;
+            for r in &l.relations {
+                if let Some(NodeEnum::RangeVar(rv)) = r.node.as_ref() {
+                    match map.table(&rv.schemaname, &rv.relname) {
+                        Some(_) => everywhere = true,
+                        None => unsharded = true,
+                    }
+                }
+            }
+            let route = match (unsharded, everywhere) {
+                (true, true) => RouteSpec::Refuse(ProxyError::Unsupported(
+                    "LOCK of an unsharded table together with sharded or reference tables; lock them in two statements".into(),
+                )),
+                (true, false) => RouteSpec::Shard(map.default_shard),
+                _ => RouteSpec::All,
+            };
+            (StmtKind::Other, route)
+        }
+        N::VacuumStmt(_) | N::CheckPointStmt(_) | N::ReindexStmt(_) | N::ClusterStmt(_) => {
+            (StmtKind::Other, RouteSpec::All)
+        }
+        // Everything else is a utility/DDL statement: it runs on every shard.
+        _ => (StmtKind::Ddl, RouteSpec::All),
+    }
+}
+
+fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtKind, RouteSpec) {
+    if c.is_program || !c.filename.is_empty() {
+        return (
+            StmtKind::Other,
+            RouteSpec::Refuse(ProxyError::Unsupported(
+                "COPY to or from a server file or program is not supported through the proxy; use STDIN/STDOUT".into(),
+            )),
+        );
+    }
+    if let Some(rel) = &c.relation {
+        let rule = map.table(&rel.schemaname, &rel.relname);
+        if c.is_from {
+            return match rule {
+                None => (StmtKind::CopyIn, RouteSpec::Shard(map.default_shard)),
+                // Split by key (sharded) or copied to every shard (reference): see StmtPlan::copy.
+                Some(_) => (StmtKind::CopyIn, RouteSpec::All),
+            };
+        }
+        return match rule {
+            None => (StmtKind::Read, RouteSpec::Shard(map.default_shard)),
+            Some(TableRule::Reference) => (StmtKind::Read, RouteSpec::Any),
+            Some(_) => (StmtKind::Read, RouteSpec::All),
+        };
+    }
+    match c.query.as_ref().and_then(|q| q.node.as_ref()) {
+        Some(q) => {
+            let route = analyze(map, q).1;
+            if let NodeEnum::SelectStmt(s) = q {
+                if may_scatter(&route) && !matches!(crate::gather::plan::build("", s), Ok(None)) {
+                    let e = ProxyError::Unsupported(
+                        "COPY (query) TO STDOUT across shards with ORDER BY, LIMIT, DISTINCT or aggregates is not supported; run the query itself".into(),
+                    );
+                    return (StmtKind::Read, refuse_scatter(route, e));
+                }
+            }
+            (StmtKind::Read, route)
+        }
+        None => (StmtKind::Read, route_query(map, node, None)),
+    }
+}

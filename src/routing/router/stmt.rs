@@ -1,0 +1,203 @@
+//! The plan's vocabulary: statement kinds ([`StmtKind`]), routes ([`RouteSpec`], and
+//! [`KeyRoute`] for routes decided at Bind), and the plans of a statement and of a query
+//! string ([`StmtPlan`], [`Plan`]).
+
+use std::sync::Arc;
+
+use super::explain::ExplainPlan;
+use super::key_src::RangeGroup;
+use super::split::InsertSplit;
+use crate::error::ProxyError;
+use crate::gather::GatherPlan;
+use crate::sharding::keys::KeyValue;
+use crate::sharding::shardset::ShardSet;
+use crate::sharding::strategy::Sharded;
+
+/// What a statement is, as far as session handling cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StmtKind {
+    /// A read (SELECT, VALUES, SHOW handled separately).
+    Read,
+    /// INSERT/UPDATE/DELETE/MERGE.
+    Write,
+    /// Schema change or other utility that must run on every shard.
+    Ddl,
+    /// BEGIN / START TRANSACTION.
+    Begin,
+    /// COMMIT / END (and COMMIT AND CHAIN).
+    Commit,
+    /// ROLLBACK / ABORT.
+    Rollback,
+    /// SAVEPOINT, RELEASE, ROLLBACK TO, with the savepoint's name as Postgres folds it.
+    Savepoint(SavepointOp),
+    /// A session-level SET (not LOCAL); `name` is lowercased.
+    Set {
+        /// The setting name.
+        name: String,
+    },
+    /// SET LOCAL / SET TRANSACTION: affects only the current transaction.
+    SetLocal,
+    /// RESET name.
+    Reset {
+        /// The setting name.
+        name: String,
+    },
+    /// RESET ALL.
+    ResetAll,
+    /// DISCARD ALL.
+    DiscardAll,
+    /// DEALLOCATE name / DEALLOCATE ALL (`None`).
+    Deallocate(Option<String>),
+    /// SHOW.
+    Show,
+    /// COPY ... FROM STDIN.
+    CopyIn,
+    /// `SELECT pg_backend_pid()`, `pg_cancel_backend(pid)` or `pg_terminate_backend(pid)` on
+    /// its own: about the client's session as the proxy presents it, so the proxy answers it.
+    SessionFn(SessionFn),
+    /// Anything else that runs on one shard.
+    Other,
+}
+
+/// A server function about sessions that the proxy answers itself: a client's pid is the
+/// one in its BackendKeyData (the proxy's), not a pooled backend's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFn {
+    /// What it asks.
+    pub call: SessionCall,
+    /// The result column's name (the alias, or the function's name).
+    pub column: String,
+}
+
+/// See [`SessionFn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionCall {
+    /// `pg_backend_pid()`.
+    BackendPid,
+    /// `pg_cancel_backend(pid)`.
+    Cancel(PidArg),
+    /// `pg_terminate_backend(pid)`.
+    Terminate(PidArg),
+}
+
+/// The pid argument of [`SessionCall::Cancel`] / [`SessionCall::Terminate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidArg {
+    /// A literal.
+    Value(i64),
+    /// Bind parameter `$n` (index `n - 1`); Knex and node-postgres bind the pid.
+    Param(usize),
+}
+
+/// A savepoint command; the name is the one Postgres uses (unquoted names lowercased).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavepointOp {
+    /// `SAVEPOINT name`.
+    Define(String),
+    /// `RELEASE [SAVEPOINT] name`.
+    Release(String),
+    /// `ROLLBACK TO [SAVEPOINT] name`.
+    RollbackTo(String),
+}
+
+/// Where a statement goes, as far as it is known before parameters are bound.
+#[derive(Debug, Clone)]
+pub enum RouteSpec {
+    /// Touches no sharded data: any one shard answers (the session picks one).
+    Any,
+    /// One shard (unsharded tables, or keys given as literals).
+    Shard(usize),
+    /// Every shard (DDL, reference writes, keyless reads where concatenation is exact).
+    All,
+    /// Some of the shards (a key list that lands on several): only those run it.
+    Subset(ShardSet),
+    /// Depends on Bind parameters.
+    Keys(Arc<KeyRoute>),
+    /// Refused, with the error to send.
+    Refuse(ProxyError),
+}
+
+/// A route that is decided from Bind parameters (or, for directory tables, from the
+/// directory at execution time).
+#[derive(Debug, Clone)]
+pub struct KeyRoute {
+    /// Shards already fixed by literal keys.
+    pub fixed: Vec<usize>,
+    /// Parameters (0-based index) that carry shard keys, with their table.
+    pub params: Vec<(usize, Arc<Sharded>)>,
+    /// Constants of a literal template that carry shard keys: (constant #, table, negated).
+    pub literals: Vec<(usize, Arc<Sharded>, bool)>,
+    /// Constant keys of tables whose placement can change (directory): located per execution.
+    pub values: Vec<(KeyValue, Arc<Sharded>)>,
+    /// Range predicates with parameters: each adds the shards its ranges overlap.
+    pub ranges: Vec<Arc<RangeGroup>>,
+    /// Where the statement goes when its keys land on several shards.
+    pub spread: Box<RouteSpec>,
+    /// Whether a NULL key is an error (INSERT) rather than "matches nothing".
+    pub null_is_error: bool,
+    /// Table and key column, for messages.
+    pub what: String,
+    /// The shard every key must land on (unsharded tables in the statement live there), and the table.
+    pub require: Option<(usize, String)>,
+}
+
+impl KeyRoute {
+    /// Whether every key is already located (no parameters, template constants or
+    /// directory keys): the route can be fixed when the plan is made.
+    pub fn is_static(&self) -> bool {
+        self.params.is_empty()
+            && self.literals.is_empty()
+            && self.values.is_empty()
+            && self.ranges.is_empty()
+    }
+}
+
+/// One analyzed statement.
+#[derive(Debug, Clone)]
+pub struct StmtPlan {
+    /// Kind.
+    pub kind: StmtKind,
+    /// Route.
+    pub route: RouteSpec,
+    /// Byte range of this statement in the SQL text.
+    pub span: (usize, usize),
+    /// Runs on every shard against identical copies (reference-table writes, DDL): the
+    /// client gets one shard's command tag, not the sum.
+    pub replicated: bool,
+    /// How results are merged when the statement runs on several shards (`None`: concatenated).
+    pub gather: Option<Arc<GatherPlan>>,
+    /// A text-format EXPLAIN: how the explained statement would be merged (the proxy adds
+    /// its route and labels each shard's plan).
+    pub explain: Option<ExplainPlan>,
+    /// A multi-row INSERT whose rows may belong to different shards: how to split it.
+    pub split: Option<Arc<InsertSplit>>,
+    /// `COPY … FROM STDIN` into a sharded or reference table: how to split its rows.
+    pub copy: Option<Arc<crate::routing::copyplan::CopyPlan>>,
+    /// DDL that can change what a prepared statement returns or refers to (ALTER, DROP,
+    /// RENAME, CREATE OR REPLACE VIEW): pooled connections drop their prepared statements.
+    pub reshapes: bool,
+    /// Leaves session state on the backend that outlives the transaction and that the proxy
+    /// does not track (see [`dirties`](super::session::dirties)): the connections it ran on are closed, not pooled.
+    pub dirties: bool,
+}
+
+/// All statements of one SQL string.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The statements, in order (empty for an empty query).
+    pub stmts: Vec<StmtPlan>,
+}
+
+impl Plan {
+    /// Whether the statements run against identical copies on every shard (see [`StmtPlan::replicated`]).
+    pub fn replicated(&self) -> bool {
+        self.stmts.iter().any(|s| s.replicated)
+    }
+
+    /// Whether any statement writes (or changes schema).
+    pub fn writes(&self) -> bool {
+        self.stmts
+            .iter()
+            .any(|s| matches!(s.kind, StmtKind::Write | StmtKind::Ddl | StmtKind::CopyIn))
+    }
+}
