@@ -21,7 +21,6 @@ pub const MAX_RING_TOKENS: u64 = 1 << 22;
 /// Most shards one map may hold.
 pub const MAX_SHARDS: usize = 128;
 
-/// Validates a parsed map and builds the runtime form.
 /// How [`build`] treats a map that is one side of a rebalance.
 #[derive(Default)]
 pub(super) struct BuildOpts {
@@ -33,6 +32,7 @@ pub(super) struct BuildOpts {
     pub(super) unsettled: bool,
 }
 
+/// Validates a parsed map and builds the runtime form.
 pub(super) fn build(
     site: &ErrorSite<'_>,
     raw: RawConfig,
