@@ -289,7 +289,7 @@ mod tests {
         a.set_value("application_name", "x'y");
         assert_eq!(
             a.replay_sql(),
-            "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; SET application_name TO 'x''y'"
+            "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; SET \"application_name\" TO 'x''y'"
         );
         let fp = a.fingerprint();
         a.set("search_path", "SET search_path = a");
@@ -305,16 +305,16 @@ mod tests {
         a.set("application_name", "SET application_name = 'z'");
         assert_eq!(
             a.replay_sql(),
-            "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; SET application_name TO 'x''y'; SET application_name = 'z'"
+            "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; SET \"application_name\" TO 'x''y'; SET application_name = 'z'"
         );
         assert_eq!(
             a.reset_sql(Some("Application_Name")).as_deref(),
-            Some("SET application_name TO 'x''y'")
+            Some("SET \"application_name\" TO 'x''y'")
         );
         assert_eq!(a.reset_sql(Some("work_mem")), None);
         assert_eq!(
             a.reset_sql(None).as_deref(),
-            Some("RESET ALL; SET application_name TO 'x''y'")
+            Some("RESET ALL; SET \"application_name\" TO 'x''y'")
         );
         a.reset("application_name");
         assert_eq!(a.fingerprint(), fp);
