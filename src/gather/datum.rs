@@ -3,7 +3,8 @@
 //! shipping gathered rows to the final step.
 //!
 //! Orderings follow the Postgres comparison functions (`btint8cmp`, `float8_cmp_internal`
-//! with NaN above everything, `cmp_numerics` with -Infinity < numbers < Infinity < NaN,
+//! with NaN above everything, `cmp_numerics` with -Infinity < numbers < Infinity < NaN (the
+//! shard keys' [`Numeric`] order),
 //! `interval_cmp_value`, `bpcharcmp` ignoring trailing spaces, `memcmp` for uuid/bytea, and
 //! byte order for text under the C collation). Binary formats: Postgres docs, "Base Data
 //! Types" send/recv functions (numeric: ndigits, weight, sign, dscale, base-10000 digits).
@@ -13,6 +14,7 @@ use std::cmp::Ordering;
 use bytes::{BufMut, BytesMut};
 
 use super::SortKey;
+use crate::sharding::keys::Numeric;
 use crate::wire::protocol::{build, Cursor, FrameError};
 
 /// One column of a RowDescription.
@@ -210,59 +212,12 @@ fn cmp_float(a: f64, b: f64) -> Ordering {
     }
 }
 
-/// Numeric in binary form: (class, weight, digits); class orders -Inf < negative < zero <
-/// positive < +Inf < NaN.
-fn numeric_parts(b: &[u8]) -> (u8, i16, Vec<i16>) {
-    if b.len() < 8 {
-        return (5, 0, Vec::new());
-    }
-    let ndigits = i16::from_be_bytes([b[0], b[1]]).max(0) as usize;
-    let weight = i16::from_be_bytes([b[2], b[3]]);
-    let sign = u16::from_be_bytes([b[4], b[5]]);
-    let digits: Vec<i16> = b[8..]
-        .chunks_exact(2)
-        .take(ndigits)
-        .map(|d| i16::from_be_bytes([d[0], d[1]]))
-        .collect();
-    let class = match sign {
-        0xC000 => 5,
-        0xD000 => 4,
-        0xF000 => 0,
-        _ if digits.iter().all(|d| *d == 0) => 2,
-        0x4000 => 1,
-        _ => 3,
-    };
-    (class, weight, digits)
-}
-
+/// Postgres' numeric order of two binary values, the shard keys' [`Numeric`] order
+/// (`-Infinity` < numbers < `Infinity` < `NaN`, scale ignored). Every sent digit counts; a
+/// value `numeric_recv` would reject (never sent by a server) sorts as `NaN`.
 fn cmp_numeric(a: &[u8], b: &[u8]) -> Ordering {
-    let (ca, wa, da) = numeric_parts(a);
-    let (cb, wb, db) = numeric_parts(b);
-    if ca != cb || !(ca == 1 || ca == 3) {
-        return ca.cmp(&cb);
-    }
-    // Same sign, both non-zero: compare magnitudes (weight of the first digit, then digits).
-    let strip = |d: &[i16]| d.iter().position(|x| *x != 0).unwrap_or(d.len());
-    let (la, lb) = (strip(&da), strip(&db));
-    let (wa, wb) = (i32::from(wa) - la as i32, i32::from(wb) - lb as i32);
-    let (da, db) = (&da[la..], &db[lb..]);
-    let mut mag = wa.cmp(&wb);
-    if mag == Ordering::Equal {
-        let n = da.len().max(db.len());
-        for i in 0..n {
-            let x = da.get(i).copied().unwrap_or(0);
-            let y = db.get(i).copied().unwrap_or(0);
-            if x != y {
-                mag = x.cmp(&y);
-                break;
-            }
-        }
-    }
-    if ca == 1 {
-        mag.reverse()
-    } else {
-        mag
-    }
+    let value = |b: &[u8]| Numeric::from_sent_binary(b).unwrap_or_else(Numeric::nan);
+    value(a).cmp(&value(b))
 }
 
 fn interval_span(b: &[u8]) -> i128 {

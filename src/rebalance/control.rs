@@ -11,6 +11,8 @@
 //!
 //! Every change is sent as a `pg_notify` on [`CHANNEL`] in the same transaction; proxies also
 //! re-read the state every second.
+//!
+//! Every statement the rebalance and the proxies send to these tables is written here.
 
 use tokio_postgres::Client;
 
@@ -206,4 +208,170 @@ pub async fn stale_proxies(c: &Client) -> Result<Vec<(String, f64)>, tokio_postg
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A unit to record with a new run (see [`record_run`]); its `seq` is its place in the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUnit {
+    /// Unit name.
+    pub unit: String,
+    /// `rows`, `reference` or `directory`.
+    pub kind: &'static str,
+    /// Group label, reference table or directory key.
+    pub grp: String,
+    /// Source shard name.
+    pub src: String,
+    /// Target shard name.
+    pub dst: String,
+    /// Part of the pair's keys.
+    pub part: i32,
+    /// Parts the pair's keys are cut into.
+    pub parts: i32,
+}
+
+/// Records run `run_id` (phase `preparing`, epoch `epoch`) and its units in one transaction,
+/// replacing units left under the same id, and notifies the proxies.
+pub async fn record_run(
+    c: &Client,
+    run_id: i64,
+    (from_map, to_map): (&str, &str),
+    epoch: i64,
+    units: &[NewUnit],
+) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute("BEGIN").await?;
+    let res = async {
+        c.execute(
+            "DELETE FROM shardwire_rebalance_units WHERE run_id = $1",
+            &[&run_id],
+        )
+        .await?;
+        c.execute(
+            "INSERT INTO shardwire_rebalance (id, run_id, from_map, to_map, phase, hold, epoch) \
+             VALUES (1, $1, $2, $3, 'preparing', false, $4) \
+             ON CONFLICT (id) DO UPDATE SET run_id = $1, from_map = $2, to_map = $3, phase = 'preparing', \
+             hold = false, epoch = $4, started_at = now(), finished_at = NULL",
+            &[&run_id, &from_map, &to_map, &epoch],
+        )
+        .await?;
+        for (i, u) in units.iter().enumerate() {
+            c.execute(
+                "INSERT INTO shardwire_rebalance_units (run_id, unit, seq, kind, grp, src, dst, part, parts) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &run_id,
+                    &u.unit,
+                    &(i as i32),
+                    &u.kind,
+                    &u.grp,
+                    &u.src,
+                    &u.dst,
+                    &u.part,
+                    &u.parts,
+                ],
+            )
+            .await?;
+        }
+        c.execute("SELECT pg_notify($1, 'run')", &[&CHANNEL])
+            .await?;
+        Ok::<(), tokio_postgres::Error>(())
+    }
+    .await;
+    match res {
+        Ok(()) => c.batch_execute("COMMIT").await,
+        Err(e) => {
+            let _ = c.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Sets the run's phase and lifts any hold (bumping the epoch and notifying); the new epoch.
+pub async fn set_phase(c: &Client, phase: &str) -> Result<i64, tokio_postgres::Error> {
+    let r = c
+        .query_one(
+            "WITH e AS (UPDATE shardwire_rebalance SET phase = $1, hold = false, epoch = epoch + 1, \
+             finished_at = CASE WHEN $1 = 'complete' THEN now() END WHERE id = 1 RETURNING epoch) \
+             SELECT e.epoch, pg_notify($2, e.epoch::text) IS NULL FROM e",
+            &[&phase, &CHANNEL],
+        )
+        .await?;
+    Ok(r.get(0))
+}
+
+/// Sets `hold` and bumps the epoch (notifying the proxies); the new epoch.
+pub async fn set_hold(c: &Client, hold: bool) -> Result<i64, tokio_postgres::Error> {
+    let r = c
+        .query_one(
+            "WITH e AS (UPDATE shardwire_rebalance SET hold = $1, epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
+             SELECT e.epoch, pg_notify($2, e.epoch::text) IS NULL FROM e",
+            &[&hold, &CHANNEL],
+        )
+        .await?;
+    Ok(r.get(0))
+}
+
+/// The recorded state of unit `unit` of run `run_id` (fails when it is not recorded).
+pub async fn unit_state(
+    c: &Client,
+    run_id: i64,
+    unit: &str,
+) -> Result<String, tokio_postgres::Error> {
+    Ok(c.query_one(
+        "SELECT state FROM shardwire_rebalance_units WHERE run_id = $1 AND unit = $2",
+        &[&run_id, &unit],
+    )
+    .await?
+    .get(0))
+}
+
+/// The commit point of a switch: records unit `unit` `switched` with its row count and
+/// checksums, bumping the epoch and notifying the proxies in the same statement.
+pub async fn record_switch(
+    c: &Client,
+    run_id: i64,
+    unit: &str,
+    rows_moved: i64,
+    checksum: &str,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "WITH u AS (UPDATE shardwire_rebalance_units SET state = 'switched', rows_moved = $3, checksum = $4 \
+         WHERE run_id = $1 AND unit = $2 RETURNING 1), \
+         e AS (UPDATE shardwire_rebalance SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
+         SELECT pg_notify($5, e.epoch::text) FROM e, u",
+        &[&run_id, &unit, &rows_moved, &checksum, &CHANNEL],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records unit `unit` of run `run_id` `done` (and, with `rows_moved`, the rows it moved;
+/// without, the count recorded at its switch stays).
+pub async fn mark_done(
+    c: &Client,
+    run_id: i64,
+    unit: &str,
+    rows_moved: Option<i64>,
+) -> Result<(), tokio_postgres::Error> {
+    match rows_moved {
+        Some(n) => {
+            c.execute(
+                "UPDATE shardwire_rebalance_units SET state = 'done', rows_moved = $3 WHERE run_id = $1 AND unit = $2",
+                &[&run_id, &unit, &n],
+            )
+            .await?
+        }
+        None => {
+            c.execute(
+                "UPDATE shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
+                &[&run_id, &unit],
+            )
+            .await?
+        }
+    };
+    Ok(())
+}
+
+/// Subscribes the session to [`CHANNEL`].
+pub async fn listen(c: &Client) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute(&format!("LISTEN {CHANNEL}")).await
 }

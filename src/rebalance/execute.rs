@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::control;
-use super::mover::{self, finish_prepared, set_hold, wait_acks, UnitJob};
+use super::mover::{self, finish_prepared, wait_acks, UnitJob};
 use super::progress::Progress;
 use super::runplan::Plan;
 use super::side_moves::{copy_reference, move_directory_keys};
@@ -35,12 +35,7 @@ pub(super) async fn recover_switches(
         let b =
             finish_prepared(&clients[s], &format!("swrb_{run_id}_{}_src", u.seq), commit).await?;
         if commit {
-            control
-                .execute(
-                    "UPDATE shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
-                    &[&run_id, &u.unit],
-                )
-                .await?;
+            control::mark_done(control, run_id, &u.unit, None).await?;
         }
         if a || b || commit {
             eprintln!(
@@ -50,7 +45,7 @@ pub(super) async fn recover_switches(
             );
         }
     }
-    set_hold(control, false).await?;
+    control::set_hold(control, false).await?;
     Ok(())
 }
 
@@ -66,17 +61,17 @@ pub(super) async fn record_run(
     let run_id = prev.as_ref().map(|r| r.run_id + 1).unwrap_or(1);
     let epoch = prev.as_ref().map(|r| r.epoch + 1).unwrap_or(1);
     let name = |i: usize| new.shards[i].name.clone();
-    let mut units: Vec<(String, &str, String, String, String, i32, i32)> = Vec::new();
+    let mut units: Vec<control::NewUnit> = Vec::new();
     for (t, s, d, _) in &p.reference {
-        units.push((
-            format!("reference {t} {}->{}", name(*s), name(*d)),
-            "reference",
-            t.clone(),
-            name(*s),
-            name(*d),
-            0,
-            1,
-        ));
+        units.push(control::NewUnit {
+            unit: format!("reference {t} {}->{}", name(*s), name(*d)),
+            kind: "reference",
+            grp: t.clone(),
+            src: name(*s),
+            dst: name(*d),
+            part: 0,
+            parts: 1,
+        });
     }
     for (g, s, d, parts) in &p.row_units {
         for part in 0..*parts {
@@ -87,79 +82,31 @@ pub(super) async fn record_run(
                 part,
                 *parts,
             );
-            units.push((
-                u,
-                "rows",
-                g.clone(),
-                name(*s),
-                name(*d),
-                part as i32,
-                *parts as i32,
-            ));
+            units.push(control::NewUnit {
+                unit: u,
+                kind: "rows",
+                grp: g.clone(),
+                src: name(*s),
+                dst: name(*d),
+                part: part as i32,
+                parts: *parts as i32,
+            });
         }
     }
     for m in &p.directory {
-        units.push((
-            format!("directory {} {}->{}", m.key, name(m.src), name(m.dst)),
-            "directory",
-            m.key.clone(),
-            name(m.src),
-            name(m.dst),
-            0,
-            1,
-        ));
+        units.push(control::NewUnit {
+            unit: format!("directory {} {}->{}", m.key, name(m.src), name(m.dst)),
+            kind: "directory",
+            grp: m.key.clone(),
+            src: name(m.src),
+            dst: name(m.dst),
+            part: 0,
+            parts: 1,
+        });
     }
-    control.batch_execute("BEGIN").await?;
-    let res = async {
-        control
-            .execute("DELETE FROM shardwire_rebalance_units WHERE run_id = $1", &[&run_id])
-            .await?;
-        control
-            .execute(
-                "INSERT INTO shardwire_rebalance (id, run_id, from_map, to_map, phase, hold, epoch) \
-                 VALUES (1, $1, $2, $3, 'preparing', false, $4) \
-                 ON CONFLICT (id) DO UPDATE SET run_id = $1, from_map = $2, to_map = $3, phase = 'preparing', \
-                 hold = false, epoch = $4, started_at = now(), finished_at = NULL",
-                &[&run_id, &from_text, &to_text, &epoch],
-            )
-            .await?;
-        for (i, (u, kind, g, s, d, part, parts)) in units.iter().enumerate() {
-            control
-                .execute(
-                    "INSERT INTO shardwire_rebalance_units (run_id, unit, seq, kind, grp, src, dst, part, parts) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &[&run_id, u, &(i as i32), kind, g, s, d, part, parts],
-                )
-                .await?;
-        }
-        control
-            .execute("SELECT pg_notify($1, 'run')", &[&control::CHANNEL])
-            .await?;
-        Ok::<(), tokio_postgres::Error>(())
-    }
-    .await;
-    match res {
-        Ok(()) => control.batch_execute("COMMIT").await?,
-        Err(e) => {
-            let _ = control.batch_execute("ROLLBACK").await;
-            return Err(e.into());
-        }
-    }
+    control::record_run(control, run_id, (from_text, to_text), epoch, &units).await?;
     eprintln!("rebalance {run_id}: recorded {} units", units.len());
     Ok(run_id)
-}
-
-/// Sets the phase (bumping the epoch and notifying); the new epoch.
-async fn set_phase(control: &Client, phase: &str) -> Result<i64, RebalanceError> {
-    let r = control
-        .query_one(
-            "WITH e AS (UPDATE shardwire_rebalance SET phase = $1, hold = false, epoch = epoch + 1, \
-             finished_at = CASE WHEN $1 = 'complete' THEN now() END WHERE id = 1 RETURNING epoch) \
-             SELECT e.epoch, pg_notify($2, e.epoch::text) IS NULL FROM e",
-            &[&phase, &control::CHANNEL],
-        )
-        .await?;
-    Ok(r.get(0))
 }
 
 /// Waits for every live proxy to apply `epoch`, failing after `max`.
@@ -200,7 +147,7 @@ pub(super) async fn execute(
     let progress = Arc::new(Progress::new(planned));
     let ticker = progress.spawn_ticker();
     // A hold left by a killed run is lifted first.
-    set_hold(control, false).await?;
+    control::set_hold(control, false).await?;
     // Change capture on every source of row units.
     for u in units
         .iter()
@@ -219,7 +166,7 @@ pub(super) async fn execute(
         .map(|r| r.phase)
         .unwrap_or_default();
     if phase == "preparing" {
-        let epoch = set_phase(control, "preparing").await?;
+        let epoch = control::set_phase(control, "preparing").await?;
         require_acks(
             control,
             epoch,
@@ -233,10 +180,10 @@ pub(super) async fn execute(
             .collect();
         if !pending.is_empty() {
             let held_at = Instant::now();
-            let epoch = set_hold(control, true).await?;
+            let epoch = control::set_hold(control, true).await?;
             if let Err(e) = require_acks(control, epoch, Duration::from_secs(10), "the hold").await
             {
-                set_hold(control, false).await?;
+                control::set_hold(control, false).await?;
                 return Err(e);
             }
             for u in pending {
@@ -254,28 +201,23 @@ pub(super) async fn execute(
                 {
                     Ok(n) => n,
                     Err(e) => {
-                        set_hold(control, false).await?;
+                        control::set_hold(control, false).await?;
                         return Err(e);
                     }
                 };
-                control
-                    .execute(
-                        "UPDATE shardwire_rebalance_units SET state = 'done', rows_moved = $3 WHERE run_id = $1 AND unit = $2",
-                        &[&run_id, &u.unit, &(n as i64)],
-                    )
-                    .await?;
+                control::mark_done(control, run_id, &u.unit, Some(n as i64)).await?;
                 summary.units += 1;
             }
             // Proxies adopt the transition before they let statements through again.
-            let epoch = set_phase(control, "running").await?;
+            let epoch = control::set_phase(control, "running").await?;
             summary.longest_pause = summary.longest_pause.max(held_at.elapsed());
             require_acks(control, epoch, Duration::from_secs(30), "the transition").await?;
         } else {
-            let epoch = set_phase(control, "running").await?;
+            let epoch = control::set_phase(control, "running").await?;
             require_acks(control, epoch, Duration::from_secs(30), "the transition").await?;
         }
     } else {
-        let epoch = set_phase(control, "running").await?;
+        let epoch = control::set_phase(control, "running").await?;
         require_acks(control, epoch, Duration::from_secs(30), "the transition").await?;
     }
     // Pending parts of one pair run as one job: one scan of the source feeds them all.
@@ -293,29 +235,18 @@ pub(super) async fn execute(
             )));
         };
         // Re-read: a killed run may have left it half way.
-        let state: String = control
-            .query_one(
-                "SELECT state FROM shardwire_rebalance_units WHERE run_id = $1 AND unit = $2",
-                &[&run_id, &u.unit],
-            )
-            .await?
-            .get(0);
+        let state = control::unit_state(control, run_id, &u.unit).await?;
         match state.as_str() {
             "done" => {}
             "switched" => {
                 finish_prepared(&clients[d], &gids.1, true).await?;
                 finish_prepared(&clients[s], &gids.0, true).await?;
-                control
-                    .execute(
-                        "UPDATE shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
-                        &[&run_id, &u.unit],
-                    )
-                    .await?;
+                control::mark_done(control, run_id, &u.unit, None).await?;
                 progress.log(&format!(
                     "unit {}: finished the switch a killed run had committed",
                     u.unit
                 ));
-                set_hold(control, false).await?;
+                control::set_hold(control, false).await?;
             }
             _ => {
                 finish_prepared(&clients[d], &gids.1, false).await?;
@@ -348,7 +279,7 @@ pub(super) async fn execute(
         summary.rows += rows;
         summary.units += n;
     }
-    let epoch = set_phase(control, "complete").await?;
+    let epoch = control::set_phase(control, "complete").await?;
     if let Ok(Err(lagging)) = wait_acks(control, epoch, Duration::from_secs(10)).await {
         progress.log(&format!(
             "warning: proxies {} have not confirmed the new map yet; they will on their next look",

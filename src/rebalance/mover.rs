@@ -31,7 +31,7 @@ use super::control;
 use super::copybin::{TupleReader, HEADER, TRAILER};
 use super::plan::{columns, old_rule, owner, Group};
 use super::progress::Progress;
-pub use super::statements::{connect, finish_prepared, pipe_copy, set_hold, wait_acks};
+pub use super::statements::{connect, finish_prepared, pipe_copy, wait_acks};
 use super::RebalanceError;
 use crate::backend::twophase;
 use crate::quote;
@@ -514,11 +514,11 @@ impl UnitJob<'_> {
         let part = &self.parts[i];
         let held_at = Instant::now();
         let mut lap = Laps::new();
-        let epoch = set_hold(self.control, true).await?;
+        let epoch = control::set_hold(self.control, true).await?;
         let acked = wait_acks(self.control, epoch, ACK_WAIT).await?;
         lap.mark("hold");
         if let Err(lagging) = acked {
-            set_hold(self.control, false).await?;
+            control::set_hold(self.control, false).await?;
             return Err(RebalanceError::Busy(format!(
                 "proxies {} did not confirm the hold",
                 lagging.join(", ")
@@ -537,7 +537,7 @@ impl UnitJob<'_> {
         lap.mark("lock");
         if let Err(e) = locked {
             let _ = s.batch_execute("ROLLBACK").await;
-            set_hold(self.control, false).await?;
+            control::set_hold(self.control, false).await?;
             return Err(RebalanceError::Busy(format!("locking the source: {e}")));
         }
         let result = self
@@ -545,7 +545,7 @@ impl UnitJob<'_> {
             .await;
         match result {
             Ok(rows) => {
-                set_hold(self.control, false).await?;
+                control::set_hold(self.control, false).await?;
                 lap.mark("release");
                 self.progress.log(&format!(
                     "unit {}: statements held {} ms ({})",
@@ -563,26 +563,14 @@ impl UnitJob<'_> {
                 // After it (or when unsure), the recorded state decides, as on a re-run.
                 let _ = s.batch_execute("ROLLBACK").await;
                 let _ = t.batch_execute("ROLLBACK").await;
-                let state = self
-                    .control
-                    .query_one(
-                        "SELECT state FROM shardwire_rebalance_units WHERE run_id = $1 AND unit = $2",
-                        &[&self.run_id, &part.name],
-                    )
-                    .await?
-                    .get::<_, String>(0);
+                let state = control::unit_state(self.control, self.run_id, &part.name).await?;
                 let commit = state != "pending";
                 finish_prepared(t, &part.gids.1, commit).await?;
                 finish_prepared(s, &part.gids.0, commit).await?;
                 if commit {
-                    self.control
-                        .execute(
-                            "UPDATE shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
-                            &[&self.run_id, &part.name],
-                        )
-                        .await?;
+                    control::mark_done(self.control, self.run_id, &part.name, None).await?;
                 }
-                set_hold(self.control, false).await?;
+                control::set_hold(self.control, false).await?;
                 Err(e)
             }
         }
@@ -644,25 +632,19 @@ impl UnitJob<'_> {
         t.batch_execute(&twophase::prepare_sql(gt)).await?;
         s.batch_execute(&twophase::prepare_sql(gs)).await?;
         // The commit point: once recorded, a re-run commits both prepared transactions.
-        self.control
-            .execute(
-                "WITH u AS (UPDATE shardwire_rebalance_units SET state = 'switched', rows_moved = $3, checksum = $4 \
-                 WHERE run_id = $1 AND unit = $2 RETURNING 1), \
-                 e AS (UPDATE shardwire_rebalance SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
-                 SELECT pg_notify($5, e.epoch::text) FROM e, u",
-                &[&self.run_id, &part.name, &(rows as i64), &sums.join(" "), &control::CHANNEL],
-            )
-            .await?;
+        control::record_switch(
+            self.control,
+            self.run_id,
+            &part.name,
+            rows as i64,
+            &sums.join(" "),
+        )
+        .await?;
         lap.mark("prepare+record");
         finish_prepared(t, gt, true).await?;
         finish_prepared(s, gs, true).await?;
         lap.mark("commit");
-        self.control
-            .execute(
-                "UPDATE shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
-                &[&self.run_id, &part.name],
-            )
-            .await?;
+        control::mark_done(self.control, self.run_id, &part.name, None).await?;
         Ok(rows)
     }
 }

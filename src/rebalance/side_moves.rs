@@ -100,12 +100,7 @@ pub(super) async fn move_directory_keys(
         progress.add_rows(n);
         rows += n;
         moved += 1;
-        control
-            .execute(
-                "UPDATE shardwire_rebalance_units SET state = 'done', rows_moved = $3 WHERE run_id = $1 AND unit = $2",
-                &[&run_id, &u.unit, &(n as i64)],
-            )
-            .await?;
+        control::mark_done(control, run_id, &u.unit, Some(n as i64)).await?;
     }
     task.abort();
     Ok((rows, moved))

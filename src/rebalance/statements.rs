@@ -1,6 +1,6 @@
 //! Statements the mover and the run both send: a control-plane connection, a binary COPY
-//! piped between shards, settling prepared transactions, holding the proxies and waiting for
-//! their acknowledgements.
+//! piped between shards, settling prepared transactions and waiting for the proxies'
+//! acknowledgements (the control-table statements themselves are in [`super::control`]).
 
 use std::time::{Duration, Instant};
 
@@ -68,18 +68,6 @@ pub async fn finish_prepared(c: &Client, gid: &str, commit: bool) -> Result<bool
         c.batch_execute(&sql).await?;
     }
     Ok(exists)
-}
-
-/// Sets `hold` and bumps the epoch (notifying the proxies); the new epoch.
-pub async fn set_hold(control: &Client, hold: bool) -> Result<i64, RebalanceError> {
-    let r = control
-        .query_one(
-            "WITH e AS (UPDATE shardwire_rebalance SET hold = $1, epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
-             SELECT e.epoch, pg_notify($2, e.epoch::text) IS NULL FROM e",
-            &[&hold, &control::CHANNEL],
-        )
-        .await?;
-    Ok(r.get(0))
 }
 
 /// Waits until every live proxy has applied `epoch`; the laggards when `max` passes first.

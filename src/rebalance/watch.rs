@@ -98,9 +98,7 @@ async fn session(
     if let Err(e) = client.batch_execute(control::PROXIES_SCHEMA).await {
         tracing::debug!(error = %e, "creating shardwire_proxies");
     }
-    client
-        .batch_execute(&format!("LISTEN {}", control::CHANNEL))
-        .await?;
+    control::listen(&client).await?;
     loop {
         let epoch = sync(&client, shared, applied).await?;
         control::heartbeat(&client, proxy_id, epoch).await?;

@@ -359,6 +359,22 @@ pub(super) fn parse_pg_numeric(s: &str) -> Result<Numeric, KeyError> {
 
 /// `numeric_recv`: see [`key_from_binary`].
 pub(super) fn numeric_from_binary(b: &[u8]) -> Result<Numeric, KeyError> {
+    decode_binary(b, true)
+}
+
+impl Numeric {
+    /// The value of a binary numeric a server sent (`numeric_send`), for ordering result
+    /// values by [`Ord`]; `None` when malformed. Every digit counts: unlike key input
+    /// ([`key_from_binary`](super::key_from_binary), which truncates as `numeric_recv`
+    /// does), digits past the display scale are not dropped.
+    pub fn from_sent_binary(b: &[u8]) -> Option<Numeric> {
+        decode_binary(b, false).ok()
+    }
+}
+
+/// A binary numeric (`ndigits`, `weight`, `sign`, `dscale`, base-10000 digits), checked as
+/// `numeric_recv` checks it; with `trunc`, digits past `dscale` are dropped as it does.
+fn decode_binary(b: &[u8], trunc: bool) -> Result<Numeric, KeyError> {
     let format = || KeyError::BinaryFormat { param: None };
     let [n0, n1, w0, w1, s0, s1, d0, d1, ref rest @ ..] = *b else {
         return Err(format());
@@ -388,10 +404,14 @@ pub(super) fn numeric_from_binary(b: &[u8]) -> Result<Numeric, KeyError> {
         0xF000 => return Ok(Numeric::neg_infinity()),
         _ => return Err(format()),
     };
-    // trunc_var(value, dscale): keep the digits up to `dscale` places after
-    // the point.
     let point = (weight + 1) * 4;
-    let keep = point + i64::from(dscale);
-    let keep = usize::try_from(keep).unwrap_or(0).min(digits.len());
+    let keep = if trunc {
+        // trunc_var(value, dscale): keep the digits up to `dscale` places after
+        // the point.
+        let keep = point + i64::from(dscale);
+        usize::try_from(keep).unwrap_or(0).min(digits.len())
+    } else {
+        digits.len()
+    };
     Ok(Numeric::finite(neg, &digits[..keep], point))
 }
