@@ -1,14 +1,14 @@
 //! The plan cache ([`PlanCache`]): plans by SQL text, and for the simple protocol by
-//! literal template (planned with [`TEMPLATE`] set).
+//! literal template (planned with a [`Template`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::classify::plan;
+use super::classify::{plan, plan_template};
 use super::stmt::{Plan, StmtKind};
-use super::template::TEMPLATE;
+use super::template::Template;
 use crate::error::ProxyError;
 use crate::sharding::shardmap::ShardMap;
 
@@ -69,11 +69,9 @@ impl PlanCache {
             .iter()
             .map(|(loc, i, neg)| (*loc, (*i, *neg)))
             .collect();
-        TEMPLATE.with(|t| *t.borrow_mut() = Some((locs, false)));
-        let planned = plan(map, sql);
-        let unmapped = TEMPLATE.with(|t| t.borrow_mut().take().map(|(_, u)| u).unwrap_or(true));
-        let p = Arc::new(planned?);
-        let reusable = !unmapped
+        let tpl = Template::new(locs);
+        let p = Arc::new(plan_template(map, sql, Some(&tpl))?);
+        let reusable = !tpl.vetoed()
             && p.stmts.len() == 1
             && p.stmts.iter().all(|st| {
                 matches!(st.kind, StmtKind::Read | StmtKind::Write)

@@ -12,12 +12,23 @@ use super::query::{route_query, writes_reference};
 use super::session::{calls, dirties, reshapes, session_fn, unsupported_encoding, SESSION_LOCKS};
 use super::split::insert_split;
 use super::stmt::{Plan, RouteSpec, SavepointOp, StmtKind, StmtPlan};
+use super::template::Template;
 use super::writes::{key_update, route_insert};
 use crate::error::ProxyError;
 use crate::sharding::shardmap::{ShardMap, TableRule};
 
 /// Parses and routes `sql` against `map`.
 pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
+    plan_template(map, sql, None)
+}
+
+/// [`plan`], as the literal template `tpl` when given: its key constants stay references
+/// to "constant #n", and `tpl` is vetoed when the plan depends on a constant's value.
+pub(super) fn plan_template(
+    map: &ShardMap,
+    sql: &str,
+    tpl: Option<&Template>,
+) -> Result<Plan, ProxyError> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| match e {
         pg_query::Error::Parse(m) => ProxyError::Syntax(m),
         other => ProxyError::Syntax(format!("could not parse statement: {other}")),
@@ -33,7 +44,7 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
-        let (kind, mut route) = analyze(map, node);
+        let (kind, mut route) = analyze(map, node, tpl);
         let replicated = matches!(route, RouteSpec::All)
             && (kind == StmtKind::Ddl || writes_reference(map, node));
         let span = (start, (start + len).min(sql.len()));
@@ -72,7 +83,7 @@ pub fn plan(map: &ShardMap, sql: &str) -> Result<Plan, ProxyError> {
         }
         let split = match node {
             NodeEnum::InsertStmt(i) => {
-                let split = insert_split(map, i, &sql[span.0..span.1]);
+                let split = insert_split(map, i, &sql[span.0..span.1], tpl);
                 let values = i
                     .select_stmt
                     .as_ref()
@@ -145,16 +156,17 @@ fn refuse_scatter(route: RouteSpec, e: ProxyError) -> RouteSpec {
     }
 }
 
-fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
+/// A statement's kind and route (`tpl`: see [`plan_template`]).
+fn analyze(map: &ShardMap, node: &NodeEnum, tpl: Option<&Template>) -> (StmtKind, RouteSpec) {
     use NodeEnum as N;
     match node {
         N::SelectStmt(s) => match session_fn(s) {
             Some(f) => (StmtKind::SessionFn(f), RouteSpec::Any),
-            None => (StmtKind::Read, route_query(map, node, Some(s))),
+            None => (StmtKind::Read, route_query(map, node, Some(s), tpl)),
         },
-        N::InsertStmt(i) => (StmtKind::Write, route_insert(map, node, i)),
+        N::InsertStmt(i) => (StmtKind::Write, route_insert(map, node, i, tpl)),
         N::UpdateStmt(u) => {
-            let route = route_query(map, node, None);
+            let route = route_query(map, node, None, tpl);
             if let Some(rel) = &u.relation {
                 if let Some(TableRule::Sharded(t)) = map.table(&rel.schemaname, &rel.relname) {
                     let new_key = u.target_list.iter().find_map(|x| match &x.node {
@@ -164,13 +176,13 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
                         _ => None,
                     });
                     if let Some(new_key) = new_key {
-                        return (StmtKind::Write, key_update(map, t, new_key, route));
+                        return (StmtKind::Write, key_update(map, t, new_key, route, tpl));
                     }
                 }
             }
             (StmtKind::Write, route)
         }
-        N::DeleteStmt(_) | N::MergeStmt(_) => (StmtKind::Write, route_query(map, node, None)),
+        N::DeleteStmt(_) | N::MergeStmt(_) => (StmtKind::Write, route_query(map, node, None, tpl)),
         N::TransactionStmt(t) => {
             use protobuf::TransactionStmtKind as T;
             let kind = match T::try_from(t.kind).unwrap_or(T::Undefined) {
@@ -244,7 +256,7 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
             let inner = e.query.as_ref().and_then(|q| q.node.as_ref());
             match inner {
                 Some(q) => {
-                    let (kind, route) = analyze(map, q);
+                    let (kind, route) = analyze(map, q, tpl);
                     // EXPLAIN ANALYZE runs the statement: a write stays a write.
                     let runs = explain_option(e, "analyze").is_some_and(|v| v != "false" && v != "off");
                     let kind = if runs && kind == StmtKind::Write {
@@ -257,12 +269,12 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
                 None => (StmtKind::Read, RouteSpec::Any),
             }
         }
-        N::CopyStmt(c) => route_copy(map, node, c),
+        N::CopyStmt(c) => route_copy(map, node, c, tpl),
         N::DeclareCursorStmt(d) => {
             // The cursor lives on the shard its query runs on; FETCH/CLOSE follow the
             // transaction there. A cursor over several shards would need a merge per FETCH.
             let route = match d.query.as_ref().and_then(|q| q.node.as_ref()) {
-                Some(q) => analyze(map, q).1,
+                Some(q) => analyze(map, q, tpl).1,
                 None => RouteSpec::Any,
             };
             let e = ProxyError::Unsupported(
@@ -313,7 +325,12 @@ fn analyze(map: &ShardMap, node: &NodeEnum) -> (StmtKind, RouteSpec) {
     }
 }
 
-fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtKind, RouteSpec) {
+fn route_copy(
+    map: &ShardMap,
+    node: &NodeEnum,
+    c: &protobuf::CopyStmt,
+    tpl: Option<&Template>,
+) -> (StmtKind, RouteSpec) {
     if c.is_program || !c.filename.is_empty() {
         return (
             StmtKind::Other,
@@ -339,7 +356,7 @@ fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtK
     }
     match c.query.as_ref().and_then(|q| q.node.as_ref()) {
         Some(q) => {
-            let route = analyze(map, q).1;
+            let route = analyze(map, q, tpl).1;
             if let NodeEnum::SelectStmt(s) = q {
                 if may_scatter(&route) && !matches!(crate::gather::plan::build("", s), Ok(None)) {
                     let e = ProxyError::Unsupported(
@@ -350,6 +367,6 @@ fn route_copy(map: &ShardMap, node: &NodeEnum, c: &protobuf::CopyStmt) -> (StmtK
             }
             (StmtKind::Read, route)
         }
-        None => (StmtKind::Read, route_query(map, node, None)),
+        None => (StmtKind::Read, route_query(map, node, None, tpl)),
     }
 }

@@ -1,6 +1,6 @@
 //! Key extraction: a literal or parameter compared with a shard key turned into what it
-//! pins ([`KeySrc`]), and range predicates on a range-sharded key ([`RangeGroup`]), with the
-//! offset-less timestamptz rule.
+//! pins ([`KeySrc`]), range predicates on a range-sharded key ([`RangeGroup`]), with the
+//! offset-less timestamptz rule, and a key given as a Bind parameter ([`bind_param_key`]).
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -8,10 +8,10 @@ use std::sync::Arc;
 use pg_query::protobuf::{self, a_const::Val};
 use pg_query::NodeEnum;
 
-use super::template::{template_literal, template_veto, TEMPLATE};
+use super::template::{veto, Template};
 use crate::error::ProxyError;
 use crate::sharding::keys::{
-    key_from_binary, key_from_int, key_from_text, numeric_literal, KeyError, KeyValue,
+    key_from_binary, key_from_int, key_from_text, numeric_literal, KeyError, KeyType, KeyValue,
     NumericLiteral,
 };
 use crate::sharding::shardmap::ShardMap;
@@ -37,12 +37,14 @@ pub(super) enum KeySrc {
 
 /// Turns a literal or parameter into a key source for table `t`'s key. `write`: the key
 /// places a new row (INSERT), so a key no shard takes is an error, and an offset-less
-/// timestamptz must fall on one shard whatever the session's time zone.
+/// timestamptz must fall on one shard whatever the session's time zone. `tpl`: the literal
+/// template being planned, if any (its constants become [`KeySrc::Literal`]).
 pub(super) fn key_src(
     map: &ShardMap,
     t: &Arc<Sharded>,
     n: &protobuf::Node,
     write: bool,
+    tpl: Option<&Template>,
 ) -> Result<Option<KeySrc>, ProxyError> {
     let ty = t.key_type;
     match &n.node {
@@ -50,14 +52,14 @@ pub(super) fn key_src(
             Ok(Some(KeySrc::Param(p.number as usize - 1, t.clone())))
         }
         Some(NodeEnum::TypeCast(c)) => match c.arg.as_deref() {
-            Some(a) => key_src(map, t, a, write),
+            Some(a) => key_src(map, t, a, write, tpl),
             None => Ok(None),
         },
         Some(NodeEnum::AConst(c)) => {
             if c.isnull {
                 return Ok(Some(KeySrc::Nothing));
             }
-            if let Some((idx, neg)) = template_literal(c.location) {
+            if let Some((idx, neg)) = tpl.and_then(|x| x.literal(c.location)) {
                 return Ok(Some(KeySrc::Literal(idx, t.clone(), neg)));
             }
             let (key, text): (Result<KeyValue, KeyError>, &str) = match &c.val {
@@ -199,29 +201,12 @@ impl RangeGroup {
             BoundSrc::Value(v) => return Ok(Some(v.clone())),
             BoundSrc::Param(i, inclusive) => (*i, *inclusive),
         };
-        let Some(raw) = params.get(i).ok_or_else(|| {
-            ProxyError::Protocol(format!(
-                "bind message supplies {} parameters, but the statement needs at least {}",
-                params.len(),
-                i + 1
-            ))
-        })?
-        else {
-            return Ok(None);
-        };
-        let ty = self.table.key_type;
-        let key = if is_binary(i) {
-            key_from_binary(ty, raw).map_err(|e| e.in_param(i + 1))?
-        } else {
-            let text = std::str::from_utf8(raw)
-                .map_err(|_| ProxyError::Protocol("invalid UTF-8 in text parameter".into()))?;
-            match key_from_text(ty, text) {
-                Ok(k) => k,
-                Err(e @ KeyError::NoUtcOffset { .. }) => {
-                    let (lo, hi) = offset_less_window(&self.table, text).ok_or(e)?;
-                    return Ok(Some(Bound::Included(if lower { lo } else { hi })));
-                }
-                Err(e) => return Err(e.into()),
+        let key = match bind_param_key(self.table.key_type, params, i, is_binary)? {
+            BindKey::Key(k) => k,
+            BindKey::Null => return Ok(None),
+            BindKey::OffsetLess(text, e) => {
+                let (lo, hi) = offset_less_window(&self.table, text).ok_or(e)?;
+                return Ok(Some(Bound::Included(if lower { lo } else { hi })));
             }
         };
         Ok(Some(if inclusive {
@@ -234,8 +219,13 @@ impl RangeGroup {
 
 /// A bound of a range predicate on `t`'s key: a constant (offset-less timestamps widened
 /// outwards, `lower` says which end of their window to take) or a parameter. `None` when
-/// it is neither.
-fn bound_src(t: &Sharded, b: Bound<&protobuf::Node>, lower: bool) -> Option<BoundSrc> {
+/// it is neither. `tpl`: the literal template being planned, if any (vetoed by a constant).
+fn bound_src(
+    t: &Sharded,
+    b: Bound<&protobuf::Node>,
+    lower: bool,
+    tpl: Option<&Template>,
+) -> Option<BoundSrc> {
     let (n, inclusive) = match b {
         Bound::Unbounded => return Some(BoundSrc::Value(Bound::Unbounded)),
         Bound::Included(n) => (n, true),
@@ -256,14 +246,15 @@ fn bound_src(t: &Sharded, b: Bound<&protobuf::Node>, lower: bool) -> Option<Boun
                 _ => Bound::Excluded(c.arg.as_deref()?),
             },
             lower,
+            tpl,
         ),
         Some(NodeEnum::ParamRef(p)) if p.number >= 1 => {
             Some(BoundSrc::Param(p.number as usize - 1, inclusive))
         }
         Some(NodeEnum::AConst(c)) if !c.isnull => {
-            if TEMPLATE.with(|x| x.borrow().is_some()) {
+            if tpl.is_some() {
                 // The bound's value decides the shards: plan this text on its own.
-                template_veto();
+                veto(tpl);
                 return None;
             }
             let ty = t.key_type;
@@ -286,14 +277,61 @@ fn bound_src(t: &Sharded, b: Bound<&protobuf::Node>, lower: bool) -> Option<Boun
     }
 }
 
-/// A range predicate on `t`'s key as bounds (`None`: it does not narrow).
+/// A range predicate on `t`'s key as bounds (`None`: it does not narrow). `tpl`: the
+/// literal template being planned, if any.
 pub(super) fn range_cond(
     t: &Sharded,
     lo: Bound<&protobuf::Node>,
     hi: Bound<&protobuf::Node>,
+    tpl: Option<&Template>,
 ) -> Option<(BoundSrc, BoundSrc)> {
     if !matches!(t.strategy, crate::sharding::strategy::Strategy::Range(_)) {
         return None;
     }
-    Some((bound_src(t, lo, true)?, bound_src(t, hi, false)?))
+    Some((bound_src(t, lo, true, tpl)?, bound_src(t, hi, false, tpl)?))
+}
+
+/// A shard key given as a Bind parameter ([`bind_param_key`]).
+pub(super) enum BindKey<'a> {
+    /// The key.
+    Key(KeyValue),
+    /// The parameter is NULL.
+    Null,
+    /// A text-format timestamptz without a UTC offset: its text (for the offset-less rule,
+    /// see [`offset_less`]), and the error to report where that rule does not apply.
+    OffsetLess(&'a str, KeyError),
+}
+
+/// Decodes Bind parameter `i` (0-based) of `params` as a key of type `ty`, in the format
+/// `is_binary` gives it (a text value is read as UTF-8: callers pass text parameters
+/// converted from the client's encoding). Errors: too few parameters, invalid UTF-8, and a value that is not a
+/// key of type `ty` (a binary one names the parameter). Allocates only on errors.
+pub(super) fn bind_param_key<'a>(
+    ty: KeyType,
+    params: &[Option<&'a [u8]>],
+    i: usize,
+    is_binary: impl Fn(usize) -> bool,
+) -> Result<BindKey<'a>, ProxyError> {
+    let Some(raw) = params.get(i) else {
+        return Err(ProxyError::Protocol(format!(
+            "bind message supplies {} parameters, but the statement needs at least {}",
+            params.len(),
+            i + 1
+        )));
+    };
+    let Some(raw) = *raw else {
+        return Ok(BindKey::Null);
+    };
+    if is_binary(i) {
+        return Ok(BindKey::Key(
+            key_from_binary(ty, raw).map_err(|e| e.in_param(i + 1))?,
+        ));
+    }
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| ProxyError::Protocol("invalid UTF-8 in text parameter".into()))?;
+    match key_from_text(ty, text) {
+        Ok(k) => Ok(BindKey::Key(k)),
+        Err(e @ KeyError::NoUtcOffset { .. }) => Ok(BindKey::OffsetLess(text, e)),
+        Err(e) => Err(e.into()),
+    }
 }

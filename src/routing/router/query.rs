@@ -15,15 +15,18 @@ use super::clauses::{
 use super::key_src::{key_src, range_cond, BoundSrc, KeySrc, RangeGroup};
 use super::resolve::resolve_fixed;
 use super::stmt::{KeyRoute, RouteSpec};
+use super::template::Template;
 use crate::error::ProxyError;
 use crate::sharding::shardmap::{ShardMap, TableRule};
 use crate::sharding::strategy::Sharded;
 
-/// Routes SELECT/UPDATE/DELETE (and the query part of other statements).
+/// Routes SELECT/UPDATE/DELETE (and the query part of other statements); `tpl`: the
+/// literal template being planned, if any.
 pub(super) fn route_query(
     map: &ShardMap,
     node: &NodeEnum,
     top: Option<&protobuf::SelectStmt>,
+    tpl: Option<&Template>,
 ) -> RouteSpec {
     // Every table anywhere in the statement, minus CTE names.
     let all_nodes = node.nodes();
@@ -131,7 +134,7 @@ pub(super) fn route_query(
                     let Some(t) = refs[i].key.clone() else {
                         continue;
                     };
-                    if let Some(cond) = range_cond(&t, lo, hi) {
+                    if let Some(cond) = range_cond(&t, lo, hi, tpl) {
                         ranges[i].push(cond);
                     }
                 }
@@ -141,7 +144,7 @@ pub(super) fn route_query(
                     let Some(t) = refs[i].key.clone() else {
                         continue;
                     };
-                    match key_src(map, &t, val, false) {
+                    match key_src(map, &t, val, false, tpl) {
                         Ok(Some(k)) => pins[i].push(k),
                         Ok(None) => {}
                         Err(e) => bad_key = Some(e),
@@ -157,7 +160,7 @@ pub(super) fn route_query(
                     let mut srcs = Vec::new();
                     let mut ok = true;
                     for v in &vals {
-                        match key_src(map, &t, v, false) {
+                        match key_src(map, &t, v, false, tpl) {
                             Ok(Some(k)) => srcs.push(k),
                             Ok(None) => ok = false,
                             Err(e) => bad_key = Some(e),

@@ -1,11 +1,11 @@
 //! Resolving a key route into shards: once every key is known at plan time
 //! (`resolve_fixed`), or with the Bind parameters and template constants ([`resolve_keys`]).
 
-use super::key_src::{offset_less, KeySrc};
+use super::key_src::{bind_param_key, offset_less, BindKey, KeySrc};
 use super::stmt::{KeyRoute, RouteSpec};
 use crate::error::ProxyError;
 use crate::routing::literals::{literal_value, LitVal, QueryLits};
-use crate::sharding::keys::{key_from_binary, key_from_text, KeyError, KeyValue};
+use crate::sharding::keys::{KeyError, KeyValue};
 use crate::sharding::shardmap::ShardMap;
 use crate::sharding::shardset::ShardSet;
 use crate::sharding::strategy::{Located, Sharded};
@@ -140,57 +140,31 @@ pub fn resolve_keys(
         }
     }
     for (i, t) in &kr.params {
-        let Some(raw) = params.get(*i) else {
-            return RouteSpec::Refuse(ProxyError::Protocol(format!(
-                "bind message supplies {} parameters, but the statement needs at least {}",
-                params.len(),
-                i + 1
-            )));
-        };
-        let Some(raw) = raw else {
-            if kr.null_is_error {
+        let key = match bind_param_key(t.key_type, params, *i, &is_binary) {
+            Ok(BindKey::Key(k)) => k,
+            Ok(BindKey::Null) if kr.null_is_error => {
                 return RouteSpec::Refuse(ProxyError::Unsupported(format!(
                     "shard key {} must not be NULL",
                     kr.what
                 )));
             }
-            continue; // key = NULL matches no row
-        };
-        let key = if is_binary(*i) {
-            key_from_binary(t.key_type, raw).map_err(|e| e.in_param(i + 1))
-        } else {
-            match std::str::from_utf8(raw) {
-                Ok(s) => match key_from_text(t.key_type, s) {
-                    Err(e @ KeyError::NoUtcOffset { .. }) => {
-                        match offset_less(t, s, kr.null_is_error, e) {
-                            Ok(Some(KeySrc::Shard(x))) => {
-                                shards.add(x);
-                                continue;
-                            }
-                            Ok(Some(KeySrc::Set(set))) => {
-                                set.iter().for_each(|x| shards.add(x));
-                                continue;
-                            }
-                            Ok(_) => return (*kr.spread).clone(),
-                            Err(e) => return RouteSpec::Refuse(e),
-                        }
-                    }
-                    other => other,
-                },
-                Err(_) => {
-                    return RouteSpec::Refuse(ProxyError::Protocol(
-                        "invalid UTF-8 in text parameter".into(),
-                    ))
+            Ok(BindKey::Null) => continue, // key = NULL matches no row
+            Ok(BindKey::OffsetLess(s, e)) => match offset_less(t, s, kr.null_is_error, e) {
+                Ok(Some(KeySrc::Shard(x))) => {
+                    shards.add(x);
+                    continue;
                 }
-            }
-        };
-        match key {
-            Ok(k) => {
-                if let Err(r) = place(map, kr, &mut shards, t, &k) {
-                    return r;
+                Ok(Some(KeySrc::Set(set))) => {
+                    set.iter().for_each(|x| shards.add(x));
+                    continue;
                 }
-            }
-            Err(e) => return RouteSpec::Refuse(e.into()),
+                Ok(_) => return (*kr.spread).clone(),
+                Err(e) => return RouteSpec::Refuse(e),
+            },
+            Err(e) => return RouteSpec::Refuse(e),
+        };
+        if let Err(r) = place(map, kr, &mut shards, t, &key) {
+            return r;
         }
     }
     resolve_shards(kr, shards)

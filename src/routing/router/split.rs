@@ -7,11 +7,11 @@ use std::sync::Arc;
 use pg_query::protobuf::{self, a_const::Val};
 use pg_query::NodeEnum;
 
-use super::template::{template_veto, TEMPLATE};
+use super::key_src::{bind_param_key, BindKey};
+use super::template::{veto, Template};
 use crate::error::ProxyError;
 use crate::sharding::keys::{
-    key_from_binary, key_from_int, key_from_text, numeric_literal, KeyType, KeyValue,
-    NumericLiteral,
+    key_from_int, key_from_text, numeric_literal, KeyType, KeyValue, NumericLiteral,
 };
 use crate::sharding::shardmap::{ShardMap, TableRule};
 use crate::sharding::strategy::{Located, Sharded};
@@ -126,31 +126,20 @@ impl InsertSplit {
 
     /// The key given as Bind parameter `i`.
     fn param_key(&self, i: usize, bind: Option<BindParams<'_>>) -> Result<KeyValue, ProxyError> {
-        let ty = self.table.key_type;
         let Some((params, is_binary)) = bind else {
             return Err(ProxyError::Protocol(
                 "internal: a split INSERT with parameters was run without them".into(),
             ));
         };
-        let raw = params.get(i).ok_or_else(|| {
-            ProxyError::Protocol(format!(
-                "bind message supplies {} parameters, but the statement needs at least {}",
-                params.len(),
-                i + 1
-            ))
-        })?;
-        let Some(raw) = raw else {
-            return Err(ProxyError::Unsupported(format!(
+        match bind_param_key(self.table.key_type, params, i, is_binary)? {
+            BindKey::Key(k) => Ok(k),
+            BindKey::Null => Err(ProxyError::Unsupported(format!(
                 "shard key {} must not be NULL",
                 self.table.what()
-            )));
-        };
-        if is_binary(i) {
-            return Ok(key_from_binary(ty, raw).map_err(|e| e.in_param(i + 1))?);
+            ))),
+            // A row is placed on one shard: the session's time zone would decide which.
+            BindKey::OffsetLess(_, e) => Err(e.into()),
         }
-        let text = std::str::from_utf8(raw)
-            .map_err(|_| ProxyError::Protocol("invalid UTF-8 in text parameter".into()))?;
-        Ok(key_from_text(ty, text)?)
     }
 }
 
@@ -203,10 +192,12 @@ fn values_rows(stmt: &str) -> Option<Vec<(usize, usize)>> {
 }
 
 /// The split of a multi-row INSERT into a sharded table whose keys are all constants.
+/// `tpl`: the literal template being planned, if any (vetoed: rows are cut by value).
 pub(super) fn insert_split(
     map: &ShardMap,
     ins: &protobuf::InsertStmt,
     stmt: &str,
+    tpl: Option<&Template>,
 ) -> Option<Arc<InsertSplit>> {
     let rel = ins.relation.as_ref()?;
     let Some(TableRule::Sharded(t)) = map.table(&rel.schemaname, &rel.relname) else {
@@ -219,9 +210,9 @@ pub(super) fn insert_split(
     if sel.values_lists.len() < 2 {
         return None;
     }
-    if TEMPLATE.with(|x| x.borrow().is_some()) {
+    if tpl.is_some() {
         // Rows are cut by their constants' values: plan the exact text.
-        template_veto();
+        veto(tpl);
         return None;
     }
     let pos = ins.cols.iter().position(

@@ -1,36 +1,53 @@
-//! The literal template being planned on this thread ([`TEMPLATE`]): which constants are
-//! template constants, and whether the plan depends on a constant's value (not reusable).
+//! The literal template being planned ([`Template`]): which constants are template
+//! constants, and whether the plan depends on a constant's value (not reusable). It is
+//! passed down the planning calls that read key constants (`Option<&Template>`: `None`
+//! when planning an exact text).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
-/// While a literal template is planned: parser location -> (constant #, negated), and
-/// whether a key constant was found that is not one of them.
-type TemplateState = Option<(HashMap<i32, (usize, bool)>, bool)>;
-
-thread_local! {
-    /// The template being planned on this thread (see [`crate::routing::literals`]).
-    pub(super) static TEMPLATE: std::cell::RefCell<TemplateState> = const { std::cell::RefCell::new(None) };
+/// A literal template being planned (see [`crate::routing::literals`]).
+pub(super) struct Template {
+    /// Parser location -> (constant #, negated).
+    locs: HashMap<i32, (usize, bool)>,
+    /// Whether a key constant was found that is not a template constant, or a constant's
+    /// value shapes the plan: then the plan holds for this text only.
+    vetoed: Cell<bool>,
 }
 
-/// Marks the template being planned as not reusable (a constant's value shapes the plan).
-pub(super) fn template_veto() {
-    TEMPLATE.with(|t| {
-        if let Some((_, unmapped)) = t.borrow_mut().as_mut() {
-            *unmapped = true;
+impl Template {
+    /// A template whose constants are at parser locations `locs` (-> constant #, negated).
+    pub(super) fn new(locs: HashMap<i32, (usize, bool)>) -> Self {
+        Template {
+            locs,
+            vetoed: Cell::new(false),
         }
-    });
-}
+    }
 
-/// The template constant at parser location `loc`, if a template is being planned; notes
-/// a key constant that is not a template constant.
-pub(super) fn template_literal(loc: i32) -> Option<(usize, bool)> {
-    TEMPLATE.with(|t| {
-        let mut t = t.borrow_mut();
-        let (locs, unmapped) = t.as_mut()?;
-        let hit = locs.get(&loc).copied();
+    /// Marks the template as not reusable (a constant's value shapes the plan).
+    pub(super) fn veto(&self) {
+        self.vetoed.set(true);
+    }
+
+    /// Whether the plan turned out to depend on a constant's value.
+    pub(super) fn vetoed(&self) -> bool {
+        self.vetoed.get()
+    }
+
+    /// The template constant at parser location `loc`; notes a key constant that is not a
+    /// template constant (a veto).
+    pub(super) fn literal(&self, loc: i32) -> Option<(usize, bool)> {
+        let hit = self.locs.get(&loc).copied();
         if hit.is_none() {
-            *unmapped = true;
+            self.veto();
         }
         hit
-    })
+    }
+}
+
+/// Vetoes the template being planned, if any.
+pub(super) fn veto(tpl: Option<&Template>) {
+    if let Some(t) = tpl {
+        t.veto();
+    }
 }

@@ -11,7 +11,7 @@ use super::key_src::{key_src, KeySrc};
 use super::query::route_query;
 use super::resolve::resolve_fixed;
 use super::stmt::{KeyRoute, RouteSpec};
-use super::template::{template_veto, TEMPLATE};
+use super::template::{veto, Template};
 use crate::error::ProxyError;
 use crate::gather::sqltree::is_aggregate_name;
 use crate::sharding::shardmap::{ShardMap, TableRule};
@@ -24,12 +24,13 @@ use crate::sharding::strategy::Sharded;
 ///   ORDER BY or LIMIT, whose per-shard meaning would differ);
 /// - or the key is a constant and the SELECT runs on that constant's shard.
 ///
-/// `None`: refused.
+/// `None`: refused. `tpl`: the literal template being planned, if any.
 fn insert_select(
     map: &ShardMap,
     t: &Arc<Sharded>,
     pos: usize,
     sel: &protobuf::SelectStmt,
+    tpl: Option<&Template>,
 ) -> Option<RouteSpec> {
     if sel.op != SetOperation::SetopNone as i32 && sel.op != SetOperation::Undefined as i32 {
         return None;
@@ -39,7 +40,7 @@ fn insert_select(
         _ => return None,
     };
     let node = NodeEnum::SelectStmt(Box::new(sel.clone()));
-    let route = route_query(map, &node, None);
+    let route = route_query(map, &node, None, tpl);
     if let Some(col) = column(expr) {
         let mut refs = Vec::new();
         let mut conj = Vec::new();
@@ -72,12 +73,9 @@ fn insert_select(
             _ => None,
         };
     }
-    let prev = TEMPLATE.with(|x| x.borrow_mut().take());
-    let src = key_src(map, t, expr, true);
-    TEMPLATE.with(|x| *x.borrow_mut() = prev);
-    if TEMPLATE.with(|x| x.borrow().is_some()) {
-        template_veto();
-    }
+    // The constant's own shard decides: read its value, and plan this text on its own.
+    let src = key_src(map, t, expr, true, None);
+    veto(tpl);
     match (src, &route) {
         (Ok(Some(KeySrc::Shard(k))), RouteSpec::Shard(s)) if k == *s => Some(route),
         // Only reference tables read: they are on every shard, so the key's shard runs it.
@@ -89,12 +87,13 @@ fn insert_select(
 
 /// Routes an UPDATE that sets the shard key: allowed when the statement runs on one shard
 /// and the new key (a constant) belongs to that same shard; refused otherwise, since the
-/// row would have to move.
+/// row would have to move. `tpl`: the literal template being planned, if any.
 pub(super) fn key_update(
     map: &ShardMap,
     t: &Arc<Sharded>,
     new_key: Option<&protobuf::Node>,
     route: RouteSpec,
+    tpl: Option<&Template>,
 ) -> RouteSpec {
     let refuse = || {
         RouteSpec::Refuse(ProxyError::Unsupported(format!(
@@ -103,12 +102,9 @@ pub(super) fn key_update(
         )))
     };
     let Some(n) = new_key else { return refuse() };
-    let prev = TEMPLATE.with(|x| x.borrow_mut().take());
-    let src = key_src(map, t, n, true);
-    TEMPLATE.with(|x| *x.borrow_mut() = prev);
-    if TEMPLATE.with(|x| x.borrow().is_some()) {
-        template_veto();
-    }
+    // The new key's own shard decides: read its value, and plan this text on its own.
+    let src = key_src(map, t, n, true, None);
+    veto(tpl);
     match (src, &route) {
         (Ok(Some(KeySrc::Shard(new))), RouteSpec::Shard(old)) if new == *old => route,
         (Err(e), _) => RouteSpec::Refuse(e),
@@ -116,19 +112,22 @@ pub(super) fn key_update(
     }
 }
 
+/// Routes an INSERT by its target table and, for a sharded one, its rows' keys. `tpl`: the
+/// literal template being planned, if any.
 pub(super) fn route_insert(
     map: &ShardMap,
     node: &NodeEnum,
     ins: &protobuf::InsertStmt,
+    tpl: Option<&Template>,
 ) -> RouteSpec {
     let Some(rel) = &ins.relation else {
         return RouteSpec::Any;
     };
     match map.table(&rel.schemaname, &rel.relname) {
-        Some(TableRule::Reference) => route_query(map, node, None),
+        Some(TableRule::Reference) => route_query(map, node, None, tpl),
         None => {
             // Unsharded target: any sharded table read would be on other shards.
-            match route_query(map, node, None) {
+            match route_query(map, node, None, tpl) {
                 RouteSpec::Any | RouteSpec::Shard(_) => RouteSpec::Shard(map.default_shard),
                 _ => RouteSpec::Refuse(ProxyError::Unsupported(format!(
                     "INSERT into unsharded table {} may not read sharded tables",
@@ -170,7 +169,7 @@ pub(super) fn route_insert(
                 ));
             }
             if sel.values_lists.is_empty() {
-                return insert_select(map, t, pos, sel).unwrap_or_else(|| {
+                return insert_select(map, t, pos, sel, tpl).unwrap_or_else(|| {
                     refuse(format!(
                         "INSERT … SELECT into sharded table {} must keep every row on its shard: take the shard key {key} from the key of a co-located table the SELECT reads (it then runs on each shard), or give it as a constant on the one shard the SELECT runs on",
                         rel.relname
@@ -196,7 +195,7 @@ pub(super) fn route_insert(
                         return refuse(format!("shard key {what} must not be NULL"));
                     }
                 }
-                match key_src(map, t, v, true) {
+                match key_src(map, t, v, true, tpl) {
                     Ok(Some(KeySrc::Shard(s))) => {
                         if !fixed.contains(&s) {
                             fixed.push(s)
@@ -215,7 +214,7 @@ pub(super) fn route_insert(
                 }
             }
             // Any sharded/unsharded table read by the INSERT (RETURNING subqueries etc.)
-            match route_query(map, &NodeEnum::SelectStmt(sel.clone()), None) {
+            match route_query(map, &NodeEnum::SelectStmt(sel.clone()), None, tpl) {
                 RouteSpec::Any => {}
                 _ => {
                     return refuse(format!(
