@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use super::{gate, settings, Prepared, Session, Topology, Txn, MAX_PREPARED_PER_CONN, STALE_EPOCH};
 use crate::error::ProxyError;
-use crate::wire::cancel::CancelTarget;
 
 impl Session {
     /// Before a statement runs: between transactions, moves to the proxy's current topology;
@@ -29,7 +28,7 @@ impl Session {
     /// its shard index (a rebalance's merged shard list does): the transaction's next
     /// statements then route like every other session's.
     fn refresh_topology_in_transaction(&mut self) {
-        if self.txn.status == b'I' || !self.topology_changed() {
+        if self.txn.status.is_idle() || !self.topology_changed() {
             return;
         }
         let topo = self.shared.topo();
@@ -73,37 +72,17 @@ impl Session {
     /// Moves to a newer topology when no transaction is open. Prepared statements are planned
     /// again with the new map; held connections whose shard changed place are closed.
     pub(super) fn refresh_topology(&mut self) {
-        if self.txn.status != b'I' || !self.topology_changed() {
+        if self.txn.status.is_open() || !self.topology_changed() {
             return;
         }
         let topo = self.shared.topo();
         let old = self.topo.clone();
-        let keep: Vec<bool> = self
-            .conns
-            .iter()
-            .map(
-                |c| match (topo.pools.get(c.shard), old.pools.get(c.shard)) {
-                    (Some(a), Some(b)) => a.info.same_server(&b.info),
-                    _ => false,
-                },
-            )
-            .collect();
-        if keep.contains(&false) {
-            // The cancel targets run parallel to the connections: drop the same ones, so
-            // the kept connections can still be cancelled.
-            let mut targets = self.cancel_slot.lock();
-            let mut i = 0;
-            targets.retain(|_| {
-                i += 1;
-                keep.get(i - 1).copied().unwrap_or(false)
-            });
-            drop(targets);
-            let mut j = 0;
-            self.conns.retain(|_| {
-                j += 1;
-                keep.get(j - 1).copied().unwrap_or(false)
-            });
-        }
+        self.conns.retain(
+            |c| match (topo.pools.get(c.shard), old.pools.get(c.shard)) {
+                (Some(a), Some(b)) => a.info.same_server(&b.info),
+                _ => false,
+            },
+        );
         self.replan(&topo);
         self.portals.clear();
         self.gather_portals.clear();
@@ -113,7 +92,7 @@ impl Session {
     /// Waits while a directory key move runs in this proxy (see [`crate::sharding::directory::admin`]).
     /// Sessions inside a transaction are not held: the move's table lock orders them.
     pub(super) async fn directory_gate(&self) {
-        if self.txn.status != b'I' {
+        if self.txn.status.is_open() {
             return;
         }
         if let Some(d) = &self.topo.map.directory {
@@ -189,7 +168,7 @@ impl Session {
             }
             conn.settings_fp = self.settings.fingerprint();
         }
-        if self.txn.status != b'I' {
+        if self.txn.status.is_open() {
             // The transaction's BEGIN, then its settings and savepoints so far.
             let begin = self.txn.join_sql();
             let (err, _) = conn
@@ -204,14 +183,7 @@ impl Session {
                 )));
             }
         }
-        self.cancel_slot.lock().push(CancelTarget {
-            host: pool.host.clone(),
-            port: pool.info.port,
-            pid: conn.pid,
-            secret: conn.secret,
-        });
-        self.conns.push(conn);
-        Ok(self.conns.len() - 1)
+        Ok(self.conns.push(conn))
     }
 
     /// Connections to each of `shards` (indexes into `self.conns`), checked out as needed.
@@ -239,21 +211,15 @@ impl Session {
 
     /// Gives the held connections back when no transaction or exchange needs them.
     pub(super) fn release_if_idle(&mut self, exchange_open: bool) {
-        if self.txn.status == b'I' && !exchange_open {
+        if self.txn.status.is_idle() && !exchange_open {
             self.pass = None;
         }
-        if self.txn.status == b'I' && !exchange_open && !self.session_mode {
+        if self.txn.status.is_idle() && !exchange_open && !self.session_mode {
             // Forget them for cancels first: a backend a cancel reached is closed, not
             // pooled (the signal may land after the statement it was meant for); so is one
             // a statement left untracked session state on (a temp table, a session
             // advisory lock, set_config, a WITH HOLD cursor, a DO block).
-            let cancelled = self.cancel_slot.release_all();
-            let keep = !cancelled && !std::mem::take(&mut self.dirty);
-            for c in self.conns.drain(..) {
-                if keep {
-                    c.release();
-                }
-            }
+            self.conns.release_all(|| !std::mem::take(&mut self.dirty));
             self.portals.clear();
             self.gather_portals.clear();
             self.txn = Txn::idle();

@@ -102,7 +102,7 @@ impl Session {
                 ))));
             }
         }
-        let in_txn = self.txn.status != b'I';
+        let in_txn = self.txn.status.is_open();
         if in_txn {
             let all = self.target_of(crate::sharding::shardset::ShardSet::all(
                 self.topo.map.shards.len(),
@@ -286,7 +286,7 @@ impl Session {
             self.push_ready();
         }
         Ok(Ok(Outcome {
-            status: self.txn.status,
+            status: Some(self.txn.status),
             error: false,
             ..Default::default()
         }))

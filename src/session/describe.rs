@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::extended::Op;
 use super::relay::{Expect, Outcome, RelayError};
-use super::{Prepared, Session, SessionEnd};
+use super::{Prepared, Session, SessionEnd, TxnStatus};
 use crate::error::ProxyError;
 use crate::wire::protocol::build;
 
@@ -168,10 +168,10 @@ impl Session {
         let shard = self.any_shard();
         // Inside a transaction that holds no connection yet, describe on a connection outside
         // it (nothing the transaction created can be involved: it has not run anything).
-        let outside = self.txn.status != b'I' && self.conns.is_empty() && !self.session_mode;
+        let outside = self.txn.status.is_open() && self.conns.is_empty() && !self.session_mode;
         let status = self.txn.status;
         if outside {
-            self.txn.status = b'I'; // no BEGIN on the connection
+            self.txn.status = TxnStatus::Idle; // no BEGIN on the connection
         }
         let idx = self.conn_for(shard).await;
         self.txn.status = status;
@@ -199,11 +199,14 @@ impl Session {
         }
         ex.push_back(Expect::Query { hide_ready: true });
         let r = self.relay_one(idx, &mut ex, false).await.map(Ok);
-        if outside && idx < self.conns.len() {
+        // (`conn_for` took it into an empty list, so it is the last one, unless a failure
+        // dropped them all.)
+        if outside && idx + 1 == self.conns.len() {
             // It never joined the transaction: back to the pool.
-            let c = self.conns.remove(idx);
-            if !self.cancel_slot.release_last() {
-                c.release();
+            if let Some((c, cancelled)) = self.conns.pop() {
+                if !cancelled {
+                    c.release();
+                }
             }
         }
         r

@@ -3,8 +3,8 @@
 
 use bytes::BytesMut;
 
-use super::relay::{combine_status, Outcome, RelayError};
-use super::{Session, Target};
+use super::relay::{Outcome, RelayError};
+use super::{Session, Target, TxnStatus};
 use crate::error::ProxyError;
 use crate::wire::protocol::{build, Frame};
 
@@ -31,7 +31,7 @@ impl Session {
         let mut desc: Option<Frame> = None;
         let mut plans: Vec<Vec<String>> = Vec::with_capacity(idxs.len());
         let mut failure: Option<Frame> = None;
-        let mut status = b'I';
+        let mut status = TxnStatus::Idle;
         for &i in &idxs {
             let shard = self.conns[i].shard;
             let mut lines = Vec::new();
@@ -57,7 +57,7 @@ impl Session {
                         failure.get_or_insert(f);
                     }
                     b'Z' => {
-                        status = combine_status(status, f.body().first().copied().unwrap_or(b'I'));
+                        status = status.combine(TxnStatus::of_ready(f.body()));
                         break;
                     }
                     _ => {}
@@ -99,10 +99,10 @@ impl Session {
             build::command_complete(&mut self.out, "EXPLAIN");
         }
         if !hide_ready {
-            build::ready_for_query(&mut self.out, status);
+            build::ready_for_query(&mut self.out, status.byte());
         }
         Ok(Ok(Outcome {
-            status,
+            status: Some(status),
             error,
             ..Default::default()
         }))

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use super::gather::GatherPortal;
 use super::relay::{Expect, RelayError};
 use super::{
-    Prepared, Session, SessionEnd, Target, Txn, MAX_BATCH_BYTES, MAX_CLIENT_STATEMENTS,
+    Prepared, Session, SessionEnd, Target, Txn, TxnStatus, MAX_BATCH_BYTES, MAX_CLIENT_STATEMENTS,
     SCRATCH_ITEMS,
 };
 use crate::error::ProxyError;
@@ -184,7 +184,7 @@ impl Session {
                 batch.skip_to_sync = true;
             }
         }
-        if cut.is_some() && self.txn.status == b'I' && batch.open.is_none() {
+        if cut.is_some() && self.txn.status.is_idle() && batch.open.is_none() {
             // Postgres runs a pipeline outside a transaction block as one implicit transaction:
             // an error anywhere undoes all of it. The proxy found the error before sending
             // anything, so nothing runs at all (never a half-applied pipeline).
@@ -240,7 +240,7 @@ impl Session {
             return Ok(());
         }
         if target.is_none()
-            && self.txn.status == b'T'
+            && self.txn.status == TxnStatus::InBlock
             && self.conns.is_empty()
             && !self.session_mode
             && batch.open.is_none()
@@ -264,7 +264,7 @@ impl Session {
                 .iter()
                 .all(|o| matches!(o, Op::Parse(_) | Op::Local(_) | Op::DescribeStmt(_)));
         let target = target.unwrap_or(Target::Shard(self.any_shard()));
-        if let Err(e) = self.check_write(target, fx.writes, self.txn.status != b'I') {
+        if let Err(e) = self.check_write(target, fx.writes, self.txn.status.is_open()) {
             self.push_error(&e);
             if sync {
                 self.push_ready();
@@ -297,7 +297,7 @@ impl Session {
                     self.batch_gather(set, ops, cut.as_ref(), true).await
                 } else {
                     // Writes outside a transaction: one atomic write on every shard.
-                    let atomic = fx.writes && self.txn.status == b'I';
+                    let atomic = fx.writes && self.txn.status.is_idle();
                     self.batch_all(set, ops, cut.as_ref(), atomic).await
                 }
             }
@@ -341,17 +341,17 @@ impl Session {
             batch.skip_to_sync = true;
             batch.open = None;
         }
-        if sync && outcome.status != 0 {
-            let was_idle = self.txn.status == b'I';
+        if let Some(status) = outcome.status.filter(|_| sync) {
+            let was_idle = self.txn.status.is_idle();
             for (kind, sql) in fx.settings {
                 if outcome.error {
                     break;
                 }
-                if was_idle && outcome.status == b'I' {
+                if was_idle && status.is_idle() {
                     if let Some(ch) = super::txn::setting_change(&kind, &sql) {
                         self.apply_setting(ch);
                     }
-                } else if outcome.status == b'T' {
+                } else if status == TxnStatus::InBlock {
                     // A step of the transaction: shards it reaches later replay it too.
                     self.txn.record_setting(&kind, &sql);
                 }
@@ -359,14 +359,14 @@ impl Session {
                     c.settings_fp = super::settings::UNKNOWN_FP;
                 }
             }
-            if outcome.status == b'I' && self.txn.status != b'I' {
+            if status.is_idle() && self.txn.status.is_open() {
                 self.txn = Txn::idle();
             }
-            if outcome.status != b'I' && self.txn.prelude.is_none() {
+            if status.is_open() && self.txn.prelude.is_none() {
                 self.txn.prelude = Some("BEGIN".into());
             }
-            self.txn.status = outcome.status;
-            if outcome.status == b'E' {
+            self.txn.status = status;
+            if status == TxnStatus::Failed {
                 // One shard's failure fails the client's whole transaction.
                 self.txn.fail();
             }
@@ -555,7 +555,7 @@ impl Session {
                         }
                         // A cursor made by SQL DECLARE (psycopg's named cursors describe it):
                         // it lives in the transaction, on the shard that ran the DECLARE.
-                        None if self.txn.status != b'I' && !self.conns.is_empty() => {}
+                        None if self.txn.status.is_open() && !self.conns.is_empty() => {}
                         None => return Err(ProxyError::NoSuchPortal(name.to_string())),
                     }
                     Ok(Op::Raw(f, Expect::Describe))
@@ -594,7 +594,7 @@ impl Session {
                 }
                 if let Some(st) = stmt.plan.stmts.first() {
                     self.dirty |= st.dirties;
-                    if st.kind == StmtKind::Ddl && self.txn.status != b'I' {
+                    if st.kind == StmtKind::Ddl && self.txn.status.is_open() {
                         self.txn.ddl = true;
                     }
                     if matches!(st.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll) {
@@ -650,7 +650,7 @@ impl Session {
                         }
                         // A cursor made by SQL DECLARE (psycopg closes its named cursors so):
                         // it lives in the transaction, on the shard that ran the DECLARE.
-                        None if self.txn.status != b'I' && !self.conns.is_empty() => {
+                        None if self.txn.status.is_open() && !self.conns.is_empty() => {
                             Ok(Op::Raw(f, Expect::Close))
                         }
                         None => Ok(Op::Local(CLOSE_COMPLETE)),

@@ -14,14 +14,13 @@
 
 use std::cmp::Ordering;
 
-use super::relay::{combine_status, Outcome, RelayError};
-use super::{Session, SessionEnd};
+use super::relay::{Outcome, RelayError};
+use super::{Session, SessionEnd, TxnStatus};
 use crate::backend::conn::BackendError;
 use crate::error::ProxyError;
 use crate::gather::datum::{self, Field};
 use crate::gather::{self as g, Count, Final, GatherPlan, Mode};
 use crate::sharding::shardset::ShardSet;
-use crate::wire::cancel::CancelTarget;
 use crate::wire::protocol::{build, BindMsg, Frame};
 use bytes::{BufMut, BytesMut};
 
@@ -157,10 +156,10 @@ impl Session {
         match run {
             Ok(Ok(status)) => {
                 if !hide_ready {
-                    build::ready_for_query(&mut self.out, status);
+                    build::ready_for_query(&mut self.out, status.byte());
                 }
                 Ok(Outcome {
-                    status,
+                    status: Some(status),
                     error: false,
                     ..Default::default()
                 })
@@ -169,9 +168,8 @@ impl Session {
             Ok(Err(GatherError::Failed(f))) => Ok(self.gather_failed(f, hide_ready)),
             Err(_) => {
                 // Out of time: stop the shards and drop their connections (their state is unknown).
-                self.cancel_conns(&idxs);
-                self.conns.clear();
-                self.cancel_slot.release_all();
+                self.conns.cancel(idxs.iter().copied());
+                self.conns.close_all();
                 let e = ProxyError::Backend {
                     code: "57014".into(),
                     message: format!(
@@ -197,35 +195,16 @@ impl Session {
             Fail::Proxy(e) => build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string()),
         }
         let status = match self.txn.status {
-            b'I' => b'I',
-            _ => b'E',
+            TxnStatus::Idle => TxnStatus::Idle,
+            _ => TxnStatus::Failed,
         };
         if !hide_ready {
-            build::ready_for_query(&mut self.out, status);
+            build::ready_for_query(&mut self.out, status.byte());
         }
         Outcome {
-            status,
+            status: Some(status),
             error: true,
             ..Default::default()
-        }
-    }
-
-    /// Sends CancelRequest to the backends of `idxs` and marks their connections to be closed
-    /// instead of pooled (a late cancel must not hit another query).
-    pub(super) fn cancel_conns(&mut self, idxs: &[usize]) {
-        for &i in idxs {
-            let Some(c) = self.conns.get_mut(i) else {
-                continue;
-            };
-            c.discard = true;
-            let pool = &self.topo.pools[c.shard];
-            let target = CancelTarget {
-                host: pool.host.clone(),
-                port: pool.info.port,
-                pid: c.pid,
-                secret: c.secret,
-            };
-            tokio::spawn(async move { crate::wire::cancel::send_cancel(&target).await });
         }
     }
 
@@ -246,11 +225,11 @@ impl Session {
     }
 
     /// Reads until ReadyForQuery; returns its status.
-    async fn drain_to_ready(&mut self, idx: usize) -> GResult<u8> {
+    async fn drain_to_ready(&mut self, idx: usize) -> GResult<TxnStatus> {
         loop {
             let f = self.read_from(idx).await?;
             if f.tag == b'Z' {
-                return Ok(f.body().first().copied().unwrap_or(b'I'));
+                return Ok(TxnStatus::of_ready(f.body()));
             }
         }
     }
@@ -283,11 +262,11 @@ impl Session {
     }
 
     /// The gather itself; returns the ReadyForQuery status to report.
-    async fn gather_run(&mut self, call: &GatherCall<'_>, idxs: &[usize]) -> GResult<u8> {
+    async fn gather_run(&mut self, call: &GatherCall<'_>, idxs: &[usize]) -> GResult<TxnStatus> {
         let gp = call.plan;
         let c0 = idxs[0];
         let wants_text_probe = !gp.sort.is_empty() && self.shared.bytewise_text.get().is_none();
-        let bytewise = if wants_text_probe && self.txn.status != b'E' {
+        let bytewise = if wants_text_probe && self.txn.status != TxnStatus::Failed {
             self.bytewise_text(c0).await
         } else {
             self.shared.bytewise_text.get().copied().unwrap_or(false)
@@ -494,7 +473,7 @@ impl Session {
         types: &[u32],
         limit: Option<i64>,
         offset: Option<i64>,
-    ) -> GResult<u8> {
+    ) -> GResult<TxnStatus> {
         let mut streams: Vec<Stream> = idxs
             .iter()
             .map(|&idx| Stream {
@@ -579,17 +558,17 @@ impl Session {
         }
         if failure.is_some() {
             let live: Vec<usize> = streams.iter().filter(|s| !s.done).map(|s| s.idx).collect();
-            self.cancel_conns(&live);
+            self.conns.cancel(live);
         }
         // Drain every shard to ReadyForQuery (rows past the LIMIT are discarded).
-        let mut status = b'I';
+        let mut status = TxnStatus::Idle;
         for s in &streams {
             let mut done = s.done;
             loop {
                 let f = self.read_from(s.idx).await?;
                 match f.tag {
                     b'Z' => {
-                        status = combine_status(status, f.body().first().copied().unwrap_or(b'I'));
+                        status = status.combine(TxnStatus::of_ready(f.body()));
                         break;
                     }
                     b'E' if !done || failure.is_none() => {
@@ -621,12 +600,12 @@ impl Session {
         formats: &[i16],
         limit: Option<i64>,
         offset: Option<i64>,
-    ) -> GResult<u8> {
+    ) -> GResult<TxnStatus> {
         let budget = self.topo.map.gather.memory_limit;
         let mut used = 0usize;
         let mut rows: Vec<Frame> = Vec::new();
         let mut failure: Option<Fail> = None;
-        let mut status = b'I';
+        let mut status = TxnStatus::Idle;
         for (k, &idx) in idxs.iter().enumerate() {
             loop {
                 let f = self.read_from(idx).await?;
@@ -640,7 +619,7 @@ impl Session {
                             ))));
                             rows = Vec::new();
                             // Stop every shard still producing rows (this one included).
-                            self.cancel_conns(&idxs[k..]);
+                            self.conns.cancel(idxs[k..].iter().copied());
                         } else {
                             rows.push(f);
                         }
@@ -654,10 +633,10 @@ impl Session {
                     b'E' if failure.is_none() => {
                         failure = Some(Fail::Shard(f));
                         // Earlier shards are done; stop the ones not read yet.
-                        self.cancel_conns(&idxs[k + 1..]);
+                        self.conns.cancel(idxs[k + 1..].iter().copied());
                     }
                     b'Z' => {
-                        status = combine_status(status, f.body().first().copied().unwrap_or(b'I'));
+                        status = status.combine(TxnStatus::of_ready(f.body()));
                         break;
                     }
                     _ => {}
@@ -762,7 +741,7 @@ impl Session {
                     failed.get_or_insert(f);
                 }
                 b'Z' => {
-                    final_status = f.body().first().copied().unwrap_or(b'I');
+                    final_status = TxnStatus::of_ready(f.body());
                     break;
                 }
                 _ => {} // ParseComplete, BindComplete, notices
@@ -771,7 +750,7 @@ impl Session {
         if let Some(e) = failed {
             return Err(GatherError::Failed(Fail::Shard(e)));
         }
-        Ok(combine_status(status, final_status))
+        Ok(status.combine(final_status))
     }
 }
 

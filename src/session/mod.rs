@@ -3,8 +3,9 @@
 //! transaction (or a single statement outside one) runs.
 //!
 //! Here: the [`Session`] itself, its serve loop and output. Beside it: `shared` (proxy-wide
-//! state, topology), `targets` (routing), `conns` (held connections), `simple`/`extended`
-//! (the two query protocols) and their helpers, `txn`/`commit` (transactions).
+//! state, topology), `targets` (routing), `conns` (taking and giving back connections),
+//! `held` (the held connections and their cancel targets), `simple`/`extended` (the two query
+//! protocols) and their helpers, `txn`/`commit` (transactions).
 
 pub mod clients;
 mod commit;
@@ -15,6 +16,7 @@ mod explain;
 mod extended;
 pub mod gate;
 mod gather;
+mod held;
 mod multiwrite;
 mod pipeline_control;
 mod pipeline_multi;
@@ -40,16 +42,16 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use crate::backend::pool::PooledConn;
 use crate::error::ProxyError;
 use crate::routing::router::Plan;
 use crate::wire::cancel::CancelSlot;
 use crate::wire::protocol::{build, FrameError, FrameReader};
 use crate::wire::tls::{NetRead, NetWrite};
+use held::HeldConns;
 use settings::Settings;
 /// Most savepoints and settings statements one transaction block may hold.
 pub use txn::MAX_STEPS as MAX_TXN_STEPS;
-use txn::{SettingChange, Txn};
+use txn::{SettingChange, Txn, TxnStatus};
 
 pub use shared::{user_secrets, RouteStats, Shared, Topology, Users};
 pub use targets::Target;
@@ -200,9 +202,9 @@ pub struct Session {
     capture: Option<gather::Capture>,
     /// Reused buffers of the single-shard path (no allocation per query).
     scratch: Scratch,
-    conns: Vec<PooledConn>,
+    /// The backend connections held, with their cancel targets (the session's cancel slot).
+    conns: HeldConns,
     txn: Txn,
-    cancel_slot: CancelSlot,
     session_mode: bool,
     /// A statement since the held connections were checked out left session state the
     /// proxy cannot reset (see `StmtPlan::dirties`): they are closed, not pooled.
@@ -240,9 +242,8 @@ impl Session {
             gather_portals: FastMap::default(),
             capture: None,
             scratch: Scratch::default(),
-            conns: Vec::new(),
+            conns: HeldConns::new(cancel_slot),
             txn: Txn::idle(),
-            cancel_slot,
             session_mode,
             dirty: false,
             key_pid: 0,
@@ -291,10 +292,9 @@ impl Session {
         // exchange: closing them makes the shard roll back. When the client vanished
         // mid-query, cancel what the shards are still running first.
         if result.is_err() && !self.conns.is_empty() {
-            let all: Vec<usize> = (0..self.conns.len()).collect();
-            self.cancel_conns(&all);
+            self.conns.cancel(0..self.conns.len());
         }
-        self.conns.clear();
+        self.conns.close_all();
         if let Err(SessionEnd::Protocol(m)) = &result {
             self.out.clear();
             build::error(&mut self.out, "FATAL", "08P01", m);
@@ -322,7 +322,7 @@ impl Session {
     async fn serve(&mut self) -> Result<(), SessionEnd> {
         let mut batch = extended::Batch::default();
         loop {
-            if self.cancel_slot.terminated() {
+            if self.conns.slot().terminated() {
                 return self.end_terminated().await;
             }
             if !self.out.is_empty() && !self.reader.has_frame() {
@@ -330,18 +330,18 @@ impl Session {
             }
             // A pass is held only while work is under way, never while waiting for the client
             // between transactions (a rebalance switch waits for passes to come back).
-            if self.pass.is_some() && self.txn.status == b'I' && !batch.is_open() {
+            if self.pass.is_some() && self.txn.status.is_idle() && !batch.is_open() {
                 self.pass = None;
             }
             if let Some(c) = &self.client {
-                c.set_state(if self.txn.status == b'I' {
+                c.set_state(if self.txn.status.is_idle() {
                     crate::session::clients::IDLE
                 } else {
                     crate::session::clients::IDLE_IN_TRANSACTION
                 });
             }
             // Idle limits apply while the proxy waits for the client's next message.
-            let (limit, code, what) = if self.txn.status == b'I' {
+            let (limit, code, what) = if self.txn.status.is_idle() {
                 (
                     self.topo.map.client_idle_timeout,
                     "57P05",
@@ -369,7 +369,7 @@ impl Session {
             let Some(frame) = next else {
                 return Ok(());
             };
-            if self.cancel_slot.terminated() {
+            if self.conns.slot().terminated() {
                 return self.end_terminated().await;
             }
             if let Some(c) = &self.client {
@@ -507,7 +507,7 @@ impl Session {
 
     /// Queues ReadyForQuery with the current status.
     fn push_ready(&mut self) {
-        build::ready_for_query(&mut self.out, self.txn.status);
+        build::ready_for_query(&mut self.out, self.txn.status.byte());
     }
 
     /// Applies settings changes that took effect.

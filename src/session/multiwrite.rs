@@ -62,7 +62,7 @@ impl Session {
         };
         // Inside a client transaction the shards already hold it open (it commits at COMMIT);
         // outside, this write is its own transaction on each shard.
-        let in_txn = self.txn.status != b'I';
+        let in_txn = self.txn.status.is_open();
         let limit = self.topo.map.gather.memory_limit;
         let mut first_error: Option<ProxyError> = None;
         let mut desc: Option<bytes::Bytes> = None;
@@ -170,7 +170,7 @@ impl Session {
                 self.push_ready();
             }
             return Ok(Ok(Outcome {
-                status: self.txn.status,
+                status: Some(self.txn.status),
                 error: true,
                 ..Default::default()
             }));
@@ -191,7 +191,7 @@ impl Session {
             self.push_ready();
         }
         Ok(Ok(Outcome {
-            status: self.txn.status,
+            status: Some(self.txn.status),
             error: false,
             ..Default::default()
         }))

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::extended::{Op, BIND_COMPLETE};
 use super::relay::Expect;
-use super::{Prepared, Session, SessionEnd, Txn};
+use super::{Prepared, Session, SessionEnd, Txn, TxnStatus};
 use crate::routing::router::StmtKind;
 use crate::wire::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
 
@@ -20,7 +20,7 @@ impl Session {
     /// CommandComplete) and starts the transaction lazily, as for a BEGIN of its own: the
     /// statements after it decide the shard, and the transaction starts there.
     pub(super) fn lazy_begin_in_pipeline(&mut self, ops: &mut [Op]) {
-        if self.txn.status != b'I' || !self.conns.is_empty() || self.session_mode {
+        if self.txn.status.is_open() || !self.conns.is_empty() || self.session_mode {
             return;
         }
         let Some(at) = ops
@@ -155,18 +155,18 @@ impl Session {
             };
             let executes = matches!(op, Op::Raw(_, Expect::Execute));
             match kind_of(&p) {
-                Some(StmtKind::Begin) if status == b'I' && self.conns.is_empty() => {
+                Some(StmtKind::Begin) if status.is_idle() && self.conns.is_empty() => {
                     if executes {
-                        status = b'T';
+                        status = TxnStatus::InBlock;
                     }
                 }
-                Some(StmtKind::Commit | StmtKind::Rollback) if status != b'I' => {
+                Some(StmtKind::Commit | StmtKind::Rollback) if status.is_open() => {
                     if executes {
-                        status = b'I';
+                        status = TxnStatus::Idle;
                     }
                 }
-                Some(StmtKind::Savepoint(_)) if status != b'I' => {}
-                Some(k) if status != b'I' && super::txn::is_setting(&k) => {}
+                Some(StmtKind::Savepoint(_)) if status.is_open() => {}
+                Some(k) if status.is_open() && super::txn::is_setting(&k) => {}
                 Some(StmtKind::DiscardAll | StmtKind::Deallocate(_) | StmtKind::SessionFn(_)) => {}
                 _ => return Ok(false),
             }

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use super::extended::Op;
 use super::gather::{Capture, GatherCall};
 use super::relay::{Expect, Outcome, RelayError};
-use super::{Prepared, Session};
+use super::{Prepared, Session, TxnStatus};
 use crate::error::ProxyError;
 use crate::sharding::shardset::ShardSet;
 use crate::wire::protocol::{build, decode_execute, decode_target, BindMsg, Frame};
@@ -65,7 +65,9 @@ impl Session {
             let o = self.relay_one(i, &mut ex, false).await?;
             if o.error {
                 // The error was forwarded; end the exchange like Postgres would.
-                build::ready_for_query(&mut self.out, o.status);
+                // (A relay that met its Sync read a status; idle is for form's sake.)
+                let status = o.status.unwrap_or(TxnStatus::Idle);
+                build::ready_for_query(&mut self.out, status.byte());
                 return Ok(Ok(Outcome {
                     status: o.status,
                     error: true,
@@ -152,20 +154,22 @@ impl Session {
                 self.push_error(&e);
                 o.error = true;
             }
-            o.status = b'I';
-            build::ready_for_query(&mut self.out, b'I');
+            o.status = Some(TxnStatus::Idle);
+            build::ready_for_query(&mut self.out, TxnStatus::Idle.byte());
             return Ok(Ok(o));
         }
         if let Some(e) = cut {
             if !o.error {
                 build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());
                 o.error = true;
-                if o.status == b'T' {
-                    o.status = b'E';
+                if o.status == Some(TxnStatus::InBlock) {
+                    o.status = Some(TxnStatus::Failed);
                     self.txn.fail();
                 }
             }
-            build::ready_for_query(&mut self.out, o.status);
+            // (The merged relay ends at the shards' ReadyForQuery: it read a status.)
+            let status = o.status.unwrap_or(TxnStatus::Idle);
+            build::ready_for_query(&mut self.out, status.byte());
         }
         Ok(Ok(o))
     }
@@ -203,7 +207,7 @@ impl Session {
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
         let mut describe = false;
         let mut outcome = Outcome {
-            status: self.txn.status,
+            status: Some(self.txn.status),
             error: false,
             ..Default::default()
         };
@@ -259,17 +263,15 @@ impl Session {
             if !outcome.error {
                 build::error(&mut self.out, "ERROR", e.sqlstate(), &e.to_string());
                 outcome.error = true;
-                if self.txn.status != b'I' {
+                if self.txn.status.is_open() {
                     self.txn.fail();
-                    outcome.status = b'E';
+                    outcome.status = Some(TxnStatus::Failed);
                 }
             }
         }
-        if outcome.status == 0 {
-            outcome.status = b'I';
-        }
+        let status = *outcome.status.get_or_insert(TxnStatus::Idle);
         if ready {
-            build::ready_for_query(&mut self.out, outcome.status);
+            build::ready_for_query(&mut self.out, status.byte());
         }
         Ok(Ok(outcome))
     }
@@ -335,7 +337,7 @@ impl Session {
                 };
                 self.push_error(&e);
                 return Ok(Ok(Outcome {
-                    status: self.txn.status,
+                    status: Some(self.txn.status),
                     error: true,
                     ..Default::default()
                 }));
@@ -388,7 +390,7 @@ impl Session {
             build::empty(&mut self.out, b's');
         }
         Ok(Ok(Outcome {
-            status: self.txn.status,
+            status: Some(self.txn.status),
             error: false,
             ..Default::default()
         }))

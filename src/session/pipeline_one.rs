@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use super::describe::ShapeCheck;
 use super::extended::Op;
 use super::relay::{Expect, Outcome, RelayError};
-use super::{Prepared, Session, SCRATCH_ITEMS};
+use super::{Prepared, Session, TxnStatus, SCRATCH_ITEMS};
 use crate::error::ProxyError;
 use crate::wire::protocol::build;
 
@@ -53,7 +53,7 @@ impl Session {
                     let writes = ops[..at]
                         .iter()
                         .any(|o| matches!(o, Op::Bind(p, ..) if p.plan.writes()));
-                    let keep = if self.txn.status == b'I' && writes {
+                    let keep = if self.txn.status.is_idle() && writes {
                         0
                     } else {
                         at
@@ -75,13 +75,14 @@ impl Session {
             }
         }
         let cut = cut.or(own_cut.as_ref());
-        let mut retry = sync && cut.is_none() && self.txn.status == b'I' && describes;
+        let mut retry = sync && cut.is_none() && self.txn.status.is_idle() && describes;
         let out_mark = self.out.len();
         loop {
             let (outcome, ex, added) = self
                 .batch_one_exchange(idx, &ops, cut, sync, detached)
                 .await?;
-            if retry && outcome.stale && !outcome.flushed && outcome.status == b'I' {
+            if retry && outcome.stale && !outcome.flushed && outcome.status == Some(TxnStatus::Idle)
+            {
                 retry = false;
                 self.out.truncate(out_mark);
                 if let Some(e) = self.fresh_statements(idx).await {
@@ -107,9 +108,9 @@ impl Session {
                 // The error the proxy put in the exchange fails it like a shard's error.
                 outcome.error = true;
             }
-            if cut.is_some() && sync && outcome.status == b'T' {
+            if cut.is_some() && sync && outcome.status == Some(TxnStatus::InBlock) {
                 // The shard's block is fine, the client's is failed (see below).
-                outcome.status = b'E';
+                outcome.status = Some(TxnStatus::Failed);
             }
             let open = outcome.error && !sync && !detached && cut.is_none();
             if outcome.error && (open || !added.is_empty()) {
@@ -227,7 +228,7 @@ impl Session {
         }
         // An error the proxy adds inside a transaction block fails the block: the client's
         // ReadyForQuery says 'E' although the shard's block is fine.
-        let failed_block = cut.is_some() && self.txn.status != b'I';
+        let failed_block = cut.is_some() && self.txn.status.is_open();
         if sync && !failed_block {
             build::empty(&mut msg, b'S');
             ex.push_back(Expect::Sync);

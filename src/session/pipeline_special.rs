@@ -117,7 +117,7 @@ impl Session {
             return None;
         }
         let may_be_special = st.copy.is_some()
-            || (self.txn.status == b'I'
+            || (self.txn.status.is_idle()
                 && (st.split.is_some()
                     || (st.kind == StmtKind::Write
                         && matches!(st.route, RouteSpec::All | RouteSpec::Subset(_)))));
@@ -144,7 +144,7 @@ impl Session {
         };
         let kind = if let Some(copy) = &st.copy {
             SpecialKind::Copy(copy.clone())
-        } else if self.txn.status != b'I' {
+        } else if self.txn.status.is_open() {
             return None;
         } else if let Some(split) = &st.split {
             let params = m.params();

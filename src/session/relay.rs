@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::{Session, SessionEnd};
+use super::{Session, SessionEnd, TxnStatus};
 use crate::backend::conn::BackendError;
 use crate::error::ProxyError;
 use crate::wire::protocol::{build, command_tag, Frame};
@@ -44,8 +44,8 @@ pub enum Expect {
 /// How a relayed exchange ended.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Outcome {
-    /// Transaction status from the last ReadyForQuery (0 if none was read).
-    pub status: u8,
+    /// Transaction status from the last ReadyForQuery (`None` if none was read).
+    pub status: Option<TxnStatus>,
     /// Whether any backend reported an error.
     pub error: bool,
     /// The error said a statement the proxy kept on the backend is out of date (see
@@ -153,7 +153,7 @@ impl Session {
                     }
                     // A session terminated by pg_terminate_backend reports only its FATAL
                     // (the cancel that stopped this statement is part of it).
-                    if !quiet && !self.cancel_slot.terminated() {
+                    if !quiet && !self.conns.slot().terminated() {
                         self.out.extend_from_slice(&f.raw);
                     }
                     // After an error the backend skips to Sync; a Query runs on to its ReadyForQuery.
@@ -169,7 +169,7 @@ impl Session {
                     }
                 }
                 b'Z' => {
-                    outcome.status = f.body().first().copied().unwrap_or(b'I');
+                    outcome.status = Some(TxnStatus::of_ready(f.body()));
                     // ReadyForQuery answers a Sync (or Query): anything still expected before
                     // it was skipped by the backend (it discards messages after an error).
                     while matches!(
@@ -329,9 +329,10 @@ impl Session {
                 {
                     self.out.extend_from_slice(&err.raw);
                     outcome.error = true;
-                    outcome.status = merge_status(&boundaries);
+                    let status = merge_status(&boundaries);
+                    outcome.status = Some(status);
                     if !hide_ready {
-                        build::ready_for_query(&mut self.out, outcome.status);
+                        build::ready_for_query(&mut self.out, status.byte());
                     }
                     return Ok(outcome);
                 }
@@ -365,9 +366,10 @@ impl Session {
             }
             match first_tag {
                 b'Z' => {
-                    outcome.status = merge_status(&boundaries);
+                    let status = merge_status(&boundaries);
+                    outcome.status = Some(status);
                     if !hide_ready {
-                        build::ready_for_query(&mut self.out, outcome.status);
+                        build::ready_for_query(&mut self.out, status.byte());
                     }
                     return Ok(outcome);
                 }
@@ -420,8 +422,7 @@ impl Session {
                 c.broken = true;
             }
         }
-        self.conns.clear();
-        self.cancel_slot.release_all();
+        self.conns.close_all();
         ProxyError::ShardUnavailable {
             shard: self.shard_name(shard),
             reason: error.to_string(),
@@ -438,20 +439,11 @@ fn stale_statement(code: &str, message: &str) -> bool {
         || code == "26000"
 }
 
-fn merge_status(boundaries: &[Option<Frame>]) -> u8 {
-    boundaries.iter().flatten().fold(b'I', |st, f| {
-        combine_status(st, f.body().first().copied().unwrap_or(b'I'))
+/// The joint status of the shards' ReadyForQuery frames (see [`TxnStatus::combine`]).
+fn merge_status(boundaries: &[Option<Frame>]) -> TxnStatus {
+    boundaries.iter().flatten().fold(TxnStatus::Idle, |st, f| {
+        st.combine(TxnStatus::of_ready(f.body()))
     })
-}
-
-/// The transaction status of a statement that ran on several shards: failed if any shard
-/// failed, in a transaction if any is, else idle.
-pub(super) fn combine_status(a: u8, b: u8) -> u8 {
-    match (a, b) {
-        (b'E', _) | (_, b'E') => b'E',
-        (b'T', _) | (_, b'T') => b'T',
-        _ => b'I',
-    }
 }
 
 /// Sums the row counts of per-shard command tags ("INSERT 0 3" + "INSERT 0 4" = "INSERT 0 7").

@@ -3,7 +3,7 @@
 use super::gather::GatherCall;
 use super::multiwrite::{ShardWrite, WriteProtocol};
 use super::relay::{Expect, Outcome, RelayError};
-use super::{Session, SessionEnd, Target, Txn};
+use super::{Session, SessionEnd, Target, Txn, TxnStatus};
 use crate::error::ProxyError;
 use crate::routing::router::{Plan, StmtKind};
 use crate::wire::protocol::build;
@@ -28,7 +28,7 @@ impl Session {
         if plan.stmts.iter().any(|s| s.dirties) {
             self.dirty = true;
         }
-        if self.txn.status != b'I' && plan.stmts.iter().any(|s| s.kind == StmtKind::Ddl) {
+        if self.txn.status.is_open() && plan.stmts.iter().any(|s| s.kind == StmtKind::Ddl) {
             self.txn.ddl = true;
         }
         let single = (plan.stmts.len() == 1).then(|| plan.stmts[0].kind.clone());
@@ -43,7 +43,7 @@ impl Session {
                 return Ok(());
             }
         } else if plan.stmts.iter().any(|s| is_session_command(&s.kind))
-            || self.txn.status != b'I'
+            || self.txn.status.is_open()
                 && plan
                     .stmts
                     .iter()
@@ -95,7 +95,7 @@ impl Session {
                 Some(_) => split = true,
             }
         }
-        let explicit = self.txn.status != b'I';
+        let explicit = self.txn.status.is_open();
         if plan.stmts.len() > 1 && plan.stmts.iter().any(|s| s.gather.is_some()) {
             // Each merged statement runs on its own.
             split = true;
@@ -127,24 +127,24 @@ impl Session {
     /// Statements the proxy answers itself. Returns true when handled.
     async fn local_statement(&mut self, kind: &StmtKind, sql: &str) -> Result<bool, SessionEnd> {
         match kind {
-            StmtKind::Begin if self.txn.status == b'I' && self.conns.is_empty() => {
+            StmtKind::Begin if self.txn.status.is_idle() && self.conns.is_empty() => {
                 // Lazy BEGIN: the transaction starts on the shards its statements reach.
                 self.txn = Txn::begun(sql.trim().trim_end_matches(';').to_string());
                 build::command_complete(&mut self.out, super::txn::begin_tag(sql));
                 self.push_ready();
                 Ok(true)
             }
-            StmtKind::Savepoint(op) if self.txn.status != b'I' => {
+            StmtKind::Savepoint(op) if self.txn.status.is_open() => {
                 self.savepoint(op, sql).await?;
                 self.push_ready();
                 Ok(true)
             }
-            k if self.txn.status != b'I' && super::txn::is_setting(k) => {
+            k if self.txn.status.is_open() && super::txn::is_setting(k) => {
                 self.txn_setting(k, sql).await?;
                 self.push_ready();
                 Ok(true)
             }
-            StmtKind::Commit | StmtKind::Rollback if self.txn.status != b'I' => {
+            StmtKind::Commit | StmtKind::Rollback if self.txn.status.is_open() => {
                 self.end_transaction(matches!(kind, StmtKind::Commit), sql, true)
                     .await?;
                 Ok(true)
@@ -186,7 +186,7 @@ impl Session {
         kind: &StmtKind,
     ) -> Result<&'static str, ProxyError> {
         Ok(match kind {
-            StmtKind::DiscardAll if self.txn.status != b'I' => {
+            StmtKind::DiscardAll if self.txn.status.is_open() => {
                 return Err(ProxyError::Backend {
                     code: "25001".into(),
                     message: "DISCARD ALL cannot run inside a transaction block".into(),
@@ -279,7 +279,7 @@ impl Session {
                             None => Ok(Err(ProxyError::Internal("split vanished".into()))),
                         }
                     }
-                    None if atomic_write(plan) && self.txn.status == b'I' => {
+                    None if atomic_write(plan) && self.txn.status.is_idle() => {
                         let work: Vec<ShardWrite> = set
                             .iter()
                             .map(|shard| ShardWrite {
@@ -322,7 +322,7 @@ impl Session {
                     // — never when the shard ended the session on purpose with a FATAL while
                     // the statement ran (an administrator's pg_terminate_backend stops it).
                     let ended = matches!(error, crate::backend::conn::BackendError::Ended { .. });
-                    if attempt == 1 && reused && !forwarded && !ended && self.txn.status == b'I' {
+                    if attempt == 1 && reused && !forwarded && !ended && self.txn.status.is_idle() {
                         self.out.truncate(out_mark);
                         continue;
                     }
@@ -387,7 +387,7 @@ impl Session {
         // Follow the string's own BEGIN/COMMIT/ROLLBACK: a setting inside a block is a step
         // of the transaction (kept at COMMIT, dropped at ROLLBACK), outside one it is the
         // session's at once.
-        let mut in_block = self.txn.status != b'I';
+        let mut in_block = self.txn.status.is_open();
         let mut settings = false;
         let mut only_autocommit = true;
         for st in &plan.stmts {
@@ -447,8 +447,8 @@ impl Session {
                 c.settings_fp = fp;
             }
         }
-        if outcome.status != 0 {
-            if outcome.status == b'I' && self.txn.status != b'I' {
+        if let Some(status) = outcome.status {
+            if status.is_idle() && self.txn.status.is_open() {
                 // The string itself ended the transaction (e.g. "...; COMMIT").
                 let changes = self.txn.take_changes();
                 if !outcome.error {
@@ -458,8 +458,8 @@ impl Session {
                 }
                 self.txn = Txn::idle();
             }
-            self.txn.status = outcome.status;
-            if outcome.status == b'E' {
+            self.txn.status = status;
+            if status == TxnStatus::Failed {
                 // One shard's failure fails the client's whole transaction.
                 self.txn.fail();
             }
@@ -496,15 +496,15 @@ impl Session {
             return Ok(false);
         }
         match &st.kind {
-            StmtKind::Commit | StmtKind::Rollback if self.txn.status != b'I' => {
+            StmtKind::Commit | StmtKind::Rollback if self.txn.status.is_open() => {
                 let commit = st.kind == StmtKind::Commit;
                 return self.end_transaction(commit, text, false).await;
             }
-            StmtKind::Savepoint(op) if self.txn.status != b'I' => {
+            StmtKind::Savepoint(op) if self.txn.status.is_open() => {
                 self.savepoint(op, text).await?;
                 return Ok(!self.txn.failed);
             }
-            k if self.txn.status != b'I' && super::txn::is_setting(k) => {
+            k if self.txn.status.is_open() && super::txn::is_setting(k) => {
                 self.txn_setting(k, text).await?;
                 return Ok(!self.txn.failed);
             }
@@ -527,7 +527,7 @@ impl Session {
                 return Ok(false);
             }
         };
-        if let Err(e) = self.check_write(target, one.writes(), self.txn.status != b'I') {
+        if let Err(e) = self.check_write(target, one.writes(), self.txn.status.is_open()) {
             self.push_error(&e);
             return Ok(false);
         }

@@ -56,11 +56,67 @@ pub(super) enum Step {
     Savepoint(String),
 }
 
+/// The transaction status a ReadyForQuery reports: the client's, or one shard's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnStatus {
+    /// Outside a transaction block (`I`).
+    Idle,
+    /// Inside a transaction block (`T`).
+    InBlock,
+    /// Inside a failed transaction block (`E`).
+    Failed,
+}
+
+impl TxnStatus {
+    /// The status byte ReadyForQuery carries.
+    #[inline]
+    pub fn byte(self) -> u8 {
+        match self {
+            TxnStatus::Idle => b'I',
+            TxnStatus::InBlock => b'T',
+            TxnStatus::Failed => b'E',
+        }
+    }
+
+    /// The status in the body of a backend's ReadyForQuery (`T`, `E`; anything else is idle).
+    #[inline]
+    pub fn of_ready(body: &[u8]) -> Self {
+        match body.first() {
+            Some(b'T') => TxnStatus::InBlock,
+            Some(b'E') => TxnStatus::Failed,
+            _ => TxnStatus::Idle,
+        }
+    }
+
+    /// Whether this is outside a transaction block.
+    #[inline]
+    pub fn is_idle(self) -> bool {
+        self == TxnStatus::Idle
+    }
+
+    /// Whether a transaction block is open (in progress or failed).
+    #[inline]
+    pub fn is_open(self) -> bool {
+        self != TxnStatus::Idle
+    }
+
+    /// The status of a statement that ran on several shards: failed if any shard failed, in
+    /// a block if any is, else idle.
+    #[inline]
+    pub fn combine(self, other: TxnStatus) -> TxnStatus {
+        match (self, other) {
+            (TxnStatus::Failed, _) | (_, TxnStatus::Failed) => TxnStatus::Failed,
+            (TxnStatus::InBlock, _) | (_, TxnStatus::InBlock) => TxnStatus::InBlock,
+            _ => TxnStatus::Idle,
+        }
+    }
+}
+
 /// Transaction state as the client sees it.
 #[derive(Debug)]
 pub(super) struct Txn {
-    /// `I`, `T` or `E`, as the client's ReadyForQuery reports it.
-    pub status: u8,
+    /// What the client's ReadyForQuery reports.
+    pub status: TxnStatus,
     /// The BEGIN text that starts the transaction on shards it reaches later.
     pub prelude: Option<String>,
     /// Settings and savepoints, in order, replayed on shards that join later.
@@ -80,7 +136,7 @@ impl Txn {
     /// No transaction.
     pub fn idle() -> Self {
         Txn {
-            status: b'I',
+            status: TxnStatus::Idle,
             prelude: None,
             steps: Vec::new(),
             written: None,
@@ -93,7 +149,7 @@ impl Txn {
     /// A transaction begun with `begin` (the client's BEGIN text) that has touched no shard.
     pub fn begun(begin: String) -> Self {
         Txn {
-            status: b'T',
+            status: TxnStatus::InBlock,
             prelude: Some(begin),
             ..Txn::idle()
         }
@@ -101,15 +157,15 @@ impl Txn {
 
     /// Marks an open transaction aborted (nothing happens outside one).
     pub fn fail(&mut self) {
-        if self.status != b'I' {
-            self.status = b'E';
+        if self.status.is_open() {
+            self.status = TxnStatus::Failed;
             self.failed = true;
         }
     }
 
     /// Marks an open transaction aborted for good: its shards' work is gone.
     pub fn lose(&mut self) {
-        if self.status != b'I' {
+        if self.status.is_open() {
             self.fail();
             self.lost = true;
         }
@@ -294,7 +350,7 @@ impl Session {
                     // What came after the savepoint is undone, settings included.
                     self.txn.steps.truncate(at + 1);
                     self.txn.failed = false;
-                    self.txn.status = b'T';
+                    self.txn.status = TxnStatus::InBlock;
                     build::command_complete(&mut self.out, "ROLLBACK");
                 }
             }
