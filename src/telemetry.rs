@@ -39,14 +39,8 @@ static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, 
 pub struct Telemetry {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    /// Statements routed to one shard.
-    pub single: Counter,
-    /// Statements routed to some shards.
-    pub multi: Counter,
-    /// Statements routed to every shard.
-    pub all: Counter,
-    /// Statements the router refused.
-    pub refused: Counter,
+    /// Statements routed, by where they went (`/metrics` and the console's `SHOW STATS`).
+    pub routes: RouteStats,
     errors: Mutex<HashMap<[u8; 2], Counter>>,
     clients: Gauge,
     /// Per shard: size, in use, idle, waiting.
@@ -55,6 +49,20 @@ pub struct Telemetry {
     pub gathered_rows: Counter,
     /// The current rebalance as this proxy last read it.
     pub rebalance: RebalanceGauges,
+}
+
+/// Statements routed since the proxy started, by where they went: one relaxed atomic add
+/// a statement, read by `/metrics` and by the admin console.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// To one shard.
+    pub single: AtomicU64,
+    /// To some of the shards (a key list).
+    pub multi: AtomicU64,
+    /// To every shard.
+    pub all: AtomicU64,
+    /// Refused by the router.
+    pub refused: AtomicU64,
 }
 
 /// The rebalance progress a proxy saw in the control tables on its last look.
@@ -89,21 +97,6 @@ impl Telemetry {
     pub fn new(shards: &[String]) -> Telemetry {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let counter = |route: &str| {
-            recorder.register_counter(
-                &key(
-                    "shardwire_statements_total",
-                    &[("route", route.to_string())],
-                ),
-                &METADATA,
-            )
-        };
-        let (single, multi, all, refused) = (
-            counter("single"),
-            counter("multi"),
-            counter("all"),
-            counter("refused"),
-        );
         let clients = recorder.register_gauge(&key("shardwire_client_connections", &[]), &METADATA);
         let pools = shards
             .iter()
@@ -130,10 +123,7 @@ impl Telemetry {
             gathered_rows,
             recorder,
             handle,
-            single,
-            multi,
-            all,
-            refused,
+            routes: RouteStats::default(),
             errors: Mutex::new(HashMap::new()),
             clients,
             pools,
@@ -171,6 +161,20 @@ impl Telemetry {
             g[3].set(st.waiting as f64);
         }
         let mut text = self.handle.render();
+        let _ = writeln!(text, "# TYPE shardwire_statements_total counter");
+        let r = &self.routes;
+        for (route, n) in [
+            ("single", &r.single),
+            ("multi", &r.multi),
+            ("all", &r.all),
+            ("refused", &r.refused),
+        ] {
+            let _ = writeln!(
+                text,
+                "shardwire_statements_total{{route=\"{route}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         let rb = &self.rebalance;
         let _ = writeln!(text, "# TYPE shardwire_rebalance_running gauge");
         let _ = writeln!(

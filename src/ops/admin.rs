@@ -361,7 +361,7 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
         }
         ["show", "stats"] => {
             use std::sync::atomic::Ordering::Relaxed;
-            let st = &shared.stats;
+            let st = &shared.telemetry.routes;
             let rows = [
                 ("clients", shared.clients.load(Relaxed) as u64),
                 ("routed_single_shard", st.single.load(Relaxed)),

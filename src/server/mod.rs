@@ -162,7 +162,6 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         clients: Default::default(),
         bytewise_text: Default::default(),
         twophase: Default::default(),
-        stats: Default::default(),
         telemetry,
         schema_epoch: Default::default(),
     })

@@ -53,7 +53,7 @@ use settings::Settings;
 pub use txn::MAX_STEPS as MAX_TXN_STEPS;
 use txn::{SettingChange, Txn, TxnStatus};
 
-pub use shared::{user_secrets, RouteStats, Shared, Topology, Users};
+pub use shared::{user_secrets, Shared, Topology, Users};
 pub use targets::Target;
 
 /// Most prepared statements kept per backend connection before they are all deallocated.

@@ -68,8 +68,6 @@ pub struct Shared {
     pub bytewise_text: std::sync::OnceLock<bool>,
     /// Two-phase commit for writes that span shards.
     pub twophase: Arc<crate::backend::twophase::TwoPhase>,
-    /// Statements routed, by kind of route.
-    pub stats: RouteStats,
     /// Prometheus metrics.
     pub telemetry: crate::telemetry::Telemetry,
     /// Bumped by every schema change that passes through this proxy: a backend connection
@@ -144,17 +142,4 @@ pub fn user_secrets(map: &ShardMap) -> Users {
             )
         })
         .collect()
-}
-
-/// Statements routed since the proxy started, by where they went.
-#[derive(Debug, Default)]
-pub struct RouteStats {
-    /// To one shard.
-    pub single: std::sync::atomic::AtomicU64,
-    /// To some of the shards (a key list).
-    pub multi: std::sync::atomic::AtomicU64,
-    /// To every shard.
-    pub all: std::sync::atomic::AtomicU64,
-    /// Refused by the router.
-    pub refused: std::sync::atomic::AtomicU64,
 }

@@ -87,15 +87,14 @@ impl Session {
     ) -> Result<Target, ProxyError> {
         let r = self.resolve_route(route, params, is_binary, lits);
         let n = self.topo.map.shards.len();
-        let (st, tm) = (&self.shared.stats, &self.shared.telemetry);
-        let (counter, metric) = match &r {
-            Ok(Target::Shard(_)) => (&st.single, &tm.single),
-            Ok(Target::Set(set)) if set.len() >= n => (&st.all, &tm.all),
-            Ok(Target::Set(_)) => (&st.multi, &tm.multi),
-            Err(_) => (&st.refused, &tm.refused),
+        let st = &self.shared.telemetry.routes;
+        let counter = match &r {
+            Ok(Target::Shard(_)) => &st.single,
+            Ok(Target::Set(set)) if set.len() >= n => &st.all,
+            Ok(Target::Set(_)) => &st.multi,
+            Err(_) => &st.refused,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metric.increment(1);
         // Off by default (--log-level debug): a disabled event costs one relaxed load.
         tracing::debug!(target_shards = ?r.as_ref().ok(), "statement routed");
         r
