@@ -492,7 +492,7 @@ impl Session {
                         None => self.resolve(&route, params, &is_binary, Default::default()),
                     }
                 })?;
-                if t.is_multi() && stmt.plan.stmts.first().is_some_and(|s| s.split.is_some()) {
+                if t.is_multi() && stmt.plan.stmts.first().is_some_and(|s| s.split().is_some()) {
                     return Err(ProxyError::Unsupported(
                         "a multi-row INSERT whose rows belong to different shards is split only outside a transaction block, as its own pipeline (Bind, Execute, Sync); insert the rows separately here".into(),
                     ));
@@ -505,8 +505,10 @@ impl Session {
                 // setFetchSize, asyncpg cursors, tokio-postgres's query_portal).
                 let merged = t.is_multi()
                     && stmt.plan.stmts.first().is_some_and(|s| {
-                        s.gather.is_some()
-                            || (s.kind == StmtKind::Read && s.explain.is_none() && s.copy.is_none())
+                        s.gather().is_some()
+                            || (s.kind == StmtKind::Read
+                                && s.explain().is_none()
+                                && s.copy().is_none())
                     });
                 let portal = m.portal.to_string();
                 let tail = m.tail_offset;
@@ -587,7 +589,11 @@ impl Session {
                 // plain concatenation fetched whole streams through the shards' own portals;
                 // fetched in chunks, the proxy pages it.
                 if let Some(g) = self.gather_portals.get(portal) {
-                    let planned = stmt.plan.stmts.first().is_some_and(|s| s.gather.is_some());
+                    let planned = stmt
+                        .plan
+                        .stmts
+                        .first()
+                        .is_some_and(|s| s.gather().is_some());
                     if planned || max_rows > 0 || g.rows.is_some() {
                         return Ok(Op::Gather(f, stmt));
                     }

@@ -367,7 +367,7 @@ impl Session {
             if k != 0 || grouped {
                 build::parse(&mut msg, "", &gp.shard_sql, &param_oids);
             }
-            put_bind(&mut msg, call.params_section(), &shard_formats);
+            build::bind(&mut msg, "", "", call.params_section(), &shard_formats);
             if k == 0 && grouped {
                 build::target(&mut msg, b'D', b'P', "");
             }
@@ -755,18 +755,6 @@ impl Session {
 }
 
 /// A Bind of the unnamed statement to the unnamed portal with the client's parameters.
-fn put_bind(buf: &mut BytesMut, params_section: &[u8], result_formats: &[i16]) {
-    let at = build::begin(buf, b'B');
-    build::put_cstr(buf, "");
-    build::put_cstr(buf, "");
-    buf.extend_from_slice(params_section);
-    buf.put_i16(result_formats.len() as i16);
-    for f in result_formats {
-        buf.put_i16(*f);
-    }
-    build::finish(buf, at);
-}
-
 fn parse_param_description(body: &[u8]) -> Vec<u32> {
     let mut c = crate::wire::protocol::Cursor::new(body, "ParameterDescription");
     let n = c.i16().unwrap_or(0).max(0);

@@ -286,7 +286,7 @@ impl Session {
         describe: bool,
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
         // A read without a merge plan is a concatenation of the shards' rows.
-        let gp = match p.plan.stmts.first().and_then(|s| s.gather.clone()) {
+        let gp = match p.plan.stmts.first().and_then(|s| s.gather().cloned()) {
             Some(gp) => gp,
             None => Arc::new(crate::gather::GatherPlan::concatenation(&p.sql)),
         };

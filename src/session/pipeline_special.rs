@@ -11,36 +11,6 @@ use crate::routing::router::{RouteSpec, StmtKind};
 use crate::sharding::shardset::ShardSet;
 use crate::wire::protocol::{build, BindMsg, Frame, ParseMsg};
 
-/// A Bind body after the statement name that binds the client's parameters `take` (in that
-/// order), each with its own format code, and asks for the client's result formats.
-fn bind_tail(
-    take: &[usize],
-    params: &[Option<&[u8]>],
-    is_binary: &dyn Fn(usize) -> bool,
-    result_formats: &[i16],
-) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&(take.len() as i16).to_be_bytes());
-    for &i in take {
-        b.extend_from_slice(&(i16::from(is_binary(i))).to_be_bytes());
-    }
-    b.extend_from_slice(&(take.len() as i16).to_be_bytes());
-    for &i in take {
-        match params.get(i).copied().flatten() {
-            Some(v) => {
-                b.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                b.extend_from_slice(v);
-            }
-            None => b.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-    }
-    b.extend_from_slice(&(result_formats.len() as i16).to_be_bytes());
-    for f in result_formats {
-        b.extend_from_slice(&f.to_be_bytes());
-    }
-    b
-}
-
 /// A pipeline the proxy runs itself (see [`Session::special_batch`]).
 pub(super) struct Special {
     /// The statement bound.
@@ -116,9 +86,9 @@ impl Session {
         if plan.stmts.len() != 1 {
             return None;
         }
-        let may_be_special = st.copy.is_some()
+        let may_be_special = st.copy().is_some()
             || (self.txn.status.is_idle()
-                && (st.split.is_some()
+                && (st.split().is_some()
                     || (st.kind == StmtKind::Write
                         && matches!(st.route, RouteSpec::All | RouteSpec::Subset(_)))));
         if !may_be_special {
@@ -142,11 +112,11 @@ impl Session {
             (None, Some(pm)) => pm.query,
             (None, None) => return None,
         };
-        let kind = if let Some(copy) = &st.copy {
+        let kind = if let Some(copy) = st.copy() {
             SpecialKind::Copy(copy.clone())
         } else if self.txn.status.is_open() {
             return None;
-        } else if let Some(split) = &st.split {
+        } else if let Some(split) = st.split() {
             let params = m.params();
             let is_binary = |i: usize| m.is_binary(i);
             // Keys are read in UTF-8; the shards get the values as sent.
@@ -171,7 +141,7 @@ impl Session {
                             .iter()
                             .map(|&i| types.get(i).copied().unwrap_or(0))
                             .collect();
-                        let tail = bind_tail(&p.params, &params, &is_binary, &formats);
+                        let tail = build::bind_tail(&p.params, &params, &is_binary, &formats);
                         ShardWrite {
                             shard: p.shard,
                             sql: p.sql,

@@ -56,7 +56,7 @@ pub fn fingerprint(tag: u8, body: &[u8]) -> Option<u64> {
     }
 }
 
-/// The shape a client holds for one statement ([`UNKNOWN`] until it describes it).
+/// The shape a client holds for one statement (`UNKNOWN` until it describes it).
 #[derive(Debug, Default)]
 pub struct Shape(AtomicU64);
 

@@ -5,7 +5,7 @@ use super::multiwrite::{ShardWrite, WriteProtocol};
 use super::relay::{Expect, Outcome, RelayError};
 use super::{Session, SessionEnd, Target, Txn, TxnStatus};
 use crate::error::ProxyError;
-use crate::routing::router::{Plan, StmtKind};
+use crate::routing::router::{Execution, Plan, StmtKind};
 use crate::wire::protocol::build;
 
 impl Session {
@@ -96,7 +96,7 @@ impl Session {
             }
         }
         let explicit = self.txn.status.is_open();
-        if plan.stmts.len() > 1 && plan.stmts.iter().any(|s| s.gather.is_some()) {
+        if plan.stmts.len() > 1 && plan.stmts.iter().any(|s| s.gather().is_some()) {
             // Each merged statement runs on its own.
             split = true;
         }
@@ -228,12 +228,14 @@ impl Session {
         loop {
             attempt += 1;
             let reused = self.conns.is_empty();
-            let explain = match plan.stmts.as_slice() {
-                [one] => one.explain.as_ref(),
-                _ => None,
+            // One statement's execution kind, as the router decided it; a multi-statement
+            // text is forwarded (or, across shards, run as written on each).
+            let exec = match plan.stmts.as_slice() {
+                [one] => &one.exec,
+                _ => &Execution::Forward,
             };
-            let r = match (explain, target) {
-                (Some(ex), _) => {
+            let r = match (exec, target) {
+                (Execution::Explain(ex), _) => {
                     // Several shards run the rewritten query a merge needs; EXPLAIN that.
                     let text = match (&ex.shard_sql, target) {
                         (Some(s), Target::Set(_)) => s.as_str(),
@@ -241,62 +243,57 @@ impl Session {
                     };
                     self.exec_explain(&ex.merge, text, target, hide_ready).await
                 }
-                (None, Target::Shard(s)) => self.exec_query_one(s, sql, hide_ready).await,
-                (None, Target::Set(set)) => match single_gather(plan) {
-                    Some(gp) => {
-                        let call = GatherCall {
-                            plan: &gp,
-                            sql,
-                            param_types: &[],
+                (_, Target::Shard(s)) => self.exec_query_one(s, sql, hide_ready).await,
+                (Execution::Merge(gp), Target::Set(set)) => {
+                    let call = GatherCall {
+                        plan: gp,
+                        sql,
+                        param_types: &[],
+                        bind: None,
+                        describe: true,
+                    };
+                    self.gather(&call, set, hide_ready).await.map(Ok)
+                }
+                (Execution::Copy(cp), Target::Set(_)) => {
+                    self.copy_in_split(cp, sql, hide_ready).await.map(|r| r.0)
+                }
+                (Execution::SplitInsert(split), Target::Set(_)) => {
+                    match split.statements(&self.topo.map, None) {
+                        Ok(parts) => {
+                            let work: Vec<ShardWrite> = parts
+                                .into_iter()
+                                .map(|p| ShardWrite {
+                                    shard: p.shard,
+                                    sql: p.sql,
+                                    bind: None,
+                                })
+                                .collect();
+                            // Inside a transaction check_write allowed it (two-phase commit).
+                            self.multi_write(&work, WriteProtocol::Simple, false, hide_ready)
+                                .await
+                        }
+                        Err(e) => Ok(Err(e)),
+                    }
+                }
+                (Execution::Forward, Target::Set(set))
+                    if atomic_write(plan) && self.txn.status.is_idle() =>
+                {
+                    let work: Vec<ShardWrite> = set
+                        .iter()
+                        .map(|shard| ShardWrite {
+                            shard,
+                            sql: sql.to_string(),
                             bind: None,
-                            describe: true,
-                        };
-                        self.gather(&call, set, hide_ready).await.map(Ok)
-                    }
-                    None if plan.stmts.len() == 1 && plan.stmts[0].copy.is_some() => {
-                        match plan.stmts[0].copy.clone() {
-                            Some(cp) => self.copy_in_split(&cp, sql, hide_ready).await.map(|r| r.0),
-                            None => Ok(Err(ProxyError::Internal("copy plan vanished".into()))),
-                        }
-                    }
-                    None if plan.stmts.len() == 1 && plan.stmts[0].split.is_some() => {
-                        let split = plan.stmts[0].split.clone();
-                        match split.map(|sp| sp.statements(&self.topo.map, None)) {
-                            Some(Ok(parts)) => {
-                                let work: Vec<ShardWrite> = parts
-                                    .into_iter()
-                                    .map(|p| ShardWrite {
-                                        shard: p.shard,
-                                        sql: p.sql,
-                                        bind: None,
-                                    })
-                                    .collect();
-                                // Inside a transaction check_write allowed it (two-phase commit).
-                                self.multi_write(&work, WriteProtocol::Simple, false, hide_ready)
-                                    .await
-                            }
-                            Some(Err(e)) => Ok(Err(e)),
-                            None => Ok(Err(ProxyError::Internal("split vanished".into()))),
-                        }
-                    }
-                    None if atomic_write(plan) && self.txn.status.is_idle() => {
-                        let work: Vec<ShardWrite> = set
-                            .iter()
-                            .map(|shard| ShardWrite {
-                                shard,
-                                sql: sql.to_string(),
-                                bind: None,
-                            })
-                            .collect();
-                        let replicated = plan.replicated();
-                        self.multi_write(&work, WriteProtocol::Simple, replicated, hide_ready)
-                            .await
-                    }
-                    None => {
-                        self.exec_query_all(set, sql, hide_ready, plan.replicated())
-                            .await
-                    }
-                },
+                        })
+                        .collect();
+                    let replicated = plan.replicated();
+                    self.multi_write(&work, WriteProtocol::Simple, replicated, hide_ready)
+                        .await
+                }
+                (Execution::Forward, Target::Set(set)) => {
+                    self.exec_query_all(set, sql, hide_ready, plan.replicated())
+                        .await
+                }
             };
             match r {
                 Ok(Ok(outcome)) => {
@@ -533,14 +530,6 @@ impl Session {
         }
         let failed = self.run_simple(&one, text, target, true).await?;
         Ok(!failed)
-    }
-}
-
-/// The merge plan of a one-statement string that needs one.
-fn single_gather(plan: &Plan) -> Option<std::sync::Arc<crate::gather::GatherPlan>> {
-    match plan.stmts.as_slice() {
-        [one] => one.gather.clone(),
-        _ => None,
     }
 }
 

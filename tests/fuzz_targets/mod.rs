@@ -749,7 +749,7 @@ pub fn router(data: &[u8]) {
         for st in &p.stmts {
             assert!(st.span.0 <= st.span.1 && st.span.1 <= sql.len());
             let _ = resolve(map, &st.route, &params, &is_binary, Default::default());
-            if let Some(split) = &st.split {
+            if let Some(split) = &st.split() {
                 let _ = split.statements(map, None);
                 if let Ok(parts) = split.statements(map, Some((&params[..], &is_binary))) {
                     for part in parts {
@@ -757,13 +757,13 @@ pub fn router(data: &[u8]) {
                     }
                 }
             }
-            if let Some(g) = &st.gather {
+            if let Some(g) = &st.gather() {
                 gather_final(g, params.len());
             }
-            if let Some(copy) = &st.copy {
+            if let Some(copy) = &st.copy() {
                 copy_through(copy, &params);
             }
-            if let Some(x) = &st.explain {
+            if let Some(x) = &st.explain() {
                 let _ = (&x.merge, &x.shard_sql);
             }
         }

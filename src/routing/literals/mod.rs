@@ -2,7 +2,7 @@
 //! (`… WHERE id = 17`, `… WHERE id = 42`) share one cached plan.
 //!
 //! Plain text (identifiers, unsigned numbers, plain `'…'` strings) is split by a small
-//! lexer of our own ([`fast`], a few hundred instructions, checked against Postgres's);
+//! lexer of our own (`fast`, a few hundred instructions, checked against Postgres's);
 //! everything else by Postgres's own lexer (`pg_query::scan`, ~1 µs, against ~7 µs for a
 //! full parse). The template key is the text with every plain constant replaced by a
 //! placeholder. A plan made for a template never folds a constant into its route: a
@@ -39,7 +39,7 @@ mod fast;
 
 /// Scans `sql`; `None` when it holds constants this module does not template (E'', $$,
 /// U&'', B'', X'', hex/underscored numbers) or cannot be scanned. Plain text is scanned
-/// by [`fast`], the rest by Postgres's scanner.
+/// by `fast`, the rest by Postgres's scanner.
 pub fn scan(sql: &str) -> Option<Scanned> {
     fast::scan(sql).or_else(|| postgres_scan(sql))
 }

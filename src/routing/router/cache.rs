@@ -75,8 +75,8 @@ impl PlanCache {
             && p.stmts.len() == 1
             && p.stmts.iter().all(|st| {
                 matches!(st.kind, StmtKind::Read | StmtKind::Write)
-                    && st.gather.is_none()
-                    && st.explain.is_none()
+                    && st.gather().is_none()
+                    && st.explain().is_none()
             });
         if !reusable {
             // Values matter beyond key routing (merges, EXPLAIN, settings): exact text only.

@@ -11,7 +11,7 @@ use super::explain::{explain_merge, explain_option};
 use super::query::{route_query, writes_reference};
 use super::session::{calls, dirties, reshapes, session_fn, unsupported_encoding, SESSION_LOCKS};
 use super::split::insert_split;
-use super::stmt::{Plan, RouteSpec, SavepointOp, StmtKind, StmtPlan};
+use super::stmt::{Execution, Plan, RouteSpec, SavepointOp, StmtKind, StmtPlan};
 use super::template::Template;
 use super::writes::{key_update, route_insert};
 use crate::error::ProxyError;
@@ -126,10 +126,13 @@ pub(super) fn plan_template(
             route,
             span,
             replicated,
-            gather,
-            explain,
-            split,
-            copy,
+            exec: match (gather, explain, split, copy) {
+                (Some(g), ..) => Execution::Merge(g),
+                (_, Some(e), ..) => Execution::Explain(e),
+                (_, _, Some(s), _) => Execution::SplitInsert(s),
+                (.., Some(c)) => Execution::Copy(c),
+                _ => Execution::Forward,
+            },
         });
     }
     Ok(Plan { stmts })

@@ -32,7 +32,8 @@ pub use key_src::{BoundSrc, RangeGroup};
 pub use resolve::resolve_keys;
 pub use split::{BindParams, InsertSplit, RowKey, SplitPart};
 pub use stmt::{
-    KeyRoute, PidArg, Plan, RouteSpec, SavepointOp, SessionCall, SessionFn, StmtKind, StmtPlan,
+    Execution, KeyRoute, PidArg, Plan, RouteSpec, SavepointOp, SessionCall, SessionFn, StmtKind,
+    StmtPlan,
 };
 
 #[cfg(test)]
@@ -127,7 +128,7 @@ mod tests {
             "INSERT INTO users (id, name) VALUES ($1, $2), ($3, $4), ($5, 'c') RETURNING id, $6::text",
         )
         .unwrap();
-        let split = p.stmts[0].split.clone().expect("split");
+        let split = p.stmts[0].split().cloned().expect("split");
         // Keys 1, 2, 3: find two that land on different shards.
         let shard = |k: i64| m.hash_shard(&KeyValue::Int(k));
         let params: Vec<Option<&[u8]>> = vec![

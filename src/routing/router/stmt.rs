@@ -164,21 +164,65 @@ pub struct StmtPlan {
     /// Runs on every shard against identical copies (reference-table writes, DDL): the
     /// client gets one shard's command tag, not the sum.
     pub replicated: bool,
-    /// How results are merged when the statement runs on several shards (`None`: concatenated).
-    pub gather: Option<Arc<GatherPlan>>,
-    /// A text-format EXPLAIN: how the explained statement would be merged (the proxy adds
-    /// its route and labels each shard's plan).
-    pub explain: Option<ExplainPlan>,
-    /// A multi-row INSERT whose rows may belong to different shards: how to split it.
-    pub split: Option<Arc<InsertSplit>>,
-    /// `COPY … FROM STDIN` into a sharded or reference table: how to split its rows.
-    pub copy: Option<Arc<crate::routing::copyplan::CopyPlan>>,
+    /// How the session executes it beyond forwarding (decided here, once).
+    pub exec: Execution,
     /// DDL that can change what a prepared statement returns or refers to (ALTER, DROP,
     /// RENAME, CREATE OR REPLACE VIEW): pooled connections drop their prepared statements.
     pub reshapes: bool,
     /// Leaves session state on the backend that outlives the transaction and that the proxy
-    /// does not track (see [`dirties`](super::session::dirties)): the connections it ran on are closed, not pooled.
+    /// does not track (see `router::session::dirties`): the connections it ran on are closed, not pooled.
     pub dirties: bool,
+}
+
+/// How a statement is executed, beyond where it goes: the router decides it once, the
+/// session dispatches on it. The kinds exclude each other (each belongs to one statement
+/// type).
+#[derive(Debug, Clone, Default)]
+pub enum Execution {
+    /// Sent as written: on one shard, or on several with their replies concatenated (or,
+    /// for replicated statements, one shard's reply).
+    #[default]
+    Forward,
+    /// A SELECT merged across shards by this plan when it runs on several.
+    Merge(Arc<GatherPlan>),
+    /// A text-format EXPLAIN: how the explained statement would be merged (the proxy adds
+    /// its route and labels each shard's plan).
+    Explain(ExplainPlan),
+    /// A multi-row INSERT whose rows may belong to different shards: how to split it.
+    SplitInsert(Arc<InsertSplit>),
+    /// `COPY … FROM STDIN` into a sharded or reference table: how to split its rows.
+    Copy(Arc<crate::routing::copyplan::CopyPlan>),
+}
+
+impl StmtPlan {
+    /// The merge plan, for a merged SELECT.
+    pub fn gather(&self) -> Option<&Arc<GatherPlan>> {
+        match &self.exec {
+            Execution::Merge(g) => Some(g),
+            _ => None,
+        }
+    }
+    /// The EXPLAIN merge description, for a text-format EXPLAIN.
+    pub fn explain(&self) -> Option<&ExplainPlan> {
+        match &self.exec {
+            Execution::Explain(e) => Some(e),
+            _ => None,
+        }
+    }
+    /// The row split, for a multi-row INSERT.
+    pub fn split(&self) -> Option<&Arc<InsertSplit>> {
+        match &self.exec {
+            Execution::SplitInsert(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// The COPY plan, for `COPY … FROM STDIN`.
+    pub fn copy(&self) -> Option<&Arc<crate::routing::copyplan::CopyPlan>> {
+        match &self.exec {
+            Execution::Copy(c) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 /// All statements of one SQL string.
