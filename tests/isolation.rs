@@ -368,3 +368,37 @@ async fn a_hold_that_lost_its_row_ends_by_itself() {
     assert_eq!(n.unwrap(), 3, "released, not failed with 57P03");
     assert!(took < std::time::Duration::from_secs(5), "{took:?}");
 }
+
+/// A transaction that left untracked state on its backend (`set_config`) and was cancelled
+/// closes that backend — and only that one: the clean statement after it gives its backend
+/// back to the pool (it was closed too, because the "dirty" mark outlived the cancel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_dirty_transaction_leaves_the_next_backend_pooled() {
+    let (_env, proxy) = setup().await;
+    let a = proxy.client().await;
+    a.batch_execute("BEGIN").await.unwrap();
+    a.simple_query("SELECT set_config('sw_test.mark', '1', false)")
+        .await
+        .unwrap();
+    let token = a.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let err = a
+        .simple_query("SELECT pg_sleep(10)")
+        .await
+        .expect_err("cancelled");
+    assert_eq!(code(&err), "57014", "{err:?}");
+    canceller.await.unwrap().unwrap();
+    a.batch_execute("ROLLBACK").await.unwrap();
+    // The shard backend's own pid (pg_backend_pid() answers the client's virtual pid).
+    let pid = "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%sw_backend_pid_probe%' AND pid <> 0 ORDER BY pid LIMIT 1";
+    let first = one(&a, pid).await;
+    let second = one(&a, pid).await;
+    assert!(!first.is_empty());
+    assert_eq!(
+        first, second,
+        "the clean statement's backend was closed instead of pooled"
+    );
+}

@@ -219,7 +219,10 @@ impl Session {
             // pooled (the signal may land after the statement it was meant for); so is one
             // a statement left untracked session state on (a temp table, a session
             // advisory lock, set_config, a WITH HOLD cursor, a DO block).
-            self.conns.release_all(|| !std::mem::take(&mut self.dirty));
+            // Taken whether or not a cancel closes them anyway: the flag belongs to these
+            // connections, not to the next ones.
+            let dirty = std::mem::take(&mut self.dirty);
+            self.conns.release_all(|| !dirty);
             self.portals.clear();
             self.gather_portals.clear();
             self.txn = Txn::idle();
