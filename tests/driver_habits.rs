@@ -1315,6 +1315,16 @@ async fn client_encodings() {
         first_error(&j.until_ready().await).as_deref(),
         Some("0A000")
     );
+    // RESET ALL goes back to the login's encoding (EUC_JP), for the proxy's conversion too.
+    j.query("RESET ALL");
+    j.send().await;
+    assert_eq!(first_error(&j.until_ready().await), None);
+    query_bytes(&mut j, b"SELECT '\xa4\xa2'");
+    j.send().await;
+    assert_eq!(
+        raw_values(&j.until_ready().await),
+        vec![b"\xa4\xa2".to_vec()]
+    );
     // Encodings without a converter: refused at login (FATAL) and at SET (ERROR).
     for params in [
         vec![("user", "app"), ("client_encoding", "MULE_INTERNAL")],

@@ -3,6 +3,7 @@
 use super::gather::GatherCall;
 use super::multiwrite::{ShardWrite, WriteProtocol};
 use super::relay::{Expect, Outcome, RelayError};
+use super::txn::SettingChange;
 use super::{Session, SessionEnd, Target, Txn, TxnStatus};
 use crate::error::ProxyError;
 use crate::routing::router::{Execution, Plan, StmtKind};
@@ -193,12 +194,13 @@ impl Session {
                 });
             }
             StmtKind::DiscardAll => {
-                self.settings.clear();
+                // Through apply_setting, so the client encoding follows the reset too.
+                self.apply_setting(SettingChange::ResetAll);
                 self.stmts.clear();
                 "DISCARD ALL"
             }
             StmtKind::ResetAll => {
-                self.settings.clear();
+                self.apply_setting(SettingChange::ResetAll);
                 "RESET"
             }
             StmtKind::Deallocate(None) => {
