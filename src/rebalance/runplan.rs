@@ -107,16 +107,10 @@ async fn directory_moves(
     if !plan::table_exists(c, &dir.table).await? {
         return Ok(Vec::new());
     }
-    let rows = c
-        .query(
-            &format!(
-                "SELECT key, shard FROM {}",
-                crate::quote::qualified(&dir.table)
-            ),
-            &[],
-        )
-        .await?;
-    let live: BTreeMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let live: BTreeMap<String, String> = crate::sharding::directory::entries(c, dir)
+        .await?
+        .into_iter()
+        .collect();
     let tables: Vec<_> = new
         .sharded_tables()
         .filter(|t| t.directory().is_some())

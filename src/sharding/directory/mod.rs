@@ -260,24 +260,28 @@ pub async fn ensure_table(
     Ok(())
 }
 
+/// Every entry of the directory table as stored: (key text, shard name).
+pub async fn entries(
+    c: &Client,
+    dir: &Directory,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT key, shard FROM {}",
+        crate::quote::qualified(&dir.table)
+    );
+    let rows = c.query(&sql, &[]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Loads every entry (entries naming a shard the map does not have are skipped, logged).
 async fn load_all(
     c: &Client,
     dir: &Directory,
     shard_names: &[String],
 ) -> Result<HashMap<String, usize>, tokio_postgres::Error> {
-    let rows = c
-        .query(
-            &format!(
-                "SELECT key, shard FROM {}",
-                crate::quote::qualified(&dir.table)
-            ),
-            &[],
-        )
-        .await?;
+    let rows = entries(c, dir).await?;
     let mut out = HashMap::with_capacity(rows.len());
-    for r in rows {
-        let (k, s): (String, String) = (r.get(0), r.get(1));
+    for (k, s) in rows {
         match shard_names.iter().position(|n| *n == s) {
             Some(i) => {
                 out.insert(k, i);
