@@ -177,11 +177,10 @@ pub struct StmtPlan {
 /// How a statement is executed, beyond where it goes: the router decides it once, the
 /// session dispatches on it. The kinds exclude each other (each belongs to one statement
 /// type).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub enum Execution {
     /// Sent as written: on one shard, or on several with their replies concatenated (or,
     /// for replicated statements, one shard's reply).
-    #[default]
     Forward,
     /// A SELECT merged across shards by this plan when it runs on several.
     Merge(Arc<GatherPlan>),
