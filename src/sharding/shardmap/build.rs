@@ -387,6 +387,7 @@ pub(super) fn build(
         table_order,
         default_shard_explicit,
         directory,
+        catalog: Default::default(),
         ring,
         shard_names,
         transition: None,

@@ -119,6 +119,9 @@ pub struct ShardMap {
     default_shard_explicit: bool,
     /// The key directory, when a table uses strategy directory.
     pub directory: Option<Arc<Directory>>,
+    /// The tables' columns as the shards define them (generated columns); shared with the
+    /// maps reloaded from this one.
+    pub catalog: Arc<crate::sharding::catalog::Catalog>,
     /// The hash ring.
     ring: HashRing,
     /// Shard names in map order.

@@ -1,0 +1,159 @@
+//! What the shards' own catalogs say about the map's tables ([`Catalog`]): each sharded and
+//! reference table's columns in order, and which of them take their values from a sequence
+//! (`serial`/`bigserial`, `DEFAULT nextval(…)`, `GENERATED … AS IDENTITY`). The router uses
+//! it to complete INSERTs that omit those columns (or have no column list) before routing,
+//! so the proxy can give generated columns values unique across shards.
+//!
+//! It is read from every shard ([`super::catalog_read`]) when the proxy starts, after DDL that passes
+//! through the proxy, on reload, on request and once a minute; shards that disagree about a
+//! table make it [`TableEntry::Inconsistent`] (INSERTs that need its columns are refused,
+//! naming the difference).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+/// A column whose values come from a sequence; the proxy assigns them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenColumn {
+    /// Column name (as stored: case preserved).
+    pub name: String,
+    /// The sequence behind its default, schema-qualified (`public.t_id_seq`): the name of
+    /// the proxy's allocator for it.
+    pub sequence: String,
+    /// `GENERATED ALWAYS AS IDENTITY`: an explicit value needs `OVERRIDING SYSTEM VALUE`.
+    pub always: bool,
+}
+
+/// One table's columns as its shards define them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableColumns {
+    /// Every column in order (`attnum`), dropped ones left out.
+    pub columns: Vec<String>,
+    /// The columns whose values come from a sequence, in column order.
+    pub generated: Vec<GenColumn>,
+}
+
+/// What the catalog knows of one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableEntry {
+    /// Every shard defines it alike.
+    Columns(Arc<TableColumns>),
+    /// The shards disagree (or some lack it): why, for the error an INSERT gets.
+    Inconsistent(String),
+}
+
+/// The map's tables as the shards define them (see the module docs). Shared by a map and
+/// the maps reloaded from it.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    state: RwLock<State>,
+    /// Bumped when a load changes what is known: plans made before are stale.
+    version: std::sync::atomic::AtomicU64,
+    /// Wakes the refresh task (after DDL, or a lookup of a table it does not know).
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Whether a load has completed.
+    loaded: bool,
+    /// Tables by (schema, name); schema "" for unqualified names (`public`).
+    tables: HashMap<(String, String), TableEntry>,
+    /// Completed loads (tests and `SHOW` read it).
+    loads: u64,
+}
+
+/// The catalog's state for the admin console and `shardwire check`.
+#[derive(Debug, Clone)]
+pub struct CatalogSummary {
+    /// Whether a load has completed.
+    pub loaded: bool,
+    /// Completed loads.
+    pub loads: u64,
+    /// Per table (`schema.name` or `name`): its generated columns, or why it is inconsistent.
+    pub tables: Vec<(String, Result<Vec<GenColumn>, String>)>,
+}
+
+impl Catalog {
+    /// What the catalog knows of table `schema.rel` (`schema` "" or `public`: unqualified);
+    /// `None` when no shard has it (or nothing is loaded yet).
+    pub fn table(&self, schema: &str, rel: &str) -> Option<TableEntry> {
+        let schema = if schema == "public" { "" } else { schema };
+        let st = self.state.read();
+        // The key is borrowed in two parts; a linear probe keeps lookups allocation-free.
+        st.tables
+            .iter()
+            .find(|((s, r), _)| s == schema && r == rel)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Whether a load has completed.
+    pub fn is_loaded(&self) -> bool {
+        self.state.read().loaded
+    }
+
+    /// Completed loads.
+    pub fn loads(&self) -> u64 {
+        self.state.read().loads
+    }
+
+    /// Counts the loads that changed something: a plan made under another version may
+    /// complete INSERTs by stale columns (the plan cache is cleared when it moves).
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Installs the result of a load.
+    pub fn install(&self, tables: HashMap<(String, String), TableEntry>) {
+        let mut st = self.state.write();
+        let changed = !st.loaded || st.tables != tables;
+        st.tables = tables;
+        st.loaded = true;
+        st.loads += 1;
+        if changed {
+            self.version
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// Asks the refresh task to read the shards again soon.
+    pub fn request_refresh(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits for [`Catalog::request_refresh`] or `every`, whichever comes first.
+    pub async fn wait_refresh(&self, every: Duration) {
+        let _ = tokio::time::timeout(every, self.wake.notified()).await;
+    }
+
+    /// The state for the admin console and `shardwire check`.
+    pub fn summary(&self) -> CatalogSummary {
+        let st = self.state.read();
+        let mut tables: Vec<(String, Result<Vec<GenColumn>, String>)> = st
+            .tables
+            .iter()
+            .map(|((s, r), e)| {
+                let name = if s.is_empty() {
+                    r.clone()
+                } else {
+                    format!("{s}.{r}")
+                };
+                let v = match e {
+                    TableEntry::Columns(c) => Ok(c.generated.clone()),
+                    TableEntry::Inconsistent(why) => Err(why.clone()),
+                };
+                (name, v)
+            })
+            .collect();
+        tables.sort_by(|a, b| a.0.cmp(&b.0));
+        CatalogSummary {
+            loaded: st.loaded,
+            loads: st.loads,
+            tables,
+        }
+    }
+}
