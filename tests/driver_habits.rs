@@ -1455,7 +1455,11 @@ async fn psycopg2_and_sqlalchemy_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_migrate_and_orm_through_the_proxy() {
     let env = TestEnv::new(3).await;
-    let tables = format!("{TABLES}shop_order: {{ key: user_id, type: bigint, strategy: hash }}\n");
+    let tables = format!(
+        "{TABLES}shop_order: {{ key: user_id, type: bigint, strategy: hash }}\n\
+         shop_ticket: {{ key: user_id, type: bigint, strategy: hash }}\n\
+         shop_account: {{ key: id, type: bigint, strategy: hash }}\n"
+    );
     let proxy = Proxy::start(&env, &tables, "").await;
     let uids = one_per_shard(&env);
     let mut cmd = common::python("djapp/run.py");
@@ -1474,6 +1478,29 @@ async fn django_migrate_and_orm_through_the_proxy() {
             .get(0);
         assert_eq!(n, 0, "shard {s} holds only user {u}'s orders");
     }
+    // bulk_create's tickets and accounts (issue 20): ids unique across shards, every row
+    // on the shard its key maps to (tickets by user_id, accounts by the generated id).
+    let map = ShardMap::from_yaml_str(&env.shard_map_yaml(&tables, ""), "t").unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut accounts = 0;
+    for s in 0..env.shard_count() {
+        let c = env.shard_client(s).await;
+        for r in c
+            .query("SELECT id, user_id FROM shop_ticket", &[])
+            .await
+            .unwrap()
+        {
+            assert!(ids.insert(r.get::<_, i64>(0)), "ticket ids unique");
+            let u: i64 = r.get(1);
+            assert_eq!(map.hash_shard(&KeyValue::Int(u)), s);
+        }
+        for r in c.query("SELECT id FROM shop_account", &[]).await.unwrap() {
+            let id: i64 = r.get(0);
+            assert_eq!(map.hash_shard(&KeyValue::Int(id)), s, "account {id}");
+            accounts += 1;
+        }
+    }
+    assert_eq!((ids.len(), accounts), (1000, 1001));
 }
 
 /// sqlx itself: its statement cache (named statements), `Close` of the portal before `Sync`

@@ -13,6 +13,7 @@
 //! | `RESUME [shard]` | waiting statements go on |
 //! | `SHOW ROUTE <table> <key>` | table, key, shard, reason |
 //! | `SHOW DIRECTORY` | key, shard (the directory entries this proxy knows) |
+//! | `SHOW GENERATED` | table, column, sequence, kind, next, block_end, blocks, stored_next: the generated columns the proxy assigns, this proxy's block, the shared allocator row |
 //! | `DIRECTORY ASSIGN <key> TO <shard>` | assigns a key with no entry yet |
 //! | `DIRECTORY MOVE <key> TO <shard>` | moves the key's rows; table, rows moved |
 //!
@@ -56,7 +57,7 @@ struct Output {
 /// How long PAUSE waits for in-flight transactions to give their connections back.
 const PAUSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-const USAGE: &str = "admin commands: SHOW SHARDS | POOLS | CLIENTS | SERVERS | STATS | CONFIG | VERSION; SHOW ROUTE <table> <key>; PAUSE [shard]; RESUME [shard]; RELOAD; SHUTDOWN; SHOW DIRECTORY; DIRECTORY ASSIGN <key> TO <shard>; DIRECTORY MOVE <key> TO <shard>";
+const USAGE: &str = "admin commands: SHOW SHARDS | POOLS | CLIENTS | SERVERS | STATS | CONFIG | VERSION; SHOW ROUTE <table> <key>; PAUSE [shard]; RESUME [shard]; RELOAD; SHUTDOWN; SHOW DIRECTORY; SHOW GENERATED; DIRECTORY ASSIGN <key> TO <shard>; DIRECTORY MOVE <key> TO <shard>";
 
 /// Serves one admin connection until the client leaves.
 pub async fn run(
@@ -459,6 +460,69 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
                     Some(reason),
                 ]],
                 tag: "SHOW 1".into(),
+            })
+        }
+        ["show", "generated"] => {
+            let cat = map.catalog.summary();
+            if !cat.loaded {
+                return Err(err(
+                    "55000",
+                    "the shards' table definitions have not been read yet",
+                ));
+            }
+            let mine = shared.ids.summary();
+            let stored = shared.ids.stored(map).await.unwrap_or_default();
+            let mut rows = Vec::new();
+            for (table, cols) in cat.tables {
+                match cols {
+                    Ok(cols) => {
+                        for g in cols {
+                            let here = mine.iter().find(|m| m.sequence == g.sequence);
+                            let kept = stored.iter().find(|(n, _)| *n == g.sequence);
+                            rows.push(vec![
+                                Some(table.clone()),
+                                Some(g.name.clone()),
+                                Some(g.sequence.clone()),
+                                Some(
+                                    if g.always {
+                                        "identity always"
+                                    } else {
+                                        "default"
+                                    }
+                                    .into(),
+                                ),
+                                here.map(|h| h.next.to_string()),
+                                here.map(|h| h.end.to_string()),
+                                Some(here.map(|h| h.blocks).unwrap_or(0).to_string()),
+                                kept.map(|k| k.1.to_string()),
+                            ]);
+                        }
+                    }
+                    Err(why) => rows.push(vec![
+                        Some(table.clone()),
+                        None,
+                        None,
+                        Some(format!("inconsistent: {why}")),
+                        None,
+                        None,
+                        None,
+                        None,
+                    ]),
+                }
+            }
+            Ok(Output {
+                columns: vec![
+                    "table",
+                    "column",
+                    "sequence",
+                    "kind",
+                    "next",
+                    "block_end",
+                    "blocks",
+                    "stored_next",
+                ],
+                tag: format!("SHOW {}", rows.len()),
+                rows,
             })
         }
         ["show", "directory"] => {

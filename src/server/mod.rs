@@ -127,6 +127,25 @@ pub async fn start_twophase(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
     }
 }
 
+/// Reads the shards' table definitions (generated columns, column order) now, then keeps
+/// them fresh in the background: on request (DDL, reload, an unknown table) and every
+/// [`crate::sharding::catalog_read::REFRESH_EVERY`].
+pub async fn start_catalog(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
+    crate::sharding::catalog_read::refresh(&shared.map()).await;
+    let sh = shared.clone();
+    until_stopped(stop, async move {
+        loop {
+            let map = sh.map();
+            map.catalog
+                .wait_refresh(crate::sharding::catalog_read::REFRESH_EVERY)
+                .await;
+            // Requests that arrive while it reads are served by this read.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            crate::sharding::catalog_read::refresh(&sh.map()).await;
+        }
+    });
+}
+
 /// Builds the shared state for a map.
 pub fn shared_state(map: ShardMap) -> Arc<Shared> {
     let map = Arc::new(map);
@@ -163,6 +182,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         twophase: Default::default(),
         telemetry,
         schema_epoch: Default::default(),
+        ids: Default::default(),
     })
 }
 
@@ -174,6 +194,7 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
     start_directory(&shared, stopped.clone()).await;
     start_twophase(&shared, stopped.clone()).await;
     start_rebalance_watch(&shared, stopped.clone()).await;
+    start_catalog(&shared, stopped.clone()).await;
     let admin_addr = match &shared.map().admin {
         Some(a) => {
             let l = TcpListener::bind(a.as_str()).await?;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{gate, settings, Prepared, Session, Topology, Txn, MAX_PREPARED_PER_CONN, STALE_EPOCH};
+use super::{gate, settings, Session, Topology, Txn, MAX_PREPARED_PER_CONN, STALE_EPOCH};
 use crate::error::ProxyError;
 
 impl Session {
@@ -59,7 +59,7 @@ impl Session {
         for (name, p) in stmts {
             match topo.cache.get(&topo.map, &p.sql) {
                 Ok(plan) => {
-                    let fresh = Prepared::new(&p.sql, p.types.clone(), plan);
+                    let fresh = p.replanned(plan);
                     self.stmts.insert(name, Arc::new(fresh));
                 }
                 Err(e) => {

@@ -138,6 +138,18 @@ impl Session {
             }
             return Ok(());
         }
+        // INSERTs the proxy completes get their values before anything looks at the Binds.
+        if let Err(e) = self.complete_binds(&mut batch.frames).await {
+            batch.frames.clear();
+            batch.bytes = 0;
+            self.push_error(&e);
+            if sync {
+                self.push_ready();
+            } else {
+                batch.skip_to_sync = true;
+            }
+            return Ok(());
+        }
         if sync && batch.open.is_none() {
             if let Some(special) = self.special_batch(&batch.frames) {
                 batch.frames.clear();
@@ -450,8 +462,12 @@ impl Session {
                         return Ok(Op::Parse(p.clone()));
                     }
                 }
+                let pending = self.take_pending(f.body());
                 let m = ParseMsg::decode(f.body()).map_err(proto)?;
-                let plan = self.topo.cache.get(&self.topo.map, m.query)?;
+                let plan = match &pending {
+                    Some(p) => p.plan.clone(),
+                    None => self.topo.cache.get(&self.topo.map, m.query)?,
+                };
                 if plan.stmts.len() > 1 {
                     return Err(ProxyError::Syntax(
                         "cannot insert multiple commands into a prepared statement".into(),
@@ -465,7 +481,15 @@ impl Session {
                         "too many prepared statements in this session (limit {MAX_CLIENT_STATEMENTS})"
                     )));
                 }
-                let p = Arc::new(Prepared::new(m.query, m.param_types(), plan));
+                let p = match pending {
+                    Some(p) => p,
+                    // An INSERT the proxy completes (generated values): its completed form.
+                    None if plan.generates() => {
+                        Arc::new(self.generated_statement(f.body(), &m, &plan)?)
+                    }
+                    None => Arc::new(Prepared::new(m.query, m.param_types(), plan)),
+                };
+                self.generated.any |= p.gen.is_some();
                 self.stmts.insert(m.name.to_string(), p.clone());
                 Ok(Op::Parse(p))
             }
@@ -494,7 +518,7 @@ impl Session {
                 })?;
                 if t.is_multi() && stmt.plan.stmts.first().is_some_and(|s| s.split().is_some()) {
                     return Err(ProxyError::Unsupported(
-                        "a multi-row INSERT whose rows belong to different shards is split only outside a transaction block, as its own pipeline (Bind, Execute, Sync); insert the rows separately here".into(),
+                        "a multi-row INSERT whose rows belong to different shards is split only as a pipeline of its own ([Parse], Bind, [Describe], Execute, Sync); send a Sync before and after it".into(),
                     ));
                 }
                 if !matches!(route, RouteSpec::Any) {
@@ -600,8 +624,11 @@ impl Session {
                 }
                 if let Some(st) = stmt.plan.stmts.first() {
                     self.dirty |= st.dirties;
-                    if st.kind == StmtKind::Ddl && self.txn.status.is_open() {
-                        self.txn.ddl = true;
+                    if st.kind == StmtKind::Ddl {
+                        self.generated.refresh = true;
+                        if self.txn.status.is_open() {
+                            self.txn.ddl = true;
+                        }
                     }
                     if matches!(st.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll) {
                         // Among other statements (psycopg's pipeline sends ROLLBACK then

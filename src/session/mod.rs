@@ -16,12 +16,14 @@ mod explain;
 mod extended;
 pub mod gate;
 mod gather;
+mod generate;
 mod held;
 mod multiwrite;
 mod pipeline_control;
 mod pipeline_multi;
 mod pipeline_one;
 mod pipeline_special;
+mod prepared;
 mod relay;
 mod session_fn;
 pub mod settings;
@@ -43,7 +45,6 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::ProxyError;
-use crate::routing::router::Plan;
 use crate::wire::cancel::CancelSlot;
 use crate::wire::protocol::{build, FrameError, FrameReader};
 use crate::wire::tls::{NetRead, NetWrite};
@@ -53,6 +54,7 @@ use settings::Settings;
 pub use txn::MAX_STEPS as MAX_TXN_STEPS;
 use txn::{SettingChange, Txn, TxnStatus};
 
+pub use prepared::Prepared;
 pub use shared::{user_secrets, Shared, Topology, Users};
 pub use targets::Target;
 
@@ -83,68 +85,6 @@ impl From<FrameError> for SessionEnd {
         match e {
             FrameError::Io(io) => SessionEnd::Client(io),
             other => SessionEnd::Protocol(other.to_string()),
-        }
-    }
-}
-
-/// A prepared statement as the client named it.
-#[derive(Debug)]
-pub struct Prepared {
-    /// SQL text.
-    pub sql: String,
-    /// Declared parameter types.
-    pub types: Vec<u32>,
-    /// Routing plan.
-    pub plan: Arc<Plan>,
-    /// Name used on backends: content-addressed, so every pooled connection agrees.
-    pub backend_name: String,
-    /// Hash behind `backend_name` (what backend connections remember).
-    pub name_hash: u64,
-    /// The body of a Parse that defines this statement as the unnamed one, byte for byte, so a
-    /// re-sent Parse is recognised with one comparison, before any decoding.
-    unnamed_parse: Box<[u8]>,
-    /// The result shape the client was told this statement has (see [`shape`]).
-    pub shape: shape::Shape,
-}
-
-/// A per-process secret in the names of the proxy's statements on the backends: stable
-/// for the life of the proxy (every pooled connection agrees on a statement's name), not
-/// predictable by a client from the statement's text.
-fn name_seed() -> u64 {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SEED.get_or_init(rand::random)
-}
-
-impl Prepared {
-    /// Whether the Parse body `body` defines this very statement as the unnamed statement
-    /// (same text, same declared types).
-    fn is_unnamed_parse(&self, body: &[u8]) -> bool {
-        *self.unnamed_parse == *body
-    }
-
-    fn new(sql: &str, types: Vec<u32>, plan: Arc<Plan>) -> Self {
-        let mut h = Vec::with_capacity(sql.len() + types.len() * 4);
-        h.extend_from_slice(sql.as_bytes());
-        for t in &types {
-            h.extend_from_slice(&t.to_be_bytes());
-        }
-        let name_hash = xxhash_rust::xxh3::xxh3_64_with_seed(&h, name_seed());
-        let mut unnamed_parse = Vec::with_capacity(sql.len() + 4 + types.len() * 4);
-        unnamed_parse.push(0);
-        unnamed_parse.extend_from_slice(sql.as_bytes());
-        unnamed_parse.push(0);
-        unnamed_parse.extend_from_slice(&(types.len() as i16).to_be_bytes());
-        for t in &types {
-            unnamed_parse.extend_from_slice(&t.to_be_bytes());
-        }
-        Prepared {
-            sql: sql.to_string(),
-            types,
-            plan,
-            backend_name: format!("sw_{name_hash:016x}"),
-            name_hash,
-            unnamed_parse: unnamed_parse.into_boxed_slice(),
-            shape: shape::Shape::default(),
         }
     }
 }
@@ -215,6 +155,8 @@ pub struct Session {
     user: Arc<str>,
     /// The client's encoding when it is not UTF-8 (see [`crate::wire::encoding`]).
     codec: Option<crate::wire::encoding::Codec>,
+    /// Generated values: statements being completed, and the last values handed out.
+    generated: prepared::Completions,
 }
 
 impl Session {
@@ -249,6 +191,7 @@ impl Session {
             key_pid: 0,
             user: Arc::from(""),
             codec: None,
+            generated: Default::default(),
         }
         .with_codec()
     }
@@ -324,6 +267,12 @@ impl Session {
         loop {
             if self.conns.slot().terminated() {
                 return self.end_terminated().await;
+            }
+            if self.generated.refresh && self.txn.status.is_idle() {
+                // After DDL, the client hears back once the catalog (generated columns,
+                // column order) is read again: its next INSERT is completed by the new one.
+                self.generated.refresh = false;
+                crate::sharding::catalog_read::refresh(&self.topo.map).await;
             }
             if !self.out.is_empty() && !self.reader.has_frame() {
                 self.flush().await?;

@@ -26,6 +26,10 @@ pub struct ShardWrite {
     /// Extended protocol: this shard's own parameter types and Bind body after the
     /// statement name, when they differ from the client's (a split INSERT's subset).
     pub bind: Option<(Vec<u32>, Vec<u8>)>,
+    /// A split INSERT's part: the client's rows it inserts (0-based, in order). Its
+    /// RETURNING rows are put back in the client's row order (ORMs pair them with their
+    /// objects by position: Django's bulk_create, SQLAlchemy's insertmanyvalues).
+    pub rows: Vec<usize>,
 }
 
 /// How the statements are sent to the shards.
@@ -67,10 +71,15 @@ impl Session {
         let mut first_error: Option<ProxyError> = None;
         let mut desc: Option<bytes::Bytes> = None;
         let mut rows = BytesMut::new();
+        // Per part, its RETURNING rows, when they are to be put back in the client's order.
+        let reorder = !replicated && work.len() > 1 && work.iter().all(|w| !w.rows.is_empty());
+        let mut held: Vec<Vec<bytes::Bytes>> =
+            vec![Vec::new(); if reorder { work.len() } else { 0 }];
+        let mut held_bytes = 0usize;
         let mut tag_word = String::new();
         let mut count: u64 = 0;
         let mut began = Vec::with_capacity(idxs.len());
-        for (w, &ci) in work.iter().zip(&idxs) {
+        for (wi, (w, &ci)) in work.iter().zip(&idxs).enumerate() {
             if first_error.is_some() {
                 break;
             }
@@ -126,7 +135,7 @@ impl Session {
                         if replicated && !tag_word.is_empty() {
                             continue; // another copy's rows are already held
                         }
-                        if rows.len() + f.raw.len() > limit {
+                        if rows.len() + held_bytes + f.raw.len() > limit {
                             first_error = Some(ProxyError::OutOfMemory(format!(
                                 "the rows returned by a multi-shard write exceed gather.memory_limit_mb ({} MiB)",
                                 limit >> 20
@@ -134,7 +143,13 @@ impl Session {
                             shard_rows = false;
                             continue;
                         }
-                        rows.extend_from_slice(&f.raw);
+                        match held.get_mut(wi) {
+                            Some(h) => {
+                                held_bytes += f.raw.len();
+                                h.push(f.raw.clone());
+                            }
+                            None => rows.extend_from_slice(&f.raw),
+                        }
                     }
                     b'C' if ready == 1 => {
                         let tag = command_tag(f.body()).to_string();
@@ -184,6 +199,9 @@ impl Session {
             None if describe => build::empty(&mut self.out, b'n'),
             _ => {}
         }
+        if reorder {
+            put_in_client_order(work, held, &mut rows);
+        }
         self.out.extend_from_slice(&rows);
         // Shards answer e.g. "INSERT 0 5" or "UPDATE 3": keep the words, put the total.
         build::command_complete(&mut self.out, &format!("{tag_word} {count}"));
@@ -195,5 +213,33 @@ impl Session {
             error: false,
             ..Default::default()
         }))
+    }
+}
+
+/// Appends the parts' RETURNING rows to `out` in the client's row order: row `k` of the
+/// statement is the next row of the part that inserted it. When a part returned another
+/// number of rows than it inserted (`ON CONFLICT DO NOTHING`, a set-returning RETURNING),
+/// no pairing holds: the parts' rows follow each other.
+fn put_in_client_order(work: &[ShardWrite], held: Vec<Vec<bytes::Bytes>>, out: &mut BytesMut) {
+    let exact = work.iter().zip(&held).all(|(w, h)| w.rows.len() == h.len());
+    if !exact {
+        for h in held {
+            for r in h {
+                out.extend_from_slice(&r);
+            }
+        }
+        return;
+    }
+    let total: usize = work.iter().map(|w| w.rows.len()).sum();
+    let mut by_row: Vec<Option<bytes::Bytes>> = vec![None; total];
+    for (w, h) in work.iter().zip(held) {
+        for (&k, r) in w.rows.iter().zip(h) {
+            if let Some(slot) = by_row.get_mut(k) {
+                *slot = Some(r);
+            }
+        }
+    }
+    for r in by_row.into_iter().flatten() {
+        out.extend_from_slice(&r);
     }
 }

@@ -1,12 +1,13 @@
 //! The pipelines the proxy runs itself instead of relaying them (see
-//! [`Session::special_batch`]): a `COPY … FROM STDIN` sent through the extended protocol and,
-//! outside a transaction, an all-or-nothing write on several shards.
+//! [`Session::special_batch`]): a `COPY … FROM STDIN` sent through the extended protocol,
+//! outside a transaction an all-or-nothing write on several shards, and a multi-row INSERT
+//! split by shard (inside a transaction block too: its parts join the transaction).
 
 use std::sync::Arc;
 
 use super::multiwrite::{ShardWrite, WriteProtocol};
 use super::relay::{Outcome, RelayError};
-use super::{Prepared, Session, SessionEnd};
+use super::{Prepared, Session, SessionEnd, TxnStatus};
 use crate::routing::router::{RouteSpec, StmtKind};
 use crate::sharding::shardset::ShardSet;
 use crate::wire::protocol::{build, BindMsg, Frame, ParseMsg};
@@ -61,7 +62,12 @@ impl Session {
         // build a statement only for one that is. A Parse of the session's unnamed statement
         // again (drivers re-send it before every execution) is recognised without decoding.
         let (existing, parsed) = match parse {
-            Some(p) => match self.stmts.get("").filter(|s| s.is_unnamed_parse(p.body())) {
+            Some(p) => match self
+                .stmts
+                .get("")
+                .filter(|s| s.is_unnamed_parse(p.body()))
+                .or_else(|| self.peek_pending(p.body()))
+            {
                 Some(s) => (Some(s), None),
                 None => {
                     let pm = ParseMsg::decode(p.body()).ok()?;
@@ -86,7 +92,10 @@ impl Session {
         if plan.stmts.len() != 1 {
             return None;
         }
+        // A split INSERT also runs inside a transaction block: its parts join it.
+        let in_block = self.txn.status == TxnStatus::InBlock && !self.txn.failed;
         let may_be_special = st.copy().is_some()
+            || (in_block && st.split().is_some())
             || (self.txn.status.is_idle()
                 && (st.split().is_some()
                     || (st.kind == StmtKind::Write
@@ -114,8 +123,6 @@ impl Session {
         };
         let kind = if let Some(copy) = st.copy() {
             SpecialKind::Copy(copy.clone())
-        } else if self.txn.status.is_open() {
-            return None;
         } else if let Some(split) = st.split() {
             let params = m.params();
             let is_binary = |i: usize| m.is_binary(i);
@@ -146,11 +153,14 @@ impl Session {
                             shard: p.shard,
                             sql: p.sql,
                             bind: Some((types, tail)),
+                            rows: p.rows,
                         }
                     })
                     .collect(),
                 replicated: false,
             }
+        } else if self.txn.status.is_open() {
+            return None;
         } else if st.kind == StmtKind::Write {
             // A write whose route names several shards without parameters.
             let set = match &st.route {
@@ -168,6 +178,7 @@ impl Session {
                         shard,
                         sql: sql.to_string(),
                         bind: None,
+                        rows: Vec::new(),
                     })
                     .collect(),
                 replicated: st.replicated,
@@ -212,12 +223,31 @@ impl Session {
                 }
             }
             SpecialKind::Write { work, replicated } => {
+                let in_txn = self.txn.status.is_open();
+                if in_txn {
+                    // The parts join the client's transaction (two-phase commit at COMMIT).
+                    let mut set = ShardSet::default();
+                    for w in work {
+                        set.add(w.shard);
+                    }
+                    let target = self.target_of(set);
+                    if let Err(e) = self.check_write(target, true, true) {
+                        self.txn.fail();
+                        self.push_error(&e);
+                        self.push_ready();
+                        return Ok(());
+                    }
+                }
                 let protocol = WriteProtocol::Extended {
                     types: &sp.stmt.types,
                     bind_tail: sp.bind.body().get(sp.tail_offset..).unwrap_or(&[]),
                     describe: sp.describe,
                 };
                 let r = self.multi_write(work, protocol, *replicated, false).await;
+                if in_txn && !matches!(r, Ok(Ok(ref o)) if !o.error) {
+                    // A part failed: the client's transaction is aborted, as in Postgres.
+                    self.txn.fail();
+                }
                 (r, false)
             }
         };

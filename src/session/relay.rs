@@ -197,9 +197,22 @@ impl Session {
                 }
                 tag => {
                     if !swallow {
-                        self.out.extend_from_slice(&f.raw);
-                        if let Some(Expect::DescribeStmt(p)) = expects.front() {
-                            p.shape.note(tag, f.body());
+                        match expects.front() {
+                            Some(Expect::DescribeStmt(p)) => {
+                                // A statement the proxy completed: the client's parameters only.
+                                match (tag, p.gen.is_some()) {
+                                    (b't', true) => {
+                                        match super::generate::client_param_description(p, f.body())
+                                        {
+                                            Some(own) => self.out.extend_from_slice(&own),
+                                            None => self.out.extend_from_slice(&f.raw),
+                                        }
+                                    }
+                                    _ => self.out.extend_from_slice(&f.raw),
+                                }
+                                p.shape.note(tag, f.body());
+                            }
+                            _ => self.out.extend_from_slice(&f.raw),
                         }
                     }
                     if expects.front().map(|e| completes(e, tag)).unwrap_or(false) {

@@ -74,6 +74,8 @@ pub struct Shared {
     /// whose prepared statements are older is cleared (`DEALLOCATE ALL`) at its next
     /// checkout, so statements shared by content never outlive the DDL they depend on.
     pub schema_epoch: std::sync::atomic::AtomicU64,
+    /// Values of generated columns, unique across shards.
+    pub ids: crate::backend::ids::IdAllocator,
 }
 
 impl Shared {
@@ -109,6 +111,16 @@ impl Shared {
 
     fn swap(&self, map: Arc<ShardMap>, users: Arc<Users>) {
         let cur = self.topology.load();
+        // Every map of this proxy shares one catalog (generated columns): a new map must not
+        // route INSERTs without it while it is read again for the tables the map gains.
+        let map = if Arc::ptr_eq(&map.catalog, &cur.map.catalog) {
+            map
+        } else {
+            let mut m = (*map).clone();
+            m.catalog = cur.map.catalog.clone();
+            Arc::new(m)
+        };
+        map.catalog.request_refresh();
         let pools = map
             .shards
             .iter()

@@ -21,6 +21,23 @@ impl Session {
                 return Ok(());
             }
         };
+        // INSERTs the proxy completes (generated values, a column list) run completed.
+        let completed;
+        let (plan, scanned, sql) = if plan.generates() && !self.txn.failed {
+            match self.completed_query(&plan, sql).await {
+                Ok((text, p, s)) => {
+                    completed = text;
+                    (p, s, completed.as_str())
+                }
+                Err(e) => {
+                    self.push_error(&e);
+                    self.push_ready();
+                    return Ok(());
+                }
+            }
+        } else {
+            (plan, scanned, sql)
+        };
         if plan.stmts.is_empty() {
             build::empty(&mut self.out, b'I');
             self.push_ready();
@@ -29,8 +46,11 @@ impl Session {
         if plan.stmts.iter().any(|s| s.dirties) {
             self.dirty = true;
         }
-        if self.txn.status.is_open() && plan.stmts.iter().any(|s| s.kind == StmtKind::Ddl) {
-            self.txn.ddl = true;
+        if plan.stmts.iter().any(|s| s.kind == StmtKind::Ddl) {
+            self.generated.refresh = true;
+            if self.txn.status.is_open() {
+                self.txn.ddl = true;
+            }
         }
         let single = (plan.stmts.len() == 1).then(|| plan.stmts[0].kind.clone());
         // An aborted transaction lets only COMMIT, ROLLBACK and ROLLBACK TO through.
@@ -268,6 +288,7 @@ impl Session {
                                     shard: p.shard,
                                     sql: p.sql,
                                     bind: None,
+                                    rows: p.rows,
                                 })
                                 .collect();
                             // Inside a transaction check_write allowed it (two-phase commit).
@@ -286,6 +307,7 @@ impl Session {
                             shard,
                             sql: sql.to_string(),
                             bind: None,
+                            rows: Vec::new(),
                         })
                         .collect();
                     let replicated = plan.replicated();
@@ -296,6 +318,10 @@ impl Session {
                     self.exec_query_all(set, sql, hide_ready, plan.replicated())
                         .await
                 }
+                // Completed before it is planned (`simple_query`): never run as written.
+                (Execution::Generate(_), Target::Set(_)) => Ok(Err(ProxyError::Internal(
+                    "an INSERT that needs generated values was run as written".into(),
+                ))),
             };
             match r {
                 Ok(Ok(outcome)) => {

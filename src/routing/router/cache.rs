@@ -25,6 +25,8 @@ pub struct PlanCache {
     map: RwLock<TextMap>,
     templates: RwLock<TextMap>,
     capacity: usize,
+    /// The catalog version the cached plans were made under (INSERTs are completed by it).
+    catalog: std::sync::atomic::AtomicU64,
 }
 
 /// Plans by SQL text or template key.
@@ -40,6 +42,19 @@ impl PlanCache {
             map: RwLock::new(TextMap::default()),
             templates: RwLock::new(TextMap::default()),
             capacity,
+            catalog: Default::default(),
+        }
+    }
+
+    /// Empties the cache when the catalog changed since its plans were made.
+    #[inline]
+    fn follow_catalog(&self, map: &ShardMap) {
+        use std::sync::atomic::Ordering;
+        let v = map.catalog.version();
+        if self.catalog.load(Ordering::Acquire) != v {
+            self.map.write().clear();
+            self.templates.write().clear();
+            self.catalog.store(v, Ordering::Release);
         }
     }
 
@@ -50,6 +65,7 @@ impl PlanCache {
         map: &ShardMap,
         sql: &str,
     ) -> Result<(Arc<Plan>, Option<crate::routing::literals::Scanned>), ProxyError> {
+        self.follow_catalog(map);
         if let Some(p) = self.map.read().get(sql) {
             return Ok((p.clone(), None));
         }
@@ -92,6 +108,7 @@ impl PlanCache {
 
     /// The plan of `sql`, parsed on a miss.
     pub fn get(&self, map: &ShardMap, sql: &str) -> Result<Arc<Plan>, ProxyError> {
+        self.follow_catalog(map);
         if let Some(p) = self.map.read().get(sql) {
             return Ok(p.clone());
         }

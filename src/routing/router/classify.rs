@@ -44,10 +44,39 @@ pub(super) fn plan_template(
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
+        let span = (start, (start + len).min(sql.len()));
+        if let NodeEnum::InsertStmt(ins) = node {
+            // An INSERT the proxy completes first is planned in its completed form.
+            let exec = match super::generate::plan_generate(map, ins) {
+                Ok(Some(g)) => Some(Ok(g)),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            };
+            if let Some(g) = exec {
+                let (route, exec) = match g {
+                    Ok(g) => (
+                        RouteSpec::Refuse(ProxyError::Internal(
+                            "an INSERT that needs generated values was run as written".into(),
+                        )),
+                        Execution::Generate(Arc::new(g)),
+                    ),
+                    Err(e) => (RouteSpec::Refuse(e), Execution::Forward),
+                };
+                stmts.push(StmtPlan {
+                    kind: StmtKind::Write,
+                    route,
+                    span,
+                    replicated: false,
+                    exec,
+                    reshapes: false,
+                    dirties: false,
+                });
+                continue;
+            }
+        }
         let (kind, mut route) = analyze(map, node, tpl);
         let replicated = matches!(route, RouteSpec::All)
             && (kind == StmtKind::Ddl || writes_reference(map, node));
-        let span = (start, (start + len).min(sql.len()));
         let mut gather = None;
         if let NodeEnum::SelectStmt(s) = node {
             if may_scatter(&route) {

@@ -10,12 +10,15 @@
 //!
 //! Files: `stmt` (plan types), `classify` ([`plan`]), `query` and `clauses` (SELECT/UPDATE/
 //! DELETE over FROM/WHERE), `writes` (INSERT, key UPDATE), `key_src`, `resolve` ([`resolve_keys`]),
-//! `split` (multi-row INSERT), `session`, `explain`, `template` and `cache` ([`PlanCache`]).
+//! `split` (multi-row INSERT), `generate` (INSERTs completed with generated values), `session`, `explain`, `template` and `cache` ([`PlanCache`]).
 
 mod cache;
 mod classify;
 mod clauses;
 mod explain;
+mod from_values;
+mod generate;
+mod insert_lex;
 mod key_src;
 mod query;
 mod resolve;
@@ -28,6 +31,8 @@ mod writes;
 pub use cache::{PlanCache, PLAN_CACHE_CAPACITY};
 pub use classify::plan;
 pub use explain::ExplainPlan;
+pub use generate::{Generate, SlotText};
+pub use insert_lex::max_param;
 pub use key_src::{BoundSrc, RangeGroup};
 pub use resolve::resolve_keys;
 pub use split::{BindParams, InsertSplit, RowKey, SplitPart};

@@ -53,6 +53,9 @@ pub struct SplitPart {
     pub sql: String,
     /// The client's parameters it takes (0-based), in the order of its `$1, $2, …`.
     pub params: Vec<usize>,
+    /// The client's rows it inserts (0-based, in the statement's order): RETURNING rows
+    /// are put back in the client's order by them.
+    pub rows: Vec<usize>,
 }
 
 impl InsertSplit {
@@ -63,8 +66,10 @@ impl InsertSplit {
         map: &ShardMap,
         bind: Option<BindParams<'_>>,
     ) -> Result<Vec<SplitPart>, ProxyError> {
-        let mut rows_of: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
-        for (key, span) in &self.rows {
+        // Per shard: its rows' spans, and their numbers in the statement.
+        type ShardRows = (usize, Vec<(usize, usize)>, Vec<usize>);
+        let mut rows_of: Vec<ShardRows> = Vec::new();
+        for (row_no, (key, span)) in self.rows.iter().enumerate() {
             let owned;
             let key = match key {
                 RowKey::Const(k) => k,
@@ -78,20 +83,24 @@ impl InsertSplit {
                 Located::Nowhere(why) => return Err(ProxyError::NoShard(why)),
                 Located::Unavailable(why) => return Err(ProxyError::Unavailable(why)),
             };
-            match rows_of.iter_mut().find(|(s, _)| *s == shard) {
-                Some((_, rows)) => rows.push(*span),
-                None => rows_of.push((shard, vec![*span])),
+            match rows_of.iter_mut().find(|(s, _, _)| *s == shard) {
+                Some((_, rows, nos)) => {
+                    rows.push(*span);
+                    nos.push(row_no);
+                }
+                None => rows_of.push((shard, vec![*span], vec![row_no])),
             }
         }
         let first = self.rows.first().map(|r| r.1 .0).unwrap_or(0);
         let last = self.rows.last().map(|r| r.1 .1).unwrap_or(0);
         Ok(rows_of
             .into_iter()
-            .map(|(shard, rows)| {
+            .map(|(shard, rows, nos)| {
                 let mut part = SplitPart {
                     shard,
                     sql: String::with_capacity(self.text.len()),
                     params: Vec::new(),
+                    rows: nos,
                 };
                 self.copy_renumbered(0, first, &mut part);
                 for (k, (a, b)) in rows.iter().enumerate() {

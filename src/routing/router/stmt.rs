@@ -191,6 +191,10 @@ pub enum Execution {
     SplitInsert(Arc<InsertSplit>),
     /// `COPY … FROM STDIN` into a sharded or reference table: how to split its rows.
     Copy(Arc<crate::routing::copyplan::CopyPlan>),
+    /// An INSERT the proxy completes before it is planned and run (generated values, a
+    /// column list): the session renders the completed text and runs that instead. Its
+    /// route refuses, so a path that would run it as written fails loudly.
+    Generate(Arc<super::generate::Generate>),
 }
 
 impl StmtPlan {
@@ -215,6 +219,13 @@ impl StmtPlan {
             _ => None,
         }
     }
+    /// How to complete the INSERT, when the proxy must (see [`Execution::Generate`]).
+    pub fn generate(&self) -> Option<&Arc<super::generate::Generate>> {
+        match &self.exec {
+            Execution::Generate(g) => Some(g),
+            _ => None,
+        }
+    }
     /// The COPY plan, for `COPY … FROM STDIN`.
     pub fn copy(&self) -> Option<&Arc<crate::routing::copyplan::CopyPlan>> {
         match &self.exec {
@@ -235,6 +246,11 @@ impl Plan {
     /// Whether the statements run against identical copies on every shard (see [`StmtPlan::replicated`]).
     pub fn replicated(&self) -> bool {
         self.stmts.iter().any(|s| s.replicated)
+    }
+
+    /// Whether a statement must be completed by the proxy before it runs.
+    pub fn generates(&self) -> bool {
+        self.stmts.iter().any(|s| s.generate().is_some())
     }
 
     /// Whether any statement writes (or changes schema).

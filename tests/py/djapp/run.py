@@ -61,4 +61,25 @@ for u in uids:
     check(list(Order.objects.filter(user_id=u).values_list("note", flat=True)) != [], f"filter {u}")
 Order.objects.filter(user_id=uids[1]).delete()
 check(Order.objects.count() == len(uids) - 1, "delete")
+
+# Issue 20: auto-increment ids given by the proxy, unique across shards, returned to the
+# objects by bulk_create (one INSERT … RETURNING in a transaction, rows on every shard).
+from shop.models import Account, Ticket
+
+tickets = [Ticket(user_id=uids[i % len(uids)], note=f"t{i}") for i in range(1000)]
+Ticket.objects.bulk_create(tickets)
+ids = [t.id for t in tickets]
+check(None not in ids and len(set(ids)) == 1000, "ticket ids set and unique")
+check(sorted(Ticket.objects.values_list("id", flat=True)) == sorted(ids), "ticket ids stored")
+# Each object got its own row's id (RETURNING rows come back in the objects' order).
+for t in tickets[::37]:
+    check(Ticket.objects.get(user_id=t.user_id, id=t.id).note == t.note, f"ticket {t.id} paired")
+accounts = Account.objects.bulk_create([Account(name=f"a{i}") for i in range(1000)])
+aids = [a.id for a in accounts]
+check(None not in aids and len(set(aids)) == 1000, "account ids set and unique")
+for a in accounts[::37]:
+    check(Account.objects.get(id=a.id).name == a.name, f"account {a.id} paired")
+one = Account.objects.create(name="single")
+check(one.id not in aids and Account.objects.get(id=one.id).name == "single", "create + get by id")
+check(Account.objects.count() == 1001, "accounts counted")
 print("django checks passed")

@@ -7,3 +7,18 @@ class Order(models.Model):
     id = models.BigIntegerField(primary_key=True)
     user_id = models.BigIntegerField()
     note = models.TextField(default="")
+
+
+class Ticket(models.Model):
+    """An auto-increment id, sharded by user_id (`shop_ticket: { key: user_id, ... }`): the
+    proxy gives the ids, unique across shards (issue 20)."""
+
+    user_id = models.BigIntegerField()
+    note = models.TextField(default="")
+
+
+class Account(models.Model):
+    """Sharded by its own auto-increment id (`shop_account: { key: id, ... }`): the proxy
+    assigns the id before it routes the row."""
+
+    name = models.TextField(default="")
