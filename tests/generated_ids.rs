@@ -195,6 +195,52 @@ async fn generated_values_are_unique_across_shards() {
     }
     assert!((0..3).all(|s| on_shards.iter().any(|p| p.0 == s)));
 
+    // currval/lastval answer the values the proxy gave this session (both protocols).
+    let fresh = proxy.client().await;
+    let err = fresh
+        .simple_query("SELECT currval('accounts_id_seq')")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("55000"), "{err}");
+    let id: i64 = fresh
+        .query_one(
+            "INSERT INTO accounts (name) VALUES ('cv') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for sql in [
+        "SELECT currval('accounts_id_seq')",
+        "SELECT currval('public.accounts_id_seq'::regclass)",
+        "SELECT currval(pg_get_serial_sequence('accounts', 'id'))",
+        "SELECT lastval()",
+    ] {
+        let v: i64 = fresh.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(v, id, "{sql}");
+    }
+    fresh
+        .batch_execute("INSERT INTO app_ids (user_id, v) VALUES (5, 'a'), (6, 'b')")
+        .await
+        .unwrap();
+    let last: i64 = fresh
+        .query_one("SELECT lastval()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let cur: i64 = fresh
+        .query_one("SELECT currval('app_ids_id_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(last, cur, "lastval follows the last value given");
+    let still: i64 = fresh
+        .query_one("SELECT currval('accounts_id_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(still, id, "each sequence keeps its own currval");
+
     // GENERATED ALWAYS AS IDENTITY: values given with OVERRIDING SYSTEM VALUE.
     let t: Vec<i64> = c
         .query(
@@ -240,6 +286,13 @@ async fn generated_values_are_unique_across_shards() {
         .batch_execute(
             "INSERT INTO app_ids (user_id, v) SELECT user_id, v FROM app_ids WHERE user_id = 1",
         )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err}");
+
+    // COPY that leaves the generated column to the shards' sequences: refused too.
+    let err = c
+        .simple_query("COPY app_ids (user_id, v) FROM STDIN")
         .await
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err}");

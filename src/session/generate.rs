@@ -82,6 +82,8 @@ impl Session {
                 .ok_or_else(|| ProxyError::Internal("too few generated values".into()))?;
             next[c] += 1;
             out.push(v);
+            // As nextval would: currval/lastval follow the values in the order given.
+            self.generated.note(&g.columns[c].sequence, v);
         }
         Ok(out)
     }

@@ -100,6 +100,29 @@ pub(super) struct Completions {
     pub(super) pending: Vec<(Box<[u8]>, Arc<Prepared>)>,
     /// Whether this session ever prepared a completed statement (if not, Binds need no look).
     pub(super) any: bool,
+    /// The last value given this session per sequence (`currval`), few in practice.
+    pub(super) current: Vec<(String, i64)>,
+    /// The last value given this session (`lastval`).
+    pub(super) last_value: Option<i64>,
     /// DDL ran: the catalog is read again once the session is outside a transaction.
     pub(super) refresh: bool,
+}
+
+impl Completions {
+    /// The last value of `sequence` given this session.
+    pub(super) fn current(&self, sequence: &str) -> Option<i64> {
+        self.current
+            .iter()
+            .find(|(s, _)| s == sequence)
+            .map(|(_, v)| *v)
+    }
+
+    /// Notes `value` given this session from `sequence`.
+    pub(super) fn note(&mut self, sequence: &str, value: i64) {
+        match self.current.iter_mut().find(|(s, _)| s == sequence) {
+            Some(slot) => slot.1 = value,
+            None => self.current.push((sequence.to_string(), value)),
+        }
+        self.last_value = Some(value);
+    }
 }

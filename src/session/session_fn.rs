@@ -11,6 +11,10 @@
 //!   anything else.
 //!
 //! Both functions are strict: a NULL pid gives a NULL result, as in Postgres.
+//!
+//! - `currval(seq)` / `lastval()` of sequences whose values the proxy assigns (generated
+//!   columns, see [`super::generate`]): the last value it gave this session, or `55000` as
+//!   Postgres says when there is none.
 
 use super::Session;
 use crate::routing::router::{PidArg, SessionCall, SessionFn};
@@ -19,6 +23,7 @@ use crate::wire::protocol::{build, BindMsg};
 /// Type oids and lengths of the results.
 const INT4: (u32, i16) = (23, 4);
 const BOOL: (u32, i16) = (16, 1);
+const INT8: (u32, i16) = (20, 8);
 
 /// The pid `arg` names: `Ok(None)` for NULL, `Err` for a value that is not an integer.
 fn pid_value(arg: PidArg, bind: Option<&BindMsg>) -> Result<Option<i64>, ()> {
@@ -45,7 +50,32 @@ impl Session {
         binary: bool,
         bind: Option<&BindMsg<'_>>,
     ) {
-        let (arg, terminate) = match f.call {
+        let (arg, terminate) = match &f.call {
+            SessionCall::CurrVal(_) | SessionCall::LastVal => {
+                let value = match &f.call {
+                    SessionCall::CurrVal(seq) => self.generated.current(seq),
+                    _ => self.generated.last_value,
+                };
+                let Some(v) = value else {
+                    let message = match &f.call {
+                        SessionCall::CurrVal(seq) => format!(
+                            "currval of sequence \"{}\" is not yet defined in this session",
+                            seq.rsplit('.').next().unwrap_or(seq).trim_matches('"')
+                        ),
+                        _ => "lastval is not yet defined in this session".to_string(),
+                    };
+                    build::error(&mut self.out, "ERROR", "55000", &message);
+                    return;
+                };
+                if describe {
+                    self.describe_session_fn(f, binary);
+                }
+                let (text, bin) = (v.to_string(), v.to_be_bytes());
+                let value: &[u8] = if binary { &bin } else { text.as_bytes() };
+                build::data_row_raw(&mut self.out, &[Some(value)]);
+                build::command_complete(&mut self.out, "SELECT 1");
+                return;
+            }
             SessionCall::BackendPid => {
                 if describe {
                     self.describe_session_fn(f, binary);
@@ -56,8 +86,8 @@ impl Session {
                 build::command_complete(&mut self.out, "SELECT 1");
                 return;
             }
-            SessionCall::Cancel(arg) => (arg, false),
-            SessionCall::Terminate(arg) => (arg, true),
+            SessionCall::Cancel(arg) => (*arg, false),
+            SessionCall::Terminate(arg) => (*arg, true),
         };
         let pid = match pid_value(arg, bind) {
             Ok(pid) => pid,
@@ -96,6 +126,7 @@ impl Session {
     pub(super) fn describe_session_fn(&mut self, f: &SessionFn, binary: bool) {
         let (oid, len) = match f.call {
             SessionCall::BackendPid => INT4,
+            SessionCall::CurrVal(_) | SessionCall::LastVal => INT8,
             SessionCall::Cancel(_) | SessionCall::Terminate(_) => BOOL,
         };
         build::row_description(&mut self.out, &[(&f.column, oid, len, i16::from(binary))]);

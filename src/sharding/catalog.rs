@@ -90,6 +90,50 @@ impl Catalog {
             .map(|(_, e)| e.clone())
     }
 
+    /// The generated column's sequence (as the catalog names it) that `regclass` (a
+    /// sequence name as a client writes it: `seq`, `public.seq`, `"Seq"`) denotes.
+    pub fn sequence_named(&self, regclass: &str) -> Option<String> {
+        let want = normalize(regclass)?;
+        let st = self.state.read();
+        st.tables.values().find_map(|e| match e {
+            TableEntry::Columns(c) => c
+                .generated
+                .iter()
+                .find(|g| normalize(&g.sequence).as_ref() == Some(&want))
+                .map(|g| g.sequence.clone()),
+            TableEntry::Inconsistent(_) => None,
+        })
+    }
+
+    /// The sequence of generated column `column` of `table` (as `pg_get_serial_sequence`
+    /// takes them: the table name by SQL rules, the column name literally).
+    pub fn sequence_of(&self, table: &str, column: &str) -> Option<String> {
+        let (schema, rel) = normalize(table)?;
+        let schema = if schema == "public" {
+            String::new()
+        } else {
+            schema
+        };
+        let st = self.state.read();
+        match st.tables.get(&(schema, rel))? {
+            TableEntry::Columns(c) => c
+                .generated
+                .iter()
+                .find(|g| g.name == column)
+                .map(|g| g.sequence.clone()),
+            TableEntry::Inconsistent(_) => None,
+        }
+    }
+
+    /// Whether any table has a generated column (then the proxy assigns their values).
+    pub fn has_generated(&self) -> bool {
+        self.state
+            .read()
+            .tables
+            .values()
+            .any(|e| matches!(e, TableEntry::Columns(c) if !c.generated.is_empty()))
+    }
+
     /// Whether a load has completed.
     pub fn is_loaded(&self) -> bool {
         self.state.read().loaded
@@ -155,5 +199,35 @@ impl Catalog {
             loads: st.loads,
             tables,
         }
+    }
+}
+
+/// A possibly qualified name by SQL rules: parts split at dots outside quotes, quoted parts
+/// unquoted, others lowercased; schema `public` when unqualified.
+fn normalize(text: &str) -> Option<(String, String)> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = text.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        cur.push('"');
+                    }
+                    '"' => break,
+                    c => cur.push(c),
+                }
+            },
+            '.' => parts.push(std::mem::take(&mut cur)),
+            c => cur.extend(c.to_lowercase()),
+        }
+    }
+    parts.push(cur);
+    match parts.as_slice() {
+        [n] => Some(("public".into(), n.clone())),
+        [s, n] => Some((s.clone(), n.clone())),
+        _ => None,
     }
 }

@@ -9,7 +9,9 @@ use pg_query::NodeEnum;
 
 use super::explain::{explain_merge, explain_option};
 use super::query::{route_query, writes_reference};
-use super::session::{calls, dirties, reshapes, session_fn, unsupported_encoding, SESSION_LOCKS};
+use super::session::{
+    calls, dirties, reshapes, sequence_fn, session_fn, unsupported_encoding, SESSION_LOCKS,
+};
 use super::split::insert_split;
 use super::stmt::{Execution, Plan, RouteSpec, SavepointOp, StmtKind, StmtPlan};
 use super::template::Template;
@@ -101,6 +103,9 @@ pub(super) fn plan_template(
                 Some(TableRule::Reference) => Some(None),
                 None => None,
             };
+            if let (true, Some(e)) = (c.is_from, copy_leaves_generated(map, c)) {
+                route = RouteSpec::Refuse(e);
+            }
             if let (true, false, Some(table)) =
                 (c.is_from, matches!(route, RouteSpec::Refuse(_)), table)
             {
@@ -167,6 +172,38 @@ pub(super) fn plan_template(
     Ok(Plan { stmts })
 }
 
+/// The refusal of a `COPY … FROM` into a sharded or reference table whose column list
+/// leaves out a generated column: each shard's own sequence would fill it, and the values
+/// would collide across shards (see [`crate::sharding::catalog`]).
+fn copy_leaves_generated(map: &ShardMap, c: &protobuf::CopyStmt) -> Option<ProxyError> {
+    let rel = c.relation.as_ref()?;
+    map.table(&rel.schemaname, &rel.relname)?;
+    if c.attlist.is_empty() {
+        return None; // every column is given
+    }
+    let Some(crate::sharding::catalog::TableEntry::Columns(cat)) =
+        map.catalog.table(&rel.schemaname, &rel.relname)
+    else {
+        return None;
+    };
+    let listed: Vec<&str> = c
+        .attlist
+        .iter()
+        .filter_map(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    let g = cat
+        .generated
+        .iter()
+        .find(|g| !listed.contains(&g.name.as_str()))?;
+    Some(ProxyError::Unsupported(format!(
+        "COPY into {} leaves {} to each shard's own sequence {}, which is not unique across shards; list the column and give its values, or insert the rows with INSERT … VALUES (the proxy gives the values)",
+        rel.relname, g.name, g.sequence
+    )))
+}
+
 /// Whether a route can end up on several shards.
 fn may_scatter(route: &RouteSpec) -> bool {
     match route {
@@ -192,7 +229,7 @@ fn refuse_scatter(route: RouteSpec, e: ProxyError) -> RouteSpec {
 fn analyze(map: &ShardMap, node: &NodeEnum, tpl: Option<&Template>) -> (StmtKind, RouteSpec) {
     use NodeEnum as N;
     match node {
-        N::SelectStmt(s) => match session_fn(s) {
+        N::SelectStmt(s) => match session_fn(s).or_else(|| sequence_fn(map, s)) {
             Some(f) => (StmtKind::SessionFn(f), RouteSpec::Any),
             None => (StmtKind::Read, route_query(map, node, Some(s), tpl)),
         },

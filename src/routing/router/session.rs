@@ -7,6 +7,7 @@ use pg_query::{NodeEnum, NodeRef};
 
 use super::clauses::name_list;
 use super::stmt::{PidArg, SessionCall, SessionFn};
+use crate::sharding::shardmap::ShardMap;
 
 /// `SELECT pg_backend_pid()` / `SELECT pg_cancel_backend(<pid>)` /
 /// `SELECT pg_terminate_backend(<pid>)` and nothing else (no FROM, WHERE or other column;
@@ -44,6 +45,71 @@ pub(super) fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
         ("pg_backend_pid", []) => SessionCall::BackendPid,
         ("pg_cancel_backend", [arg]) => SessionCall::Cancel(pid_arg(arg)?),
         ("pg_terminate_backend", [arg]) => SessionCall::Terminate(pid_arg(arg)?),
+        _ => return None,
+    };
+    let column = if rt.name.is_empty() {
+        name.to_string()
+    } else {
+        rt.name.clone()
+    };
+    Some(SessionFn { call, column })
+}
+
+/// `SELECT currval(<sequence>)` / `SELECT lastval()` alone (no FROM, WHERE or other column),
+/// when the sequence is one the proxy assigns values of: answered from the values it gave the
+/// session (under transaction pooling a shard's own `currval` belongs to whichever client
+/// used that backend last). `<sequence>` may be `'name'`, `'name'::regclass` or
+/// `pg_get_serial_sequence('table', 'column')`.
+pub(super) fn sequence_fn(map: &ShardMap, s: &protobuf::SelectStmt) -> Option<SessionFn> {
+    let bare = s.from_clause.is_empty()
+        && s.where_clause.is_none()
+        && s.target_list.len() == 1
+        && s.op == SetOperation::SetopNone as i32
+        && s.values_lists.is_empty()
+        && s.with_clause.is_none();
+    if !bare {
+        return None;
+    }
+    let Some(NodeEnum::ResTarget(rt)) = s.target_list[0].node.as_ref() else {
+        return None;
+    };
+    let Some(NodeEnum::FuncCall(f)) = rt.val.as_ref().and_then(|v| v.node.as_ref()) else {
+        return None;
+    };
+    let names = name_list(&f.funcname);
+    let name = match names.as_slice() {
+        [n] | ["pg_catalog", n] => *n,
+        _ => return None,
+    };
+    let text = |n: &protobuf::Node| -> Option<String> {
+        match n.node.as_ref()? {
+            NodeEnum::AConst(c) => match &c.val {
+                Some(Val::Sval(s)) => Some(s.sval.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let call = match (name, f.args.as_slice()) {
+        ("lastval", []) if map.catalog.has_generated() => SessionCall::LastVal,
+        ("currval", [arg]) => {
+            let seq = match arg.node.as_ref()? {
+                NodeEnum::TypeCast(c) => map.catalog.sequence_named(&text(c.arg.as_deref()?)?)?,
+                NodeEnum::FuncCall(g)
+                    if matches!(
+                        name_list(&g.funcname).as_slice(),
+                        ["pg_get_serial_sequence"] | ["pg_catalog", "pg_get_serial_sequence"]
+                    ) =>
+                {
+                    let [t, c] = g.args.as_slice() else {
+                        return None;
+                    };
+                    map.catalog.sequence_of(&text(t)?, &text(c)?)?
+                }
+                _ => map.catalog.sequence_named(&text(arg)?)?,
+            };
+            SessionCall::CurrVal(seq)
+        }
         _ => return None,
     };
     let column = if rt.name.is_empty() {

@@ -70,7 +70,7 @@ pub struct SessionFn {
 }
 
 /// See [`SessionFn`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionCall {
     /// `pg_backend_pid()`.
     BackendPid,
@@ -78,6 +78,12 @@ pub enum SessionCall {
     Cancel(PidArg),
     /// `pg_terminate_backend(pid)`.
     Terminate(PidArg),
+    /// `currval(<sequence>)` of a sequence whose values the proxy assigns (see
+    /// [`crate::sharding::catalog`]): the last value it gave this session. The sequence as
+    /// the catalog names it.
+    CurrVal(String),
+    /// `lastval()`, where the proxy assigns generated values: the last one it gave this session.
+    LastVal,
 }
 
 /// The pid argument of [`SessionCall::Cancel`] / [`SessionCall::Terminate`].
