@@ -31,7 +31,8 @@ pub const BLOCK: i64 = 1000;
 /// Hands out values of generated columns (see the module docs). One per proxy process.
 #[derive(Default)]
 pub struct IdAllocator {
-    seqs: parking_lot::Mutex<HashMap<String, Arc<SeqState>>>,
+    /// By sequence name (foldhash: hashed on every INSERT that takes values).
+    seqs: parking_lot::Mutex<HashMap<String, Arc<SeqState>, foldhash::fast::RandomState>>,
     /// The control connection to the default shard (opened on first use, reopened after
     /// an error).
     control: tokio::sync::Mutex<Option<tokio_postgres::Client>>,

@@ -58,6 +58,24 @@ impl Session {
 
     /// Fresh values for one execution of `g`, in the order its slots take them.
     async fn take_values(&mut self, g: &Generate) -> Result<Vec<i64>, ProxyError> {
+        if let [column] = g.columns.as_slice() {
+            // One generated column (the usual case): its values in slot order as they come.
+            let n = g.slot_columns().count();
+            let target = GenTarget {
+                schema: &g.schema,
+                table: &g.table,
+                column,
+            };
+            let mut out = Vec::with_capacity(n);
+            self.shared
+                .ids
+                .take(&self.topo.map, &target, n, &mut out)
+                .await?;
+            if let Some(&v) = out.last() {
+                self.generated.note(&column.sequence, v);
+            }
+            return Ok(out);
+        }
         let mut per_col: Vec<Vec<i64>> = vec![Vec::new(); g.columns.len()];
         for (c, n) in g.counts() {
             let target = GenTarget {
