@@ -49,6 +49,20 @@ async fn placed(env: &TestEnv, table: &str, column: &str) -> Vec<(usize, i64)> {
     out
 }
 
+/// Runs `sql` (a `COPY … FROM STDIN`) with 500 rows made by `row`, in chunks that cut rows.
+async fn copy_rows(c: &tokio_postgres::Client, sql: &str, row: impl Fn(usize) -> String) {
+    use futures::SinkExt;
+    let data: String = (0..500).map(row).collect();
+    let sink = c.copy_in::<_, bytes::Bytes>(sql).await.unwrap();
+    futures::pin_mut!(sink);
+    for chunk in data.as_bytes().chunks(777) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 500);
+}
+
 /// Asserts the values are distinct.
 fn assert_unique(what: &str, values: impl IntoIterator<Item = i64>) -> usize {
     let mut seen = HashSet::new();
@@ -290,9 +304,36 @@ async fn generated_values_are_unique_across_shards() {
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err}");
 
-    // COPY that leaves the generated column to the shards' sequences: refused too.
+    // COPY without the generated column: the proxy appends a value to every row (text and
+    // CSV; the key generated or not).
+    let before = placed(&env, "accounts", "id").await.len();
+    let before_app = placed(&env, "app_ids", "id").await.len();
+    copy_rows(&c, "COPY app_ids (user_id, v) FROM STDIN", |i| {
+        format!("{}\tc{i}\n", 1000 + i % 9)
+    })
+    .await;
+    copy_rows(&c, "COPY accounts (name) FROM STDIN (FORMAT csv)", |i| {
+        format!("\"n,{i}\"\n")
+    })
+    .await;
+    let ids = placed(&env, "app_ids", "id").await;
+    assert_unique("app_ids after COPY", ids.iter().map(|p| p.1));
+    assert_eq!(ids.len(), before_app + 500);
+    let accounts = placed(&env, "accounts", "id").await;
+    assert_unique("accounts after COPY", accounts.iter().map(|p| p.1));
+    assert_eq!(accounts.len(), before + 500);
+    for (s, id) in &accounts {
+        assert_eq!(map.hash_shard(&KeyValue::Int(*id)), *s, "account {id}");
+    }
+    let copied: i64 = c
+        .query_one("SELECT count(*) FROM accounts WHERE name LIKE 'n,%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, 500);
+    // Into a reference table it is refused (each shard's sequence would fill it).
     let err = c
-        .simple_query("COPY app_ids (user_id, v) FROM STDIN")
+        .simple_query("COPY kinds (code) FROM STDIN")
         .await
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err}");

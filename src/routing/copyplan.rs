@@ -39,6 +39,30 @@ pub struct CopyPlan {
     pub format: CopyFormat,
     /// The table as named in the statement (for the catalog lookup and messages).
     pub relation: String,
+    /// A generated column the column list leaves out: the proxy adds it to the list and
+    /// appends a value to every row.
+    pub generated: Option<CopyGen>,
+}
+
+/// A generated column whose values the proxy appends to a COPY's rows.
+#[derive(Debug, Clone)]
+pub struct CopyGen {
+    /// The column and its sequence.
+    pub column: crate::sharding::catalog::GenColumn,
+    /// The table's schema ("" for unqualified) and name (the allocator's floor reads it).
+    pub schema: String,
+    /// The table.
+    pub table: String,
+}
+
+impl CopyPlan {
+    /// Whether the appended generated value is the row's shard key.
+    pub fn generated_key(&self) -> bool {
+        match (&self.generated, &self.target) {
+            (Some(g), CopyTarget::Sharded { table, .. }) => g.column.name == table.key,
+            _ => false,
+        }
+    }
 }
 
 fn unsupported(m: String) -> ProxyError {
@@ -85,7 +109,11 @@ fn one_byte(name: &str, v: Option<String>) -> Result<u8, ProxyError> {
 }
 
 /// Plans `COPY … FROM STDIN` into `table` (`None` for a reference table).
-pub fn plan(c: &protobuf::CopyStmt, table: Option<&Arc<Sharded>>) -> Result<CopyPlan, ProxyError> {
+pub fn plan(
+    c: &protobuf::CopyStmt,
+    table: Option<&Arc<Sharded>>,
+    generated: Option<CopyGen>,
+) -> Result<CopyPlan, ProxyError> {
     let relation = c
         .relation
         .as_ref()
@@ -177,12 +205,16 @@ pub fn plan(c: &protobuf::CopyStmt, table: Option<&Arc<Sharded>>) -> Result<Copy
                         _ => None,
                     })
                     .collect();
-                let pos = names.iter().position(|n| *n == t.key).ok_or_else(|| {
-                    unsupported(format!(
+                let appended_key = generated.as_ref().is_some_and(|g| g.column.name == t.key);
+                let pos = match names.iter().position(|n| *n == t.key) {
+                    Some(p) => p,
+                    // The key is the generated column the proxy appends.
+                    None if appended_key => names.len(),
+                    None => return Err(unsupported(format!(
                         "COPY into sharded table {relation} must include the shard key column {}",
                         t.key
-                    ))
-                })?;
+                    ))),
+                };
                 Some((pos, names.len()))
             };
             CopyTarget::Sharded {
@@ -195,6 +227,7 @@ pub fn plan(c: &protobuf::CopyStmt, table: Option<&Arc<Sharded>>) -> Result<Copy
         target,
         format: f,
         relation,
+        generated,
     })
 }
 
@@ -220,18 +253,18 @@ mod tests {
     #[test]
     fn options_are_read() {
         let c = copy_stmt("COPY t (a, id, b) FROM STDIN WITH (FORMAT csv, HEADER, DELIMITER ';', FORCE_NOT_NULL (id))");
-        let p = plan(&c, None).unwrap();
+        let p = plan(&c, None, None).unwrap();
         assert!(p.format.csv && p.format.header && !p.format.key_force_not_null);
         assert_eq!(p.format.delimiter, b';');
         assert_eq!(p.format.escape, b'"');
         let c = copy_stmt("COPY t FROM STDIN CSV HEADER");
-        let p = plan(&c, None).unwrap();
+        let p = plan(&c, None, None).unwrap();
         assert!(p.format.csv && p.format.header);
         let c = copy_stmt("COPY t FROM STDIN (FORMAT binary)");
-        assert!(plan(&c, None).is_err());
+        assert!(plan(&c, None, None).is_err());
         let c = copy_stmt("COPY t FROM STDIN (DEFAULT 'x')");
-        assert!(plan(&c, None).is_err());
+        assert!(plan(&c, None, None).is_err());
         let c = copy_stmt("COPY t FROM STDIN (DELIMITER 'ab')");
-        assert!(plan(&c, None).is_err());
+        assert!(plan(&c, None, None).is_err());
     }
 }

@@ -166,6 +166,23 @@ impl Session {
             })
             .is_none_or(|major| major < 18);
 
+        // A generated column left out: the shards get it in the column list, and a value
+        // in every row (appended by the splitter).
+        let completed;
+        let sql = match &plan.generated {
+            Some(g) => match with_column(sql, &g.column.name) {
+                Some(s) => {
+                    completed = s;
+                    completed.as_str()
+                }
+                None => {
+                    return Ok(Err(ProxyError::Internal(
+                        "a COPY's column list was not found".into(),
+                    )))
+                }
+            },
+            None => sql,
+        };
         // BEGIN and the COPY on every shard; each answers CopyInResponse or an error.
         let mut msg = BytesMut::with_capacity(sql.len() + 16);
         if !in_txn {
@@ -215,7 +232,11 @@ impl Session {
             return Ok(Err(e));
         }
         if let Some(r) = response {
-            self.out.extend_from_slice(&r);
+            match plan.generated {
+                // The client's own columns: the appended one is the proxy's.
+                Some(_) => self.out.extend_from_slice(&without_last_column(&r)),
+                None => self.out.extend_from_slice(&r),
+            }
         }
         *started = true;
         self.flush().await?;
@@ -305,7 +326,11 @@ impl Session {
         let map = self.topo.map.clone();
         let mut splitter = match (&plan.target, columns) {
             (CopyTarget::Sharded { .. }, Some((key, cols))) => {
-                Some(CopySplitter::new(format, key, cols, map.max_message_size))
+                let sp = CopySplitter::new(format, key, cols, map.max_message_size);
+                Some(match plan.generated {
+                    Some(_) => sp.append_generated(plan.generated_key()),
+                    None => sp,
+                })
             }
             _ => None,
         };
@@ -353,6 +378,25 @@ impl Session {
                 }
                 Err(e) => return Err(RelayError::Client(e.into())),
             };
+            // Values for the rows this message can complete (generated column left out).
+            if let (Some(g), Some(sp)) = (&plan.generated, splitter.as_mut()) {
+                let need = sp.values_needed(match f.tag {
+                    b'd' => Some(f.body()),
+                    _ => None,
+                });
+                if need > 0 {
+                    let target = crate::backend::ids::GenTarget {
+                        schema: &g.schema,
+                        table: &g.table,
+                        column: &g.column,
+                    };
+                    let mut values = Vec::with_capacity(need);
+                    if let Err(e) = self.shared.ids.take(&map, &target, need, &mut values).await {
+                        return Ok(Some(Abort::Proxy(e)));
+                    }
+                    sp.supply(values);
+                }
+            }
             let done = match f.tag {
                 b'd' => {
                     let r = match splitter.as_mut() {
@@ -414,6 +458,12 @@ impl Session {
                 msg.clear();
                 build::empty(&mut msg, b'c');
                 self.copy_to(idxs, &msg).await?;
+                if let (Some(g), Some(v)) = (
+                    &plan.generated,
+                    splitter.as_ref().and_then(|s| s.last_generated()),
+                ) {
+                    self.generated.note(&g.column.sequence, v);
+                }
                 return Ok(None);
             }
         }
@@ -473,4 +523,40 @@ fn split_error(relation: &str, e: SplitError<ProxyError>) -> ProxyError {
             message: format!("{other} (COPY {relation})"),
         },
     }
+}
+
+/// `sql` (a `COPY t (a, b) FROM …`) with `column` added to its column list: before the
+/// first `)` the Postgres lexer finds.
+fn with_column(sql: &str, column: &str) -> Option<String> {
+    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let close = tokens
+        .iter()
+        .find(|t| sql.get(t.start as usize..t.end as usize) == Some(")"))?;
+    let at = close.start as usize;
+    Some(format!(
+        "{}, {}{}",
+        &sql[..at],
+        crate::quote::ident(column),
+        &sql[at..]
+    ))
+}
+
+/// A CopyInResponse (`G`: format, column count, a format per column) without its last
+/// column.
+fn without_last_column(raw: &[u8]) -> Vec<u8> {
+    // 1 tag + 4 length + 1 format + 2 count, then 2 bytes per column.
+    let Some(count) = raw.get(6..8).map(|c| i16::from_be_bytes([c[0], c[1]])) else {
+        return raw.to_vec();
+    };
+    if count < 1 || raw.len() < 8 + 2 * count as usize {
+        return raw.to_vec();
+    }
+    let n = count as usize - 1;
+    let mut out = Vec::with_capacity(8 + 2 * n);
+    out.push(b'G');
+    out.extend_from_slice(&((4 + 1 + 2 + 2 * n) as i32).to_be_bytes());
+    out.push(raw[5]);
+    out.extend_from_slice(&(n as i16).to_be_bytes());
+    out.extend_from_slice(&raw[8..8 + 2 * n]);
+    out
 }

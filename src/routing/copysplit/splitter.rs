@@ -67,6 +67,22 @@ pub struct CopySplitter {
     /// Terminator length of the row just ended.
     term_len: usize,
     key_buf: Vec<u8>,
+    /// A generated column's values, one appended to each row (see
+    /// [`CopySplitter::append_generated`]).
+    generated: Option<Appended>,
+}
+
+/// Values appended to the rows as one more field.
+#[derive(Debug, Default)]
+struct Appended {
+    /// The value is the row's shard key (the key column is the appended one).
+    is_key: bool,
+    /// Values supplied and not used yet.
+    values: std::collections::VecDeque<i64>,
+    /// The last value used.
+    last: Option<i64>,
+    /// The value as text, reused.
+    text: String,
 }
 
 impl CopySplitter {
@@ -106,7 +122,42 @@ impl CopySplitter {
             embedded_lines: 0,
             term_len: 0,
             key_buf: Vec::new(),
+            generated: None,
         }
+    }
+
+    /// Each row gets one more field: the next supplied value ([`CopySplitter::supply`]);
+    /// with `is_key` it is also the row's shard key (the key column given to
+    /// [`CopySplitter::new`] is then not read from the row).
+    pub fn append_generated(mut self, is_key: bool) -> Self {
+        self.generated = Some(Appended {
+            is_key,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Values to [`CopySplitter::supply`] before feeding `chunk` (`None` at CopyDone):
+    /// enough for every row it can complete (each ends at a CR or LF, the last at
+    /// CopyDone), minus the values held.
+    pub fn values_needed(&self, chunk: Option<&[u8]>) -> usize {
+        let Some(g) = &self.generated else { return 0 };
+        let rows = chunk.map_or(1, |c| {
+            c.iter().filter(|&&b| b == b'\n' || b == b'\r').count() + 1
+        });
+        rows.saturating_sub(g.values.len())
+    }
+
+    /// Supplies values for [`CopySplitter::append_generated`], used in order.
+    pub fn supply(&mut self, values: impl IntoIterator<Item = i64>) {
+        if let Some(g) = &mut self.generated {
+            g.values.extend(values);
+        }
+    }
+
+    /// The last appended value used by a row.
+    pub fn last_generated(&self) -> Option<i64> {
+        self.generated.as_ref().and_then(|g| g.last)
     }
 
     /// Feeds one CopyData payload.
@@ -413,19 +464,35 @@ impl CopySplitter {
             self.header = Some(row.to_vec());
             return Ok(());
         }
-        let key = locate_key(
-            &self.format,
-            self.key_column,
-            self.n_columns,
-            content,
-            &mut self.key_buf,
-        )
-        .map_err(|f| f.at(line, self.n_columns))?;
-        let key = match key {
-            Key::Null => None,
-            Key::Raw(s, e) => Some(content.get(s..e).unwrap_or_default()),
-            Key::Decoded => Some(self.key_buf.as_slice()),
-            Key::NullString => Some(self.format.null.as_slice()),
+        let appended = match self.generated.as_mut() {
+            Some(g) => {
+                let v = g.values.pop_front().ok_or(SplitError::Aborted)?;
+                g.last = Some(v);
+                g.text.clear();
+                g.text.push_str(&v.to_string());
+                Some(g.is_key)
+            }
+            None => None,
+        };
+        let key = if appended == Some(true) {
+            // Every field of the row is checked by the shard; the key is the appended value.
+            Key::Raw(0, 0)
+        } else {
+            locate_key(
+                &self.format,
+                self.key_column,
+                self.n_columns,
+                content,
+                &mut self.key_buf,
+            )
+            .map_err(|f| f.at(line, self.n_columns))?
+        };
+        let key = match (appended, key) {
+            (Some(true), _) => self.generated.as_ref().map(|g| g.text.as_bytes()),
+            (_, Key::Null) => None,
+            (_, Key::Raw(s, e)) => Some(content.get(s..e).unwrap_or_default()),
+            (_, Key::Decoded) => Some(self.key_buf.as_slice()),
+            (_, Key::NullString) => Some(self.format.null.as_slice()),
         };
         let shard = route(key).map_err(|error| SplitError::Route { line, error })?;
         let shards = out.len();
@@ -436,7 +503,16 @@ impl CopySplitter {
                 shards,
             });
         };
-        dst.extend_from_slice(row);
+        match (&self.generated, appended) {
+            (Some(g), Some(_)) => {
+                // The row, then the delimiter and the value, then its terminator.
+                dst.extend_from_slice(content);
+                dst.push(self.format.delimiter);
+                dst.extend_from_slice(g.text.as_bytes());
+                dst.extend_from_slice(&row[content.len()..]);
+            }
+            _ => dst.extend_from_slice(row),
+        }
         self.rows += 1;
         Ok(())
     }

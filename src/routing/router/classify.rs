@@ -103,13 +103,17 @@ pub(super) fn plan_template(
                 Some(TableRule::Reference) => Some(None),
                 None => None,
             };
-            if let (true, Some(e)) = (c.is_from, copy_leaves_generated(map, c)) {
-                route = RouteSpec::Refuse(e);
+            let mut generated = None;
+            if c.is_from {
+                match copy_generated(map, c) {
+                    Ok(g) => generated = g,
+                    Err(e) => route = RouteSpec::Refuse(e),
+                }
             }
             if let (true, false, Some(table)) =
                 (c.is_from, matches!(route, RouteSpec::Refuse(_)), table)
             {
-                match crate::routing::copyplan::plan(c, table) {
+                match crate::routing::copyplan::plan(c, table, generated) {
                     Ok(p) => copy = Some(Arc::new(p)),
                     Err(e) => route = RouteSpec::Refuse(e),
                 }
@@ -172,19 +176,27 @@ pub(super) fn plan_template(
     Ok(Plan { stmts })
 }
 
-/// The refusal of a `COPY … FROM` into a sharded or reference table whose column list
-/// leaves out a generated column: each shard's own sequence would fill it, and the values
-/// would collide across shards (see [`crate::sharding::catalog`]).
-fn copy_leaves_generated(map: &ShardMap, c: &protobuf::CopyStmt) -> Option<ProxyError> {
-    let rel = c.relation.as_ref()?;
-    map.table(&rel.schemaname, &rel.relname)?;
+/// The generated column a `COPY … FROM` into a sharded table leaves out of its column
+/// list: the proxy appends its values to every row (see [`crate::sharding::catalog`]).
+/// Refused when there are several, or for a reference table (each shard's own sequence
+/// would fill them, and the values would collide across shards).
+fn copy_generated(
+    map: &ShardMap,
+    c: &protobuf::CopyStmt,
+) -> Result<Option<crate::routing::copyplan::CopyGen>, ProxyError> {
+    let Some(rel) = c.relation.as_ref() else {
+        return Ok(None);
+    };
+    let Some(rule) = map.table(&rel.schemaname, &rel.relname) else {
+        return Ok(None);
+    };
     if c.attlist.is_empty() {
-        return None; // every column is given
+        return Ok(None); // every column is given
     }
     let Some(crate::sharding::catalog::TableEntry::Columns(cat)) =
         map.catalog.table(&rel.schemaname, &rel.relname)
     else {
-        return None;
+        return Ok(None);
     };
     let listed: Vec<&str> = c
         .attlist
@@ -194,14 +206,27 @@ fn copy_leaves_generated(map: &ShardMap, c: &protobuf::CopyStmt) -> Option<Proxy
             _ => None,
         })
         .collect();
-    let g = cat
+    let missing: Vec<_> = cat
         .generated
         .iter()
-        .find(|g| !listed.contains(&g.name.as_str()))?;
-    Some(ProxyError::Unsupported(format!(
-        "COPY into {} leaves {} to each shard's own sequence {}, which is not unique across shards; list the column and give its values, or insert the rows with INSERT … VALUES (the proxy gives the values)",
-        rel.relname, g.name, g.sequence
-    )))
+        .filter(|g| !listed.contains(&g.name.as_str()))
+        .collect();
+    match (missing.as_slice(), rule) {
+        ([], _) => Ok(None),
+        ([g], TableRule::Sharded(_)) => Ok(Some(crate::routing::copyplan::CopyGen {
+            column: (*g).clone(),
+            schema: if rel.schemaname == "public" {
+                String::new()
+            } else {
+                rel.schemaname.clone()
+            },
+            table: rel.relname.clone(),
+        })),
+        ([g, ..], _) => Err(ProxyError::Unsupported(format!(
+            "COPY into {} leaves {} to each shard's own sequence {}, which is not unique across shards; list the column and give its values, or insert the rows with INSERT … VALUES (the proxy gives the values)",
+            rel.relname, g.name, g.sequence
+        ))),
+    }
 }
 
 /// Whether a route can end up on several shards.
