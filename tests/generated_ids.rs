@@ -396,6 +396,63 @@ async fn generated_values_are_unique_across_shards() {
     assert_eq!(row("kinds", "id")[3].as_deref(), Some("default"));
 }
 
+/// Tables the catalog has not seen: created on the shards behind the proxy's back after it
+/// started, and created in the same transaction as the INSERTs (uncommitted DDL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_created_later_get_proxy_values_from_the_first_insert() {
+    let env = TestEnv::new(3).await;
+    let tables = "late: { key: k, type: bigint, strategy: hash }\n\
+                  intxn: { key: k, type: bigint, strategy: hash }\n";
+    let yaml = env.shard_map_yaml(tables, "");
+    let map = ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let proxy = Proxy::start_yaml(&yaml).await;
+    let c = proxy.client().await;
+    // Keys on three different shards.
+    let keys: Vec<i64> = (0..3)
+        .map(|s| {
+            (1i64..)
+                .find(|&k| map.hash_shard(&KeyValue::Int(k)) == s)
+                .unwrap()
+        })
+        .collect();
+    for s in 0..3 {
+        env.shard_client(s)
+            .await
+            .batch_execute(
+                "CREATE TABLE late (id bigserial, k bigint NOT NULL, PRIMARY KEY (k, id))",
+            )
+            .await
+            .unwrap();
+    }
+    let mut ids = Vec::new();
+    for k in &keys {
+        let r = c
+            .query_one("INSERT INTO late (k) VALUES ($1) RETURNING id", &[k])
+            .await
+            .unwrap();
+        ids.push(r.get::<_, i64>(0));
+    }
+    assert_eq!(assert_unique("late", ids.iter().copied()), 3, "{ids:?}");
+
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("CREATE TABLE intxn (id bigserial, k bigint NOT NULL, PRIMARY KEY (k, id))")
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for k in &keys {
+        let sql = format!("INSERT INTO intxn (k) VALUES ({k}) RETURNING id");
+        for m in c.simple_query(&sql).await.unwrap() {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                ids.push(r.get(0).unwrap().parse::<i64>().unwrap());
+            }
+        }
+    }
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(assert_unique("intxn", ids.iter().copied()), 3, "{ids:?}");
+    let on_shards = placed(&env, "intxn", "id").await;
+    assert_eq!(on_shards.len(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_already_on_the_shards_are_never_reissued() {
     let env = TestEnv::new(3).await;

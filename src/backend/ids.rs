@@ -160,7 +160,7 @@ impl IdAllocator {
                         .try_get::<_, i64>(0)
                         .map_err(|e| ProxyError::Internal(format!("allocator row: {e}")))
                 }
-                Ok(Err(e)) => last_err = e.to_string(),
+                Ok(Err(e)) => last_err = pg_error(&e),
                 Err(_) => last_err = "timed out".into(),
             }
             *control = None;
@@ -183,7 +183,7 @@ impl IdAllocator {
         let rows = tokio::time::timeout(timeout, c.query(&sql, &[]))
             .await
             .map_err(|_| unavailable(map, "timed out"))?
-            .map_err(|e| unavailable(map, &e.to_string()))?;
+            .map_err(|e| unavailable(map, &pg_error(&e)))?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, tokio_postgres::Error>>()
@@ -232,7 +232,7 @@ async fn open(map: &ShardMap, timeout: Duration) -> Result<tokio_postgres::Clien
     // table exists then.
     if let Err(e) = c.batch_execute(&create).await {
         if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-            return Err(unavailable(map, &e.to_string()));
+            return Err(unavailable(map, &pg_error(&e)));
         }
     }
     Ok(c)
@@ -260,10 +260,18 @@ async fn existing_max(map: &ShardMap, target: &GenTarget<'_>) -> Result<i64, Pro
                 .connect_control(timeout)
                 .await
                 .map_err(|e| format!("shard {}: {e}", s.name))?;
-            let row = tokio::time::timeout(timeout * 4, c.query_one(sql, &[]))
+            let row = match tokio::time::timeout(timeout * 4, c.query_one(sql, &[]))
                 .await
                 .map_err(|_| format!("shard {}: timed out", s.name))?
-                .map_err(|e| format!("shard {}: {e}", s.name))?;
+            {
+                Ok(row) => row,
+                // A table (or sequence) created in a transaction not committed yet: it
+                // holds no committed rows, and its sequence is new.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                    return Ok(0)
+                }
+                Err(e) => return Err(format!("shard {}: {}", s.name, pg_error(&e))),
+            };
             row.try_get::<_, i64>(0)
                 .map_err(|e| format!("shard {}: {e}", s.name))
         }
@@ -273,4 +281,13 @@ async fn existing_max(map: &ShardMap, target: &GenTarget<'_>) -> Result<i64, Pro
         max = max.max(r.map_err(|e| unavailable(map, &e))?);
     }
     Ok(max)
+}
+
+/// A tokio-postgres error with the server's message when there is one ("db error" alone
+/// says nothing).
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
 }

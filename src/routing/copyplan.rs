@@ -210,10 +210,12 @@ pub fn plan(
                     Some(p) => p,
                     // The key is the generated column the proxy appends.
                     None if appended_key => names.len(),
-                    None => return Err(unsupported(format!(
+                    None => {
+                        return Err(unsupported(format!(
                         "COPY into sharded table {relation} must include the shard key column {}",
                         t.key
-                    ))),
+                    )))
+                    }
                 };
                 Some((pos, names.len()))
             };

@@ -23,6 +23,7 @@ use crate::backend::ids::GenTarget;
 use crate::error::ProxyError;
 use crate::routing::literals::Scanned;
 use crate::routing::router::{max_param, Generate, Plan, SlotText};
+use crate::sharding::catalog::TableEntry;
 use crate::wire::protocol::{BindMsg, Frame, ParseMsg};
 
 /// Most statements a pipeline may leave pending.
@@ -147,6 +148,47 @@ impl Session {
         Ok(p)
     }
 
+    /// Looks up the tables `plan` INSERTs into that the catalog does not know (created
+    /// behind the proxy's back, or in this session's open transaction): the shards'
+    /// catalogs are read again; a table still missing there but created by this session's
+    /// transaction is read through the session's own connection (which sees it); one that
+    /// does not exist is noted absent, and its INSERT runs as written (and fails there).
+    /// The plan must be made again afterwards.
+    pub(super) async fn learn_tables(&mut self, plan: &Plan) {
+        let map = self.topo.map.clone();
+        let wanted: Vec<(String, String)> = plan
+            .unknown_tables()
+            .map(|(s, t)| (s.to_string(), t.to_string()))
+            .collect();
+        let _one_at_a_time = map.catalog.lookups.lock().await;
+        if wanted
+            .iter()
+            .all(|(s, t)| map.catalog.table(s, t).is_some())
+        {
+            return; // another session looked them up meanwhile
+        }
+        crate::sharding::catalog_read::refresh(&map).await;
+        for (schema, table) in wanted {
+            if map.catalog.table(&schema, &table).is_some() {
+                continue;
+            }
+            let mut entry = TableEntry::Absent;
+            if self.txn.status.is_open() && self.txn.ddl {
+                // Uncommitted DDL of this transaction: read it where it is visible.
+                if let Ok(idx) = self.conn_for(map.default_shard).await {
+                    let sql = crate::sharding::catalog_read::table_sql(&schema, &table);
+                    if let Ok(Some(v)) = self.conns[idx].query_value(&sql).await {
+                        if let Some(cols) = crate::sharding::catalog_read::parse_table(&v) {
+                            tracing::debug!(%table, "columns read in the client's transaction");
+                            entry = TableEntry::Columns(Arc::new(cols));
+                        }
+                    }
+                }
+            }
+            map.catalog.install_one(&schema, &table, entry);
+        }
+    }
+
     /// A simple query whose plan completes INSERTs, completed (see [`Session::complete_text`]),
     /// with its plan and literal scan.
     pub(super) async fn completed_query(
@@ -218,9 +260,16 @@ impl Session {
                     let Ok(m) = ParseMsg::decode(f.body()) else {
                         return Ok(());
                     };
-                    let Ok(plan) = self.topo.cache.get(&self.topo.map, m.query) else {
+                    let Ok(mut plan) = self.topo.cache.get(&self.topo.map, m.query) else {
                         return Ok(());
                     };
+                    if plan.unknown_tables().next().is_some() {
+                        self.learn_tables(&plan).await;
+                        let Ok(again) = self.topo.cache.get(&self.topo.map, m.query) else {
+                            return Ok(());
+                        };
+                        plan = again;
+                    }
                     let made = if plan.stmts.len() == 1 && plan.generates() {
                         let p = Arc::new(self.generated_statement(f.body(), &m, &plan)?);
                         if self.generated.pending.len() < MAX_PENDING {

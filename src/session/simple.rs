@@ -21,6 +21,20 @@ impl Session {
                 return Ok(());
             }
         };
+        // INSERTs into tables the catalog does not know: looked up first, then planned again.
+        let (plan, scanned) = if plan.unknown_tables().next().is_some() && !self.txn.failed {
+            self.learn_tables(&plan).await;
+            match self.topo.cache.get_simple(&self.topo.map, sql) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.push_error(&e);
+                    self.push_ready();
+                    return Ok(());
+                }
+            }
+        } else {
+            (plan, scanned)
+        };
         // INSERTs the proxy completes (generated values, a column list) run completed.
         let completed;
         let (plan, scanned, sql) = if plan.generates() && !self.txn.failed {

@@ -43,6 +43,9 @@ pub enum TableEntry {
     Columns(Arc<TableColumns>),
     /// The shards disagree (or some lack it): why, for the error an INSERT gets.
     Inconsistent(String),
+    /// Looked for on the shards and not found (an INSERT into it runs as written, and fails
+    /// there); forgotten at the next load.
+    Absent,
 }
 
 /// The map's tables as the shards define them (see the module docs). Shared by a map and
@@ -54,6 +57,8 @@ pub struct Catalog {
     version: std::sync::atomic::AtomicU64,
     /// Wakes the refresh task (after DDL, or a lookup of a table it does not know).
     wake: tokio::sync::Notify,
+    /// Held by a session looking tables up, so concurrent lookups read the shards once.
+    pub lookups: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -101,7 +106,7 @@ impl Catalog {
                 .iter()
                 .find(|g| normalize(&g.sequence).as_ref() == Some(&want))
                 .map(|g| g.sequence.clone()),
-            TableEntry::Inconsistent(_) => None,
+            TableEntry::Inconsistent(_) | TableEntry::Absent => None,
         })
     }
 
@@ -121,7 +126,7 @@ impl Catalog {
                 .iter()
                 .find(|g| g.name == column)
                 .map(|g| g.sequence.clone()),
-            TableEntry::Inconsistent(_) => None,
+            TableEntry::Inconsistent(_) | TableEntry::Absent => None,
         }
     }
 
@@ -164,6 +169,18 @@ impl Catalog {
         }
     }
 
+    /// Sets what is known of one table (`schema` "" for unqualified): a table looked up on
+    /// its own (see `Session::learn_tables`).
+    pub fn install_one(&self, schema: &str, rel: &str, entry: TableEntry) {
+        let mut st = self.state.write();
+        let key = (schema.to_string(), rel.to_string());
+        if st.tables.get(&key) != Some(&entry) {
+            st.tables.insert(key, entry);
+            self.version
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
     /// Asks the refresh task to read the shards again soon.
     pub fn request_refresh(&self) {
         self.wake.notify_one();
@@ -189,6 +206,7 @@ impl Catalog {
                 let v = match e {
                     TableEntry::Columns(c) => Ok(c.generated.clone()),
                     TableEntry::Inconsistent(why) => Err(why.clone()),
+                    TableEntry::Absent => Ok(Vec::new()),
                 };
                 (name, v)
             })

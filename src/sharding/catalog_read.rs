@@ -74,25 +74,78 @@ async fn load_shard(
         let default: Option<String> = row.try_get(5).map_err(|e| e.to_string())?;
         let ty: i64 = row.try_get(6).map_err(|e| e.to_string())?;
         let key = (if nsp == "public" { String::new() } else { nsp }, rel);
-        let t = out.entry(key).or_default();
-        let sequence = if identity == "a" || identity == "d" {
-            serial
-        } else {
-            default
-                .as_deref()
-                .and_then(nextval_sequence)
-                .map(|named| serial.unwrap_or(named))
-        };
-        if let (Some(sequence), true) = (sequence, INTEGER_TYPES.contains(&ty)) {
-            t.generated.push(GenColumn {
-                name: col.clone(),
-                sequence,
-                always: identity == "a",
-            });
-        }
-        t.columns.push(col);
+        add_column(
+            out.entry(key).or_default(),
+            col,
+            &identity,
+            serial,
+            default,
+            ty,
+        );
     }
     Ok(out)
+}
+
+/// Adds column `col` to `t`, as a generated one when its identity kind (`a`, `d`) or its
+/// default (`nextval(…)`) says so and its type (`ty`, an oid) is an integer.
+fn add_column(
+    t: &mut TableColumns,
+    col: String,
+    identity: &str,
+    serial: Option<String>,
+    default: Option<String>,
+    ty: i64,
+) {
+    let sequence = if identity == "a" || identity == "d" {
+        serial
+    } else {
+        default
+            .as_deref()
+            .and_then(nextval_sequence)
+            .map(|named| serial.unwrap_or(named))
+    };
+    if let (Some(sequence), true) = (sequence, INTEGER_TYPES.contains(&ty)) {
+        t.generated.push(GenColumn {
+            name: col.clone(),
+            sequence,
+            always: identity == "a",
+        });
+    }
+    t.columns.push(col);
+}
+
+/// One table's columns in one text value, for a connection that can only run simple
+/// queries (a session's own, which sees its transaction's uncommitted DDL): fields
+/// separated by chr(31), columns by chr(30); NULL when the table does not exist. Read it
+/// with [`parse_table`].
+pub fn table_sql(schema: &str, rel: &str) -> String {
+    let schema = if schema.is_empty() { "public" } else { schema };
+    format!(
+        "SELECT string_agg(concat_ws(chr(31), a.attname, a.attidentity::text,            coalesce(pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname), ''),            coalesce(pg_get_expr(d.adbin, d.adrelid), ''), a.atttypid::int8::text), chr(30) ORDER BY a.attnum)          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped          LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum          WHERE c.relkind IN ('r', 'p') AND n.nspname = {} AND c.relname = {}",
+        crate::quote::literal(schema),
+        crate::quote::literal(rel)
+    )
+}
+
+/// The columns [`table_sql`]'s value lists; `None` when it is malformed.
+pub fn parse_table(text: &str) -> Option<TableColumns> {
+    let mut t = TableColumns::default();
+    for col in text.split('\u{1e}') {
+        let f: Vec<&str> = col.split('\u{1f}').collect();
+        let [name, identity, serial, default, ty] = f.as_slice() else {
+            return None;
+        };
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        add_column(
+            &mut t,
+            name.to_string(),
+            identity,
+            some(serial),
+            some(default),
+            ty.parse().ok()?,
+        );
+    }
+    Some(t)
 }
 
 /// Reads the map's sharded and reference tables from every shard and compares them.

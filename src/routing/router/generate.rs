@@ -45,6 +45,9 @@ pub struct Generate {
     /// Instead of the above: an `INSERT … SELECT … FROM (VALUES …)` written as an INSERT …
     /// VALUES (which is then completed in its turn).
     from_values: Option<super::from_values::FromValues>,
+    /// The table is not in the catalog: nothing to render until it is looked up (the
+    /// statement is planned again then).
+    pub unknown: bool,
 }
 
 /// Where a generated value goes in its row.
@@ -105,6 +108,12 @@ impl Generate {
     ) -> Result<(), ProxyError> {
         if let Some(fv) = &self.from_values {
             return fv.render(stmt, out);
+        }
+        if self.unknown {
+            return Err(ProxyError::Internal(format!(
+                "the columns of {} were not looked up before its INSERT",
+                self.table
+            )));
         }
         let bad = || ProxyError::Internal("an INSERT to complete has an unexpected shape".into());
         let sh = shape(stmt).ok_or_else(bad)?;
@@ -219,10 +228,20 @@ pub(super) fn plan_generate(
                 rel.relname
             )))
         }
+        Some(TableEntry::Absent) => return Ok(None),
         None => {
-            // Not known yet (created behind the proxy's back, or not loaded): read again.
-            map.catalog.request_refresh();
-            return Ok(None);
+            // Not known yet (created behind the proxy's back, or in the client's open
+            // transaction): the session looks it up before it runs the statement.
+            return Ok(Some(Generate {
+                schema: schema_key(&rel.schemaname),
+                table: rel.relname.clone(),
+                columns: Vec::new(),
+                rows: Vec::new(),
+                cols: ColEdit::Keep,
+                overriding: false,
+                from_values: None,
+                unknown: true,
+            }));
         }
     };
     let select = ins.select_stmt.as_ref().and_then(|s| s.node.as_ref());
@@ -256,6 +275,7 @@ pub(super) fn plan_generate(
                 cols: ColEdit::Keep,
                 overriding: false,
                 from_values: super::from_values::plan(sel),
+                unknown: false,
             }));
         }
         Some(_) => {
@@ -378,6 +398,7 @@ pub(super) fn plan_generate(
         cols,
         overriding: always && override_kind != OverridingKind::OverridingSystemValue,
         from_values: None,
+        unknown: false,
     }))
 }
 
@@ -409,6 +430,7 @@ fn default_values(
         cols: ColEdit::DefaultValues(list),
         overriding: always && override_kind != OverridingKind::OverridingSystemValue,
         from_values: None,
+        unknown: false,
     })
 }
 

@@ -259,6 +259,16 @@ impl Plan {
         self.stmts.iter().any(|s| s.generate().is_some())
     }
 
+    /// The tables (schema "" when unqualified, name) INSERTs into need looked up in the
+    /// shards' catalogs before this plan can be completed.
+    pub fn unknown_tables(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.stmts
+            .iter()
+            .filter_map(|s| s.generate())
+            .filter(|g| g.unknown)
+            .map(|g| (g.schema.as_str(), g.table.as_str()))
+    }
+
     /// Whether any statement writes (or changes schema).
     pub fn writes(&self) -> bool {
         self.stmts
