@@ -527,12 +527,14 @@ fn free_port() -> u16 {
 /// Connects to the proxy on `port`, retrying while it starts (or restarts).
 async fn connect_retry(port: u16) -> tokio_postgres::Client {
     let conninfo = format!("host=127.0.0.1 port={port} user=app password=app-secret dbname=app");
-    for _ in 0..300 {
+    // Up to a minute: a restarted proxy reads the shards' catalogs and probes two-phase
+    // commit before it listens, which takes long on a loaded CI machine.
+    for _ in 0..600 {
         if let Ok((c, conn)) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
             tokio::spawn(conn);
             return c;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no proxy on port {port}");
 }

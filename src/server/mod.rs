@@ -131,6 +131,7 @@ pub async fn start_twophase(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
 /// them fresh in the background: on request (DDL, reload, an unknown table) and every
 /// [`crate::sharding::catalog_read::REFRESH_EVERY`].
 pub async fn start_catalog(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
+    shared.map().catalog.set_in_use();
     crate::sharding::catalog_read::refresh(&shared.map()).await;
     let sh = shared.clone();
     until_stopped(stop, async move {

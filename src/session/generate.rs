@@ -167,7 +167,11 @@ impl Session {
         {
             return; // another session looked them up meanwhile
         }
-        crate::sharding::catalog_read::refresh(&map).await;
+        if !crate::sharding::catalog_read::refresh(&map).await {
+            // The shards could not be read: the INSERT is refused (see `unknown_error`),
+            // never run with the shards' own sequences.
+            return;
+        }
         for (schema, table) in wanted {
             if map.catalog.table(&schema, &table).is_some() {
                 continue;

@@ -5,9 +5,9 @@
 //! so the proxy can give generated columns values unique across shards.
 //!
 //! It is read from every shard ([`super::catalog_read`]) when the proxy starts, after DDL that passes
-//! through the proxy, on reload, on request and once a minute; shards that disagree about a
-//! table make it [`TableEntry::Inconsistent`] (INSERTs that need its columns are refused,
-//! naming the difference).
+//! through the proxy, on reload, on request and once a minute; shards that define a table
+//! differently make it [`TableEntry::Inconsistent`] (INSERTs that need its columns are
+//! refused, naming the difference). A table some shards lack is taken from the others.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,8 +41,9 @@ pub struct TableColumns {
 pub enum TableEntry {
     /// Every shard defines it alike.
     Columns(Arc<TableColumns>),
-    /// The shards disagree (or some lack it): why, for the error an INSERT gets.
-    Inconsistent(String),
+    /// The shards define it differently: why (for the error an INSERT gets), and every
+    /// column some shard generates (an INSERT that gives them all values needs nothing).
+    Inconsistent(String, Vec<String>),
     /// Looked for on the shards and not found (an INSERT into it runs as written, and fails
     /// there); forgotten at the next load.
     Absent,
@@ -59,6 +60,9 @@ pub struct Catalog {
     wake: tokio::sync::Notify,
     /// Held by a session looking tables up, so concurrent lookups read the shards once.
     pub lookups: tokio::sync::Mutex<()>,
+    /// Whether a proxy keeps this catalog (set when it starts serving). Maps read only to
+    /// plan (`shardwire route`, tests) complete nothing.
+    in_use: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -106,7 +110,7 @@ impl Catalog {
                 .iter()
                 .find(|g| normalize(&g.sequence).as_ref() == Some(&want))
                 .map(|g| g.sequence.clone()),
-            TableEntry::Inconsistent(_) | TableEntry::Absent => None,
+            TableEntry::Inconsistent(..) | TableEntry::Absent => None,
         })
     }
 
@@ -126,7 +130,7 @@ impl Catalog {
                 .iter()
                 .find(|g| g.name == column)
                 .map(|g| g.sequence.clone()),
-            TableEntry::Inconsistent(_) | TableEntry::Absent => None,
+            TableEntry::Inconsistent(..) | TableEntry::Absent => None,
         }
     }
 
@@ -137,6 +141,18 @@ impl Catalog {
             .tables
             .values()
             .any(|e| matches!(e, TableEntry::Columns(c) if !c.generated.is_empty()))
+    }
+
+    /// Marks the catalog as kept by a serving proxy (see [`Catalog::in_use`]).
+    pub fn set_in_use(&self) {
+        self.in_use
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a serving proxy keeps this catalog: only then are INSERTs completed.
+    #[inline]
+    pub fn in_use(&self) -> bool {
+        self.in_use.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether a load has completed.
@@ -205,7 +221,7 @@ impl Catalog {
                 };
                 let v = match e {
                     TableEntry::Columns(c) => Ok(c.generated.clone()),
-                    TableEntry::Inconsistent(why) => Err(why.clone()),
+                    TableEntry::Inconsistent(why, _) => Err(why.clone()),
                     TableEntry::Absent => Ok(Vec::new()),
                 };
                 (name, v)

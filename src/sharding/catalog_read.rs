@@ -155,16 +155,33 @@ pub async fn load(
     timeout: Duration,
 ) -> Result<HashMap<(String, String), TableEntry>, String> {
     let want = map_tables(map);
-    let mut per_shard = Vec::with_capacity(map.shards.len());
+    // Per shard: its tables, or `None` when it could not be read (a shard that is down
+    // does not stop INSERTs into the others; it is compared again at the next load).
+    let mut per_shard: Vec<Option<HashMap<(String, String), TableColumns>>> =
+        Vec::with_capacity(map.shards.len());
     if !want.is_empty() {
         let reads = map.shards.iter().map(|s| load_shard(s, &want, timeout));
+        let mut first_error = None;
         for r in futures::future::join_all(reads).await {
-            per_shard.push(r?);
+            match r {
+                Ok(t) => per_shard.push(Some(t)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a shard's table definitions could not be read");
+                    first_error.get_or_insert(e);
+                    per_shard.push(None);
+                }
+            }
+        }
+        if per_shard.iter().all(Option::is_none) {
+            return Err(first_error.unwrap_or_default());
         }
     }
     let mut out = HashMap::new();
     for key in want {
-        let seen: Vec<Option<&TableColumns>> = per_shard.iter().map(|m| m.get(&key)).collect();
+        let seen: Vec<Option<&TableColumns>> = per_shard
+            .iter()
+            .filter_map(|m| m.as_ref().map(|m| m.get(&key)))
+            .collect();
         let Some(first) = seen.iter().flatten().next() else {
             continue; // no shard has it (yet)
         };
@@ -173,20 +190,24 @@ pub async fn load(
         } else {
             format!("{}.{}", key.0, key.1)
         };
+        let readable: Vec<&str> = per_shard
+            .iter()
+            .zip(&map.shards)
+            .filter(|(m, _)| m.is_some())
+            .map(|(_, s)| s.name.as_str())
+            .collect();
         let mut why = None;
         for (i, s) in seen.iter().enumerate() {
-            let shard = &map.shards[i].name;
+            let shard = readable.get(i).copied().unwrap_or("?");
             match s {
-                None => {
-                    why = Some(format!("table {name} is missing on shard {shard}"));
-                    break;
-                }
+                // Not (yet) created there: an INSERT routed there fails on that shard.
+                None => tracing::debug!(table = %name, %shard, "table missing on a shard"),
                 Some(t) if t != first => {
                     why = Some(format!(
                         "table {name} differs between shards: {shard} has columns ({}) with generated ({}), {} has ({}) with ({})",
                         t.columns.join(", "),
                         gen_names(t),
-                        map.shards[0].name,
+                        readable.first().copied().unwrap_or("?"),
                         first.columns.join(", "),
                         gen_names(first),
                     ));
@@ -196,7 +217,16 @@ pub async fn load(
             }
         }
         let entry = match why {
-            Some(w) => TableEntry::Inconsistent(w),
+            Some(w) => {
+                let mut generated: Vec<String> = seen
+                    .iter()
+                    .flatten()
+                    .flat_map(|t| t.generated.iter().map(|g| g.name.clone()))
+                    .collect();
+                generated.sort();
+                generated.dedup();
+                TableEntry::Inconsistent(w, generated)
+            }
             None => TableEntry::Columns(Arc::new((*first).clone())),
         };
         out.insert(key, entry);

@@ -193,10 +193,19 @@ fn copy_generated(
     if c.attlist.is_empty() {
         return Ok(None); // every column is given
     }
-    let Some(crate::sharding::catalog::TableEntry::Columns(cat)) =
-        map.catalog.table(&rel.schemaname, &rel.relname)
-    else {
+    if !map.catalog.in_use() {
         return Ok(None);
+    }
+    let cat = match map.catalog.table(&rel.schemaname, &rel.relname) {
+        Some(crate::sharding::catalog::TableEntry::Columns(cat)) => cat,
+        Some(_) => return Ok(None),
+        None => {
+            map.catalog.request_refresh();
+            return Err(ProxyError::Unavailable(format!(
+                "the columns of table {} have not been read from the shards yet (needed to give its generated columns values unique across shards); retry in a moment",
+                rel.relname
+            )));
+        }
     };
     let listed: Vec<&str> = c
         .attlist

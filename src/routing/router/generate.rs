@@ -110,8 +110,9 @@ impl Generate {
             return fv.render(stmt, out);
         }
         if self.unknown {
-            return Err(ProxyError::Internal(format!(
-                "the columns of {} were not looked up before its INSERT",
+            // Looked up before and still unknown: the shards could not be read.
+            return Err(ProxyError::Unavailable(format!(
+                "the columns of table {} could not be read from the shards (needed to give its generated columns values unique across shards); retry when the shards are reachable",
                 self.table
             )));
         }
@@ -215,6 +216,9 @@ pub(super) fn plan_generate(
     let Some(rel) = &ins.relation else {
         return Ok(None);
     };
+    if !map.catalog.in_use() {
+        return Ok(None); // not a serving proxy's map (`shardwire route`, unit tests)
+    }
     let sharded = match map.table(&rel.schemaname, &rel.relname) {
         Some(TableRule::Sharded(_)) => true,
         Some(TableRule::Reference) => false,
@@ -222,11 +226,29 @@ pub(super) fn plan_generate(
     };
     let cat = match map.catalog.table(&rel.schemaname, &rel.relname) {
         Some(TableEntry::Columns(c)) => c,
-        Some(TableEntry::Inconsistent(why)) => {
+        Some(TableEntry::Inconsistent(why, generated)) => {
+            // Nothing to complete when it names every column some shard generates and
+            // gives each a value: the shards' definitions then do not matter here.
+            let named_all = !ins.cols.is_empty()
+                && generated.iter().all(|g| {
+                    ins.cols
+                        .iter()
+                        .any(|c| matches!(&c.node, Some(NodeEnum::ResTarget(r)) if r.name == *g))
+                });
+            let defaults = ins.select_stmt.as_ref().is_none_or(|s| {
+                s.node.as_ref().is_some_and(|n| {
+                    n.nodes()
+                        .iter()
+                        .any(|(m, _, _, _)| matches!(m, pg_query::NodeRef::SetToDefault(_)))
+                })
+            });
+            if named_all && !defaults {
+                return Ok(None);
+            }
             return Err(ProxyError::Unsupported(format!(
                 "INSERT into {} needs its columns, but the shards disagree: {why}",
                 rel.relname
-            )))
+            )));
         }
         Some(TableEntry::Absent) => return Ok(None),
         None => {
@@ -485,6 +507,7 @@ mod tests {
             })),
         );
         m.catalog.install(t);
+        m.catalog.set_in_use();
         m
     }
 
