@@ -402,3 +402,64 @@ async fn a_cancelled_dirty_transaction_leaves_the_next_backend_pooled() {
         "the clean statement's backend was closed instead of pooled"
     );
 }
+
+/// A one-shard proxy whose pool holds `size` connections and waits at most `checkout_ms`
+/// for one.
+async fn small_pool(size: usize, checkout_ms: u64) -> (TestEnv, Proxy) {
+    let env = TestEnv::new(1).await;
+    let yaml = env.shard_map_yaml("", "").replace(
+        "pool: { size: 10,",
+        &format!("pool: {{ size: {size}, checkout_timeout_ms: {checkout_ms},"),
+    );
+    let proxy = Proxy::start_yaml(&yaml).await;
+    (env, proxy)
+}
+
+/// asyncpg's `test_isolation_level` met `53300 no connection to shard s0 within 5s`: earlier
+/// tests had dropped their connections during `pg_sleep(10)`, and each statement kept its
+/// pooled backend until it ended. A client that goes away (with or without a Terminate,
+/// which a driver may send before closing) frees its backend at once, and the statement is
+/// cancelled on the shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_clients_statement_frees_its_backend() {
+    let (env, proxy) = small_pool(3, 3000).await;
+    let mut gone = Vec::new();
+    for i in 0..3 {
+        let mut w = common::wire::Wire::login(proxy.port(), &[]).await;
+        w.query("SELECT pg_sleep(10)");
+        if i == 0 {
+            // Terminate pipelined behind the statement.
+            w.out.extend_from_slice(&[b'X', 0, 0, 0, 4]);
+        }
+        w.send().await;
+        gone.push(w);
+    }
+    // Every statement runs on a backend of its own.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(gone);
+    let t0 = std::time::Instant::now();
+    let c = proxy.client().await;
+    let r = c.simple_query("SELECT 1").await;
+    assert!(r.is_ok(), "the pool stayed exhausted: {r:?}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    // The abandoned statements were cancelled on the shard, not left to run for 10 s.
+    let shard = env.shard_client(0).await;
+    let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                    AND query = 'SELECT pg_sleep(10)' AND state = 'active'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let n: i64 = shard.query_one(sleeping, &[]).await.unwrap().get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} abandoned statements still run on the shard"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

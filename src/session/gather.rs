@@ -216,12 +216,12 @@ impl Session {
             .map_err(|e| backend(shard, e))
     }
 
+    /// The next frame of connection `idx`, watching the client meanwhile (see
+    /// [`Session::backend_frame`]).
     async fn read_from(&mut self, idx: usize) -> GResult<Frame> {
-        let shard = self.conns[idx].shard;
-        self.conns[idx]
-            .read_frame()
+        self.backend_frame(idx, true)
             .await
-            .map_err(|e| backend(shard, e))
+            .map_err(GatherError::Relay)
     }
 
     /// Reads until ReadyForQuery; returns its status.

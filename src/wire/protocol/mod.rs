@@ -232,6 +232,30 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Resolves only when the peer is gone: its end of stream (a FIN, possibly behind bytes
+    /// it sent first, such as a Terminate) or a read error (a reset). Bytes that arrive
+    /// meanwhile are kept for [`Self::next`], read only into the buffer's spare capacity (no
+    /// allocation; `BytesMut` grows only when it is full, which is checked first): once it
+    /// is full, watching stops — a peer that sends that much is there. Cancel safe: a read
+    /// either lands in the buffer or does not happen.
+    pub async fn gone(&mut self) -> std::io::Error {
+        loop {
+            if self.buf.len() >= self.buf.capacity() {
+                return std::future::pending().await;
+            }
+            match self.inner.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    return std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the client closed its connection while a statement ran",
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    }
+
     /// Waits for the budget share of the large message whose header is buffered, if it is
     /// one.
     async fn take_share(&mut self) {
