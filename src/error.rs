@@ -74,6 +74,10 @@ pub enum ProxyError {
     /// SQLSTATE XX000, as Postgres reports an internal error.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The client cancelled the statement before it reached a shard (it was waiting for a
+    /// pooled connection); SQLSTATE 57014, as from Postgres.
+    #[error("canceling statement due to user request")]
+    QueryCanceled,
     /// A shard refused a statement the proxy ran on the client's behalf.
     #[error("{message}")]
     Backend {
@@ -105,6 +109,7 @@ impl ProxyError {
             ProxyError::Encoding(_) => "22021",
             ProxyError::OutOfMemory(_) => "53200",
             ProxyError::Internal(_) => "XX000",
+            ProxyError::QueryCanceled => "57014",
             ProxyError::Backend { code, .. } => code,
         }
     }

@@ -463,3 +463,72 @@ async fn a_disconnected_clients_statement_frees_its_backend() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// psycopg's `test_cancel`: a cancel sent while the statement waits for a pooled connection
+/// was lost (the session had no backend to forward it to) and the statement ran later. It
+/// now fails at once with 57014 and never runs, in both protocols; a cancel sent while the
+/// client is idle does nothing, and none leaks into the client's next statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_waiting_for_a_pooled_connection_cancels_the_statement() {
+    let (_env, proxy) = small_pool(1, 5000).await;
+    let holder = proxy.client().await;
+    holder
+        .batch_execute("CREATE TABLE cancel_probe (v int)")
+        .await
+        .unwrap();
+    let waiter = std::sync::Arc::new(proxy.client().await);
+    for extended in [false, true] {
+        // The only backend is held by an open transaction.
+        holder
+            .batch_execute("BEGIN; SELECT count(*) FROM cancel_probe")
+            .await
+            .unwrap();
+        let w = waiter.clone();
+        let stmt = tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let r = if extended {
+                w.execute("INSERT INTO cancel_probe VALUES ($1)", &[&1i32])
+                    .await
+                    .map(|_| ())
+            } else {
+                w.simple_query("INSERT INTO cancel_probe VALUES (1)")
+                    .await
+                    .map(|_| ())
+            };
+            (r, t0.elapsed())
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        waiter
+            .cancel_token()
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // It stopped waiting at once (not only when the backend came free).
+        assert!(stmt.is_finished(), "extended {extended}: still waiting");
+        holder.batch_execute("ROLLBACK").await.unwrap();
+        let (r, took) = stmt.await.unwrap();
+        let err = r.expect_err("the cancel was lost: the statement ran");
+        assert_eq!(code(&err), "57014", "extended {extended}: {err:?}");
+        assert!(
+            took < std::time::Duration::from_millis(3000),
+            "extended {extended}: {took:?}"
+        );
+        assert_eq!(one(&holder, "SELECT count(*) FROM cancel_probe").await, "0");
+        // No cancel leaks into the next statement.
+        assert_eq!(one(&waiter, "SELECT 7").await, "7");
+    }
+    // A cancel while the client is idle does nothing.
+    waiter
+        .cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(one(&waiter, "SELECT 8").await, "8");
+    waiter
+        .execute("INSERT INTO cancel_probe VALUES ($1)", &[&2i32])
+        .await
+        .unwrap();
+    assert_eq!(one(&holder, "SELECT count(*) FROM cancel_probe").await, "1");
+}

@@ -114,7 +114,7 @@ impl Session {
             .get(shard)
             .cloned()
             .ok_or_else(|| ProxyError::Protocol(format!("no shard #{shard}")))?;
-        let mut conn = pool.checkout().await?;
+        let mut conn = self.conns.checkout(&pool).await?;
         let lost =
             |e: crate::backend::conn::BackendError, name: String| ProxyError::ShardUnavailable {
                 shard: name,
@@ -183,7 +183,7 @@ impl Session {
                 )));
             }
         }
-        Ok(self.conns.push(conn))
+        self.conns.push(conn)
     }
 
     /// Connections to each of `shards` (indexes into `self.conns`), checked out as needed.

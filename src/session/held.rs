@@ -5,7 +5,10 @@
 //! and [`HeldConns`] is the only way to add or drop a connection, so the two cannot drift:
 //! a cancel reaches exactly the backends the session holds.
 
-use crate::backend::pool::PooledConn;
+use std::sync::Arc;
+
+use crate::backend::pool::{PooledConn, ShardPool};
+use crate::error::ProxyError;
 use crate::wire::cancel::{CancelSlot, CancelTarget, Slot};
 
 /// The connections a session holds and their cancel targets, kept in step. Reads (indexing,
@@ -42,11 +45,34 @@ impl HeldConns {
         &self.slot
     }
 
-    /// Holds `conn` (a cancel now reaches it); returns its index.
-    pub fn push(&mut self, conn: PooledConn) -> usize {
-        self.slot.lock().push(cancel_target(&conn));
+    /// A connection from `pool` for the statement under way; a cancel of the statement
+    /// while it waits ends the wait with 57014 (see [`Slot`]). The checkout is polled first,
+    /// so a free connection costs nothing more.
+    pub async fn checkout(&self, pool: &Arc<ShardPool>) -> Result<PooledConn, ProxyError> {
+        tokio::select! {
+            biased;
+            r = pool.checkout() => r,
+            () = self.slot.cancel_requested() => {
+                self.slot.take_cancel();
+                Err(ProxyError::QueryCanceled)
+            }
+        }
+    }
+
+    /// Holds `conn` (a cancel now reaches it); returns its index. When the statement was
+    /// cancelled before (it had no backend the cancel could reach), `conn` is not held and
+    /// the statement fails with 57014 before it reaches the shard: the connection goes back
+    /// to the pool (a cancel never reached it), or is closed when it joined the client's
+    /// transaction (its shard rolls back that `BEGIN`).
+    pub fn push(&mut self, conn: PooledConn) -> Result<usize, ProxyError> {
+        if !self.slot.register(cancel_target(&conn)) {
+            if conn.ready_status == b'I' {
+                conn.release();
+            } // else dropped here: closed
+            return Err(ProxyError::QueryCanceled);
+        }
         self.conns.push(conn);
-        self.conns.len() - 1
+        Ok(self.conns.len() - 1)
     }
 
     /// Drops (closes) the connections for which `keep` is false, and their cancel targets.

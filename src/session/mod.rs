@@ -268,6 +268,11 @@ impl Session {
             if self.conns.slot().terminated() {
                 return self.end_terminated().await;
             }
+            if batch.is_empty() {
+                // Nothing under way: a cancel from now on does nothing, as in Postgres
+                // (messages held for a Sync are a statement under way).
+                self.conns.slot().statement_ended();
+            }
             if self.generated.refresh && self.txn.status.is_idle() {
                 // After DDL, the client hears back once the catalog (generated columns,
                 // column order) is read again: its next INSERT is completed by the new one.
@@ -318,6 +323,7 @@ impl Session {
             let Some(frame) = next else {
                 return Ok(());
             };
+            self.conns.slot().statement_started();
             if self.conns.slot().terminated() {
                 return self.end_terminated().await;
             }

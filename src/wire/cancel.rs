@@ -4,7 +4,7 @@
 //! also marks its session to end.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -34,11 +34,32 @@ pub struct CancelTarget {
 /// included. Targets are taken and the flag set under one lock, and the session clears the
 /// targets (reading the flag) under the same lock *before* it gives the backends back, so a
 /// cancel either sees the backends and marks them, or sees none and sends nothing.
+///
+/// A cancel also reaches a statement that has no backend yet (waiting for a pooled
+/// connection, or being brought to the client's settings on one): Postgres cancels the
+/// statement in progress, whatever it waits for. The session marks when a statement is
+/// under way ([`Slot::statement_started`], [`Slot::statement_ended`]); a cancel during one
+/// marks it cancelled and wakes [`Slot::cancel_requested`] (a checkout stops waiting), and
+/// [`Slot::register`] refuses the next backend, under the targets' lock, so the statement
+/// fails with 57014 before it reaches a shard. Between statements the mark is cleared: a
+/// cancel while the client is idle does nothing, and never reaches its next statement.
 #[derive(Default)]
 pub struct Slot {
     targets: Mutex<Targets>,
     terminated: AtomicBool,
+    /// [`IDLE`], [`BUSY`] or [`CANCELLED`]. Only the session moves it to and from `IDLE`; a
+    /// cancel only moves it from `BUSY` to `CANCELLED`.
+    statement: AtomicU8,
+    /// Woken when a cancel marks the statement cancelled.
+    wake: tokio::sync::Notify,
 }
+
+/// No statement under way: a cancel does nothing.
+const IDLE: u8 = 0;
+/// A statement is under way (received, not yet answered).
+const BUSY: u8 = 1;
+/// A cancel came while a statement was under way; it is still to take effect.
+const CANCELLED: u8 = 2;
 
 /// See [`Slot`].
 #[derive(Default)]
@@ -88,13 +109,72 @@ impl Slot {
         cancelled
     }
 
-    /// The backends to cancel, marked as cancelled.
+    /// The backends to cancel, marked as cancelled; a statement under way is marked too, for
+    /// the backends it has yet to take (see [`Slot`]).
     fn take_for_cancel(&self) -> Vec<CancelTarget> {
         let mut t = self.targets.lock();
         if !t.list.is_empty() {
             t.cancelled = true;
         }
+        if self
+            .statement
+            .compare_exchange(BUSY, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.wake.notify_waiters();
+        }
         t.list.clone()
+    }
+
+    /// The session took a client message in: a statement is under way until
+    /// [`Slot::statement_ended`] (a cancel already marked stays marked).
+    #[inline]
+    pub fn statement_started(&self) {
+        // Only the session leaves IDLE, so no cancel slips between the load and the store.
+        if self.statement.load(Ordering::Relaxed) == IDLE {
+            self.statement.store(BUSY, Ordering::Release);
+        }
+    }
+
+    /// The session waits for its client again: a cancel from now on does nothing, and one
+    /// that came during the statement and did not take effect is forgotten.
+    #[inline]
+    pub fn statement_ended(&self) {
+        if self.statement.load(Ordering::Relaxed) != IDLE {
+            self.statement.store(IDLE, Ordering::Release);
+        }
+    }
+
+    /// Takes a cancel that came during the statement and has not taken effect yet.
+    pub fn take_cancel(&self) -> bool {
+        self.statement
+            .compare_exchange(CANCELLED, BUSY, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Resolves once a cancel marks the statement under way cancelled (at once if one has).
+    pub async fn cancel_requested(&self) {
+        loop {
+            // Created before the check: `notify_waiters` reaches a `Notified` from its
+            // creation on, so a cancel between the check and the wait is not missed.
+            let woken = self.wake.notified();
+            if self.statement.load(Ordering::Acquire) == CANCELLED {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Adds a backend the session took, unless a cancel came for the statement before it
+    /// (then nothing is added, the cancel is taken, and false is returned): checked under
+    /// the targets' lock, so a cancel either reaches the backend or is seen here.
+    pub fn register(&self, target: CancelTarget) -> bool {
+        let mut t = self.targets.lock();
+        if self.take_cancel() {
+            return false;
+        }
+        t.list.push(target);
+        true
     }
 
     /// Whether `pg_terminate_backend` named this session; it then ends with FATAL 57P01.
@@ -222,4 +302,67 @@ pub fn cancel_packet(pid: i32, secret: i32) -> [u8; 16] {
     p[8..12].copy_from_slice(&pid.to_be_bytes());
     p[12..16].copy_from_slice(&secret.to_be_bytes());
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> CancelTarget {
+        CancelTarget {
+            host: Arc::from("127.0.0.1"),
+            port: 1,
+            pid: 1,
+            secret: 1,
+        }
+    }
+
+    /// A cancel with no backend to reach: taken by the statement under way (its next
+    /// backend is refused), ignored between statements, forgotten when the statement ends.
+    #[tokio::test]
+    async fn a_cancel_waits_for_the_statements_backend() {
+        let slot = Slot::default();
+        // Idle: nothing to cancel, nothing remembered.
+        assert!(slot.take_for_cancel().is_empty());
+        slot.statement_started();
+        assert!(slot.register(target()));
+        assert!(!slot.release_all());
+        // Under way, no backend: the next one is refused, once.
+        assert!(slot.take_for_cancel().is_empty());
+        tokio::time::timeout(std::time::Duration::from_secs(1), slot.cancel_requested())
+            .await
+            .expect("the waiter is woken");
+        assert!(!slot.register(target()));
+        assert!(slot.lock().is_empty());
+        assert!(slot.register(target()));
+        slot.release_all();
+        // A cancel that did not take effect ends with its statement.
+        slot.take_for_cancel();
+        slot.statement_ended();
+        slot.statement_started();
+        assert!(slot.register(target()));
+        slot.release_all();
+        slot.statement_ended();
+        // Between statements: the next statement never sees it.
+        slot.take_for_cancel();
+        slot.statement_started();
+        assert!(!slot.take_cancel());
+        assert!(slot.register(target()));
+    }
+
+    /// A waiter parked before the cancel comes is woken by it.
+    #[tokio::test]
+    async fn a_parked_checkout_is_woken() {
+        let slot = Arc::new(Slot::default());
+        slot.statement_started();
+        let s = slot.clone();
+        let waiter = tokio::spawn(async move { s.cancel_requested().await });
+        tokio::task::yield_now().await;
+        slot.take_for_cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .expect("no panic");
+        assert!(slot.take_cancel());
+    }
 }
