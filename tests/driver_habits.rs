@@ -1721,3 +1721,175 @@ async fn a_shard_session_ended_by_its_administrator_is_an_error_not_a_hangup() {
         vec![format!("user-{}", ids[0])]
     );
 }
+
+/// An unnamed Parse whose statement text is raw bytes (in the client's encoding).
+fn parse_bytes(w: &mut Wire, sql: &[u8]) {
+    w.out.extend_from_slice(b"P");
+    w.out
+        .extend_from_slice(&((sql.len() + 4 + 1 + 1 + 2) as u32).to_be_bytes());
+    w.out.extend_from_slice(b"\0");
+    w.out.extend_from_slice(sql);
+    w.out.extend_from_slice(b"\0\0\0");
+}
+
+/// `text` in LATIN9 (its characters are Latin-1's, with `€` at A4).
+fn latin9(text: &str) -> Vec<u8> {
+    text.chars()
+        .map(|c| match c {
+            '€' => 0xa4,
+            c => u8::try_from(u32::from(c)).expect("a LATIN9 character"),
+        })
+        .collect()
+}
+
+/// The `client_encoding` values reported by ParameterStatus in `msgs`.
+fn reported_encodings(msgs: &[common::wire::Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.0 == b'S' && m.1.starts_with(b"client_encoding\0"))
+        .map(|m| String::from_utf8_lossy(&m.1[16..m.1.len() - 1]).into_owned())
+        .collect()
+}
+
+/// `SET client_encoding` inside a transaction block takes effect at once, as in Postgres
+/// (psycopg's `test_query_encode[latin9]` runs it in a block, then speaks LATIN9): the proxy
+/// converts the client's next statements from the new encoding, on the shards the block holds
+/// and on those it reaches later; `ROLLBACK`, or `ROLLBACK TO` a savepoint made before it,
+/// takes it back; `COMMIT` keeps it. In both protocols, and for `SET LOCAL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_client_encoding_inside_a_block_takes_effect_at_once() {
+    let (_env, proxy, ids) = setup(2).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    // Simple protocol: BEGIN, SET, then LATIN9 text ('é' is E9, '€' is A4 in LATIN9).
+    w.query("BEGIN");
+    w.send().await;
+    w.until_ready().await;
+    w.query("SET client_encoding TO 'LATIN9'");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(reported_encodings(&got), vec!["LATIN9".to_string()]);
+    query_bytes(&mut w, b"SELECT 'caf\xe9 \xa4'");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(raw_values(&got), vec![b"caf\xe9 \xa4".to_vec()]);
+    // A shard the block reaches only now runs in LATIN9 too.
+    query_bytes(
+        &mut w,
+        &latin9(&format!(
+            "SELECT name || ' €' FROM users WHERE id = {}",
+            ids[1]
+        )),
+    );
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(
+        raw_values(&got),
+        vec![latin9(&format!("user-{} €", ids[1]))]
+    );
+    // The extended protocol reads LATIN9 as well.
+    parse_bytes(&mut w, b"SELECT 'na\xefve'");
+    w.bind("", "", &[]).execute("", 0).sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(raw_values(&got), vec![b"na\xefve".to_vec()]);
+    // ROLLBACK takes it back: UTF-8 again, for the proxy and the shards.
+    w.query("ROLLBACK");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(reported_encodings(&got), vec!["UTF8".to_string()]);
+    w.query("SELECT 'café'");
+    w.send().await;
+    assert_eq!(
+        first_values(&w.until_ready().await),
+        vec!["café".to_string()]
+    );
+    // As psycopg sends it: the SET through the extended protocol, after a savepoint; then
+    // ROLLBACK TO that savepoint takes it back, and COMMIT keeps UTF-8.
+    w.query(&format!(
+        "BEGIN; SELECT name FROM users WHERE id = {}",
+        ids[0]
+    ));
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    w.query("SAVEPOINT s1");
+    w.send().await;
+    w.until_ready().await;
+    w.parse("", "SET client_encoding TO 'LATIN9'")
+        .bind("", "", &[])
+        .describe(b'P', "")
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(reported_encodings(&got), vec!["LATIN9".to_string()]);
+    parse_bytes(&mut w, b"SELECT '\xa4'");
+    w.bind("", "", &[]).execute("", 0).sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(raw_values(&got), vec![b"\xa4".to_vec()]);
+    w.query("ROLLBACK TO s1");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    w.query(&format!(
+        "SELECT name || ' €' FROM users WHERE id = {}",
+        ids[1]
+    ));
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(first_values(&got), vec![format!("user-{} €", ids[1])]);
+    w.query("COMMIT");
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    w.query("SELECT 'é'");
+    w.send().await;
+    assert_eq!(first_values(&w.until_ready().await), vec!["é".to_string()]);
+    // SET LOCAL: for the rest of the block only.
+    w.query("BEGIN");
+    w.send().await;
+    w.until_ready().await;
+    w.query("SET LOCAL client_encoding TO 'LATIN9'");
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    query_bytes(&mut w, b"SELECT '\xe9'");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(raw_values(&got), vec![b"\xe9".to_vec()], "{}", tags(&got));
+    w.query("COMMIT");
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    w.query("SELECT 'é'");
+    w.send().await;
+    assert_eq!(first_values(&w.until_ready().await), vec!["é".to_string()]);
+    // A plain SET committed stays: LATIN9 after the block, on any shard.
+    w.query("BEGIN");
+    w.send().await;
+    w.until_ready().await;
+    w.query("SET NAMES 'LATIN9'");
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    w.query("COMMIT");
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    for id in &ids {
+        query_bytes(
+            &mut w,
+            &latin9(&format!("SELECT name || ' €' FROM users WHERE id = {id}")),
+        );
+        w.send().await;
+        let got = w.until_ready().await;
+        assert_eq!(
+            raw_values(&got),
+            vec![latin9(&format!("user-{id} €"))],
+            "{}",
+            tags(&got)
+        );
+    }
+}

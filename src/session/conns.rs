@@ -134,10 +134,12 @@ impl Session {
                 .map_err(|e| lost(e, pool.info.name.clone()))?;
             conn.prepared.clear();
         }
-        if conn.codec != self.codec {
+        // The session's encoding: a block's own switch comes with its steps, below.
+        let codec = self.session_codec();
+        if conn.codec != codec {
             // The replay below is read in the encoding the connection has now: switch it
             // first, so the text of the client's settings arrives in the one it is sent in.
-            let name = self.codec.map_or("UTF8", |c| c.name());
+            let name = codec.map_or("UTF8", |c| c.name());
             let (err, _) = conn
                 .run_simple(&format!("SET client_encoding TO '{name}'"))
                 .await
@@ -149,7 +151,7 @@ impl Session {
                     pool.info.name
                 )));
             }
-            conn.codec = self.codec;
+            conn.codec = codec;
             conn.settings_fp = settings::UNKNOWN_FP;
         }
         if conn.settings_fp != self.settings.fingerprint() {
@@ -182,6 +184,10 @@ impl Session {
                     pool.info.name
                 )));
             }
+            // Its steps may have switched the client encoding (Postgres reads a simple
+            // Query whole in the encoding it had when it came, so the steps went in the
+            // session's).
+            conn.codec = self.codec;
         }
         self.conns.push(conn)
     }
@@ -222,10 +228,12 @@ impl Session {
             // Taken whether or not a cancel closes them anyway: the flag belongs to these
             // connections, not to the next ones.
             let dirty = std::mem::take(&mut self.dirty);
+            // (A block's client encoding ended with it: the connections say so first.)
+            self.txn = Txn::idle();
+            self.sync_codec();
             self.conns.release_all(|| !dirty);
             self.portals.clear();
             self.gather_portals.clear();
-            self.txn = Txn::idle();
         }
     }
 }

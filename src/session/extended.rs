@@ -366,6 +366,7 @@ impl Session {
                 } else if status == TxnStatus::InBlock {
                     // A step of the transaction: shards it reaches later replay it too.
                     self.txn.record_setting(&kind, &sql);
+                    self.sync_codec();
                 }
                 for c in self.conns.iter_mut() {
                     c.settings_fp = super::settings::UNKNOWN_FP;
@@ -373,6 +374,7 @@ impl Session {
             }
             if status.is_idle() && self.txn.status.is_open() {
                 self.txn = Txn::idle();
+                self.sync_codec();
             }
             if status.is_open() && self.txn.prelude.is_none() {
                 self.txn.prelude = Some("BEGIN".into());

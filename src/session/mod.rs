@@ -153,8 +153,11 @@ pub struct Session {
     key_pid: i32,
     /// The proxy user the client logged in as.
     user: Arc<str>,
-    /// The client's encoding when it is not UTF-8 (see [`crate::wire::encoding`]).
+    /// The client's encoding when it is not UTF-8 (see [`crate::wire::encoding`]): its
+    /// session's, or the one a `SET` in the open transaction block switched to.
     codec: Option<crate::wire::encoding::Codec>,
+    /// `codec` is a transaction block's (see [`txn::Encoding`]), until the block ends.
+    codec_in_txn: bool,
     /// Generated values: statements being completed, and the last values handed out.
     generated: prepared::Completions,
 }
@@ -191,6 +194,7 @@ impl Session {
             key_pid: 0,
             user: Arc::from(""),
             codec: None,
+            codec_in_txn: false,
             generated: Default::default(),
         }
         .with_codec()
@@ -203,15 +207,39 @@ impl Session {
     }
 
     fn refresh_codec(&mut self) {
-        let codec = self
-            .settings
-            .client_encoding()
-            .and_then(crate::wire::encoding::Codec::for_name);
+        let name = match self.txn.encoding {
+            None => self.settings.client_encoding(),
+            Some(txn::Encoding::Named(name)) => name,
+            Some(txn::Encoding::Default) => self.settings.startup_client_encoding(),
+        };
+        self.codec_in_txn = self.txn.encoding.is_some();
+        let codec = name.and_then(crate::wire::encoding::Codec::for_name);
+        // The held connections ran the statement that switched (or, at a block's end, the
+        // ROLLBACK that switched back): they speak the new encoding from now on.
         if codec != self.codec {
             self.codec = codec;
             for c in self.conns.iter_mut() {
                 c.codec = codec;
             }
+        }
+    }
+
+    /// Follows the open transaction block's client encoding: after its steps changed (a
+    /// `SET`, `ROLLBACK TO`) or it ended. Cheap when no block switched it.
+    fn sync_codec(&mut self) {
+        if self.codec_in_txn || self.txn.encoding.is_some() {
+            self.refresh_codec();
+        }
+    }
+
+    /// The encoding of the client's session settings, outside any transaction block.
+    fn session_codec(&self) -> Option<crate::wire::encoding::Codec> {
+        match self.codec_in_txn {
+            true => self
+                .settings
+                .client_encoding()
+                .and_then(crate::wire::encoding::Codec::for_name),
+            false => self.codec,
         }
     }
 
@@ -281,6 +309,10 @@ impl Session {
             }
             if !self.out.is_empty() && !self.reader.has_frame() {
                 self.flush().await?;
+            }
+            if self.codec_in_txn && self.txn.encoding.is_none() {
+                // A block that switched the client encoding ended: back to the session's.
+                self.refresh_codec();
             }
             // A pass is held only while work is under way, never while waiting for the client
             // between transactions (a rebalance switch waits for passes to come back).

@@ -141,8 +141,14 @@ impl Settings {
     /// own default (UTF8): a `SET client_encoding`/`SET NAMES` if any, else the startup value.
     pub fn client_encoding(&self) -> Option<&'static str> {
         if let Some(e) = self.entries.iter().find(|e| e.name == "client_encoding") {
-            return set_value_of(&e.stmt).and_then(crate::wire::encoding::canonical_encoding);
+            return encoding_set_by(&e.stmt);
         }
+        self.startup_client_encoding()
+    }
+
+    /// The `client_encoding` of the client's startup parameters (what `RESET` returns to),
+    /// `None` for UTF8.
+    pub fn startup_client_encoding(&self) -> Option<&'static str> {
         self.defaults
             .iter()
             .find(|e| e.name == "client_encoding")
@@ -174,6 +180,27 @@ impl Settings {
         }
         sql
     }
+}
+
+/// The encoding a `SET [LOCAL] client_encoding …` / `SET [LOCAL] NAMES …` statement gives
+/// (Postgres's name), `None` for `DEFAULT`: a shard connection's default is UTF8, its own
+/// startup value.
+pub fn encoding_set_by(stmt: &str) -> Option<&'static str> {
+    set_value_of(stmt).and_then(crate::wire::encoding::canonical_encoding)
+}
+
+/// Whether `stmt` is `SET LOCAL client_encoding …` or `SET LOCAL NAMES …`.
+pub fn sets_local_encoding(stmt: &str) -> bool {
+    let mut words = stmt
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .filter(|w| !w.is_empty());
+    let (Some(set), Some(local), Some(name)) = (words.next(), words.next(), words.next()) else {
+        return false;
+    };
+    let name = name.trim_matches('"');
+    set.eq_ignore_ascii_case("set")
+        && local.eq_ignore_ascii_case("local")
+        && (name.eq_ignore_ascii_case("client_encoding") || name.eq_ignore_ascii_case("names"))
 }
 
 /// The value a `SET name TO value` / `SET name = value` / `SET NAMES value` statement gives
@@ -280,6 +307,18 @@ mod tests {
         assert_eq!(s.client_encoding(), None);
         s.clear();
         assert_eq!(s.client_encoding(), Some("LATIN1"));
+    }
+
+    #[test]
+    fn local_encoding_statements() {
+        assert!(sets_local_encoding("SET LOCAL client_encoding TO 'latin9'"));
+        assert!(sets_local_encoding("set local names=latin9"));
+        assert!(sets_local_encoding("SET LOCAL \"client_encoding\" = 'x'"));
+        assert!(!sets_local_encoding("SET LOCAL work_mem = '8MB'"));
+        assert!(!sets_local_encoding("SET client_encoding TO 'latin9'"));
+        assert!(!sets_local_encoding("SET LOCAL"));
+        assert_eq!(encoding_set_by("SET LOCAL NAMES 'latin9'"), Some("LATIN9"));
+        assert_eq!(encoding_set_by("SET client_encoding TO DEFAULT"), None);
     }
 
     #[test]

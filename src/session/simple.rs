@@ -443,7 +443,7 @@ impl Session {
                     in_block = false;
                 }
                 StmtKind::Rollback if !outcome.error => {
-                    self.txn.steps.clear();
+                    self.txn.truncate_steps(0);
                     in_block = false;
                 }
                 k if super::txn::is_setting(k) => {
@@ -462,6 +462,7 @@ impl Session {
                         // that began the block gets here; inside one, settings go through
                         // `run_each`, which bounds them.)
                         self.txn.record_setting(k, text);
+                        self.sync_codec();
                     } else if let Some(ch) = super::txn::setting_change(k, text) {
                         self.apply_setting(ch);
                     }
@@ -496,6 +497,7 @@ impl Session {
                     }
                 }
                 self.txn = Txn::idle();
+                self.sync_codec();
             }
             self.txn.status = status;
             if status == TxnStatus::Failed {

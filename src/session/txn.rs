@@ -43,14 +43,43 @@ pub(super) enum SettingChange {
     ResetAll,
 }
 
+/// The `client_encoding` a settings statement inside a transaction block switches to. In
+/// Postgres it takes effect at once (the backend converts the client's next messages from
+/// it and reports it in a ParameterStatus), lasts until the block ends, and is undone by
+/// `ROLLBACK` or `ROLLBACK TO` a savepoint made before it; `COMMIT` keeps a plain `SET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Encoding {
+    /// `SET [LOCAL] client_encoding` / `SET [LOCAL] NAMES`: this one (Postgres's name;
+    /// `None` for UTF8, see [`super::settings::encoding_set_by`]).
+    Named(Option<&'static str>),
+    /// `RESET client_encoding` / `RESET ALL`: the session's default, its startup value.
+    Default,
+}
+
+impl Encoding {
+    /// The switch a settings statement `sql` of kind `kind` makes, if any.
+    fn switched_by(kind: &StmtKind, sql: &str) -> Option<Encoding> {
+        let named = || Encoding::Named(super::settings::encoding_set_by(sql));
+        match kind {
+            StmtKind::Set { name } if name == "client_encoding" => Some(named()),
+            StmtKind::SetLocal if super::settings::sets_local_encoding(sql) => Some(named()),
+            StmtKind::Reset { name } if name == "client_encoding" => Some(Encoding::Default),
+            StmtKind::ResetAll | StmtKind::DiscardAll => Some(Encoding::Default),
+            _ => None,
+        }
+    }
+}
+
 /// Something a shard joining the transaction late must replay after its BEGIN.
 #[derive(Debug, Clone)]
 pub(super) enum Step {
-    /// A settings statement and the session-level change it makes at COMMIT (`None` for
-    /// `SET LOCAL` / `SET TRANSACTION`, which end with the transaction).
+    /// A settings statement, the session-level change it makes at COMMIT (`None` for
+    /// `SET LOCAL` / `SET TRANSACTION`, which end with the transaction) and the client
+    /// encoding it switches to.
     Setting {
         sql: String,
         change: Option<SettingChange>,
+        encoding: Option<Encoding>,
     },
     /// A savepoint, by the name Postgres gives it.
     Savepoint(String),
@@ -130,6 +159,9 @@ pub(super) struct Txn {
     /// The block ran DDL: rolled back (or back to a savepoint), what it created is gone, so
     /// statements the backends prepared against it are stale.
     pub ddl: bool,
+    /// The client encoding the latest step still in `steps` switched to: in effect until
+    /// the block ends (see [`Encoding`]).
+    pub encoding: Option<Encoding>,
 }
 
 impl Txn {
@@ -143,6 +175,7 @@ impl Txn {
             failed: false,
             lost: false,
             ddl: false,
+            encoding: None,
         }
     }
 
@@ -196,6 +229,7 @@ impl Txn {
 
     /// The session-level setting changes the transaction made, in order (applied at COMMIT).
     pub fn take_changes(&mut self) -> Vec<SettingChange> {
+        self.encoding = None;
         std::mem::take(&mut self.steps)
             .into_iter()
             .filter_map(|s| match s {
@@ -214,9 +248,24 @@ impl Txn {
     /// Records a settings statement `sql` of kind `kind` that ran in the transaction.
     pub fn record_setting(&mut self, kind: &StmtKind, sql: &str) {
         let change = setting_change(kind, sql);
+        let encoding = Encoding::switched_by(kind, sql);
+        if encoding.is_some() {
+            self.encoding = encoding;
+        }
         self.steps.push(Step::Setting {
             sql: sql.trim().trim_end_matches(';').to_string(),
             change,
+            encoding,
+        });
+    }
+
+    /// Keeps the first `len` steps (`ROLLBACK TO`): the settings after them are undone,
+    /// the client encoding included.
+    pub fn truncate_steps(&mut self, len: usize) {
+        self.steps.truncate(len);
+        self.encoding = self.steps.iter().rev().find_map(|s| match s {
+            Step::Setting { encoding, .. } => *encoding,
+            Step::Savepoint(_) => None,
         });
     }
 }
@@ -347,8 +396,10 @@ impl Session {
                     self.schema_changed();
                 }
                 if self.on_every_held(sql).await {
-                    // What came after the savepoint is undone, settings included.
-                    self.txn.steps.truncate(at + 1);
+                    // What came after the savepoint is undone, settings included (the
+                    // backends' client_encoding too: the proxy's conversion follows).
+                    self.txn.truncate_steps(at + 1);
+                    self.sync_codec();
                     self.txn.failed = false;
                     self.txn.status = TxnStatus::InBlock;
                     build::command_complete(&mut self.out, "ROLLBACK");
@@ -387,6 +438,9 @@ impl Session {
         }
         if self.on_every_held(&stmt).await {
             self.txn.record_setting(kind, &stmt);
+            // A client_encoding set here is the backends' at once (their ParameterStatus
+            // reached the client): the client's next messages come in it.
+            self.sync_codec();
             let tag = match kind {
                 StmtKind::Reset { .. } | StmtKind::ResetAll => "RESET",
                 _ => "SET",
@@ -418,6 +472,7 @@ impl Session {
                 }
             }
             self.txn = Txn::idle();
+            self.sync_codec();
             build::command_complete(&mut self.out, if commit { "COMMIT" } else { "ROLLBACK" });
             if ready {
                 self.push_ready();
@@ -430,6 +485,7 @@ impl Session {
             let r = self.commit_all(&idxs).await;
             let changes = self.txn.take_changes();
             self.txn = Txn::idle();
+            self.sync_codec();
             let ok = match r {
                 Ok(Ok(())) => {
                     for ch in changes {
@@ -506,6 +562,7 @@ impl Session {
             }
         }
         self.txn = Txn::idle();
+        self.sync_codec();
         if ready {
             self.push_ready();
         }
@@ -525,6 +582,7 @@ impl Session {
     ) -> bool {
         let e = self.backend_failed(shard, error);
         self.txn = Txn::idle();
+        self.sync_codec();
         self.push_error(&e);
         if ready {
             self.push_ready();
