@@ -78,6 +78,10 @@ pub enum ProxyError {
     /// pooled connection); SQLSTATE 57014, as from Postgres.
     #[error("canceling statement due to user request")]
     QueryCanceled,
+    /// A prepared statement the client described earlier now has another result shape
+    /// (see [`crate::session::shape`]): refused as Postgres refuses it.
+    #[error("cached plan must not change result type")]
+    CachedPlanChanged,
     /// A shard refused a statement the proxy ran on the client's behalf.
     #[error("{message}")]
     Backend {
@@ -110,7 +114,23 @@ impl ProxyError {
             ProxyError::OutOfMemory(_) => "53200",
             ProxyError::Internal(_) => "XX000",
             ProxyError::QueryCanceled => "57014",
+            ProxyError::CachedPlanChanged => "0A000",
             ProxyError::Backend { code, .. } => code,
+        }
+    }
+
+    /// ErrorResponse fields sent after the message, for errors Postgres itself raises and
+    /// drivers tell apart by where it raised them: asyncpg knows "cached plan must not
+    /// change result type" only by its routine field (`R`, `RevalidateCachedQuery`), and
+    /// then prepares the statement again. As Postgres 15 sends it (`F`, `L`, `R`).
+    pub fn fields(&self) -> &'static [(u8, &'static str)] {
+        match self {
+            ProxyError::CachedPlanChanged => &[
+                (b'F', "plancache.c"),
+                (b'L', "722"),
+                (b'R', "RevalidateCachedQuery"),
+            ],
+            _ => &[],
         }
     }
 }

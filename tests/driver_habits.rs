@@ -1893,3 +1893,37 @@ async fn set_client_encoding_inside_a_block_takes_effect_at_once() {
         );
     }
 }
+
+/// asyncpg after the result of a prepared statement changed (its suite's
+/// `test_prepare_cache_invalidation_silent`, `…_in_transaction`,
+/// `test_prepare_statement_invalid`): the proxy's own "cached plan must not change result
+/// type" carries the fields Postgres's has — the routine field `R = RevalidateCachedQuery`
+/// is how asyncpg knows it and prepares again. The script runs on one Postgres first, so
+/// what it expects is Postgres's behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_prepares_again_after_a_result_type_change() {
+    let (env, proxy, _ids) = setup(2).await;
+    for dsn in [
+        env.reference_url(),
+        format!("postgresql://app:app-secret@127.0.0.1:{}/app", proxy.port()),
+    ] {
+        let mut cmd = common::python("asyncpg_invalidation.py");
+        cmd.arg(dsn);
+        common::run_program(cmd, "asyncpg invalidation checks passed").await;
+    }
+    // The fields, as Postgres sends them.
+    let c = proxy.client().await;
+    c.batch_execute("CREATE TABLE inval2 (a int, b int)")
+        .await
+        .unwrap();
+    let stmt = c.prepare("SELECT * FROM inval2").await.unwrap();
+    c.batch_execute("ALTER TABLE inval2 ALTER COLUMN b TYPE text")
+        .await
+        .unwrap();
+    let err = c.query(&stmt, &[]).await.unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "0A000");
+    assert_eq!(db.message(), "cached plan must not change result type");
+    assert_eq!(db.routine(), Some("RevalidateCachedQuery"));
+    assert_eq!(db.file(), Some("plancache.c"));
+}

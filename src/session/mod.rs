@@ -485,9 +485,15 @@ impl Session {
                     .from_utf8(&safe)
                     .map(|b| b.into_owned())
                     .unwrap_or_default();
-                build::error_bytes(&mut self.out, "ERROR", e.sqlstate(), &bytes);
+                build::error_fields(&mut self.out, "ERROR", e.sqlstate(), &bytes, e.fields());
             }
-            None => build::error(&mut self.out, "ERROR", e.sqlstate(), &text),
+            None => build::error_fields(
+                &mut self.out,
+                "ERROR",
+                e.sqlstate(),
+                text.as_bytes(),
+                e.fields(),
+            ),
         }
         self.txn.fail();
     }

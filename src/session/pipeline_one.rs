@@ -60,10 +60,7 @@ impl Session {
                     };
                     self.forget_later_statements(&ops[keep..]);
                     ops.truncate(keep);
-                    own_cut = Some(ProxyError::Backend {
-                        code: "0A000".into(),
-                        message: super::shape::CHANGED.into(),
-                    });
+                    own_cut = Some(ProxyError::CachedPlanChanged);
                 }
                 ShapeCheck::Failed(e) => {
                     // The backend skips to Sync after the failed Parse (and a transaction
@@ -222,7 +219,8 @@ impl Session {
         }
         if let Some(e) = cut {
             let mut b = BytesMut::new();
-            build::error(&mut b, "ERROR", e.sqlstate(), &e.to_string());
+            let text = e.to_string();
+            build::error_fields(&mut b, "ERROR", e.sqlstate(), text.as_bytes(), e.fields());
             ex.push_back(Expect::Local(b.freeze()));
             self.txn.fail();
         }

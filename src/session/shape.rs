@@ -20,9 +20,6 @@ const UNKNOWN: u64 = 0;
 /// The mark of a statement whose result changed: Postgres refuses it from then on.
 const CHANGED_MARK: u64 = u64::MAX;
 
-/// The message Postgres sends for a statement whose result changed under it.
-pub const CHANGED: &str = "cached plan must not change result type";
-
 /// Fingerprint of a RowDescription (`T`) or NoData (`n`) body: column count, names, built-in
 /// type OIDs and type modifiers — what decides how a client decodes a row. Table OIDs,
 /// column numbers and user type OIDs are left out: they differ between shards for the same

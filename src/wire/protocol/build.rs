@@ -49,6 +49,17 @@ pub fn error(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
 }
 /// ErrorResponse whose message is already in the client's encoding (not UTF-8).
 pub fn error_bytes(buf: &mut BytesMut, severity: &str, code: &str, message: &[u8]) {
+    error_fields(buf, severity, code, message, &[]);
+}
+/// ErrorResponse with more fields after the message (`(type, value)`: `F` file, `L` line,
+/// `R` routine, …).
+pub fn error_fields(
+    buf: &mut BytesMut,
+    severity: &str,
+    code: &str,
+    message: &[u8],
+    fields: &[(u8, &str)],
+) {
     let at = begin(buf, b'E');
     buf.put_u8(b'S');
     put_cstr(buf, severity);
@@ -59,6 +70,10 @@ pub fn error_bytes(buf: &mut BytesMut, severity: &str, code: &str, message: &[u8
     buf.put_u8(b'M');
     buf.put_slice(message);
     buf.put_u8(0);
+    for (kind, value) in fields {
+        buf.put_u8(*kind);
+        put_cstr(buf, value);
+    }
     buf.put_u8(0);
     finish(buf, at);
 }
