@@ -1927,3 +1927,119 @@ async fn asyncpg_prepares_again_after_a_result_type_change() {
     assert_eq!(db.routine(), Some("RevalidateCachedQuery"));
     assert_eq!(db.file(), Some("plancache.c"));
 }
+
+/// `psycopg_block_habits.py CASE`, directly on one Postgres (so what it expects is
+/// Postgres's behaviour), then through the proxy.
+async fn psycopg_block_case(env: &TestEnv, proxy: &Proxy, case: &str) {
+    for dsn in [env.reference_url(), proxy.conninfo()] {
+        let mut cmd = common::python("psycopg_block_habits.py");
+        cmd.arg(&dsn).arg(case);
+        let out = common::run_program(cmd, "checks passed").await;
+        assert!(
+            out.contains(&format!("psycopg {case} checks passed")),
+            "{dsn}: {out}"
+        );
+    }
+}
+
+/// A `SAVEPOINT` sent in a pipeline that continues an exchange a Flush left open (psycopg's
+/// pipeline mode: a read fetched at a Flush, then `SAVEPOINT "_pg3_1"`, Sync) is a savepoint
+/// like any other: on every shard the block holds, and found by its `ROLLBACK TO` (it got
+/// the proxy's own `3B001`). Also when the savepoint statements end at a Flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_savepoint_in_a_pipeline_continued_after_a_flush() {
+    let (env, proxy, ids) = setup(2).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    let (a, b) = (ids[0].to_string(), ids[1].to_string());
+    let step = |w: &mut Wire, sql: &str| {
+        w.parse("", sql)
+            .bind("", "", &[])
+            .describe(b'P', "")
+            .execute("", 0);
+    };
+    w.query(&format!(
+        "BEGIN; UPDATE users SET name = 'kept' WHERE id = {a}"
+    ));
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    // A read on the other shard fetched at a Flush: the exchange stays open there.
+    step(&mut w, &format!("SELECT name FROM users WHERE id = {b}"));
+    w.flush();
+    w.send().await;
+    let mut got = Vec::new();
+    while got.last().map(|m: &common::wire::Msg| m.0) != Some(b'C') {
+        got.push(w.recv().await.expect("closed"));
+    }
+    assert_eq!(tags(&got), "12TDC");
+    step(&mut w, "SAVEPOINT \"_pg3_1\"");
+    w.sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(tags(&got), "12nCZ");
+    for id in [&a, &b] {
+        step(
+            &mut w,
+            &format!("UPDATE users SET name = 'undone' WHERE id = {id}"),
+        );
+        w.sync();
+        w.send().await;
+        assert_eq!(first_error(&w.until_ready().await), None);
+    }
+    step(&mut w, "ROLLBACK TO \"_pg3_1\"");
+    step(&mut w, "RELEASE \"_pg3_1\"");
+    w.sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    assert_eq!(tags(&got), "12nC12nCZ");
+    assert_eq!(got.last().map(|m| m.1.to_vec()), Some(vec![b'T']));
+    // Again with the savepoint statements at a Flush, after a read left the exchange open.
+    step(&mut w, &format!("SELECT name FROM users WHERE id = {a}"));
+    w.flush();
+    w.send().await;
+    let mut got = Vec::new();
+    while got.last().map(|m: &common::wire::Msg| m.0) != Some(b'C') {
+        got.push(w.recv().await.expect("closed"));
+    }
+    assert_eq!(first_values(&got), vec!["kept".to_string()]);
+    step(&mut w, "SAVEPOINT s2");
+    w.flush();
+    w.send().await;
+    let mut got = Vec::new();
+    while got.last().map(|m: &common::wire::Msg| m.0) != Some(b'C') {
+        got.push(w.recv().await.expect("closed"));
+    }
+    assert_eq!(tags(&got), "12nC");
+    w.sync();
+    w.send().await;
+    assert_eq!(tags(&w.until_ready().await), "Z");
+    step(
+        &mut w,
+        &format!("UPDATE users SET name = 'undone' WHERE id = {b}"),
+    );
+    w.sync();
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    w.query("ROLLBACK TO s2");
+    w.send().await;
+    let got = w.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    w.query("COMMIT");
+    w.send().await;
+    assert_eq!(first_error(&w.until_ready().await), None);
+    let c = proxy.client().await;
+    for (id, want) in [
+        (ids[0], "kept".to_string()),
+        (ids[1], format!("user-{}", ids[1])),
+    ] {
+        let name: String = c
+            .query_one("SELECT name FROM users WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(name, want);
+    }
+    // psycopg itself, nested transactions in pipeline mode.
+    psycopg_block_case(&env, &proxy, "pipeline-savepoint").await;
+}

@@ -93,6 +93,9 @@ pub(super) struct Effects {
     /// A `ROLLBACK TO SAVEPOINT` that ends a failed transaction's failure is executed earlier
     /// in the pipeline: what follows it is not refused up front.
     recovers: bool,
+    /// Some statement is a step of a transaction block (a savepoint command or a setting),
+    /// which the proxy runs on every shard the block holds and records.
+    steps: bool,
 }
 
 /// One decoded pipeline message, ready to run.
@@ -182,7 +185,41 @@ impl Session {
             // Postgres discards messages after an error until Sync.
             batch.skip_to_sync = true;
         }
-        if sync && cut.is_none() && batch.open.is_none() && self.transaction_batch(&ops).await? {
+        if fx.steps && cut.is_none() && self.txn.status == TxnStatus::InBlock {
+            if let Some(Target::Shard(open)) = batch.open {
+                // A savepoint or setting continuing an exchange a Flush left open (psycopg's
+                // pipeline mode): that exchange ends first, so the step runs as any other —
+                // on every shard the block holds, recorded for its ROLLBACK TO and for shards
+                // it reaches later.
+                match self.end_open_exchange(open).await {
+                    Ok(()) => batch.open = None,
+                    Err(RelayError::Client(e)) => return Err(e),
+                    Err(RelayError::Backend { shard, error, .. }) => {
+                        let e = self.backend_failed(shard, &error);
+                        self.lose_transaction();
+                        self.push_error(&e);
+                        if sync {
+                            self.push_ready();
+                        } else {
+                            batch.skip_to_sync = true;
+                        }
+                        batch.open = None;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        // Transaction control at a Flush too, inside a block (outside one, a Flush leaves the
+        // backend's implicit transaction open, which the statements must share).
+        if cut.is_none()
+            && batch.open.is_none()
+            && (sync || self.txn.status.is_open())
+            && self.transaction_batch(&ops, sync).await?
+        {
+            if !sync && self.txn.failed {
+                // Postgres discards what follows an error until Sync.
+                batch.skip_to_sync = true;
+            }
             return Ok(());
         }
         if fx.recovers && cut.is_none() {
@@ -653,6 +690,8 @@ impl Session {
                             .push((st.kind.clone(), stmt.sql.trim().to_string()));
                     }
                     fx.reshapes |= st.reshapes;
+                    fx.steps |= matches!(st.kind, StmtKind::Savepoint(_))
+                        || super::txn::is_setting(&st.kind);
                     if matches!(st.kind, StmtKind::CopyIn) {
                         return Err(ProxyError::Unsupported(
                             "COPY FROM STDIN through the extended protocol is not supported; use a simple Query".into(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::extended::{Op, BIND_COMPLETE};
-use super::relay::Expect;
+use super::relay::{Expect, RelayError};
 use super::{Prepared, Session, SessionEnd, Txn, TxnStatus};
 use crate::routing::router::StmtKind;
 use crate::wire::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
@@ -116,8 +116,13 @@ impl Session {
     /// transaction lazily on the shards later statements reach; the others act on every shard
     /// the transaction holds (see [`super::txn`]). Several run one after another (psycopg's
     /// pipeline mode sends `ROLLBACK TO SAVEPOINT` and `RELEASE SAVEPOINT` with one Sync); the
-    /// first error skips the rest, as in Postgres. Returns whether it handled the pipeline.
-    pub(super) async fn transaction_batch(&mut self, ops: &[Op]) -> Result<bool, SessionEnd> {
+    /// first error skips the rest, as in Postgres. Without `sync` (a Flush inside a block) no
+    /// ReadyForQuery ends it. Returns whether it handled the pipeline.
+    pub(super) async fn transaction_batch(
+        &mut self,
+        ops: &[Op],
+        sync: bool,
+    ) -> Result<bool, SessionEnd> {
         let kind_of = |p: &Prepared| p.plan.stmts.first().map(|s| s.kind.clone());
         // Each statement's messages end at its Execute; only proxy-made replies may follow.
         let mut groups: Vec<(&[Op], Arc<Prepared>)> = Vec::new();
@@ -192,8 +197,32 @@ impl Session {
                 self.out.extend_from_slice(b);
             }
         }
-        self.push_ready();
+        if sync {
+            self.push_ready();
+        }
         Ok(true)
+    }
+
+    /// Ends the extended-protocol exchange a Flush left open on `shard` with a Sync of the
+    /// proxy's own, its ReadyForQuery kept from the client (who got every reply up to its
+    /// Flush already). Only inside a transaction block: there a Sync ends the exchange and
+    /// nothing else — the transaction and its portals live on (a Sync commits only an
+    /// implicit transaction) — and the connection takes the proxy's own statements again.
+    pub(super) async fn end_open_exchange(&mut self, shard: usize) -> Result<(), RelayError> {
+        let Some(idx) = self.conns.iter().position(|c| c.shard == shard) else {
+            return Ok(());
+        };
+        let mut msg = BytesMut::new();
+        build::empty(&mut msg, b'S');
+        if let Err(error) = self.conns[idx].write_all(&msg).await {
+            return Err(RelayError::Backend {
+                shard,
+                error,
+                forwarded: true,
+            });
+        }
+        let mut ex = std::collections::VecDeque::from([Expect::Sync]);
+        self.relay_one(idx, &mut ex, true).await.map(|_| ())
     }
 
     /// One statement of [`Session::transaction_batch`]: the replies to its messages, then
