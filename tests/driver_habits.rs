@@ -2043,3 +2043,108 @@ async fn a_savepoint_in_a_pipeline_continued_after_a_flush() {
     // psycopg itself, nested transactions in pipeline mode.
     psycopg_block_case(&env, &proxy, "pipeline-savepoint").await;
 }
+
+/// The column count of the RowDescription in `msgs`.
+fn column_count(msgs: &[common::wire::Msg]) -> Option<i16> {
+    msgs.iter()
+        .find(|m| m.0 == b'T')
+        .map(|m| i16::from_be_bytes([m.1[0], m.1[1]]))
+}
+
+/// Statements prepared inside a transaction block, then DDL in that same block (`DROP` and
+/// a type made again, `ALTER TABLE`, or a `ROLLBACK TO` that undoes an `ALTER`): a new
+/// Parse of the same text meets the schema as it is now, as on Postgres. The backend
+/// statement (named by content) had been kept and answered the new Parse with its old plan
+/// (`cache lookup failed for type`, `cached plan must not change result type`: psycopg's
+/// `test_change_type`, `test_change_type_savepoint`, `test_alter_table_clears_state`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_parse_after_ddl_in_the_same_block_sees_the_new_schema() {
+    let (env, proxy, _ids) = setup(2).await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    let ok = |got: &[common::wire::Msg]| {
+        assert_eq!(first_error(got), None, "{}", tags(got));
+    };
+    // DDL runs on every shard: one statement per Query.
+    async fn each(w: &mut Wire, sqls: &[&str]) {
+        for sql in sqls {
+            w.query(sql);
+            w.send().await;
+            let got = w.until_ready().await;
+            assert_eq!(first_error(&got), None, "{sql}: {}", tags(&got));
+        }
+    }
+    let insert = "INSERT INTO blockenum (bar) VALUES ($1::blockmood[])";
+    let make = [
+        "CREATE TYPE blockmood AS ENUM ('foo', 'bar')",
+        "CREATE TABLE blockenum (id int, bar blockmood[])",
+    ];
+    each(&mut w, &["BEGIN"]).await;
+    each(&mut w, &make).await;
+    w.parse("s1", insert)
+        .bind("", "s1", &["{foo}"])
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    ok(&w.until_ready().await);
+    each(&mut w, &["DROP TABLE blockenum", "DROP TYPE blockmood"]).await;
+    each(&mut w, &make).await;
+    w.parse("s2", insert)
+        .bind("", "s2", &["{bar}"])
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    ok(&w.until_ready().await);
+    // ALTER TABLE, then the same SELECT parsed again: the new column.
+    let select = "SELECT * FROM blockenum";
+    w.parse("s3", select).describe(b'S', "s3").sync();
+    w.send().await;
+    assert_eq!(column_count(&w.until_ready().await), Some(2));
+    each(
+        &mut w,
+        &["ALTER TABLE blockenum ADD COLUMN extra int DEFAULT 7"],
+    )
+    .await;
+    w.parse("s4", select)
+        .bind("", "s4", &[])
+        .describe(b'P', "")
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    ok(&got);
+    assert_eq!(column_count(&got), Some(3));
+    // ROLLBACK TO a savepoint made before an ALTER: the statement parsed after the ALTER
+    // (three columns) is stale again.
+    each(
+        &mut w,
+        &["SAVEPOINT sp", "ALTER TABLE blockenum ADD COLUMN more int"],
+    )
+    .await;
+    w.parse("s5", select)
+        .bind("", "s5", &[])
+        .describe(b'P', "")
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    ok(&got);
+    assert_eq!(column_count(&got), Some(4));
+    each(&mut w, &["ROLLBACK TO sp"]).await;
+    w.parse("s6", select)
+        .bind("", "s6", &[])
+        .describe(b'P', "")
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let got = w.until_ready().await;
+    ok(&got);
+    assert_eq!(column_count(&got), Some(3));
+    assert_eq!(
+        first_values(&got).len(),
+        1,
+        "the row inserted after the DROP"
+    );
+    each(&mut w, &["ROLLBACK"]).await;
+    // psycopg itself.
+    psycopg_block_case(&env, &proxy, "ddl-in-block").await;
+}

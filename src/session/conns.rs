@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use super::{gate, settings, Session, Topology, Txn, MAX_PREPARED_PER_CONN, STALE_EPOCH};
+use super::relay::RelayError;
+use super::{
+    gate, settings, Session, Target, Topology, Txn, TxnStatus, MAX_PREPARED_PER_CONN, STALE_EPOCH,
+};
 use crate::error::ProxyError;
 
 impl Session {
@@ -205,7 +208,10 @@ impl Session {
     }
 
     /// A schema change passed through this session: every pooled connection's prepared
-    /// statements are cleared at its next checkout, the ones held now included.
+    /// statements are cleared at its next checkout; the ones held now (inside a transaction
+    /// block, in session mode) before this session's next pipeline ([`Session::settle_held`]):
+    /// else a client's new Parse after `ALTER`/`DROP` in a block — psycopg parses again after
+    /// them — would meet the statement prepared before, by the same content-addressed name.
     pub(super) fn schema_changed(&mut self) {
         self.shared
             .schema_epoch
@@ -213,6 +219,43 @@ impl Session {
         for c in self.conns.iter_mut() {
             c.prepared_epoch = STALE_EPOCH;
         }
+    }
+
+    /// Before a pipeline runs: with `steps` (it holds savepoint commands or settings) inside
+    /// a transaction block, ends the exchange a Flush left open on `open`'s shard; inside a
+    /// block, also when that connection's statements are stale. Then drops the statements
+    /// a schema change made stale on every other held connection (see
+    /// [`Session::schema_changed`]).
+    pub(super) async fn settle_held(
+        &mut self,
+        open: &mut Option<Target>,
+        steps: bool,
+    ) -> Result<(), RelayError> {
+        if let Some(Target::Shard(s)) = *open {
+            let stale = self
+                .conns
+                .iter()
+                .any(|c| c.shard == s && c.prepared_epoch == STALE_EPOCH);
+            if self.txn.status == TxnStatus::InBlock && (steps || stale) {
+                self.end_open_exchange(s).await?;
+                *open = None;
+            }
+        }
+        let busy = match *open {
+            Some(Target::Shard(s)) => Some(s),
+            _ => None,
+        };
+        for idx in 0..self.conns.len() {
+            let c = &self.conns[idx];
+            // An aborted block refuses DEALLOCATE: after its ROLLBACK [TO], then.
+            if c.prepared_epoch != STALE_EPOCH || Some(c.shard) == busy || c.ready_status == b'E' {
+                continue;
+            }
+            if let Some(e) = self.fresh_statements(idx).await {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Gives the held connections back when no transaction or exchange needs them.

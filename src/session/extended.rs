@@ -17,7 +17,7 @@ use super::gather::GatherPortal;
 use super::relay::{Expect, RelayError};
 use super::{
     Prepared, Session, SessionEnd, Target, Txn, TxnStatus, MAX_BATCH_BYTES, MAX_CLIENT_STATEMENTS,
-    SCRATCH_ITEMS,
+    SCRATCH_ITEMS, STALE_EPOCH,
 };
 use crate::error::ProxyError;
 use crate::routing::router::{RouteSpec, SavepointOp, StmtKind};
@@ -185,27 +185,27 @@ impl Session {
             // Postgres discards messages after an error until Sync.
             batch.skip_to_sync = true;
         }
-        if fx.steps && cut.is_none() && self.txn.status == TxnStatus::InBlock {
-            if let Some(Target::Shard(open)) = batch.open {
-                // A savepoint or setting continuing an exchange a Flush left open (psycopg's
-                // pipeline mode): that exchange ends first, so the step runs as any other —
-                // on every shard the block holds, recorded for its ROLLBACK TO and for shards
-                // it reaches later.
-                match self.end_open_exchange(open).await {
-                    Ok(()) => batch.open = None,
-                    Err(RelayError::Client(e)) => return Err(e),
-                    Err(RelayError::Backend { shard, error, .. }) => {
-                        let e = self.backend_failed(shard, &error);
-                        self.lose_transaction();
-                        self.push_error(&e);
-                        if sync {
-                            self.push_ready();
-                        } else {
-                            batch.skip_to_sync = true;
-                        }
-                        batch.open = None;
-                        return Ok(());
+        let stale = self.conns.iter().any(|c| c.prepared_epoch == STALE_EPOCH);
+        if cut.is_none() && (stale || fx.steps && self.txn.status == TxnStatus::InBlock) {
+            // A savepoint or setting continuing an exchange a Flush left open (psycopg's
+            // pipeline mode) ends that exchange first, so it runs as any other step: on every
+            // shard the block holds, recorded for its ROLLBACK TO and for shards it reaches
+            // later. Statements DDL made stale on held connections are dropped before this
+            // pipeline's Parses are answered.
+            match self.settle_held(&mut batch.open, fx.steps).await {
+                Ok(()) => {}
+                Err(RelayError::Client(e)) => return Err(e),
+                Err(RelayError::Backend { shard, error, .. }) => {
+                    let e = self.backend_failed(shard, &error);
+                    self.lose_transaction();
+                    self.push_error(&e);
+                    if sync {
+                        self.push_ready();
+                    } else {
+                        batch.skip_to_sync = true;
                     }
+                    batch.open = None;
+                    return Ok(());
                 }
             }
         }

@@ -118,8 +118,9 @@ impl Session {
     }
 
     /// Drops every statement the proxy kept on connection `idx` (`DEALLOCATE ALL`), so the
-    /// next use prepares them again; `Some` when the backend failed.
-    async fn fresh_statements(&mut self, idx: usize) -> Option<RelayError> {
+    /// next use prepares them again; `Some` when the backend failed. (`DEALLOCATE` is not
+    /// transactional: a ROLLBACK does not bring the statements back.)
+    pub(super) async fn fresh_statements(&mut self, idx: usize) -> Option<RelayError> {
         let shard = self.conns[idx].shard;
         let epoch = self
             .shared
@@ -127,11 +128,13 @@ impl Session {
             .load(std::sync::atomic::Ordering::Acquire);
         let conn = &mut self.conns[idx];
         match conn.run_simple("DEALLOCATE ALL").await {
-            Ok(_) => {
+            Ok((None, _)) => {
                 conn.prepared.clear();
                 conn.prepared_epoch = epoch;
                 None
             }
+            // Refused (an aborted transaction block): they stay, stale, for the next try.
+            Ok((Some(_), _)) => None,
             Err(error) => Some(RelayError::Backend {
                 shard,
                 error,
