@@ -24,7 +24,7 @@ use crate::error::ProxyError;
 use crate::routing::literals::Scanned;
 use crate::routing::router::{max_param, Generate, Plan, SlotText};
 use crate::sharding::catalog::TableEntry;
-use crate::wire::protocol::{BindMsg, Frame, ParseMsg};
+use crate::wire::protocol::{build, BindMsg, Frame, ParseMsg};
 
 /// Most statements a pipeline may leave pending.
 const MAX_PENDING: usize = 64;
@@ -319,42 +319,19 @@ impl Session {
         }
         let values = self.take_values(&gb.plan).await?;
         let texts: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        let n = m.n_params + texts.len();
-        let mut b = BytesMut::with_capacity(64 + n * 16);
-        b.put_u8(b'B');
-        b.put_i32(0);
-        b.put_slice(m.portal.as_bytes());
-        b.put_u8(0);
-        b.put_slice(m.statement.as_bytes());
-        b.put_u8(0);
-        b.put_i16(n as i16);
-        for i in 0..m.n_params {
-            b.put_i16(i16::from(m.is_binary(i)));
-        }
-        for _ in &texts {
-            b.put_i16(0);
-        }
-        b.put_i16(n as i16);
-        for v in m.params() {
-            match v {
-                Some(v) => {
-                    b.put_i32(v.len() as i32);
-                    b.put_slice(v);
-                }
-                None => b.put_i32(-1),
-            }
-        }
-        for t in &texts {
-            b.put_i32(t.len() as i32);
-            b.put_slice(t.as_bytes());
-        }
-        let formats = m.result_formats();
-        b.put_i16(formats.len() as i16);
-        for f in formats {
-            b.put_i16(f);
-        }
-        let len = (b.len() - 1) as i32;
-        b[1..5].copy_from_slice(&len.to_be_bytes());
+        let extra: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+        let mut b = BytesMut::with_capacity(64 + (m.n_params + extra.len()) * 16);
+        m.with_params(|params| {
+            build::bind_with_extra(
+                &mut b,
+                m.portal,
+                m.statement,
+                params,
+                &|i| m.is_binary(i),
+                &extra,
+                &m.result_formats(),
+            )
+        });
         Ok(Frame {
             tag: b'B',
             raw: b.freeze(),

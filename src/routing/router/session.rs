@@ -9,10 +9,12 @@ use super::clauses::name_list;
 use super::stmt::{PidArg, SessionCall, SessionFn};
 use crate::sharding::shardmap::ShardMap;
 
-/// `SELECT pg_backend_pid()` / `SELECT pg_cancel_backend(<pid>)` /
-/// `SELECT pg_terminate_backend(<pid>)` and nothing else (no FROM, WHERE or other column;
-/// `pg_catalog.` allowed).
-pub(super) fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
+/// The one function call `SELECT f(…) [AS name]` consists of, with nothing else (no FROM,
+/// WHERE, other column, DISTINCT, GROUP BY, ORDER BY, LIMIT, INTO; not an aggregate or window
+/// call), and its name (`pg_catalog.` allowed).
+fn bare_call(
+    s: &protobuf::SelectStmt,
+) -> Option<(&protobuf::ResTarget, &protobuf::FuncCall, &str)> {
     let bare = s.from_clause.is_empty()
         && s.where_clause.is_none()
         && s.target_list.len() == 1
@@ -36,11 +38,17 @@ pub(super) fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
     if f.agg_star || f.agg_distinct || f.over.is_some() || !f.agg_order.is_empty() {
         return None;
     }
-    let names = name_list(&f.funcname);
-    let name = match names.as_slice() {
+    let name = match name_list(&f.funcname).as_slice() {
         [n] | ["pg_catalog", n] => *n,
         _ => return None,
     };
+    Some((rt, f, name))
+}
+
+/// `SELECT pg_backend_pid()` / `SELECT pg_cancel_backend(<pid>)` /
+/// `SELECT pg_terminate_backend(<pid>)` and nothing else (see [`bare_call`]).
+pub(super) fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
+    let (rt, f, name) = bare_call(s)?;
     let call = match (name, f.args.as_slice()) {
         ("pg_backend_pid", []) => SessionCall::BackendPid,
         ("pg_cancel_backend", [arg]) => SessionCall::Cancel(pid_arg(arg)?),
@@ -55,32 +63,13 @@ pub(super) fn session_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
     Some(SessionFn { call, column })
 }
 
-/// `SELECT currval(<sequence>)` / `SELECT lastval()` alone (no FROM, WHERE or other column),
+/// `SELECT currval(<sequence>)` / `SELECT lastval()` alone (see [`bare_call`]),
 /// when the sequence is one the proxy assigns values of: answered from the values it gave the
 /// session (under transaction pooling a shard's own `currval` belongs to whichever client
 /// used that backend last). `<sequence>` may be `'name'`, `'name'::regclass` or
 /// `pg_get_serial_sequence('table', 'column')`.
 pub(super) fn sequence_fn(map: &ShardMap, s: &protobuf::SelectStmt) -> Option<SessionFn> {
-    let bare = s.from_clause.is_empty()
-        && s.where_clause.is_none()
-        && s.target_list.len() == 1
-        && s.op == SetOperation::SetopNone as i32
-        && s.values_lists.is_empty()
-        && s.with_clause.is_none();
-    if !bare {
-        return None;
-    }
-    let Some(NodeEnum::ResTarget(rt)) = s.target_list[0].node.as_ref() else {
-        return None;
-    };
-    let Some(NodeEnum::FuncCall(f)) = rt.val.as_ref().and_then(|v| v.node.as_ref()) else {
-        return None;
-    };
-    let names = name_list(&f.funcname);
-    let name = match names.as_slice() {
-        [n] | ["pg_catalog", n] => *n,
-        _ => return None,
-    };
+    let (rt, f, name) = bare_call(s)?;
     let text = |n: &protobuf::Node| -> Option<String> {
         match n.node.as_ref()? {
             NodeEnum::AConst(c) => match &c.val {

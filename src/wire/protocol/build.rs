@@ -191,6 +191,45 @@ pub fn bind_tail(
     }
     b
 }
+/// A Bind of the client's parameters `params` (each in the format `is_binary` gives it),
+/// followed by `extra` in text format, asking for `result_formats`: one format code per
+/// parameter, so the extra ones can be text whatever the client's were.
+pub fn bind_with_extra(
+    buf: &mut BytesMut,
+    portal: &str,
+    statement: &str,
+    params: &[Option<&[u8]>],
+    is_binary: &dyn Fn(usize) -> bool,
+    extra: &[&[u8]],
+    result_formats: &[i16],
+) {
+    let at = begin(buf, b'B');
+    put_cstr(buf, portal);
+    put_cstr(buf, statement);
+    let n = params.len() + extra.len();
+    buf.put_i16(n as i16);
+    for i in 0..params.len() {
+        buf.put_i16(i16::from(is_binary(i)));
+    }
+    for _ in extra {
+        buf.put_i16(0);
+    }
+    buf.put_i16(n as i16);
+    for v in params.iter().copied().chain(extra.iter().map(|e| Some(*e))) {
+        match v {
+            Some(v) => {
+                buf.put_i32(v.len() as i32);
+                buf.put_slice(v);
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+    buf.put_i16(result_formats.len() as i16);
+    for f in result_formats {
+        buf.put_i16(*f);
+    }
+    finish(buf, at);
+}
 /// A Bind whose statement name is replaced; `tail` is the original body after the statement name.
 pub fn bind_renamed(buf: &mut BytesMut, portal: &str, statement: &str, tail: &[u8]) {
     let at = begin(buf, b'B');
