@@ -81,6 +81,20 @@ pub enum SlotText<'a> {
 }
 
 impl Generate {
+    /// A completion of an INSERT into `rel` that changes nothing (filled in by the caller).
+    fn nothing(rel: &protobuf::RangeVar) -> Generate {
+        Generate {
+            schema: schema_key(&rel.schemaname),
+            table: rel.relname.clone(),
+            columns: Vec::new(),
+            rows: Vec::new(),
+            cols: ColEdit::Keep,
+            overriding: false,
+            from_values: None,
+            unknown: false,
+        }
+    }
+
     /// Values each generated column needs for one execution: (column #, count).
     pub fn counts(&self) -> Vec<(usize, usize)> {
         let mut c: Vec<(usize, usize)> = (0..self.columns.len()).map(|i| (i, 0)).collect();
@@ -255,14 +269,8 @@ pub(super) fn plan_generate(
             // Not known yet (created behind the proxy's back, or in the client's open
             // transaction): the session looks it up before it runs the statement.
             return Ok(Some(Generate {
-                schema: schema_key(&rel.schemaname),
-                table: rel.relname.clone(),
-                columns: Vec::new(),
-                rows: Vec::new(),
-                cols: ColEdit::Keep,
-                overriding: false,
-                from_values: None,
                 unknown: true,
+                ..Generate::nothing(rel)
             }));
         }
     };
@@ -290,14 +298,8 @@ pub(super) fn plan_generate(
         Some(NodeEnum::SelectStmt(sel)) if super::from_values::plan(sel).is_some() => {
             // SELECT … FROM (VALUES …): its rows become VALUES rows, read by key.
             return Ok(Some(Generate {
-                schema: schema_key(&rel.schemaname),
-                table: rel.relname.clone(),
-                columns: Vec::new(),
-                rows: Vec::new(),
-                cols: ColEdit::Keep,
-                overriding: false,
                 from_values: super::from_values::plan(sel),
-                unknown: false,
+                ..Generate::nothing(rel)
             }));
         }
         Some(_) => {
@@ -322,6 +324,14 @@ pub(super) fn plan_generate(
     };
     if select.is_none() {
         return Ok(default_values(rel, &cat, override_kind));
+    }
+    if override_kind == OverridingKind::OverridingUserValue && !cat.generated.is_empty() {
+        // Postgres then replaces the values of identity columns (not serial ones) by their
+        // shards' sequences: the proxy's values would not survive it.
+        return Err(ProxyError::Unsupported(format!(
+            "OVERRIDING USER VALUE into {} is not supported through the proxy (its identity values would come from each shard's own sequence); leave the clause out",
+            rel.relname
+        )));
     }
     // Every row must have one length, and fit the columns: else Postgres reports it.
     let width = values.first().map(|r| r.len()).unwrap_or(0);
@@ -349,11 +359,9 @@ pub(super) fn plan_generate(
         let mut used = false;
         match pos {
             Some(p) => {
-                let user_value_ignored =
-                    override_kind == OverridingKind::OverridingUserValue && !g.always;
                 for (r, row) in values.iter().enumerate() {
                     let is_default = matches!(row[p].node, Some(NodeEnum::SetToDefault(_)));
-                    if is_default || user_value_ignored {
+                    if is_default {
                         per_row[r].push((gi, Slot::Replace(p)));
                         used = true;
                     } else if g.always && override_kind != OverridingKind::OverridingSystemValue {
@@ -374,12 +382,6 @@ pub(super) fn plan_generate(
             always |= g.always;
             columns.push(g.clone());
         }
-    }
-    if override_kind == OverridingKind::OverridingUserValue && always {
-        return Err(ProxyError::Unsupported(format!(
-            "OVERRIDING USER VALUE into {} is not supported through the proxy; leave the identity column out",
-            rel.relname
-        )));
     }
     let cols = if named.is_empty() {
         if columns.is_empty() && !sharded {
@@ -413,14 +415,11 @@ pub(super) fn plan_generate(
         return Ok(None);
     }
     Ok(Some(Generate {
-        schema: schema_key(&rel.schemaname),
-        table: rel.relname.clone(),
         columns,
         rows: per_row,
         cols,
         overriding: always && override_kind != OverridingKind::OverridingSystemValue,
-        from_values: None,
-        unknown: false,
+        ..Generate::nothing(rel)
     }))
 }
 
@@ -443,16 +442,13 @@ fn default_values(
     );
     let always = cat.generated.iter().any(|g| g.always);
     Some(Generate {
-        schema: schema_key(&rel.schemaname),
-        table: rel.relname.clone(),
         columns: cat.generated.clone(),
         rows: vec![(0..cat.generated.len())
             .map(|g| (g, Slot::Append))
             .collect()],
         cols: ColEdit::DefaultValues(list),
         overriding: always && override_kind != OverridingKind::OverridingSystemValue,
-        from_values: None,
-        unknown: false,
+        ..Generate::nothing(rel)
     })
 }
 
