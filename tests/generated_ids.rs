@@ -33,22 +33,6 @@ async fn create_schema(c: &tokio_postgres::Client) {
     }
 }
 
-/// Every `column` of `table` on each shard: (shard, value).
-async fn placed(env: &TestEnv, table: &str, column: &str) -> Vec<(usize, i64)> {
-    let mut out = Vec::new();
-    for s in 0..env.shard_count() {
-        let c = env.shard_client(s).await;
-        for r in c
-            .query(&format!("SELECT {column}::int8 FROM {table}"), &[])
-            .await
-            .unwrap()
-        {
-            out.push((s, r.get::<_, i64>(0)));
-        }
-    }
-    out
-}
-
 /// Runs `sql` (a `COPY … FROM STDIN`) with 500 rows made by `row`, in chunks that cut rows.
 async fn copy_rows(c: &tokio_postgres::Client, sql: &str, row: impl Fn(usize) -> String) {
     use futures::SinkExt;
@@ -120,7 +104,7 @@ async fn generated_values_are_unique_across_shards() {
         ids.push(id.unwrap());
     }
     assert_eq!(assert_unique("app_ids RETURNING", ids.iter().copied()), 90);
-    let on_shards = placed(&env, "app_ids", "id").await;
+    let on_shards = env.placed("app_ids", "id").await;
     assert_eq!(on_shards.len(), 90);
     assert_unique("app_ids on the shards", on_shards.iter().map(|p| p.1));
     assert!(
@@ -197,7 +181,7 @@ async fn generated_values_are_unique_across_shards() {
         .map(|r| map.hash_shard(&KeyValue::Int(r.0)))
         .collect();
     assert!(spread.len() > 1, "the rows span shards");
-    let on_shards = placed(&env, "accounts", "id").await;
+    let on_shards = env.placed("accounts", "id").await;
     assert_eq!(on_shards.len(), keys.len() + 10);
     assert_unique("accounts", on_shards.iter().map(|p| p.1));
     for (s, id) in &on_shards {
@@ -306,8 +290,8 @@ async fn generated_values_are_unique_across_shards() {
 
     // COPY without the generated column: the proxy appends a value to every row (text and
     // CSV; the key generated or not).
-    let before = placed(&env, "accounts", "id").await.len();
-    let before_app = placed(&env, "app_ids", "id").await.len();
+    let before = env.placed("accounts", "id").await.len();
+    let before_app = env.placed("app_ids", "id").await.len();
     copy_rows(&c, "COPY app_ids (user_id, v) FROM STDIN", |i| {
         format!("{}\tc{i}\n", 1000 + i % 9)
     })
@@ -316,10 +300,10 @@ async fn generated_values_are_unique_across_shards() {
         format!("\"n,{i}\"\n")
     })
     .await;
-    let ids = placed(&env, "app_ids", "id").await;
+    let ids = env.placed("app_ids", "id").await;
     assert_unique("app_ids after COPY", ids.iter().map(|p| p.1));
     assert_eq!(ids.len(), before_app + 500);
-    let accounts = placed(&env, "accounts", "id").await;
+    let accounts = env.placed("accounts", "id").await;
     assert_unique("accounts after COPY", accounts.iter().map(|p| p.1));
     assert_eq!(accounts.len(), before + 500);
     for (s, id) in &accounts {
@@ -356,7 +340,8 @@ async fn generated_values_are_unique_across_shards() {
     let seqno: i64 = r.get(0);
     // (Rows already there got values from each shard's own sequence when the column was
     // added: Postgres fills them on each shard. New rows get the proxy's.)
-    let all: Vec<i64> = placed(&env, "tickets", "seqno")
+    let all: Vec<i64> = env
+        .placed("tickets", "seqno")
         .await
         .iter()
         .map(|p| p.1)
@@ -449,7 +434,7 @@ async fn tables_created_later_get_proxy_values_from_the_first_insert() {
     }
     c.batch_execute("COMMIT").await.unwrap();
     assert_eq!(assert_unique("intxn", ids.iter().copied()), 3, "{ids:?}");
-    let on_shards = placed(&env, "intxn", "id").await;
+    let on_shards = env.placed("intxn", "id").await;
     assert_eq!(on_shards.len(), 3);
 }
 
@@ -645,8 +630,8 @@ async fn two_proxy_processes_and_a_restart_never_duplicate() {
         let _ = p.wait();
     }
     assert!(errors > 0, "the kill interrupted some clients");
-    let accounts = placed(&env, "accounts", "id").await;
-    let app_ids = placed(&env, "app_ids", "id").await;
+    let accounts = env.placed("accounts", "id").await;
+    let app_ids = env.placed("app_ids", "id").await;
     assert!(
         accounts.len() >= ROWS / 2 && app_ids.len() >= ROWS / 2,
         "{} {}",
@@ -693,12 +678,12 @@ async fn sqlalchemy_add_all_gets_unique_ids() {
     let mut cmd = common::python("generated_ids.py");
     cmd.arg("127.0.0.1").arg(proxy.port().to_string());
     common::run_program(cmd, "sqlalchemy generated ids passed").await;
-    let tickets = placed(&env, "sa_ticket", "id").await;
+    let tickets = env.placed("sa_ticket", "id").await;
     assert_eq!(
         assert_unique("sa_ticket.id", tickets.iter().map(|p| p.1)),
         1000
     );
-    let accounts = placed(&env, "sa_account", "id").await;
+    let accounts = env.placed("sa_account", "id").await;
     assert_eq!(
         assert_unique("sa_account.id", accounts.iter().map(|p| p.1)),
         1001

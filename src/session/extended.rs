@@ -41,12 +41,15 @@ pub(super) struct Batch {
     open: Option<Target>,
     /// After an error reported at a Flush: discard messages until Sync, as Postgres does.
     skip_to_sync: bool,
+    /// After a Flush that ran a pipeline across shards: its connections, in an implicit
+    /// transaction the client's Sync commits (see `pipeline_spread`).
+    spread: Option<Vec<usize>>,
 }
 
 impl Batch {
     /// Whether an exchange is unfinished (a Flush left it open).
     pub fn is_open(&self) -> bool {
-        self.open.is_some()
+        self.open.is_some() || self.spread.is_some()
     }
 
     /// Adds a message, bounded by [`MAX_BATCH_BYTES`] (bytes and per-message overhead).
@@ -69,6 +72,11 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
+    /// The connections of a pipeline across shards left open at a Flush, if any.
+    pub fn take_spread(&mut self) -> Option<Vec<usize>> {
+        self.spread.take()
+    }
+
     /// Drops pending messages.
     pub fn clear(&mut self) {
         self.frames.clear();
@@ -130,6 +138,11 @@ impl Session {
             }
             return Ok(());
         }
+        if let Some(idxs) = batch.spread.take() {
+            batch.bytes = 0;
+            batch.spread = self.end_spread(idxs, &mut batch.frames, sync).await?;
+            return Ok(());
+        }
         if let Err(e) = self.enter().await {
             batch.frames.clear();
             batch.bytes = 0;
@@ -158,6 +171,26 @@ impl Session {
                 batch.frames.clear();
                 batch.bytes = 0;
                 return self.run_special(special).await;
+            }
+        }
+        // Executions of one statement whose keys land on several shards (executemany).
+        if batch.open.is_none()
+            && batch
+                .frames
+                .iter()
+                .filter(|f| f.tag == b'E')
+                .nth(1)
+                .is_some()
+        {
+            self.directory_gate().await; // before its keys are located
+            if let Some(spread) = self.spread_batch(&batch.frames) {
+                batch.frames.clear();
+                batch.bytes = 0;
+                match self.run_spread(spread, sync).await? {
+                    Ok(open) => batch.spread = open,
+                    Err(()) => batch.skip_to_sync = !sync,
+                }
+                return Ok(());
             }
         }
         let mut frames = std::mem::take(&mut batch.frames);

@@ -23,6 +23,7 @@ mod pipeline_control;
 mod pipeline_multi;
 mod pipeline_one;
 mod pipeline_special;
+mod pipeline_spread;
 mod prepared;
 mod relay;
 mod session_fn;
@@ -368,6 +369,12 @@ impl Session {
                         // A Query ends any unfinished extended exchange like Postgres does: the
                         // pending messages are discarded with the statement they belonged to.
                         batch.clear();
+                    }
+                    if let Some(idxs) = batch.take_spread() {
+                        // A pipeline across shards left open at a Flush, never synced: its
+                        // implicit transaction is undone, not committed behind the client.
+                        self.rollback_all(&idxs).await;
+                        self.release_if_idle(false);
                     }
                     let converted = match self.codec {
                         Some(c) => {

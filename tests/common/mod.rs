@@ -157,6 +157,22 @@ impl TestEnv {
         out
     }
 
+    /// Every `column` (cast to int8) of `table` on each shard: (shard, value).
+    pub async fn placed(&self, table: &str, column: &str) -> Vec<(usize, i64)> {
+        let mut out = Vec::new();
+        for s in 0..self.shard_count() {
+            let c = self.shard_client(s).await;
+            for r in c
+                .query(&format!("SELECT {column}::int8 FROM {table}"), &[])
+                .await
+                .unwrap()
+            {
+                out.push((s, r.get::<_, i64>(0)));
+            }
+        }
+        out
+    }
+
     /// A direct connection to the unsharded reference database.
     pub async fn reference_client(&self) -> Client {
         connect(&self.reference_url()).await

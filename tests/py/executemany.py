@@ -1,0 +1,75 @@
+"""Batches across shards (issue 19): psycopg's and asyncpg's executemany of one INSERT whose
+rows land on several shards run as one implicit transaction, as one Postgres runs them:
+every row or none, replies in order (RETURNING included), the first error skips the rest.
+
+usage: executemany.py HOST PORT
+"""
+import asyncio
+import sys
+
+import asyncpg
+import psycopg
+
+host, port = sys.argv[1], sys.argv[2]
+conninfo = f"host={host} port={port} user=app password=app-secret dbname=app"
+
+
+def check(ok, what):
+    if not ok:
+        raise AssertionError(what)
+
+
+c = psycopg.connect(conninfo, autocommit=True)
+c.execute("CREATE TABLE em_users (id bigint PRIMARY KEY, name text NOT NULL)")
+c.execute("CREATE TABLE em_auto (id bigserial PRIMARY KEY, name text)")
+cur = c.cursor()
+
+# Rows on every shard, one pipeline (Parse, Bind/Describe/Execute × n, Flush, then Sync).
+cur.executemany("INSERT INTO em_users (id, name) VALUES (%s, %s)", [(i, f"u{i}") for i in range(1, 101)])
+check(cur.rowcount == 100, f"rowcount {cur.rowcount}")
+check(c.execute("SELECT count(*) FROM em_users").fetchone()[0] == 100, "all rows")
+
+# RETURNING, with keys the proxy generates: the rows come back in the parameters' order.
+cur.executemany(
+    "INSERT INTO em_auto (name) VALUES (%s) RETURNING id, name",
+    [(f"a{i}",) for i in range(50)],
+    returning=True,
+)
+got = []
+while True:
+    got.append(cur.fetchone())
+    if not cur.nextset():
+        break
+check([r[1] for r in got] == [f"a{i}" for i in range(50)], f"order {got[:5]}")
+check(len({r[0] for r in got}) == 50, "ids unique")
+
+# A failure in the middle: nothing of the batch is applied, on any shard.
+try:
+    cur.executemany(
+        "INSERT INTO em_users (id, name) VALUES (%s, %s)",
+        [(i, "x") for i in range(1000, 1020)] + [(5, "duplicate")] + [(i, "y") for i in range(1020, 1030)],
+    )
+    check(False, "the duplicate key must fail the batch")
+except psycopg.errors.UniqueViolation:
+    pass
+check(c.execute("SELECT count(*) FROM em_users WHERE id >= 1000").fetchone()[0] == 0, "nothing applied")
+# The connection goes on.
+cur.executemany("UPDATE em_users SET name = %s WHERE id = %s", [(f"v{i}", i) for i in range(1, 11)])
+check(c.execute("SELECT count(*) FROM em_users WHERE name LIKE 'v%'").fetchone()[0] == 10, "updates")
+
+
+async def with_asyncpg():
+    a = await asyncpg.connect(f"postgresql://app:app-secret@{host}:{port}/app")
+    await a.executemany("INSERT INTO em_users (id, name) VALUES ($1, $2)", [(i, "ap") for i in range(2000, 2060)])
+    check(await a.fetchval("SELECT count(*) FROM em_users WHERE name = 'ap'") == 60, "asyncpg rows")
+    try:
+        await a.executemany("INSERT INTO em_users (id, name) VALUES ($1, $2)", [(3000, "z"), (3001, None), (3002, "z")])
+        check(False, "NOT NULL must fail the batch")
+    except asyncpg.NotNullViolationError:
+        pass
+    check(await a.fetchval("SELECT count(*) FROM em_users WHERE id >= 3000") == 0, "asyncpg nothing applied")
+    await a.close()
+
+
+asyncio.run(with_asyncpg())
+print("executemany checks passed")
