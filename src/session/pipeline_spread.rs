@@ -77,8 +77,9 @@ impl Session {
         let mut parsed: Option<(String, Arc<Prepared>)> = None;
         if let Some(p) = it.next_if(|f| f.tag == b'P') {
             let m = ParseMsg::decode(p.body()).ok()?;
-            if !m.name.is_empty() && self.stmts.contains_key(m.name) {
-                return None; // a duplicate name: the usual path reports it
+            let full = self.stmts.len() >= super::MAX_CLIENT_STATEMENTS;
+            if !m.name.is_empty() && (self.stmts.contains_key(m.name) || full) {
+                return None; // a duplicate name, or too many: the usual path reports it
             }
             let stmt = match self.stmts.get("").filter(|s| s.is_unnamed_parse(p.body())) {
                 Some(s) if m.name.is_empty() => s.clone(),
