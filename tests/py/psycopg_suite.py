@@ -41,24 +41,23 @@ def main():
     conn.execute("CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, "
                  "hits bigint NOT NULL DEFAULT 0, data bytea)")
 
-    # executemany: psycopg sends one pipeline (one Sync at the end), which Postgres runs as
-    # one implicit transaction. Its rows span shards, so it would be a multi-shard write:
-    # refused (0A000) as a whole until atomic multi-shard commit exists, with no row applied.
+    # executemany: psycopg sends one pipeline (a Flush, then a Sync), which Postgres runs as
+    # one implicit transaction. Its rows span shards: the proxy runs it as one transaction
+    # across them (every row or none; issue 19).
     params = [(i, f"user-{i}", bytes([i % 256]) * 3) for i in range(1, N + 1)]
     insert = "INSERT INTO users (id, name, data) VALUES (%s, %s, %s)"
+    with conn.cursor() as cur:
+        cur.executemany(insert, params)
+    checks.append("executemany across shards")
+    # One that fails on its last row leaves nothing of itself on any shard.
     try:
         with conn.cursor() as cur:
-            cur.executemany(insert, params)
-        failures.append("executemany across shards was not refused")
-    except psycopg.errors.FeatureNotSupported:
-        checks.append("executemany across shards refused")
-    # (count(*) is refused across shards until the gather issue; fetch ids instead)
-    left = len(conn.execute("SELECT id FROM users").fetchall())
-    check("refused executemany left no rows behind", left == 0, f"{left} rows")
-    # Load the rows one statement at a time (each its own implicit transaction).
-    with conn.cursor() as cur:
-        for p in params:
-            cur.execute(insert, p)
+            cur.executemany(insert, [(N + i, "extra", None) for i in range(1, 50)] + [(1, "dup", None)])
+        failures.append("a duplicate key did not fail the executemany")
+    except psycopg.errors.UniqueViolation:
+        checks.append("failed executemany raised")
+    left = len(conn.execute("SELECT id FROM users WHERE id > %s", (N,)).fetchall())
+    check("failed executemany left no rows behind", left == 0, f"{left} rows")
     # executemany whose rows all sit on one shard runs as one pipeline.
     with conn.cursor() as cur:
         cur.executemany("UPDATE users SET hits = 0 WHERE id = %s", [(1,), (1,), (1,)])
