@@ -8,6 +8,8 @@
 #                 tests). Markers slow/timing/refcount are deselected, tests/pool (another
 #                 package), tests/crdb and tests/test_typing.py (mypy) are left out.
 #   asyncpg       tests/ of the installed asyncpg's sdist (PyPI), pointed at the server with
+#                 (pytest --tb=native: with --tb=short CPython 3.11.7 crashes pytest partway
+#                 through test_pool, "AST constructor recursion depth mismatch")
 #                 PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE (its _testbase then uses a
 #                 RunningCluster: tests that need to start or reconfigure a cluster skip).
 #   sqlalchemy    the installed SQLAlchemy's sdist with --dburi postgresql+psycopg://…:
@@ -268,7 +270,7 @@ run_psycopg() {
 run_asyncpg() {
     local dir=$1 res=$8
     (cd "$dir" && PGHOST=$3 PGPORT=$4 PGUSER=$5 PGPASSWORD=$6 PGDATABASE=$7 \
-        timeout -s INT -k 60 "$SUITE_TIMEOUT" nice "$PY" -m pytest "${PYTEST_EXTRA[@]}" -q -p no:cacheprovider -p no:randomly --import-mode=importlib --tb=short \
+        timeout -s INT -k 60 "$SUITE_TIMEOUT" nice "$PY" -m pytest "${PYTEST_EXTRA[@]}" -q -p no:cacheprovider -p no:randomly --import-mode=importlib --tb=native \
             --timeout 120 --continue-on-collection-errors --ignore=tests/test__sourcecode.py \
             --junitxml="$res/$2.xml" tests >"$res/$2.log" 2>&1) || true
     junit_tsv "$res/$2.xml" >"$res/$2.tsv" || true
