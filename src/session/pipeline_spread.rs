@@ -1,6 +1,6 @@
 //! A batch of single-shard statements whose keys land on different shards, sent as one
-//! pipeline outside a transaction: psycopg's and asyncpg's `executemany`, pgjdbc's
-//! `executeBatch`, pgx's `SendBatch` of INSERTs/UPDATEs/SELECTs by key (issue 19).
+//! pipeline: psycopg's and asyncpg's `executemany` (also SQLAlchemy's ORM flush of several
+//! updated objects) of INSERTs/UPDATEs/SELECTs by key (issue 19).
 //!
 //! Postgres runs such a pipeline (up to its Sync) as one implicit transaction: every
 //! statement commits, or none does; the first error skips the rest; replies come in order.
@@ -8,7 +8,9 @@
 //! each shard gets `BEGIN`, the statement (prepared on it when needed) and its own Binds and
 //! Executes in the client's order, then `Sync`; the replies are held, cut per message, and
 //! handed to the client in the client's order up to the first error; then every shard
-//! commits together (two-phase where available) or rolls back.
+//! commits together (two-phase where available) or rolls back. Inside a transaction block
+//! the executions join it instead (no BEGIN or commit of their own; an error aborts the
+//! block, as in Postgres).
 //!
 //! Only the shape drivers send is taken: `[Parse] [Describe statement]` then, for each
 //! execution, `Bind [Describe portal] Execute` of the unnamed portal, then `Sync`; every
@@ -66,7 +68,8 @@ impl Session {
     /// (see the module docs) and its executions reach more than one shard.
     pub(super) fn spread_batch(&self, frames: &[Frame]) -> Option<Spread> {
         // Cheap checks first: this runs for every pipeline that reaches its Sync.
-        if !self.txn.status.is_idle()
+        let in_block = self.txn.status == TxnStatus::InBlock && !self.txn.failed;
+        if !(self.txn.status.is_idle() || in_block)
             || self.session_mode
             || frames.iter().filter(|f| f.tag == b'E').nth(1).is_none()
         {
@@ -255,6 +258,22 @@ impl Session {
                 s.push_ready();
             }
         };
+        // Inside a transaction block the executions join it (its shards, BEGIN included, and
+        // its commit); outside, they are their own transaction across the shards.
+        let in_txn = self.txn.status.is_open();
+        if in_txn {
+            let mut set = crate::sharding::shardset::ShardSet::default();
+            for &s in &sp.shards {
+                set.add(s);
+            }
+            let target = self.target_of(set);
+            let writes = sp.stmt.plan.writes();
+            if let Err(e) = self.check_write(target, writes, true) {
+                self.txn.fail();
+                refuse(self, &e);
+                return Ok(Err(()));
+            }
+        }
         let idxs = match self.conns_for(sp.shards.iter().copied()).await {
             Ok(i) => i,
             Err(e) => {
@@ -267,7 +286,9 @@ impl Session {
         let first_shard = sp.shards[0];
         for (&shard, &ci) in sp.shards.iter().zip(&idxs) {
             let mut msg = BytesMut::with_capacity(256);
-            build::query(&mut msg, "BEGIN");
+            if !in_txn {
+                build::query(&mut msg, "BEGIN");
+            }
             let prepare = !self.conns[ci].prepared.contains(&p.name_hash);
             if prepare {
                 build::parse(&mut msg, &p.backend_name, &p.sql, &p.types);
@@ -308,10 +329,12 @@ impl Session {
                 forwarded: false,
             };
             // BEGIN's reply.
-            loop {
-                let f = self.conns[ci].read_frame().await.map_err(lost)?;
-                if f.tag == b'Z' {
-                    break;
+            if !in_txn {
+                loop {
+                    let f = self.conns[ci].read_frame().await.map_err(lost)?;
+                    if f.tag == b'Z' {
+                        break;
+                    }
                 }
             }
             let mut chunks: VecDeque<(bool, Vec<Bytes>)> = VecDeque::new();
@@ -339,7 +362,11 @@ impl Session {
                     }
                 }
                 if held > limit {
-                    self.rollback_all(&idxs).await;
+                    if in_txn {
+                        self.txn.fail();
+                    } else {
+                        self.rollback_all(&idxs).await;
+                    }
                     refuse(
                         self,
                         &ProxyError::OutOfMemory(format!(
@@ -380,11 +407,22 @@ impl Session {
             }
         }
         if failed {
-            self.rollback_all(&idxs).await;
+            if in_txn {
+                self.txn.fail(); // aborted, as in Postgres: until ROLLBACK
+            } else {
+                self.rollback_all(&idxs).await;
+            }
             if sync {
                 self.push_ready();
             }
             return Ok(Err(()));
+        }
+        if in_txn {
+            // The client's COMMIT commits it; a Flush leaves nothing open of its own.
+            if sync {
+                self.push_ready();
+            }
+            return Ok(Ok(None));
         }
         if !sync {
             return Ok(Ok(Some(idxs))); // committed at the client's Sync

@@ -57,6 +57,33 @@ check(c.execute("SELECT count(*) FROM em_users WHERE id >= 1000").fetchone()[0] 
 cur.executemany("UPDATE em_users SET name = %s WHERE id = %s", [(f"v{i}", i) for i in range(1, 11)])
 check(c.execute("SELECT count(*) FROM em_users WHERE name LIKE 'v%'").fetchone()[0] == 10, "updates")
 
+# Inside a transaction block the executions join it: committed with it, undone with it, and
+# an error aborts it (psycopg's transaction(), as SQLAlchemy's ORM flush runs executemany).
+c.autocommit = False
+with c.transaction():
+    cur.executemany("INSERT INTO em_users (id, name) VALUES (%s, %s)", [(i, "tx") for i in range(4000, 4030)])
+    check(c.execute("SELECT count(*) FROM em_users WHERE name = 'tx'").fetchone()[0] == 30, "seen in the block")
+check(c.execute("SELECT count(*) FROM em_users WHERE name = 'tx'").fetchone()[0] == 30, "committed")
+c.commit()
+try:
+    with c.transaction():
+        cur.executemany("UPDATE em_users SET name = %s WHERE id = %s", [("gone", i) for i in range(4000, 4030)])
+        raise RuntimeError("roll back")
+except RuntimeError:
+    pass
+check(c.execute("SELECT count(*) FROM em_users WHERE name = 'tx'").fetchone()[0] == 30, "rolled back")
+c.commit()
+try:
+    with c.transaction():
+        cur.executemany("INSERT INTO em_users (id, name) VALUES (%s, %s)", [(5000, "a"), (5001, "b"), (4000, "dup")])
+    check(False, "the duplicate must fail the block")
+except psycopg.errors.UniqueViolation:
+    pass
+c.rollback()
+check(c.execute("SELECT count(*) FROM em_users WHERE id >= 5000").fetchone()[0] == 0, "aborted block left nothing")
+c.commit()
+c.autocommit = True
+
 
 async def with_asyncpg():
     a = await asyncpg.connect(f"postgresql://app:app-secret@{host}:{port}/app")
@@ -67,7 +94,10 @@ async def with_asyncpg():
         check(False, "NOT NULL must fail the batch")
     except asyncpg.NotNullViolationError:
         pass
-    check(await a.fetchval("SELECT count(*) FROM em_users WHERE id >= 3000") == 0, "asyncpg nothing applied")
+    check(await a.fetchval("SELECT count(*) FROM em_users WHERE id >= 3000 AND id < 4000") == 0, "asyncpg nothing applied")
+    async with a.transaction():
+        await a.executemany("UPDATE em_users SET name = $1 WHERE id = $2", [("atx", i) for i in range(2000, 2060)])
+    check(await a.fetchval("SELECT count(*) FROM em_users WHERE name = 'atx'") == 60, "asyncpg in a transaction")
     await a.close()
 
 
