@@ -282,86 +282,52 @@ impl Session {
             }
         };
         let p = &sp.stmt;
-        // Each shard: BEGIN, the statement when it lacks it, its own messages, Sync.
+        // Each shard: BEGIN, the statement when it lacks it, its own messages, Sync; its
+        // replies cut per client message (in that shard's order). Shard after shard, each in
+        // windows ended by a Flush whose replies are read before the next is written, so a
+        // long batch never has both sides blocked writing to each other.
         let first_shard = sp.shards[0];
-        for (&shard, &ci) in sp.shards.iter().zip(&idxs) {
-            let mut msg = BytesMut::with_capacity(256);
-            if !in_txn {
-                build::query(&mut msg, "BEGIN");
-            }
-            let prepare = !self.conns[ci].prepared.contains(&p.name_hash);
-            if prepare {
-                build::parse(&mut msg, &p.backend_name, &p.sql, &p.types);
-            }
-            for op in &sp.ops {
-                match op {
-                    SpreadOp::DescribeStmt if shard == first_shard => {
-                        build::target(&mut msg, b'D', b'S', &p.backend_name)
-                    }
-                    SpreadOp::Bind(s, f, tail) if *s == shard => {
-                        build::bind_renamed(&mut msg, "", &p.backend_name, &f.body()[*tail..])
-                    }
-                    SpreadOp::DescribePortal(s, f) | SpreadOp::Execute(s, f) if *s == shard => {
-                        msg.extend_from_slice(&f.raw)
-                    }
-                    _ => {}
-                }
-            }
-            build::empty(&mut msg, b'S');
-            self.conns[ci]
-                .write_all(&msg)
-                .await
-                .map_err(|error| RelayError::Backend {
-                    shard,
-                    error,
-                    forwarded: false,
-                })?;
-        }
-        // Each shard's replies, cut per client message (in that shard's order).
         let limit = self.topo.map.gather.memory_limit;
         let mut held = 0usize;
         let mut replies: Vec<VecDeque<(bool, Vec<Bytes>)>> = Vec::with_capacity(idxs.len());
         for (&shard, &ci) in sp.shards.iter().zip(&idxs) {
-            let prepare = !self.conns[ci].prepared.contains(&p.name_hash);
-            let lost = |error| RelayError::Backend {
-                shard,
-                error,
-                forwarded: false,
-            };
-            // BEGIN's reply.
+            let mut preamble = BytesMut::with_capacity(256);
             if !in_txn {
-                loop {
-                    let f = self.conns[ci].read_frame().await.map_err(lost)?;
-                    if f.tag == b'Z' {
-                        break;
-                    }
-                }
+                build::query(&mut preamble, "BEGIN");
             }
-            let mut chunks: VecDeque<(bool, Vec<Bytes>)> = VecDeque::new();
-            let mut cur: Vec<Bytes> = Vec::new();
-            let mut parse_done = !prepare;
-            loop {
-                let f = self.conns[ci].read_frame().await.map_err(lost)?;
-                match f.tag {
-                    b'Z' => break,
-                    b'1' if !parse_done => parse_done = true,
-                    b'E' => {
-                        cur.push(f.raw);
-                        chunks.push_back((true, std::mem::take(&mut cur)));
+            let prepare = !self.conns[ci].prepared.contains(&p.name_hash);
+            if prepare {
+                build::parse(&mut preamble, &p.backend_name, &p.sql, &p.types);
+            }
+            let mut msgs: Vec<BytesMut> = Vec::new();
+            for op in &sp.ops {
+                let mut m = BytesMut::new();
+                match op {
+                    SpreadOp::DescribeStmt if shard == first_shard => {
+                        build::target(&mut m, b'D', b'S', &p.backend_name)
                     }
-                    // A message's reply ends here: BindComplete, the Describe's last part,
-                    // an Execute's completion.
-                    b'2' | b'T' | b'n' | b'C' | b'I' | b's' => {
-                        held += f.raw.len();
-                        cur.push(f.raw);
-                        chunks.push_back((false, std::mem::take(&mut cur)));
+                    SpreadOp::Bind(s, f, tail) if *s == shard => {
+                        build::bind_renamed(&mut m, "", &p.backend_name, &f.body()[*tail..])
                     }
-                    _ => {
-                        held += f.raw.len();
-                        cur.push(f.raw);
+                    SpreadOp::DescribePortal(s, f) | SpreadOp::Execute(s, f) if *s == shard => {
+                        m.extend_from_slice(&f.raw)
                     }
+                    _ => continue,
                 }
-                if held > limit {
+                msgs.push(m);
+            }
+            let window = ShardWindow {
+                ci,
+                shard,
+                preamble,
+                msgs,
+                begin: !in_txn,
+                prepare,
+                name_hash: p.name_hash,
+            };
+            match self.spread_shard(window, &mut held, limit).await? {
+                Some(chunks) => replies.push(chunks),
+                None => {
                     if in_txn {
                         self.txn.fail();
                     } else {
@@ -377,10 +343,6 @@ impl Session {
                     return Ok(Err(()));
                 }
             }
-            if parse_done {
-                self.conns[ci].prepared.insert(p.name_hash);
-            }
-            replies.push(chunks);
         }
         // The client's replies in its order, up to the first error.
         let mut failed = false;
@@ -433,5 +395,129 @@ impl Session {
         self.push_ready();
         debug_assert!(self.txn.status == TxnStatus::Idle);
         Ok(Ok(None))
+    }
+}
+
+/// One shard's part of a spread batch (see [`Session::spread_shard`]).
+struct ShardWindow {
+    ci: usize,
+    shard: usize,
+    /// `BEGIN` (a simple query) and the statement's Parse, as needed.
+    preamble: BytesMut,
+    /// Its messages, one per client message it answers.
+    msgs: Vec<BytesMut>,
+    /// Whether the preamble holds BEGIN (its reply comes first).
+    begin: bool,
+    /// Whether the preamble holds the Parse (its ParseComplete comes next).
+    prepare: bool,
+    /// The statement's hash (what the connection remembers once it is prepared there).
+    name_hash: u64,
+}
+
+/// Bytes of messages written to a shard before its replies are read.
+const WINDOW_BYTES: usize = 64 * 1024;
+
+impl Session {
+    /// Runs one shard's part: its messages in windows of [`WINDOW_BYTES`] ended by a Flush,
+    /// each window's replies read before the next is written (Postgres stops reading while
+    /// its replies wait to be sent); after an error the shard skips to the Sync, so no more
+    /// windows go. Its replies cut per message: (is an error, frames). `None`: they exceed
+    /// `limit` with the others already held (`held`).
+    async fn spread_shard(
+        &mut self,
+        w: ShardWindow,
+        held: &mut usize,
+        limit: usize,
+    ) -> Result<Option<VecDeque<(bool, Vec<Bytes>)>>, RelayError> {
+        let ShardWindow {
+            ci,
+            shard,
+            preamble,
+            msgs,
+            begin,
+            prepare,
+            name_hash,
+        } = w;
+        let lost = |error| RelayError::Backend {
+            shard,
+            error,
+            forwarded: false,
+        };
+        let mut chunks: VecDeque<(bool, Vec<Bytes>)> = VecDeque::new();
+        let mut cur: Vec<Bytes> = Vec::new();
+        let mut parse_done = !prepare;
+        let mut begun = !begin;
+        let mut failed = false;
+        let mut next = 0usize;
+        let mut out = preamble;
+        loop {
+            // The next window: messages up to WINDOW_BYTES, then Flush (or the final Sync).
+            let from = next;
+            while next < msgs.len() && (next == from || out.len() < WINDOW_BYTES) {
+                out.extend_from_slice(&msgs[next]);
+                next += 1;
+            }
+            let last = next >= msgs.len() || failed;
+            build::empty(&mut out, if last { b'S' } else { b'H' });
+            self.conns[ci].write_all(&out).await.map_err(lost)?;
+            out.clear();
+            // Replies expected: one completing frame per message of the window (none after
+            // an error), or up to ReadyForQuery after the Sync.
+            let mut expected = next - from;
+            loop {
+                if !last && (expected == 0 || failed) {
+                    break;
+                }
+                let f = self.conns[ci].read_frame().await.map_err(lost)?;
+                match f.tag {
+                    b'Z' if !begun => begun = true, // BEGIN's own ReadyForQuery
+                    b'C' if !begun => {}            // BEGIN's CommandComplete
+                    b'Z' => break,
+                    b'1' if !parse_done => parse_done = true,
+                    b'E' => {
+                        cur.push(f.raw);
+                        chunks.push_back((true, std::mem::take(&mut cur)));
+                        failed = true;
+                    }
+                    // A message's reply ends here: BindComplete, the Describe's last part,
+                    // an Execute's completion.
+                    b'2' | b'T' | b'n' | b'C' | b'I' | b's' => {
+                        *held += f.raw.len();
+                        cur.push(f.raw);
+                        chunks.push_back((false, std::mem::take(&mut cur)));
+                        expected = expected.saturating_sub(1);
+                    }
+                    _ => {
+                        *held += f.raw.len();
+                        cur.push(f.raw);
+                    }
+                }
+                if *held > limit {
+                    // (The shard is left mid-exchange: the caller rolls back or fails the
+                    // block, and the connection is not reused as it is.)
+                    self.conns[ci].broken = true;
+                    return Ok(None);
+                }
+            }
+            if last {
+                break;
+            }
+            if failed {
+                // The shard skips to a Sync: send it and read to its ReadyForQuery.
+                let mut sync = BytesMut::new();
+                build::empty(&mut sync, b'S');
+                self.conns[ci].write_all(&sync).await.map_err(lost)?;
+                loop {
+                    if self.conns[ci].read_frame().await.map_err(lost)?.tag == b'Z' {
+                        break;
+                    }
+                }
+                break;
+            }
+        }
+        if parse_done {
+            self.conns[ci].prepared.insert(name_hash);
+        }
+        Ok(Some(chunks))
     }
 }

@@ -43,6 +43,20 @@ while True:
 check([r[1] for r in got] == [f"a{i}" for i in range(50)], f"order {got[:5]}")
 check(len({r[0] for r in got}) == 50, "ids unique")
 
+# A long batch (each shard's part is written in windows, its replies read in between).
+cur.executemany(
+    "INSERT INTO em_auto (name) VALUES (%s) RETURNING id, name",
+    [(f"big{i}",) for i in range(6000)],
+    returning=True,
+)
+got = []
+while True:
+    got.append(cur.fetchone())
+    if not cur.nextset():
+        break
+check([r[1] for r in got] == [f"big{i}" for i in range(6000)], "long batch in order")
+c.execute("DELETE FROM em_auto WHERE name LIKE 'big%'")
+
 # A failure in the middle: nothing of the batch is applied, on any shard.
 try:
     cur.executemany(
