@@ -125,6 +125,19 @@ const NO_DATA: Bytes = Bytes::from_static(&[b'n', 0, 0, 0, 4]);
 const CLOSE_COMPLETE: Bytes = Bytes::from_static(&[b'3', 0, 0, 0, 4]);
 
 impl Session {
+    /// Refuses the whole pending batch with `e` before any of it ran: the error, then
+    /// ReadyForQuery at a Sync, or (at a Flush) the messages until Sync are skipped.
+    fn refuse_batch(&mut self, batch: &mut Batch, e: &ProxyError, sync: bool) {
+        batch.frames.clear();
+        batch.bytes = 0;
+        self.push_error(e);
+        if sync {
+            self.push_ready();
+        } else {
+            batch.skip_to_sync = true;
+        }
+    }
+
     /// Runs the pending batch; `sync` is false for Flush.
     pub(super) async fn run_batch(
         &mut self,
@@ -144,26 +157,12 @@ impl Session {
             return Ok(());
         }
         if let Err(e) = self.enter().await {
-            batch.frames.clear();
-            batch.bytes = 0;
-            self.push_error(&e);
-            if sync {
-                self.push_ready();
-            } else {
-                batch.skip_to_sync = true;
-            }
+            self.refuse_batch(batch, &e, sync);
             return Ok(());
         }
         // INSERTs the proxy completes get their values before anything looks at the Binds.
         if let Err(e) = self.complete_binds(&mut batch.frames).await {
-            batch.frames.clear();
-            batch.bytes = 0;
-            self.push_error(&e);
-            if sync {
-                self.push_ready();
-            } else {
-                batch.skip_to_sync = true;
-            }
+            self.refuse_batch(batch, &e, sync);
             return Ok(());
         }
         if sync && batch.open.is_none() {
