@@ -400,6 +400,12 @@ async fn tables_created_later_get_proxy_values_from_the_first_insert() {
                 .unwrap()
         })
         .collect();
+    // Before it exists anywhere: Postgres's own error, even without a column list.
+    let err = c
+        .batch_execute("INSERT INTO late VALUES (1, 2)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42P01"), "{err}");
     for s in 0..3 {
         env.shard_client(s)
             .await
@@ -409,6 +415,9 @@ async fn tables_created_later_get_proxy_values_from_the_first_insert() {
             .await
             .unwrap();
     }
+    // A table found nowhere is looked for again after a second (until then: 42P01, never
+    // the shards' own sequences).
+    tokio::time::sleep(shardwire::sharding::catalog::ABSENT_FOR + Duration::from_millis(100)).await;
     let mut ids = Vec::new();
     for k in &keys {
         let r = c

@@ -23,7 +23,7 @@ use crate::backend::ids::GenTarget;
 use crate::error::ProxyError;
 use crate::routing::literals::Scanned;
 use crate::routing::router::{max_param, Generate, Plan, SlotText};
-use crate::sharding::catalog::TableEntry;
+use crate::sharding::catalog::{TableEntry, ABSENT_FOR};
 use crate::wire::protocol::{build, BindMsg, Frame, ParseMsg};
 
 /// Most statements a pipeline may leave pending.
@@ -151,45 +151,57 @@ impl Session {
     /// Looks up the tables `plan` INSERTs into that the catalog does not know (created
     /// behind the proxy's back, or in this session's open transaction): the shards'
     /// catalogs are read again; a table still missing there but created by this session's
-    /// transaction is read through the session's own connection (which sees it); one that
-    /// does not exist is noted absent, and its INSERT runs as written (and fails there).
-    /// The plan must be made again afterwards.
-    pub(super) async fn learn_tables(&mut self, plan: &Plan) {
+    /// transaction is read through the session's own connection (which sees it). Afterwards
+    /// the plan must be made again. Errors: a table that exists nowhere (`42P01`, as
+    /// Postgres says; looked for again after [`ABSENT_FOR`]), and shards that could not be
+    /// read (`57P03`) — never the shards' own sequences.
+    pub(super) async fn learn_tables(&mut self, plan: &Plan) -> Result<(), ProxyError> {
         let map = self.topo.map.clone();
         let wanted: Vec<(String, String)> = plan
             .unknown_tables()
             .map(|(s, t)| (s.to_string(), t.to_string()))
             .collect();
         let _one_at_a_time = map.catalog.lookups.lock().await;
-        if wanted
-            .iter()
-            .all(|(s, t)| map.catalog.table(s, t).is_some())
-        {
-            return; // another session looked them up meanwhile
-        }
-        if !crate::sharding::catalog_read::refresh(&map).await {
-            // The shards could not be read: the INSERT is refused (see `unknown_error`),
-            // never run with the shards' own sequences.
-            return;
-        }
-        for (schema, table) in wanted {
-            if map.catalog.table(&schema, &table).is_some() {
-                continue;
+        let known = |s: &str, t: &str| match map.catalog.table(s, t) {
+            Some(TableEntry::Absent(at)) => at.elapsed() < ABSENT_FOR,
+            other => other.is_some(),
+        };
+        if !wanted.iter().all(|(s, t)| known(s, t)) {
+            if !crate::sharding::catalog_read::refresh(&map).await {
+                return Err(ProxyError::Unavailable(format!(
+                    "the columns of table {} could not be read from the shards (needed to give its generated columns values unique across shards); retry when the shards are reachable",
+                    wanted.first().map(|w| w.1.as_str()).unwrap_or("")
+                )));
             }
-            let mut entry = TableEntry::Absent;
-            if self.txn.status.is_open() && self.txn.ddl {
-                // Uncommitted DDL of this transaction: read it where it is visible.
-                if let Ok(idx) = self.conn_for(map.default_shard).await {
-                    let sql = crate::sharding::catalog_read::table_sql(&schema, &table);
-                    if let Ok(Some(v)) = self.conns[idx].query_value(&sql).await {
-                        if let Some(cols) = crate::sharding::catalog_read::parse_table(&v) {
-                            tracing::debug!(%table, "columns read in the client's transaction");
-                            entry = TableEntry::Columns(Arc::new(cols));
+            for (schema, table) in &wanted {
+                if map.catalog.table(schema, table).is_some() {
+                    continue;
+                }
+                let mut entry = TableEntry::Absent(std::time::Instant::now());
+                if self.txn.status.is_open() && self.txn.ddl {
+                    // Uncommitted DDL of this transaction: read it where it is visible.
+                    if let Ok(idx) = self.conn_for(map.default_shard).await {
+                        let sql = crate::sharding::catalog_read::table_sql(schema, table);
+                        if let Ok(Some(v)) = self.conns[idx].query_value(&sql).await {
+                            if let Some(cols) = crate::sharding::catalog_read::parse_table(&v) {
+                                tracing::debug!(%table, "columns read in the client's transaction");
+                                entry = TableEntry::Columns(Arc::new(cols));
+                            }
                         }
                     }
                 }
+                map.catalog.install_one(schema, table, entry);
             }
-            map.catalog.install_one(&schema, &table, entry);
+        }
+        match wanted
+            .iter()
+            .find(|(s, t)| matches!(map.catalog.table(s, t), Some(TableEntry::Absent(_))))
+        {
+            Some((_, table)) => Err(ProxyError::Backend {
+                code: "42P01".into(),
+                message: format!("relation \"{table}\" does not exist"),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -268,7 +280,7 @@ impl Session {
                         return Ok(());
                     };
                     if plan.unknown_tables().next().is_some() {
-                        self.learn_tables(&plan).await;
+                        self.learn_tables(&plan).await?;
                         let Ok(again) = self.topo.cache.get(&self.topo.map, m.query) else {
                             return Ok(());
                         };

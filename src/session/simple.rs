@@ -23,8 +23,8 @@ impl Session {
         };
         // INSERTs into tables the catalog does not know: looked up first, then planned again.
         let (plan, scanned) = if plan.unknown_tables().next().is_some() && !self.txn.failed {
-            self.learn_tables(&plan).await;
-            match self.topo.cache.get_simple(&self.topo.map, sql) {
+            let learned = self.learn_tables(&plan).await;
+            match learned.and_then(|()| self.topo.cache.get_simple(&self.topo.map, sql)) {
                 Ok(p) => p,
                 Err(e) => {
                     self.push_error(&e);

@@ -36,6 +36,9 @@ pub struct TableColumns {
     pub generated: Vec<GenColumn>,
 }
 
+/// How long a table found nowhere is taken as absent before it is looked for again.
+pub const ABSENT_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the catalog knows of one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableEntry {
@@ -44,9 +47,10 @@ pub enum TableEntry {
     /// The shards define it differently: why (for the error an INSERT gets), and every
     /// column some shard generates (an INSERT that gives them all values needs nothing).
     Inconsistent(String, Vec<String>),
-    /// Looked for on the shards and not found (an INSERT into it runs as written, and fails
-    /// there); forgotten at the next load.
-    Absent,
+    /// Looked for on the shards and not found, at this time: an INSERT into it gets
+    /// Postgres's `42P01`; looked for again once [`ABSENT_FOR`] has passed (it may have been
+    /// created behind the proxy's back), and forgotten at the next load.
+    Absent(std::time::Instant),
 }
 
 /// The map's tables as the shards define them (see the module docs). Shared by a map and
@@ -110,7 +114,7 @@ impl Catalog {
                 .iter()
                 .find(|g| normalize(&g.sequence).as_ref() == Some(&want))
                 .map(|g| g.sequence.clone()),
-            TableEntry::Inconsistent(..) | TableEntry::Absent => None,
+            TableEntry::Inconsistent(..) | TableEntry::Absent(_) => None,
         })
     }
 
@@ -130,7 +134,7 @@ impl Catalog {
                 .iter()
                 .find(|g| g.name == column)
                 .map(|g| g.sequence.clone()),
-            TableEntry::Inconsistent(..) | TableEntry::Absent => None,
+            TableEntry::Inconsistent(..) | TableEntry::Absent(_) => None,
         }
     }
 
@@ -222,7 +226,7 @@ impl Catalog {
                 let v = match e {
                     TableEntry::Columns(c) => Ok(c.generated.clone()),
                     TableEntry::Inconsistent(why, _) => Err(why.clone()),
-                    TableEntry::Absent => Ok(Vec::new()),
+                    TableEntry::Absent(_) => Ok(Vec::new()),
                 };
                 (name, v)
             })

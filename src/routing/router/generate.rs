@@ -264,10 +264,9 @@ pub(super) fn plan_generate(
                 rel.relname
             )));
         }
-        Some(TableEntry::Absent) => return Ok(None),
-        None => {
-            // Not known yet (created behind the proxy's back, or in the client's open
-            // transaction): the session looks it up before it runs the statement.
+        // Not known (created behind the proxy's back, in the client's open transaction,
+        // or nowhere): the session looks it up before it runs the statement.
+        Some(TableEntry::Absent(_)) | None => {
             return Ok(Some(Generate {
                 unknown: true,
                 ..Generate::nothing(rel)
