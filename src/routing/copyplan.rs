@@ -108,6 +108,17 @@ fn one_byte(name: &str, v: Option<String>) -> Result<u8, ProxyError> {
     }
 }
 
+/// The column list of a COPY, as Postgres folds the names (empty: every column).
+pub fn column_names(c: &protobuf::CopyStmt) -> Vec<&str> {
+    c.attlist
+        .iter()
+        .filter_map(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Plans `COPY … FROM STDIN` into `table` (`None` for a reference table).
 pub fn plan(
     c: &protobuf::CopyStmt,
@@ -197,14 +208,7 @@ pub fn plan(
             let columns = if c.attlist.is_empty() {
                 None
             } else {
-                let names: Vec<&str> = c
-                    .attlist
-                    .iter()
-                    .filter_map(|n| match &n.node {
-                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-                        _ => None,
-                    })
-                    .collect();
+                let names = column_names(c);
                 let appended_key = generated.as_ref().is_some_and(|g| g.column.name == t.key);
                 let pos = match names.iter().position(|n| *n == t.key) {
                     Some(p) => p,

@@ -207,14 +207,7 @@ fn copy_generated(
             )));
         }
     };
-    let listed: Vec<&str> = c
-        .attlist
-        .iter()
-        .filter_map(|n| match &n.node {
-            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-            _ => None,
-        })
-        .collect();
+    let listed = crate::routing::copyplan::column_names(c);
     let missing: Vec<_> = cat
         .generated
         .iter()
