@@ -255,7 +255,10 @@ impl Session {
     }
 
     /// COMMIT on each connection in turn (no two-phase commit available).
-    async fn commit_each(&mut self, idxs: &[usize]) -> Result<Result<(), ProxyError>, RelayError> {
+    pub(super) async fn commit_each(
+        &mut self,
+        idxs: &[usize],
+    ) -> Result<Result<(), ProxyError>, RelayError> {
         let mut committed: Vec<String> = Vec::new();
         for (k, &ci) in idxs.iter().enumerate() {
             let shard = self.conns[ci].shard;

@@ -18,6 +18,7 @@ pub mod gate;
 mod gather;
 mod generate;
 mod held;
+mod implicit;
 mod multiwrite;
 mod pipeline_control;
 mod pipeline_multi;

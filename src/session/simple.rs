@@ -21,23 +21,29 @@ impl Session {
                 return Ok(());
             }
         };
+        // A script that makes tables and fills them (CREATE TABLE …; INSERT …): its INSERTs
+        // are looked up and completed one by one as the script reaches them (`run_each`).
+        let deferred = plan.stmts.len() > 1
+            && plan.generates()
+            && plan.stmts.iter().any(|s| s.kind == StmtKind::Ddl);
         // INSERTs into tables the catalog does not know: looked up first, then planned again.
-        let (plan, scanned) = if plan.unknown_tables().next().is_some() && !self.txn.failed {
-            let learned = self.learn_tables(&plan).await;
-            match learned.and_then(|()| self.topo.cache.get_simple(&self.topo.map, sql)) {
-                Ok(p) => p,
-                Err(e) => {
-                    self.push_error(&e);
-                    self.push_ready();
-                    return Ok(());
+        let (plan, scanned) =
+            if plan.unknown_tables().next().is_some() && !self.txn.failed && !deferred {
+                let learned = self.learn_tables(&plan).await;
+                match learned.and_then(|()| self.topo.cache.get_simple(&self.topo.map, sql)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.push_error(&e);
+                        self.push_ready();
+                        return Ok(());
+                    }
                 }
-            }
-        } else {
-            (plan, scanned)
-        };
+            } else {
+                (plan, scanned)
+            };
         // INSERTs the proxy completes (generated values, a column list) run completed.
         let completed;
-        let (plan, scanned, sql) = if plan.generates() && !self.txn.failed {
+        let (plan, scanned, sql) = if plan.generates() && !self.txn.failed && !deferred {
             match self.completed_query(&plan, sql).await {
                 Ok((text, p, s)) => {
                     completed = text;
@@ -94,6 +100,9 @@ impl Session {
             return Ok(());
         }
         self.directory_gate().await;
+        if deferred {
+            return self.run_each(&plan, sql).await;
+        }
         let lits = scanned
             .as_ref()
             .map(|s| s.query_lits(sql))
@@ -136,24 +145,15 @@ impl Session {
             split = true;
         }
         if split {
-            if plan.stmts.len() > 1
-                && (plan.writes() || plan.stmts.iter().any(|s| is_txn_control(&s.kind)))
-            {
-                return Err(ProxyError::Unsupported(
-                    "a multi-statement query that writes or controls transactions on several shards is refused; send the statements separately".into(),
-                ));
-            }
+            // Statement by statement (`run_each`): one implicit transaction across the shards
+            // when the string writes or controls transactions.
             return Ok(None);
         }
         let target = target.unwrap_or(Target::Shard(self.any_shard()));
-        if target.is_multi()
-            && plan.stmts.len() > 1
-            && (plan.writes() || plan.stmts.iter().any(|s| is_txn_control(&s.kind)))
-        {
-            // Each shard would run (and commit) the string on its own.
-            return Err(ProxyError::Unsupported(
-                "a multi-statement query that writes or controls transactions on several shards is refused; send the statements separately".into(),
-            ));
+        if target.is_multi() && plan.stmts.len() > 1 && atomic_script(plan) {
+            // Each shard would run (and commit) the string on its own: statement by statement
+            // instead, in one implicit transaction across them.
+            return Ok(None);
         }
         self.check_write(target, plan.writes(), explicit || plan.stmts.len() > 1)?;
         Ok(Some(target))
@@ -515,12 +515,27 @@ impl Session {
     /// statement at a time, each on its own target, as Postgres runs them (so savepoints and
     /// settings reach every shard the transaction holds). The first error stops the string;
     /// one ReadyForQuery ends it.
+    ///
+    /// Outside a transaction block, a string that writes or controls transactions runs in
+    /// one implicit transaction across the shards it reaches, as Postgres runs it (see
+    /// [`super::implicit`]): all of it commits, or none.
     async fn run_each(&mut self, plan: &Plan, sql: &str) -> Result<(), SessionEnd> {
+        let implicit = self.txn.status.is_idle() && !self.session_mode && atomic_script(plan);
+        let ddl = plan.stmts.iter().any(|s| s.kind == StmtKind::Ddl);
         for st in &plan.stmts {
+            if implicit && self.txn.status.is_idle() {
+                // The first statement, or the next after the string's own COMMIT.
+                self.open_implicit(ddl);
+            }
             let text = sql.get(st.span.0..st.span.1).unwrap_or("").trim();
             if !self.run_one_of_many(st, text).await? {
+                // An error aborts the transaction the string is in, as in Postgres.
+                self.txn.fail();
                 break;
             }
+        }
+        if implicit {
+            self.close_implicit().await?;
         }
         self.push_ready();
         Ok(())
@@ -537,9 +552,21 @@ impl Session {
             return Ok(false);
         }
         match &st.kind {
+            StmtKind::Begin if self.txn.implicit => {
+                self.adopt_implicit();
+                return Ok(true);
+            }
             StmtKind::Commit | StmtKind::Rollback if self.txn.status.is_open() => {
+                if self.txn.implicit {
+                    self.warn_no_transaction();
+                }
                 let commit = st.kind == StmtKind::Commit;
                 return self.end_transaction(commit, text, false).await;
+            }
+            StmtKind::Savepoint(op) if self.txn.implicit => {
+                self.push_error(&Self::savepoint_outside_block(op));
+                self.txn.fail();
+                return Ok(false);
             }
             StmtKind::Savepoint(op) if self.txn.status.is_open() => {
                 self.savepoint(op, text).await?;
@@ -558,10 +585,32 @@ impl Session {
             }
             _ => {}
         }
-        let one = Plan {
-            stmts: vec![st.clone()],
+        let (one, scanned, text) = match st.generate() {
+            // An INSERT the proxy completes, in a script that made its table: looked up and
+            // completed now that the statements before it ran.
+            Some(_) => match self.complete_one(st, text).await {
+                Ok((p, s, t)) => (p, s, std::borrow::Cow::Owned(t)),
+                Err(e) => {
+                    self.push_error(&e);
+                    return Ok(false);
+                }
+            },
+            None => (
+                std::sync::Arc::new(Plan {
+                    stmts: vec![st.clone()],
+                }),
+                None,
+                std::borrow::Cow::Borrowed(text),
+            ),
         };
-        let target = match self.resolve(&st.route, &[], &|_| false, Default::default()) {
+        let Some(st) = one.stmts.first() else {
+            return Ok(true);
+        };
+        let lits = scanned
+            .as_ref()
+            .map(|s| s.query_lits(&text))
+            .unwrap_or_default();
+        let target = match self.resolve(&st.route, &[], &|_| false, lits) {
             Ok(t) => t,
             Err(e) => {
                 self.push_error(&e);
@@ -572,8 +621,36 @@ impl Session {
             self.push_error(&e);
             return Ok(false);
         }
-        let failed = self.run_simple(&one, text, target, true).await?;
+        let failed = self.run_simple(&one, &text, target, true).await?;
         Ok(!failed)
+    }
+
+    /// One INSERT of a script, looked up in the catalog (through the script's own
+    /// transaction when it made the table) and completed: its plan, literal scan and text.
+    async fn complete_one(
+        &mut self,
+        st: &crate::routing::router::StmtPlan,
+        text: &str,
+    ) -> Result<
+        (
+            std::sync::Arc<Plan>,
+            Option<crate::routing::literals::Scanned>,
+            String,
+        ),
+        ProxyError,
+    > {
+        let own = Plan {
+            stmts: vec![st.clone()],
+        };
+        if own.unknown_tables().next().is_some() {
+            self.learn_tables(&own).await?;
+        }
+        let (plan, scanned) = self.topo.cache.get_simple(&self.topo.map, text)?;
+        if !plan.generates() {
+            return Ok((plan, scanned, text.to_string()));
+        }
+        let (t, p, s) = self.completed_query(&plan, text).await?;
+        Ok((p, s, t))
     }
 }
 
@@ -590,6 +667,12 @@ fn is_txn_control(k: &StmtKind) -> bool {
         k,
         StmtKind::Begin | StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint(_)
     )
+}
+
+/// A multi-statement string that must be one transaction across shards: it writes, or
+/// holds transaction control (whose BEGIN/COMMIT the proxy follows across shards).
+fn atomic_script(plan: &Plan) -> bool {
+    plan.stmts.len() > 1 && (plan.writes() || plan.stmts.iter().any(|s| is_txn_control(&s.kind)))
 }
 
 /// A single write statement on several shards (a reference-table write, a keyless UPDATE

@@ -162,6 +162,11 @@ pub(super) struct Txn {
     /// The client encoding the latest step still in `steps` switched to: in effect until
     /// the block ends (see [`Encoding`]).
     pub encoding: Option<Encoding>,
+    /// Opened by the proxy around a multi-statement query or a pipeline that runs on several
+    /// shards outside a transaction block (Postgres's implicit transaction): it commits or
+    /// rolls back when they end, and the client never sees its BEGIN or COMMIT (see
+    /// [`super::implicit`]).
+    pub implicit: bool,
 }
 
 impl Txn {
@@ -176,6 +181,7 @@ impl Txn {
             lost: false,
             ddl: false,
             encoding: None,
+            implicit: false,
         }
     }
 

@@ -77,6 +77,22 @@ pub fn error_fields(
     buf.put_u8(0);
     finish(buf, at);
 }
+/// NoticeResponse of severity WARNING (what Postgres sends for, e.g., a COMMIT with no
+/// transaction in progress).
+pub fn warning(buf: &mut BytesMut, code: &str, message: &str) {
+    let at = begin(buf, b'N');
+    for (kind, value) in [
+        (b'S', "WARNING"),
+        (b'V', "WARNING"),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        buf.put_u8(kind);
+        put_cstr(buf, value);
+    }
+    buf.put_u8(0);
+    finish(buf, at);
+}
 /// CommandComplete.
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     let at = begin(buf, b'C');
