@@ -11,26 +11,16 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use super::gather::GatherPortal;
 use super::relay::{Expect, RelayError};
 use super::{
-    Prepared, Session, SessionEnd, Target, Txn, TxnStatus, MAX_BATCH_BYTES, MAX_CLIENT_STATEMENTS,
-    SCRATCH_ITEMS, STALE_EPOCH,
+    Prepared, Session, SessionEnd, Target, Txn, TxnStatus, MAX_BATCH_BYTES, SCRATCH_ITEMS,
+    STALE_EPOCH,
 };
 use crate::error::ProxyError;
-use crate::routing::router::{RouteSpec, SavepointOp, StmtKind};
-use crate::wire::protocol::{build, decode_execute, decode_target, BindMsg, Frame, ParseMsg};
-
-/// Whether a statement touches no sharded data (route `Any`): it runs wherever the rest of
-/// its pipeline runs instead of deciding the shard.
-fn floats(stmt: &Prepared) -> bool {
-    matches!(
-        stmt.plan.stmts.first().map(|s| &s.route),
-        Some(RouteSpec::Any) | None
-    )
-}
+use crate::routing::router::StmtKind;
+use crate::wire::protocol::{build, Frame};
 
 /// Extended-protocol messages waiting for Sync or Flush.
 #[derive(Default)]
@@ -77,6 +67,12 @@ impl Batch {
         self.spread.take()
     }
 
+    /// Replaces the pending messages (a later segment of a pipeline, see
+    /// [`super::pipeline_segments`]).
+    pub fn set_frames(&mut self, frames: Vec<Frame>) {
+        self.frames = frames;
+    }
+
     /// Drops pending messages.
     pub fn clear(&mut self) {
         self.frames.clear();
@@ -93,17 +89,20 @@ const FRAME_OVERHEAD: usize = 64;
 #[derive(Default)]
 pub(super) struct Effects {
     /// Some statement writes (or changes schema).
-    writes: bool,
+    pub(super) writes: bool,
     /// Settings statements (`SET`, `SET LOCAL`, `RESET`, `DISCARD ALL`) with their text.
-    settings: Vec<(StmtKind, String)>,
+    pub(super) settings: Vec<(StmtKind, String)>,
     /// Some statement alters, drops or renames schema objects (see `StmtPlan::reshapes`).
-    reshapes: bool,
+    pub(super) reshapes: bool,
     /// A `ROLLBACK TO SAVEPOINT` that ends a failed transaction's failure is executed earlier
     /// in the pipeline: what follows it is not refused up front.
-    recovers: bool,
+    pub(super) recovers: bool,
     /// Some statement is a step of a transaction block (a savepoint command or a setting),
     /// which the proxy runs on every shard the block holds and records.
-    steps: bool,
+    pub(super) steps: bool,
+    /// The message that needed another shard than the ones before it, given back so the
+    /// pipeline can go on from it in a segment of its own (see [`super::pipeline_segments`]).
+    pub(super) back: Option<Frame>,
 }
 
 /// One decoded pipeline message, ready to run.
@@ -120,9 +119,9 @@ pub(super) enum Op {
 /// BindComplete, for a Bind the proxy answers itself.
 pub(super) const BIND_COMPLETE: Bytes = Bytes::from_static(&[b'2', 0, 0, 0, 4]);
 /// NoData, for a Describe of a portal the proxy answers itself.
-const NO_DATA: Bytes = Bytes::from_static(&[b'n', 0, 0, 0, 4]);
+pub(super) const NO_DATA: Bytes = Bytes::from_static(&[b'n', 0, 0, 0, 4]);
 /// CloseComplete, for a Close the proxy answers itself.
-const CLOSE_COMPLETE: Bytes = Bytes::from_static(&[b'3', 0, 0, 0, 4]);
+pub(super) const CLOSE_COMPLETE: Bytes = Bytes::from_static(&[b'3', 0, 0, 0, 4]);
 
 impl Session {
     /// Refuses the whole pending batch with `e` before any of it ran: the error, then
@@ -138,38 +137,56 @@ impl Session {
         }
     }
 
-    /// Runs the pending batch; `sync` is false for Flush.
+    /// Runs the pending batch; `sync` is false for Flush. A pipeline whose statements need
+    /// different shards runs in segments (see [`super::pipeline_segments`]).
     pub(super) async fn run_batch(
         &mut self,
         batch: &mut Batch,
         sync: bool,
     ) -> Result<(), SessionEnd> {
+        let rest = self.run_batch_once(batch, sync).await?;
+        if self.segmenting {
+            self.run_segments(batch, rest).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the pending batch, or, when its statements need different shards, its first
+    /// segment (the messages up to the first that needs another shard): `Some` holds the
+    /// messages after it, to run by [`Session::run_segments`].
+    pub(super) async fn run_batch_once(
+        &mut self,
+        batch: &mut Batch,
+        sync: bool,
+    ) -> Result<Option<Vec<Frame>>, SessionEnd> {
         if batch.skip_to_sync {
             if sync {
                 batch.skip_to_sync = false;
                 self.push_ready();
             }
-            return Ok(());
+            return Ok(None);
         }
         if let Some(idxs) = batch.spread.take() {
             batch.bytes = 0;
             batch.spread = self.end_spread(idxs, &mut batch.frames, sync).await?;
-            return Ok(());
+            return Ok(None);
         }
         if let Err(e) = self.enter().await {
             self.refuse_batch(batch, &e, sync);
-            return Ok(());
+            return Ok(None);
         }
         // INSERTs the proxy completes get their values before anything looks at the Binds.
-        if let Err(e) = self.complete_binds(&mut batch.frames).await {
+        // (A later segment's Binds were completed with the first.)
+        if self.segmenting {
+        } else if let Err(e) = self.complete_binds(&mut batch.frames).await {
             self.refuse_batch(batch, &e, sync);
-            return Ok(());
+            return Ok(None);
         }
         if sync && batch.open.is_none() {
             if let Some(special) = self.special_batch(&batch.frames) {
                 batch.frames.clear();
                 batch.bytes = 0;
-                return self.run_special(special).await;
+                return self.run_special(special).await.map(|()| None);
             }
         }
         // Executions of one statement whose keys land on several shards (executemany).
@@ -189,7 +206,7 @@ impl Session {
                     Ok(open) => batch.spread = open,
                     Err(()) => batch.skip_to_sync = !sync,
                 }
-                return Ok(());
+                return Ok(None);
             }
         }
         let mut frames = std::mem::take(&mut batch.frames);
@@ -200,13 +217,39 @@ impl Session {
         let mut cut: Option<ProxyError> = None;
         let mut target: Option<Target> = batch.open;
         let mut fx = Effects::default();
-        for f in frames.drain(..) {
+        let mut rest: Option<Vec<Frame>> = None;
+        let later_segment = self.segmenting;
+        let mut pending = frames.drain(..);
+        while let Some(f) = pending.next() {
             match self.prepare_op(f, &mut target, &mut fx) {
                 Ok(op) => ops.push(op),
                 Err(e) => {
-                    cut = Some(e);
+                    match fx.back.take() {
+                        // A message for another shard than those before it: the pipeline
+                        // runs in segments, this one first.
+                        Some(back) if sync && batch.open.is_none() && self.segmentable() => {
+                            let mut r = Vec::with_capacity(pending.len() + 1);
+                            r.push(back);
+                            r.extend(pending.by_ref());
+                            rest = Some(r);
+                            if let Some(e) = self.begin_segments(&ops) {
+                                cut = Some(e);
+                                ops.clear();
+                                rest = None;
+                            }
+                        }
+                        _ => cut = Some(e),
+                    }
                     break;
                 }
+            }
+        }
+        drop(pending);
+        if later_segment && cut.is_none() {
+            // A later segment: what it may hold is checked before it runs.
+            if let Some(e) = self.segment_refusal(&ops) {
+                cut = Some(e);
+                ops.clear();
             }
         }
         // Keep the (now empty) frame list's capacity for the next pipeline, if small.
@@ -237,7 +280,7 @@ impl Session {
                         batch.skip_to_sync = true;
                     }
                     batch.open = None;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -252,7 +295,7 @@ impl Session {
                 // Postgres discards what follows an error until Sync.
                 batch.skip_to_sync = true;
             }
-            return Ok(());
+            return Ok(None);
         }
         if fx.recovers && cut.is_none() {
             // A ROLLBACK TO acts on every shard the transaction holds, as the proxy runs it
@@ -318,7 +361,7 @@ impl Session {
                 self.push_ready();
             }
             self.release_if_idle(false);
-            return Ok(());
+            return Ok(None);
         }
         if target.is_none()
             && self.txn.status == TxnStatus::InBlock
@@ -332,7 +375,10 @@ impl Session {
             // A prepare inside a transaction that has not run anything yet (tokio-postgres,
             // JDBC): describe outside it, so the transaction does not BEGIN on and hold a
             // shard it may never use.
-            return self.describe_only(ops, cut.as_ref(), sync).await;
+            return self
+                .describe_only(ops, cut.as_ref(), sync)
+                .await
+                .map(|()| None);
         }
         // A prepare that ends at a Flush (asyncpg, postgres.js: Parse, Describe, Flush, then
         // Bind, Execute, Sync): only metadata, which every shard answers alike. It runs as an
@@ -350,7 +396,7 @@ impl Session {
             if sync {
                 self.push_ready();
             }
-            return Ok(());
+            return Ok(None);
         }
         let mut gathered_at_flush = false;
         let result = match target {
@@ -392,7 +438,7 @@ impl Session {
                 }
                 batch.open = None;
                 self.release_if_idle(false);
-                return Ok(());
+                return Ok(None);
             }
             Err(RelayError::Client(e)) => return Err(e),
             Err(RelayError::Backend { shard, error, .. }) => {
@@ -403,7 +449,7 @@ impl Session {
                     self.push_ready();
                 }
                 batch.open = None;
-                return Ok(());
+                return Ok(None);
             }
         };
         if fx.reshapes {
@@ -455,7 +501,7 @@ impl Session {
             }
         }
         self.release_if_idle(batch.open.is_some());
-        Ok(())
+        Ok(rest)
     }
 
     /// Text-format Bind parameters in UTF-8, for reading shard keys, when the client's
@@ -490,282 +536,5 @@ impl Session {
             })
             .collect();
         Some(converted)
-    }
-
-    /// Decodes one message into an operation, registering statements and portals.
-    fn prepare_op(
-        &mut self,
-        f: Frame,
-        target: &mut Option<Target>,
-        fx: &mut Effects,
-    ) -> Result<Op, ProxyError> {
-        let proto = |e: crate::wire::protocol::FrameError| match e {
-            crate::wire::protocol::FrameError::NotUtf8(_) => ProxyError::Encoding(e.to_string()),
-            e => ProxyError::Protocol(e.to_string()),
-        };
-        // In a transaction the proxy failed, only COMMIT/ROLLBACK (and Close) get through.
-        if self.txn.failed && !fx.recovers && f.tag != b'C' && !self.ends_transaction(&f) {
-            return Err(ProxyError::InFailedTransaction);
-        }
-        let mut merge = |t: Target, s: &Session| -> Result<(), ProxyError> {
-            match *target {
-                None => *target = Some(t),
-                Some(prev) if prev == t => {}
-                Some(prev) => {
-                    return Err(ProxyError::Unsupported(format!(
-                        "this pipeline touches several shards ({} and {}) before one Sync; send a Sync between statements for different shards",
-                        s.target_name(prev),
-                        s.target_name(t)
-                    )));
-                }
-            }
-            Ok(())
-        };
-        match f.tag {
-            b'P' => {
-                // Drivers re-send the same unnamed statement before every execution
-                // (pgbench -M extended, node-postgres, JDBC's first runs): the one the
-                // session has is kept, with its plan, instead of decoded and built again.
-                if let Some(p) = self.stmts.get("").filter(|p| p.is_unnamed_parse(f.body())) {
-                    if !p.shape.changed() {
-                        // Parsed anew: the client describes it again if it decodes by that.
-                        p.shape.forget();
-                        return Ok(Op::Parse(p.clone()));
-                    }
-                }
-                let pending = self.take_pending(f.body());
-                let m = ParseMsg::decode(f.body()).map_err(proto)?;
-                let plan = match &pending {
-                    Some(p) => p.plan.clone(),
-                    None => self.topo.cache.get(&self.topo.map, m.query)?,
-                };
-                if plan.stmts.len() > 1 {
-                    return Err(ProxyError::Syntax(
-                        "cannot insert multiple commands into a prepared statement".into(),
-                    ));
-                }
-                if !m.name.is_empty() && self.stmts.contains_key(m.name) {
-                    return Err(ProxyError::DuplicateStatement(m.name.to_string()));
-                }
-                if self.stmts.len() >= MAX_CLIENT_STATEMENTS && !self.stmts.contains_key(m.name) {
-                    return Err(ProxyError::Limit(format!(
-                        "too many prepared statements in this session (limit {MAX_CLIENT_STATEMENTS})"
-                    )));
-                }
-                let p = match pending {
-                    Some(p) => p,
-                    // An INSERT the proxy completes (generated values): its completed form.
-                    None if plan.generates() => {
-                        Arc::new(self.generated_statement(f.body(), &m, &plan)?)
-                    }
-                    None => Arc::new(Prepared::new(m.query, m.param_types(), plan)),
-                };
-                self.generated.any |= p.gen.is_some();
-                self.stmts.insert(m.name.to_string(), p.clone());
-                Ok(Op::Parse(p))
-            }
-            b'B' => {
-                let m = BindMsg::decode(f.body()).map_err(proto)?;
-                let stmt = self
-                    .stmts
-                    .get(m.statement)
-                    .cloned()
-                    .ok_or_else(|| ProxyError::NoSuchStatement(m.statement.to_string()))?;
-                let route = stmt
-                    .plan
-                    .stmts
-                    .first()
-                    .map(|s| s.route.clone())
-                    .unwrap_or(RouteSpec::Any);
-                let t = m.with_params(|params| {
-                    let is_binary = |i| m.is_binary(i);
-                    match self.params_utf8(params, &is_binary) {
-                        Some(c) => {
-                            let c: Vec<Option<&[u8]>> = c.iter().map(|v| v.as_deref()).collect();
-                            self.resolve(&route, &c, &is_binary, Default::default())
-                        }
-                        None => self.resolve(&route, params, &is_binary, Default::default()),
-                    }
-                })?;
-                if t.is_multi() && stmt.plan.stmts.first().is_some_and(|s| s.split().is_some()) {
-                    return Err(ProxyError::Unsupported(
-                        "a multi-row INSERT whose rows belong to different shards is split only as a pipeline of its own ([Parse], Bind, [Describe], Execute, Sync); send a Sync before and after it".into(),
-                    ));
-                }
-                if !matches!(route, RouteSpec::Any) {
-                    merge(t, self)?;
-                }
-                // A read on several shards keeps its Bind in the proxy: a merge needs it, and a
-                // plain concatenation does too when it is fetched with a row limit (JDBC's
-                // setFetchSize, asyncpg cursors, tokio-postgres's query_portal).
-                let merged = t.is_multi()
-                    && stmt.plan.stmts.first().is_some_and(|s| {
-                        s.gather().is_some()
-                            || (s.kind == StmtKind::Read
-                                && s.explain().is_none()
-                                && s.copy().is_none())
-                    });
-                let portal = m.portal.to_string();
-                let tail = m.tail_offset;
-                if merged {
-                    let gp = GatherPortal {
-                        bind: f.clone(),
-                        rows: None,
-                        sent: 0,
-                    };
-                    self.gather_portals.insert(portal.clone(), gp);
-                } else if !self.gather_portals.is_empty() {
-                    self.gather_portals.remove(&portal);
-                }
-                let local = stmt.plan.stmts.first().is_some_and(|s| {
-                    matches!(s.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll)
-                });
-                self.portals.insert(portal, (t, stmt.clone()));
-                if local {
-                    // Answered by the proxy at its Execute (below): no backend portal.
-                    return Ok(Op::Local(BIND_COMPLETE));
-                }
-                Ok(Op::Bind(stmt, f, tail))
-            }
-            b'D' => {
-                let (kind, name) = decode_target(f.body(), "Describe").map_err(proto)?;
-                if kind == b'S' {
-                    let stmt = self
-                        .stmts
-                        .get(name)
-                        .cloned()
-                        .ok_or_else(|| ProxyError::NoSuchStatement(name.to_string()))?;
-                    Ok(Op::DescribeStmt(stmt))
-                } else {
-                    match self.portals.get(name).cloned() {
-                        Some((_, stmt))
-                            if stmt.plan.stmts.first().is_some_and(|s| {
-                                matches!(s.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll)
-                            }) =>
-                        {
-                            return Ok(Op::Local(NO_DATA));
-                        }
-                        Some((t, stmt)) => {
-                            if !floats(&stmt) {
-                                merge(t, self)?;
-                            }
-                        }
-                        // A cursor made by SQL DECLARE (psycopg's named cursors describe it):
-                        // it lives in the transaction, on the shard that ran the DECLARE.
-                        None if self.txn.status.is_open() && !self.conns.is_empty() => {}
-                        None => return Err(ProxyError::NoSuchPortal(name.to_string())),
-                    }
-                    Ok(Op::Raw(f, Expect::Describe))
-                }
-            }
-            b'E' => {
-                let (portal, max_rows) = decode_execute(f.body()).map_err(proto)?;
-                let (t, stmt) = self
-                    .portals
-                    .get(portal)
-                    .cloned()
-                    .ok_or_else(|| ProxyError::NoSuchPortal(portal.to_string()))?;
-                // A statement any shard answers (BEGIN, SET, SELECT 1) goes wherever the rest
-                // of the pipeline goes.
-                if !floats(&stmt) {
-                    merge(t, self)?;
-                }
-                if stmt.plan.writes() {
-                    fx.writes = true;
-                }
-                if self.txn.failed
-                    && stmt.plan.stmts.first().is_some_and(|s| {
-                        matches!(s.kind, StmtKind::Savepoint(SavepointOp::RollbackTo(_)))
-                    })
-                {
-                    fx.recovers = true;
-                }
-                // Its Bind registered the portal as merged when it runs on several shards. A
-                // plain concatenation fetched whole streams through the shards' own portals;
-                // fetched in chunks, the proxy pages it.
-                if let Some(g) = self.gather_portals.get(portal) {
-                    let planned = stmt
-                        .plan
-                        .stmts
-                        .first()
-                        .is_some_and(|s| s.gather().is_some());
-                    if planned || max_rows > 0 || g.rows.is_some() {
-                        return Ok(Op::Gather(f, stmt));
-                    }
-                }
-                if let Some(st) = stmt.plan.stmts.first() {
-                    self.dirty |= st.dirties;
-                    if st.kind == StmtKind::Ddl {
-                        self.generated.refresh = true;
-                        if self.txn.status.is_open() {
-                            self.txn.ddl = true;
-                        }
-                    }
-                    if matches!(st.kind, StmtKind::Deallocate(_) | StmtKind::DiscardAll) {
-                        // Among other statements (psycopg's pipeline sends ROLLBACK then
-                        // DEALLOCATE ALL): it acts on the client's statements as the proxy
-                        // keeps them, never on the backend (whose statements are the proxy's).
-                        // Its effect is applied now, before the statements ahead of it run.
-                        let tag = self.apply_session_command(&st.kind)?;
-                        let mut done = BytesMut::new();
-                        build::command_complete(&mut done, tag);
-                        return Ok(Op::Local(done.freeze()));
-                    }
-                    if matches!(
-                        st.kind,
-                        StmtKind::Set { .. }
-                            | StmtKind::SetLocal
-                            | StmtKind::Reset { .. }
-                            | StmtKind::ResetAll
-                    ) {
-                        fx.settings
-                            .push((st.kind.clone(), stmt.sql.trim().to_string()));
-                    }
-                    fx.reshapes |= st.reshapes;
-                    fx.steps |= matches!(st.kind, StmtKind::Savepoint(_))
-                        || super::txn::is_setting(&st.kind);
-                    if matches!(st.kind, StmtKind::CopyIn) {
-                        return Err(ProxyError::Unsupported(
-                            "COPY FROM STDIN through the extended protocol is not supported; use a simple Query".into(),
-                        ));
-                    }
-                }
-                Ok(Op::Raw(f, Expect::Execute))
-            }
-            b'C' => {
-                let (kind, name) = decode_target(f.body(), "Close").map_err(proto)?;
-                if kind == b'S' {
-                    self.stmts.remove(name);
-                    Ok(Op::Local(CLOSE_COMPLETE))
-                } else if self.gather_portals.contains_key(name) {
-                    // A merged query's portal (sqlx: Bind, Execute, Close, Sync): the merge
-                    // runs it first and forgets it at its Close.
-                    match self.portals.get(name) {
-                        Some((t, _)) => {
-                            let t = *t;
-                            merge(t, self)?;
-                            Ok(Op::Raw(f, Expect::Close))
-                        }
-                        None => Ok(Op::Local(CLOSE_COMPLETE)),
-                    }
-                } else {
-                    match self.portals.remove(name) {
-                        Some((t, _)) => {
-                            merge(t, self)?;
-                            Ok(Op::Raw(f, Expect::Close))
-                        }
-                        // A cursor made by SQL DECLARE (psycopg closes its named cursors so):
-                        // it lives in the transaction, on the shard that ran the DECLARE.
-                        None if self.txn.status.is_open() && !self.conns.is_empty() => {
-                            Ok(Op::Raw(f, Expect::Close))
-                        }
-                        None => Ok(Op::Local(CLOSE_COMPLETE)),
-                    }
-                }
-            }
-            other => Err(ProxyError::Protocol(format!(
-                "unexpected message type {other} in a pipeline"
-            ))),
-        }
     }
 }

@@ -23,6 +23,8 @@ mod multiwrite;
 mod pipeline_control;
 mod pipeline_multi;
 mod pipeline_one;
+mod pipeline_ops;
+mod pipeline_segments;
 mod pipeline_special;
 mod pipeline_spread;
 mod prepared;
@@ -148,6 +150,9 @@ pub struct Session {
     conns: HeldConns,
     txn: Txn,
     session_mode: bool,
+    /// A pipeline runs in segments on different shards (see [`pipeline_segments`]): the
+    /// ReadyForQuery of each stays from the client, which gets one at the end.
+    segmenting: bool,
     /// A statement since the held connections were checked out left session state the
     /// proxy cannot reset (see `StmtPlan::dirties`): they are closed, not pooled.
     dirty: bool,
@@ -192,6 +197,7 @@ impl Session {
             conns: HeldConns::new(cancel_slot),
             txn: Txn::idle(),
             session_mode,
+            segmenting: false,
             dirty: false,
             key_pid: 0,
             user: Arc::from(""),
@@ -446,6 +452,9 @@ impl Session {
 
     /// Writes buffered output to the client.
     async fn flush(&mut self) -> Result<(), SessionEnd> {
+        if self.segmenting {
+            pipeline_segments::strip_ready(&mut self.out);
+        }
         if !self.out.is_empty() {
             self.writer.write_all(&self.out).await?;
             // A no-op on plain sockets; TLS may hold the tail back until flushed.
@@ -508,6 +517,9 @@ impl Session {
 
     /// Queues ReadyForQuery with the current status.
     fn push_ready(&mut self) {
+        if self.segmenting {
+            return;
+        }
         build::ready_for_query(&mut self.out, self.txn.status.byte());
     }
 

@@ -1,0 +1,207 @@
+//! Pipelines of different statements whose keys land on different shards (issue 19): what
+//! pgx's `SendBatch`, JDBC's `executeBatch` and node-postgres/postgres.js pipelining send.
+//! Postgres runs a pipeline up to its Sync as one transaction; so does the proxy, across
+//! shards (`src/session/pipeline_segments.rs`). Sent byte for byte with the raw client.
+
+mod common;
+
+use common::wire::{first_error, tags, Wire};
+use common::{Proxy, TestEnv};
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
+
+const TABLES: &str = "mp_users: { key: id, type: bigint, strategy: hash }\n\
+                      mp_kv: { key: k, type: bigint, strategy: hash }\n";
+
+async fn setup() -> (TestEnv, Proxy, ShardMap, Vec<Vec<i64>>) {
+    let env = TestEnv::new(3).await;
+    let yaml = env.shard_map_yaml(TABLES, "");
+    let map = ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let proxy = Proxy::start_yaml(&yaml).await;
+    proxy
+        .client()
+        .await
+        .batch_execute(
+            "CREATE TABLE mp_users (id bigint PRIMARY KEY, name text); \
+             CREATE TABLE mp_kv (k bigint PRIMARY KEY, v text)",
+        )
+        .await
+        .unwrap();
+    let ids: Vec<Vec<i64>> = (0..3)
+        .map(|s| {
+            (1..)
+                .filter(|&i| map.hash_shard(&KeyValue::Int(i)) == s)
+                .take(10)
+                .collect()
+        })
+        .collect();
+    (env, proxy, map, ids)
+}
+
+/// The ReadyForQuery status of a reply.
+fn status(msgs: &[common::wire::Msg]) -> u8 {
+    msgs.last()
+        .filter(|(t, _)| *t == b'Z')
+        .map(|(_, b)| b[0])
+        .unwrap_or(0)
+}
+
+/// Rows per shard of `table`, read on each shard directly.
+async fn counts(env: &TestEnv, table: &str) -> Vec<i64> {
+    env.per_shard_i64(&format!("SELECT count(*) FROM {table}"))
+        .await
+}
+
+/// Issue 19: a pipeline of INSERTs into two tables and a read by key, over three shards,
+/// runs as one transaction: replies in the client's order, one ReadyForQuery, every row on
+/// its key's shard; a pipeline whose 5th statement fails on another shard leaves nothing of
+/// statements 1–4 on any shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_pipeline_across_shards_is_one_transaction() {
+    let (env, proxy, map, ids) = setup().await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    let (a, b, c) = (
+        ids[0][0].to_string(),
+        ids[1][0].to_string(),
+        ids[2][0].to_string(),
+    );
+    w.parse("ins_u", "INSERT INTO mp_users VALUES ($1, $2)")
+        .parse("ins_kv", "INSERT INTO mp_kv VALUES ($1, $2)")
+        .parse("sel", "SELECT name FROM mp_users WHERE id = $1")
+        .bind("", "ins_u", &[&a, "alice"])
+        .execute("", 0)
+        .bind("", "ins_kv", &[&b, "v-b"])
+        .execute("", 0)
+        .bind("", "sel", &[&a])
+        .describe(b'P', "")
+        .execute("", 0)
+        .bind("", "ins_u", &[&c, "carol"])
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let r = w.until_ready().await;
+    assert_eq!(tags(&r), "1112C2C2TDC2CZ", "{r:?}");
+    assert_eq!(common::wire::first_values(&r), vec!["alice"]);
+    assert_eq!(status(&r), b'I');
+    assert_eq!(counts(&env, "mp_users").await, vec![1, 0, 1]);
+    assert_eq!(counts(&env, "mp_kv").await, vec![0, 1, 0]);
+    for (s, id) in env.placed("mp_users", "id").await {
+        assert_eq!(map.hash_shard(&KeyValue::Int(id)), s);
+    }
+
+    // 1–4 on shards 0, 1, 2, 0; the 5th a duplicate key on shard 1.
+    let p = |s: usize, i: usize| ids[s][i].to_string();
+    w.bind("", "ins_u", &[&p(0, 1), "x"])
+        .execute("", 0)
+        .bind("", "ins_kv", &[&p(1, 1), "x"])
+        .execute("", 0)
+        .bind("", "ins_u", &[&p(2, 1), "x"])
+        .execute("", 0)
+        .bind("", "ins_kv", &[&p(0, 2), "x"])
+        .execute("", 0)
+        .bind("", "ins_kv", &[&b, "dup"])
+        .execute("", 0)
+        .bind("", "ins_u", &[&p(2, 2), "never"])
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let r = w.until_ready().await;
+    assert_eq!(tags(&r), "2C2C2C2C2EZ", "{r:?}");
+    assert_eq!(first_error(&r).as_deref(), Some("23505"));
+    assert_eq!(status(&r), b'I');
+    assert_eq!(
+        counts(&env, "mp_users").await,
+        vec![1, 0, 1],
+        "nothing of 1–4 stayed"
+    );
+    assert_eq!(
+        counts(&env, "mp_kv").await,
+        vec![0, 1, 0],
+        "nothing of 1–4 stayed"
+    );
+    for s in 0..3 {
+        let left: i64 = env
+            .shard_client(s)
+            .await
+            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "shard {s}");
+    }
+    // The session goes on.
+    w.bind("", "sel", &[&c]).execute("", 0).sync();
+    w.send().await;
+    let r = w.until_ready().await;
+    assert_eq!(common::wire::first_values(&r), vec!["carol"]);
+}
+
+/// Issue 19: inside the client's block a mixed pipeline joins it (ROLLBACK undoes it); a
+/// pipeline that starts with BEGIN (JDBC's habit) opens the block and the rest joins it;
+/// COMMIT among statements for several shards is refused before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_pipeline_joins_the_block_and_refuses_commit_inside() {
+    let (env, proxy, _map, ids) = setup().await;
+    let mut w = Wire::login(proxy.port(), &[]).await;
+    let p = |s: usize, i: usize| ids[s][i].to_string();
+    w.parse("ins_u", "INSERT INTO mp_users VALUES ($1, $2)")
+        .parse("ins_kv", "INSERT INTO mp_kv VALUES ($1, $2)")
+        .parse("begin", "BEGIN")
+        .parse("commit", "COMMIT")
+        .sync();
+    w.send().await;
+    assert_eq!(tags(&w.until_ready().await), "1111Z");
+
+    // In a block: the pipeline joins it; ROLLBACK undoes all of it.
+    w.query("BEGIN");
+    w.send().await;
+    assert_eq!(status(&w.until_ready().await), b'T');
+    w.bind("", "ins_u", &[&p(0, 0), "a"])
+        .execute("", 0)
+        .bind("", "ins_kv", &[&p(1, 0), "b"])
+        .execute("", 0)
+        .bind("", "ins_u", &[&p(2, 0), "c"])
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let r = w.until_ready().await;
+    assert_eq!(tags(&r), "2C2C2CZ", "{r:?}");
+    assert_eq!(status(&r), b'T');
+    w.query("ROLLBACK");
+    w.send().await;
+    assert_eq!(status(&w.until_ready().await), b'I');
+    assert_eq!(counts(&env, "mp_users").await, vec![0, 0, 0]);
+    assert_eq!(counts(&env, "mp_kv").await, vec![0, 0, 0]);
+
+    // JDBC: BEGIN pipelined with the first statements; the block stays open after Sync.
+    w.bind("", "begin", &[])
+        .execute("", 0)
+        .bind("", "ins_u", &[&p(0, 1), "a"])
+        .execute("", 0)
+        .bind("", "ins_kv", &[&p(2, 1), "b"])
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let r = w.until_ready().await;
+    assert_eq!(tags(&r), "2C2C2CZ", "{r:?}");
+    assert_eq!(status(&r), b'T');
+    w.bind("", "commit", &[]).execute("", 0).sync();
+    w.send().await;
+    assert_eq!(status(&w.until_ready().await), b'I');
+    assert_eq!(counts(&env, "mp_users").await, vec![1, 0, 0]);
+    assert_eq!(counts(&env, "mp_kv").await, vec![0, 0, 1]);
+
+    // COMMIT among statements for several shards: refused, nothing runs.
+    w.bind("", "ins_u", &[&p(0, 2), "a"])
+        .execute("", 0)
+        .bind("", "commit", &[])
+        .execute("", 0)
+        .bind("", "ins_u", &[&p(1, 2), "b"])
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let r = w.until_ready().await;
+    assert_eq!(first_error(&r).as_deref(), Some("0A000"), "{r:?}");
+    assert_eq!(status(&r), b'I');
+    assert_eq!(counts(&env, "mp_users").await, vec![1, 0, 0]);
+}
