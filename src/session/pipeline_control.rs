@@ -43,9 +43,19 @@ impl Session {
         let Ok((portal, _)) = decode_execute(exec.body()) else {
             return;
         };
+        // The statement the portal holds at this Execute: the Bind before it in this pipeline
+        // (the unnamed portal is bound again by later statements), else the session's.
         // Checked without allocating: this runs for every pipeline of an idle session.
-        let Some((_, stmt)) = self.portals.get(portal) else {
-            return;
+        let bound_here = ops[..at].iter().rposition(|o| match o {
+            Op::Bind(_, f, _) => BindMsg::decode(f.body()).is_ok_and(|m| m.portal == portal),
+            _ => false,
+        });
+        let stmt = match bound_here.map(|b| &ops[b]) {
+            Some(Op::Bind(p, _, _)) => p,
+            _ => match self.portals.get(portal) {
+                Some((_, p)) => p,
+                None => return,
+            },
         };
         if !matches!(
             stmt.plan.stmts.first().map(|s| &s.kind),
@@ -56,10 +66,6 @@ impl Session {
         let stmt = stmt.clone();
         let portal = portal.to_string();
         // The Bind that made this portal is answered locally too: nothing reaches a shard.
-        let bound_here = ops[..at].iter().rposition(|o| match o {
-            Op::Bind(_, f, _) => BindMsg::decode(f.body()).is_ok_and(|m| m.portal == portal),
-            _ => false,
-        });
         if let Some(b) = bound_here {
             ops[b] = Op::Local(BIND_COMPLETE);
         }
@@ -67,7 +73,14 @@ impl Session {
         let mut done = BytesMut::new();
         build::command_complete(&mut done, super::txn::begin_tag(&sql));
         ops[at] = Op::Local(done.freeze());
-        self.portals.remove(&portal);
+        // (Unless a later Bind in the pipeline took the portal over.)
+        if self
+            .portals
+            .get(&portal)
+            .is_some_and(|(_, p)| Arc::ptr_eq(p, &stmt))
+        {
+            self.portals.remove(&portal);
+        }
         self.txn = Txn::begun(sql);
     }
 

@@ -72,6 +72,37 @@ func main() {
 	_, err = br.Exec()
 	must(err, "pgx batch exec")
 	must(br.Close(), "pgx batch close")
+	// A batch of different statements on every shard (issue 19): one transaction across them.
+	b = &pgx.Batch{}
+	b.Queue("UPDATE users SET name = 'batched' WHERE id = $1", ids[0])
+	b.Queue("SELECT name FROM users WHERE id = $1", ids[1])
+	b.Queue("UPDATE users SET name = 'batched' WHERE id = $1", ids[len(ids)-1])
+	br = conn.SendBatch(ctx, b)
+	_, err = br.Exec()
+	must(err, "pgx mixed batch update")
+	must(br.QueryRow().Scan(&first), "pgx mixed batch read")
+	check(first == fmt.Sprintf("user-%d", ids[1]), "pgx mixed batch read value")
+	_, err = br.Exec()
+	must(err, "pgx mixed batch update 2")
+	must(br.Close(), "pgx mixed batch close")
+	must(conn.QueryRow(ctx, "SELECT count(*) FROM users WHERE name = 'batched'").Scan(&count), "pgx batched count")
+	check(count == 2, "pgx mixed batch applied on both shards")
+	// Its failing statement on another shard undoes the others.
+	b = &pgx.Batch{}
+	b.Queue("UPDATE users SET name = 'lost' WHERE id = $1", ids[0])
+	b.Queue("SELECT 1/0 FROM users WHERE id = $1", ids[1])
+	br = conn.SendBatch(ctx, b)
+	_, err = br.Exec()
+	must(err, "pgx failing batch first update")
+	_, err = br.Exec()
+	check(err != nil, "pgx failing batch reports the division by zero")
+	br.Close()
+	must(conn.QueryRow(ctx, "SELECT count(*) FROM users WHERE name = 'lost'").Scan(&count), "pgx lost count")
+	check(count == 0, "pgx failed batch left nothing")
+	for _, id := range ids {
+		_, err = conn.Exec(ctx, "UPDATE users SET name = $2 WHERE id = $1", id, fmt.Sprintf("user-%d", id))
+		must(err, "pgx restore names")
+	}
 	must(conn.Close(ctx), "pgx close")
 
 	// lib/pq through database/sql.

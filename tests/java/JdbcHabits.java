@@ -32,6 +32,37 @@ public class JdbcHabits {
                 }
             }
         }
+        // executeBatch of different statements on every shard (issue 19): one pipeline, one
+        // transaction across the shards (autocommit: the proxy's; else the client's block).
+        try (Connection c = DriverManager.getConnection(url, "app", "app-secret")) {
+            try (Statement st = c.createStatement()) {
+                for (long id : ids) st.addBatch("UPDATE users SET name = 'jb' WHERE id = " + id);
+                for (int n : st.executeBatch()) if (n != 1) throw new AssertionError("batch count " + n);
+                for (long id : ids) st.addBatch("UPDATE users SET name = 'jx' WHERE id = " + id);
+                st.addBatch("UPDATE users SET name = (1/0)::text WHERE id = " + ids[1]);
+                try {
+                    st.executeBatch();
+                    throw new AssertionError("the failing batch succeeded");
+                } catch (BatchUpdateException e) {
+                    // expected: division by zero
+                }
+                try (ResultSet r = st.executeQuery("SELECT count(*) FROM users WHERE name = 'jb'")) {
+                    r.next();
+                    if (r.getLong(1) != ids.length) throw new AssertionError("batch: " + r.getLong(1) + " rows 'jb'");
+                }
+            }
+            c.setAutoCommit(false);
+            try (Statement st = c.createStatement()) {
+                for (long id : ids) st.addBatch("UPDATE users SET name = 'user-' || id WHERE id = " + id);
+                st.executeBatch();
+                c.commit();
+                try (ResultSet r = st.executeQuery("SELECT count(*) FROM users WHERE name = 'jb'")) {
+                    r.next();
+                    if (r.getLong(1) != 0) throw new AssertionError("names not restored");
+                }
+                c.commit();
+            }
+        }
         ExecutorService pool = Executors.newFixedThreadPool(8);
         AtomicInteger errors = new AtomicInteger();
         List<Future<?>> done = new ArrayList<>();

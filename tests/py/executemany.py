@@ -98,6 +98,29 @@ check(c.execute("SELECT count(*) FROM em_users WHERE id >= 5000").fetchone()[0] 
 c.commit()
 c.autocommit = True
 
+# Pipeline mode with different statements on several shards (issue 19): the pipeline is one
+# transaction up to its Sync; inside transaction() its statements join the block.
+with c.pipeline():
+    c.execute("INSERT INTO em_users (id, name) VALUES (%s, %s)", (6001, "p"))
+    c.execute("UPDATE em_users SET name = %s WHERE id = %s", ("p", 1))
+    c.execute("INSERT INTO em_users (id, name) VALUES (%s, %s)", (6002, "p"))
+    c.execute("UPDATE em_users SET name = %s WHERE id = %s", ("p", 2))
+check(c.execute("SELECT count(*) FROM em_users WHERE name = 'p'").fetchone()[0] == 4, "pipeline applied")
+c.autocommit = False
+try:
+    with c.transaction():
+        with c.pipeline():
+            c.execute("DELETE FROM em_users WHERE name = %s AND id = %s", ("p", 6001))
+            c.execute("DELETE FROM em_users WHERE name = %s AND id = %s", ("p", 6002))
+            c.execute("INSERT INTO em_users (id, name) VALUES (%s, %s)", (1, "dup"))
+    check(False, "the duplicate must fail the pipeline")
+except psycopg.errors.UniqueViolation:
+    pass
+c.rollback()
+check(c.execute("SELECT count(*) FROM em_users WHERE name = 'p'").fetchone()[0] == 4, "failed pipeline undone")
+c.commit()
+c.autocommit = True
+
 
 async def with_asyncpg():
     a = await asyncpg.connect(f"postgresql://app:app-secret@{host}:{port}/app")
