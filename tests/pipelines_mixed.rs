@@ -123,7 +123,10 @@ async fn mixed_pipeline_across_shards_is_one_transaction() {
         let left: i64 = env
             .shard_client(s)
             .await
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -204,4 +207,132 @@ async fn mixed_pipeline_joins_the_block_and_refuses_commit_inside() {
     assert_eq!(first_error(&r).as_deref(), Some("0A000"), "{r:?}");
     assert_eq!(status(&r), b'I');
     assert_eq!(counts(&env, "mp_users").await, vec![1, 0, 0]);
+}
+
+/// Issue 19 must-show 2: `kill -9` of the proxy while clients send scripts and pipelines
+/// across shards leaves no half-applied batch once two-phase recovery has run: every
+/// batch's rows are all there or none are, checked shard by shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_proxy_leaves_no_half_applied_batch() {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    const ROWS: i64 = 6;
+    let (env, proxy, map, _ids) = setup().await;
+    drop(proxy);
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = env
+        .shard_map_yaml(TABLES, "")
+        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+    let path = dir.path().join("map.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_shardwire"))
+            .args(["--log-level", "warn", "serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut proc = spawn();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..4i64 {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut batch = 0i64;
+            let mut interrupted = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                batch += 1;
+                let tag = client * 100_000 + batch;
+                let ok = if client % 2 == 0 {
+                    // A script (simple protocol).
+                    let script: String = (0..ROWS)
+                        .map(|k| format!("INSERT INTO mp_users VALUES ({}, 's');", tag * 10 + k))
+                        .collect();
+                    let conninfo = format!(
+                        "host=127.0.0.1 port={port} user=app password=app-secret dbname=app"
+                    );
+                    match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            c.batch_execute(&script).await.is_ok()
+                        }
+                        Err(_) => false,
+                    }
+                } else {
+                    // A pipeline (extended protocol, one Sync), in a task of its own: the
+                    // raw client panics when the proxy goes away under it.
+                    tokio::spawn(async move {
+                        let mut w = Wire::login(port, &[]).await;
+                        w.parse("ins", "INSERT INTO mp_kv VALUES ($1, 'p')");
+                        for k in 0..ROWS {
+                            w.bind("", "ins", &[&(tag * 10 + k).to_string()])
+                                .execute("", 0);
+                        }
+                        w.sync();
+                        w.send().await;
+                        first_error(&w.until_ready().await).is_none()
+                    })
+                    .await
+                    .unwrap_or(false)
+                };
+                if !ok {
+                    interrupted += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            interrupted
+        });
+    }
+    // Let them run, kill the proxy (SIGKILL), start it again, let them run on.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proc.kill().unwrap();
+    proc.wait().unwrap();
+    proc = spawn();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut interrupted = 0;
+    while let Some(r) = tasks.join_next().await {
+        interrupted += r.unwrap();
+    }
+    proc.kill().unwrap();
+    proc.wait().unwrap();
+    assert!(interrupted > 0, "the kill interrupted some batches");
+    // Recovery finishes whatever the killed proxy left prepared.
+    shardwire::backend::twophase::recover(&map, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut batches = 0;
+    for table in ["mp_users", "mp_kv"] {
+        let key = if table == "mp_users" { "id" } else { "k" };
+        let mut per_tag: std::collections::HashMap<i64, i64> = Default::default();
+        for (s, id) in env.placed(table, key).await {
+            assert_eq!(map.hash_shard(&KeyValue::Int(id)), s, "{table} row {id}");
+            *per_tag.entry(id / 10).or_default() += 1;
+        }
+        for (tag, n) in &per_tag {
+            assert_eq!(*n, ROWS, "{table}: batch {tag} is half-applied");
+        }
+        batches += per_tag.len();
+    }
+    assert!(batches > 20, "only {batches} batches ran");
+    for s in 0..3 {
+        let left: i64 = env
+            .shard_client(s)
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "shard {s}");
+    }
 }

@@ -90,7 +90,10 @@ async fn insert_script_across_shards_is_atomic() {
         let left: i64 = env
             .shard_client(s)
             .await
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
