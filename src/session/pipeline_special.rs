@@ -24,6 +24,8 @@ pub(super) struct Special {
     tail_offset: usize,
     /// Whether the portal is described.
     describe: bool,
+    /// Whether the client closes the portal after its Execute (sqlx does).
+    close: bool,
     kind: SpecialKind,
 }
 
@@ -35,6 +37,8 @@ enum SpecialKind {
         work: Vec<ShardWrite>,
         replicated: bool,
     },
+    /// Refused before anything ran (e.g. a NULL key among bound arrays).
+    Fail(crate::error::ProxyError),
 }
 
 impl Session {
@@ -50,9 +54,13 @@ impl Session {
             _ => (None, frames),
         };
         let (bind, rest) = rest.split_first()?;
-        let describe = match rest {
-            [e] if e.tag == b'E' => false,
-            [d, e] if d.tag == b'D' && e.tag == b'E' => true,
+        // (sqlx closes the unnamed portal before Sync.)
+        let closes = |c: &Frame| c.tag == b'C' && c.body() == b"P\0";
+        let (describe, close) = match rest {
+            [e] if e.tag == b'E' => (false, false),
+            [d, e] if d.tag == b'D' && e.tag == b'E' => (true, false),
+            [e, c] if e.tag == b'E' && closes(c) => (false, true),
+            [d, e, c] if d.tag == b'D' && e.tag == b'E' && closes(c) => (true, true),
             _ => return None,
         };
         if bind.tag != b'B' {
@@ -95,6 +103,7 @@ impl Session {
         // A split INSERT also runs inside a transaction block: its parts join it.
         let in_block = self.txn.status == TxnStatus::InBlock && !self.txn.failed;
         let may_be_special = st.copy().is_some()
+            || ((in_block || self.txn.status.is_idle()) && st.arrays().is_some())
             || (in_block && st.split().is_some())
             || (self.txn.status.is_idle()
                 && (st.split().is_some()
@@ -121,8 +130,29 @@ impl Session {
             (None, Some(pm)) => pm.query,
             (None, None) => return None,
         };
+        if close && st.arrays().is_none() {
+            return None;
+        }
         let kind = if let Some(copy) = st.copy() {
             SpecialKind::Copy(copy.clone())
+        } else if let Some(arr) = st.arrays() {
+            let params = m.params();
+            let is_binary = |i: usize| m.is_binary(i);
+            match arr.split(&self.topo.map, &params, &is_binary, &m.result_formats()) {
+                Ok(parts) => SpecialKind::Write {
+                    work: parts
+                        .into_iter()
+                        .map(|p| ShardWrite {
+                            shard: p.shard,
+                            sql: sql.to_string(),
+                            bind: Some((types.to_vec(), p.tail)),
+                            rows: p.rows,
+                        })
+                        .collect(),
+                    replicated: false,
+                },
+                Err(e) => SpecialKind::Fail(e),
+            }
         } else if let Some(split) = st.split() {
             let params = m.params();
             let is_binary = |i: usize| m.is_binary(i);
@@ -197,6 +227,7 @@ impl Session {
             bind: bind.clone(),
             tail_offset: m.tail_offset,
             describe,
+            close,
             kind,
         })
     }
@@ -243,12 +274,30 @@ impl Session {
                     bind_tail: sp.bind.body().get(sp.tail_offset..).unwrap_or(&[]),
                     describe: sp.describe,
                 };
-                let r = self.multi_write(work, protocol, *replicated, false).await;
+                let r = self
+                    .multi_write(work, protocol, *replicated, sp.close)
+                    .await;
                 if in_txn && !matches!(r, Ok(Ok(ref o)) if !o.error) {
                     // A part failed: the client's transaction is aborted, as in Postgres.
                     self.txn.fail();
                 }
+                if sp.close {
+                    // The client's Close of the portal, answered after the statement's reply
+                    // (after an error Postgres skips it), then the ReadyForQuery kept for it.
+                    if matches!(r, Ok(Ok(ref o)) if !o.error) {
+                        build::empty(&mut self.out, b'3');
+                    }
+                    if matches!(r, Ok(Ok(_))) {
+                        self.push_ready();
+                    }
+                }
                 (r, false)
+            }
+            SpecialKind::Fail(e) => {
+                self.push_error(e);
+                self.push_ready();
+                self.release_if_idle(false);
+                return Ok(());
             }
         };
         match result {

@@ -332,6 +332,11 @@ impl Session {
                     self.exec_query_all(set, sql, hide_ready, plan.replicated())
                         .await
                 }
+                // Bound arrays exist only in the extended protocol (its route refuses here).
+                (Execution::SplitArrays(_), Target::Set(_)) => Ok(Err(ProxyError::Unsupported(
+                    "INSERT … SELECT FROM unnest of array parameters needs the extended protocol"
+                        .into(),
+                ))),
                 // Completed before it is planned (`simple_query`): never run as written.
                 (Execution::Generate(_), Target::Set(_)) => Ok(Err(ProxyError::Internal(
                     "an INSERT that needs generated values was run as written".into(),

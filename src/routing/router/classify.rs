@@ -149,6 +149,20 @@ pub(super) fn plan_template(
             }
             _ => None,
         };
+        // INSERT … SELECT * FROM unnest($1, …): split by the session, as a pipeline of its
+        // own; anywhere else it is refused (never sent to several shards as written).
+        let arrays = match node {
+            NodeEnum::InsertStmt(i) if split.is_none() => {
+                super::array_split::for_insert(map, i).map(Arc::new)
+            }
+            _ => None,
+        };
+        if let Some(a) = &arrays {
+            route = RouteSpec::Refuse(ProxyError::Unsupported(format!(
+                "INSERT … SELECT FROM unnest of array parameters into sharded table {} is split by shard only as a pipeline of its own ([Parse], Bind, [Describe], Execute, [Close], Sync)",
+                a.table.what()
+            )));
+        }
         let dirties = dirties(node);
         if dirties && !map.pool.session_mode && calls(node, SESSION_LOCKS) {
             // Held by a backend the client gives back after the statement: it would be
@@ -169,7 +183,10 @@ pub(super) fn plan_template(
                 (_, Some(e), ..) => Execution::Explain(e),
                 (_, _, Some(s), _) => Execution::SplitInsert(s),
                 (.., Some(c)) => Execution::Copy(c),
-                _ => Execution::Forward,
+                _ => match arrays {
+                    Some(a) => Execution::SplitArrays(a),
+                    None => Execution::Forward,
+                },
             },
         });
     }

@@ -12,6 +12,7 @@
 //! DELETE over FROM/WHERE), `writes` (INSERT, key UPDATE), `key_src`, `resolve` ([`resolve_keys`]),
 //! `split` (multi-row INSERT), `generate` (INSERTs completed with generated values), `session`, `explain`, `template` and `cache` ([`PlanCache`]).
 
+mod array_split;
 mod cache;
 mod classify;
 mod clauses;
@@ -28,6 +29,7 @@ mod stmt;
 mod template;
 mod writes;
 
+pub use array_split::{ArrayPart, ArraySplit};
 pub use cache::{PlanCache, PLAN_CACHE_CAPACITY};
 pub use classify::plan;
 pub use explain::ExplainPlan;

@@ -195,6 +195,9 @@ pub enum Execution {
     Explain(ExplainPlan),
     /// A multi-row INSERT whose rows may belong to different shards: how to split it.
     SplitInsert(Arc<InsertSplit>),
+    /// `INSERT … SELECT * FROM unnest($1, …)` of arrays bound as parameters: how to split
+    /// its rows (run only as a pipeline of its own; its route refuses otherwise).
+    SplitArrays(Arc<super::array_split::ArraySplit>),
     /// `COPY … FROM STDIN` into a sharded or reference table: how to split its rows.
     Copy(Arc<crate::routing::copyplan::CopyPlan>),
     /// An INSERT the proxy completes before it is planned and run (generated values, a
@@ -215,6 +218,13 @@ impl StmtPlan {
     pub fn explain(&self) -> Option<&ExplainPlan> {
         match &self.exec {
             Execution::Explain(e) => Some(e),
+            _ => None,
+        }
+    }
+    /// The array split, for an INSERT over unnested array parameters.
+    pub fn arrays(&self) -> Option<&Arc<super::array_split::ArraySplit>> {
+        match &self.exec {
+            Execution::SplitArrays(a) => Some(a),
             _ => None,
         }
     }
