@@ -70,5 +70,25 @@ assert((await slow) === '57014', 'the slow query was cancelled');
 const me = await c.query('SELECT pg_backend_pid() AS pid');
 assert(me.rows[0].pid === c.processID, 'pg_backend_pid() is the processID');
 await killer.end();
+// Knex's batchInsert (issue 19): a multi-row INSERT with parameters, rows on every shard,
+// inside a transaction; a rolled-back one leaves nothing, a committed one every row.
+const batch = (base) => {
+  const values = ids.map((_, i) => `($${2 * i + 1}, $${2 * i + 2})`).join(', ');
+  const params = ids.flatMap((id, i) => [base + id * 10 + i, `batch-${base}`]);
+  return [`INSERT INTO users (id, name) VALUES ${values} RETURNING id`, params];
+};
+await c.query('BEGIN');
+const [t1, p1] = batch(100000);
+const ins = await c.query(t1, p1);
+assert(ins.rowCount === ids.length, `knex batch rowCount ${ins.rowCount}`);
+assert(ins.rows.map((r) => Number(r.id)).join() === p1.filter((_, i) => i % 2 === 0).join(), 'RETURNING in row order');
+await c.query('ROLLBACK');
+await c.query('BEGIN');
+const [t2, p2] = batch(200000);
+await c.query(t2, p2);
+await c.query('COMMIT');
+const kept = await c.query("SELECT count(*)::int AS n FROM users WHERE name LIKE 'batch-%'");
+assert(kept.rows[0].n === ids.length, `knex batch committed ${kept.rows[0].n}`);
+await c.query("DELETE FROM users WHERE name LIKE 'batch-%'");
 await c.end();
 console.log('node checks passed');
