@@ -86,19 +86,7 @@ async fn insert_script_across_shards_is_atomic() {
         "the UPDATE was rolled back"
     );
     // No prepared transaction is left behind, and the session goes on outside a block.
-    for s in 0..3 {
-        let left: i64 = env
-            .shard_client(s)
-            .await
-            .query_one(
-                "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(left, 0, "shard {s}");
-    }
+    assert_eq!(env.prepared_left().await, vec![0, 0, 0]);
     let n: i64 = c
         .query_one("SELECT count(*) FROM sc_users", &[])
         .await

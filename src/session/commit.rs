@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use super::relay::RelayError;
-use super::Session;
+use super::{Session, SessionEnd};
 use crate::backend::conn::{BackendError, Reply};
 use crate::backend::twophase::{self, decide_sql};
 use crate::error::ProxyError;
@@ -297,6 +297,34 @@ impl Session {
             }));
         }
         Ok(Ok(()))
+    }
+
+    /// What a commit's result `r` leaves for the client: on success the transaction's
+    /// setting changes apply (returns true), else its error is queued. (The transaction is
+    /// already ended on the session's side.)
+    pub(super) fn committed(
+        &mut self,
+        r: Result<Result<(), ProxyError>, RelayError>,
+        changes: Vec<super::txn::SettingChange>,
+    ) -> Result<bool, SessionEnd> {
+        match r {
+            Ok(Ok(())) => {
+                for ch in changes {
+                    self.apply_setting(ch);
+                }
+                Ok(true)
+            }
+            Ok(Err(e)) => {
+                self.push_error(&e);
+                Ok(false)
+            }
+            Err(RelayError::Client(e)) => Err(e),
+            Err(RelayError::Backend { shard, error, .. }) => {
+                let e = self.backend_failed(shard, &error);
+                self.push_error(&e);
+                Ok(false)
+            }
+        }
     }
 
     /// ROLLBACK on each connection (errors ignored: a broken connection is not pooled).

@@ -17,7 +17,6 @@
 //! - statements that cannot run in a transaction block (`VACUUM`, `CREATE INDEX
 //!   CONCURRENTLY`) fail on the shard, as they do in Postgres.
 
-use super::relay::RelayError;
 use super::txn::{Step, Txn};
 use super::{Session, SessionEnd, Target};
 use crate::error::ProxyError;
@@ -107,24 +106,7 @@ impl Session {
             };
             let changes = self.txn.take_changes();
             self.txn = Txn::idle();
-            match r {
-                Ok(Ok(())) => {
-                    for ch in changes {
-                        self.apply_setting(ch);
-                    }
-                    true
-                }
-                Ok(Err(e)) => {
-                    self.push_error(&e);
-                    false
-                }
-                Err(RelayError::Client(e)) => return Err(e),
-                Err(RelayError::Backend { shard, error, .. }) => {
-                    let e = self.backend_failed(shard, &error);
-                    self.push_error(&e);
-                    false
-                }
-            }
+            self.committed(r, changes)?
         };
         self.sync_codec();
         if changed {

@@ -492,25 +492,10 @@ impl Session {
             let changes = self.txn.take_changes();
             self.txn = Txn::idle();
             self.sync_codec();
-            let ok = match r {
-                Ok(Ok(())) => {
-                    for ch in changes {
-                        self.apply_setting(ch);
-                    }
-                    build::command_complete(&mut self.out, "COMMIT");
-                    true
-                }
-                Ok(Err(e)) => {
-                    self.push_error(&e);
-                    false
-                }
-                Err(RelayError::Client(e)) => return Err(e),
-                Err(RelayError::Backend { shard, error, .. }) => {
-                    let e = self.backend_failed(shard, &error);
-                    self.push_error(&e);
-                    false
-                }
-            };
+            let ok = self.committed(r, changes)?;
+            if ok {
+                build::command_complete(&mut self.out, "COMMIT");
+            }
             for c in self.conns.iter_mut() {
                 c.settings_fp = super::settings::UNKNOWN_FP;
             }

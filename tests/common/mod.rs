@@ -157,6 +157,14 @@ impl TestEnv {
         out
     }
 
+    /// Prepared (two-phase) transactions left in this environment's database, per shard.
+    pub async fn prepared_left(&self) -> Vec<i64> {
+        self.per_shard_i64(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
+        )
+        .await
+    }
+
     /// Every `column` (cast to int8) of `table` on each shard: (shard, value).
     pub async fn placed(&self, table: &str, column: &str) -> Vec<(usize, i64)> {
         let mut out = Vec::new();

@@ -16,6 +16,7 @@ use crate::error::ProxyError;
 use crate::sharding::shardmap::ShardMap;
 use crate::sharding::strategy::{Located, Sharded};
 use crate::wire::arrays::{self, ArrayError, Elements};
+use crate::wire::protocol::build;
 
 /// How to split an INSERT over unnested array parameters (see the module docs).
 #[derive(Debug)]
@@ -55,34 +56,13 @@ pub(super) fn plan(t: &Arc<Sharded>, pos: usize, sel: &protobuf::SelectStmt) -> 
     {
         return None;
     }
-    let star = matches!(sel.target_list.as_slice(), [t] if matches!(&t.node,
-        Some(NodeEnum::ResTarget(r)) if matches!(r.val.as_deref().and_then(|v| v.node.as_ref()),
-            Some(NodeEnum::ColumnRef(c)) if matches!(c.fields.as_slice(), [x] if matches!(x.node, Some(NodeEnum::AStar(_)))))));
     let [from] = sel.from_clause.as_slice() else {
         return None;
     };
     let Some(NodeEnum::RangeFunction(f)) = &from.node else {
         return None;
     };
-    if !star || f.ordinality || f.lateral || f.is_rowsfrom {
-        return None;
-    }
-    let [item] = f.functions.as_slice() else {
-        return None;
-    };
-    let Some(NodeEnum::List(l)) = &item.node else {
-        return None;
-    };
-    let Some(NodeEnum::FuncCall(call)) = l.items.first().and_then(|n| n.node.as_ref()) else {
-        return None;
-    };
-    let name = call.funcname.last().and_then(|n| match &n.node {
-        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-        _ => None,
-    })?;
-    if name != "unnest" {
-        return None;
-    }
+    let call = super::from_values::unnest_call(sel, f)?;
     let mut args = Vec::with_capacity(call.args.len());
     for a in &call.args {
         // The parameter inside the casts.
@@ -188,39 +168,27 @@ impl ArraySplit {
         is_binary: &dyn Fn(usize) -> bool,
         formats: &[i16],
     ) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        let mut subs: Vec<Option<Vec<u8>>> = Vec::with_capacity(params.len());
         for i in 0..params.len() {
-            b.extend_from_slice(&i16::from(is_binary(i)).to_be_bytes());
-        }
-        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        let mut value = Vec::new();
-        for (i, p) in params.iter().enumerate() {
             let arg = self.args.iter().position(|&a| a == i);
-            match (arg.and_then(|k| cut[k].as_ref()), p) {
-                (Some(e), _) => {
-                    value.clear();
-                    let pick = rows.iter().map(|&r| e.elems.get(r).and_then(|x| x.raw));
-                    if is_binary(i) {
-                        arrays::write_binary(e.elem_oid, pick, &mut value);
-                    } else {
-                        arrays::write_text(pick, &mut value);
-                    }
-                    b.extend_from_slice(&(value.len() as i32).to_be_bytes());
-                    b.extend_from_slice(&value);
+            subs.push(arg.and_then(|k| cut[k].as_ref()).map(|e| {
+                let mut value = Vec::new();
+                let pick = rows.iter().map(|&r| e.elems.get(r).and_then(|x| x.raw));
+                if is_binary(i) {
+                    arrays::write_binary(e.elem_oid, pick, &mut value);
+                } else {
+                    arrays::write_text(pick, &mut value);
                 }
-                (None, Some(v)) => {
-                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                    b.extend_from_slice(v);
-                }
-                (None, None) => b.extend_from_slice(&(-1i32).to_be_bytes()),
-            }
+                value
+            }));
         }
-        b.extend_from_slice(&(formats.len() as i16).to_be_bytes());
-        for f in formats {
-            b.extend_from_slice(&f.to_be_bytes());
-        }
-        b
+        let values: Vec<Option<&[u8]>> = params
+            .iter()
+            .zip(&subs)
+            .map(|(p, sub)| sub.as_deref().or(*p))
+            .collect();
+        let param_formats: Vec<i16> = (0..params.len()).map(|i| i16::from(is_binary(i))).collect();
+        build::bind_tail_values(&param_formats, &values, formats)
     }
 }
 

@@ -168,9 +168,12 @@ pub(super) fn plan(sel: &protobuf::SelectStmt) -> Option<FromValues> {
     Some(FromValues::Values { names, order_by })
 }
 
-/// `SELECT * FROM UNNEST(a1, a2, …)` with every argument an array constant with a cast to
-/// an array type (`'{…}'::T[]`, possibly cast twice), no ORDER BY, no ordinality.
-fn plan_unnest(sel: &protobuf::SelectStmt, f: &protobuf::RangeFunction) -> Option<FromValues> {
+/// The `unnest(…)` call of `SELECT * FROM unnest(…)` (one function, no ORDER BY, no
+/// ordinality, ROWS FROM or LATERAL), with at least one argument.
+pub(super) fn unnest_call<'a>(
+    sel: &'a protobuf::SelectStmt,
+    f: &'a protobuf::RangeFunction,
+) -> Option<&'a protobuf::FuncCall> {
     let star = matches!(sel.target_list.as_slice(), [t] if matches!(&t.node,
         Some(NodeEnum::ResTarget(r)) if matches!(r.val.as_deref().and_then(|v| v.node.as_ref()),
             Some(NodeEnum::ColumnRef(c)) if matches!(c.fields.as_slice(), [x] if matches!(x.node, Some(NodeEnum::AStar(_)))))));
@@ -190,9 +193,13 @@ fn plan_unnest(sel: &protobuf::SelectStmt, f: &protobuf::RangeFunction) -> Optio
         Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
         _ => None,
     })?;
-    if name != "unnest" || call.args.is_empty() {
-        return None;
-    }
+    (name == "unnest" && !call.args.is_empty()).then_some(&**call)
+}
+
+/// `SELECT * FROM UNNEST(a1, a2, …)` with every argument an array constant with a cast to
+/// an array type (`'{…}'::T[]`, possibly cast twice), no ORDER BY, no ordinality.
+fn plan_unnest(sel: &protobuf::SelectStmt, f: &protobuf::RangeFunction) -> Option<FromValues> {
+    let call = unnest_call(sel, f)?;
     for a in &call.args {
         let Some(NodeEnum::TypeCast(c)) = &a.node else {
             return None;

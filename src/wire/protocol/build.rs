@@ -186,14 +186,33 @@ pub fn bind_tail(
     is_binary: &dyn Fn(usize) -> bool,
     result_formats: &[i16],
 ) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&(take.len() as i16).to_be_bytes());
-    for &i in take {
-        b.extend_from_slice(&(i16::from(is_binary(i))).to_be_bytes());
+    let formats: Vec<i16> = take.iter().map(|&i| i16::from(is_binary(i))).collect();
+    let values: Vec<Option<&[u8]>> = take
+        .iter()
+        .map(|&i| params.get(i).copied().flatten())
+        .collect();
+    bind_tail_values(&formats, &values, result_formats)
+}
+/// The tail of a Bind (after its statement name): parameters `values` in formats
+/// `param_formats` (one code each), then `result_formats`.
+pub fn bind_tail_values(
+    param_formats: &[i16],
+    values: &[Option<&[u8]>],
+    result_formats: &[i16],
+) -> Vec<u8> {
+    let mut b = Vec::with_capacity(
+        8 + values
+            .iter()
+            .map(|v| 6 + v.map_or(0, <[u8]>::len))
+            .sum::<usize>(),
+    );
+    b.extend_from_slice(&(param_formats.len() as i16).to_be_bytes());
+    for f in param_formats {
+        b.extend_from_slice(&f.to_be_bytes());
     }
-    b.extend_from_slice(&(take.len() as i16).to_be_bytes());
-    for &i in take {
-        match params.get(i).copied().flatten() {
+    b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+    for v in values {
+        match v {
             Some(v) => {
                 b.extend_from_slice(&(v.len() as i32).to_be_bytes());
                 b.extend_from_slice(v);
