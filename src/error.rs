@@ -54,6 +54,16 @@ pub enum ProxyError {
     /// Parse named a prepared statement that already exists.
     #[error("prepared statement \"{0}\" already exists")]
     DuplicateStatement(String),
+    /// SQL EXECUTE gave another number of arguments than the statement takes.
+    #[error("wrong number of parameters for prepared statement \"{name}\"")]
+    WrongParamCount {
+        /// The statement.
+        name: String,
+        /// Parameters it takes.
+        expected: usize,
+        /// Arguments given.
+        got: usize,
+    },
     /// Execute/Describe named a portal the session does not have.
     #[error("portal \"{0}\" does not exist")]
     NoSuchPortal(String),
@@ -107,6 +117,7 @@ impl ProxyError {
             ProxyError::InFailedTransaction => "25P02",
             ProxyError::NoSuchStatement(_) => "26000",
             ProxyError::DuplicateStatement(_) => "42P05",
+            ProxyError::WrongParamCount { .. } => "42601",
             ProxyError::NoSuchPortal(_) => "34000",
             ProxyError::AuthFailed(_) => "28P01",
             ProxyError::Limit(_) => "53300",
@@ -116,6 +127,16 @@ impl ProxyError {
             ProxyError::QueryCanceled => "57014",
             ProxyError::CachedPlanChanged => "0A000",
             ProxyError::Backend { code, .. } => code,
+        }
+    }
+
+    /// The DETAIL sent with the error, as Postgres sends one for it.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            ProxyError::WrongParamCount { expected, got, .. } => {
+                Some(format!("Expected {expected} parameters but got {got}."))
+            }
+            _ => None,
         }
     }
 

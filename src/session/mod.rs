@@ -483,6 +483,21 @@ impl Session {
     fn push_error(&mut self, e: &ProxyError) {
         self.shared.telemetry.error(e.sqlstate());
         let text = e.to_string();
+        // A DETAIL (ASCII) after the fixed fields, for the few errors that have one.
+        let detail = e.detail();
+        let with_detail: Vec<(u8, &str)>;
+        let fields = match &detail {
+            Some(d) => {
+                with_detail = e
+                    .fields()
+                    .iter()
+                    .copied()
+                    .chain([(b'D', d.as_str())])
+                    .collect();
+                &with_detail[..]
+            }
+            None => e.fields(),
+        };
         match self.codec.filter(|_| !text.is_ascii()) {
             // In the client's encoding, as Postgres sends its messages (a character it
             // cannot hold becomes `?`).
@@ -502,14 +517,14 @@ impl Session {
                     .from_utf8(&safe)
                     .map(|b| b.into_owned())
                     .unwrap_or_default();
-                build::error_fields(&mut self.out, "ERROR", e.sqlstate(), &bytes, e.fields());
+                build::error_fields(&mut self.out, "ERROR", e.sqlstate(), &bytes, fields);
             }
             None => build::error_fields(
                 &mut self.out,
                 "ERROR",
                 e.sqlstate(),
                 text.as_bytes(),
-                e.fields(),
+                fields,
             ),
         }
         self.txn.fail();
