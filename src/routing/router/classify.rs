@@ -47,6 +47,20 @@ pub(super) fn plan_template(
             continue;
         };
         let span = (start, (start + len).min(sql.len()));
+        let text = sql.get(span.0..span.1).unwrap_or("");
+        if let Some((kind, route)) = super::sql_prepare::classify(node, text, span.0) {
+            // Kept and run by the session (PREPARE, EXECUTE).
+            stmts.push(StmtPlan {
+                kind,
+                route,
+                span,
+                replicated: false,
+                exec: Execution::Forward,
+                reshapes: false,
+                dirties: false,
+            });
+            continue;
+        }
         if let NodeEnum::InsertStmt(ins) = node {
             // An INSERT the proxy completes first is planned in its completed form.
             let exec = match super::generate::plan_generate(map, ins) {
@@ -350,10 +364,11 @@ fn analyze(map: &ShardMap, node: &NodeEnum, tpl: Option<&Template>) -> (StmtKind
         N::DeallocateStmt(d) => {
             (StmtKind::Deallocate(if d.isall { None } else { Some(d.name.clone()) }), RouteSpec::Any)
         }
+        // Top-level ones are planned by `sql_prepare::classify`.
         N::PrepareStmt(_) | N::ExecuteStmt(_) => (
             StmtKind::Other,
             RouteSpec::Refuse(ProxyError::Unsupported(
-                "SQL-level PREPARE/EXECUTE is not supported with transaction pooling; use the extended protocol (driver prepared statements)".into(),
+                "PREPARE/EXECUTE is supported through the proxy only as a statement of its own, or inside EXPLAIN or CREATE TABLE AS".into(),
             )),
         ),
         // LISTEN is refused, so no pooled connection listens: UNLISTEN (asyncpg's pool sends

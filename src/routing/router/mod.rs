@@ -10,7 +10,9 @@
 //!
 //! Files: `stmt` (plan types), `classify` ([`plan`]), `query` and `clauses` (SELECT/UPDATE/
 //! DELETE over FROM/WHERE), `writes` (INSERT, key UPDATE), `key_src`, `resolve` ([`resolve_keys`]),
-//! `split` (multi-row INSERT), `generate` (INSERTs completed with generated values), `session`, `explain`, `template` and `cache` ([`PlanCache`]).
+//! `split` (multi-row INSERT), `generate` (INSERTs completed with generated values), `sql_prepare`
+//! and `substitute` (SQL PREPARE/EXECUTE, [`expand`]), `session`, `explain`, `template` and
+//! `cache` ([`PlanCache`]).
 
 mod array_split;
 mod cache;
@@ -25,7 +27,9 @@ mod query;
 mod resolve;
 mod session;
 mod split;
+mod sql_prepare;
 mod stmt;
+mod substitute;
 mod template;
 mod writes;
 
@@ -38,10 +42,12 @@ pub use insert_lex::max_param;
 pub use key_src::{BoundSrc, RangeGroup};
 pub use resolve::resolve_keys;
 pub use split::{BindParams, InsertSplit, RowKey, SplitPart};
+pub use sql_prepare::{ExecWrap, Slot, SqlError, SqlExecute, SqlPrepare};
 pub use stmt::{
     Execution, KeyRoute, PidArg, Plan, RouteSpec, SavepointOp, SessionCall, SessionFn, StmtKind,
     StmtPlan,
 };
+pub use substitute::expand;
 
 #[cfg(test)]
 mod tests {

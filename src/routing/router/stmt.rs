@@ -48,6 +48,11 @@ pub enum StmtKind {
     DiscardAll,
     /// DEALLOCATE name / DEALLOCATE ALL (`None`).
     Deallocate(Option<String>),
+    /// SQL `PREPARE`: the session keeps the statement (see [`super::SqlPrepare`]).
+    Prepare(Arc<super::SqlPrepare>),
+    /// SQL `EXECUTE` (alone, in EXPLAIN or CREATE TABLE AS): the session runs the text
+    /// [`super::expand`] makes of it.
+    Execute(Arc<super::SqlExecute>),
     /// SHOW.
     Show,
     /// COPY ... FROM STDIN.
@@ -279,10 +284,14 @@ impl Plan {
             .map(|g| (g.schema.as_str(), g.table.as_str()))
     }
 
-    /// Whether any statement writes (or changes schema).
+    /// Whether any statement writes (or changes schema), or may (an EXECUTE runs a
+    /// statement known only when the string runs).
     pub fn writes(&self) -> bool {
-        self.stmts
-            .iter()
-            .any(|s| matches!(s.kind, StmtKind::Write | StmtKind::Ddl | StmtKind::CopyIn))
+        self.stmts.iter().any(|s| {
+            matches!(
+                s.kind,
+                StmtKind::Write | StmtKind::Ddl | StmtKind::CopyIn | StmtKind::Execute(_)
+            )
+        })
     }
 }
