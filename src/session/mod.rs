@@ -34,6 +34,7 @@ pub mod settings;
 pub mod shape;
 mod shared;
 mod simple;
+mod sql_prepare;
 mod targets;
 mod txn;
 

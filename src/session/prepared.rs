@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::shape;
-use crate::routing::router::{Generate, Plan};
+use crate::routing::router::{Generate, Plan, SqlPrepare};
 
 /// A prepared statement as the client named it.
 #[derive(Debug)]
@@ -28,6 +28,9 @@ pub struct Prepared {
     /// Set when the proxy completed the client's INSERT with generated values: `sql` is the
     /// completed text, with Bind parameters for those values after the client's own.
     pub gen: Option<Arc<GenBind>>,
+    /// Set for a statement made by SQL `PREPARE` (see [`super::sql_prepare`]): what EXECUTE
+    /// substitutes into. Its `plan` refuses a Bind.
+    pub by_sql: Option<Arc<SqlPrepare>>,
 }
 
 /// A per-process secret in the names of the proxy's statements on the backends: stable
@@ -70,15 +73,21 @@ impl Prepared {
             unnamed_parse: unnamed_parse.into_boxed_slice(),
             shape: shape::Shape::default(),
             gen: None,
+            by_sql: None,
         }
     }
 
     /// The same statement planned again (with a new map): what the client sent, and what
-    /// the proxy made of it, stay.
+    /// the proxy made of it, stay (a SQL-level statement keeps its refusing plan).
     pub(super) fn replanned(&self, plan: Arc<Plan>) -> Self {
+        let plan = match self.by_sql {
+            Some(_) => self.plan.clone(),
+            None => plan,
+        };
         let mut p = Prepared::new(&self.sql, self.types.clone(), plan);
         p.unnamed_parse = self.unnamed_parse.clone();
         p.gen = self.gen.clone();
+        p.by_sql = self.by_sql.clone();
         p
     }
 }

@@ -21,6 +21,9 @@ impl Session {
                 return Ok(());
             }
         };
+        if super::sql_prepare::holds_sql_prepared(&plan) {
+            return self.sql_prepared_query(&plan, sql).await;
+        }
         // A script that makes tables and fills them (CREATE TABLE …; INSERT …): its INSERTs
         // are looked up and completed one by one as the script reaches them (`run_each`).
         let deferred = plan.stmts.len() > 1
@@ -524,7 +527,7 @@ impl Session {
     /// Outside a transaction block, a string that writes or controls transactions runs in
     /// one implicit transaction across the shards it reaches, as Postgres runs it (see
     /// [`super::implicit`]): all of it commits, or none.
-    async fn run_each(&mut self, plan: &Plan, sql: &str) -> Result<(), SessionEnd> {
+    pub(super) async fn run_each(&mut self, plan: &Plan, sql: &str) -> Result<(), SessionEnd> {
         let implicit = self.txn.status.is_idle() && !self.session_mode && atomic_script(plan);
         let ddl = plan.stmts.iter().any(|s| s.kind == StmtKind::Ddl);
         for st in &plan.stmts {
@@ -547,7 +550,7 @@ impl Session {
     }
 
     /// One statement of [`Session::run_each`]; returns whether it succeeded.
-    async fn run_one_of_many(
+    pub(super) async fn run_one_of_many(
         &mut self,
         st: &crate::routing::router::StmtPlan,
         text: &str,
@@ -587,6 +590,9 @@ impl Session {
             StmtKind::SessionFn(f) => {
                 self.session_fn(f, true, false, None).await;
                 return Ok(true);
+            }
+            StmtKind::Prepare(_) | StmtKind::Execute(_) => {
+                return self.sql_prepared_one(&st.kind, text).await;
             }
             _ => {}
         }
