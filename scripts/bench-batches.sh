@@ -30,7 +30,7 @@ PORT=16710
 PGB_PORT=16711
 cleanup() {
     [ -n "${PROXY:-}" ] && kill "$PROXY" 2>/dev/null || true
-    [ -n "${BOUNCER:-}" ] && kill "$BOUNCER" 2>/dev/null || true
+    pkill -f "pgbouncer $WORK/pgbouncer.ini" 2>/dev/null || true
     "$BIN" --log-level error dev-clusters down --dir "$WORK/pg" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
@@ -70,11 +70,10 @@ logfile = $WORK/pgbouncer.log
 INI
 if [ "$(id -u)" = 0 ]; then
     chown -R postgres "$WORK/pgbouncer.ini" "$WORK/users.txt" "$WORK"
-    su postgres -s /bin/sh -c "$PGB $WORK/pgbouncer.ini" &
+    su postgres -s /bin/sh -c "$PGB $WORK/pgbouncer.ini" >/dev/null 2>&1 &
 else
-    "$PGB" "$WORK/pgbouncer.ini" &
+    "$PGB" "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
 fi
-BOUNCER=$!
 export PGPASSWORD=bench
 for _ in $(seq 50); do psql -q -h 127.0.0.1 -p $PORT -U bench -d bench -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
 DDL="CREATE TABLE bt_rows (id bigint PRIMARY KEY, name text)"
