@@ -22,7 +22,7 @@ async fn executemany_across_shards_is_one_transaction() {
     cmd.arg("127.0.0.1").arg(proxy.port().to_string());
     common::run_program(cmd, "executemany checks passed").await;
     let users = env.placed("em_users", "id").await;
-    assert_eq!(users.len(), 192);
+    assert_eq!(users.len(), 2132);
     for (s, id) in users.iter().chain(env.placed("em_auto", "id").await.iter()) {
         assert_eq!(map.hash_shard(&KeyValue::Int(*id)), *s, "row {id}");
     }
