@@ -19,7 +19,6 @@
 //! moves directory keys, and `statements` holds the statements the run and the mover share.
 
 pub mod control;
-pub mod copybin;
 mod execute;
 pub mod mover;
 pub mod plan;
@@ -63,7 +62,7 @@ pub enum RebalanceError {
     Db(#[from] tokio_postgres::Error),
     /// A binary COPY stream was malformed.
     #[error(transparent)]
-    Copy(#[from] copybin::CopyBinError),
+    Copy(#[from] crate::wire::copybin::CopyBinError),
     /// Rows could not be interpreted.
     #[error("{0}")]
     Data(String),

@@ -28,7 +28,6 @@ use futures::{pin_mut, SinkExt, TryStreamExt};
 use tokio_postgres::Client;
 
 use super::control;
-use super::copybin::{TupleReader, HEADER, TRAILER};
 use super::plan::{columns, old_rule, owner, Group};
 use super::progress::Progress;
 pub use super::statements::{connect, finish_prepared, pipe_copy, wait_acks};
@@ -39,6 +38,7 @@ use crate::sharding::keys::{key_from_binary, key_from_text, KeyValue};
 use crate::sharding::shardmap::transition::in_part;
 use crate::sharding::shardmap::ShardMap;
 use crate::sharding::strategy::Sharded;
+use crate::wire::copybin::{TupleReader, HEADER, TRAILER};
 
 /// The change-capture log and trigger function installed on source shards. The trigger's
 /// `WHEN` clause skips the rebalance's own writes (copies, deletes) without calling the

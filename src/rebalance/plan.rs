@@ -11,12 +11,12 @@ use std::sync::Arc;
 use futures::{pin_mut, TryStreamExt};
 use tokio_postgres::Client;
 
-use super::copybin::TupleReader;
 use super::RebalanceError;
 use crate::sharding::keys::{key_from_binary, KeyValue};
 use crate::sharding::shardmap::transition::group_label;
 use crate::sharding::shardmap::{ShardMap, TableRule};
 use crate::sharding::strategy::{Located, Sharded, Strategy};
+use crate::wire::copybin::TupleReader;
 
 /// The tables of one co-location group (rules of the new map).
 #[derive(Debug, Clone)]

@@ -1,10 +1,11 @@
 //! Streaming parser for PostgreSQL's binary COPY format.
 //!
-//! The rebalance tool reads `COPY t TO STDOUT (FORMAT binary)` from a source shard as chunks
-//! of arbitrary size (a tuple may span chunks, a chunk may hold many tuples), looks at one
-//! field of each tuple (the shard key), and forwards the raw bytes of the selected tuples to
-//! a target shard's `COPY t FROM STDIN (FORMAT binary)`, framed by [`HEADER`] and
-//! [`TRAILER`]. Tuples are never re-encoded.
+//! Two readers use it: the rebalance tool reads `COPY t TO STDOUT (FORMAT binary)` from a
+//! source shard, and the proxy reads a client's `COPY t FROM STDIN (FORMAT binary)`
+//! (`crate::routing::copysplit`). Both get chunks of arbitrary size (a tuple may span
+//! chunks, a chunk may hold many tuples), look at one field of each tuple (the shard key),
+//! and forward the raw bytes of each tuple to a shard's `COPY t FROM STDIN (FORMAT binary)`,
+//! framed by [`HEADER`] and [`TRAILER`]. Tuples are never re-encoded.
 //!
 //! # Format (PostgreSQL docs, "COPY", section "Binary Format")
 //!
@@ -223,6 +224,68 @@ impl TupleReader {
     /// Number of tuples returned so far.
     pub fn tuple_count(&self) -> u64 {
         self.tuples
+    }
+
+    /// Whether the input ends cleanly between two tuples without a trailer: the header has
+    /// been read and no byte of a next tuple is buffered. Postgres accepts a
+    /// `COPY … FROM STDIN (FORMAT binary)` whose data ends there.
+    pub fn at_tuple_boundary(&self) -> bool {
+        self.state == State::Tuples && self.pos == self.buf.len()
+    }
+
+    /// Bytes buffered after the trailer (data a reader must refuse), 0 before it.
+    pub fn after_trailer(&self) -> usize {
+        match self.state {
+            State::Done => self.buf.len() - self.pos,
+            _ => 0,
+        }
+    }
+
+    /// How many complete tuples the buffered input holds that [`next_tuple`](Self::next_tuple)
+    /// has not returned yet (a malformed tuple and what follows it are not counted). Reads
+    /// only the length words, once per call.
+    pub fn complete_tuples(&self) -> usize {
+        let mut at = match self.state {
+            State::Tuples => self.pos,
+            State::Header => {
+                let avail = self.avail();
+                match be_u32(avail, 15).map(|ext| ext as i32) {
+                    Some(ext) if ext >= 0 => self
+                        .pos
+                        .saturating_add(HEADER.len())
+                        .saturating_add(ext as usize),
+                    _ => return 0,
+                }
+            }
+            State::SkipExtension(left) => self.pos.saturating_add(left),
+            State::Done | State::Failed(_) => return 0,
+        };
+        let mut n = 0;
+        loop {
+            let Some(count) = be_u16(&self.buf, at).map(|c| c as i16) else {
+                return n;
+            };
+            let Ok(fields) = usize::try_from(count) else {
+                return n; // the trailer, or a bad count
+            };
+            let start = at;
+            at += 2;
+            for _ in 0..fields {
+                let Some(len) = be_u32(&self.buf, at).map(|l| l as i32) else {
+                    return n;
+                };
+                at += 4;
+                match len {
+                    -1 => {}
+                    l if l < 0 => return n,
+                    l => at = at.saturating_add(l as usize),
+                }
+                if at > self.buf.len() || at - start > self.max_tuple {
+                    return n;
+                }
+            }
+            n += 1;
+        }
     }
 
     /// Checks the end of the input: the trailer must have been seen and nothing may follow.
@@ -540,6 +603,55 @@ mod tests {
             let (got, _) = run(&data, sizes).unwrap();
             assert_eq!(got, rows);
         }
+    }
+
+    #[test]
+    fn complete_tuples_counts_what_next_tuple_returns() {
+        let rows = sample_rows();
+        let data = stream(b"xy", &rows);
+        for cut in 0..=data.len() {
+            let mut r = TupleReader::new();
+            r.push(&data[..cut]);
+            let counted = r.complete_tuples();
+            let mut got = 0;
+            while let Ok(Some(_)) = r.next_tuple() {
+                got += 1;
+            }
+            assert_eq!(counted, got, "cut at {cut}");
+            assert_eq!(r.complete_tuples(), 0);
+            // The rest arrives: the count covers the tuples left.
+            r.push(&data[cut..]);
+            let counted = r.complete_tuples();
+            let mut more = 0;
+            while let Ok(Some(_)) = r.next_tuple() {
+                more += 1;
+            }
+            assert_eq!((counted, got + more), (more, rows.len()), "cut at {cut}");
+            // Ends at a tuple boundary only where a tuple or the header ended.
+            assert!(r.finished() && r.after_trailer() == 0);
+        }
+    }
+
+    #[test]
+    fn tuple_boundary_and_data_after_trailer() {
+        let row: Row = vec![Some(b"k".to_vec())];
+        let mut r = TupleReader::new();
+        assert!(!r.at_tuple_boundary());
+        r.push(&header(0, b"e"));
+        assert!(r.next_tuple().unwrap().is_none());
+        assert!(r.at_tuple_boundary());
+        let t = encode_tuple(&row);
+        r.push(&t[..3]);
+        assert!(r.next_tuple().unwrap().is_none());
+        assert!(!r.at_tuple_boundary());
+        r.push(&t[3..]);
+        assert!(r.next_tuple().unwrap().is_some());
+        assert!(r.at_tuple_boundary());
+        r.push(TRAILER);
+        r.push(b"zz");
+        assert!(r.next_tuple().unwrap().is_none());
+        assert_eq!((r.finished(), r.after_trailer()), (true, 2));
+        assert!(!r.at_tuple_boundary());
     }
 
     #[test]
