@@ -1,4 +1,5 @@
-//! Splitting `COPY table FROM STDIN` data (text and CSV formats) by shard key.
+//! Splitting `COPY table FROM STDIN` data by shard key: text and CSV ([`CopySplitter`]),
+//! binary ([`BinarySplitter`], in `binary`; the rest of these docs are about text and CSV).
 //!
 //! The client sends the rows of a `COPY … FROM STDIN` as CopyData payloads whose boundaries
 //! have nothing to do with rows: a row may span several payloads and one payload may hold
@@ -74,7 +75,8 @@
 //!   which is the same only for ASCII-safe client encodings: refuse a sharded COPY when
 //!   `client_encoding` (or the COPY's `ENCODING` option) is SJIS, BIG5, GBK, UHC, GB18030 or
 //!   JOHAB.
-//! - **Options not handled here:** refuse `FORMAT binary` and the `DEFAULT` option (a key
+//! - **Options not handled here:** `FORMAT binary` goes to [`BinarySplitter`]; refuse the
+//!   `DEFAULT` option (a key
 //!   field equal to the DEFAULT string would take the column default, which the proxy cannot
 //!   route), and a column list that omits the shard-key column. Validate the options with
 //!   [`CopyFormat::validate`].
@@ -84,9 +86,11 @@
 //! [`feed`]: CopySplitter::feed
 //! [`finish`]: CopySplitter::finish
 
+mod binary;
 mod fields;
 mod splitter;
 
+pub use binary::{key_type_accepts, BinarySplitter, IntWidth};
 pub use splitter::CopySplitter;
 
 /// COPY input format options, as parsed from the COPY statement by the caller.
@@ -249,6 +253,26 @@ pub enum SplitError<E> {
         /// Line of the row.
         line: u64,
     },
+    /// Binary format: the stream is malformed (bad header, field count or length, data
+    /// after the trailer, cut inside a tuple).
+    #[error("COPY line {line}: {error}")]
+    Binary {
+        /// 1-based tuple number.
+        line: u64,
+        /// What is wrong.
+        #[source]
+        error: crate::wire::copybin::CopyBinError,
+    },
+    /// Binary format: a generated value does not fit the column's integer type.
+    #[error("COPY line {line}: generated value {value} is out of range for type {ty}")]
+    OutOfRange {
+        /// 1-based tuple number.
+        line: u64,
+        /// The value.
+        value: i64,
+        /// The column's type.
+        ty: &'static str,
+    },
     /// The splitter already failed; the COPY must be abandoned.
     #[error("COPY data splitting already failed")]
     Aborted,
@@ -265,7 +289,9 @@ impl<E> SplitError<E> {
             | SplitError::ColumnCount { line, .. }
             | SplitError::UnterminatedQuote { line }
             | SplitError::MixedNewlines { line, .. }
-            | SplitError::BadEndMarker { line } => Some(*line),
+            | SplitError::BadEndMarker { line }
+            | SplitError::Binary { line, .. }
+            | SplitError::OutOfRange { line, .. } => Some(*line),
             SplitError::Aborted => None,
         }
     }
@@ -278,6 +304,8 @@ impl<E> SplitError<E> {
             SplitError::Route { .. } | SplitError::BadShard { .. } | SplitError::Aborted => None,
             // program_limit_exceeded
             SplitError::RowTooLong { .. } => Some("54000"),
+            // numeric_value_out_of_range
+            SplitError::OutOfRange { .. } => Some("22003"),
             // bad_copy_file_format
             _ => Some("22P04"),
         }
