@@ -4,7 +4,9 @@
 //! Every shard receives the client's statement text unchanged and the rows that belong to
 //! it, byte for byte ([`crate::routing::copysplit`] cuts the stream at row boundaries), so each shard
 //! parses its rows exactly as one Postgres would have. A `HEADER` row is sent to every shard
-//! ahead of its rows. Options the proxy cannot honour while splitting are refused here.
+//! ahead of its rows. `FORMAT binary` streams are cut at tuple boundaries and each shard gets
+//! a binary stream of its own. Options the proxy cannot honour while splitting are refused
+//! here.
 
 use std::sync::Arc;
 
@@ -35,8 +37,10 @@ pub enum CopyTarget {
 pub struct CopyPlan {
     /// Where rows go.
     pub target: CopyTarget,
-    /// The input format.
+    /// The input format (text or CSV options; the text defaults when `binary`).
     pub format: CopyFormat,
+    /// `FORMAT binary`.
+    pub binary: bool,
     /// The table as named in the statement (for the catalog lookup and messages).
     pub relation: String,
     /// A generated column the column list leaves out: the proxy adds it to the list and
@@ -138,19 +142,19 @@ pub fn plan(
         .unwrap_or_default();
     let key = table.map(|t| t.key.as_str()).unwrap_or("");
     let mut csv = false;
+    let mut binary = false;
     let mut opts: Vec<(String, Option<&protobuf::Node>)> = Vec::new();
     for o in &c.options {
         if let Some(NodeEnum::DefElem(d)) = &o.node {
             let name = d.defname.to_ascii_lowercase();
             if name == "format" {
-                match arg_text(d.arg.as_deref()).map(|f| f.to_ascii_lowercase()).as_deref() {
+                match arg_text(d.arg.as_deref())
+                    .map(|f| f.to_ascii_lowercase())
+                    .as_deref()
+                {
                     Some("csv") => csv = true,
                     Some("text") => csv = false,
-                    Some("binary") => {
-                        return Err(unsupported(format!(
-                            "COPY FROM STDIN (FORMAT binary) into {relation} is not supported through the proxy: rows are split by shard key; use text or csv"
-                        )))
-                    }
+                    Some("binary") => binary = true,
                     other => {
                         return Err(unsupported(format!(
                             "COPY format {} is not recognized",
@@ -171,6 +175,10 @@ pub fn plan(
     let mut escape_given = false;
     for (name, arg) in opts {
         match name.as_str() {
+            // Text and CSV options: the shards refuse them with binary, as Postgres does.
+            "delimiter" | "null" | "quote" | "escape" | "header" | "force_not_null"
+            | "force_null"
+                if binary => {}
             "delimiter" => f.delimiter = one_byte("delimiter", arg_text(arg))?,
             "null" => f.null = arg_text(arg).unwrap_or_default().into_bytes(),
             "quote" => f.quote = one_byte("quote", arg_text(arg))?,
@@ -197,6 +205,9 @@ pub fn plan(
     }
     if csv && !escape_given {
         f.escape = f.quote;
+    }
+    if binary {
+        f = CopyFormat::text();
     }
     f.validate().map_err(|m| ProxyError::Backend {
         code: "22023".into(),
@@ -232,6 +243,7 @@ pub fn plan(
     Ok(CopyPlan {
         target,
         format: f,
+        binary,
         relation,
         generated,
     })
@@ -267,6 +279,10 @@ mod tests {
         let p = plan(&c, None, None).unwrap();
         assert!(p.format.csv && p.format.header);
         let c = copy_stmt("COPY t FROM STDIN (FORMAT binary)");
+        assert!(plan(&c, None, None).unwrap().binary);
+        let c = copy_stmt("COPY t FROM STDIN WITH BINARY FREEZE");
+        assert!(plan(&c, None, None).unwrap().binary);
+        let c = copy_stmt("COPY t FROM STDIN (FORMAT binary, ON_ERROR ignore)");
         assert!(plan(&c, None, None).is_err());
         let c = copy_stmt("COPY t FROM STDIN (DEFAULT 'x')");
         assert!(plan(&c, None, None).is_err());

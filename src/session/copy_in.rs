@@ -4,7 +4,10 @@
 //! Every shard runs `BEGIN` and the client's COPY statement; the client gets one
 //! CopyInResponse. Its CopyData is cut at row boundaries ([`crate::routing::copysplit`]) and each
 //! row's original bytes go to the shard of its key, in CopyData messages of up to
-//! [`SHARD_CHUNK`] bytes per shard (bounded buffering). On CopyDone every shard finishes its
+//! [`SHARD_CHUNK`] bytes per shard (bounded buffering; `copy_stream`). A binary COPY is cut
+//! at tuple boundaries and each shard gets a binary stream of its own (header, its tuples,
+//! trailer); `copy_layout` checks first that the key's binary form is one the proxy reads.
+//! On CopyDone every shard finishes its
 //! COPY; only if all succeeded are they committed together (two-phase commit where the
 //! shards allow it; the tag counts every row), otherwise each gets `ROLLBACK` — a
 //! malformed row anywhere leaves no row on any shard. A key the
@@ -18,23 +21,21 @@ use super::relay::{Outcome, RelayError};
 use super::Session;
 use crate::error::ProxyError;
 use crate::routing::copyplan::{CopyPlan, CopyTarget};
-use crate::routing::copysplit::{CopySplitter, SplitError};
-use crate::sharding::keys::key_from_text;
-use crate::sharding::strategy::Located;
 use crate::wire::protocol::{build, command_tag, error_fields};
 
 /// Bytes of rows buffered per shard before they are sent as one CopyData message.
 pub const SHARD_CHUNK: usize = 64 * 1024;
 
 /// How the COPY ended before the shards finished it.
-enum Abort {
+pub(super) enum Abort {
     /// The proxy refused the data (with this error).
     Proxy(ProxyError),
     /// The client sent CopyFail with this message.
     ClientFail(String),
 }
 
-fn copy_data(buf: &mut BytesMut, payload: &[u8]) {
+/// Appends a CopyData message holding `payload`.
+pub(super) fn copy_data(buf: &mut BytesMut, payload: &[u8]) {
     buf.extend_from_slice(b"d");
     buf.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
     buf.extend_from_slice(payload);
@@ -48,7 +49,7 @@ fn copy_fail(buf: &mut BytesMut, msg: &str) {
 
 /// A shard failure during a COPY: never retried, since other shards may already be in
 /// their COPY and the client's data is consumed.
-fn lost(shard: usize) -> impl Fn(crate::backend::conn::BackendError) -> RelayError {
+pub(super) fn lost(shard: usize) -> impl Fn(crate::backend::conn::BackendError) -> RelayError {
     move |error| RelayError::Backend {
         shard,
         error,
@@ -58,7 +59,7 @@ fn lost(shard: usize) -> impl Fn(crate::backend::conn::BackendError) -> RelayErr
 
 impl Session {
     /// Sends `msg` to connections `idxs` during a COPY.
-    async fn copy_to(&mut self, idxs: &[usize], msg: &[u8]) -> Result<(), RelayError> {
+    pub(super) async fn copy_to(&mut self, idxs: &[usize], msg: &[u8]) -> Result<(), RelayError> {
         for &ci in idxs {
             let shard = self.conns[ci].shard;
             self.conns[ci].write_all(msg).await.map_err(lost(shard))?;
@@ -92,7 +93,9 @@ impl Session {
     ) -> Result<Result<Outcome, ProxyError>, RelayError> {
         // Inside a client transaction the COPY joins it (the shards commit together at
         // COMMIT, which needs two-phase commit); outside, it is its own transaction.
-        if let (CopyTarget::Sharded { .. }, Some(c)) = (&plan.target, self.codec) {
+        if let (CopyTarget::Sharded { .. }, Some(c), false) =
+            (&plan.target, self.codec, plan.binary)
+        {
             if !c.ascii_safe() {
                 // Rows are split on ASCII delimiters before any conversion; in these
                 // encodings a character's second byte can be one.
@@ -116,41 +119,10 @@ impl Session {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
         };
-        // Where the key sits in each row.
-        let columns = match &plan.target {
-            CopyTarget::Sharded {
-                columns: Some(c), ..
-            } => Some(*c),
-            CopyTarget::Sharded { table, .. } => {
-                let q = format!(
-                    "SELECT array_position(array_agg(attname::text ORDER BY attnum), {})::text || ',' || count(*)::text \
-                     FROM pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
-                    crate::quote::literal(&table.key),
-                    crate::quote::literal(&crate::quote::qualified(&plan.relation)),
-                );
-                let c = &mut self.conns[idxs[0]];
-                let shard = c.shard;
-                let v = c.query_value(&q).await.map_err(lost(shard))?;
-                let parsed = v.as_deref().and_then(|v| {
-                    let (p, n) = v.split_once(',')?;
-                    Some((
-                        p.parse::<usize>().ok()?.checked_sub(1)?,
-                        n.parse::<usize>().ok()?,
-                    ))
-                });
-                match parsed {
-                    Some(c) => Some(c),
-                    None => {
-                        return Ok(Err(ProxyError::Unsupported(format!(
-                            "COPY into {}: cannot find shard key column {} among the table's columns on shard {}",
-                            plan.relation,
-                            table.key,
-                            self.shard_name(shard)
-                        ))))
-                    }
-                }
-            }
-            CopyTarget::Reference => None,
+        // Where the key sits in each row (and, for binary, whether it can be read).
+        let layout = match self.copy_layout(plan, idxs[0]).await? {
+            Ok(l) => l,
+            Err(e) => return Ok(Err(e)),
         };
         // Postgres 18 treats a CSV `\.` row as data; older versions end the COPY there.
         let mut format = plan.format.clone();
@@ -242,7 +214,7 @@ impl Session {
         self.flush().await?;
 
         // Stream the client's data.
-        let abort = self.stream_copy(plan, format, columns, &idxs).await?;
+        let abort = self.stream_copy(plan, format, layout, &idxs).await?;
         if let Some(a) = abort {
             let (e, why) = match a {
                 Abort::Proxy(e) => {
@@ -313,162 +285,6 @@ impl Session {
         }))
     }
 
-    /// Reads the client's copy messages until CopyDone (`None`) or a reason to abort, sending
-    /// each shard its rows and finally CopyDone.
-    async fn stream_copy(
-        &mut self,
-        plan: &CopyPlan,
-        format: crate::routing::copysplit::CopyFormat,
-        columns: Option<(usize, usize)>,
-        idxs: &[usize],
-    ) -> Result<Option<Abort>, RelayError> {
-        let n = self.topo.map.shards.len();
-        let map = self.topo.map.clone();
-        let mut splitter = match (&plan.target, columns) {
-            (CopyTarget::Sharded { .. }, Some((key, cols))) => {
-                let sp = CopySplitter::new(format, key, cols, map.max_message_size);
-                Some(match plan.generated {
-                    Some(_) => sp.append_generated(plan.generated_key()),
-                    None => sp,
-                })
-            }
-            _ => None,
-        };
-        let table = match &plan.target {
-            CopyTarget::Sharded { table, .. } => Some(table.clone()),
-            CopyTarget::Reference => None,
-        };
-        let codec = self.codec;
-        let route = |key: Option<&[u8]>| -> Result<usize, ProxyError> {
-            let Some(t) = &table else {
-                return Ok(0);
-            };
-            let Some(raw) = key else {
-                return Err(ProxyError::NoShard(format!(
-                    "shard key {} must not be NULL",
-                    t.what()
-                )));
-            };
-            // The key's characters decide its shard, whatever encoding the client speaks.
-            let text = match codec {
-                Some(c) => c
-                    .to_utf8(raw)
-                    .map_err(|e| ProxyError::Encoding(e.to_string()))?,
-                None => std::borrow::Cow::Borrowed(std::str::from_utf8(raw).map_err(|_| {
-                    ProxyError::Protocol("invalid UTF-8 in the shard key of a COPY row".into())
-                })?),
-            };
-            let k = key_from_text(t.key_type, &text)?;
-            match map.locate(t, &k, true) {
-                Located::Shard(s) => Ok(s),
-                Located::Nowhere(why) => Err(ProxyError::NoShard(why)),
-                Located::Unavailable(why) => Err(ProxyError::Unavailable(why)),
-            }
-        };
-        let mut out: Vec<Vec<u8>> = vec![Vec::new(); n];
-        let mut header_sent = !plan.format.header;
-        let mut msg = BytesMut::new();
-        loop {
-            let f = match self.reader.next().await {
-                Ok(Some(f)) => f,
-                Ok(None) => {
-                    return Err(RelayError::Client(super::SessionEnd::Protocol(
-                        "client left during COPY".into(),
-                    )))
-                }
-                Err(e) => return Err(RelayError::Client(e.into())),
-            };
-            // Values for the rows this message can complete (generated column left out).
-            if let (Some(g), Some(sp)) = (&plan.generated, splitter.as_mut()) {
-                let need = sp.values_needed(match f.tag {
-                    b'd' => Some(f.body()),
-                    _ => None,
-                });
-                if need > 0 {
-                    let target = crate::backend::ids::GenTarget {
-                        schema: &g.schema,
-                        table: &g.table,
-                        column: &g.column,
-                    };
-                    let mut values = Vec::with_capacity(need);
-                    if let Err(e) = self.shared.ids.take(&map, &target, need, &mut values).await {
-                        return Ok(Some(Abort::Proxy(e)));
-                    }
-                    sp.supply(values);
-                }
-            }
-            let done = match f.tag {
-                b'd' => {
-                    let r = match splitter.as_mut() {
-                        Some(sp) => sp.feed(f.body(), &mut out, route),
-                        None => {
-                            // Reference table: every shard gets the data as sent.
-                            self.copy_to(idxs, &f.raw).await?;
-                            Ok(())
-                        }
-                    };
-                    if let Err(e) = r {
-                        return Ok(Some(Abort::Proxy(split_error(&plan.relation, e))));
-                    }
-                    false
-                }
-                b'c' => {
-                    if let Some(sp) = splitter.as_mut() {
-                        if let Err(e) = sp.finish(&mut out, route) {
-                            return Ok(Some(Abort::Proxy(split_error(&plan.relation, e))));
-                        }
-                    }
-                    true
-                }
-                b'f' => {
-                    let m = crate::wire::protocol::Cursor::new(f.body(), "CopyFail")
-                        .cstr()
-                        .unwrap_or("")
-                        .to_string();
-                    return Ok(Some(Abort::ClientFail(m)));
-                }
-                b'H' | b'S' => false, // ignored during COPY, as Postgres does
-                other => {
-                    return Err(RelayError::Client(super::SessionEnd::Protocol(format!(
-                        "unexpected message type {other} during COPY from stdin"
-                    ))))
-                }
-            };
-            if !header_sent {
-                if let Some(h) = splitter.as_ref().and_then(|s| s.header()) {
-                    // Each shard checks (and skips) the header itself, ahead of its rows.
-                    let h = h.to_vec();
-                    for o in out.iter_mut() {
-                        o.splice(0..0, h.iter().copied());
-                    }
-                    header_sent = true;
-                }
-            }
-            for &ci in idxs {
-                let shard = self.conns[ci].shard;
-                let o = &mut out[shard];
-                if o.len() >= SHARD_CHUNK || (done && !o.is_empty()) {
-                    msg.clear();
-                    copy_data(&mut msg, o);
-                    o.clear();
-                    self.copy_to(&[ci], &msg).await?;
-                }
-            }
-            if done {
-                msg.clear();
-                build::empty(&mut msg, b'c');
-                self.copy_to(idxs, &msg).await?;
-                if let (Some(g), Some(v)) = (
-                    &plan.generated,
-                    splitter.as_ref().and_then(|s| s.last_generated()),
-                ) {
-                    self.generated.note(&g.column.sequence, v);
-                }
-                return Ok(None);
-            }
-        }
-    }
-
     /// Ends the COPY: shards still copying get CopyFail (`why`) and are read to
     /// ReadyForQuery; then, outside a client transaction, all roll back (`why` given) or
     /// commit together ([`Session::commit_all`]). Inside one, the client's COMMIT or
@@ -500,28 +316,6 @@ impl Session {
             return Ok(None);
         }
         Ok(self.commit_all(idxs).await?.err())
-    }
-}
-
-/// A splitter error as the client sees it (SQLSTATE 22P04 bad copy format, 54000 row too
-/// long, or the routing error), naming the table and line as Postgres's COPY context does.
-fn split_error(relation: &str, e: SplitError<ProxyError>) -> ProxyError {
-    let code = e.sqlstate();
-    match e {
-        SplitError::Route { line, error } => match error {
-            ProxyError::Key(k) => ProxyError::Backend {
-                code: k.sqlstate().into(),
-                message: format!("{k} (COPY {relation}, line {line})"),
-            },
-            ProxyError::NoShard(why) => {
-                ProxyError::NoShard(format!("{why} (COPY {relation}, line {line})"))
-            }
-            other => other,
-        },
-        other => ProxyError::Backend {
-            code: code.unwrap_or("22P04").into(),
-            message: format!("{other} (COPY {relation})"),
-        },
     }
 }
 

@@ -11,6 +11,8 @@ pub mod clients;
 mod commit;
 mod conns;
 mod copy_in;
+mod copy_layout;
+mod copy_stream;
 mod describe;
 mod explain;
 mod extended;
