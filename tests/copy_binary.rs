@@ -529,3 +529,58 @@ async fn binary_copy_joins_the_transaction() {
         vec![600, 600, 600]
     );
 }
+
+/// The 16 bytes of a uuid's text form.
+fn uuid_bytes(text: &str) -> [u8; 16] {
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).unwrap();
+        out[i] = u8::from_str_radix(s, 16).unwrap();
+    }
+    out
+}
+
+/// asyncpg's `copy_records_to_table` (binary COPY, simple protocol; tests/py/copy_binary.py):
+/// 100,000 rows, a uuid key, a generated key, a rolled-back block, an atomic failure; every
+/// row on its key's shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_copy_records_to_table() {
+    let env = TestEnv::new(3).await;
+    let tables = "cb_py: { key: id, type: bigint, strategy: hash }\n\
+                  cb_py_uuid: { key: id, type: uuid, strategy: hash }\n\
+                  cb_py_gen: { key: id, type: bigint, strategy: hash }\n";
+    let yaml = env.shard_map_yaml(tables, "");
+    let map = ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let proxy = Proxy::start_yaml(&yaml).await;
+    let mut cmd = common::python("copy_binary.py");
+    cmd.arg("127.0.0.1")
+        .arg(proxy.port().to_string())
+        .arg(env.reference_url());
+    let out = common::run_program(cmd, "copy_binary checks passed").await;
+    eprint!("{out}");
+    for table in ["cb_py", "cb_py_gen"] {
+        let placed = env.placed(table, "id").await;
+        assert_eq!(
+            placed.len(),
+            if table == "cb_py" {
+                ROWS as usize
+            } else {
+                3000
+            }
+        );
+        for (s, id) in &placed {
+            assert_eq!(map.hash_shard(&KeyValue::Int(*id)), *s, "{table} row {id}");
+        }
+        assert!((0..3).all(|s| placed.iter().any(|p| p.0 == s)), "{table}");
+    }
+    let mut total = 0;
+    for s in 0..3 {
+        let sc = env.shard_client(s).await;
+        for id in text_rows(&sc, "SELECT id FROM cb_py_uuid").await {
+            assert_eq!(map.hash_shard(&KeyValue::Uuid(uuid_bytes(&id))), s, "{id}");
+            total += 1;
+        }
+    }
+    assert_eq!(total, 5000);
+}
