@@ -584,3 +584,38 @@ async fn asyncpg_copy_records_to_table() {
     }
     assert_eq!(total, 5000);
 }
+
+/// pgx v4's `CopyFrom` (binary COPY after a Prepare that describes the columns; Go program
+/// tests/go/copy_binary.go): 100,000 rows timed against one Postgres, a text key, a
+/// rolled-back transaction; every row on its key's shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgx_copy_from() {
+    let env = TestEnv::new(3).await;
+    let tables = "cb_go: { key: id, type: bigint, strategy: hash }\n\
+                  cb_go_tag: { key: tag, type: text, strategy: hash }\n";
+    let yaml = env.shard_map_yaml(tables, "");
+    let map = ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let proxy = Proxy::start_yaml(&yaml).await;
+    let mut cmd = common::go_run("copy_binary.go");
+    cmd.arg(format!(
+        "postgres://app:app-secret@127.0.0.1:{}/app",
+        proxy.port()
+    ))
+    .arg(env.reference_url());
+    let out = common::run_program(cmd, "copy_binary checks passed").await;
+    eprint!("{out}");
+    let placed = env.placed("cb_go", "id").await;
+    assert_eq!(placed.len(), ROWS as usize);
+    for (s, id) in &placed {
+        assert_eq!(map.hash_shard(&KeyValue::Int(*id)), *s, "row {id}");
+    }
+    let mut total = 0;
+    for s in 0..3 {
+        let sc = env.shard_client(s).await;
+        for tag in text_rows(&sc, "SELECT tag FROM cb_go_tag").await {
+            assert_eq!(map.hash_shard(&KeyValue::Text(tag.clone())), s, "{tag}");
+            total += 1;
+        }
+    }
+    assert_eq!(total, 4000);
+}
