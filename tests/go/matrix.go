@@ -257,7 +257,7 @@ func runPgx() {
 	expect(ct.RowsAffected(), int64(50), "DELETE grp = 7 row count")
 	cell("batch")
 
-	// copy: text COPY through the low-level PgConn (pgx.CopyFrom is binary COPY).
+	// copy: text COPY through the low-level PgConn (pgx.CopyFrom, binary COPY: copy_binary.go).
 	var data strings.Builder
 	for id := 2001; id <= 2300; id++ {
 		fmt.Fprintf(&data, "%d\t8\tc%d\n", id, id)
