@@ -7,7 +7,8 @@
 //! - [`frames`]: the client byte stream cut at input-chosen points through
 //!   [`FrameReader`] (startup packet, then tagged frames, with reads that return
 //!   `Pending` and futures dropped mid-read like a `select!`), every frame body through every
-//!   client-message decoder, and CopyData through the COPY row splitter.
+//!   client-message decoder, and CopyData through the COPY row splitters (text/CSV and
+//!   binary).
 //! - [`startup`]: the startup phase as `server.rs` runs it: startup packets (SSL/GSSENC/
 //!   cancel requests, protocol versions, `_pq_.` options), the key/value pairs, `options`
 //!   (`-c name=value`), `client_encoding`, the session settings they make, then the
@@ -28,7 +29,9 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
 use shardwire::gather::{self, Mode};
-use shardwire::routing::copysplit::{CopyFormat, CopySplitter, SplitError};
+use shardwire::routing::copysplit::{
+    BinarySplitter, CopyFormat, CopySplitter, IntWidth, SplitError,
+};
 use shardwire::routing::literals::{self, LitKind};
 use shardwire::routing::router::{self, PlanCache, RouteSpec};
 use shardwire::session::settings::{startup_options, Settings};
@@ -332,11 +335,27 @@ fn bind_accessors(b: &BindMsg<'_>, body: &[u8]) {
     let _ = (b.portal, b.statement);
 }
 
-/// The COPY row splitter fed with CopyData payloads, in a format chosen by the input.
+/// The COPY row splitters fed with CopyData payloads: text or CSV in a format chosen by the
+/// input, and binary (with a generated value appended when the seed is odd).
 pub struct CopyState {
     splitter: CopySplitter,
     out: Vec<Vec<u8>>,
     fed: usize,
+    binary: BinarySplitter,
+    bout: Vec<Vec<u8>>,
+}
+
+/// A binary splitter for the seed's column count and key; odd seeds append an int4 value
+/// (the key when the seed's bit 1 is set).
+fn binary_splitter(seed: u8) -> BinarySplitter {
+    let n_columns = 1 + (seed as usize % 4);
+    let key_column = (seed as usize / 4) % n_columns;
+    let sp = BinarySplitter::new(key_column, n_columns, 4096);
+    if seed & 1 == 1 {
+        sp.append_generated(seed & 2 != 0, IntWidth::Four)
+    } else {
+        sp
+    }
 }
 
 /// A splitter for format `sel` (0 text, 1 CSV, 2 CSV with header and a quote/escape pair,
@@ -399,10 +418,15 @@ fn copy_route(key: Option<&[u8]>) -> Result<usize, String> {
 
 impl CopyState {
     pub fn new(sel: u8, seed: u8) -> Self {
+        let binary = binary_splitter(seed);
+        let mut bout = vec![Vec::new(); 3];
+        binary.start(&mut bout);
         CopyState {
             splitter: copy_splitter(sel, seed),
             out: vec![Vec::new(); 3],
             fed: 0,
+            binary,
+            bout,
         }
     }
 
@@ -410,11 +434,35 @@ impl CopyState {
         self.fed += chunk.len();
         let r = self.splitter.feed(chunk, &mut self.out, copy_route);
         self.check(r);
+        self.binary.push(chunk);
+        let need = self.binary.values_needed();
+        // Values near i32::MAX: some do not fit the int4 column (refused, never wrapped).
+        self.binary
+            .supply((0..need as i64).map(|i| i32::MAX as i64 - 2 + i));
+        let r = self.binary.drain(&mut self.bout, copy_route);
+        self.check_binary(r);
     }
 
     pub fn done(&mut self) {
         let r = self.splitter.finish(&mut self.out, copy_route);
         self.check(r);
+        let r = self.binary.finish::<String>(&mut self.bout);
+        self.check_binary(r);
+    }
+
+    fn check_binary(&mut self, r: Result<(), SplitError<String>>) {
+        if let Err(e) = &r {
+            let _ = (e.line(), e.sqlstate(), e.to_string());
+        }
+        // Each stream: a 19-byte header, a 2-byte trailer; each tuple its bytes plus an
+        // appended 4-byte value and its length word.
+        let out: usize = self.bout.iter().map(Vec::len).sum();
+        let most = self.fed + 3 * 21 + 8 * self.binary.rows() as usize;
+        assert!(
+            out <= most,
+            "binary COPY split produced {out} bytes from {}",
+            self.fed
+        );
     }
 
     fn check(&mut self, r: Result<(), SplitError<String>>) {
