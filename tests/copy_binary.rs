@@ -691,3 +691,60 @@ async fn generated_columns_are_appended_in_binary() {
     let after: i64 = r.get(0);
     assert!(acc.iter().all(|p| p.1 != after), "{after} reissued");
 }
+
+/// A binary text key from a LATIN1 client is read in LATIN1, as Postgres's textrecv reads it:
+/// `café` lands where a UTF-8 client's `café` does; a domain over text is read as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_text_keys_are_read_in_the_client_encoding() {
+    let env = TestEnv::new(3).await;
+    let tables = "bl_t: { key: tag, type: text, strategy: hash }\n";
+    let yaml = env.shard_map_yaml(tables, "");
+    let map = ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let proxy = Proxy::start_yaml(&yaml).await;
+    let c = proxy.client().await;
+    c.batch_execute("CREATE DOMAIN short_tag AS varchar(20)")
+        .await
+        .unwrap();
+    c.batch_execute("CREATE TABLE bl_t (tag short_tag PRIMARY KEY, n int)")
+        .await
+        .unwrap();
+    let words = ["café", "naïve", "Ærø", "plain"];
+    let mut data = header();
+    for (i, w) in words.iter().enumerate() {
+        // LATIN1: one byte per character.
+        let latin1: Vec<u8> = w.chars().map(|ch| ch as u32 as u8).collect();
+        data.extend_from_slice(&2i16.to_be_bytes());
+        data.extend_from_slice(&(latin1.len() as i32).to_be_bytes());
+        data.extend_from_slice(&latin1);
+        data.extend_from_slice(&4i32.to_be_bytes());
+        data.extend_from_slice(&(i as i32).to_be_bytes());
+    }
+    data.extend_from_slice(&[0xff, 0xff]);
+    c.simple_query("SET client_encoding TO 'LATIN1'")
+        .await
+        .unwrap();
+    let n = copy_raw(
+        &c,
+        "COPY bl_t (tag, n) FROM STDIN (FORMAT binary)",
+        &data,
+        7,
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 4);
+    c.simple_query("RESET client_encoding").await.unwrap();
+    for s in 0..3 {
+        let sc = env.shard_client(s).await;
+        for tag in text_rows(&sc, "SELECT tag FROM bl_t").await {
+            assert!(words.contains(&tag.as_str()), "{tag:?} stored");
+            assert_eq!(map.hash_shard(&KeyValue::Text(tag.clone())), s, "{tag}");
+        }
+    }
+    assert_eq!(
+        env.per_shard_i64("SELECT count(*) FROM bl_t")
+            .await
+            .iter()
+            .sum::<i64>(),
+        4
+    );
+}
