@@ -455,6 +455,23 @@ fn be_u32(buf: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// One binary COPY tuple with `fields` (`None` = NULL), for tests.
+#[cfg(test)]
+pub(crate) fn encode_tuple(fields: &[Option<Vec<u8>>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(fields.len() as i16).to_be_bytes());
+    for f in fields {
+        match f {
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,21 +479,6 @@ mod tests {
 
     /// One test tuple: `None` = NULL field.
     type Row = Vec<Option<Vec<u8>>>;
-
-    fn encode_tuple(row: &Row) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&(row.len() as i16).to_be_bytes());
-        for f in row {
-            match f {
-                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(v) => {
-                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                    out.extend_from_slice(v);
-                }
-            }
-        }
-        out
-    }
 
     fn header(flags: u32, ext: &[u8]) -> Vec<u8> {
         let mut out = SIGNATURE.to_vec();
@@ -664,7 +666,7 @@ mod tests {
     #[test]
     fn header_extension_and_ignorable_flags() {
         let mut data = header(0x0000_ffff, &[9; 1000]);
-        data.extend(encode_tuple(&vec![Some(b"k".to_vec())]));
+        data.extend(encode_tuple(&[Some(b"k".to_vec())]));
         data.extend_from_slice(TRAILER);
         let (got, _) = run(&data, std::iter::repeat(13)).unwrap();
         assert_eq!(got, vec![vec![Some(b"k".to_vec())]]);
@@ -724,7 +726,7 @@ mod tests {
         );
 
         let mut data = header(0, &[]);
-        data.extend(encode_tuple(&vec![None]));
+        data.extend(encode_tuple(&[None]));
         data.extend_from_slice(&2i16.to_be_bytes());
         data.extend_from_slice(&(-1i32).to_be_bytes());
         data.extend_from_slice(&(-3i32).to_be_bytes());

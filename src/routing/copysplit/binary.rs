@@ -355,17 +355,7 @@ mod tests {
     type Row = Vec<Option<Vec<u8>>>;
 
     fn tuple(row: &Row) -> Vec<u8> {
-        let mut out = (row.len() as i16).to_be_bytes().to_vec();
-        for f in row {
-            match f {
-                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(v) => {
-                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                    out.extend_from_slice(v);
-                }
-            }
-        }
-        out
+        crate::wire::copybin::encode_tuple(row)
     }
 
     fn stream(rows: &[Row], trailer: bool) -> Vec<u8> {
