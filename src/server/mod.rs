@@ -159,6 +159,10 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
     let users = Arc::new(crate::session::user_secrets(&map));
     let telemetry = crate::telemetry::Telemetry::new(map.shard_names());
     let large_message_units = map.max_buffered >> 10;
+    let notify = Arc::new(crate::backend::notify::Hub::default());
+    if let Some(info) = map.shards.get(map.default_shard) {
+        notify.set_target(info, map.pool.connect_timeout);
+    }
     Arc::new(Shared {
         login_key: rand::random(),
         large_messages: Arc::new(tokio::sync::Semaphore::new(large_message_units)),
@@ -184,6 +188,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         telemetry,
         schema_epoch: Default::default(),
         ids: Default::default(),
+        notify,
     })
 }
 
@@ -196,6 +201,11 @@ pub async fn start(map: ShardMap, listener: TcpListener) -> Result<ServerHandle,
     start_twophase(&shared, stopped.clone()).await;
     start_rebalance_watch(&shared, stopped.clone()).await;
     start_catalog(&shared, stopped.clone()).await;
+    // LISTEN/NOTIFY's connection: opened when a first session listens.
+    until_stopped(
+        stopped.clone(),
+        crate::backend::notify::run(shared.notify.clone()),
+    );
     let admin_addr = match &shared.map().admin {
         Some(a) => {
             let l = TcpListener::bind(a.as_str()).await?;

@@ -76,6 +76,8 @@ pub struct Shared {
     pub schema_epoch: std::sync::atomic::AtomicU64,
     /// Values of generated columns, unique across shards.
     pub ids: crate::backend::ids::IdAllocator,
+    /// LISTEN/NOTIFY: the sessions listening and the process's listening connection.
+    pub notify: Arc<crate::backend::notify::Hub>,
 }
 
 impl Shared {
@@ -131,6 +133,9 @@ impl Shared {
             })
             .collect();
         let generation = cur.generation + 1;
+        if let Some(info) = map.shards.get(map.default_shard) {
+            self.notify.set_target(info, map.pool.connect_timeout);
+        }
         self.topology.store(Arc::new(Topology {
             map,
             pools,
