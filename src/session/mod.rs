@@ -22,6 +22,7 @@ mod generate;
 mod held;
 mod implicit;
 mod multiwrite;
+mod notify;
 mod pipeline_control;
 mod pipeline_multi;
 mod pipeline_one;
@@ -170,6 +171,8 @@ pub struct Session {
     codec_in_txn: bool,
     /// Generated values: statements being completed, and the last values handed out.
     generated: prepared::Completions,
+    /// LISTEN/NOTIFY: `None` until the session uses them (see [`notify`]).
+    notify: Option<Box<notify::State>>,
 }
 
 impl Session {
@@ -207,6 +210,7 @@ impl Session {
             codec: None,
             codec_in_txn: false,
             generated: Default::default(),
+            notify: None,
         }
         .with_codec()
     }
@@ -318,6 +322,11 @@ impl Session {
                 self.generated.refresh = false;
                 crate::sharding::catalog_read::refresh(&self.topo.map).await;
             }
+            // LISTEN/NOTIFY of a committed block, and notifications for an idle client.
+            let idle = self.txn.status.is_idle() && batch.is_empty() && !batch.is_open();
+            if self.notify.is_some() && self.notify_between(idle).await? {
+                return Ok(());
+            }
             if !self.out.is_empty() && !self.reader.has_frame() {
                 self.flush().await?;
             }
@@ -352,8 +361,8 @@ impl Session {
                 )
             };
             let next = match limit {
-                None => self.reader.next().await?,
-                Some(d) => match tokio::time::timeout(d, self.reader.next()).await {
+                None => self.next_frame(idle).await?,
+                Some(d) => match tokio::time::timeout(d, self.next_frame(idle)).await {
                     Ok(r) => r?,
                     Err(_) => {
                         // The held connections are closed, not pooled: their shards roll back.
@@ -547,6 +556,7 @@ impl Session {
             SettingChange::Set(n, s) => self.settings.set(&n, &s),
             SettingChange::Reset(n) => self.settings.reset(&n),
             SettingChange::ResetAll => self.settings.clear(),
+            SettingChange::Notify(cmd) => return self.notify_committed(cmd),
         }
         self.refresh_codec();
     }

@@ -1,7 +1,7 @@
 //! Transaction control and session statements inside extended-protocol pipelines,
 //! answered by the proxy the way the simple protocol answers them (see [`super::txn`]):
-//! a pipeline of one BEGIN/COMMIT/ROLLBACK/savepoint/setting/session statement, and JDBC's
-//! BEGIN pipelined with the first statement.
+//! a pipeline of one BEGIN/COMMIT/ROLLBACK/savepoint/setting/session/LISTEN/NOTIFY
+//! statement, and JDBC's BEGIN pipelined with the first statement.
 
 use std::sync::Arc;
 
@@ -169,7 +169,7 @@ impl Session {
                     }
                 }
                 Op::Local(_) => continue,
-                _ => return Ok(false),
+                _ => return Ok(self.refuse_listen_among_others(ops, sync)),
             };
             let executes = matches!(op, Op::Raw(_, Expect::Execute));
             match kind_of(&p) {
@@ -185,8 +185,13 @@ impl Session {
                 }
                 Some(StmtKind::Savepoint(_)) if status.is_open() => {}
                 Some(k) if status.is_open() && super::txn::is_setting(&k) => {}
-                Some(StmtKind::DiscardAll | StmtKind::Deallocate(_) | StmtKind::SessionFn(_)) => {}
-                _ => return Ok(false),
+                Some(
+                    StmtKind::DiscardAll
+                    | StmtKind::Deallocate(_)
+                    | StmtKind::SessionFn(_)
+                    | StmtKind::Notify(_),
+                ) => {}
+                _ => return Ok(self.refuse_listen_among_others(ops, sync)),
             }
         }
         if groups.is_empty() || !ops[from..].iter().all(|o| matches!(o, Op::Local(_))) {
@@ -266,7 +271,7 @@ impl Session {
                 }
                 Op::DescribeStmt(p) => match &func {
                     Some(f) => {
-                        self.describe_session_fn_params(f, p.types.first().copied());
+                        self.describe_session_fn_params(f, &p.types);
                         self.describe_session_fn(f, false);
                     }
                     None => {
@@ -300,6 +305,7 @@ impl Session {
             Some(StmtKind::SessionFn(f)) => {
                 self.session_fn(&f, false, binary, bind.as_ref()).await;
             }
+            Some(StmtKind::Notify(cmd)) => return Ok(self.notify_statement(&cmd).await),
             Some(k) => self.txn_setting(&k, &sql).await?,
             None => {}
         }

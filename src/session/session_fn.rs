@@ -12,18 +12,24 @@
 //!
 //! Both functions are strict: a NULL pid gives a NULL result, as in Postgres.
 //!
+//! - `pg_notify(channel, payload)` sends its notification as NOTIFY does (see
+//!   [`super::notify`]) and returns one void value.
+//!
 //! - `currval(seq)` / `lastval()` of sequences whose values the proxy assigns (generated
 //!   columns, see [`super::generate`]): the last value it gave this session, or `55000` as
 //!   Postgres says when there is none.
 
 use super::Session;
-use crate::routing::router::{PidArg, SessionCall, SessionFn};
+use crate::routing::router::{PidArg, SessionCall, SessionFn, TextArg};
 use crate::wire::protocol::{build, BindMsg};
 
 /// Type oids and lengths of the results.
 const INT4: (u32, i16) = (23, 4);
 const BOOL: (u32, i16) = (16, 1);
 const INT8: (u32, i16) = (20, 8);
+const VOID: (u32, i16) = (2278, 4);
+/// The type of a text parameter.
+const TEXT: u32 = 25;
 
 /// The pid `arg` names: `Ok(None)` for NULL, `Err` for a value that is not an integer.
 fn pid_value(arg: PidArg, bind: Option<&BindMsg>) -> Result<Option<i64>, ()> {
@@ -86,6 +92,19 @@ impl Session {
                 build::command_complete(&mut self.out, "SELECT 1");
                 return;
             }
+            SessionCall::Notify(channel, payload) => {
+                if let Err(e) = self.pg_notify((channel, payload), bind).await {
+                    self.push_error(&e);
+                    return;
+                }
+                if describe {
+                    self.describe_session_fn(f, binary);
+                }
+                // A void value: empty in text and binary format alike.
+                build::data_row_raw(&mut self.out, &[Some(b"")]);
+                build::command_complete(&mut self.out, "SELECT 1");
+                return;
+            }
             SessionCall::Cancel(arg) => (*arg, false),
             SessionCall::Terminate(arg) => (*arg, true),
         };
@@ -128,16 +147,37 @@ impl Session {
             SessionCall::BackendPid => INT4,
             SessionCall::CurrVal(_) | SessionCall::LastVal => INT8,
             SessionCall::Cancel(_) | SessionCall::Terminate(_) => BOOL,
+            SessionCall::Notify(..) => VOID,
         };
         build::row_description(&mut self.out, &[(&f.column, oid, len, i16::from(binary))]);
     }
 
-    /// The ParameterDescription of `f`'s statement: one int4 for a `$1` pid (the type the
-    /// client gave at Parse, when it gave one), none otherwise.
-    pub(super) fn describe_session_fn_params(&mut self, f: &SessionFn, declared: Option<u32>) {
-        match f.call {
+    /// The ParameterDescription of `f`'s statement: one int4 for a `$1` pid, text for the
+    /// parameters of `pg_notify` (the types the client gave at Parse, when it gave them),
+    /// none otherwise.
+    pub(super) fn describe_session_fn_params(&mut self, f: &SessionFn, declared: &[u32]) {
+        let declared_or =
+            |i: usize, oid: u32| declared.get(i).copied().filter(|&t| t != 0).unwrap_or(oid);
+        match &f.call {
+            SessionCall::Notify(a, b) => {
+                let n = [a, b]
+                    .iter()
+                    .filter_map(|x| match x {
+                        TextArg::Param(i) => Some(i + 1),
+                        TextArg::Value(_) => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                let at = build::begin(&mut self.out, b't');
+                self.out.extend_from_slice(&(n as i16).to_be_bytes());
+                for i in 0..n {
+                    self.out
+                        .extend_from_slice(&declared_or(i, TEXT).to_be_bytes());
+                }
+                build::finish(&mut self.out, at);
+            }
             SessionCall::Cancel(PidArg::Param(0)) | SessionCall::Terminate(PidArg::Param(0)) => {
-                let oid = declared.filter(|&t| t != 0).unwrap_or(INT4.0);
+                let oid = declared_or(0, INT4.0);
                 let mut body = [0u8; 6];
                 body[..2].copy_from_slice(&1i16.to_be_bytes());
                 body[2..].copy_from_slice(&oid.to_be_bytes());

@@ -87,6 +87,7 @@ impl Session {
                 return Ok(());
             }
         } else if plan.stmts.iter().any(|s| is_session_command(&s.kind))
+            || self.notify_alone(&plan)
             || self.txn.status.is_open()
                 && plan
                     .stmts
@@ -197,6 +198,11 @@ impl Session {
                 self.push_ready();
                 Ok(true)
             }
+            StmtKind::Notify(cmd) => {
+                self.notify_statement(cmd).await;
+                self.push_ready();
+                Ok(true)
+            }
             _ => Ok(false),
         }
     }
@@ -234,6 +240,7 @@ impl Session {
                 // Through apply_setting, so the client encoding follows the reset too.
                 self.apply_setting(SettingChange::ResetAll);
                 self.stmts.clear();
+                self.notify_discard();
                 "DISCARD ALL"
             }
             StmtKind::ResetAll => {
@@ -594,6 +601,7 @@ impl Session {
             StmtKind::Prepare(_) | StmtKind::Execute(_) => {
                 return self.sql_prepared_one(&st.kind, text).await;
             }
+            StmtKind::Notify(cmd) => return Ok(self.notify_statement(cmd).await),
             _ => {}
         }
         let (one, scanned, text) = match st.generate() {

@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use super::relay::{Expect, Outcome, RelayError};
 use super::{Session, SessionEnd, Target};
 use crate::error::ProxyError;
-use crate::routing::router::{SavepointOp, StmtKind};
+use crate::routing::router::{NotifyCmd, SavepointOp, StmtKind};
 use crate::wire::protocol::build;
 
 /// Most savepoints and settings statements one transaction block may hold.
@@ -41,6 +41,8 @@ pub(super) enum SettingChange {
     Reset(String),
     /// `RESET ALL` / `DISCARD ALL`.
     ResetAll,
+    /// LISTEN, UNLISTEN or NOTIFY of the block (see [`super::notify`]).
+    Notify(NotifyCmd),
 }
 
 /// The `client_encoding` a settings statement inside a transaction block switches to. In
@@ -83,6 +85,9 @@ pub(super) enum Step {
     },
     /// A savepoint, by the name Postgres gives it.
     Savepoint(String),
+    /// LISTEN, UNLISTEN or NOTIFY, carried out at COMMIT (see [`super::notify`]); no shard
+    /// replays it.
+    Notify(NotifyCmd),
 }
 
 /// The transaction status a ReadyForQuery reports: the client's, or one shard's.
@@ -214,13 +219,16 @@ impl Txn {
     pub fn join_sql(&self) -> String {
         let mut sql = self.prelude.clone().unwrap_or_else(|| "BEGIN".to_string());
         for step in &self.steps {
-            sql.push_str("; ");
             match step {
-                Step::Setting { sql: s, .. } => sql.push_str(s.trim().trim_end_matches(';')),
+                Step::Setting { sql: s, .. } => {
+                    sql.push_str("; ");
+                    sql.push_str(s.trim().trim_end_matches(';'));
+                }
                 Step::Savepoint(name) => {
-                    sql.push_str("SAVEPOINT ");
+                    sql.push_str("; SAVEPOINT ");
                     sql.push_str(&postgres_protocol::escape::escape_identifier(name));
                 }
+                Step::Notify(_) => {}
             }
         }
         sql
@@ -233,7 +241,8 @@ impl Txn {
             .rposition(|s| matches!(s, Step::Savepoint(n) if n == name))
     }
 
-    /// The session-level setting changes the transaction made, in order (applied at COMMIT).
+    /// The session-level setting changes the transaction made, in order (applied at COMMIT),
+    /// with its LISTEN/UNLISTEN/NOTIFY.
     pub fn take_changes(&mut self) -> Vec<SettingChange> {
         self.encoding = None;
         std::mem::take(&mut self.steps)
@@ -241,6 +250,7 @@ impl Txn {
             .filter_map(|s| match s {
                 Step::Setting { change, .. } => change,
                 Step::Savepoint(_) => None,
+                Step::Notify(cmd) => Some(SettingChange::Notify(cmd)),
             })
             .collect()
     }
@@ -271,7 +281,7 @@ impl Txn {
         self.steps.truncate(len);
         self.encoding = self.steps.iter().rev().find_map(|s| match s {
             Step::Setting { encoding, .. } => *encoding,
-            Step::Savepoint(_) => None,
+            Step::Savepoint(_) | Step::Notify(_) => None,
         });
     }
 }

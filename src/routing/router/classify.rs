@@ -91,6 +91,9 @@ pub(super) fn plan_template(
             }
         }
         let (kind, mut route) = analyze(map, node, tpl);
+        if !matches!(kind, StmtKind::SessionFn(_)) && mentions_notify(&sql[span.0..span.1]) {
+            route = super::notify::route_calls(map, node, route);
+        }
         let replicated = matches!(route, RouteSpec::All)
             && (kind == StmtKind::Ddl || writes_reference(map, node));
         let mut gather = None;
@@ -262,6 +265,13 @@ fn copy_generated(
     }
 }
 
+/// Whether `text` may call `pg_notify` (a cheap look before walking the statement's tree).
+fn mentions_notify(text: &str) -> bool {
+    text.as_bytes()
+        .windows(9)
+        .any(|w| w.eq_ignore_ascii_case(b"pg_notify"))
+}
+
 /// Whether a route can end up on several shards.
 fn may_scatter(route: &RouteSpec) -> bool {
     match route {
@@ -289,7 +299,11 @@ fn analyze(map: &ShardMap, node: &NodeEnum, tpl: Option<&Template>) -> (StmtKind
     match node {
         N::SelectStmt(s) => match session_fn(s).or_else(|| sequence_fn(map, s)) {
             Some(f) => (StmtKind::SessionFn(f), RouteSpec::Any),
-            None => (StmtKind::Read, route_query(map, node, Some(s), tpl)),
+            None => match super::notify::notify_fn(s) {
+                // Where the proxies listen, should the session forward it.
+                Some(f) => (StmtKind::SessionFn(f), RouteSpec::Shard(map.default_shard)),
+                None => (StmtKind::Read, route_query(map, node, Some(s), tpl)),
+            },
         },
         N::InsertStmt(i) => (StmtKind::Write, route_insert(map, node, i, tpl)),
         N::UpdateStmt(u) => {
@@ -371,15 +385,9 @@ fn analyze(map: &ShardMap, node: &NodeEnum, tpl: Option<&Template>) -> (StmtKind
                 "PREPARE/EXECUTE is supported through the proxy only as a statement of its own, or inside EXPLAIN or CREATE TABLE AS".into(),
             )),
         ),
-        // LISTEN is refused, so no pooled connection listens: UNLISTEN (asyncpg's pool sends
-        // `UNLISTEN *` on every release) is a no-op any shard answers.
-        N::UnlistenStmt(_) => (StmtKind::Other, RouteSpec::Any),
-        N::ListenStmt(_) | N::NotifyStmt(_) => (
-            StmtKind::Other,
-            RouteSpec::Refuse(ProxyError::Unsupported(
-                "LISTEN/NOTIFY is not supported with transaction pooling".into(),
-            )),
-        ),
+        N::ListenStmt(_) | N::UnlistenStmt(_) | N::NotifyStmt(_) => {
+            super::notify::analyze(map, node).unwrap_or((StmtKind::Other, RouteSpec::Any))
+        }
         N::ExplainStmt(e) => {
             let inner = e.query.as_ref().and_then(|q| q.node.as_ref());
             match inner {

@@ -11,7 +11,7 @@
 //! Files: `stmt` (plan types), `classify` ([`plan`]), `query` and `clauses` (SELECT/UPDATE/
 //! DELETE over FROM/WHERE), `writes` (INSERT, key UPDATE), `key_src`, `resolve` ([`resolve_keys`]),
 //! `split` (multi-row INSERT), `generate` (INSERTs completed with generated values), `sql_prepare`
-//! and `substitute` (SQL PREPARE/EXECUTE, [`expand`]), `session`, `explain`, `template` and
+//! and `substitute` (SQL PREPARE/EXECUTE, [`expand`]), `session`, `notify`, `explain`, `template` and
 //! `cache` ([`PlanCache`]).
 
 mod array_split;
@@ -23,6 +23,7 @@ mod from_values;
 mod generate;
 mod insert_lex;
 mod key_src;
+mod notify;
 mod query;
 mod resolve;
 mod session;
@@ -44,8 +45,8 @@ pub use resolve::resolve_keys;
 pub use split::{BindParams, InsertSplit, RowKey, SplitPart};
 pub use sql_prepare::{ExecWrap, Slot, SqlError, SqlExecute, SqlPrepare};
 pub use stmt::{
-    Execution, KeyRoute, PidArg, Plan, RouteSpec, SavepointOp, SessionCall, SessionFn, StmtKind,
-    StmtPlan,
+    Execution, KeyRoute, NotifyCmd, PidArg, Plan, RouteSpec, SavepointOp, SessionCall, SessionFn,
+    StmtKind, StmtPlan, TextArg,
 };
 pub use substitute::expand;
 

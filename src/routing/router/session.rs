@@ -12,7 +12,7 @@ use crate::sharding::shardmap::ShardMap;
 /// The one function call `SELECT f(…) [AS name]` consists of, with nothing else (no FROM,
 /// WHERE, other column, DISTINCT, GROUP BY, ORDER BY, LIMIT, INTO; not an aggregate or window
 /// call), and its name (`pg_catalog.` allowed).
-fn bare_call(
+pub(super) fn bare_call(
     s: &protobuf::SelectStmt,
 ) -> Option<(&protobuf::ResTarget, &protobuf::FuncCall, &str)> {
     let bare = s.from_clause.is_empty()

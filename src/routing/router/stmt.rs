@@ -60,8 +60,27 @@ pub enum StmtKind {
     /// `SELECT pg_backend_pid()`, `pg_cancel_backend(pid)` or `pg_terminate_backend(pid)` on
     /// its own: about the client's session as the proxy presents it, so the proxy answers it.
     SessionFn(SessionFn),
+    /// LISTEN, UNLISTEN or NOTIFY: the proxy answers it (see `crate::session::notify`).
+    Notify(NotifyCmd),
     /// Anything else that runs on one shard.
     Other,
+}
+
+/// LISTEN / UNLISTEN / NOTIFY, with the channel as Postgres names it (unquoted names
+/// lowercased, quoted ones as written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyCmd {
+    /// `LISTEN channel`.
+    Listen(String),
+    /// `UNLISTEN channel`, or `UNLISTEN *` (`None`).
+    Unlisten(Option<String>),
+    /// `NOTIFY channel [, 'payload']`.
+    Notify {
+        /// The channel.
+        channel: String,
+        /// The payload (empty when none is given).
+        payload: String,
+    },
 }
 
 /// A server function about sessions that the proxy answers itself: a client's pid is the
@@ -89,6 +108,18 @@ pub enum SessionCall {
     CurrVal(String),
     /// `lastval()`, where the proxy assigns generated values: the last one it gave this session.
     LastVal,
+    /// `pg_notify(channel, payload)`: sent through the proxy's notification path (see
+    /// [`StmtKind::Notify`]).
+    Notify(TextArg, TextArg),
+}
+
+/// A text argument of [`SessionCall::Notify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextArg {
+    /// A constant (`None`: NULL).
+    Value(Option<String>),
+    /// Bind parameter `$n` (index `n - 1`).
+    Param(usize),
 }
 
 /// The pid argument of [`SessionCall::Cancel`] / [`SessionCall::Terminate`].
