@@ -503,6 +503,29 @@ async fn listening_follows_the_default_shard() {
     expect_note(&mut r1, "moving", "via-proxy").await;
 }
 
+/// Session pooling: a session sends its notifications on the connection it holds (the pool
+/// has none to spare when every client holds one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_pooling_notifies_on_the_held_connection() {
+    let env = TestEnv::new(1).await;
+    let yaml = env
+        .shard_map_yaml(TABLES, "")
+        .replace("pool: { size: 10,", "pool: { mode: session, size: 2,");
+    let proxy = Proxy::start_yaml(&yaml).await;
+    let (a, mut ra) = listener(&proxy.conninfo()).await;
+    a.batch_execute("SELECT 1; LISTEN held").await.unwrap();
+    let b = proxy.client().await;
+    b.batch_execute("SELECT 1").await.unwrap();
+    let started = std::time::Instant::now();
+    b.batch_execute("NOTIFY held, 'one'").await.unwrap();
+    b.batch_execute("BEGIN; SELECT pg_notify('held', 'two'); COMMIT")
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "no pool wait");
+    expect_note(&mut ra, "held", "one").await;
+    expect_note(&mut ra, "held", "two").await;
+}
+
 /// psycopg 3's `conn.notifies()` and asyncpg's `add_listener` (tests/py/notify.py).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_drivers_listen() {

@@ -225,12 +225,23 @@ impl Session {
         }
     }
 
-    /// Sends notifications through a pooled connection to the default shard.
+    /// Sends notifications through a pooled connection to the default shard (in session
+    /// pooling, through the session's own when it holds one: the pool may have none left).
     async fn send_notes(&mut self, notes: &[(String, String)]) -> Result<(), ProxyError> {
+        let shard = self.topo.map.default_shard;
+        let held = self.conns.iter().position(|c| c.shard == shard);
+        if let (true, Some(i)) = (self.session_mode && self.txn.status.is_idle(), held) {
+            let name = self.conns[i].pool().info.name.clone();
+            let r = crate::backend::notify::send_on(&mut self.conns[i], &name, notes).await;
+            if self.conns[i].broken {
+                self.conns.retain(|c| !c.broken);
+            }
+            return r;
+        }
         let pool = self
             .topo
             .pools
-            .get(self.topo.map.default_shard)
+            .get(shard)
             .cloned()
             .ok_or_else(|| ProxyError::Internal("no pool for the default shard".into()))?;
         crate::backend::notify::send(&pool, notes).await

@@ -15,7 +15,7 @@ mod send;
 
 pub use listener::run;
 pub use registry::{Applied, Hub, Subscription};
-pub use send::{check, send, NOTIFY_PAYLOAD_MAX};
+pub use send::{check, send, send_on, NOTIFY_PAYLOAD_MAX};
 
 /// Notifications one session may have waiting for delivery (its client does not read them,
 /// or it stays inside a transaction block); past that the session is ended (see

@@ -1,9 +1,11 @@
 //! Sending notifications: Postgres's checks of a channel and payload ([`check`]), and the
-//! NOTIFY statements run on a pooled connection to the default shard ([`send`]).
+//! NOTIFY statements run on a pooled connection to the default shard ([`send`], or
+//! [`send_on`] a connection the session holds).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::backend::conn::BackendConn;
 use crate::backend::pool::ShardPool;
 use crate::error::ProxyError;
 
@@ -59,18 +61,31 @@ pub async fn send(pool: &Arc<ShardPool>, notes: &[(String, String)]) -> Result<(
     if notes.is_empty() {
         return Ok(());
     }
-    let sql = statements(notes);
     let mut conn = pool.checkout().await?;
-    let reply = conn
-        .command(&sql)
-        .await
-        .map_err(|e| ProxyError::ShardUnavailable {
-            shard: pool.info.name.clone(),
-            reason: e.to_string(),
-        })?;
-    if conn.ready_status == b'I' {
+    let r = send_on(&mut conn, &pool.info.name, notes).await;
+    if conn.ready_status == b'I' && !conn.broken {
         conn.release();
     } // else dropped here: closed
+    r
+}
+
+/// [`send`] on `conn`, a connection to the default shard (`shard`, for messages) outside
+/// any transaction: the one a session holds in session pooling.
+pub async fn send_on(
+    conn: &mut BackendConn,
+    shard: &str,
+    notes: &[(String, String)],
+) -> Result<(), ProxyError> {
+    if notes.is_empty() {
+        return Ok(());
+    }
+    let reply =
+        conn.command(&statements(notes))
+            .await
+            .map_err(|e| ProxyError::ShardUnavailable {
+                shard: shard.to_string(),
+                reason: e.to_string(),
+            })?;
     match reply.error {
         None => Ok(()),
         Some((code, message)) => Err(ProxyError::Backend { code, message }),

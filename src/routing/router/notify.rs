@@ -1,8 +1,8 @@
 //! LISTEN, UNLISTEN, NOTIFY and `pg_notify(…)`: the proxy answers them itself (see
 //! `crate::session::notify`), so their kind carries what they say. Their route is the
 //! default shard, where the proxies listen: it is used only where the session forwards a
-//! NOTIFY or `pg_notify` among other statements (a pipeline that mixes them); LISTEN and
-//! UNLISTEN are never forwarded (a pooled backend must not listen).
+//! NOTIFY or `pg_notify` among other statements (a pipeline that mixes them); LISTEN is never
+//! forwarded (a pooled backend must not listen), UNLISTEN only where it is a no-op.
 
 use pg_query::protobuf::{self, a_const::Val};
 use pg_query::NodeEnum;
@@ -26,7 +26,13 @@ pub(super) fn analyze(map: &ShardMap, node: &NodeEnum) -> Option<(StmtKind, Rout
         },
         _ => return None,
     };
-    Some((StmtKind::Notify(cmd), RouteSpec::Shard(map.default_shard)))
+    // UNLISTEN is forwarded only where it is a no-op (the session listens on nothing): any
+    // shard answers it.
+    let route = match cmd {
+        NotifyCmd::Unlisten(_) => RouteSpec::Any,
+        _ => RouteSpec::Shard(map.default_shard),
+    };
+    Some((StmtKind::Notify(cmd), route))
 }
 
 /// `SELECT pg_notify(channel, payload)` alone, each argument a string constant, NULL or a
