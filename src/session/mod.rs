@@ -322,10 +322,16 @@ impl Session {
                 self.generated.refresh = false;
                 crate::sharding::catalog_read::refresh(&self.topo.map).await;
             }
-            // LISTEN/NOTIFY of a committed block, and notifications for an idle client.
-            let idle = self.txn.status.is_idle() && batch.is_empty() && !batch.is_open();
-            if self.notify.is_some() && self.notify_between(idle).await? {
-                return Ok(());
+            // LISTEN/NOTIFY: what a committed block left, notifications for an idle client
+            // (no block or exchange open), whose wait then watches its queue too.
+            let mut listening = false;
+            if self.notify.is_some() {
+                let idle = self.txn.status.is_idle() && batch.is_empty() && !batch.is_open();
+                if Box::pin(self.notify_between(idle)).await {
+                    self.flush().await?;
+                    return Ok(());
+                }
+                listening = idle && self.listens();
             }
             if !self.out.is_empty() && !self.reader.has_frame() {
                 self.flush().await?;
@@ -360,9 +366,23 @@ impl Session {
                     "terminating connection due to idle-in-transaction timeout",
                 )
             };
+            if listening {
+                match Box::pin(self.wait_for_client(limit)).await? {
+                    notify::Waited::Client => {}
+                    notify::Waited::Ended => {
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                    notify::Waited::Timeout => {
+                        build::error(&mut self.out, "FATAL", code, what);
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                }
+            }
             let next = match limit {
-                None => self.next_frame(idle).await?,
-                Some(d) => match tokio::time::timeout(d, self.next_frame(idle)).await {
+                None => self.reader.next().await?,
+                Some(d) => match tokio::time::timeout(d, self.reader.next()).await {
                     Ok(r) => r?,
                     Err(_) => {
                         // The held connections are closed, not pooled: their shards roll back.
@@ -556,7 +576,7 @@ impl Session {
             SettingChange::Set(n, s) => self.settings.set(&n, &s),
             SettingChange::Reset(n) => self.settings.reset(&n),
             SettingChange::ResetAll => self.settings.clear(),
-            SettingChange::Notify(cmd) => return self.notify_committed(cmd),
+            SettingChange::Notify(cmd) => return self.notify_committed(*cmd),
         }
         self.refresh_codec();
     }

@@ -18,8 +18,8 @@
 //!   itself is waited for (bounded) and goes out right behind that statement's reply.
 //! - `DISCARD ALL`, `UNLISTEN *` and disconnecting unlisten everything.
 //!
-//! A session that never listens holds no state here (one `None`), and its loop pays one
-//! test per message.
+//! A session that never listens holds no state here (one `None`), and its loop pays a
+//! test or two per message: it waits on its client's socket alone, as before.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use crate::backend::notify::{Notification, Subscription, SESSION_CHANNELS, SESSI
 use crate::error::ProxyError;
 use crate::routing::router::{NotifyCmd, Plan, StmtKind, TextArg};
 use crate::wire::encoding::Codec;
-use crate::wire::protocol::{build, BindMsg, Frame};
+use crate::wire::protocol::{build, BindMsg};
 
 /// Longest the session waits for a notification it sent to itself to come back through the
 /// listening connection (it normally takes well under a millisecond).
@@ -42,6 +42,16 @@ const ECHO_WAIT: Duration = Duration::from_secs(1);
 
 /// Notifications written to the client at a time before the output is flushed.
 const DELIVER_BATCH: usize = 256;
+
+/// How [`Session::wait_for_client`] ended.
+pub(super) enum Waited {
+    /// The client sent something (or closed its connection): read its message.
+    Client,
+    /// The client's queue overflowed: the FATAL that ends the session is queued.
+    Ended,
+    /// The idle limit passed.
+    Timeout,
+}
 
 /// A session's LISTEN/NOTIFY state (boxed in the session, created on first use).
 #[derive(Default)]
@@ -128,9 +138,11 @@ impl Session {
         let in_block =
             self.txn.status.is_open() || plan.stmts.iter().any(|s| s.kind == StmtKind::Begin);
         plan.stmts.iter().any(|s| match &s.kind {
-            StmtKind::Notify(NotifyCmd::Listen(_)) => true,
-            StmtKind::Notify(NotifyCmd::Unlisten(_)) => listens || in_block,
-            StmtKind::Notify(NotifyCmd::Notify { .. }) => in_block,
+            StmtKind::Notify(cmd) => match **cmd {
+                NotifyCmd::Listen(_) => true,
+                NotifyCmd::Unlisten(_) => listens || in_block,
+                NotifyCmd::Notify { .. } => in_block,
+            },
             _ => false,
         })
     }
@@ -139,19 +151,22 @@ impl Session {
     /// answer itself ([`Session::transaction_batch`] would forward it): refused whole, with
     /// the error and (at a Sync) ReadyForQuery queued — no backend may listen. Whether it
     /// was refused.
+    #[inline]
     pub(super) fn refuse_listen_among_others(&mut self, ops: &[Op], sync: bool) -> bool {
         let listens = ops.iter().any(|op| match op {
-            Op::Bind(p, _, _) => p.plan.stmts.first().is_some_and(|s| {
-                matches!(
-                    s.kind,
-                    StmtKind::Notify(NotifyCmd::Listen(_) | NotifyCmd::Unlisten(_))
-                )
+            Op::Bind(p, _, _) => p.plan.stmts.first().is_some_and(|s| match &s.kind {
+                StmtKind::Notify(cmd) => {
+                    matches!(**cmd, NotifyCmd::Listen(_) | NotifyCmd::Unlisten(_))
+                }
+                _ => false,
             }),
             _ => false,
         });
-        if !listens {
-            return false;
-        }
+        listens && self.refuse_listen(sync)
+    }
+
+    #[cold]
+    fn refuse_listen(&mut self, sync: bool) -> bool {
         self.push_error(&ProxyError::Unsupported(
             "LISTEN and UNLISTEN are answered by the proxy only in a pipeline of their own (or with transaction control); send them with their own Sync".into(),
         ));
@@ -207,7 +222,7 @@ impl Session {
             if !self.txn.has_room() {
                 return Err(too_many_steps());
             }
-            self.txn.steps.push(super::txn::Step::Notify(cmd));
+            self.txn.steps.push(super::txn::Step::Notify(Box::new(cmd)));
             return Ok(());
         }
         match cmd {
@@ -317,22 +332,29 @@ impl Session {
             .push(cmd);
     }
 
-    /// Between the client's messages: carries out what a committed block left, then (when
-    /// `idle`: no block or exchange open) writes the notifications waiting. Returns true when
-    /// the session must end (its queue overflowed; the client was told).
-    pub(super) async fn notify_between(&mut self, idle: bool) -> Result<bool, SessionEnd> {
-        let Some(state) = self.notify.as_mut() else {
-            return Ok(false);
+    /// Between the client's messages: carries out what a committed block left, then queues
+    /// the notifications waiting for an `idle` client. True when its queue overflowed (the
+    /// FATAL that ends the session is queued). The session loop boxes it, so its own state
+    /// stays as before for the sessions that never listen.
+    pub(super) async fn notify_between(&mut self, idle: bool) -> bool {
+        let committed = match self.notify.as_mut() {
+            Some(state) => std::mem::take(&mut state.committed),
+            None => return false,
         };
-        let committed = std::mem::take(&mut state.committed);
         if !committed.is_empty() {
             self.apply_committed(committed).await;
         }
+        self.deliver_waiting(idle)
+    }
+
+    /// Queues the notifications waiting for an `idle` client; true when its queue
+    /// overflowed (the FATAL that ends the session is queued instead).
+    fn deliver_waiting(&mut self, idle: bool) -> bool {
         let Some(state) = self.notify.as_mut() else {
-            return Ok(false);
+            return false;
         };
         if !idle {
-            return Ok(false);
+            return false;
         }
         for n in state.ready.drain(..) {
             push_note(&mut self.out, self.codec, &n);
@@ -341,26 +363,18 @@ impl Session {
             if state.committed.is_empty() {
                 self.notify = None; // nothing left: back to costing nothing
             }
-            return Ok(false);
+            return false;
         };
         if l.rx.is_closed() {
-            self.end_overflowed().await?;
-            return Ok(true);
+            self.push_overflowed();
+            return true;
         }
-        loop {
-            match l.rx.try_recv() {
-                Ok(n) => {
-                    if l.channels.contains(&n.channel) {
-                        push_note(&mut self.out, self.codec, &n);
-                    }
-                }
-                Err(mpsc::error::TryRecvError::Empty) => return Ok(false),
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.end_overflowed().await?;
-                    return Ok(true);
-                }
+        while let Ok(n) = l.rx.try_recv() {
+            if l.channels.contains(&n.channel) {
+                push_note(&mut self.out, self.codec, &n);
             }
         }
+        false
     }
 
     /// The actions of a committed block: LISTEN/UNLISTEN in order, then the notifications
@@ -432,21 +446,35 @@ impl Session {
         }
     }
 
-    /// The client's next message; while `idle`, notifications that arrive meanwhile are
-    /// written to it. `None` when the client left (or was ended for an overflowed queue).
-    pub(super) async fn next_frame(&mut self, idle: bool) -> Result<Option<Frame>, SessionEnd> {
-        let l = match self.notify.as_mut().and_then(|s| s.listening.as_mut()) {
-            Some(l) if idle => l,
-            _ => return Ok(self.reader.next().await?),
-        };
+    /// Whether the session listens on some channel.
+    #[inline]
+    pub(super) fn listens(&self) -> bool {
+        self.notify.as_ref().is_some_and(|s| s.listening.is_some())
+    }
+
+    /// While the session is idle and listens: waits until the client sends something (its
+    /// next message is then read as any other's), writing the notifications that arrive
+    /// meanwhile. The session loop boxes it, and reads the message itself: the loop of a
+    /// session that never listens is the same as before.
+    pub(super) async fn wait_for_client(
+        &mut self,
+        limit: Option<Duration>,
+    ) -> Result<Waited, SessionEnd> {
+        let deadline = limit.map(|d| tokio::time::Instant::now() + d);
         loop {
+            let Some(l) = self.notify.as_mut().and_then(|s| s.listening.as_mut()) else {
+                return Ok(Waited::Client);
+            };
             tokio::select! {
                 biased;
-                f = self.reader.next() => return Ok(f?),
+                r = self.reader.readable() => {
+                    r?;
+                    return Ok(Waited::Client);
+                }
                 n = l.rx.recv() => {
                     let Some(n) = n.filter(|_| !l.rx.is_closed()) else {
-                        self.end_overflowed().await?;
-                        return Ok(None);
+                        self.push_overflowed();
+                        return Ok(Waited::Ended);
                     };
                     let mut next = Some(n);
                     let mut k = 0;
@@ -459,19 +487,16 @@ impl Session {
                             next = l.rx.try_recv().ok();
                         }
                     }
-                    if !self.out.is_empty() {
-                        use tokio::io::AsyncWriteExt;
-                        self.writer.write_all(&self.out).await?;
-                        self.writer.flush().await?;
-                        self.out.clear();
-                    }
                 }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if deadline.is_some() => return Ok(Waited::Timeout),
             }
+            self.flush().await?;
         }
     }
 
-    /// Ends a session whose queue overflowed, telling the client why.
-    async fn end_overflowed(&mut self) -> Result<(), SessionEnd> {
+    /// Queues the FATAL that ends a session whose queue overflowed.
+    fn push_overflowed(&mut self) {
         build::error(
             &mut self.out,
             "FATAL",
@@ -480,6 +505,5 @@ impl Session {
                 "terminating connection: more than {SESSION_QUEUE} notifications were waiting for this client (it does not read them, or stays in a transaction block)"
             ),
         );
-        self.flush().await
     }
 }

@@ -92,8 +92,8 @@ impl Session {
                 build::command_complete(&mut self.out, "SELECT 1");
                 return;
             }
-            SessionCall::Notify(channel, payload) => {
-                if let Err(e) = self.pg_notify((channel, payload), bind).await {
+            SessionCall::Notify(args) => {
+                if let Err(e) = self.pg_notify((&args.0, &args.1), bind).await {
                     self.push_error(&e);
                     return;
                 }
@@ -159,8 +159,8 @@ impl Session {
         let declared_or =
             |i: usize, oid: u32| declared.get(i).copied().filter(|&t| t != 0).unwrap_or(oid);
         match &f.call {
-            SessionCall::Notify(a, b) => {
-                let n = [a, b]
+            SessionCall::Notify(args) => {
+                let n = [&args.0, &args.1]
                     .iter()
                     .filter_map(|x| match x {
                         TextArg::Param(i) => Some(i + 1),

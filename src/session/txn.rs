@@ -42,7 +42,7 @@ pub(super) enum SettingChange {
     /// `RESET ALL` / `DISCARD ALL`.
     ResetAll,
     /// LISTEN, UNLISTEN or NOTIFY of the block (see [`super::notify`]).
-    Notify(NotifyCmd),
+    Notify(Box<NotifyCmd>),
 }
 
 /// The `client_encoding` a settings statement inside a transaction block switches to. In
@@ -87,7 +87,7 @@ pub(super) enum Step {
     Savepoint(String),
     /// LISTEN, UNLISTEN or NOTIFY, carried out at COMMIT (see [`super::notify`]); no shard
     /// replays it.
-    Notify(NotifyCmd),
+    Notify(Box<NotifyCmd>),
 }
 
 /// The transaction status a ReadyForQuery reports: the client's, or one shard's.

@@ -28,11 +28,11 @@ pub(super) fn analyze(map: &ShardMap, node: &NodeEnum) -> Option<(StmtKind, Rout
     };
     // UNLISTEN is forwarded only where it is a no-op (the session listens on nothing): any
     // shard answers it.
-    let route = match cmd {
+    let route = match &cmd {
         NotifyCmd::Unlisten(_) => RouteSpec::Any,
         _ => RouteSpec::Shard(map.default_shard),
     };
-    Some((StmtKind::Notify(cmd), route))
+    Some((StmtKind::Notify(Box::new(cmd)), route))
 }
 
 /// `SELECT pg_notify(channel, payload)` alone, each argument a string constant, NULL or a
@@ -45,7 +45,7 @@ pub(super) fn notify_fn(s: &protobuf::SelectStmt) -> Option<SessionFn> {
     if name != "pg_notify" {
         return None;
     }
-    let call = SessionCall::Notify(text_arg(channel)?, text_arg(payload)?);
+    let call = SessionCall::Notify(Box::new((text_arg(channel)?, text_arg(payload)?)));
     let column = if rt.name.is_empty() {
         name.to_string()
     } else {
@@ -106,29 +106,29 @@ mod tests {
     fn listen_unlisten_notify_carry_their_channel() {
         assert_eq!(
             kind("LISTEN Chan"),
-            StmtKind::Notify(NotifyCmd::Listen("chan".into()))
+            StmtKind::Notify(Box::new(NotifyCmd::Listen("chan".into())))
         );
         assert_eq!(
             kind("UNLISTEN \"Chan\""),
-            StmtKind::Notify(NotifyCmd::Unlisten(Some("Chan".into())))
+            StmtKind::Notify(Box::new(NotifyCmd::Unlisten(Some("Chan".into()))))
         );
         assert_eq!(
             kind("UNLISTEN *"),
-            StmtKind::Notify(NotifyCmd::Unlisten(None))
+            StmtKind::Notify(Box::new(NotifyCmd::Unlisten(None)))
         );
         assert_eq!(
             kind("NOTIFY c, 'it''s'"),
-            StmtKind::Notify(NotifyCmd::Notify {
+            StmtKind::Notify(Box::new(NotifyCmd::Notify {
                 channel: "c".into(),
                 payload: "it's".into()
-            })
+            }))
         );
         assert_eq!(
             kind("NOTIFY c"),
-            StmtKind::Notify(NotifyCmd::Notify {
+            StmtKind::Notify(Box::new(NotifyCmd::Notify {
                 channel: "c".into(),
                 payload: String::new()
-            })
+            }))
         );
     }
 
@@ -140,14 +140,17 @@ mod tests {
         };
         assert_eq!(
             call("SELECT pg_notify('c', 'p')"),
-            Some(SessionCall::Notify(
+            Some(SessionCall::Notify(Box::new((
                 TextArg::Value(Some("c".into())),
                 TextArg::Value(Some("p".into()))
-            ))
+            ))))
         );
         assert_eq!(
             call("select pg_catalog.pg_notify($1::text, NULL)"),
-            Some(SessionCall::Notify(TextArg::Param(0), TextArg::Value(None)))
+            Some(SessionCall::Notify(Box::new((
+                TextArg::Param(0),
+                TextArg::Value(None)
+            ))))
         );
         assert_eq!(call("SELECT pg_notify('c', 'p'), 1"), None);
         assert_eq!(call("SELECT pg_notify('c', now()::text)"), None);

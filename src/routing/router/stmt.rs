@@ -61,7 +61,8 @@ pub enum StmtKind {
     /// its own: about the client's session as the proxy presents it, so the proxy answers it.
     SessionFn(SessionFn),
     /// LISTEN, UNLISTEN or NOTIFY: the proxy answers it (see `crate::session::notify`).
-    Notify(NotifyCmd),
+    /// Boxed, as rare: every statement's kind stays small.
+    Notify(Box<NotifyCmd>),
     /// Anything else that runs on one shard.
     Other,
 }
@@ -109,8 +110,8 @@ pub enum SessionCall {
     /// `lastval()`, where the proxy assigns generated values: the last one it gave this session.
     LastVal,
     /// `pg_notify(channel, payload)`: sent through the proxy's notification path (see
-    /// [`StmtKind::Notify`]).
-    Notify(TextArg, TextArg),
+    /// [`StmtKind::Notify`]). Boxed, as rare.
+    Notify(Box<(TextArg, TextArg)>),
 }
 
 /// A text argument of [`SessionCall::Notify`].

@@ -232,6 +232,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Waits until bytes are buffered (read now if none were: what arrives is kept for
+    /// [`Self::next`]) or the stream ended. Cancel safe: a read either lands in the buffer or
+    /// does not happen.
+    pub async fn readable(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(8192);
+        }
+        self.inner.read_buf(&mut self.buf).await.map(|_| ())
+    }
+
     /// Resolves only when the peer is gone: its end of stream (a FIN, possibly behind bytes
     /// it sent first, such as a Terminate) or a read error (a reset). Bytes that arrive
     /// meanwhile are kept for [`Self::next`], read only into the buffer's spare capacity (no
