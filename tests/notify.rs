@@ -161,7 +161,8 @@ async fn notifications_reach_listeners_everywhere() {
 
 /// Notifications are sent at COMMIT and dropped at ROLLBACK (or ROLLBACK TO a savepoint
 /// made before them), a repeated channel and payload once; a transaction that writes on two
-/// shards (two-phase commit) may notify; a listener inside its own transaction hears them
+/// shards (two-phase commit) may notify, and so may a query string of several statements
+/// (one implicit transaction); a listener inside its own transaction hears them
 /// once it ends; LISTEN inside a block takes effect at COMMIT only; errors are Postgres's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_follow_transactions() {
@@ -228,6 +229,26 @@ async fn notifications_follow_transactions() {
     expect_note(&mut ra, "chan_t", "two-shards").await;
     let placed = env.per_shard_i64("SELECT count(*) FROM nt_users").await;
     assert!(placed.iter().all(|&n| n > 0), "{placed:?}");
+
+    // A query string of several statements on several shards is one implicit transaction:
+    // its notification is sent when all of it committed, and not at all after an error.
+    let inserts: String = (21..=30i64)
+        .map(|id| format!("INSERT INTO nt_users VALUES ({id}); "))
+        .collect();
+    b.batch_execute(&format!("{inserts}NOTIFY chan_t, 'implicit'"))
+        .await
+        .unwrap();
+    expect_note(&mut ra, "chan_t", "implicit").await;
+    let e = b
+        .batch_execute(&format!(
+            "NOTIFY chan_t, 'failed'; {inserts}SELECT pg_notify('chan_t', 'failed2')"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(e).0, "23505");
+    expect_none(&mut ra, "the failed string sent nothing").await;
+    let placed = env.per_shard_i64("SELECT count(*) FROM nt_users").await;
+    assert_eq!(placed.iter().sum::<i64>(), 30, "{placed:?}");
 
     // The listener's own transaction holds its notifications back until it ends.
     a.batch_execute("BEGIN; SELECT 1").await.unwrap();
