@@ -466,6 +466,26 @@ async fn wire_replies() {
     assert_eq!(first_error(&got).as_deref(), Some("0A000"));
     assert_eq!(hub.listeners("mixed"), 0);
 
+    // A LATIN1 client: notifications arrive in its encoding, its pg_notify text is read in it.
+    let mut l1 = Wire::login(proxy.port(), &[("client_encoding", "LATIN1")]).await;
+    l1.query("LISTEN enc");
+    l1.send().await;
+    l1.until_ready().await;
+    let (u, mut ru) = listener(&proxy.conninfo()).await;
+    u.batch_execute("LISTEN enc").await.unwrap();
+    u.batch_execute("NOTIFY enc, 'café'").await.unwrap();
+    expect_note(&mut ru, "enc", "café").await;
+    let (tag, body) = l1.recv_within(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((tag, &body[4..]), (b'A', &b"enc\0caf\xe9\0"[..]));
+    l1.parse("", "SELECT pg_notify('enc', $1)")
+        .bind_binary("", "", &[b"na\xefve"])
+        .execute("", 0)
+        .sync();
+    l1.send().await;
+    let got = l1.until_ready().await;
+    assert_eq!(first_error(&got), None, "{}", tags(&got));
+    expect_note(&mut ru, "enc", "naïve").await;
+
     // A client that stays in a transaction while more notifications arrive than its queue
     // holds is ended once the transaction is over.
     w.query("BEGIN; SELECT 1");

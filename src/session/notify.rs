@@ -107,24 +107,31 @@ fn push_note(out: &mut BytesMut, codec: Option<Codec>, n: &Notification) {
     build::finish(out, at);
 }
 
-/// The value of a `pg_notify` argument: `None` for NULL, `Err` for a parameter that is
-/// missing or not text.
-fn arg_value(arg: &TextArg, bind: Option<&BindMsg>) -> Result<Option<String>, ProxyError> {
+/// The value of a `pg_notify` argument (a parameter's text in the client's encoding,
+/// `codec`, when it is not UTF-8): `None` for NULL.
+fn arg_value(
+    arg: &TextArg,
+    bind: Option<&BindMsg>,
+    codec: Option<Codec>,
+) -> Result<Option<String>, ProxyError> {
     let i = match arg {
         TextArg::Value(v) => return Ok(v.clone()),
         TextArg::Param(i) => *i,
     };
-    let bad = || ProxyError::Protocol(format!("pg_notify: parameter ${} is missing", i + 1));
-    let Some(value) = bind.and_then(|b| b.param(i)).ok_or_else(bad)? else {
+    let missing = || ProxyError::Backend {
+        code: "42P02".into(),
+        message: format!("there is no parameter ${}", i + 1),
+    };
+    let Some(value) = bind.and_then(|b| b.param(i)).ok_or_else(missing)? else {
         return Ok(None);
     };
-    // Text in either format: a binary `text` value is its UTF-8 bytes.
-    match std::str::from_utf8(value) {
-        Ok(s) => Ok(Some(s.to_string())),
-        Err(_) => Err(ProxyError::Encoding(
-            "invalid byte sequence for encoding \"UTF8\" in a pg_notify argument".into(),
-        )),
-    }
+    // Text in either format: a binary `text` value is its bytes too.
+    let text = match codec {
+        Some(c) => c.to_utf8(value).map(|t| t.into_owned()).ok(),
+        None => std::str::from_utf8(value).ok().map(str::to_string),
+    };
+    text.map(Some)
+        .ok_or_else(|| ProxyError::Encoding("invalid byte sequence in a pg_notify argument".into()))
 }
 
 impl Session {
@@ -204,8 +211,8 @@ impl Session {
         bind: Option<&BindMsg<'_>>,
     ) -> Result<(), ProxyError> {
         // pg_notify is not strict: a NULL channel is an empty one, a NULL payload empty.
-        let channel = arg_value(args.0, bind)?.unwrap_or_default();
-        let payload = arg_value(args.1, bind)?.unwrap_or_default();
+        let channel = arg_value(args.0, bind, self.codec)?.unwrap_or_default();
+        let payload = arg_value(args.1, bind, self.codec)?.unwrap_or_default();
         self.notify_cmd(NotifyCmd::Notify { channel, payload })
             .await
     }
