@@ -146,7 +146,8 @@ impl Session {
     ) -> Result<(), SessionEnd> {
         let rest = self.run_batch_once(batch, sync).await?;
         if self.segmenting {
-            self.run_segments(batch, rest).await?;
+            // Boxed: the rare path keeps the common one's future small.
+            Box::pin(self.run_segments(batch, rest)).await?;
         }
         Ok(())
     }
