@@ -302,3 +302,29 @@ async fn raw_sql_and_execute_batch_across_shards() {
     }
     assert!((0..3).all(|s| placed.iter().any(|p| p.0 == s)));
 }
+
+/// With `pool.mode: session` the proxy opens no transactions of its own on the client's
+/// connections: a script that writes on several shards stays refused (`0A000`), nothing of
+/// it applied, rather than running statement by statement without atomicity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_pooling_refuses_scripts_across_shards() {
+    let env = TestEnv::new(3).await;
+    let yaml = env
+        .shard_map_yaml(TABLES, "")
+        .replace("pool: { size: 10,", "pool: { mode: session, size: 10,");
+    let map = ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let proxy = Proxy::start_yaml(&yaml).await;
+    let c = proxy.client().await;
+    c.batch_execute("CREATE TABLE sc_users (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let (a, b) = (ids_on(&map, 0, 1)[0], ids_on(&map, 1, 1)[0]);
+    let e = c
+        .batch_execute(&format!(
+            "INSERT INTO sc_users VALUES ({a}, 'a'); INSERT INTO sc_users VALUES ({b}, 'b')"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
+    assert_eq!(counts(&env, "sc_users").await, vec![0, 0, 0]);
+}

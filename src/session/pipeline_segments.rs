@@ -31,7 +31,11 @@ impl Session {
     /// Whether a pipeline may go on in segments from here: at its Sync, in a transaction
     /// that has not failed.
     pub(super) fn segmentable(&self) -> bool {
-        !self.txn.failed && matches!(self.txn.status, TxnStatus::Idle | TxnStatus::InBlock)
+        // (Session pooling keeps its connections between transactions: the proxy opens no
+        // transaction of its own on them, and such a pipeline stays refused.)
+        !self.txn.failed
+            && !self.session_mode
+            && matches!(self.txn.status, TxnStatus::Idle | TxnStatus::InBlock)
     }
 
     /// Starts running a pipeline in segments; `ops` is its first. `Some`: it may not run so
@@ -54,7 +58,7 @@ impl Session {
             return Some(refusal(&k));
         }
         self.segmenting = true;
-        if self.txn.status.is_idle() && !begins && !self.session_mode {
+        if self.txn.status.is_idle() && !begins {
             let ddl = self.executed(ops).any(|k| k == StmtKind::Ddl);
             self.open_implicit(ddl);
         }

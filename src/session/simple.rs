@@ -26,7 +26,8 @@ impl Session {
         }
         // A script that makes tables and fills them (CREATE TABLE …; INSERT …): its INSERTs
         // are looked up and completed one by one as the script reaches them (`run_each`).
-        let deferred = plan.stmts.len() > 1
+        let deferred = !self.session_mode
+            && plan.stmts.len() > 1
             && plan.generates()
             && plan.stmts.iter().any(|s| s.kind == StmtKind::Ddl);
         // INSERTs into tables the catalog does not know: looked up first, then planned again.
@@ -148,17 +149,21 @@ impl Session {
             // Each merged statement runs on its own.
             split = true;
         }
-        if split {
+        if split || target.is_some_and(|t| t.is_multi()) && atomic_script(plan) {
+            if self.session_mode && atomic_script(plan) {
+                // (Session pooling keeps its connections between transactions: the proxy does
+                // not open transactions of its own on them.)
+                return Err(ProxyError::Unsupported(
+                    "with pool.mode: session, a multi-statement query that writes or controls transactions on several shards is refused; send the statements separately".into(),
+                ));
+            }
             // Statement by statement (`run_each`): one implicit transaction across the shards
             // when the string writes or controls transactions.
             return Ok(None);
         }
+        // (A string on several shards that must be atomic went statement by statement above:
+        // each shard would have run, and committed, the string on its own.)
         let target = target.unwrap_or(Target::Shard(self.any_shard()));
-        if target.is_multi() && plan.stmts.len() > 1 && atomic_script(plan) {
-            // Each shard would run (and commit) the string on its own: statement by statement
-            // instead, in one implicit transaction across them.
-            return Ok(None);
-        }
         self.check_write(target, plan.writes(), explicit || plan.stmts.len() > 1)?;
         Ok(Some(target))
     }
