@@ -30,17 +30,7 @@ const CREATE: &str = "CREATE TABLE sp_items (id bigint PRIMARY KEY, name text, q
 /// The first `n` ids (from 1) on each shard, by shard.
 fn ids_by_shard(env: &TestEnv, n: usize) -> Vec<Vec<i64>> {
     let map = ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
-    let mut out = vec![Vec::new(); env.shard_count()];
-    for id in 1i64.. {
-        let s = map.hash_shard(&KeyValue::Int(id));
-        if out[s].len() < n {
-            out[s].push(id);
-        }
-        if out.iter().all(|v| v.len() >= n) {
-            break;
-        }
-    }
-    out
+    common::ids_by_shard(&map, env.shard_count(), n)
 }
 
 /// Every row of `sp_items` on the shard its key maps to.

@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::{Proxy, TestEnv};
-use shardwire::sharding::keys::KeyValue;
 use shardwire::sharding::shardmap::ShardMap;
 use tokio_postgres::Client;
 
@@ -24,17 +23,7 @@ const TABLES: &str = "users: { key: id, type: bigint, strategy: hash }\naccts: {
 /// The first `n` ids (from 1) that hash to each shard, by shard.
 fn ids_by_shard(env: &TestEnv, n: usize) -> Vec<Vec<i64>> {
     let map = ShardMap::from_yaml_str(&env.shard_map_yaml(TABLES, ""), "t").unwrap();
-    let mut out = vec![Vec::new(); env.shard_count()];
-    for id in 1i64.. {
-        let s = map.hash_shard(&KeyValue::Int(id));
-        if out[s].len() < n {
-            out[s].push(id);
-        }
-        if out.iter().all(|v| v.len() >= n) {
-            break;
-        }
-    }
-    out
+    common::ids_by_shard(&map, env.shard_count(), n)
 }
 
 /// `name` of user `id`, read on shard `shard` directly (`None`: no such row there).

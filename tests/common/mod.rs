@@ -583,3 +583,22 @@ pub async fn run_program(mut cmd: std::process::Command, expect: &'static str) -
     );
     stdout
 }
+
+/// The first `n` ids (from 1) that `map` hashes to each of its `shards` shards, by shard.
+pub fn ids_by_shard(
+    map: &shardwire::sharding::shardmap::ShardMap,
+    shards: usize,
+    n: usize,
+) -> Vec<Vec<i64>> {
+    let mut out = vec![Vec::new(); shards];
+    for id in 1i64.. {
+        let s = map.hash_shard(&shardwire::sharding::keys::KeyValue::Int(id));
+        if out[s].len() < n {
+            out[s].push(id);
+        }
+        if out.iter().all(|v| v.len() >= n) {
+            break;
+        }
+    }
+    out
+}
