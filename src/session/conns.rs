@@ -262,6 +262,9 @@ impl Session {
     pub(super) fn release_if_idle(&mut self, exchange_open: bool) {
         if self.txn.status.is_idle() && !exchange_open {
             self.pass = None;
+            if self.cursors.is_some() {
+                self.cursors_at_idle();
+            }
         }
         if self.txn.status.is_idle() && !exchange_open && !self.session_mode {
             // Forget them for cancels first: a backend a cancel reached is closed, not

@@ -184,6 +184,11 @@ impl Session {
             return Ok(None);
         }
         if sync && batch.open.is_none() {
+            if self.cursors.is_some() && self.describe_kept(&batch.frames) {
+                batch.frames.clear();
+                batch.bytes = 0;
+                return Ok(None);
+            }
             if let Some(special) = self.special_batch(&batch.frames) {
                 batch.frames.clear();
                 batch.bytes = 0;

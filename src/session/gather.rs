@@ -236,7 +236,7 @@ impl Session {
 
     /// Whether text sorts in byte order on the shards (C/POSIX collation, libc provider, no
     /// column with a collation of its own), asked once per proxy on the given connection.
-    async fn bytewise_text(&mut self, idx: usize) -> bool {
+    pub(super) async fn bytewise_text(&mut self, idx: usize) -> bool {
         if let Some(v) = self.shared.bytewise_text.get() {
             return *v;
         }
@@ -335,14 +335,7 @@ impl Session {
         let fin: Option<&Final> = match &gp.mode {
             Mode::Combine(f) => Some(f),
             Mode::Stream => {
-                let ok = gp.sort.iter().zip(&key_types).all(|(k, &oid)| {
-                    let text_ok = match k.collate.as_deref() {
-                        Some(c) => matches!(c, "C" | "POSIX" | "ucs_basic"),
-                        None => bytewise,
-                    };
-                    datum::sortable(oid, text_ok || !datum::is_collatable(oid))
-                });
-                if ok {
+                if streamable(gp, &key_types, bytewise) {
                     None
                 } else {
                     Some(&fallback)
@@ -407,7 +400,7 @@ impl Session {
     }
 
     /// A LIMIT/OFFSET value: a constant, or the Bind parameter it names.
-    fn count_value(
+    pub(super) fn count_value(
         &self,
         c: Option<Count>,
         call: &GatherCall<'_>,
@@ -752,6 +745,18 @@ impl Session {
         }
         Ok(status.combine(final_status))
     }
+}
+
+/// Whether every sort key of a streaming plan can be compared in the proxy (`bytewise`: text
+/// sorts in byte order on the shards).
+pub(super) fn streamable(gp: &GatherPlan, key_types: &[u32], bytewise: bool) -> bool {
+    gp.sort.iter().zip(key_types).all(|(k, &oid)| {
+        let text_ok = match k.collate.as_deref() {
+            Some(c) => matches!(c, "C" | "POSIX" | "ucs_basic"),
+            None => bytewise,
+        };
+        datum::sortable(oid, text_ok || !datum::is_collatable(oid))
+    })
 }
 
 /// A Bind of the unnamed statement to the unnamed portal with the client's parameters.

@@ -96,6 +96,19 @@ impl HeldConns {
         });
     }
 
+    /// Stops holding the connection at `idx` and hands it over (a cursor kept past its
+    /// transaction pins it); it is forgotten for cancels.
+    pub fn take(&mut self, idx: usize) -> PooledConn {
+        let mut targets = self.slot.lock();
+        let mut i = 0;
+        targets.retain(|_| {
+            i += 1;
+            i - 1 != idx
+        });
+        drop(targets);
+        self.conns.remove(idx)
+    }
+
     /// Stops holding the most recently taken connection and returns it, with whether a
     /// cancel was forwarded to the session's backends since they were taken (then it must
     /// be closed, not pooled).

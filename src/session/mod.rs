@@ -13,6 +13,10 @@ mod conns;
 mod copy_in;
 mod copy_layout;
 mod copy_stream;
+mod cursor_declare;
+mod cursor_extended;
+mod cursor_fetch;
+mod cursors;
 mod describe;
 mod explain;
 mod extended;
@@ -173,6 +177,8 @@ pub struct Session {
     generated: prepared::Completions,
     /// LISTEN/NOTIFY: `None` until the session uses them (see [`notify`]).
     notify: Option<Box<notify::State>>,
+    /// Cursors the proxy keeps or routes: `None` until the session declares one (see [`cursors`]).
+    cursors: Option<Box<cursors::Cursors>>,
 }
 
 impl Session {
@@ -211,6 +217,7 @@ impl Session {
             codec_in_txn: false,
             generated: Default::default(),
             notify: None,
+            cursors: None,
         }
         .with_codec()
     }

@@ -15,17 +15,17 @@ use crate::wire::protocol::{build, BindMsg, Frame, ParseMsg};
 /// A pipeline the proxy runs itself (see [`Session::special_batch`]).
 pub(super) struct Special {
     /// The statement bound.
-    stmt: Arc<Prepared>,
+    pub stmt: Arc<Prepared>,
     /// Set when the pipeline parsed it (as the unnamed statement).
     parsed: Option<Arc<Prepared>>,
     /// The client's Bind message.
-    bind: Frame,
+    pub bind: Frame,
     /// Where its parameters and result formats start in the body.
     tail_offset: usize,
     /// Whether the portal is described.
-    describe: bool,
+    pub describe: bool,
     /// Whether the client closes the portal after its Execute (sqlx does).
-    close: bool,
+    pub close: bool,
     kind: SpecialKind,
 }
 
@@ -39,6 +39,8 @@ enum SpecialKind {
     },
     /// Refused before anything ran (e.g. a NULL key among bound arrays).
     Fail(crate::error::ProxyError),
+    /// A statement on a cursor the proxy keeps, or a DECLARE of one (see [`super::cursors`]).
+    Cursor(crate::routing::router::CursorCmd),
 }
 
 impl Session {
@@ -102,7 +104,9 @@ impl Session {
         }
         // A split INSERT also runs inside a transaction block: its parts join it.
         let in_block = self.txn.status == TxnStatus::InBlock && !self.txn.failed;
-        let may_be_special = st.copy().is_some()
+        let cursor = st.cursor().filter(|c| self.cursor_is_special(c, &st.route));
+        let may_be_special = cursor.is_some()
+            || st.copy().is_some()
             || ((in_block || self.txn.status.is_idle()) && st.arrays().is_some())
             || (in_block && st.split().is_some())
             || (self.txn.status.is_idle()
@@ -130,10 +134,12 @@ impl Session {
             (None, Some(pm)) => pm.query,
             (None, None) => return None,
         };
-        if close && st.arrays().is_none() {
+        if close && st.arrays().is_none() && cursor.is_none() {
             return None;
         }
-        let kind = if let Some(copy) = st.copy() {
+        let kind = if let Some(c) = cursor {
+            SpecialKind::Cursor(c.clone())
+        } else if let Some(copy) = st.copy() {
             SpecialKind::Copy(copy.clone())
         } else if let Some(arr) = st.arrays() {
             let params = m.params();
@@ -299,6 +305,7 @@ impl Session {
                 self.release_if_idle(false);
                 return Ok(());
             }
+            SpecialKind::Cursor(cmd) => return self.cursor_special(&sp, cmd).await,
         };
         match result {
             Ok(Ok(_)) => {}

@@ -145,8 +145,13 @@ impl Session {
             }
         }
         let explicit = self.txn.status.is_open();
-        if plan.stmts.len() > 1 && plan.stmts.iter().any(|s| s.gather().is_some()) {
-            // Each merged statement runs on its own.
+        if plan.stmts.len() > 1
+            && plan
+                .stmts
+                .iter()
+                .any(|s| s.gather().is_some() || s.cursor().is_some())
+        {
+            // Each merged statement, and each cursor statement, runs on its own.
             split = true;
         }
         if split || target.is_some_and(|t| t.is_multi()) && atomic_script(plan) {
@@ -286,6 +291,7 @@ impl Session {
                 _ => &Execution::Forward,
             };
             let r = match (exec, target) {
+                (Execution::Cursor(c), _) => self.cursor_simple(c, sql, target, hide_ready).await,
                 (Execution::Explain(ex), _) => {
                     // Several shards run the rewritten query a merge needs; EXPLAIN that.
                     let text = match (&ex.shard_sql, target) {
@@ -396,7 +402,7 @@ impl Session {
         }
     }
 
-    async fn exec_query_one(
+    pub(super) async fn exec_query_one(
         &mut self,
         shard: usize,
         sql: &str,
@@ -424,7 +430,7 @@ impl Session {
         r.map(Ok)
     }
 
-    async fn exec_query_all(
+    pub(super) async fn exec_query_all(
         &mut self,
         set: crate::sharding::shardset::ShardSet,
         sql: &str,

@@ -93,9 +93,11 @@ impl PlanCache {
                 matches!(st.kind, StmtKind::Read | StmtKind::Write)
                     && st.gather().is_none()
                     && st.explain().is_none()
+                    && st.cursor().is_none()
             });
         if !reusable {
-            // Values matter beyond key routing (merges, EXPLAIN, settings): exact text only.
+            // Values matter beyond key routing (merges, EXPLAIN, settings, FETCH counts):
+            // exact text only.
             return self.get(map, sql).map(|p| (p, None));
         }
         let mut w = self.templates.write();

@@ -105,6 +105,14 @@ pub(super) fn plan_template(
                 }
             }
         }
+        let cursor = super::cursor::analyze(node, may_scatter(&route));
+        if let Some(super::cursor::CursorCmd::Declare(d)) = &cursor {
+            if let Err(e) = &d.merge {
+                if may_scatter(&route) {
+                    route = refuse_scatter(route, e.clone());
+                }
+            }
+        }
         let explain = match node {
             NodeEnum::ExplainStmt(e) => explain_merge(e),
             _ => None,
@@ -196,6 +204,10 @@ pub(super) fn plan_template(
             span,
             replicated,
             exec: match (gather, explain, split, copy) {
+                _ if cursor.is_some() => match cursor {
+                    Some(c) => Execution::Cursor(c),
+                    None => Execution::Forward,
+                },
                 (Some(g), ..) => Execution::Merge(g),
                 (_, Some(e), ..) => Execution::Explain(e),
                 (_, _, Some(s), _) => Execution::SplitInsert(s),
@@ -407,19 +419,11 @@ fn analyze(map: &ShardMap, node: &NodeEnum, tpl: Option<&Template>) -> (StmtKind
         }
         N::CopyStmt(c) => route_copy(map, node, c, tpl),
         N::DeclareCursorStmt(d) => {
-            // The cursor lives on the shard its query runs on; FETCH/CLOSE follow the
-            // transaction there. A cursor over several shards would need a merge per FETCH.
+            // The cursor lives on the shard its query runs on; on several, the session keeps
+            // one on each and merges them FETCH by FETCH (`cursor::analyze` plans the merge).
             let route = match d.query.as_ref().and_then(|q| q.node.as_ref()) {
                 Some(q) => analyze(map, q, tpl).1,
                 None => RouteSpec::Any,
-            };
-            let e = ProxyError::Unsupported(
-                "DECLARE CURSOR for a query that runs on several shards is not supported; fetch the whole result, or add the shard key".into(),
-            );
-            let route = if may_scatter(&route) {
-                refuse_scatter(route, e)
-            } else {
-                route
             };
             (StmtKind::Read, route)
         }

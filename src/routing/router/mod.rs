@@ -18,6 +18,7 @@ mod array_split;
 mod cache;
 mod classify;
 mod clauses;
+mod cursor;
 mod explain;
 mod from_values;
 mod generate;
@@ -37,6 +38,7 @@ mod writes;
 pub use array_split::{ArrayPart, ArraySplit};
 pub use cache::{PlanCache, PLAN_CACHE_CAPACITY};
 pub use classify::plan;
+pub use cursor::{CursorCmd, Declare, Fetch, FETCH_ALL};
 pub use explain::ExplainPlan;
 pub use generate::{Generate, SlotText};
 pub use insert_lex::max_param;
@@ -274,11 +276,28 @@ mod tests {
     }
 
     #[test]
-    fn cursors_stay_on_one_shard() {
+    fn cursors_over_several_shards_are_merged() {
         assert!(matches!(
             route("DECLARE c CURSOR FOR SELECT * FROM users ORDER BY id"),
-            RouteSpec::Refuse(_)
+            RouteSpec::All
         ));
+        let p = plan(
+            &map(),
+            "DECLARE c CURSOR WITH HOLD FOR SELECT * FROM users ORDER BY id",
+        )
+        .unwrap();
+        match p.stmts[0].cursor() {
+            Some(CursorCmd::Declare(d)) => {
+                assert!(d.hold && d.merge.is_ok() && d.name == "c", "{d:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let p = plan(&map(), "FETCH BACKWARD 2 FROM c").unwrap();
+        assert!(matches!(p.stmts[0].cursor(), Some(CursorCmd::Fetch(f)) if f.forward.is_none()));
+        let p = plan(&map(), "MOVE ALL IN c").unwrap();
+        assert!(
+            matches!(p.stmts[0].cursor(), Some(CursorCmd::Fetch(f)) if f.is_move && f.forward == Some(FETCH_ALL))
+        );
         assert!(matches!(
             route("DECLARE c CURSOR FOR SELECT * FROM users WHERE id = 3"),
             RouteSpec::Shard(_)

@@ -176,7 +176,7 @@ pub(super) fn reshapes(node: &NodeEnum) -> bool {
 
 /// Whether a statement can leave session state on a pooled backend that outlives its
 /// transaction and that the proxy neither tracks nor resets: a setting made by
-/// `set_config(…)`, a session advisory lock, a temporary object, a `WITH HOLD` cursor, or
+/// `set_config(…)`, a session advisory lock, a temporary object, or
 /// anything a `DO` block or a `CALL`ed procedure may do. Transaction-scoped forms
 /// (`pg_advisory_xact_lock`) end with the transaction and do not count. (`SET ROLE` and
 /// `SET SESSION AUTHORIZATION` are settings the proxy tracks and resets.) Functions of the
@@ -185,8 +185,6 @@ pub(super) fn dirties(node: &NodeEnum) -> bool {
     use NodeEnum as N;
     match node {
         N::DoStmt(_) | N::CallStmt(_) => return true,
-        // CURSOR_OPT_HOLD (parsenodes.h)
-        N::DeclareCursorStmt(d) if d.options & 0x0020 != 0 => return true,
         N::CreateStmt(c) if c.relation.as_ref().is_some_and(|r| r.relpersistence == "t") => {
             return true
         }

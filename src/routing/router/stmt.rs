@@ -241,6 +241,9 @@ pub enum Execution {
     /// column list): the session renders the completed text and runs that instead. Its
     /// route refuses, so a path that would run it as written fails loudly.
     Generate(Arc<super::generate::Generate>),
+    /// A cursor statement: the session keeps cursors whose query spans shards itself, and
+    /// routes FETCH/MOVE/CLOSE to the shard a single-shard cursor lives on.
+    Cursor(super::cursor::CursorCmd),
 }
 
 impl StmtPlan {
@@ -248,6 +251,13 @@ impl StmtPlan {
     pub fn gather(&self) -> Option<&Arc<GatherPlan>> {
         match &self.exec {
             Execution::Merge(g) => Some(g),
+            _ => None,
+        }
+    }
+    /// The cursor command, for DECLARE/FETCH/MOVE/CLOSE.
+    pub fn cursor(&self) -> Option<&super::cursor::CursorCmd> {
+        match &self.exec {
+            Execution::Cursor(c) => Some(c),
             _ => None,
         }
     }

@@ -82,4 +82,11 @@ for a in accounts[::37]:
 one = Account.objects.create(name="single")
 check(one.id not in aids and Account.objects.get(id=one.id).name == "single", "create + get by id")
 check(Account.objects.count() == 1001, "accounts counted")
+# Issue 19: .iterator() reads through a server-side cursor (psycopg 3: DECLARE … WITH HOLD
+# under autocommit, a plain cursor inside atomic()), merged across shards by the proxy.
+it = [a.id for a in Account.objects.order_by("-id").iterator(chunk_size=100)]
+check(len(it) == 1001 and it == sorted(it, reverse=True), "iterator() WITH HOLD, sorted")
+with transaction.atomic():
+    names = [a.name for a in Account.objects.filter(name__startswith="a").order_by("name", "id").iterator(chunk_size=333)]
+check(len(names) == 1000 and names == sorted(names), "iterator() inside atomic()")
 print("django checks passed")
