@@ -283,3 +283,52 @@ async fn named_cursors_of_python_drivers() {
     let out = common::run_program(cmd, "cursor checks passed").await;
     println!("{out}");
 }
+
+/// `psql` with `FETCH_COUNT` set: its output for `sql` (psql then reads through
+/// `DECLARE _psql_cursor NO SCROLL CURSOR FOR …` and `FETCH FORWARD n`, in a block it opens).
+fn psql_fetch_count(conninfo: &str, sql: &str) -> String {
+    let bin = shardwire::localpg::pg_bin_dir()
+        .map(|d| d.join("psql"))
+        .ok()
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "psql".into());
+    let out = std::process::Command::new(bin)
+        .args(["-X", "-v", "FETCH_COUNT=70", "-d", conninfo, "-c", sql])
+        .env_remove("PGOPTIONS")
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Issue 19: psql's `FETCH_COUNT` (a cursor fetched 70 rows at a time) prints what it prints
+/// against the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_fetch_count_reads_through_a_cursor() {
+    let env = TestEnv::new(3).await;
+    let proxy = Proxy::start(&env, TABLES, "").await;
+    let p = proxy.client().await;
+    let r = env.reference_client().await;
+    for c in [&p, &r] {
+        items(c, 1000).await;
+    }
+    for sql in [
+        "SELECT id, name, price FROM cu_items ORDER BY price DESC, id",
+        "SELECT grp, count(*) FROM cu_items GROUP BY grp ORDER BY 2 DESC, 1",
+    ] {
+        let got = tokio::task::spawn_blocking({
+            let (ci, sql) = (proxy.conninfo(), sql.to_string());
+            move || psql_fetch_count(&ci, &sql)
+        });
+        let want = tokio::task::spawn_blocking({
+            let (ci, sql) = (env.reference_url(), sql.to_string());
+            move || psql_fetch_count(&ci, &sql)
+        });
+        let (got, want) = (got.await.unwrap(), want.await.unwrap());
+        assert_eq!(got, want, "{sql}");
+    }
+}

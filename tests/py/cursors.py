@@ -9,6 +9,7 @@ import sys
 
 import psycopg
 import psycopg2
+import sqlalchemy as sa
 
 host, port, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
 url = f"postgresql://app:app-secret@{host}:{port}/app"
@@ -107,4 +108,14 @@ cur.execute("SELECT id FROM cu_big WHERE id <= 1200 ORDER BY id DESC")
 check([r[0] for r in cur] == list(range(1200, 0, -1)), "psycopg2 WITH HOLD")
 cur.close()
 conn.close()
+# SQLAlchemy yield_per (stream_results: a named cursor of the dialect's driver).
+for drv in ("psycopg", "psycopg2"):
+    engine = sa.create_engine(f"postgresql+{drv}://app:app-secret@{host}:{port}/app")
+    with engine.connect() as c:
+        res = c.execution_options(yield_per=500).execute(
+            sa.text("SELECT id FROM cu_big WHERE id <= 5000 ORDER BY id DESC")
+        )
+        got = [r[0] for r in res]
+    check(got == list(range(5000, 0, -1)), f"SQLAlchemy {drv} yield_per")
+    engine.dispose()
 print("cursor checks passed")
