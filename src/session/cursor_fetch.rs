@@ -47,16 +47,44 @@ impl Session {
         };
         let r = self.fetch_from(&mut k, f, formats, describe).await;
         self.cursors_mut().kept.insert(f.name.clone(), k);
-        r
+        Ok(r?.map(|n| tag(f, n)))
     }
 
+    /// The next page of up to `max_rows` rows (all for 0) of the kept cursor behind a
+    /// portal: how many were sent, and whether the cursor is exhausted.
+    pub(super) async fn page_kept(
+        &mut self,
+        name: &str,
+        max_rows: i32,
+        formats: &[i16],
+        describe: bool,
+    ) -> Result<Result<(i64, bool), Fail>, RelayError> {
+        let Some(mut k) = self.cursors.as_mut().and_then(|c| c.kept.remove(name)) else {
+            return Ok(Err(super::cursors::missing(name).into()));
+        };
+        let f = Fetch {
+            name: name.to_string(),
+            forward: Some(if max_rows <= 0 {
+                crate::routing::router::FETCH_ALL
+            } else {
+                i64::from(max_rows)
+            }),
+            is_move: false,
+        };
+        let r = self.fetch_from(&mut k, &f, formats, describe).await;
+        let exhausted = k.left <= 0 || k.streams.iter().all(|s| s.done && s.rows.is_empty());
+        self.cursors_mut().kept.insert(name.to_string(), k);
+        Ok(r?.map(|n| (n, exhausted)))
+    }
+
+    /// Hands out the rows of one FETCH/MOVE; returns how many.
     async fn fetch_from(
         &mut self,
         k: &mut Kept,
         f: &Fetch,
         formats: &[i16],
         describe: bool,
-    ) -> Done {
+    ) -> Result<Result<i64, Fail>, RelayError> {
         let Some(count) = f.forward else {
             return Ok(Err(ProxyError::Unsupported(format!(
                 "cursor \"{}\" is merged across shards (or kept WITH HOLD) by the proxy, which fetches forward only: use FETCH [NEXT | n | FORWARD n | ALL] or MOVE of the same forms",
@@ -64,7 +92,10 @@ impl Session {
             ))
             .into()));
         };
-        let formats = if formats.is_empty() {
+        let formats = if f.is_move && !k.formats.is_empty() {
+            // MOVE sends no rows: whatever is buffered stays valid.
+            k.formats.clone()
+        } else if formats.is_empty() {
             vec![0; k.fields.len()]
         } else {
             formats.to_vec()
@@ -90,7 +121,7 @@ impl Session {
                 n += 1;
                 self.maybe_flush().await.map_err(RelayError::Client)?;
             }
-            return Ok(Ok(tag(f, n)));
+            return Ok(Ok(n));
         }
         let visible = k.fields.len();
         let budget = self.topo.map.gather.memory_limit;
@@ -151,7 +182,7 @@ impl Session {
         if !f.is_move {
             self.shared.telemetry.gathered_rows.increment(n as u64);
         }
-        Ok(Ok(tag(f, n)))
+        Ok(Ok(n))
     }
 
     /// Fetches the next `chunk` rows of the streams `need` (in parallel).
@@ -162,7 +193,11 @@ impl Session {
         need: &[usize],
         chunk: i64,
     ) -> Result<Result<(), Fail>, RelayError> {
-        let sql = format!("FETCH FORWARD {chunk} FROM {}", crate::quote::ident(name));
+        // (On the shards the cursor has its DECLARE's name, which a portal's differs from.)
+        let sql = format!(
+            "FETCH FORWARD {chunk} FROM {}",
+            crate::quote::ident(&k.decl.name)
+        );
         let mut formats = k.formats.clone();
         formats.extend(std::iter::repeat_n(1, k.plan.hidden));
         let mut msg = BytesMut::with_capacity(sql.len() + 64);

@@ -48,6 +48,8 @@ pub(super) struct Cursors {
     pub on_shard: super::FastMap<String, usize>,
     /// Backends held past their transaction by `WITH HOLD` cursors.
     pub pinned: Vec<PooledConn>,
+    /// Cursors made for unnamed portals so far (their names are `_sw_portal_<n>`).
+    pub serial: u64,
 }
 
 /// Byte ranges of a row's values.
@@ -55,7 +57,8 @@ pub(super) type Values = Vec<Option<(usize, usize)>>;
 
 /// One kept cursor.
 pub(super) struct Kept {
-    /// The DECLARE.
+    /// The DECLARE; its name is the cursors' on the shards (for a portal's cursor, not the
+    /// portal's: a name the client may reuse for another portal in the same transaction).
     pub decl: Arc<Declare>,
     /// The merge plan (sort keys, hidden columns, LIMIT/OFFSET).
     pub plan: Arc<GatherPlan>,
@@ -312,7 +315,10 @@ impl Session {
             return Ok(());
         };
         let mut msg = BytesMut::new();
-        build::query(&mut msg, &format!("CLOSE {}", crate::quote::ident(name)));
+        build::query(
+            &mut msg,
+            &format!("CLOSE {}", crate::quote::ident(&k.decl.name)),
+        );
         let mut failure = None;
         for s in &k.streams {
             let Some(conn) = self.cursor_conn(s.pid) else {

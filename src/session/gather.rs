@@ -65,6 +65,9 @@ pub(super) struct GatherPortal {
     pub rows: Option<std::collections::VecDeque<bytes::Bytes>>,
     /// Rows fetched so far.
     pub sent: u64,
+    /// The kept cursor it is fetched from, inside a transaction block (see
+    /// `Session::stream_portal`): rows are then fetched from the shards page by page.
+    pub cursor: Option<String>,
 }
 
 impl GatherPortal {

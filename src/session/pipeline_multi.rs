@@ -298,6 +298,22 @@ impl Session {
             .get(portal)
             .is_some_and(|g| g.rows.is_some());
         let m = BindMsg::decode(bind.body()).map_err(|e| RelayError::Client(e.into()))?;
+        if !fetched && max_rows > 0 && self.txn.status == TxnStatus::InBlock && !self.txn.failed {
+            // Inside a transaction block, pages come from cursors on the shards (memory
+            // stays at a chunk per shard); a query that must be gathered is kept below.
+            if let Err(f) = self.stream_portal(set, portal, p, &gp, &m).await? {
+                return Ok(Ok(self.cursor_reply(Err(f), true)));
+            }
+        }
+        if let Some(name) = self
+            .gather_portals
+            .get(portal)
+            .and_then(|g| g.cursor.clone())
+        {
+            return self
+                .page_portal(portal, &name, &m, max_rows, describe)
+                .await;
+        }
         let call = GatherCall {
             plan: &gp,
             sql: &p.sql,
@@ -400,7 +416,12 @@ impl Session {
     /// (see `prepare_op`): the proxy forgets the portal now.
     fn forget_closed_portal(&mut self, close: &Frame) {
         if let Ok((b'P', name)) = decode_target(close.body(), "Close") {
-            self.gather_portals.remove(name);
+            if let Some(cursor) = self.gather_portals.remove(name).and_then(|g| g.cursor) {
+                // (Its cursors on the shards end with the transaction.)
+                if let Some(c) = self.cursors.as_mut() {
+                    c.kept.remove(&cursor);
+                }
+            }
             self.portals.remove(name);
         }
     }

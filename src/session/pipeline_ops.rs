@@ -149,6 +149,7 @@ impl Session {
                         bind: f.clone(),
                         rows: None,
                         sent: 0,
+                        cursor: None,
                     };
                     self.gather_portals.insert(portal.clone(), gp);
                 } else if !self.gather_portals.is_empty() {

@@ -108,6 +108,37 @@ cur.execute("SELECT id FROM cu_big WHERE id <= 1200 ORDER BY id DESC")
 check([r[0] for r in cur] == list(range(1200, 0, -1)), "psycopg2 WITH HOLD")
 cur.close()
 conn.close()
+# asyncpg's cursor: a portal executed 1,000 rows at a time inside a transaction, paged by
+# the proxy from cursors of its own on the shards (memory flat again).
+import asyncio
+
+import asyncpg
+
+
+async def asyncpg_cursor():
+    conn = await asyncpg.connect(url)
+    async with conn.transaction():
+        expect = N
+        samples = []
+        async for r in conn.cursor("SELECT id, name FROM cu_big ORDER BY id DESC", prefetch=1000):
+            check(r["id"] == expect and r["name"] == f"name-{expect}", f"asyncpg row {expect}")
+            expect -= 1
+            if expect in (N - 5000, N // 2, 0):
+                samples.append(rss_kib())
+        check(expect == 0, f"asyncpg rows: {N - expect}")
+        growth = samples[-1] - samples[0]
+        print(f"asyncpg cursor rss KiB: {samples} (growth {growth} KiB)")
+        check(growth < 16 * 1024, f"proxy RSS grew by {growth} KiB (asyncpg cursor)")
+        cur = await conn.cursor("SELECT id FROM cu_big WHERE grp = $1 ORDER BY id", 5)
+        first = await cur.fetch(3)
+        check([r[0] for r in first] == [5, 12, 19], "asyncpg cursor fetch with a parameter")
+        await cur.forward(2)
+        check((await cur.fetchrow())[0] == 40, "asyncpg cursor forward")
+    await conn.close()
+
+
+asyncio.run(asyncpg_cursor())
+
 # SQLAlchemy yield_per (stream_results: a named cursor of the dialect's driver).
 for drv in ("psycopg", "psycopg2"):
     engine = sa.create_engine(f"postgresql+{drv}://app:app-secret@{host}:{port}/app")
