@@ -96,10 +96,14 @@ async fn untracked_session_state_never_reaches_another_client() {
         .unwrap();
     let e = b.simple_query("SELECT v FROM secret").await.unwrap_err();
     assert_eq!(code(&e), "42P01", "B read A's temp table: {e}");
-    // A WITH HOLD cursor left open outside a transaction.
+    // A WITH HOLD cursor: A keeps it across transactions (its backend is pinned to A until
+    // the CLOSE, then closed), B never reaches it.
     a.batch_execute("DECLARE held CURSOR WITH HOLD FOR SELECT 'a-row'")
         .await
         .unwrap();
+    a.batch_execute("BEGIN; COMMIT").await.unwrap();
+    assert_eq!(one(&a, "FETCH held").await, "a-row");
+    a.batch_execute("CLOSE held").await.unwrap();
     let e = b.simple_query("FETCH held").await.unwrap_err();
     assert_eq!(code(&e), "34000", "B fetched A's cursor: {e}");
     // Session advisory locks: refused (the backend is given back after the statement);

@@ -117,7 +117,12 @@ impl Session {
             .get(shard)
             .cloned()
             .ok_or_else(|| ProxyError::Protocol(format!("no shard #{shard}")))?;
-        let mut conn = self.conns.checkout(&pool).await?;
+        // A backend the session's WITH HOLD cursors pinned serves it first (its transactions
+        // run there as they would in its own Postgres session; it is pinned again after).
+        let mut conn = match self.take_pinned(shard) {
+            Some(c) => c,
+            None => self.conns.checkout(&pool).await?,
+        };
         let lost =
             |e: crate::backend::conn::BackendError, name: String| ProxyError::ShardUnavailable {
                 shard: name,

@@ -43,19 +43,11 @@ impl Session {
         }
         let mut pids = Vec::with_capacity(shards.len());
         for &s in shards {
-            // Outside a transaction a backend already pinned for the shard takes it too.
-            let pinned = (!in_txn)
-                .then_some(self.cursors.as_ref())
-                .flatten()
-                .and_then(|c| c.pinned.iter().find(|p| p.shard == s).map(|p| p.pid));
-            let pid = match pinned {
-                Some(p) => p,
-                None => match self.conn_for(s).await {
-                    Ok(i) => self.conns[i].pid,
-                    Err(e) => return Ok(Err(e.into())),
-                },
-            };
-            pids.push((s, pid));
+            // (Outside a transaction a backend already pinned for the shard takes it too.)
+            match self.conn_for(s).await {
+                Ok(i) => pids.push((s, self.conns[i].pid)),
+                Err(e) => return Ok(Err(e.into())),
+            }
         }
         let sql = format!(
             "DECLARE {} NO SCROLL CURSOR{} FOR {}",

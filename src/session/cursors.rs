@@ -399,6 +399,14 @@ impl Session {
         }
     }
 
+    /// Takes a backend pinned for the session's cursors on `shard`, to hold it for a
+    /// statement or transaction (it is pinned again when that ends).
+    pub(super) fn take_pinned(&mut self, shard: usize) -> Option<PooledConn> {
+        let c = self.cursors.as_mut()?;
+        let i = c.pinned.iter().position(|p| p.shard == shard)?;
+        Some(c.pinned.swap_remove(i))
+    }
+
     /// Closes the pinned backends no kept cursor uses any more (closed, not pooled: what
     /// else the client left on them is unknown).
     fn unpin_unused(&mut self) {

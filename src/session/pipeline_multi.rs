@@ -414,7 +414,7 @@ impl Session {
 
     /// A Close of a multi-shard portal whose forgetting was deferred to when its pipeline runs
     /// (see `prepare_op`): the proxy forgets the portal now.
-    fn forget_closed_portal(&mut self, close: &Frame) {
+    pub(super) fn forget_closed_portal(&mut self, close: &Frame) {
         if let Ok((b'P', name)) = decode_target(close.body(), "Close") {
             if let Some(cursor) = self.gather_portals.remove(name).and_then(|g| g.cursor) {
                 // (Its cursors on the shards end with the transaction.)

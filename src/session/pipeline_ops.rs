@@ -41,6 +41,8 @@ impl Session {
         if self.txn.failed && !fx.recovers && f.tag != b'C' && !self.ends_transaction(&f) {
             return Err(ProxyError::InFailedTransaction);
         }
+        // Nothing before this message in its pipeline needs a shard yet.
+        let first = target.is_none();
         let mut merge = |t: Target, s: &Session| -> Result<(), ProxyError> {
             match *target {
                 None => *target = Some(t),
@@ -283,7 +285,14 @@ impl Session {
                     Ok(Op::Local(CLOSE_COMPLETE))
                 } else if self.gather_portals.contains_key(name) {
                     // A merged query's portal (sqlx: Bind, Execute, Close, Sync): the merge
-                    // runs it first and forgets it at its Close.
+                    // runs it first and forgets it at its Close. Closed before anything else
+                    // in its pipeline (pgjdbc closes a fetched portal at the start of the next
+                    // statement's, e.g. its COMMIT's), nothing runs it: forgotten now.
+                    if first {
+                        self.forget_closed_portal(&f);
+                        self.portals.remove(name);
+                        return Ok(Op::Local(CLOSE_COMPLETE));
+                    }
                     match self.portals.get(name) {
                         Some((t, _)) => {
                             let t = *t;

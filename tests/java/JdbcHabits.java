@@ -88,6 +88,31 @@ public class JdbcHabits {
         for (Future<?> f : done) f.get();
         pool.shutdown();
         if (errors.get() != 0) throw new AssertionError(errors.get() + " threads failed");
+        // setFetchSize in a transaction (issue 19): the driver executes the portal 3 rows at a
+        // time; the proxy pages a read merged across shards from cursors it declares on them.
+        try (Connection c = DriverManager.getConnection(url, "app", "app-secret")) {
+            List<Long> all = new ArrayList<>();
+            try (Statement st = c.createStatement();
+                 ResultSet r = st.executeQuery("SELECT id FROM users ORDER BY id DESC")) {
+                while (r.next()) all.add(r.getLong(1));
+            }
+            c.setAutoCommit(false);
+            for (int round = 0; round < 2; round++) {
+                try (PreparedStatement s = c.prepareStatement("SELECT id, name FROM users WHERE id > ? ORDER BY id DESC")) {
+                    s.setFetchSize(3);
+                    s.setLong(1, 0);
+                    List<Long> got = new ArrayList<>();
+                    try (ResultSet r = s.executeQuery()) {
+                        while (r.next()) {
+                            got.add(r.getLong(1));
+                            if (r.getString(2) == null) throw new AssertionError("fetchSize name");
+                        }
+                    }
+                    if (!got.equals(all)) throw new AssertionError("fetchSize rows " + got + " vs " + all);
+                }
+            }
+            c.commit();
+        }
         System.out.println("jdbc checks passed");
     }
 }
