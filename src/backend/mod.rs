@@ -10,3 +10,4 @@ pub mod latency;
 pub mod notify;
 pub mod pool;
 pub mod twophase;
+pub mod twophase_client;

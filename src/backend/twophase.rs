@@ -17,6 +17,9 @@
 //! `abort` for any that has no decision (presumed abort; the insert races safely with a
 //! late proxy through the primary key), and commits or rolls each back by the decision.
 //!
+//! The client's own two-phase commit (`PREPARE TRANSACTION` from the application) is
+//! [`super::twophase_client`]'s: recovery here never decides one of its participants.
+//!
 //! Two-phase commit needs `max_prepared_transactions > 0` on every shard (Postgres's default
 //! is 0). Without it the proxy falls back to committing shard by shard, reports a failure in
 //! that round with the shards that did commit, and refuses multi-shard writes inside
@@ -139,6 +142,9 @@ pub async fn run(map: Arc<ShardMap>, tp: Arc<TwoPhase>) {
         if let Err(e) = recover(&map, IN_DOUBT_AFTER).await {
             tracing::warn!(error = %e, "two-phase commit recovery failed; retrying");
         }
+        if let Err(e) = super::twophase_client::recover(&map, IN_DOUBT_AFTER).await {
+            tracing::warn!(error = %e, "recovery of clients' two-phase transactions failed; retrying");
+        }
         tokio::time::sleep(RECOVER_EVERY).await;
     }
 }
@@ -161,6 +167,8 @@ pub async fn probe(map: &ShardMap) -> Result<bool, tokio_postgres::Error> {
          decided_at timestamptz NOT NULL DEFAULT now())"
     ))
     .await?;
+    c.batch_execute(&super::twophase_client::create_sql())
+        .await?;
     Ok(true)
 }
 
@@ -213,6 +221,9 @@ async fn recover_shard(
         let gid: String = r.get(0);
         if !gid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             continue; // not one of ours
+        }
+        if super::twophase_client::client_owned(log, &gid).await? {
+            continue; // a client's own: only the client decides it
         }
         log.execute(
             &format!(

@@ -153,7 +153,7 @@ impl Session {
 
     /// Runs one commit step on held connection `ci`, bounded by [`STEP_TIMEOUT`]; a
     /// connection that times out is marked broken (its state is unknown).
-    async fn step(&mut self, ci: usize, sql: &str) -> Result<Reply, BackendError> {
+    pub(super) async fn step(&mut self, ci: usize, sql: &str) -> Result<Reply, BackendError> {
         let conn = &mut self.conns[ci];
         if conn.broken {
             return Err(BackendError::Closed);
@@ -170,7 +170,7 @@ impl Session {
     /// The error for a shard connection lost during a commit step. Unlike
     /// [`Session::backend_failed`] it keeps the held connections in place (marked broken
     /// where they failed) so the rest of the commit can still address them.
-    fn lost(&self, shard: usize, error: &BackendError) -> ProxyError {
+    pub(super) fn lost(&self, shard: usize, error: &BackendError) -> ProxyError {
         tracing::warn!(shard = %self.shard_name(shard), %error, "shard connection lost during commit");
         ProxyError::ShardUnavailable {
             shard: self.shard_name(shard),

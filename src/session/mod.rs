@@ -7,6 +7,7 @@
 //! `held` (the held connections and their cancel targets), `simple`/`extended` (the two query
 //! protocols) and their helpers, `txn`/`commit` (transactions).
 
+mod client_tpc;
 pub mod clients;
 mod commit;
 mod conns;

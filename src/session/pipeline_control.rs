@@ -183,6 +183,11 @@ impl Session {
                         status = TxnStatus::Idle;
                     }
                 }
+                Some(StmtKind::TwoPhase(op)) => {
+                    if executes && matches!(op, crate::routing::router::TpcOp::Prepare(_)) {
+                        status = TxnStatus::Idle;
+                    }
+                }
                 Some(StmtKind::Savepoint(_)) if status.is_open() => {}
                 Some(k) if status.is_open() && super::txn::is_setting(&k) => {}
                 Some(
@@ -306,6 +311,7 @@ impl Session {
                 self.session_fn(&f, false, binary, bind.as_ref()).await;
             }
             Some(StmtKind::Notify(cmd)) => return Ok(self.notify_statement(&cmd).await),
+            Some(StmtKind::TwoPhase(op)) => return self.two_phase(&op, false).await,
             Some(k) => self.txn_setting(&k, &sql).await?,
             None => {}
         }

@@ -198,6 +198,10 @@ impl Session {
                     .await?;
                 Ok(true)
             }
+            StmtKind::TwoPhase(op) => {
+                self.two_phase(op, true).await?;
+                Ok(true)
+            }
             StmtKind::DiscardAll | StmtKind::ResetAll | StmtKind::Deallocate(_) => {
                 self.session_command(kind);
                 self.push_ready();

@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use super::relay::{Expect, Outcome, RelayError};
 use super::{Session, SessionEnd, Target};
 use crate::error::ProxyError;
-use crate::routing::router::{NotifyCmd, SavepointOp, StmtKind};
+use crate::routing::router::{NotifyCmd, SavepointOp, StmtKind, TpcOp};
 use crate::wire::protocol::build;
 
 /// Most savepoints and settings statements one transaction block may hold.
@@ -310,11 +310,14 @@ pub(super) fn begin_tag(sql: &str) -> &'static str {
 }
 
 /// Whether a statement may run in an aborted transaction (Postgres's
-/// `IsTransactionExitStmt`: COMMIT, ROLLBACK, ROLLBACK TO; PREPARE TRANSACTION is the proxy's).
+/// `IsTransactionExitStmt`: COMMIT, ROLLBACK, ROLLBACK TO, PREPARE TRANSACTION).
 pub(super) fn exits_failed(kind: &StmtKind) -> bool {
     matches!(
         kind,
-        StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint(SavepointOp::RollbackTo(_))
+        StmtKind::Commit
+            | StmtKind::Rollback
+            | StmtKind::Savepoint(SavepointOp::RollbackTo(_))
+            | StmtKind::TwoPhase(TpcOp::Prepare(_))
     )
 }
 

@@ -13,7 +13,7 @@ use super::session::{
     calls, dirties, reshapes, sequence_fn, session_fn, unsupported_encoding, SESSION_LOCKS,
 };
 use super::split::insert_split;
-use super::stmt::{Execution, Plan, RouteSpec, SavepointOp, StmtKind, StmtPlan};
+use super::stmt::{Execution, Plan, RouteSpec, SavepointOp, StmtKind, StmtPlan, TpcOp};
 use super::template::Template;
 use super::writes::{key_update, route_insert};
 use crate::error::ProxyError;
@@ -345,12 +345,25 @@ fn analyze(map: &ShardMap, node: &NodeEnum, tpl: Option<&Template>) -> (StmtKind
                 T::TransStmtSavepoint => StmtKind::Savepoint(SavepointOp::Define(t.savepoint_name.clone())),
                 T::TransStmtRelease => StmtKind::Savepoint(SavepointOp::Release(t.savepoint_name.clone())),
                 T::TransStmtRollbackTo => StmtKind::Savepoint(SavepointOp::RollbackTo(t.savepoint_name.clone())),
-                _ => {
+                T::TransStmtPrepare | T::TransStmtCommitPrepared | T::TransStmtRollbackPrepared => {
+                    let gid = t.gid.clone();
+                    let op = match T::try_from(t.kind).unwrap_or(T::Undefined) {
+                        T::TransStmtPrepare => TpcOp::Prepare(gid),
+                        T::TransStmtCommitPrepared => TpcOp::CommitPrepared(gid),
+                        _ => TpcOp::RollbackPrepared(gid),
+                    };
+                    // The session answers it alone; among other statements it is refused.
+                    return (
+                        StmtKind::TwoPhase(op),
+                        RouteSpec::Refuse(ProxyError::Unsupported(
+                            "PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED must be sent as a statement of their own".into(),
+                        )),
+                    );
+                }
+                T::Undefined => {
                     return (
                         StmtKind::Other,
-                        RouteSpec::Refuse(ProxyError::Unsupported(
-                            "two-phase commit commands (PREPARE TRANSACTION, COMMIT PREPARED) are reserved for the proxy".into(),
-                        )),
+                        RouteSpec::Refuse(ProxyError::Unsupported("unknown transaction statement".into())),
                     )
                 }
             };

@@ -48,7 +48,7 @@ pub use split::{BindParams, InsertSplit, RowKey, SplitPart};
 pub use sql_prepare::{ExecWrap, Slot, SqlError, SqlExecute, SqlPrepare};
 pub use stmt::{
     Execution, KeyRoute, NotifyCmd, PidArg, Plan, RouteSpec, SavepointOp, SessionCall, SessionFn,
-    StmtKind, StmtPlan, TextArg,
+    StmtKind, StmtPlan, TextArg, TpcOp,
 };
 pub use substitute::expand;
 

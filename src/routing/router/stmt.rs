@@ -63,8 +63,31 @@ pub enum StmtKind {
     /// LISTEN, UNLISTEN or NOTIFY: the proxy answers it (see `crate::session::notify`).
     /// Boxed, as rare: every statement's kind stays small.
     Notify(Box<NotifyCmd>),
+    /// `PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED` of the client's own
+    /// two-phase commit (see `crate::session::client_tpc`).
+    TwoPhase(TpcOp),
     /// Anything else that runs on one shard.
     Other,
+}
+
+/// A client's two-phase commit command, with its transaction identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TpcOp {
+    /// `PREPARE TRANSACTION 'gid'`.
+    Prepare(String),
+    /// `COMMIT PREPARED 'gid'`.
+    CommitPrepared(String),
+    /// `ROLLBACK PREPARED 'gid'`.
+    RollbackPrepared(String),
+}
+
+impl TpcOp {
+    /// The client's transaction identifier.
+    pub fn gid(&self) -> &str {
+        match self {
+            TpcOp::Prepare(g) | TpcOp::CommitPrepared(g) | TpcOp::RollbackPrepared(g) => g,
+        }
+    }
 }
 
 /// LISTEN / UNLISTEN / NOTIFY, with the channel as Postgres names it (unquoted names
