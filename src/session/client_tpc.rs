@@ -12,12 +12,13 @@
 
 use std::time::Duration;
 
+use super::extended::Op;
 use super::txn::Step;
 use super::{Session, SessionEnd, Txn};
 use crate::backend::twophase::{self, GID_PREFIX};
 use crate::backend::twophase_client::{self as client, ClientLog, Part, TpcError};
 use crate::error::ProxyError;
-use crate::routing::router::TpcOp;
+use crate::routing::router::{StmtKind, TpcOp};
 use crate::wire::protocol::build;
 
 /// Longest wait at a client's first two-phase command for the startup check of the shards.
@@ -273,6 +274,36 @@ impl Session {
             }
         }
     }
+}
+
+impl Session {
+    /// Whether a query string or pipeline of several statements holds a client two-phase
+    /// command (`kinds`: its statements' kinds): refused, as the proxy answers one only on
+    /// its own — forwarded, it would prepare one shard under an unrecorded id.
+    pub(super) fn two_phase_among<'a>(kinds: impl IntoIterator<Item = &'a StmtKind>) -> bool {
+        kinds
+            .into_iter()
+            .any(|k| matches!(k, StmtKind::TwoPhase(_)))
+    }
+
+    /// Whether the pipeline `ops` binds a client two-phase command. (Checking the Binds is
+    /// enough: a pipeline that binds one is refused unless the proxy answered it, and the
+    /// proxy answers its Bind itself, so no shard holds such a portal.)
+    pub(super) fn two_phase_bound(ops: &[Op]) -> bool {
+        ops.iter().any(|op| match op {
+            Op::Bind(p, _, _) | Op::Gather(_, p) => {
+                Self::two_phase_among(p.plan.stmts.first().map(|s| &s.kind))
+            }
+            _ => false,
+        })
+    }
+}
+
+/// The error for a client two-phase command among other statements.
+pub(super) fn not_alone() -> ProxyError {
+    ProxyError::Unsupported(
+        "PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED must be sent as a statement of their own (a query string or pipeline of just that statement)".into(),
+    )
 }
 
 /// Postgres's error for PREPARE TRANSACTION without `max_prepared_transactions`.

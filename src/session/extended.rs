@@ -303,6 +303,14 @@ impl Session {
             }
             return Ok(None);
         }
+        // Not answered above: a client two-phase command must not reach a shard as sent.
+        if cut.is_none() && Self::two_phase_bound(&ops) {
+            cut = Some(super::client_tpc::not_alone());
+            ops.clear();
+            if !sync {
+                batch.skip_to_sync = true;
+            }
+        }
         if fx.recovers && cut.is_none() {
             // A ROLLBACK TO acts on every shard the transaction holds, as the proxy runs it
             // (`transaction_batch`), never inside a pipeline relayed to one shard.

@@ -76,6 +76,11 @@ impl Session {
                 self.txn.ddl = true;
             }
         }
+        if plan.stmts.len() > 1 && Self::two_phase_among(plan.stmts.iter().map(|s| &s.kind)) {
+            self.push_error(&super::client_tpc::not_alone());
+            self.push_ready();
+            return Ok(());
+        }
         let single = (plan.stmts.len() == 1).then(|| plan.stmts[0].kind.clone());
         // An aborted transaction lets only COMMIT, ROLLBACK and ROLLBACK TO through.
         if self.txn.failed && !single.as_ref().is_some_and(super::txn::exits_failed) {

@@ -352,13 +352,9 @@ fn analyze(map: &ShardMap, node: &NodeEnum, tpl: Option<&Template>) -> (StmtKind
                         T::TransStmtCommitPrepared => TpcOp::CommitPrepared(gid),
                         _ => TpcOp::RollbackPrepared(gid),
                     };
-                    // The session answers it alone; among other statements it is refused.
-                    return (
-                        StmtKind::TwoPhase(op),
-                        RouteSpec::Refuse(ProxyError::Unsupported(
-                            "PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED must be sent as a statement of their own".into(),
-                        )),
-                    );
+                    // The session answers it (alone: among other statements it is refused,
+                    // see `crate::session::client_tpc`); it never reaches a shard as sent.
+                    return (StmtKind::TwoPhase(op), RouteSpec::Any);
                 }
                 T::Undefined => {
                     return (
