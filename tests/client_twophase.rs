@@ -459,9 +459,37 @@ async fn errors_match_postgres() {
         assert_eq!(got.err().and_then(msg).as_deref(), Some(inside));
         c.batch_execute("ROLLBACK").await.unwrap();
     }
+    // Among other statements it is refused before anything runs (forwarded, it would
+    // prepare one shard under an id nothing records).
+    let mixed = format!(
+        "BEGIN; INSERT INTO tpc_users VALUES ({}, 'm'); PREPARE TRANSACTION 'tpc-mixed'",
+        ids[0][0]
+    );
+    assert_eq!(code_of(&px, &mixed).await.as_deref(), Some("0A000"));
+    assert_eq!(env.prepared_left().await, [0, 0]);
     // The proxy's own ids stay its own.
     px.batch_execute("BEGIN").await.unwrap();
     let own = code_of(&px, "PREPARE TRANSACTION 'shardwire_0_1'").await;
     assert_eq!(own.as_deref(), Some("42939"));
     assert_eq!(env.prepared_left().await, [0, 0]);
+}
+
+/// pgjdbc's XA (`PGXADataSource`): prepare on every shard, `recover()` and `commit` from
+/// another XA connection, `rollback` likewise, and a one-phase commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_xa_prepares_recovers_and_commits_across_shards() {
+    let env = TestEnv::new(3).await;
+    let (proxy, _map, ids) = setup(&env, "").await;
+    let list: Vec<String> = ids
+        .iter()
+        .flat_map(|v| v[..2].to_vec())
+        .map(|i| i.to_string())
+        .collect();
+    let mut cmd = common::java("JdbcXa.java");
+    cmd.arg("127.0.0.1")
+        .arg(proxy.port().to_string())
+        .arg(unique("xa"))
+        .arg(list.join(","));
+    common::run_program(cmd, "jdbc xa done").await;
+    assert_eq!(env.prepared_left().await, [0, 0, 0]);
 }
