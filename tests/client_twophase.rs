@@ -493,3 +493,47 @@ async fn jdbc_xa_prepares_recovers_and_commits_across_shards() {
     common::run_program(cmd, "jdbc xa done").await;
     assert_eq!(env.prepared_left().await, [0, 0, 0]);
 }
+
+/// Without `max_prepared_transactions` on a shard, PREPARE TRANSACTION fails as Postgres
+/// fails it (55000, same message) and rolls the transaction back; COMMIT PREPARED finds
+/// nothing (42704), as in Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_prepared_transactions_postgres_error() {
+    let env = TestEnv::new_owned(2).await;
+    env.shard_client(1)
+        .await
+        .batch_execute("ALTER SYSTEM SET max_prepared_transactions = 0")
+        .await
+        .unwrap();
+    env.stop_shard(1);
+    env.restart_shard(1);
+    let direct = env.shard_client(1).await;
+    let (proxy, _map, ids) = setup(&env, "").await;
+    let px = proxy.client().await;
+    let mut errors = Vec::new();
+    for c in [&px, &direct] {
+        c.batch_execute("BEGIN").await.unwrap();
+        c.batch_execute(&format!(
+            "INSERT INTO tpc_users VALUES ({}, 'x')",
+            ids[1][0]
+        ))
+        .await
+        .unwrap();
+        let e = c
+            .batch_execute("PREPARE TRANSACTION 'tpc-disabled'")
+            .await
+            .unwrap_err();
+        let db = e.as_db_error().unwrap();
+        errors.push((db.code().code().to_string(), db.message().to_string()));
+        c.batch_execute("SELECT 1").await.unwrap(); // outside a block
+        let e = c.batch_execute("COMMIT PREPARED 'tpc-disabled'").await;
+        assert_eq!(e.unwrap_err().code().map(|c| c.code()), Some("42704"));
+    }
+    assert_eq!(errors[0], errors[1], "as Postgres words it");
+    assert_eq!(errors[0].0, "55000");
+    assert_eq!(
+        ids_on(&env).await,
+        vec![Vec::<i64>::new(); 2],
+        "rolled back"
+    );
+}

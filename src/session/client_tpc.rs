@@ -306,10 +306,11 @@ pub(super) fn not_alone() -> ProxyError {
     )
 }
 
-/// Postgres's error for PREPARE TRANSACTION without `max_prepared_transactions`.
+/// Postgres's error for PREPARE TRANSACTION without `max_prepared_transactions` (here:
+/// on some shard; the proxy logged which at startup).
 fn disabled() -> ProxyError {
     ProxyError::Backend {
         code: "55000".into(),
-        message: "prepared transactions are disabled: set max_prepared_transactions to a nonzero value on every shard".into(),
+        message: "prepared transactions are disabled".into(),
     }
 }
