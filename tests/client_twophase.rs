@@ -459,13 +459,29 @@ async fn errors_match_postgres() {
         assert_eq!(got.err().and_then(msg).as_deref(), Some(inside));
         c.batch_execute("ROLLBACK").await.unwrap();
     }
-    // Among other statements it is refused before anything runs (forwarded, it would
-    // prepare one shard under an id nothing records).
-    let mixed = format!(
-        "BEGIN; INSERT INTO tpc_users VALUES ({}, 'm'); PREPARE TRANSACTION 'tpc-mixed'",
-        ids[0][0]
+    // In one query string, as psycopg's own tests send it; COMMIT PREPARED in a string's
+    // implicit transaction is allowed, as in Postgres.
+    let g = unique("string");
+    px.batch_execute(&format!(
+        "BEGIN; INSERT INTO tpc_users VALUES ({}, 'm'), ({}, 'm'); PREPARE TRANSACTION '{g}'",
+        ids[0][0], ids[1][0]
+    ))
+    .await
+    .unwrap();
+    assert_eq!(env.prepared_left().await, [1, 1]);
+    px.batch_execute(&format!("SELECT 1; COMMIT PREPARED '{g}'"))
+        .await
+        .unwrap();
+    assert_eq!(env.prepared_left().await, [0, 0]);
+    assert_eq!(ids_on(&env).await, [vec![ids[0][0]], vec![ids[1][0]]]);
+    // Without BEGIN Postgres would commit the string's statements instead: refused, and
+    // nothing of the string stays.
+    let implicit = format!(
+        "INSERT INTO tpc_users VALUES ({}, 'i'); PREPARE TRANSACTION '{g}-i'",
+        ids[0][1]
     );
-    assert_eq!(code_of(&px, &mixed).await.as_deref(), Some("0A000"));
+    assert_eq!(code_of(&px, &implicit).await.as_deref(), Some("0A000"));
+    assert_eq!(ids_on(&env).await, [vec![ids[0][0]], vec![ids[1][0]]]);
     assert_eq!(env.prepared_left().await, [0, 0]);
     // The proxy's own ids stay its own.
     px.batch_execute("BEGIN").await.unwrap();

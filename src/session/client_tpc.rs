@@ -252,7 +252,8 @@ impl Session {
         } else {
             "ROLLBACK PREPARED"
         };
-        if self.txn.status.is_open() {
+        // (A multi-statement string's implicit transaction allows it, as in Postgres.)
+        if self.txn.status.is_open() && !self.txn.implicit {
             self.push_error(&ProxyError::Backend {
                 code: "25001".into(),
                 message: format!("{what} cannot run inside a transaction block"),
@@ -277,9 +278,8 @@ impl Session {
 }
 
 impl Session {
-    /// Whether a query string or pipeline of several statements holds a client two-phase
-    /// command (`kinds`: its statements' kinds): refused, as the proxy answers one only on
-    /// its own — forwarded, it would prepare one shard under an unrecorded id.
+    /// Whether statements of kinds `kinds` hold a client two-phase command: the proxy
+    /// answers one itself — forwarded, it would prepare one shard under an unrecorded id.
     pub(super) fn two_phase_among<'a>(kinds: impl IntoIterator<Item = &'a StmtKind>) -> bool {
         kinds
             .into_iter()
@@ -299,10 +299,18 @@ impl Session {
     }
 }
 
-/// The error for a client two-phase command among other statements.
+/// The error for a client two-phase command among other statements of a pipeline.
 pub(super) fn not_alone() -> ProxyError {
     ProxyError::Unsupported(
-        "PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED must be sent as a statement of their own (a query string or pipeline of just that statement)".into(),
+        "PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED are answered in a pipeline of transaction-control statements only; send them with their own Sync".into(),
+    )
+}
+
+/// The error for PREPARE TRANSACTION in a query string's implicit transaction (no BEGIN):
+/// Postgres warns and commits it there, which the proxy does not imitate.
+pub(super) fn prepare_in_implicit() -> ProxyError {
+    ProxyError::Unsupported(
+        "PREPARE TRANSACTION in a multi-statement query string without BEGIN is refused (Postgres would commit the string's statements instead); use BEGIN … PREPARE TRANSACTION".into(),
     )
 }
 

@@ -6,7 +6,7 @@ use super::relay::{Expect, Outcome, RelayError};
 use super::txn::SettingChange;
 use super::{Session, SessionEnd, Target, Txn, TxnStatus};
 use crate::error::ProxyError;
-use crate::routing::router::{Execution, Plan, StmtKind};
+use crate::routing::router::{Execution, Plan, StmtKind, TpcOp};
 use crate::wire::protocol::build;
 
 impl Session {
@@ -76,11 +76,6 @@ impl Session {
                 self.txn.ddl = true;
             }
         }
-        if plan.stmts.len() > 1 && Self::two_phase_among(plan.stmts.iter().map(|s| &s.kind)) {
-            self.push_error(&super::client_tpc::not_alone());
-            self.push_ready();
-            return Ok(());
-        }
         let single = (plan.stmts.len() == 1).then(|| plan.stmts[0].kind.clone());
         // An aborted transaction lets only COMMIT, ROLLBACK and ROLLBACK TO through.
         if self.txn.failed && !single.as_ref().is_some_and(super::txn::exits_failed) {
@@ -94,6 +89,8 @@ impl Session {
             }
         } else if plan.stmts.iter().any(|s| is_session_command(&s.kind))
             || self.notify_alone(&plan)
+            // A client two-phase command among others: the proxy answers it in turn.
+            || Self::two_phase_among(plan.stmts.iter().map(|s| &s.kind))
             || self.txn.status.is_open()
                 && plan
                     .stmts
@@ -622,6 +619,12 @@ impl Session {
                 return self.sql_prepared_one(&st.kind, text).await;
             }
             StmtKind::Notify(cmd) => return Ok(self.notify_statement(cmd).await),
+            StmtKind::TwoPhase(TpcOp::Prepare(_)) if self.txn.implicit => {
+                self.push_error(&super::client_tpc::prepare_in_implicit());
+                self.txn.fail();
+                return Ok(false);
+            }
+            StmtKind::TwoPhase(op) => return self.two_phase(op, false).await,
             _ => {}
         }
         let (one, scanned, text) = match st.generate() {
@@ -704,7 +707,11 @@ fn is_session_command(k: &StmtKind) -> bool {
 fn is_txn_control(k: &StmtKind) -> bool {
     matches!(
         k,
-        StmtKind::Begin | StmtKind::Commit | StmtKind::Rollback | StmtKind::Savepoint(_)
+        StmtKind::Begin
+            | StmtKind::Commit
+            | StmtKind::Rollback
+            | StmtKind::Savepoint(_)
+            | StmtKind::TwoPhase(_)
     )
 }
 
