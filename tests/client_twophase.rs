@@ -103,7 +103,7 @@ async fn psycopg_tpc_prepares_every_shard_and_finishes_from_another_connection()
     let prepared = prepared_on(&env).await;
     assert_eq!(
         prepared[0],
-        [gid.clone()],
+        std::slice::from_ref(&gid),
         "the client's gid on the default shard"
     );
     for p in &prepared[1..] {
@@ -164,19 +164,22 @@ impl Serve {
             yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}")),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_shardwire"))
-            .args(["--log-level", "warn", "serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let serve = Serve(
+            Command::new(env!("CARGO_BIN_EXE_shardwire"))
+                .args(["--log-level", "warn", "serve", "--config"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+            dir,
+        );
         let conninfo =
             format!("host=127.0.0.1 port={port} user=app password=app-secret dbname=app");
         for _ in 0..100 {
             if let Ok((c, conn)) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
                 tokio::spawn(conn);
-                return (Serve(child, dir), c);
+                return (serve, c);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
