@@ -14,6 +14,9 @@
 //! any participant is finished) → deleted once every participant is finished. All state
 //! lives in the record and the shards, so any connection of any proxy can finish it.
 //!
+//! (It does not use [`super::twophase`], which calls it: the proxy's own commits and the
+//! client's share only the shards.)
+//!
 //! Recovery ([`recover`]) rolls back a `preparing` record older than its threshold (the
 //! client never heard of success), finishes `committing`/`aborting` ones, and never
 //! touches a `prepared` one, whatever its age: that decision is the client's.
@@ -23,7 +26,6 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use super::twophase::{commit_prepared_sql, prepare_sql, rollback_prepared_sql};
 use crate::error::ProxyError;
 use crate::sharding::shardmap::ShardMap;
 
@@ -33,6 +35,21 @@ pub const CLIENT_TABLE: &str = "public.shardwire_2pc_client";
 pub const DERIVED_PREFIX: &str = "shardwire-client-";
 /// Longest wait for one step on a control connection.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `PREPARE TRANSACTION 'gid'`.
+pub fn prepare_sql(gid: &str) -> String {
+    format!("PREPARE TRANSACTION {}", crate::quote::literal(gid))
+}
+
+/// `COMMIT PREPARED 'gid'`.
+fn commit_prepared_sql(gid: &str) -> String {
+    format!("COMMIT PREPARED {}", crate::quote::literal(gid))
+}
+
+/// `ROLLBACK PREPARED 'gid'`.
+pub fn rollback_prepared_sql(gid: &str) -> String {
+    format!("ROLLBACK PREPARED {}", crate::quote::literal(gid))
+}
 
 /// The statement that creates [`CLIENT_TABLE`].
 pub fn create_sql() -> String {

@@ -12,10 +12,9 @@
 
 use std::time::Duration;
 
-use super::extended::Op;
 use super::txn::Step;
 use super::{Session, SessionEnd, Txn};
-use crate::backend::twophase::{self, GID_PREFIX};
+use crate::backend::twophase::GID_PREFIX;
 use crate::backend::twophase_client::{self as client, ClientLog, Part, TpcError};
 use crate::error::ProxyError;
 use crate::routing::router::{StmtKind, TpcOp};
@@ -96,7 +95,7 @@ impl Session {
         let mut failure: Option<ProxyError> = None;
         for (k, &ci) in idxs.iter().enumerate() {
             let shard = self.conns[ci].shard;
-            match self.step(ci, &twophase::prepare_sql(&parts[k].gid)).await {
+            match self.step(ci, &client::prepare_sql(&parts[k].gid)).await {
                 Ok(r) if r.is("PREPARE TRANSACTION") => prepared.push(k),
                 Ok(r) => {
                     let (code, message) = r.error.unwrap_or_else(|| {
@@ -212,7 +211,7 @@ impl Session {
         for (k, &ci) in idxs.iter().enumerate() {
             let was_prepared = prepared.contains(&k);
             let sql = if was_prepared {
-                twophase::rollback_prepared_sql(&parts[k].gid)
+                client::rollback_prepared_sql(&parts[k].gid)
             } else {
                 "ROLLBACK".to_string()
             };
@@ -284,18 +283,6 @@ impl Session {
         kinds
             .into_iter()
             .any(|k| matches!(k, StmtKind::TwoPhase(_)))
-    }
-
-    /// Whether the pipeline `ops` binds a client two-phase command. (Checking the Binds is
-    /// enough: a pipeline that binds one is refused unless the proxy answered it, and the
-    /// proxy answers its Bind itself, so no shard holds such a portal.)
-    pub(super) fn two_phase_bound(ops: &[Op]) -> bool {
-        ops.iter().any(|op| match op {
-            Op::Bind(p, _, _) | Op::Gather(_, p) => {
-                Self::two_phase_among(p.plan.stmts.first().map(|s| &s.kind))
-            }
-            _ => false,
-        })
     }
 }
 

@@ -304,8 +304,8 @@ impl Session {
             return Ok(None);
         }
         // Not answered above: a client two-phase command must not reach a shard as sent.
-        if cut.is_none() && Self::two_phase_bound(&ops) {
-            cut = Some(super::client_tpc::not_alone());
+        if let Some(e) = cut.is_none().then(|| Self::two_phase_stray(&ops)).flatten() {
+            cut = Some(e);
             ops.clear();
             if !sync {
                 batch.skip_to_sync = true;

@@ -319,3 +319,18 @@ impl Session {
         Ok(!self.txn.failed)
     }
 }
+
+impl Session {
+    /// The error for a pipeline the proxy did not answer itself that binds a client
+    /// two-phase command: it must never reach a shard as sent. (Checking the Binds is
+    /// enough: the proxy answers such a Bind itself, so no shard holds such a portal.)
+    pub(super) fn two_phase_stray(ops: &[Op]) -> Option<crate::error::ProxyError> {
+        let bound = ops.iter().any(|op| match op {
+            Op::Bind(p, _, _) | Op::Gather(_, p) => {
+                Self::two_phase_among(p.plan.stmts.first().map(|s| &s.kind))
+            }
+            _ => false,
+        });
+        bound.then(super::client_tpc::not_alone)
+    }
+}
