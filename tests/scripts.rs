@@ -328,3 +328,73 @@ async fn session_pooling_refuses_scripts_across_shards() {
     assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
     assert_eq!(counts(&env, "sc_users").await, vec![0, 0, 0]);
 }
+
+/// Issue 19: Sequelize's `findOrCreate` — in a transaction, a script that creates a
+/// temporary PL/pgSQL function wrapping the INSERT (to catch a unique violation), calls it
+/// and drops it. The proxy routes the function by the key its INSERT writes, so the whole
+/// script runs on that shard: the row lands there, and a second run catches the duplicate
+/// inside the function and the transaction still commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequelize_find_or_create_script() {
+    let env = TestEnv::new(3).await;
+    let yaml = env.shard_map_yaml(TABLES, "");
+    let map = ShardMap::from_yaml_str(&yaml, "t").unwrap();
+    let proxy = Proxy::start_yaml(&yaml).await;
+    let c = proxy.client().await;
+    c.batch_execute("CREATE TABLE sc_users (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let script = |id: i64| {
+        format!(
+            "CREATE OR REPLACE FUNCTION pg_temp.testfunc(OUT response \"sc_users\", OUT sequelize_caught_exception text) \
+             RETURNS RECORD AS $func_5e1b$ BEGIN INSERT INTO \"sc_users\" (\"id\",\"name\") VALUES ({id},'n{id}') RETURNING * INTO response; \
+             EXCEPTION WHEN unique_violation THEN GET STACKED DIAGNOSTICS sequelize_caught_exception = PG_EXCEPTION_DETAIL; \
+             END $func_5e1b$ LANGUAGE plpgsql; \
+             SELECT (testfunc.response).*, testfunc.sequelize_caught_exception FROM pg_temp.testfunc(); \
+             DROP FUNCTION IF EXISTS pg_temp.testfunc();"
+        )
+    };
+    for shard in 0..3 {
+        let id = ids_on(&map, shard, 1)[0];
+        for round in 0..2 {
+            c.batch_execute("START TRANSACTION").await.unwrap();
+            c.simple_query(&format!("SELECT id FROM sc_users WHERE id = {id}"))
+                .await
+                .unwrap();
+            let rows: Vec<_> = c
+                .simple_query(&script(id))
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => {
+                        Some((r.get(0).map(str::to_string), r.get(2).map(str::to_string)))
+                    }
+                    _ => None,
+                })
+                .collect();
+            c.batch_execute("COMMIT").await.unwrap();
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            if round == 0 {
+                assert_eq!(rows[0], (Some(id.to_string()), None), "created");
+            } else {
+                assert_eq!(rows[0].0, None, "found, not created");
+                assert!(
+                    rows[0]
+                        .1
+                        .as_deref()
+                        .is_some_and(|d| d.contains("already exists")),
+                    "{rows:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(counts(&env, "sc_users").await, vec![1, 1, 1]);
+    for (s, id) in env.placed("sc_users", "id").await {
+        assert_eq!(map.hash_shard(&KeyValue::Int(id)), s, "row {id}");
+    }
+    // Outside a transaction too (the script is then one implicit transaction on the shard).
+    let id = ids_on(&map, 2, 2)[1];
+    c.simple_query(&script(id)).await.unwrap();
+    assert_eq!(counts(&env, "sc_users").await, vec![1, 1, 2]);
+}

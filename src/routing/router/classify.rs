@@ -61,6 +61,20 @@ pub(super) fn plan_template(
             });
             continue;
         }
+        if let Some((kind, route)) = super::temp_function::classify(map, node, text) {
+            // A temporary function goes to the shard its body reaches (its temporary objects
+            // stay on that backend: closed, not pooled, after).
+            stmts.push(StmtPlan {
+                kind,
+                route,
+                span,
+                replicated: false,
+                exec: Execution::Forward,
+                reshapes: false,
+                dirties: matches!(node, NodeEnum::CreateFunctionStmt(_)),
+            });
+            continue;
+        }
         if let NodeEnum::InsertStmt(ins) = node {
             // An INSERT the proxy completes first is planned in its completed form.
             let exec = match super::generate::plan_generate(map, ins) {

@@ -32,6 +32,7 @@ mod split;
 mod sql_prepare;
 mod stmt;
 mod substitute;
+mod temp_function;
 mod template;
 mod writes;
 
@@ -273,6 +274,46 @@ mod tests {
             route("SELECT * FROM users WHERE id = 2e0"),
             RouteSpec::All
         ));
+    }
+
+    /// Sequelize's findOrCreate script: the temporary function goes to the shard of the key
+    /// its INSERT writes, the call and the DROP follow it, so the script has one shard.
+    #[test]
+    fn temporary_functions_follow_their_body() {
+        let script = |id: &str| {
+            format!(
+                "CREATE OR REPLACE FUNCTION pg_temp.testfunc(OUT response \"users\", OUT sequelize_caught_exception text) \
+                 RETURNS RECORD AS $func_1a$ BEGIN INSERT INTO \"users\" (\"id\",\"name\") VALUES ({id},'x') RETURNING * INTO response; \
+                 EXCEPTION WHEN unique_violation THEN GET STACKED DIAGNOSTICS sequelize_caught_exception = PG_EXCEPTION_DETAIL; \
+                 END $func_1a$ LANGUAGE plpgsql; \
+                 SELECT (testfunc.response).*, testfunc.sequelize_caught_exception FROM pg_temp.testfunc(); \
+                 DROP FUNCTION IF EXISTS pg_temp.testfunc();"
+            )
+        };
+        let p = plan(&map(), &script("7")).unwrap();
+        let want = route("SELECT * FROM users WHERE id = 7");
+        match (&p.stmts[0].route, want) {
+            (RouteSpec::Shard(a), RouteSpec::Shard(b)) => assert_eq!(*a, b),
+            other => panic!("{other:?}"),
+        }
+        assert!(p.stmts[0].dirties);
+        assert!(
+            matches!(p.stmts[1].route, RouteSpec::Any),
+            "{:?}",
+            p.stmts[1].route
+        );
+        assert!(
+            matches!(p.stmts[2].route, RouteSpec::Any),
+            "{:?}",
+            p.stmts[2].route
+        );
+        // A body whose key is not a constant reaches every shard: refused.
+        let p = plan(&map(), &script("(SELECT max(id) FROM users)")).unwrap();
+        assert!(
+            matches!(p.stmts[0].route, RouteSpec::Refuse(_)),
+            "{:?}",
+            p.stmts[0].route
+        );
     }
 
     #[test]
