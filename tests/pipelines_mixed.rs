@@ -195,6 +195,28 @@ async fn mixed_pipeline_joins_the_block_and_refuses_commit_inside() {
     assert_eq!(first_error(&r).as_deref(), Some("0A000"), "{r:?}");
     assert_eq!(status(&r), b'I');
     assert_eq!(counts(&env, "mp_users").await, vec![1, 0, 0]);
+
+    // A named statement parsed in a refused pipeline was never reported parsed: the same
+    // name parses again afterwards (no 42P05).
+    w.parse("late", "INSERT INTO mp_users VALUES ($1, $2)")
+        .bind("", "late", &[&p(0, 3), "a"])
+        .execute("", 0)
+        .bind("", "commit", &[])
+        .execute("", 0)
+        .bind("", "ins_u", &[&p(1, 3), "b"])
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let r = w.until_ready().await;
+    assert_eq!(first_error(&r).as_deref(), Some("0A000"), "{r:?}");
+    w.parse("late", "INSERT INTO mp_users VALUES ($1, $2)")
+        .bind("", "late", &[&p(0, 3), "a"])
+        .execute("", 0)
+        .sync();
+    w.send().await;
+    let r = w.until_ready().await;
+    assert_eq!(tags(&r), "12CZ", "{r:?}");
+    assert_eq!(counts(&env, "mp_users").await, vec![2, 0, 0]);
 }
 
 /// Issue 19 must-show 2: `kill -9` of the proxy while clients send scripts and pipelines

@@ -124,6 +124,18 @@ pub(super) const NO_DATA: Bytes = Bytes::from_static(&[b'n', 0, 0, 0, 4]);
 pub(super) const CLOSE_COMPLETE: Bytes = Bytes::from_static(&[b'3', 0, 0, 0, 4]);
 
 impl Session {
+    /// Drops a pipeline's operations that will not run (it was refused before anything ran):
+    /// the statements its Parses registered are forgotten too, since the client gets no
+    /// ParseComplete for them (else its next Parse of the name would meet 42P05).
+    fn drop_unrun(&mut self, ops: &mut Vec<Op>) {
+        for op in ops.iter() {
+            if let Op::Parse(p) = op {
+                self.stmts.retain(|_, s| !Arc::ptr_eq(s, p));
+            }
+        }
+        ops.clear();
+    }
+
     /// Refuses the whole pending batch with `e` before any of it ran: the error, then
     /// ReadyForQuery at a Sync, or (at a Flush) the messages until Sync are skipped.
     fn refuse_batch(&mut self, batch: &mut Batch, e: &ProxyError, sync: bool) {
@@ -240,7 +252,7 @@ impl Session {
                             rest = Some(r);
                             if let Some(e) = self.begin_segments(&ops) {
                                 cut = Some(e);
-                                ops.clear();
+                                self.drop_unrun(&mut ops);
                                 rest = None;
                             }
                         }
@@ -255,7 +267,7 @@ impl Session {
             // A later segment: what it may hold is checked before it runs.
             if let Some(e) = self.segment_refusal(&ops) {
                 cut = Some(e);
-                ops.clear();
+                self.drop_unrun(&mut ops);
             }
         }
         // Keep the (now empty) frame list's capacity for the next pipeline, if small.
@@ -306,7 +318,7 @@ impl Session {
         // Not answered above: a client two-phase command must not reach a shard as sent.
         if let Some(e) = cut.is_none().then(|| Self::two_phase_stray(&ops)).flatten() {
             cut = Some(e);
-            ops.clear();
+            self.drop_unrun(&mut ops);
             if !sync {
                 batch.skip_to_sync = true;
             }
@@ -317,7 +329,7 @@ impl Session {
             cut = Some(ProxyError::Unsupported(
                 "in a failed transaction, send ROLLBACK TO SAVEPOINT in a pipeline of transaction-control statements only, then Sync".into(),
             ));
-            ops.clear();
+            self.drop_unrun(&mut ops);
             if !sync {
                 batch.skip_to_sync = true;
             }
@@ -326,7 +338,7 @@ impl Session {
             // Postgres runs a pipeline outside a transaction block as one implicit transaction:
             // an error anywhere undoes all of it. The proxy found the error before sending
             // anything, so nothing runs at all (never a half-applied pipeline).
-            ops.clear();
+            self.drop_unrun(&mut ops);
         }
         if cut.is_none() && batch.open.is_none() {
             self.lazy_begin_in_pipeline(&mut ops);
