@@ -61,7 +61,7 @@ pub(super) fn plan_template(
             });
             continue;
         }
-        if let Some((kind, route)) = super::temp_function::classify(map, node, text) {
+        if let Some((kind, route)) = super::temp_function::classify(map, node, text, plan) {
             // A temporary function goes to the shard its body reaches (its temporary objects
             // stay on that backend: closed, not pooled, after).
             stmts.push(StmtPlan {

@@ -20,9 +20,13 @@
 
 use pg_query::{protobuf, NodeEnum};
 
-use super::stmt::{RouteSpec, StmtKind};
+use super::stmt::{Plan, RouteSpec, StmtKind};
 use crate::error::ProxyError;
 use crate::sharding::shardmap::ShardMap;
+
+/// How a statement of a function's body is planned (the router's own `plan`, passed in so
+/// that this module does not import the classifier that calls it).
+pub(super) type Planner = fn(&ShardMap, &str) -> Result<Plan, ProxyError>;
 
 /// Kind and route of a statement that creates or drops a temporary function; `None` for
 /// any other statement.
@@ -30,11 +34,12 @@ pub(super) fn classify(
     map: &ShardMap,
     node: &NodeEnum,
     text: &str,
+    plan: Planner,
 ) -> Option<(StmtKind, RouteSpec)> {
     match node {
         NodeEnum::CreateFunctionStmt(f) if in_pg_temp(&f.funcname) => Some((
             StmtKind::Other,
-            body_route(map, text, &name_of(&f.funcname)),
+            body_route(map, text, &name_of(&f.funcname), plan),
         )),
         NodeEnum::DropStmt(d)
             if d.remove_type == protobuf::ObjectType::ObjectFunction as i32
@@ -68,7 +73,7 @@ fn name_of(name: &[pg_query::protobuf::Node]) -> String {
 }
 
 /// The one shard the function's statements reach (`Any` when none reaches a sharded table).
-fn body_route(map: &ShardMap, text: &str, name: &str) -> RouteSpec {
+fn body_route(map: &ShardMap, text: &str, name: &str, plan: Planner) -> RouteSpec {
     let refuse = |why: String| {
         RouteSpec::Refuse(ProxyError::Unsupported(format!(
             "temporary function {name}: {why}; the proxy creates a temporary function on the one shard its statements reach (constant shard keys, one shard)"
@@ -85,12 +90,11 @@ fn body_route(map: &ShardMap, text: &str, name: &str) -> RouteSpec {
     let mut shard: Option<usize> = None;
     for q in queries {
         // Statements parse as they are; expressions (conditions, assignments) as a SELECT.
-        let plan = super::classify::plan(map, &q)
-            .or_else(|_| super::classify::plan(map, &format!("SELECT {q}")));
-        let Ok(plan) = plan else {
+        let planned = plan(map, &q).or_else(|_| plan(map, &format!("SELECT {q}")));
+        let Ok(planned) = planned else {
             return refuse(format!("cannot plan `{q}`"));
         };
-        for st in &plan.stmts {
+        for st in &planned.stmts {
             match &st.route {
                 RouteSpec::Any => {}
                 RouteSpec::Shard(s) => match shard {
