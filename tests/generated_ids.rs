@@ -484,7 +484,7 @@ async fn values_already_on_the_shards_are_never_reissued() {
         .shard_client(0)
         .await
         .query_one(
-            "SELECT next_value FROM shardwire_sequences WHERE name = 'public.accounts_id_seq'",
+            "SELECT next_value FROM shardwire.shardwire_sequences WHERE name = 'public.accounts_id_seq'",
             &[],
         )
         .await

@@ -346,12 +346,16 @@ async fn a_hold_that_lost_its_row_ends_by_itself() {
     common::create_users(&c, "", 3).await;
     let control = env.shard_client(0).await;
     control
+        .batch_execute(&shardwire::backend::control_schema::prepare_sql())
+        .await
+        .unwrap();
+    control
         .batch_execute(shardwire::rebalance::control::SCHEMA)
         .await
         .unwrap();
     control
         .batch_execute(
-            "INSERT INTO shardwire_rebalance (id, run_id, from_map, to_map, phase, hold) \
+            "INSERT INTO shardwire.shardwire_rebalance (id, run_id, from_map, to_map, phase, hold) \
              VALUES (1, 666, '', '', 'preparing', true); NOTIFY shardwire_rebalance",
         )
         .await
@@ -365,7 +369,7 @@ async fn a_hold_that_lost_its_row_ends_by_itself() {
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     assert!(!waiting.is_finished(), "the hold holds statements");
     control
-        .batch_execute("DELETE FROM shardwire_rebalance; NOTIFY shardwire_rebalance")
+        .batch_execute("DELETE FROM shardwire.shardwire_rebalance; NOTIFY shardwire_rebalance")
         .await
         .unwrap();
     let (n, took) = waiting.await.unwrap();
@@ -535,4 +539,72 @@ async fn a_cancel_while_waiting_for_a_pooled_connection_cancels_the_statement() 
         .await
         .unwrap();
     assert_eq!(one(&holder, "SELECT count(*) FROM cancel_probe").await, "1");
+}
+
+/// Issue 17: the proxy's control tables live in the `shardwire` schema, not in the
+/// application's `public` (schema reflection — SQLAlchemy, Alembic autogenerate, Django
+/// inspectdb — and migration tools no longer list them); a table an older proxy made in
+/// `public` is moved there with its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_tables_live_in_their_own_schema() {
+    let env = TestEnv::new(2).await;
+    let s0 = env.shard_client(0).await;
+    s0.batch_execute(
+        "CREATE TABLE public.shardwire_sequences (name text PRIMARY KEY, next_value bigint NOT NULL, \
+         updated_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO public.shardwire_sequences (name, next_value) VALUES ('public.old_seq', 42)",
+    )
+    .await
+    .unwrap();
+    let proxy = Proxy::start(
+        &env,
+        "ct_items: { key: id, type: bigint, strategy: hash }\n",
+        "",
+    )
+    .await;
+    let c = proxy.client().await;
+    c.batch_execute("CREATE TABLE ct_items (id bigserial PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    // Generated ids (the allocator), a write on both shards in one transaction (2PC's log).
+    c.batch_execute("INSERT INTO ct_items (v) VALUES ('a'), ('b'), ('c'), ('d'), ('e'), ('f')")
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN; UPDATE ct_items SET v = v || '!'; COMMIT")
+        .await
+        .unwrap();
+    for s in 0..2 {
+        let public: i64 = env
+            .shard_client(s)
+            .await
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_schema = 'public' AND table_name LIKE 'shardwire%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(public, 0, "shard {s}: control tables in public");
+    }
+    for t in ["shardwire_sequences", "shardwire_2pc", "shardwire_proxies"] {
+        let there: bool = s0
+            .query_one(
+                &format!("SELECT to_regclass('shardwire.{t}') IS NOT NULL"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(there, "shardwire.{t}");
+    }
+    let kept: i64 = s0
+        .query_one(
+            "SELECT next_value FROM shardwire.shardwire_sequences WHERE name = 'public.old_seq'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 42, "the older proxy's row moved with its table");
 }

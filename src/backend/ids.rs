@@ -23,7 +23,7 @@ use crate::sharding::catalog::GenColumn;
 use crate::sharding::shardmap::ShardMap;
 
 /// The allocator table (on the default shard).
-pub const SEQ_TABLE: &str = "public.shardwire_sequences";
+pub const SEQ_TABLE: &str = "shardwire.shardwire_sequences";
 
 /// Values reserved per round trip to the allocator table.
 pub const BLOCK: i64 = 1000;
@@ -224,6 +224,9 @@ async fn open(map: &ShardMap, timeout: Duration) -> Result<tokio_postgres::Clien
         .connect_control(timeout)
         .await
         .map_err(|e| unavailable(map, &e.to_string()))?;
+    super::control_schema::prepare(&c)
+        .await
+        .map_err(|e| unavailable(map, &pg_error(&e)))?;
     let create = format!(
         "CREATE TABLE IF NOT EXISTS {SEQ_TABLE} (name text PRIMARY KEY, next_value bigint NOT NULL, \
          updated_at timestamptz NOT NULL DEFAULT now())"

@@ -5,6 +5,7 @@
 //! nothing of clients.
 
 pub mod conn;
+pub mod control_schema;
 pub mod ids;
 pub mod latency;
 pub mod notify;

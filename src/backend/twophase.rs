@@ -35,7 +35,7 @@ use crate::sharding::shardmap::ShardMap;
 
 /// The decision log table (on the default shard), schema-qualified so that a client's
 /// `search_path` on the connection that records a decision cannot hide it.
-pub const LOG_TABLE: &str = "public.shardwire_2pc";
+pub const LOG_TABLE: &str = "shardwire.shardwire_2pc";
 /// How often recovery looks for in-doubt transactions.
 pub const RECOVER_EVERY: Duration = Duration::from_secs(10);
 /// A prepared transaction older than this with no decision is presumed aborted.
@@ -162,6 +162,7 @@ pub async fn probe(map: &ShardMap) -> Result<bool, tokio_postgres::Error> {
         }
     }
     let c = connect(map, map.default_shard).await?;
+    super::control_schema::prepare(&c).await?;
     c.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {LOG_TABLE} (gid text PRIMARY KEY, decision text NOT NULL, \
          decided_at timestamptz NOT NULL DEFAULT now())"

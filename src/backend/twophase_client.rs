@@ -30,7 +30,7 @@ use crate::error::ProxyError;
 use crate::sharding::shardmap::ShardMap;
 
 /// The table of client-owned prepared transactions (on the default shard).
-pub const CLIENT_TABLE: &str = "public.shardwire_2pc_client";
+pub const CLIENT_TABLE: &str = "shardwire.shardwire_2pc_client";
 /// Prefix of the ids the proxy prepares a client transaction under on other shards.
 pub const DERIVED_PREFIX: &str = "shardwire-client-";
 /// Longest wait for one step on a control connection.

@@ -24,7 +24,7 @@ pub const PROXY_LEASE_SECS: i64 = 5;
 
 /// Creates the control tables when absent.
 pub const SCHEMA: &str = "\
-CREATE TABLE IF NOT EXISTS shardwire_rebalance (
+CREATE TABLE IF NOT EXISTS shardwire.shardwire_rebalance (
     id int PRIMARY KEY CHECK (id = 1),
     run_id bigint NOT NULL,
     from_map text NOT NULL,
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS shardwire_rebalance (
     started_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz
 );
-CREATE TABLE IF NOT EXISTS shardwire_rebalance_units (
+CREATE TABLE IF NOT EXISTS shardwire.shardwire_rebalance_units (
     run_id bigint NOT NULL,
     unit text NOT NULL,
     seq int NOT NULL,
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS shardwire_rebalance_units (
     checksum text,
     PRIMARY KEY (run_id, unit)
 );
-CREATE TABLE IF NOT EXISTS shardwire_proxies (
+CREATE TABLE IF NOT EXISTS shardwire.shardwire_proxies (
     id text PRIMARY KEY,
     seen timestamptz NOT NULL,
     acked bigint NOT NULL DEFAULT 0
@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS shardwire_proxies (
 
 /// The proxies' heartbeat table alone (proxies create it at startup).
 pub const PROXIES_SCHEMA: &str = "\
-CREATE TABLE IF NOT EXISTS shardwire_proxies (
+CREATE TABLE IF NOT EXISTS shardwire.shardwire_proxies (
     id text PRIMARY KEY,
     seen timestamptz NOT NULL,
     acked bigint NOT NULL DEFAULT 0
@@ -109,7 +109,10 @@ pub struct UnitRow {
 /// Reads the run, `None` when no rebalance was ever started (or the tables are absent).
 pub async fn read_run(c: &Client) -> Result<Option<RunState>, tokio_postgres::Error> {
     let exists = c
-        .query_one("SELECT to_regclass('shardwire_rebalance') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('shardwire.shardwire_rebalance') IS NOT NULL",
+            &[],
+        )
         .await?
         .get::<_, bool>(0);
     if !exists {
@@ -117,7 +120,7 @@ pub async fn read_run(c: &Client) -> Result<Option<RunState>, tokio_postgres::Er
     }
     let row = c
         .query_opt(
-            "SELECT run_id, from_map, to_map, phase, hold, epoch FROM shardwire_rebalance WHERE id = 1",
+            "SELECT run_id, from_map, to_map, phase, hold, epoch FROM shardwire.shardwire_rebalance WHERE id = 1",
             &[],
         )
         .await?;
@@ -135,7 +138,7 @@ pub async fn read_run(c: &Client) -> Result<Option<RunState>, tokio_postgres::Er
 pub async fn read_units(c: &Client, run_id: i64) -> Result<Vec<UnitRow>, tokio_postgres::Error> {
     let rows = c
         .query(
-            "SELECT unit, seq, kind, grp, src, dst, part, parts, state, rows_moved FROM shardwire_rebalance_units \
+            "SELECT unit, seq, kind, grp, src, dst, part, parts, state, rows_moved FROM shardwire.shardwire_rebalance_units \
              WHERE run_id = $1 ORDER BY seq",
             &[&run_id],
         )
@@ -166,7 +169,7 @@ pub async fn heartbeat(
     match acked {
         Some(epoch) => {
             c.execute(
-                "INSERT INTO shardwire_proxies (id, seen, acked) VALUES ($1, now(), $2) \
+                "INSERT INTO shardwire.shardwire_proxies (id, seen, acked) VALUES ($1, now(), $2) \
                  ON CONFLICT (id) DO UPDATE SET seen = now(), acked = EXCLUDED.acked",
                 &[&proxy_id, &epoch],
             )
@@ -174,7 +177,7 @@ pub async fn heartbeat(
         }
         None => {
             c.execute(
-                "INSERT INTO shardwire_proxies (id, seen) VALUES ($1, now()) \
+                "INSERT INTO shardwire.shardwire_proxies (id, seen) VALUES ($1, now()) \
                  ON CONFLICT (id) DO UPDATE SET seen = now()",
                 &[&proxy_id],
             )
@@ -188,7 +191,7 @@ pub async fn heartbeat(
 pub async fn lagging_proxies(c: &Client, epoch: i64) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = c
         .query(
-            "SELECT id FROM shardwire_proxies \
+            "SELECT id FROM shardwire.shardwire_proxies \
              WHERE seen > now() - make_interval(secs => $1) AND acked < $2 ORDER BY id",
             &[&(PROXY_LEASE_SECS as f64), &epoch],
         )
@@ -201,7 +204,7 @@ pub async fn lagging_proxies(c: &Client, epoch: i64) -> Result<Vec<String>, toki
 pub async fn stale_proxies(c: &Client) -> Result<Vec<(String, f64)>, tokio_postgres::Error> {
     let rows = c
         .query(
-            "SELECT id, extract(epoch FROM now() - seen)::float8 FROM shardwire_proxies \
+            "SELECT id, extract(epoch FROM now() - seen)::float8 FROM shardwire.shardwire_proxies \
              WHERE seen <= now() - make_interval(secs => $1) AND seen > now() - interval '10 minutes' \
              ORDER BY id",
             &[&(PROXY_LEASE_SECS as f64)],
@@ -241,12 +244,12 @@ pub async fn record_run(
     c.batch_execute("BEGIN").await?;
     let res = async {
         c.execute(
-            "DELETE FROM shardwire_rebalance_units WHERE run_id = $1",
+            "DELETE FROM shardwire.shardwire_rebalance_units WHERE run_id = $1",
             &[&run_id],
         )
         .await?;
         c.execute(
-            "INSERT INTO shardwire_rebalance (id, run_id, from_map, to_map, phase, hold, epoch) \
+            "INSERT INTO shardwire.shardwire_rebalance (id, run_id, from_map, to_map, phase, hold, epoch) \
              VALUES (1, $1, $2, $3, 'preparing', false, $4) \
              ON CONFLICT (id) DO UPDATE SET run_id = $1, from_map = $2, to_map = $3, phase = 'preparing', \
              hold = false, epoch = $4, started_at = now(), finished_at = NULL",
@@ -255,7 +258,7 @@ pub async fn record_run(
         .await?;
         for (i, u) in units.iter().enumerate() {
             c.execute(
-                "INSERT INTO shardwire_rebalance_units (run_id, unit, seq, kind, grp, src, dst, part, parts) \
+                "INSERT INTO shardwire.shardwire_rebalance_units (run_id, unit, seq, kind, grp, src, dst, part, parts) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 &[
                     &run_id,
@@ -289,7 +292,7 @@ pub async fn record_run(
 pub async fn set_phase(c: &Client, phase: &str) -> Result<i64, tokio_postgres::Error> {
     let r = c
         .query_one(
-            "WITH e AS (UPDATE shardwire_rebalance SET phase = $1, hold = false, epoch = epoch + 1, \
+            "WITH e AS (UPDATE shardwire.shardwire_rebalance SET phase = $1, hold = false, epoch = epoch + 1, \
              finished_at = CASE WHEN $1 = 'complete' THEN now() END WHERE id = 1 RETURNING epoch) \
              SELECT e.epoch, pg_notify($2, e.epoch::text) IS NULL FROM e",
             &[&phase, &CHANNEL],
@@ -302,7 +305,7 @@ pub async fn set_phase(c: &Client, phase: &str) -> Result<i64, tokio_postgres::E
 pub async fn set_hold(c: &Client, hold: bool) -> Result<i64, tokio_postgres::Error> {
     let r = c
         .query_one(
-            "WITH e AS (UPDATE shardwire_rebalance SET hold = $1, epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
+            "WITH e AS (UPDATE shardwire.shardwire_rebalance SET hold = $1, epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
              SELECT e.epoch, pg_notify($2, e.epoch::text) IS NULL FROM e",
             &[&hold, &CHANNEL],
         )
@@ -317,7 +320,7 @@ pub async fn unit_state(
     unit: &str,
 ) -> Result<String, tokio_postgres::Error> {
     Ok(c.query_one(
-        "SELECT state FROM shardwire_rebalance_units WHERE run_id = $1 AND unit = $2",
+        "SELECT state FROM shardwire.shardwire_rebalance_units WHERE run_id = $1 AND unit = $2",
         &[&run_id, &unit],
     )
     .await?
@@ -334,9 +337,9 @@ pub async fn record_switch(
     checksum: &str,
 ) -> Result<(), tokio_postgres::Error> {
     c.execute(
-        "WITH u AS (UPDATE shardwire_rebalance_units SET state = 'switched', rows_moved = $3, checksum = $4 \
+        "WITH u AS (UPDATE shardwire.shardwire_rebalance_units SET state = 'switched', rows_moved = $3, checksum = $4 \
          WHERE run_id = $1 AND unit = $2 RETURNING 1), \
-         e AS (UPDATE shardwire_rebalance SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
+         e AS (UPDATE shardwire.shardwire_rebalance SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch) \
          SELECT pg_notify($5, e.epoch::text) FROM e, u",
         &[&run_id, &unit, &rows_moved, &checksum, &CHANNEL],
     )
@@ -355,14 +358,14 @@ pub async fn mark_done(
     match rows_moved {
         Some(n) => {
             c.execute(
-                "UPDATE shardwire_rebalance_units SET state = 'done', rows_moved = $3 WHERE run_id = $1 AND unit = $2",
+                "UPDATE shardwire.shardwire_rebalance_units SET state = 'done', rows_moved = $3 WHERE run_id = $1 AND unit = $2",
                 &[&run_id, &unit, &n],
             )
             .await?
         }
         None => {
             c.execute(
-                "UPDATE shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
+                "UPDATE shardwire.shardwire_rebalance_units SET state = 'done' WHERE run_id = $1 AND unit = $2",
                 &[&run_id, &unit],
             )
             .await?

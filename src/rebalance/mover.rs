@@ -44,14 +44,14 @@ use crate::wire::copybin::{TupleReader, HEADER, TRAILER};
 /// `WHEN` clause skips the rebalance's own writes (copies, deletes) without calling the
 /// function: its sessions set `shardwire.rebalance = 'mover'`.
 pub const CAPTURE_SQL: &str = "\
-CREATE TABLE IF NOT EXISTS shardwire_rebalance_log (id bigserial PRIMARY KEY, tbl text NOT NULL, key text);
-CREATE OR REPLACE FUNCTION shardwire_rebalance_capture() RETURNS trigger LANGUAGE plpgsql AS $f$
+CREATE TABLE IF NOT EXISTS shardwire.shardwire_rebalance_log (id bigserial PRIMARY KEY, tbl text NOT NULL, key text);
+CREATE OR REPLACE FUNCTION shardwire.shardwire_rebalance_capture() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], to_jsonb(NEW) ->> TG_ARGV[1]);
+        INSERT INTO shardwire.shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], to_jsonb(NEW) ->> TG_ARGV[1]);
     END IF;
     IF TG_OP = 'DELETE' OR (to_jsonb(OLD) ->> TG_ARGV[1]) IS DISTINCT FROM (to_jsonb(NEW) ->> TG_ARGV[1]) THEN
-        INSERT INTO shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], to_jsonb(OLD) ->> TG_ARGV[1]);
+        INSERT INTO shardwire.shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], to_jsonb(OLD) ->> TG_ARGV[1]);
     END IF;
     RETURN NULL;
 END $f$;";
@@ -73,6 +73,7 @@ const SEND_AT: usize = 256 * 1024;
 
 /// Installs the capture trigger on `tables` of one shard (idempotent).
 pub async fn install_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), RebalanceError> {
+    crate::backend::control_schema::prepare(c).await?;
     c.batch_execute(CAPTURE_SQL).await?;
     for t in tables {
         let exists: bool = c
@@ -86,7 +87,7 @@ pub async fn install_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), 
             c.batch_execute(&format!(
                 "CREATE TRIGGER shardwire_rebalance_capture AFTER INSERT OR UPDATE OR DELETE ON {} \
                  FOR EACH ROW WHEN (current_setting('shardwire.rebalance', true) IS DISTINCT FROM 'mover') \
-                 EXECUTE FUNCTION shardwire_rebalance_capture({}, {})",
+                 EXECUTE FUNCTION shardwire.shardwire_rebalance_capture({}, {})",
                 quote::qualified(&t.name),
                 quote::literal(&t.name),
                 quote::literal(&t.key)
@@ -107,7 +108,7 @@ pub async fn remove_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), R
         .await?;
     }
     c.batch_execute(
-        "DROP TABLE IF EXISTS shardwire_rebalance_log; DROP FUNCTION IF EXISTS shardwire_rebalance_capture()",
+        "DROP TABLE IF EXISTS shardwire.shardwire_rebalance_log; DROP FUNCTION IF EXISTS shardwire.shardwire_rebalance_capture()",
     )
     .await?;
     Ok(())
@@ -401,8 +402,8 @@ impl UnitJob<'_> {
         loop {
             let rows = c
                 .query(
-                    "DELETE FROM shardwire_rebalance_log WHERE id IN \
-                     (SELECT id FROM shardwire_rebalance_log WHERE tbl = ANY($1) ORDER BY id LIMIT $2) \
+                    "DELETE FROM shardwire.shardwire_rebalance_log WHERE id IN \
+                     (SELECT id FROM shardwire.shardwire_rebalance_log WHERE tbl = ANY($1) ORDER BY id LIMIT $2) \
                      RETURNING tbl, key",
                     &[&names, &LOG_BATCH],
                 )
