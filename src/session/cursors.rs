@@ -221,6 +221,32 @@ impl Session {
         }
     }
 
+    /// For a cursor statement bound in a pipeline the proxy relays: a DECLARE on one shard is
+    /// remembered there; a FETCH/MOVE/CLOSE of such a cursor is sent there (`t` is set to it,
+    /// and true returned).
+    pub(super) fn cursor_shard(&mut self, cmd: &CursorCmd, t: &mut Target) -> bool {
+        match (cmd, *t) {
+            (CursorCmd::Declare(d), Target::Shard(s)) => {
+                self.cursors_mut().on_shard.insert(d.name.clone(), s);
+                false
+            }
+            (CursorCmd::Declare(_), _) => false,
+            (other, _) => {
+                let Some(&s) = other
+                    .target()
+                    .and_then(|n| self.cursors.as_ref().and_then(|c| c.on_shard.get(n)))
+                else {
+                    return false;
+                };
+                if let (CursorCmd::Close(Some(n)), Some(c)) = (other, self.cursors.as_mut()) {
+                    c.on_shard.remove(n);
+                }
+                *t = Target::Shard(s);
+                true
+            }
+        }
+    }
+
     /// Queues a kept cursor statement's tag or error (and ReadyForQuery unless hidden).
     pub(super) fn cursor_reply(&mut self, r: Result<String, Fail>, hide_ready: bool) -> Outcome {
         let error = match r {

@@ -113,7 +113,7 @@ impl Session {
                     .first()
                     .map(|s| s.route.clone())
                     .unwrap_or(RouteSpec::Any);
-                let t = m.with_params(|params| {
+                let mut t = m.with_params(|params| {
                     let is_binary = |i| m.is_binary(i);
                     match self.params_utf8(params, &is_binary) {
                         Some(c) => {
@@ -128,7 +128,13 @@ impl Session {
                         "a multi-row INSERT whose rows belong to different shards is split only as a pipeline of its own ([Parse], Bind, [Describe], Execute, Sync); send a Sync before and after it".into(),
                     ));
                 }
-                if !matches!(route, RouteSpec::Any) {
+                // A cursor of one shard: its DECLARE's shard is remembered, and its FETCH, MOVE
+                // and CLOSE go there (not to whichever shard the transaction holds first).
+                let mut on_cursor_shard = false;
+                if let Some(cmd) = stmt.plan.stmts.first().and_then(|s| s.cursor()) {
+                    on_cursor_shard = self.cursor_shard(cmd, &mut t);
+                }
+                if !matches!(route, RouteSpec::Any) || on_cursor_shard {
                     if let Err(e) = merge(t, self) {
                         fx.back = Some(f);
                         return Err(e);
@@ -195,7 +201,18 @@ impl Session {
                         }
                         // A cursor made by SQL DECLARE (psycopg's named cursors describe it):
                         // it lives in the transaction, on the shard that ran the DECLARE.
-                        None if self.txn.status.is_open() && !self.conns.is_empty() => {}
+                        None if self.txn.status.is_open() && !self.conns.is_empty() => {
+                            let on = self
+                                .cursors
+                                .as_ref()
+                                .and_then(|c| c.on_shard.get(name).copied());
+                            if let Some(s) = on {
+                                if let Err(e) = merge(Target::Shard(s), self) {
+                                    fx.back = Some(f);
+                                    return Err(e);
+                                }
+                            }
+                        }
                         None => return Err(ProxyError::NoSuchPortal(name.to_string())),
                     }
                     Ok(Op::Raw(f, Expect::Describe))

@@ -92,6 +92,33 @@ with psycopg.connect(url) as conn:
     other.execute("SELECT 1")
     check(other.fetchone() == (1,), "session usable after CLOSE")
 
+# A cursor on one shard inside a transaction that holds others first: its DECLARE, Describe,
+# FETCH and CLOSE reach the shard it lives on (psycopg 3 extended, psycopg2 simple).
+with psycopg.connect(url) as conn:
+    for b in range(2, 9):
+        cur = conn.cursor()
+        cur.execute("SELECT name FROM cu_big WHERE id = %s", (1,))
+        one = conn.cursor(f"one{b}")
+        one.execute("SELECT id, name FROM cu_big WHERE id = %s", (b,))
+        check(one.fetchall() == [(b, f"name-{b}")], f"single-shard cursor {b}")
+        one.close()
+        # The key written in the text: the DECLARE is forwarded to its shard as it is.
+        lit = conn.cursor(f"lit{b}")
+        lit.execute(f"SELECT id FROM cu_big WHERE id = {b}")
+        check(lit.fetchall() == [(b,)], f"single-shard cursor, literal key {b}")
+        lit.close()
+        conn.commit()
+conn = psycopg2.connect(url)
+for b in range(2, 9):
+    cur = conn.cursor()
+    cur.execute("SELECT name FROM cu_big WHERE id = %s", (1,))
+    one = conn.cursor(f"one{b}")
+    one.execute("SELECT id FROM cu_big WHERE id = %s", (b,))
+    check(one.fetchall() == [(b,)], f"psycopg2 single-shard cursor {b}")
+    one.close()
+    conn.commit()
+conn.close()
+
 # psycopg2: named cursors through the simple protocol, in a transaction and WITH HOLD.
 conn = psycopg2.connect(url)
 cur = conn.cursor("c2")
