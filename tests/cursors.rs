@@ -119,6 +119,23 @@ async fn merged_cursor_pages_match_reference() {
     .await;
     // After COMMIT the cursor is gone.
     same(&p, &r, &["FETCH 1 FROM c"]).await;
+    // CLOSE ALL closes merged cursors and the shards' own, wherever they live.
+    same(
+        &p,
+        &r,
+        &[
+            "BEGIN",
+            "DECLARE a CURSOR FOR SELECT id FROM cu_items ORDER BY id",
+            "DECLARE b CURSOR FOR SELECT id FROM cu_items WHERE id = 5",
+            "DECLARE b2 CURSOR FOR SELECT id FROM cu_items WHERE id = 6",
+            "FETCH 1 FROM b",
+            "FETCH 1 FROM a",
+            "CLOSE ALL",
+            "FETCH 1 FROM b2",
+            "ROLLBACK",
+        ],
+    )
+    .await;
     // A cursor without WITH HOLD needs a block; other directions and SCROLL are refused.
     let e = run(
         &p,

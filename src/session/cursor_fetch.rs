@@ -224,7 +224,7 @@ impl Session {
             loop {
                 let f = match tokio::time::timeout(timeout, conn.read_frame()).await {
                     Ok(r) => r.map_err(|e| lost(shard, e))?,
-                    Err(_) => return Err(lost(shard, BackendError::Closed)),
+                    Err(_) => return Err(lost(shard, BackendError::Timeout(timeout))),
                 };
                 match f.tag {
                     b'D' => {

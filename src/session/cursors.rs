@@ -191,11 +191,17 @@ impl Session {
                 .map(|()| "CLOSE CURSOR".to_string()),
             CursorCmd::Close(None) if self.keeps_cursors() => {
                 self.close_all_cursors().await;
-                if self.conns.is_empty() {
-                    Ok("CLOSE CURSOR ALL".to_string())
-                } else {
-                    let t = Target::Shard(self.any_shard());
-                    return self.forward_cursor_cmd(sql, t, hide_ready).await;
+                // The shards' own cursors: on every backend the session holds.
+                let mut held = crate::sharding::shardset::ShardSet::default();
+                for c in self.conns.iter() {
+                    held.add(c.shard);
+                }
+                match held.len() {
+                    0 => Ok("CLOSE CURSOR ALL".to_string()),
+                    _ => {
+                        let t = self.target_of(held);
+                        return self.forward_cursor_cmd(sql, t, hide_ready).await;
+                    }
                 }
             }
             other => {
@@ -217,7 +223,8 @@ impl Session {
     async fn forward_cursor_cmd(&mut self, sql: &str, t: Target, hide_ready: bool) -> Step {
         match t {
             Target::Shard(s) => self.exec_query_one(s, sql, hide_ready).await,
-            Target::Set(set) => self.exec_query_all(set, sql, hide_ready, false).await,
+            // (CLOSE ALL on every held backend: one reply, as from one Postgres.)
+            Target::Set(set) => self.exec_query_all(set, sql, hide_ready, true).await,
         }
     }
 
