@@ -119,7 +119,11 @@ impl Session {
             .ok_or_else(|| ProxyError::Protocol(format!("no shard #{shard}")))?;
         // A backend the session's WITH HOLD cursors pinned serves it first (its transactions
         // run there as they would in its own Postgres session; it is pinned again after).
-        let mut conn = match self.take_pinned(shard) {
+        let pinned = match self.cursors.is_some() {
+            true => self.take_pinned(shard),
+            false => None,
+        };
+        let mut conn = match pinned {
             Some(c) => c,
             None => self.conns.checkout(&pool).await?,
         };
