@@ -90,6 +90,30 @@ pub(super) struct Capture {
     pub overflow: bool,
 }
 
+/// The messages of output captured whole (see [`Capture`]): each one's type byte and bytes
+/// (header included). The proxy wrote them, so they are complete; a torn tail is dropped.
+pub(super) fn captured_messages(
+    captured: &bytes::Bytes,
+) -> impl Iterator<Item = (u8, bytes::Bytes)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at + 5 > captured.len() {
+            return None;
+        }
+        let len = i32::from_be_bytes([
+            captured[at + 1],
+            captured[at + 2],
+            captured[at + 3],
+            captured[at + 4],
+        ])
+        .max(4) as usize;
+        let end = (at + 1 + len).min(captured.len());
+        let m = (captured[at], captured.slice(at..end));
+        at = end;
+        Some(m)
+    })
+}
+
 /// The Bind parameter section of a statement without parameters.
 const NO_PARAMS: &[u8] = &[0, 0, 0, 0];
 

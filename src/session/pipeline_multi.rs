@@ -360,22 +360,12 @@ impl Session {
             }
             let mut rows = std::collections::VecDeque::new();
             let captured = captured.freeze();
-            let mut at = 0;
-            while at + 5 <= captured.len() {
-                let len = i32::from_be_bytes([
-                    captured[at + 1],
-                    captured[at + 2],
-                    captured[at + 3],
-                    captured[at + 4],
-                ])
-                .max(4) as usize;
-                let end = (at + 1 + len).min(captured.len());
-                match captured[at] {
-                    b'D' => rows.push_back(captured.slice(at..end)),
+            for (tag, m) in super::gather::captured_messages(&captured) {
+                match tag {
+                    b'D' => rows.push_back(m),
                     b'C' => {}
-                    _ => self.out.extend_from_slice(&captured[at..end]),
+                    _ => self.out.extend_from_slice(&m),
                 }
-                at = end;
             }
             if o.error {
                 return Ok(Ok(o));
