@@ -76,13 +76,17 @@ impl Session {
         let mut fields = None;
         let mut failure: Option<Frame> = None;
         let mut declared = Vec::new();
+        let timeout = self.topo.map.gather.timeout;
         for &(shard, pid) in &pids {
             let conn = self
                 .cursor_conn(pid)
                 .ok_or_else(|| lost(shard, BackendError::Closed))?;
             let mut ok = true;
             loop {
-                let f = conn.read_frame().await.map_err(|e| lost(shard, e))?;
+                let f = match tokio::time::timeout(timeout, conn.read_frame()).await {
+                    Ok(r) => r.map_err(|e| lost(shard, e))?,
+                    Err(_) => return Err(lost(shard, BackendError::Timeout(timeout))),
+                };
                 match f.tag {
                     b'T' => fields = Some(f),
                     b'E' => {
@@ -99,7 +103,7 @@ impl Session {
         }
         if let Some(f) = failure {
             if !in_txn {
-                self.close_on(&d.name, &declared).await;
+                let _ = self.close_on(&d.name, &declared).await;
             }
             return Ok(Err(Fail::Shard(f)));
         }
@@ -119,7 +123,7 @@ impl Session {
             .map(|k| all.get(k.col.index(visible)).map_or(0, |f| f.type_oid))
             .collect();
         if !super::gather::streamable(plan, &key_types, bytewise.unwrap_or(false)) {
-            self.close_on(&d.name, &declared).await;
+            let _ = self.close_on(&d.name, &declared).await;
             return Ok(Ok(None));
         }
         let call = GatherCall {
@@ -135,7 +139,7 @@ impl Session {
         let (limit, offset) = match counts {
             Ok(c) => c,
             Err(e) => {
-                self.close_on(&d.name, &declared).await;
+                let _ = self.close_on(&d.name, &declared).await;
                 return Ok(Err(e.into()));
             }
         };
@@ -163,21 +167,31 @@ impl Session {
         })))
     }
 
-    /// Closes the cursor `name` on the backends `pids` (best effort).
-    async fn close_on(&mut self, name: &str, pids: &[i32]) {
+    /// Closes the cursor `name` (its name on the shards) on the backends `pids`; returns the
+    /// first failure: a shard's error (its cursor is gone), or a backend the session no
+    /// longer holds. Each reply is awaited within the gather timeout.
+    pub(super) async fn close_on(&mut self, name: &str, pids: &[i32]) -> Option<Fail> {
         let mut msg = BytesMut::new();
         build::query(&mut msg, &format!("CLOSE {}", crate::quote::ident(name)));
+        let timeout = self.topo.map.gather.timeout;
+        let mut failure = None;
         for &pid in pids {
-            if let Some(conn) = self.cursor_conn(pid) {
-                if conn.write_all(&msg).await.is_ok() {
-                    while let Ok(f) = conn.read_frame().await {
-                        if f.tag == b'Z' {
-                            break;
-                        }
-                    }
+            let Some(conn) = self.cursor_conn(pid) else {
+                failure.get_or_insert(Fail::Proxy(super::cursors::missing(name)));
+                continue;
+            };
+            if conn.write_all(&msg).await.is_err() {
+                continue;
+            }
+            while let Ok(Ok(f)) = tokio::time::timeout(timeout, conn.read_frame()).await {
+                match f.tag {
+                    b'E' if failure.is_none() => failure = Some(Fail::Shard(f)),
+                    b'Z' => break,
+                    _ => {}
                 }
             }
         }
+        failure
     }
 
     /// A cursor whose query the proxy cannot merge as it streams: the whole result is

@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::relay::{Outcome, RelayError};
 use super::{Session, Target};
@@ -347,27 +347,8 @@ impl Session {
         let Some(k) = self.cursors.as_mut().and_then(|c| c.kept.remove(name)) else {
             return Ok(());
         };
-        let mut msg = BytesMut::new();
-        build::query(
-            &mut msg,
-            &format!("CLOSE {}", crate::quote::ident(&k.decl.name)),
-        );
-        let mut failure = None;
-        for s in &k.streams {
-            let Some(conn) = self.cursor_conn(s.pid) else {
-                failure.get_or_insert(Fail::Proxy(missing(name)));
-                continue;
-            };
-            if conn.write_all(&msg).await.is_ok() {
-                while let Ok(f) = conn.read_frame().await {
-                    match f.tag {
-                        b'E' if failure.is_none() => failure = Some(Fail::Shard(f)),
-                        b'Z' => break,
-                        _ => {}
-                    }
-                }
-            }
-        }
+        let pids: Vec<i32> = k.streams.iter().map(|s| s.pid).collect();
+        let failure = self.close_on(&k.decl.name, &pids).await;
         self.unpin_unused();
         failure.map_or(Ok(()), Err)
     }

@@ -13,9 +13,7 @@ use std::sync::Arc;
 
 use super::{Prepared, Session, SessionEnd, MAX_CLIENT_STATEMENTS};
 use crate::error::ProxyError;
-use crate::routing::router::{
-    expand, Execution, Plan, RouteSpec, SqlExecute, SqlPrepare, StmtKind, StmtPlan,
-};
+use crate::routing::router::{expand, Plan, RouteSpec, SqlExecute, SqlPrepare, StmtKind, StmtPlan};
 use crate::wire::protocol::build;
 
 /// Whether a query string holds a PREPARE or an EXECUTE: then it runs through
@@ -148,15 +146,12 @@ impl Session {
             p.name
         ));
         let plan = Plan {
-            stmts: vec![StmtPlan {
-                kind: StmtKind::Other,
-                route: RouteSpec::Refuse(refuse),
-                span: (0, p.body.len()),
-                replicated: false,
-                exec: Execution::Forward,
-                reshapes: false,
-                dirties: false,
-            }],
+            stmts: vec![StmtPlan::plain(
+                StmtKind::Other,
+                RouteSpec::Refuse(refuse),
+                (0, p.body.len()),
+                false,
+            )],
         };
         let mut stmt = Prepared::new(&p.body, Vec::new(), Arc::new(plan));
         stmt.by_sql = Some(p.clone());

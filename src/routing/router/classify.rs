@@ -50,29 +50,14 @@ pub(super) fn plan_template(
         let text = sql.get(span.0..span.1).unwrap_or("");
         if let Some((kind, route)) = super::sql_prepare::classify(node, text, span.0) {
             // Kept and run by the session (PREPARE, EXECUTE).
-            stmts.push(StmtPlan {
-                kind,
-                route,
-                span,
-                replicated: false,
-                exec: Execution::Forward,
-                reshapes: false,
-                dirties: false,
-            });
+            stmts.push(StmtPlan::plain(kind, route, span, false));
             continue;
         }
         if let Some((kind, route)) = super::temp_function::classify(map, node, text, plan) {
             // A temporary function goes to the shard its body reaches (its temporary objects
             // stay on that backend: closed, not pooled, after).
-            stmts.push(StmtPlan {
-                kind,
-                route,
-                span,
-                replicated: false,
-                exec: Execution::Forward,
-                reshapes: false,
-                dirties: matches!(node, NodeEnum::CreateFunctionStmt(_)),
-            });
+            let dirties = matches!(node, NodeEnum::CreateFunctionStmt(_));
+            stmts.push(StmtPlan::plain(kind, route, span, dirties));
             continue;
         }
         if let NodeEnum::InsertStmt(ins) = node {

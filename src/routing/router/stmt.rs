@@ -270,6 +270,19 @@ pub enum Execution {
 }
 
 impl StmtPlan {
+    /// A statement forwarded as written (or kept by the session), planned by its kind and
+    /// route alone.
+    pub fn plain(kind: StmtKind, route: RouteSpec, span: (usize, usize), dirties: bool) -> Self {
+        StmtPlan {
+            kind,
+            route,
+            span,
+            replicated: false,
+            exec: Execution::Forward,
+            reshapes: false,
+            dirties,
+        }
+    }
     /// The merge plan, for a merged SELECT.
     pub fn gather(&self) -> Option<&Arc<GatherPlan>> {
         match &self.exec {
