@@ -103,6 +103,13 @@ pub struct RawUser {
     /// May use the admin console (`psql -d shardwire`).
     #[serde(default)]
     pub admin: bool,
+    /// The role this user's clients run as on the shards (its own pools). Default: the
+    /// shards' URL login, which is also the control plane's.
+    #[serde(default)]
+    pub shard_user: Option<String>,
+    /// That role's password on the shards.
+    #[serde(default)]
+    pub shard_password: Option<String>,
 }
 
 /// One shard as written.

@@ -297,6 +297,9 @@ async fn wait_for_stop() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// The roles `quickstart` creates on each shard (see the file).
+const ROLES_SQL: &str = include_str!("../config/roles.sql");
+
 fn quickstart(config: &Path, listen: Option<String>, threads: usize) -> Result<(), String> {
     let text = match std::fs::read_to_string(config) {
         Ok(t) => t,
@@ -320,10 +323,13 @@ fn quickstart(config: &Path, listen: Option<String>, threads: usize) -> Result<(
                 &format!("CREATE DATABASE \"{}\"", shard.dbname.replace('"', "\"\"")),
             )
             .map_err(|e| e.to_string())?;
+        // The least-privilege roles the map logs in as (a control role, an application
+        // role; neither a superuser).
+        cluster
+            .psql(&shard.dbname, ROLES_SQL)
+            .map_err(|e| e.to_string())?;
         shard.host = "127.0.0.1".into();
         shard.port = cluster.port;
-        shard.user = "postgres".into();
-        shard.password = None;
         eprintln!(
             "  shard {} -> 127.0.0.1:{} (data in {})",
             shard.name,

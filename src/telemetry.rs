@@ -13,7 +13,7 @@
 //! | `shardwire_client_connections` | | connected clients |
 //! | `shardwire_pool_connections` | `shard`, `state` = in_use, idle | backend connections |
 //! | `shardwire_pool_waiting` | `shard` | checkouts waiting for a connection |
-//! | `shardwire_pool_size` | `shard` | configured pool size |
+//! | `shardwire_pool_size` | `shard` | most connections to the shard: `pool.size` × (users + 1, the control plane's pool) |
 //! | `shardwire_shard_latency_seconds` | `shard` (histogram) | from forwarding a request to a shard to its last reply (single-shard path) |
 //! | `shardwire_gathered_rows_total` | | rows returned by merged multi-shard reads |
 //! | `shardwire_rebalance_running` | | 1 while a rebalance is recorded and unfinished |
@@ -31,7 +31,7 @@ use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use parking_lot::Mutex;
 
-use crate::backend::pool::ShardPool;
+use crate::backend::pool::{PoolStats, ShardPool};
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
@@ -151,10 +151,16 @@ impl Telemetry {
     }
 
     /// The Prometheus text exposition, with gauges read now.
-    pub fn render(&self, clients: usize, pools: &[std::sync::Arc<ShardPool>]) -> String {
+    /// `stats` holds each shard's pool state (every user's pools and the control plane's,
+    /// summed) and `pools` one pool of each shard (for its latency), both in map order.
+    pub fn render(
+        &self,
+        clients: usize,
+        stats: &[PoolStats],
+        pools: &[std::sync::Arc<ShardPool>],
+    ) -> String {
         self.clients.set(clients as f64);
-        for (g, p) in self.pools.iter().zip(pools) {
-            let st = p.stats();
+        for (g, st) in self.pools.iter().zip(stats) {
             g[0].set(st.size as f64);
             g[1].set(st.in_use as f64);
             g[2].set(st.idle as f64);

@@ -104,6 +104,10 @@ async fn show_commands_report_the_proxy_state() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         pools = admin(&console, "SHOW POOLS").await;
     }
+    // One pool per (shard, user): the control plane's (user `-`) and the app's.
+    assert_eq!(pools.len(), 3 * 2, "{pools:?}");
+    assert!(pools.iter().any(|p| p["user"] == "-"), "{pools:?}");
+    let pools: Vec<_> = pools.into_iter().filter(|p| p["user"] == "app").collect();
     assert_eq!(pools.len(), 3);
     for p in &pools {
         assert_eq!(p["size"], "10");
@@ -233,7 +237,8 @@ async fn metrics_and_health_over_http() {
         metric(&text, "shardwire_gathered_rows_total") >= 1.0,
         "{text}"
     );
-    assert_eq!(metric(&text, "shardwire_pool_size{shard=\"s0\"}"), 10.0);
+    // Most connections to the shard: the app user's pool and the control plane's, 10 each.
+    assert_eq!(metric(&text, "shardwire_pool_size{shard=\"s0\"}"), 20.0);
     assert_eq!(
         metric(
             &text,
@@ -328,8 +333,10 @@ async fn pause_waits_for_transactions_and_holds_new_statements_until_resume() {
     // One shard only, and an unknown shard.
     console.simple_query("PAUSE s1").await.unwrap();
     let pools = admin(&console, "SHOW POOLS").await;
-    assert_eq!(pools[0]["paused"], "no");
-    assert_eq!(pools[1]["paused"], "yes");
+    for p in &pools {
+        let paused = if p["shard"] == "s1" { "yes" } else { "no" };
+        assert_eq!(p["paused"], paused, "{p:?}");
+    }
     console.simple_query("RESUME s1").await.unwrap();
     let e = console.simple_query("PAUSE s9").await.unwrap_err();
     assert_eq!(e.code().map(|c| c.code()), Some("42704"), "{e}");

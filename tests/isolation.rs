@@ -346,7 +346,7 @@ async fn a_hold_that_lost_its_row_ends_by_itself() {
     common::create_users(&c, "", 3).await;
     let control = env.shard_client(0).await;
     control
-        .batch_execute(&shardwire::backend::control_schema::prepare_sql())
+        .batch_execute(&shardwire::sharding::control_schema::prepare_sql())
         .await
         .unwrap();
     control

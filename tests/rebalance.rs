@@ -1791,7 +1791,9 @@ async fn rebalance_range_bounds_change() {
     let shared = &proxy.handle.shared;
     let mut text = String::new();
     for _ in 0..50 {
-        text = shared.telemetry.render(0, &shared.topo().pools);
+        let topo = shared.topo();
+        let stats: Vec<_> = (0..topo.pools.len()).map(|s| topo.shard_stats(s)).collect();
+        text = shared.telemetry.render(0, &stats, &topo.pools);
         if text.contains("shardwire_rebalance_running 0\n")
             && text.contains("shardwire_rebalance_units{state=\"done\"} 2\n")
         {

@@ -395,12 +395,12 @@ async fn copy_lines(
     sink.as_mut().finish().await
 }
 
-/// The directory table (`shardwire_directory` on s0), read directly: key -> shard.
+/// The directory table (`shardwire.shardwire_directory` on s0), read directly: key -> shard.
 async fn directory_table(env: &TestEnv) -> BTreeMap<String, String> {
     env.shard_client(0)
         .await
         .query(
-            "SELECT key::text, shard::text FROM shardwire_directory",
+            "SELECT key::text, shard::text FROM shardwire.shardwire_directory",
             &[],
         )
         .await

@@ -224,7 +224,7 @@ async fn open(map: &ShardMap, timeout: Duration) -> Result<tokio_postgres::Clien
         .connect_control(timeout)
         .await
         .map_err(|e| unavailable(map, &e.to_string()))?;
-    super::control_schema::prepare(&c)
+    crate::sharding::control_schema::prepare(&c)
         .await
         .map_err(|e| unavailable(map, &pg_error(&e)))?;
     let create = format!(

@@ -39,9 +39,11 @@ pub struct ShardPool {
     /// Reconnection backoff after failed connects.
     backoff: Mutex<Backoff>,
     paused: std::sync::atomic::AtomicBool,
+    warned_superuser: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
-    /// Request latency on this shard (`shardwire_shard_latency_seconds`).
-    pub latency: crate::backend::latency::LatencyHistogram,
+    /// Request latency on this shard (`shardwire_shard_latency_seconds`), shared by the
+    /// shard's pools (one per user and the control plane's).
+    pub latency: Arc<crate::backend::latency::LatencyHistogram>,
     /// Open connections by backend pid: when opened and whether checked out (`SHOW SERVERS`).
     open: Mutex<std::collections::HashMap<i32, ServerConn>>,
 }
@@ -74,7 +76,7 @@ pub struct ServerConn {
 }
 
 /// A pool's state, for the admin console.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
     /// Most connections.
     pub size: usize,
@@ -109,8 +111,13 @@ impl ShardPool {
         .await
     }
 
-    /// A pool for shard `index`.
-    pub fn new(index: usize, info: ShardInfo, settings: PoolSettings) -> Arc<Self> {
+    /// A pool for shard `index`, recording latency in `latency`.
+    pub fn new(
+        index: usize,
+        info: ShardInfo,
+        settings: PoolSettings,
+        latency: Arc<crate::backend::latency::LatencyHistogram>,
+    ) -> Arc<Self> {
         Arc::new(ShardPool {
             index,
             permits: Arc::new(Semaphore::new(settings.size)),
@@ -121,9 +128,10 @@ impl ShardPool {
             generation: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             paused: std::sync::atomic::AtomicBool::new(false),
+            warned_superuser: std::sync::atomic::AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             open: Mutex::new(std::collections::HashMap::new()),
-            latency: Default::default(),
+            latency,
             backoff: Mutex::new(Backoff::default()),
         })
     }
@@ -156,6 +164,24 @@ impl ShardPool {
         b.failures = b.failures.saturating_add(1);
         b.until = Some(std::time::Instant::now() + wait);
         b.last_error = error.to_owned();
+    }
+
+    /// Logs once per pool when its login is a superuser: its clients can then do anything
+    /// on the shard's server (`COPY … TO PROGRAM`, reading files, the proxy's control
+    /// tables).
+    fn warn_if_superuser(&self, c: &BackendConn) {
+        let superuser = c
+            .params
+            .iter()
+            .any(|(k, v)| k == "is_superuser" && v == "on");
+        if superuser && !self.warned_superuser.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                shard = %self.info.name,
+                role = %self.info.user,
+                "the shard login is a superuser: clients running as it can do anything on the \
+                 shard's server; give the map's users a non-superuser `shard_user` (see config/roles.sql)"
+            );
+        }
     }
 
     fn connected(&self) {
@@ -299,6 +325,7 @@ impl ShardPool {
                     Ok(mut c) => {
                         c.generation = gen;
                         self.connected();
+                        self.warn_if_superuser(&c);
                         self.open.lock().insert(
                             c.pid,
                             ServerConn {

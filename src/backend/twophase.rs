@@ -162,7 +162,7 @@ pub async fn probe(map: &ShardMap) -> Result<bool, tokio_postgres::Error> {
         }
     }
     let c = connect(map, map.default_shard).await?;
-    super::control_schema::prepare(&c).await?;
+    crate::sharding::control_schema::prepare(&c).await?;
     c.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {LOG_TABLE} (gid text PRIMARY KEY, decision text NOT NULL, \
          decided_at timestamptz NOT NULL DEFAULT now())"
@@ -245,7 +245,7 @@ async fn recover_shard(
         } else {
             rollback_prepared_sql(&gid)
         };
-        c.batch_execute(&sql).await?;
+        super::prepared_xacts::finish_as_owner(&c, &gid, &sql).await?;
         tracing::warn!(%gid, shard = %map.shards[i].name, %decision, "finished an in-doubt two-phase transaction");
         done += 1;
     }

@@ -279,7 +279,8 @@ async fn finish_parts(
         } else {
             Some(connect(map, shard).await?)
         };
-        match bounded(c.as_ref().unwrap_or(log).batch_execute(&sql)).await {
+        let on = c.as_ref().unwrap_or(log);
+        match bounded(super::prepared_xacts::finish_as_owner(on, part, &sql)).await {
             Err(e) if !e.is_not_found() => return Err(e),
             _ => {}
         }
@@ -356,7 +357,8 @@ async fn orphans(map: &ShardMap, i: usize, log: &Client, secs: f64) -> Result<us
         if bounded(client_owned(log, &gid)).await? {
             continue;
         }
-        match bounded(c.batch_execute(&rollback_prepared_sql(&gid))).await {
+        let undo = rollback_prepared_sql(&gid);
+        match bounded(super::prepared_xacts::finish_as_owner(&c, &gid, &undo)).await {
             Err(e) if !e.is_not_found() => return Err(e),
             _ => {}
         }

@@ -210,20 +210,20 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
                 Some(name) => vec![shard_of(name)?],
                 None => (0..shared.topo().pools.len()).collect(),
             };
+            let topo = shared.topo();
             for &s in &targets {
-                shared.topo().pools[s].set_paused(pause);
+                for p in topo.pools_of_shard(s) {
+                    p.set_paused(pause);
+                }
             }
             if pause {
                 // New statements now wait; in-flight transactions finish on their own.
                 let deadline = tokio::time::Instant::now() + PAUSE_DRAIN;
-                while targets
-                    .iter()
-                    .any(|&s| shared.topo().pools[s].stats().in_use > 0)
-                {
+                while targets.iter().any(|&s| topo.shard_stats(s).in_use > 0) {
                     if tokio::time::Instant::now() >= deadline {
                         let busy: Vec<String> = targets
                             .iter()
-                            .filter(|&&s| shared.topo().pools[s].stats().in_use > 0)
+                            .filter(|&&s| topo.shard_stats(s).in_use > 0)
                             .map(|&s| map.shard_names()[s].clone())
                             .collect();
                         return Err(err(
@@ -248,7 +248,9 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
         ["show", "servers"] => {
             let now = std::time::SystemTime::now();
             let mut rows = Vec::new();
-            for p in shared.topo().pools.iter() {
+            let topo = shared.topo();
+            let all = (0..topo.pools.len()).flat_map(|s| topo.pools_of_shard(s));
+            for p in all {
                 for c in p.connections() {
                     let age = now.duration_since(c.since).unwrap_or_default().as_secs();
                     rows.push(vec![
@@ -328,33 +330,40 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
             tag: "SHOW 1".into(),
         }),
         ["show", "pools"] => {
-            let rows: Vec<Vec<Option<String>>> = shared
-                .topo()
-                .pools
-                .iter()
-                .map(|p| {
+            // One row per pool, as PgBouncer lists (database, user) pairs: the control
+            // plane's (user `-`), then each proxy user's, shard by shard.
+            let topo = shared.topo();
+            let mode = if map.pool.session_mode {
+                "session"
+            } else {
+                "transaction"
+            };
+            let mut users: Vec<&String> = topo.client_pools.keys().collect();
+            users.sort();
+            let mut rows: Vec<Vec<Option<String>>> = Vec::new();
+            for s in 0..topo.pools.len() {
+                let control = topo.pools.get(s).map(|p| ("-", p));
+                let clients = users
+                    .iter()
+                    .filter_map(|u| topo.client_pools[*u].get(s).map(|p| (u.as_str(), p)));
+                for (user, p) in control.into_iter().chain(clients) {
                     let st = p.stats();
-                    vec![
+                    rows.push(vec![
                         Some(p.info.name.clone()),
+                        Some(user.to_owned()),
+                        Some(p.info.user.clone()),
                         Some(st.size.to_string()),
                         Some(st.in_use.to_string()),
                         Some(st.idle.to_string()),
                         Some(st.waiting.to_string()),
-                        Some(
-                            if map.pool.session_mode {
-                                "session"
-                            } else {
-                                "transaction"
-                            }
-                            .into(),
-                        ),
+                        Some(mode.into()),
                         Some(if p.is_paused() { "yes" } else { "no" }.into()),
-                    ]
-                })
-                .collect();
+                    ]);
+                }
+            }
             Ok(Output {
                 columns: vec![
-                    "shard", "size", "in_use", "idle", "waiting", "mode", "paused",
+                    "shard", "user", "role", "size", "in_use", "idle", "waiting", "mode", "paused",
                 ],
                 tag: format!("SHOW {}", rows.len()),
                 rows,

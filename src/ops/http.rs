@@ -76,9 +76,13 @@ async fn handle(shared: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
     let path = path.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET", "/metrics") => {
-            let body = shared
-                .telemetry
-                .render(shared.clients.load(Ordering::Relaxed), &shared.topo().pools);
+            let topo = shared.topo();
+            let stats: Vec<_> = (0..topo.pools.len()).map(|s| topo.shard_stats(s)).collect();
+            let body = shared.telemetry.render(
+                shared.clients.load(Ordering::Relaxed),
+                &stats,
+                &topo.pools,
+            );
             respond(&mut sock, 200, "text/plain; version=0.0.4", &body).await
         }
         ("GET", "/health") => {

@@ -190,7 +190,7 @@ pub async fn run(opts: &Options) -> Result<Summary, RebalanceError> {
         return Err(RebalanceError::Cancelled);
     }
     let control = &clients[old.default_shard];
-    crate::backend::control_schema::prepare(control).await?;
+    crate::sharding::control_schema::prepare(control).await?;
     control.batch_execute(control::SCHEMA).await?;
     for (id, secs) in control::stale_proxies(control).await? {
         eprintln!(

@@ -43,9 +43,14 @@ use crate::wire::copybin::{TupleReader, HEADER, TRAILER};
 /// The change-capture log and trigger function installed on source shards. The trigger's
 /// `WHEN` clause skips the rebalance's own writes (copies, deletes) without calling the
 /// function: its sessions set `shardwire.rebalance = 'mover'`.
+///
+/// The function is `SECURITY DEFINER` (it runs as the control role that created it, with a
+/// fixed `search_path`): it fires on clients' writes, whose roles have no rights in schema
+/// `shardwire`, and must log them all the same.
 pub const CAPTURE_SQL: &str = "\
 CREATE TABLE IF NOT EXISTS shardwire.shardwire_rebalance_log (id bigserial PRIMARY KEY, tbl text NOT NULL, key text);
-CREATE OR REPLACE FUNCTION shardwire.shardwire_rebalance_capture() RETURNS trigger LANGUAGE plpgsql AS $f$
+CREATE OR REPLACE FUNCTION shardwire.shardwire_rebalance_capture() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
     IF TG_OP <> 'DELETE' THEN
         INSERT INTO shardwire.shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], to_jsonb(NEW) ->> TG_ARGV[1]);
@@ -73,7 +78,7 @@ const SEND_AT: usize = 256 * 1024;
 
 /// Installs the capture trigger on `tables` of one shard (idempotent).
 pub async fn install_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), RebalanceError> {
-    crate::backend::control_schema::prepare(c).await?;
+    crate::sharding::control_schema::prepare(c).await?;
     c.batch_execute(CAPTURE_SQL).await?;
     for t in tables {
         let exists: bool = c

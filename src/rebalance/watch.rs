@@ -95,7 +95,7 @@ async fn session(
         let _ = dead_tx.send(());
     });
     // Concurrent proxies may race on CREATE TABLE IF NOT EXISTS; a loser just retries.
-    if let Err(e) = crate::backend::control_schema::prepare(&client).await {
+    if let Err(e) = crate::sharding::control_schema::prepare(&client).await {
         tracing::debug!(error = %e, "creating the control schema");
     }
     if let Err(e) = client.batch_execute(control::PROXIES_SCHEMA).await {

@@ -18,7 +18,6 @@ use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::backend::pool::ShardPool;
 use crate::routing::router::PlanCache;
 use crate::session::{Session, Shared, Topology};
 use crate::sharding::shardmap::ShardMap;
@@ -150,12 +149,7 @@ pub async fn start_catalog(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
 /// Builds the shared state for a map.
 pub fn shared_state(map: ShardMap) -> Arc<Shared> {
     let map = Arc::new(map);
-    let pools = map
-        .shards
-        .iter()
-        .enumerate()
-        .map(|(i, s)| ShardPool::new(i, s.clone(), map.pool.clone()))
-        .collect();
+    let (pools, client_pools) = crate::session::build_pools(&map, None);
     let users = Arc::new(crate::session::user_secrets(&map));
     let telemetry = crate::telemetry::Telemetry::new(map.shard_names());
     let large_message_units = map.max_buffered >> 10;
@@ -170,6 +164,7 @@ pub fn shared_state(map: ShardMap) -> Arc<Shared> {
         topology: arc_swap::ArcSwap::from_pointee(Topology {
             map,
             pools,
+            client_pools,
             cache: PlanCache::new(crate::routing::router::PLAN_CACHE_CAPACITY),
             generation: 0,
             users,
@@ -352,7 +347,18 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) -> Result<(), Start
     }
     let _unreg = Unreg(shared.clone(), pid, secret);
     build::auth(&mut out, 0, &[]);
+    // What the client's session runs as on the shards is its user's shard role.
+    let role = shared
+        .map()
+        .users
+        .iter()
+        .find(|u| u.name == who.user)
+        .and_then(|u| u.shard_login.as_ref().map(|l| l.user.clone()));
     for (k, v) in server_params(&shared, &settings).await {
+        let v = match (&role, k.as_str()) {
+            (Some(r), "session_authorization") => r.clone(),
+            _ => v,
+        };
         build::parameter_status(&mut out, &k, &v);
     }
     build::backend_key_data(&mut out, pid, secret);

@@ -6,10 +6,9 @@
 //!    as prepared: a shard whose transaction had aborted answers `ROLLBACK` with no error.
 //!    Any other answer, an error or a lost connection aborts the commit: prepared shards get
 //!    `ROLLBACK PREPARED`, the rest `ROLLBACK`, and the client gets the error.
-//! 2. The decision row, on the log shard (the default shard): on the connection the
-//!    transaction already holds there (idle since its PREPARE), else on one from the pool
-//!    (the session then holds none of that pool, so it never waits on itself). Its commit is
-//!    the commit point. If its reply is lost (connection error, timeout) the outcome is
+//! 2. The decision row, on the log shard (the default shard), on a connection of the
+//!    control plane's pool there (the shards' URL login, which owns schema `shardwire`:
+//!    clients' roles can neither write nor lock the log). Its commit is the commit point. If its reply is lost (connection error, timeout) the outcome is
 //!    unknown: nothing is rolled back, the participants stay prepared, the client gets
 //!    `08007`, and recovery decides from the log alone.
 //! 3. `COMMIT PREPARED` everywhere (a shard that fails here is finished by recovery: the
@@ -90,12 +89,7 @@ impl Session {
             self.undo(idxs, &prepared, &gid).await;
             return Ok(Err(e));
         }
-        let log = self.topo.map.default_shard;
-        let on_log = prepared
-            .iter()
-            .copied()
-            .find(|&ci| self.conns[ci].shard == log);
-        match self.decide(&gid, on_log).await {
+        match self.decide(&gid).await {
             Decision::Commit => {}
             Decision::Abort(e) => {
                 self.undo(idxs, &prepared, &gid).await;
@@ -127,7 +121,7 @@ impl Session {
         }
         if all {
             let forget = twophase::forget_sql(&gid);
-            if let Err(e) = self.on_log_shard(on_log, &forget).await {
+            if let Err(e) = self.on_log_shard(&forget).await {
                 tracing::debug!(%gid, error = %e, "decision row not deleted; recovery's cleanup will");
             }
         }
@@ -138,7 +132,7 @@ impl Session {
     /// outside the pool (the session may hold that pool's only slot). Returns whether it
     /// committed there; if not, recovery will.
     async fn finish_elsewhere(&self, shard: usize, finish: &str) -> bool {
-        let Some(pool) = self.topo.pools.get(shard) else {
+        let Some(pool) = self.pools.get(shard) else {
             return false;
         };
         let attempt = async {
@@ -201,10 +195,10 @@ impl Session {
     }
 
     /// Records the commit decision for `gid` on the log shard (see the module docs).
-    async fn decide(&mut self, gid: &str, on_log: Option<usize>) -> Decision {
+    async fn decide(&mut self, gid: &str) -> Decision {
         let log = self.topo.map.default_shard;
         let sql = decide_sql(gid);
-        let r = match self.on_log_shard(on_log, &sql).await {
+        let r = match self.on_log_shard(&sql).await {
             Ok(r) => r,
             Err(LogError::Before(e)) => return Decision::Abort(e),
             Err(LogError::Lost(error)) => {
@@ -232,12 +226,8 @@ impl Session {
         }
     }
 
-    /// Runs `sql` on its own (autocommit) on the log shard: on held connection `held` (a
-    /// participant, idle since its PREPARE) or else on a connection from the pool.
-    async fn on_log_shard(&mut self, held: Option<usize>, sql: &str) -> Result<Reply, LogError> {
-        if let Some(ci) = held {
-            return self.step(ci, sql).await.map_err(LogError::Lost);
-        }
+    /// Runs `sql` on its own (autocommit) on the log shard, on a control connection.
+    async fn on_log_shard(&mut self, sql: &str) -> Result<Reply, LogError> {
         let log = self.topo.map.default_shard;
         let pool = self.topo.pools[log].clone();
         let mut conn = pool.checkout().await.map_err(LogError::Before)?;

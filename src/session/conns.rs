@@ -35,15 +35,18 @@ impl Session {
             return;
         }
         let topo = self.shared.topo();
-        let keeps = self.conns.iter().all(|c| {
-            match (topo.pools.get(c.shard), self.topo.pools.get(c.shard)) {
-                (Some(a), Some(b)) => a.info.same_server(&b.info),
-                _ => false,
-            }
-        });
+        let pools = topo.pools_of(&self.user);
+        let keeps =
+            self.conns
+                .iter()
+                .all(|c| match (pools.get(c.shard), self.pools.get(c.shard)) {
+                    (Some(a), Some(b)) => a.info.same_server(&b.info),
+                    _ => false,
+                });
         if keeps {
             self.replan(&topo);
             self.topo = topo;
+            self.pools = pools;
         }
     }
 
@@ -79,17 +82,18 @@ impl Session {
             return;
         }
         let topo = self.shared.topo();
-        let old = self.topo.clone();
-        self.conns.retain(
-            |c| match (topo.pools.get(c.shard), old.pools.get(c.shard)) {
+        let pools = topo.pools_of(&self.user);
+        let old = self.pools.clone();
+        self.conns
+            .retain(|c| match (pools.get(c.shard), old.get(c.shard)) {
                 (Some(a), Some(b)) => a.info.same_server(&b.info),
                 _ => false,
-            },
-        );
+            });
         self.replan(&topo);
         self.portals.clear();
         self.gather_portals.clear();
         self.topo = topo;
+        self.pools = pools;
     }
 
     /// Waits while a directory key move runs in this proxy (see [`crate::sharding::directory::admin`]).
@@ -111,12 +115,12 @@ impl Session {
         if let Some(i) = self.conns.iter().position(|c| c.shard == shard) {
             return Ok(i);
         }
-        let pool = self
-            .topo
-            .pools
-            .get(shard)
-            .cloned()
-            .ok_or_else(|| ProxyError::Protocol(format!("no shard #{shard}")))?;
+        let pool = self.pools.get(shard).cloned().ok_or_else(|| {
+            ProxyError::AuthFailed(format!(
+                "user \"{}\" is no longer served by this proxy (no pool for shard #{shard})",
+                self.user
+            ))
+        })?;
         // A backend the session's WITH HOLD cursors pinned serves it first (its transactions
         // run there as they would in its own Postgres session; it is pinned again after).
         let pinned = match self.cursors.is_some() {

@@ -68,7 +68,7 @@ pub use txn::MAX_STEPS as MAX_TXN_STEPS;
 use txn::{SettingChange, Txn, TxnStatus};
 
 pub use prepared::Prepared;
-pub use shared::{user_secrets, Shared, Topology, Users};
+pub use shared::{build_pools, user_secrets, ClientPools, Shared, Topology, Users};
 pub use targets::Target;
 
 /// Most prepared statements kept per backend connection before they are all deallocated.
@@ -139,6 +139,8 @@ pub struct Session {
     shared: Arc<Shared>,
     /// The topology this session routes with (refreshed between transactions).
     topo: Arc<Topology>,
+    /// Its user's pools in `topo`, one per shard (see [`Topology::client_pools`]).
+    pools: ClientPools,
     /// Held while the rebalance gate is armed and a transaction or statement runs.
     pass: Option<gate::Pass>,
     /// This client in `SHOW CLIENTS`.
@@ -195,6 +197,7 @@ impl Session {
         let session_mode = topo.map.pool.session_mode;
         Session {
             shared,
+            pools: Arc::from(Vec::new()),
             topo,
             pass: None,
             client: None,
@@ -270,6 +273,7 @@ impl Session {
     pub fn with_key(mut self, pid: i32, user: &str) -> Self {
         self.key_pid = pid;
         self.user = Arc::from(user);
+        self.pools = self.topo.pools_of(user);
         self
     }
 

@@ -261,7 +261,6 @@ impl Session {
             return r;
         }
         let pool = self
-            .topo
             .pools
             .get(shard)
             .cloned()

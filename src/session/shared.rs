@@ -15,14 +15,20 @@ use crate::sharding::shardmap::ShardMap;
 use crate::wire::auth::ScramSecret;
 use crate::wire::cancel::CancelRegistry;
 
-/// What sessions route with: a map, one pool per shard and the plans made with that map.
-/// A reload or a rebalance swaps in a new one whole; a session moves to it between
-/// transactions.
+/// What sessions route with: a map, its pools and the plans made with that map. A reload
+/// or a rebalance swaps in a new one whole; a session moves to it between transactions.
+///
+/// Pools are per (user, shard), as PgBouncer pools per user and database: a client only
+/// ever shares a backend with clients of its own proxy user, and runs on the shards as that
+/// user's `shard_user` role. The control plane (2PC decisions, health) has pools of its own
+/// with the shards' URL login.
 pub struct Topology {
     /// The routing map.
     pub map: Arc<ShardMap>,
-    /// One pool per shard, in map order.
+    /// The control plane's pools, one per shard in map order (the shards' URL login).
     pub pools: Vec<Arc<ShardPool>>,
+    /// Client pools: for each proxy user, one per shard in map order.
+    pub client_pools: HashMap<String, ClientPools>,
     /// Parsed plans by SQL text (plans hold shard indexes of this map).
     pub cache: PlanCache,
     /// Counts swaps; sessions compare it with [`Shared::generation`].
@@ -30,6 +36,85 @@ pub struct Topology {
     /// The map's users with their SCRAM verifiers, swapped with the map in one step: a login
     /// checks its user and its database against the same map.
     pub users: Arc<Users>,
+}
+
+/// One user's pools, one per shard in map order.
+pub type ClientPools = Arc<[Arc<ShardPool>]>;
+
+impl Topology {
+    /// The pools `user`'s clients use (empty when the map no longer lists the user).
+    pub fn pools_of(&self, user: &str) -> ClientPools {
+        self.client_pools
+            .get(user)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    /// Every pool of shard `shard`: the control plane's and each user's.
+    pub fn pools_of_shard(&self, shard: usize) -> impl Iterator<Item = &Arc<ShardPool>> {
+        self.pools
+            .get(shard)
+            .into_iter()
+            .chain(self.client_pools.values().filter_map(move |p| p.get(shard)))
+    }
+
+    /// The state of shard `shard`'s pools, summed.
+    pub fn shard_stats(&self, shard: usize) -> crate::backend::pool::PoolStats {
+        let mut t = crate::backend::pool::PoolStats::default();
+        for p in self.pools_of_shard(shard) {
+            let s = p.stats();
+            t.size += s.size;
+            t.in_use += s.in_use;
+            t.idle += s.idle;
+            t.waiting += s.waiting;
+        }
+        t
+    }
+}
+
+/// The pools of `map`: the control plane's and each user's, reusing those of `cur` whose
+/// shard keeps its place, address and login.
+pub fn build_pools(
+    map: &ShardMap,
+    cur: Option<&Topology>,
+) -> (Vec<Arc<ShardPool>>, HashMap<String, ClientPools>) {
+    let control: Vec<Arc<ShardPool>> = map
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match cur.and_then(|t| t.pools.get(i)) {
+            Some(p) if p.info.same_server(s) => p.clone(),
+            _ => ShardPool::new(i, s.clone(), map.pool.clone(), Default::default()),
+        })
+        .collect();
+    let clients = map
+        .users
+        .iter()
+        .map(|u| {
+            let pools: Vec<Arc<ShardPool>> = map
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let info = match &u.shard_login {
+                        Some(l) => s.with_login(&l.user, l.password.as_deref()),
+                        None => s.clone(),
+                    };
+                    // Two users never share a pool, even with one login: a pool found by
+                    // login belongs to whoever had it, so each user's is its own.
+                    match cur
+                        .and_then(|t| t.client_pools.get(&u.name))
+                        .and_then(|p| p.get(i))
+                    {
+                        Some(p) if p.info.same_server(&info) => p.clone(),
+                        _ => ShardPool::new(i, info, map.pool.clone(), control[i].latency.clone()),
+                    }
+                })
+                .collect();
+            (u.name.clone(), Arc::from(pools))
+        })
+        .collect();
+    (control, clients)
 }
 
 /// Passwords and SCRAM verifiers by user name.
@@ -123,15 +208,7 @@ impl Shared {
             Arc::new(m)
         };
         map.catalog.request_refresh();
-        let pools = map
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match cur.pools.get(i) {
-                Some(p) if p.info.same_server(s) => p.clone(),
-                _ => ShardPool::new(i, s.clone(), map.pool.clone()),
-            })
-            .collect();
+        let (pools, client_pools) = build_pools(&map, Some(&cur));
         let generation = cur.generation + 1;
         if let Some(info) = map.shards.get(map.default_shard) {
             self.notify.set_target(info, map.pool.connect_timeout);
@@ -139,6 +216,7 @@ impl Shared {
         self.topology.store(Arc::new(Topology {
             map,
             pools,
+            client_pools,
             cache: PlanCache::new(crate::routing::router::PLAN_CACHE_CAPACITY),
             generation,
             users,

@@ -41,6 +41,15 @@ impl ShardInfo {
 }
 
 impl ShardInfo {
+    /// The same shard, logged in to as `user` with `password`.
+    pub fn with_login(&self, user: &str, password: Option<&str>) -> ShardInfo {
+        ShardInfo {
+            user: user.to_owned(),
+            password: password.map(str::to_owned),
+            ..self.clone()
+        }
+    }
+
     /// A tokio-postgres config for the control plane's connections to this shard (TLS as the
     /// URL's `sslmode` says: connect with [`ShardInfo::tls`]).
     pub fn control_config(&self, connect_timeout: Duration) -> tokio_postgres::Config {
@@ -50,6 +59,9 @@ impl ShardInfo {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name("shardwire-control")
+            // A lock a client holds never freezes the control plane: its statements give
+            // up after 10 s (and are retried), explicit `SET LOCAL lock_timeout`s aside.
+            .options("-c lock_timeout=10s")
             .connect_timeout(connect_timeout)
             .ssl_mode(self.tls.pg_ssl_mode());
         if let Some(p) = &self.password {

@@ -197,6 +197,52 @@ impl TestEnv {
         localpg::psql_at(&self.bin, db.port, &db.name, sql).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Creates the least-privilege roles of `config/roles.sql` on every shard (control role
+    /// `shardwire_control`, application role `app_rw`, which then owns the database), plus
+    /// a second application role `app_rw2` (also a member of the control role's rights),
+    /// with no rights on `app_rw`'s tables.
+    pub fn least_privilege(&self) {
+        let extra = "DO $r$ BEGIN \
+             BEGIN CREATE ROLE app_rw2 LOGIN PASSWORD 'app-rw2-secret'; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END; \
+             IF NOT pg_has_role('shardwire_control', 'app_rw2', 'MEMBER') THEN \
+             BEGIN GRANT app_rw2 TO shardwire_control; \
+             EXCEPTION WHEN unique_violation THEN NULL; END; END IF; END $r$; \
+             GRANT CREATE ON SCHEMA public TO app_rw2;";
+        for i in 0..self.shard_count() {
+            self.shard_psql(i, include_str!("../../config/roles.sql"));
+            self.shard_psql(i, extra);
+        }
+    }
+
+    /// A shard map like [`TestEnv::shard_map_yaml_with`] under least privilege (after
+    /// [`TestEnv::least_privilege`]): the shards' URL login is `shardwire_control`, proxy
+    /// user `app` runs as `app_rw` and proxy user `other` (password `other-secret`) as
+    /// `app_rw2`.
+    pub fn least_privilege_yaml(&self, tables: &str, extra: &str, admin: bool) -> String {
+        let y = self.shard_map_yaml_with(tables, extra, &[], admin);
+        let app = if admin { ", admin: true" } else { "" };
+        let users = format!(
+            "users:\n  - {{ name: app, password: app-secret, shard_user: app_rw, shard_password: app-rw-secret{app} }}\n  - {{ name: other, password: other-secret, shard_user: app_rw2 }}\n"
+        );
+        let start = y.find("users:\n").expect("users");
+        let end = y.find("shards:\n").expect("shards");
+        format!("{}{users}{}", &y[..start], &y[end..]).replace(
+            "postgres://postgres@",
+            "postgres://shardwire_control:control-secret@",
+        )
+    }
+
+    /// A direct connection to shard `i` as role `user` (trust authentication).
+    pub async fn shard_client_as(&self, i: usize, user: &str) -> Client {
+        let db = &self.shards[i];
+        connect(&format!(
+            "postgres://{user}@127.0.0.1:{}/{}",
+            db.port, db.name
+        ))
+        .await
+    }
+
     /// Stops the cluster behind shard `i` (only for envs from [`TestEnv::new_owned`]).
     pub fn stop_shard(&self, i: usize) {
         self.owned_cluster(i)

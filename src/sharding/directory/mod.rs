@@ -1,7 +1,7 @@
 //! The key directory: key → shard entries for `strategy: directory` tables.
 //!
 //! The entries live in a real Postgres table (`directory: { shard, table }` in the map,
-//! default `shardwire_directory` on the first shard) so that every proxy instance sees the
+//! default `shardwire.shardwire_directory` on the first shard) so that every proxy instance sees the
 //! same map. Each proxy keeps the whole directory in memory ([`Directory`]) and a control
 //! task ([`run`]) keeps it current:
 //!
@@ -35,8 +35,9 @@ use crate::sharding::shard::ShardInfo;
 
 /// The LISTEN/NOTIFY channel directory changes are announced on.
 pub const CHANNEL: &str = "shardwire_directory";
-/// Default directory table name.
-pub const DEFAULT_TABLE: &str = "shardwire_directory";
+/// Default directory table name: in the control schema, out of clients' reach (the
+/// shards' URL login owns it; application roles have no rights in schema `shardwire`).
+pub const DEFAULT_TABLE: &str = "shardwire.shardwire_directory";
 /// Most fallback placements waiting to be recorded (more are recorded on a later write).
 const RECORD_QUEUE: usize = 4096;
 /// Longest a statement waits for a directory key move to finish.
@@ -244,6 +245,17 @@ pub async fn ensure_table(
     shard_names: &[String],
 ) -> Result<(), tokio_postgres::Error> {
     let t = crate::quote::qualified(&dir.table);
+    if dir.table == DEFAULT_TABLE {
+        // The schema, and the table older proxies made by default in `public`, moved with
+        // its rows (a map naming `shardwire_directory` itself keeps using that one).
+        crate::sharding::control_schema::prepare(c).await?;
+        c.batch_execute(
+            "DO $sw$ BEGIN IF to_regclass('public.shardwire_directory') IS NOT NULL \
+             AND to_regclass('shardwire.shardwire_directory') IS NULL THEN \
+             ALTER TABLE public.shardwire_directory SET SCHEMA shardwire; END IF; END $sw$",
+        )
+        .await?;
+    }
     c.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {t} (key text PRIMARY KEY, shard text NOT NULL, \
          moving_from text, updated_at timestamptz NOT NULL DEFAULT now())"
@@ -292,6 +304,18 @@ async fn load_all(
         }
     }
     Ok(out)
+}
+
+/// Whether backend `pid` (the sender of a notification) runs as this connection's role,
+/// the control role. Notifications are hints: entries are always read from the table, and
+/// only a move hold (which delays statements) is taken on a notification's word.
+async fn announced_by_control(c: &Client, pid: i32) -> Result<bool, tokio_postgres::Error> {
+    c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND usename = current_user)",
+        &[&pid],
+    )
+    .await?
+    .try_get(0)
 }
 
 /// Reloads one key's entry.
@@ -357,7 +381,7 @@ async fn session(
         .connect(info.tls.clone())
         .await?;
     // Drive the connection ourselves to see notifications.
-    let (note_tx, mut notes) = mpsc::channel::<String>(1024);
+    let (note_tx, mut notes) = mpsc::channel::<(i32, String)>(1024);
     let (dead_tx, mut dead) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let mut stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -365,8 +389,11 @@ async fn session(
             match m {
                 Ok(AsyncMessage::Notification(n)) => {
                     // A full queue means we are behind: a reload of everything catches up.
-                    if note_tx.try_send(n.payload().to_owned()).is_err() {
-                        let _ = note_tx.try_send(String::new());
+                    if note_tx
+                        .try_send((n.process_id(), n.payload().to_owned()))
+                        .is_err()
+                    {
+                        let _ = note_tx.try_send((0, String::new()));
                     }
                 }
                 Ok(_) => {}
@@ -390,10 +417,16 @@ async fn session(
     loop {
         tokio::select! {
             n = notes.recv() => match n {
-                Some(n) if n.starts_with(MOVE_ANNOUNCE) => {
-                    dir.remote_move_started(&n[MOVE_ANNOUNCE.len()..]);
+                Some((pid, n)) if n.starts_with(MOVE_ANNOUNCE) => {
+                    // Anyone may NOTIFY on the channel: a hold is only taken for a move
+                    // announced by a session of the control role itself.
+                    if announced_by_control(&client, pid).await? {
+                        dir.remote_move_started(&n[MOVE_ANNOUNCE.len()..]);
+                    } else {
+                        tracing::warn!(pid, "directory move announced by another role; ignored");
+                    }
                 }
-                Some(key) if !key.is_empty() => {
+                Some((_, key)) if !key.is_empty() => {
                     load_key(&client, dir, &key, shard_names).await?;
                     dir.remote_move_ended(&key);
                 }

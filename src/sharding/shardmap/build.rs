@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::rules::{directory_statics, table_rule, RuleContext};
-use super::settings::{AuthMethod, GatherSettings, PoolSettings, UserEntry};
+use super::settings::{AuthMethod, GatherSettings, PoolSettings, ShardLogin, UserEntry};
 use super::url::{check_addr, parse_url};
 use super::{ShardMap, TableRule};
 use crate::config::{ConfigError, ErrorSite, RawConfig, Seg};
@@ -90,10 +90,32 @@ pub(super) fn build(
                 "set a password",
             ));
         }
+        let shard_login = match (&u.shard_user, &u.shard_password) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(site.error(
+                    &[Key("users"), Index(i), Key("shard_password")],
+                    "shard_password without shard_user",
+                    "name the role with `shard_user`, or drop `shard_password`",
+                ))
+            }
+            (Some(r), _) if r.is_empty() => {
+                return Err(site.error(
+                    &[Key("users"), Index(i), Key("shard_user")],
+                    "shard_user is empty",
+                    "name the role this user's clients run as on the shards",
+                ))
+            }
+            (Some(r), p) => Some(ShardLogin {
+                user: r.clone(),
+                password: p.clone(),
+            }),
+        };
         users.push(UserEntry {
             name: u.name.clone(),
             password: u.password.clone(),
             admin: u.admin,
+            shard_login,
         });
     }
     let auth = match raw.auth.as_deref() {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 pub use build::{MAX_RING_TOKENS, MAX_SHARDS};
 pub(crate) use rules::utc_default;
-pub use settings::{AuthMethod, GatherSettings, PoolSettings, UserEntry};
+pub use settings::{AuthMethod, GatherSettings, PoolSettings, ShardLogin, UserEntry};
 
 pub use crate::config::ConfigError;
 use crate::sharding::directory::Directory;
@@ -207,6 +207,7 @@ tables:
                 name: "app".into(),
                 password: "app-secret".into(),
                 admin: false,
+                shard_login: None,
             }]
         );
         assert_eq!(m.auth, AuthMethod::ScramSha256);

@@ -31,6 +31,18 @@ pub struct UserEntry {
     pub password: String,
     /// May use the admin console (`psql -d shardwire`).
     pub admin: bool,
+    /// The login its clients use on the shards (`shard_user`, `shard_password`); `None`:
+    /// the shards' URL login.
+    pub shard_login: Option<ShardLogin>,
+}
+
+/// A role and password the proxy logs in to the shards with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardLogin {
+    /// Role name.
+    pub user: String,
+    /// Its password, if the shards ask for one.
+    pub password: Option<String>,
 }
 
 /// Backend pool settings, per shard.
