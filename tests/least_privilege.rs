@@ -201,6 +201,49 @@ async fn clients_cannot_reach_the_control_state() {
         one(&app, "SELECT count(*) FROM users WHERE name LIKE '%!'").await,
         "6"
     );
+    // The proxy's own prepared transactions (its gids show in pg_stat_activity to clients
+    // of the same role) cannot be finished by a client: COMMIT/ROLLBACK PREPARED cannot run
+    // inside a DO block, and at top level the proxy refuses its own gids.
+    let gid = format!("shardwire_{:016x}", rand::random::<u64>());
+    let s0 = env.shard_client_as(0, "app_rw").await;
+    s0.batch_execute(&format!(
+        "BEGIN; INSERT INTO users (id, name) VALUES (900, 'in flight'); PREPARE TRANSACTION '{gid}'"
+    ))
+    .await
+    .unwrap();
+    for sql in [
+        format!("ROLLBACK PREPARED '{gid}'"),
+        format!("COMMIT PREPARED '{gid}'"),
+        format!("DO $$ BEGIN EXECUTE 'ROLLBACK PREPARED ''{gid}'''; END $$"),
+    ] {
+        let e = app.batch_execute(&sql).await.unwrap_err();
+        assert_ne!(code(&e), "", "{sql}: {e}");
+    }
+    let still: i64 = c0
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1",
+            &[&gid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        still, 1,
+        "a client finished the proxy's prepared transaction"
+    );
+    s0.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+        .await
+        .unwrap();
+    // Another role sees none of the control role's statements (gids included).
+    let b = other(&proxy).await;
+    let shown = one(
+        &b,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'shardwire_control' \
+         AND query <> '<insufficient privilege>'",
+    )
+    .await;
+    assert_eq!(shown, "0");
+
     // The log is clean: nothing the client tried is in it.
     let planted: i64 = c0
         .query_one(
