@@ -257,7 +257,7 @@ tables:
         for needle in [
             "s2  postgres@127.0.0.1:5435/app  weight 2",
             "region us",
-            "pool: 20 connections per shard, transaction pooling",
+            "pool: 20 connections per shard for each user and for the control plane, transaction pooling",
             "256 vnodes",
             "users      hash on id (bigint)",
             "countries  reference",

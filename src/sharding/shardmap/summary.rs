@@ -19,6 +19,14 @@ impl ShardMap {
             self.users.len(),
             if self.users.len() == 1 { "" } else { "s" }
         );
+        for u in &self.users {
+            let role = match &u.shard_login {
+                Some(l) => format!("runs on the shards as {}", l.user),
+                None => "runs on the shards as the control role (no shard_user)".to_owned(),
+            };
+            let admin = if u.admin { ", admin console" } else { "" };
+            let _ = writeln!(s, "  user {}: {role}{admin}", u.name);
+        }
         if let Some(admin) = &self.admin {
             let _ = writeln!(s, "admin {admin} (HTTP: /metrics, /health)");
         }
@@ -46,7 +54,11 @@ impl ShardMap {
             })
             .collect();
         let addr_w = addrs.iter().map(String::len).max().unwrap_or(0);
-        let _ = writeln!(s, "shards ({}):", self.shards.len());
+        let _ = writeln!(
+            s,
+            "shards ({}; the URLs' login is the control role):",
+            self.shards.len()
+        );
         for (i, x) in self.shards.iter().enumerate() {
             let _ = write!(
                 s,
@@ -68,7 +80,7 @@ impl ShardMap {
         );
         let _ = writeln!(
             s,
-            "pool: {} connections per shard, {} pooling, checkout timeout {} ms, connect timeout {} ms",
+            "pool: {} connections per shard for each user and for the control plane, {} pooling, checkout timeout {} ms, connect timeout {} ms",
             self.pool.size,
             if self.pool.session_mode { "session" } else { "transaction" },
             self.pool.checkout_timeout.as_millis(),
