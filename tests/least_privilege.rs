@@ -8,13 +8,19 @@
 //! Each attack of the hostile review that needed the control tables (map takeover, 2PC log
 //! abuse and locking, directory re-pointing, `COPY … TO PROGRAM` through `DO`) is tried
 //! here and refused with 42501, and the proxy's own work (two-phase commit, recovery,
-//! client-driven 2PC, the directory) goes on under these roles.
+//! client-driven 2PC, the directory) goes on under these roles, and so does an online
+//! rebalance (`shardwire rebalance`, logged in as the control role) while clients write.
 
 mod common;
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::{Proxy, TestEnv};
+use shardwire::sharding::keys::KeyValue;
+use shardwire::sharding::shardmap::ShardMap;
 use tokio_postgres::Client;
 
 const TABLES: &str = r#"users: { key: id, type: bigint, strategy: hash }
@@ -383,4 +389,302 @@ async fn quickstart_clients_are_not_superusers() {
         .status();
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     result.unwrap();
+}
+
+/// What the writer of [`a_rebalance_runs_under_the_roles`] had acknowledged.
+#[derive(Debug, Default)]
+struct Written {
+    /// New rows, ids `LIVE_IDS..`.
+    inserted: i64,
+    /// `name = name || '+'` updates of loaded rows.
+    updated: i64,
+    problems: Vec<String>,
+    max_latency: Duration,
+}
+
+/// The capture objects as one poll of a source shard saw them (superuser view).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct CaptureSeen {
+    log_owner: String,
+    seq_owner: String,
+    function_owner: String,
+    security_definer: bool,
+    /// Capture triggers on `users`.
+    triggers: i64,
+}
+
+/// An online rebalance under the roles: `shardwire rebalance` logs in as the control role
+/// (the maps' URLs) and moves rows of `app_rw`'s table from s0, s1 to a new s2 while `app`
+/// keeps inserting and updating through a proxy started on the OLD map. `app_rw`'s writes
+/// fire the capture trigger, whose SECURITY DEFINER function logs them into schema
+/// `shardwire` (which `app_rw` cannot write): no write fails, none is lost, every row ends
+/// on the shard the NEW ring names, and the capture objects belong to the control role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_runs_under_the_roles() {
+    const TABLES: &str = "users: { key: id, type: bigint, strategy: hash }\n";
+    const DDL: &str = "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL)";
+    const LOADED: i64 = 3_000;
+    const LIVE_IDS: i64 = 1_000_000;
+    const STATEMENT_LIMIT: Duration = Duration::from_secs(30);
+    const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+    let env = TestEnv::new(3).await;
+    env.least_privilege();
+    let old_yaml = env.least_privilege_yaml_on(&[0, 1], TABLES, "", false);
+    let new_yaml = env.least_privilege_yaml_on(&[0, 1, 2], TABLES, "", false);
+    let new = ShardMap::from_yaml_str(&new_yaml, "NEW").expect("NEW map");
+    let proxy = Proxy::start_yaml(&old_yaml).await;
+    let app = proxy.client().await;
+    // app_rw's table: created through the proxy on s0 and s1, directly as app_rw on s2.
+    app.batch_execute(DDL).await.unwrap();
+    env.shard_client_as(2, "app_rw")
+        .await
+        .batch_execute(DDL)
+        .await
+        .unwrap();
+    for first in (1..=LOADED).step_by(500) {
+        let values: Vec<String> = (first..(first + 500).min(LOADED + 1))
+            .map(|id| format!("({id}, 'user-{id}')"))
+            .collect();
+        app.batch_execute(&format!(
+            "INSERT INTO users (id, name) VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        env.per_shard_i64("SELECT count(*) FROM users").await[2],
+        0,
+        "s2 is not in the OLD map"
+    );
+
+    // The writer: a new row and an update of a loaded one, one statement at a time, each
+    // acknowledged through the proxy as app (app_rw on the shards).
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicI64::new(0));
+    let writer = tokio::spawn({
+        let conninfo = proxy.conninfo();
+        let (stop, acked) = (stop.clone(), acked.clone());
+        async move {
+            let c = common::connect(&conninfo).await;
+            let mut w = Written::default();
+            let mut id = LIVE_IDS;
+            while !stop.load(Ordering::Relaxed) && w.problems.len() < 10 {
+                let some = (rand::random::<u64>() % LOADED as u64) as i64 + 1;
+                let name = format!("live-{id}");
+                for (sql, params) in [
+                    (
+                        "INSERT INTO users (id, name) VALUES ($1, $2)",
+                        vec![&id as &(dyn tokio_postgres::types::ToSql + Sync), &name],
+                    ),
+                    (
+                        "UPDATE users SET name = name || '+' WHERE id = $1",
+                        vec![&some as &(dyn tokio_postgres::types::ToSql + Sync)],
+                    ),
+                ] {
+                    let t0 = Instant::now();
+                    let r = tokio::time::timeout(STATEMENT_LIMIT, c.execute(sql, &params)).await;
+                    w.max_latency = w.max_latency.max(t0.elapsed());
+                    match r {
+                        Ok(Ok(1)) if sql.starts_with("INSERT") => w.inserted += 1,
+                        Ok(Ok(1)) => w.updated += 1,
+                        Ok(Ok(n)) => w.problems.push(format!("`{sql}` ({id}, {some}): {n} rows")),
+                        Ok(Err(e)) => w
+                            .problems
+                            .push(format!("`{sql}` ({id}, {some}): {} {e}", code(&e))),
+                        Err(_) => {
+                            w.problems.push(format!("`{sql}` ({id}, {some}): hung"));
+                            return w;
+                        }
+                    }
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                id += 1;
+            }
+            w
+        }
+    });
+    // The watcher: the capture objects on the sources while they exist, and how far the
+    // log's id sequence got (only clients' writes are logged: the mover's skip the trigger).
+    let watcher = tokio::spawn({
+        let stop = stop.clone();
+        let sources = [env.shard_client(0).await, env.shard_client(1).await];
+        async move {
+            let mut seen = BTreeSet::new();
+            let mut logged = [0i64; 2];
+            while !stop.load(Ordering::Relaxed) {
+                for (i, c) in sources.iter().enumerate() {
+                    let Ok(rows) = c
+                        .query(
+                            "SELECT l.relowner::regrole::text, q.relowner::regrole::text, \
+                                    p.proowner::regrole::text, p.prosecdef, \
+                                    (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = 'public.users'::regclass \
+                                     AND t.tgname = 'shardwire_rebalance_capture' AND t.tgfoid = p.oid), \
+                                    coalesce(s.last_value, 0) \
+                             FROM pg_class l, pg_class q, pg_proc p, pg_sequences s \
+                             WHERE l.oid = to_regclass('shardwire.shardwire_rebalance_log') \
+                               AND q.oid = to_regclass('shardwire.shardwire_rebalance_log_id_seq') \
+                               AND p.oid = to_regprocedure('shardwire.shardwire_rebalance_capture()') \
+                               AND s.schemaname = 'shardwire' AND s.sequencename = 'shardwire_rebalance_log_id_seq'",
+                            &[],
+                        )
+                        .await
+                    else {
+                        continue; // dropped while being read
+                    };
+                    for r in rows {
+                        seen.insert(CaptureSeen {
+                            log_owner: r.get(0),
+                            seq_owner: r.get(1),
+                            function_owner: r.get(2),
+                            security_definer: r.get(3),
+                            triggers: r.get(4),
+                        });
+                        logged[i] = logged[i].max(r.get(5));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (seen, logged)
+        }
+    });
+    let warm = Instant::now();
+    while acked.load(Ordering::Relaxed) < 40 {
+        assert!(
+            warm.elapsed() < Duration::from_secs(30),
+            "the writer is stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old_path, new_path) = (dir.path().join("old.yaml"), dir.path().join("new.yaml"));
+    std::fs::write(&old_path, &old_yaml).unwrap();
+    std::fs::write(&new_path, &new_yaml).unwrap();
+    let before = acked.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardwire"))
+        .arg("rebalance")
+        .arg("--from")
+        .arg(&old_path)
+        .arg("--to")
+        .arg(&new_path)
+        .args(["--yes", "--unit-rows", "400"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(RUN_LIMIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("`shardwire rebalance` did not finish within {RUN_LIMIT:?}"))
+        .expect("running shardwire rebalance");
+    let took = started.elapsed();
+    let during = acked.load(Ordering::Relaxed) - before;
+    // A moment on the NEW map, then the writer stops.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let w = writer.await.expect("writer task");
+    let (seen, logged) = watcher.await.expect("watcher task");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "rebalance took {took:.1?}; {during} writes acknowledged while it ran; writer: {w:?}\n\
+         capture seen: {seen:?}, log ids reached {logged:?}\n--- stderr ---\n{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "`shardwire rebalance` failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(w.problems.is_empty(), "the writer saw {:#?}", w.problems);
+    assert!(
+        during > 0,
+        "no write was acknowledged while the command ran"
+    );
+
+    // Every row is on the shard the NEW ring names, once.
+    let mut per_shard = vec![0i64; env.shard_count()];
+    let mut wrong = Vec::new();
+    let mut ids = BTreeSet::new();
+    let mut duplicated = 0;
+    for (s, id) in env.placed("users", "id").await {
+        per_shard[s] += 1;
+        let want = &new.shard_names()[new.hash_shard(&KeyValue::Int(id))];
+        if *want != format!("s{s}") {
+            wrong.push(format!("{id} on s{s}, belongs on {want}"));
+        }
+        if !ids.insert(id) {
+            duplicated += 1;
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} rows on the wrong shard for the NEW map, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+    assert_eq!(duplicated, 0, "rows on two shards");
+    assert_eq!(
+        per_shard.iter().sum::<i64>(),
+        LOADED + w.inserted,
+        "rows per shard {per_shard:?}: {LOADED} loaded + {} inserted",
+        w.inserted
+    );
+    let want_ids: BTreeSet<i64> = (1..=LOADED)
+        .chain(LIVE_IDS..LIVE_IDS + w.inserted)
+        .collect();
+    assert!(
+        ids == want_ids,
+        "the ids on the shards are not the ones written"
+    );
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "rows per shard {per_shard:?}"
+    );
+    // No update lost either: one '+' per acknowledged update.
+    let plus: i64 = env
+        .per_shard_i64(
+            "SELECT coalesce(sum(length(name) - length(replace(name, '+', ''))), 0)::int8 FROM users",
+        )
+        .await
+        .iter()
+        .sum();
+    assert_eq!(plus, w.updated, "updates on the shards vs acknowledged");
+    // The proxy reads them all back as app_rw, the table's owner on every shard.
+    assert_eq!(
+        one(&app, "SELECT count(*) FROM users").await,
+        (LOADED + w.inserted).to_string()
+    );
+
+    // The capture objects were the control role's, its function SECURITY DEFINER, and
+    // clients' writes were logged through it; they are gone now.
+    assert!(!seen.is_empty(), "the capture objects were never seen");
+    for c in &seen {
+        assert_eq!(c.log_owner, "shardwire_control", "{c:?}");
+        assert_eq!(c.seq_owner, "shardwire_control", "{c:?}");
+        assert_eq!(c.function_owner, "shardwire_control", "{c:?}");
+        assert!(c.security_definer, "{c:?}");
+    }
+    assert!(
+        seen.iter().any(|c| c.triggers == 1),
+        "no capture trigger on users seen: {seen:?}"
+    );
+    assert!(
+        logged.iter().all(|&n| n > 0),
+        "app_rw's writes were not logged on every source: log ids reached {logged:?}"
+    );
+    for s in 0..env.shard_count() {
+        let left = env
+            .shard_client(s)
+            .await
+            .query_one(
+                "SELECT to_regclass('shardwire.shardwire_rebalance_log') IS NOT NULL \
+                 OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'shardwire_rebalance_capture')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0);
+        assert!(!left, "change capture left on s{s}");
+    }
 }

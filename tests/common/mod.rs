@@ -220,7 +220,20 @@ impl TestEnv {
     /// user `app` runs as `app_rw` and proxy user `other` (password `other-secret`) as
     /// `app_rw2`.
     pub fn least_privilege_yaml(&self, tables: &str, extra: &str, admin: bool) -> String {
-        let y = self.shard_map_yaml_with(tables, extra, &[], admin);
+        let all: Vec<usize> = (0..self.shards.len()).collect();
+        self.least_privilege_yaml_on(&all, tables, extra, admin)
+    }
+
+    /// Like [`TestEnv::least_privilege_yaml`], over the env's shards `shards` only (named
+    /// `s<env index>`, as in [`TestEnv::shard_map_yaml_on`]).
+    pub fn least_privilege_yaml_on(
+        &self,
+        shards: &[usize],
+        tables: &str,
+        extra: &str,
+        admin: bool,
+    ) -> String {
+        let y = self.shard_map_yaml_on(shards, tables, extra, &[], admin);
         let app = if admin { ", admin: true" } else { "" };
         let users = format!(
             "users:\n  - {{ name: app, password: app-secret, shard_user: app_rw, shard_password: app-rw-secret{app} }}\n  - {{ name: other, password: other-secret, shard_user: app_rw2 }}\n"
