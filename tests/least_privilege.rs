@@ -7,9 +7,11 @@
 //!
 //! Each attack of the hostile review that needed the control tables (map takeover, 2PC log
 //! abuse and locking, directory re-pointing, `COPY … TO PROGRAM` through `DO`) is tried
-//! here and refused with 42501, and the proxy's own work (two-phase commit, recovery,
-//! client-driven 2PC, the directory) goes on under these roles, and so does an online
-//! rebalance (`shardwire rebalance`, logged in as the control role) while clients write.
+//! here and refused with 42501; a cast of a client's type never runs as the control role
+//! inside the capture trigger's SECURITY DEFINER function. The proxy's own work (two-phase
+//! commit, recovery, client-driven 2PC, the directory) goes on under these roles, and so
+//! does an online rebalance (`shardwire rebalance`, logged in as the control role) while
+//! clients write.
 
 mod common;
 
@@ -260,6 +262,62 @@ async fn clients_cannot_reach_the_control_state() {
         .unwrap()
         .get(0);
     assert_eq!(planted, 0);
+
+    // A client's code never runs as the control role, not even in the rebalance's SECURITY
+    // DEFINER capture function, which reads every row app_rw writes while a rebalance (or
+    // one killed and not run again) has capture installed: a cast to json of a type app_rw
+    // owns ran there as shardwire_control when the function used `to_jsonb(NEW)`.
+    let map =
+        ShardMap::from_yaml_str(&env.least_privilege_yaml(TABLES, "", false), "map").expect("map");
+    let users: Vec<_> = map
+        .sharded_tables()
+        .filter(|t| t.name == "users")
+        .cloned()
+        .collect();
+    let ctl = env.shard_client_as(0, "shardwire_control").await;
+    shardwire::rebalance::mover::install_capture(&ctl, &users)
+        .await
+        .expect("capture installed by the control role");
+    let s0 = env.shard_client_as(0, "app_rw").await;
+    s0.batch_execute(
+        "CREATE TYPE mood AS ENUM ('evil'); \
+         CREATE FUNCTION mood_json(mood) RETURNS json LANGUAGE plpgsql AS $$ BEGIN \
+           INSERT INTO shardwire.shardwire_2pc (gid, decision) VALUES ('shardwire_y', 'commit') \
+           ON CONFLICT DO NOTHING; \
+           RETURN '\"evil\"'; END $$; \
+         CREATE CAST (mood AS json) WITH FUNCTION mood_json(mood); \
+         CREATE FUNCTION mood_text(mood) RETURNS text LANGUAGE plpgsql AS $$ BEGIN \
+           INSERT INTO shardwire.shardwire_2pc (gid, decision) VALUES ('shardwire_z', 'commit') \
+           ON CONFLICT DO NOTHING; \
+           RETURN 'evil'; END $$; \
+         CREATE CAST (mood AS text) WITH FUNCTION mood_text(mood); \
+         ALTER TABLE users ADD COLUMN m mood",
+    )
+    .await
+    .unwrap();
+    s0.batch_execute("INSERT INTO users (id, name, m) VALUES (1001, 'x', 'evil')")
+        .await
+        .expect("app_rw's write, logged");
+    let logged: i64 = ctl
+        .query_one(
+            "SELECT count(*) FROM shardwire.shardwire_rebalance_log \
+             WHERE tbl = 'users' AND key = '1001'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 1, "the write is logged");
+    let planted: i64 = c0
+        .query_one(
+            "SELECT count(*) FROM shardwire.shardwire_2pc \
+             WHERE gid IN ('shardwire_y', 'shardwire_z')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(planted, 0, "app_rw's cast ran as the control role");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,17 +46,28 @@ use crate::wire::copybin::{TupleReader, HEADER, TRAILER};
 ///
 /// The function is `SECURITY DEFINER` (it runs as the control role that created it, with a
 /// fixed `search_path`): it fires on clients' writes, whose roles have no rights in schema
-/// `shardwire`, and must log them all the same.
+/// `shardwire`, and must log them all the same. So it must run no code a client wrote: it
+/// reads only the key column, as its type's output function writes it (`format('%s')`:
+/// output functions are C, which only a superuser can create), never through a cast, which
+/// the owner of a type may define in SQL and which would then run as the control role
+/// (`to_jsonb(NEW)` calls a column type's cast to json). `DateStyle` and `TimeZone` are fixed
+/// so that the text does not depend on the writer's session (`key_from_text` reads it).
 pub const CAPTURE_SQL: &str = "\
 CREATE TABLE IF NOT EXISTS shardwire.shardwire_rebalance_log (id bigserial PRIMARY KEY, tbl text NOT NULL, key text);
 CREATE OR REPLACE FUNCTION shardwire.shardwire_rebalance_capture() RETURNS trigger LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO' SET TimeZone = 'UTC' AS $f$
+DECLARE
+    q text := format('SELECT CASE WHEN ($1).%1$I IS NULL THEN NULL ELSE format(''%%s'', ($1).%1$I) END, '
+                     'CASE WHEN ($2).%1$I IS NULL THEN NULL ELSE format(''%%s'', ($2).%1$I) END', TG_ARGV[1]);
+    new_key text;
+    old_key text;
 BEGIN
+    EXECUTE q INTO new_key, old_key USING NEW, OLD;
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO shardwire.shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], to_jsonb(NEW) ->> TG_ARGV[1]);
+        INSERT INTO shardwire.shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], new_key);
     END IF;
-    IF TG_OP = 'DELETE' OR (to_jsonb(OLD) ->> TG_ARGV[1]) IS DISTINCT FROM (to_jsonb(NEW) ->> TG_ARGV[1]) THEN
-        INSERT INTO shardwire.shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], to_jsonb(OLD) ->> TG_ARGV[1]);
+    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND old_key IS DISTINCT FROM new_key) THEN
+        INSERT INTO shardwire.shardwire_rebalance_log (tbl, key) VALUES (TG_ARGV[0], old_key);
     END IF;
     RETURN NULL;
 END $f$;";
@@ -717,15 +728,27 @@ mod tests {
 mod key_text_tests {
     use crate::sharding::keys::{key_from_text, KeyType, KeyValue};
 
-    /// The capture trigger logs keys as `to_jsonb(row) ->> key`: JSON's ISO 8601 forms.
+    /// The capture trigger logs keys as their types' output functions write them, in
+    /// DateStyle ISO and TimeZone UTC; logs a run of an earlier version left hold JSON's ISO
+    /// 8601 forms (`to_jsonb(row) ->> key`). Both parse, to the same keys.
     #[test]
-    fn json_forms_of_keys_parse_like_postgres_text() {
+    fn logged_forms_of_keys_parse_like_postgres_text() {
         let a = key_from_text(KeyType::Timestamptz, "2025-01-01T01:00:00+01:00").expect("json ts");
         let b = key_from_text(KeyType::Timestamptz, "2025-01-01 00:00:00+00").expect("text ts");
         assert_eq!(a, b);
         let c =
             key_from_text(KeyType::Timestamptz, "2024-07-01T00:00:00.123456+00:00").expect("frac");
         assert!(matches!(c, KeyValue::Timestamptz(_)));
+        assert_eq!(
+            key_from_text(KeyType::Timestamptz, "2024-07-01 00:00:00.123456+00").expect("frac"),
+            c
+        );
+        for ts in ["0044-03-15 12:00:00+00 BC", "infinity", "-infinity"] {
+            assert!(key_from_text(KeyType::Timestamptz, ts).is_ok(), "{ts}");
+        }
+        for d in ["0044-03-15 BC", "infinity"] {
+            assert!(key_from_text(KeyType::Date, d).is_ok(), "{d}");
+        }
         assert_eq!(
             key_from_text(KeyType::BigInt, "42").expect("int"),
             KeyValue::Int(42)
