@@ -3,6 +3,10 @@
 
 use tokio_postgres::Client;
 
+/// What to do when the control role may not act as a transaction's owner.
+pub const OWNER_HINT: &str = "the control role (the shard URLs' login) must be a member of \
+    the role that prepared it: GRANT <that role> TO <control role> (see config/roles.sql)";
+
 /// Runs `sql`, a `COMMIT PREPARED` or `ROLLBACK PREPARED` of `gid`, on control connection
 /// `c`. Postgres lets only the role that prepared a transaction (or a superuser) finish it;
 /// clients' transactions are prepared by their users' `shard_user` roles, so when the

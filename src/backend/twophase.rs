@@ -218,6 +218,7 @@ async fn recover_shard(
         )
         .await?;
     let mut done = 0;
+    let mut first_error = None;
     for r in rows {
         let gid: String = r.get(0);
         if !gid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -245,9 +246,18 @@ async fn recover_shard(
         } else {
             rollback_prepared_sql(&gid)
         };
-        super::prepared_xacts::finish_as_owner(&c, &gid, &sql).await?;
+        // One that cannot be finished (its owner is a role the control role may not act
+        // as) does not stop the pass: the others are finished, the error reported after.
+        if let Err(e) = super::prepared_xacts::finish_as_owner(&c, &gid, &sql).await {
+            tracing::error!(%gid, shard = %map.shards[i].name, %decision, error = %e, "cannot finish an in-doubt two-phase transaction; {}", super::prepared_xacts::OWNER_HINT);
+            first_error.get_or_insert(e);
+            continue;
+        }
         tracing::warn!(%gid, shard = %map.shards[i].name, %decision, "finished an in-doubt two-phase transaction");
         done += 1;
     }
-    Ok(done)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
 }

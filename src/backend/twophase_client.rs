@@ -352,6 +352,7 @@ async fn orphans(map: &ShardMap, i: usize, log: &Client, secs: f64) -> Result<us
     let list = "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() \
                 AND gid LIKE 'shardwire-client-%' AND prepared < now() - make_interval(secs => $1)";
     let mut done = 0;
+    let mut first_error = None;
     for r in bounded(c.query(list, &[&secs])).await? {
         let gid: String = r.try_get(0)?;
         if bounded(client_owned(log, &gid)).await? {
@@ -359,13 +360,21 @@ async fn orphans(map: &ShardMap, i: usize, log: &Client, secs: f64) -> Result<us
         }
         let undo = rollback_prepared_sql(&gid);
         match bounded(super::prepared_xacts::finish_as_owner(&c, &gid, &undo)).await {
-            Err(e) if !e.is_not_found() => return Err(e),
+            // One that cannot be rolled back does not stop the pass (see twophase).
+            Err(e) if !e.is_not_found() => {
+                tracing::error!(%gid, shard = %map.shards[i].name, error = %e, "cannot roll back an orphaned part of a client's two-phase transaction; {}", super::prepared_xacts::OWNER_HINT);
+                first_error.get_or_insert(e);
+                continue;
+            }
             _ => {}
         }
         tracing::warn!(%gid, shard = %map.shards[i].name, "rolled back an orphaned part of a client's two-phase transaction");
         done += 1;
     }
-    Ok(done)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
 }
 
 /// Whether the prepared transaction `gid` on some shard belongs to a client's two-phase

@@ -109,12 +109,28 @@ impl TestEnv {
             })
             .collect();
         let reference = dbs.pop().expect("at least one cluster");
-        TestEnv {
+        let env = TestEnv {
             shards: dbs,
             reference,
             owned,
             bin,
+        };
+        if roles_mode() {
+            env.least_privilege();
+            // What tests create directly on the shards (as postgres) app_rw may use, as
+            // an application's migrations would have granted.
+            for i in 0..env.shard_count() {
+                env.shard_psql(
+                    i,
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON TABLES TO app_rw; \
+                     ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON SEQUENCES TO app_rw; \
+                     ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON FUNCTIONS TO app_rw; \
+                     ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON TYPES TO app_rw; \
+                     ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON SCHEMAS TO app_rw",
+                );
+            }
         }
+        env
     }
 
     /// Number of shards.
@@ -233,19 +249,33 @@ impl TestEnv {
         extra: &str,
         admin: bool,
     ) -> String {
-        let y = self.shard_map_yaml_on(shards, tables, extra, &[], admin);
-        let app = if admin { ", admin: true" } else { "" };
-        let users = format!(
-            "users:\n  - {{ name: app, password: app-secret, shard_user: app_rw, shard_password: app-rw-secret{app} }}\n  - {{ name: other, password: other-secret, shard_user: app_rw2 }}\n"
-        );
-        let start = y.find("users:\n").expect("users");
-        let end = y.find("shards:\n").expect("shards");
-        format!("{}{users}{}", &y[..start], &y[end..]).replace(
-            "postgres://postgres@",
-            "postgres://shardwire_control:control-secret@",
-        )
+        let y = self.plain_yaml_on(shards, tables, extra, &[], admin);
+        with_roles(&y, admin)
     }
+}
 
+/// With `SHARDWIRE_TEST_ROLES=1` every env's map runs under least privilege (the roles of
+/// [`TestEnv::least_privilege`]), so the whole suite can be run that way.
+pub fn roles_mode() -> bool {
+    std::env::var("SHARDWIRE_TEST_ROLES").is_ok_and(|v| v == "1")
+}
+
+/// `y` (a map from [`TestEnv::plain_yaml_on`]) under least privilege: users `app` (as
+/// app_rw) and `other` (as app_rw2), the URLs' login `shardwire_control`.
+fn with_roles(y: &str, admin: bool) -> String {
+    let app = if admin { ", admin: true" } else { "" };
+    let users = format!(
+        "users:\n  - {{ name: app, password: app-secret, shard_user: app_rw, shard_password: app-rw-secret{app} }}\n  - {{ name: other, password: other-secret, shard_user: app_rw2 }}\n"
+    );
+    let start = y.find("users:\n").expect("users");
+    let end = y.find("shards:\n").expect("shards");
+    format!("{}{users}{}", &y[..start], &y[end..]).replace(
+        "postgres://postgres@",
+        "postgres://shardwire_control:control-secret@",
+    )
+}
+
+impl TestEnv {
     /// A direct connection to shard `i` as role `user` (trust authentication).
     pub async fn shard_client_as(&self, i: usize, user: &str) -> Client {
         let db = &self.shards[i];
@@ -309,6 +339,22 @@ impl TestEnv {
     /// Like [`TestEnv::shard_map_yaml_with`], over the env's shards `shards` only, each
     /// named `s<env index>` (so a name means the same database in every map).
     pub fn shard_map_yaml_on(
+        &self,
+        shards: &[usize],
+        tables: &str,
+        extra: &str,
+        regions: &[&str],
+        admin: bool,
+    ) -> String {
+        let y = self.plain_yaml_on(shards, tables, extra, regions, admin);
+        match roles_mode() {
+            true => with_roles(&y, admin),
+            false => y,
+        }
+    }
+
+    /// [`TestEnv::shard_map_yaml_on`] logged in as `postgres` whatever the mode.
+    fn plain_yaml_on(
         &self,
         shards: &[usize],
         tables: &str,
