@@ -12,11 +12,14 @@
 #      Go's pgx v4 and lib/pq (Debian's golang packages) for the non-Rust driver tests;
 #   2. builds the `shardwire` binary and starts 5 throwaway Postgres clusters with it
 #      (`shardwire dev-clusters up`), removed again on exit whatever happens;
-#   3. runs `cargo nextest run --no-fail-fast` with SHARDWIRE_TEST_CLUSTERS=<their ports>,
-#      then the doc tests (only when no arguments were given).
+#   3. runs `cargo nextest run --no-fail-fast` with SHARDWIRE_TEST_CLUSTERS=<their ports>;
+#      then, only when no arguments were given, the suite again with SHARDWIRE_TEST_ROLES=1
+#      (every test's proxy logs in to the shards as a control role and non-superuser
+#      application roles, config/roles.sql) and the doc tests.
 #
 # Environment: PG_BIN (directory of initdb/pg_ctl, optional), NEXTEST_PROFILE (default or ci),
-# CARGO_TARGET_DIR (honoured), SHARDWIRE_SKIP_INSTALL=1 (never install anything).
+# CARGO_TARGET_DIR (honoured), SHARDWIRE_SKIP_INSTALL=1 (never install anything),
+# SHARDWIRE_SKIP_ROLES_PASS=1 (skip the least-privilege pass).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -108,6 +111,12 @@ export SHARDWIRE_TEST_CLUSTERS=$PORTS
 # --- 4. tests ---------------------------------------------------------------------------
 status=0
 cargo nextest run --no-fail-fast "$@" || status=$?
+if [ "$#" = 0 ] && [ "${SHARDWIRE_SKIP_ROLES_PASS:-0}" != 1 ]; then
+    # The same suite again with every test's proxy logged in to the shards under least
+    # privilege: a control role and non-superuser application roles (config/roles.sql).
+    log "the suite again under least privilege (SHARDWIRE_TEST_ROLES=1)"
+    SHARDWIRE_TEST_ROLES=1 cargo nextest run --no-fail-fast || status=$?
+fi
 if [ "$#" = 0 ]; then
     log "doc tests"
     cargo test --quiet --doc || status=$?

@@ -104,8 +104,9 @@ async fn show_commands_report_the_proxy_state() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         pools = admin(&console, "SHOW POOLS").await;
     }
-    // One pool per (shard, user): the control plane's (user `-`) and the app's.
-    assert_eq!(pools.len(), 3 * 2, "{pools:?}");
+    // One pool per (shard, user): the control plane's (user `-`) and each user's.
+    let users = if common::roles_mode() { 2 } else { 1 };
+    assert_eq!(pools.len(), 3 * (1 + users), "{pools:?}");
     assert!(pools.iter().any(|p| p["user"] == "-"), "{pools:?}");
     let pools: Vec<_> = pools.into_iter().filter(|p| p["user"] == "app").collect();
     assert_eq!(pools.len(), 3);
@@ -237,8 +238,12 @@ async fn metrics_and_health_over_http() {
         metric(&text, "shardwire_gathered_rows_total") >= 1.0,
         "{text}"
     );
-    // Most connections to the shard: the app user's pool and the control plane's, 10 each.
-    assert_eq!(metric(&text, "shardwire_pool_size{shard=\"s0\"}"), 20.0);
+    // Most connections to the shard: each user's pool and the control plane's, 10 each.
+    let users = if common::roles_mode() { 2.0 } else { 1.0 };
+    assert_eq!(
+        metric(&text, "shardwire_pool_size{shard=\"s0\"}"),
+        10.0 * (1.0 + users)
+    );
     assert_eq!(
         metric(
             &text,

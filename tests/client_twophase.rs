@@ -323,10 +323,15 @@ async fn recovery_leaves_prepared_client_transactions_to_the_client() {
     // Left by proxies that died: one `preparing`, one `committing`, and a part prepared
     // after its record was finished.
     let s: Vec<Client> = futures_join(&env).await;
+    // Parts are prepared as the role the proxy's clients run as, like the proxy's own.
+    let mut p: Vec<Client> = Vec::new();
+    for i in 0..env.shard_count() {
+        p.push(env.shard_client_for_clients(i).await);
+    }
     let (dead, decided) = (unique("dead"), unique("decided"));
     for (gid, state, id_at) in [(&dead, "preparing", 1), (&decided, "committing", 2)] {
         let mut gids = Vec::new();
-        for (i, sc) in s.iter().enumerate() {
+        for (i, sc) in p.iter().enumerate() {
             let part = if i == 0 {
                 gid.clone()
             } else {
@@ -352,7 +357,7 @@ async fn recovery_leaves_prepared_client_transactions_to_the_client() {
         .unwrap();
     }
     let orphan = twophase_client::derived_gid(rand::random(), 1);
-    s[1].batch_execute(&format!(
+    p[1].batch_execute(&format!(
         "BEGIN; INSERT INTO tpc_users VALUES ({}, 'o'); PREPARE TRANSACTION '{orphan}'",
         ids[1][3]
     ))

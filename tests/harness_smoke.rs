@@ -60,7 +60,8 @@ async fn harness_creates_and_drops_databases() {
     let yaml = env.shard_map_yaml("users: { key: id, type: bigint, strategy: hash }\n", "");
     assert!(yaml.contains("  users: { key: id"), "{yaml}");
     for i in 0..3 {
-        assert!(yaml.contains(&env.shard_url(i)), "{yaml}");
+        let addr = format!("@127.0.0.1:{}/{}", env.shard_port(i), env.db_name());
+        assert!(yaml.contains(&addr), "{yaml}");
     }
 
     // Keep a client open: dropping the env must still remove the databases (FORCE).

@@ -21,6 +21,18 @@ async fn setup() -> (TestEnv, Proxy) {
             )
             .await
             .unwrap();
+        if common::roles_mode() {
+            // The clients' role may become it, as the test's superuser could.
+            env.shard_client(s)
+                .await
+                .batch_execute(
+                    "DO $$ BEGIN IF NOT pg_has_role('app_rw', 'sw_lowpriv', 'MEMBER') THEN \
+                     GRANT sw_lowpriv TO app_rw; END IF; \
+                     EXCEPTION WHEN unique_violation THEN NULL; END $$",
+                )
+                .await
+                .unwrap();
+        }
     }
     let yaml = env
         .shard_map_yaml("", "")
@@ -60,10 +72,19 @@ async fn a_role_follows_its_client_and_no_other() {
         "sw_lowpriv",
         "A lost it"
     );
-    a.batch_execute("SET SESSION AUTHORIZATION sw_lowpriv")
-        .await
-        .unwrap();
-    assert_eq!(one(&a, "SELECT session_user").await, "sw_lowpriv");
+    if common::roles_mode() {
+        // Only a superuser may: the clients' role gets Postgres's refusal.
+        let e = a
+            .batch_execute("SET SESSION AUTHORIZATION sw_lowpriv")
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), "42501", "{e}");
+    } else {
+        a.batch_execute("SET SESSION AUTHORIZATION sw_lowpriv")
+            .await
+            .unwrap();
+        assert_eq!(one(&a, "SELECT session_user").await, "sw_lowpriv");
+    }
     assert_eq!(one(&b, "SELECT session_user").await, owner);
     assert_eq!(one(&b, "SELECT current_user").await, owner);
     a.batch_execute("RESET SESSION AUTHORIZATION; RESET ROLE")
@@ -548,7 +569,8 @@ async fn a_cancel_while_waiting_for_a_pooled_connection_cancels_the_statement() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_tables_live_in_their_own_schema() {
     let env = TestEnv::new(2).await;
-    let s0 = env.shard_client(0).await;
+    // Made by an older proxy, logged in as the shards' URL login.
+    let s0 = env.shard_client_as(0, common::control_role()).await;
     s0.batch_execute(
         "CREATE TABLE public.shardwire_sequences (name text PRIMARY KEY, next_value bigint NOT NULL, \
          updated_at timestamptz NOT NULL DEFAULT now()); \

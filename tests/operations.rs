@@ -804,7 +804,7 @@ async fn show_clients_and_servers() {
     assert_eq!(active["host"], "127.0.0.1");
     assert_eq!(active["port"], env.shard_port(shard_of_1).to_string());
     assert_eq!(active["database"], env.db_name());
-    assert_eq!(active["user"], "postgres");
+    assert_eq!(active["user"], common::client_role());
     assert!(active["age_s"].parse::<u64>().is_ok(), "{active:?}");
     let state: String = env
         .shard_client(shard_of_1)
@@ -1240,9 +1240,9 @@ async fn cancel_after_a_reload_that_drops_some_connections() {
     let path = dir.path().join("map.yaml");
     write_map(&path, &yaml);
     *proxy.handle.shared.config_path.lock() = Some(path.clone());
-    let s1_url = env.shard_url(1);
-    assert!(s1_url.contains("127.0.0.1"), "{s1_url}");
-    let moved = yaml.replace(&s1_url, &s1_url.replace("127.0.0.1", "localhost"));
+    let s1_addr = format!("127.0.0.1:{}/", env.shard_port(1));
+    assert!(yaml.contains(&s1_addr), "{yaml}");
+    let moved = yaml.replace(&s1_addr, &format!("localhost:{}/", env.shard_port(1)));
     assert_ne!(moved, yaml);
     write_map(&path, &moved);
     let reply = admin_raw(proxy.port(), "RELOAD").await;

@@ -17,12 +17,15 @@ async fn recovery_finishes_in_doubt_transactions_by_the_log() {
         .unwrap();
     let s0 = env.shard_client(0).await;
     let s1 = env.shard_client(1).await;
+    // Prepared as the role the proxy's clients run as, as the proxy's own would be.
+    let p0 = env.shard_client_for_clients(0).await;
+    let p1 = env.shard_client_for_clients(1).await;
     // Two transactions prepared on both shards, as a proxy that died mid-commit leaves them.
     let tag = format!("{:08x}", rand::random::<u32>());
     let decided = format!("shardwire_test{tag}_1");
     let undecided = format!("shardwire_test{tag}_2");
     for (gid, code) in [(&decided, "AA"), (&undecided, "BB")] {
-        for s in [&s0, &s1] {
+        for s in [&p0, &p1] {
             s.batch_execute(&format!(
                 "BEGIN; INSERT INTO countries VALUES ('{code}'); PREPARE TRANSACTION '{gid}'"
             ))

@@ -260,6 +260,26 @@ pub fn roles_mode() -> bool {
     std::env::var("SHARDWIRE_TEST_ROLES").is_ok_and(|v| v == "1")
 }
 
+/// The role the proxy's clients run as on the shards in this mode: `app_rw` under
+/// [`roles_mode`], else the URLs' `postgres`.
+pub fn client_role() -> &'static str {
+    if roles_mode() {
+        "app_rw"
+    } else {
+        "postgres"
+    }
+}
+
+/// The shards' URL login in this mode: `shardwire_control` under [`roles_mode`], else
+/// `postgres`.
+pub fn control_role() -> &'static str {
+    if roles_mode() {
+        "shardwire_control"
+    } else {
+        "postgres"
+    }
+}
+
 /// `y` (a map from [`TestEnv::plain_yaml_on`]) under least privilege: users `app` (as
 /// app_rw) and `other` (as app_rw2), the URLs' login `shardwire_control`.
 fn with_roles(y: &str, admin: bool) -> String {
@@ -284,6 +304,12 @@ impl TestEnv {
             db.port, db.name
         ))
         .await
+    }
+
+    /// A direct connection to shard `i` as the role the proxy's clients run as (see
+    /// [`client_role`]): what a test prepares there stands for the proxy's own work.
+    pub async fn shard_client_for_clients(&self, i: usize) -> Client {
+        self.shard_client_as(i, client_role()).await
     }
 
     /// Stops the cluster behind shard `i` (only for envs from [`TestEnv::new_owned`]).
