@@ -9,6 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::gate;
+use crate::backend::latency::LatencyHistogram;
 use crate::backend::pool::ShardPool;
 use crate::routing::router::PlanCache;
 use crate::sharding::shardmap::ShardMap;
@@ -78,13 +79,24 @@ pub fn build_pools(
     map: &ShardMap,
     cur: Option<&Topology>,
 ) -> (Vec<Arc<ShardPool>>, HashMap<String, ClientPools>) {
+    // One latency histogram per shard, shared by all its pools (kept while the shard keeps
+    // its place and name; every pool of a shard was made with it, so reused ones share it).
+    let latency: Vec<Arc<LatencyHistogram>> = map
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match cur.and_then(|t| t.pools.get(i)) {
+            Some(p) if p.info.name == s.name => p.latency.clone(),
+            _ => Default::default(),
+        })
+        .collect();
     let control: Vec<Arc<ShardPool>> = map
         .shards
         .iter()
         .enumerate()
         .map(|(i, s)| match cur.and_then(|t| t.pools.get(i)) {
             Some(p) if p.info.same_server(s) => p.clone(),
-            _ => ShardPool::new(i, s.clone(), map.pool.clone(), Default::default()),
+            _ => ShardPool::new(i, s.clone(), map.pool.clone(), latency[i].clone()),
         })
         .collect();
     let clients = map
@@ -107,7 +119,7 @@ pub fn build_pools(
                         .and_then(|p| p.get(i))
                     {
                         Some(p) if p.info.same_server(&info) => p.clone(),
-                        _ => ShardPool::new(i, info, map.pool.clone(), control[i].latency.clone()),
+                        _ => ShardPool::new(i, info, map.pool.clone(), latency[i].clone()),
                     }
                 })
                 .collect();
