@@ -355,6 +355,13 @@ async fn two_phase_commit_and_its_recovery_work_under_the_roles() {
     )
     .await;
     assert_eq!(listed, "1");
+    // Another proxy user may not finish it, as Postgres allows only the role that
+    // prepared a transaction (pg_prepared_xacts shows every gid to everyone).
+    let b = other(&proxy).await;
+    for sql in ["COMMIT PREPARED 'lp-1'", "ROLLBACK PREPARED 'lp-1'"] {
+        let e = b.batch_execute(sql).await.unwrap_err();
+        assert_eq!(code(&e), "42501", "{sql}: {e}");
+    }
     app.batch_execute("COMMIT PREPARED 'lp-1'").await.unwrap();
     assert_eq!(one(&app, "SELECT count(*) FROM users").await, "7");
     assert_eq!(env.prepared_left().await, vec![0, 0]);

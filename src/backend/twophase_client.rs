@@ -51,12 +51,17 @@ pub fn rollback_prepared_sql(gid: &str) -> String {
     format!("ROLLBACK PREPARED {}", crate::quote::literal(gid))
 }
 
-/// The statement that creates [`CLIENT_TABLE`].
+/// The statement that creates [`CLIENT_TABLE`] (and adds `owner`, the proxy user who
+/// prepared, to a table an older proxy made).
 pub fn create_sql() -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {CLIENT_TABLE} (gid text PRIMARY KEY, state text NOT NULL, \
          shards text[] NOT NULL, gids text[] NOT NULL, \
-         created timestamptz NOT NULL DEFAULT now(), updated timestamptz NOT NULL DEFAULT now())"
+         created timestamptz NOT NULL DEFAULT now(), updated timestamptz NOT NULL DEFAULT now(), \
+         owner text); \
+         DO $sw$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute \
+         WHERE attrelid = '{CLIENT_TABLE}'::regclass AND attname = 'owner' AND NOT attisdropped) \
+         THEN ALTER TABLE {CLIENT_TABLE} ADD COLUMN owner text; END IF; END $sw$"
     )
 }
 
@@ -95,6 +100,9 @@ pub enum TpcError {
     /// A participant's shard is not in the current map.
     #[error("shard {0} of the prepared transaction is not in the shard map")]
     UnknownShard(String),
+    /// COMMIT/ROLLBACK PREPARED by another proxy user than the one that prepared it.
+    #[error("permission denied to finish prepared transaction")]
+    NotOwner,
     /// A shard or the record's shard failed.
     #[error("{0}")]
     Db(#[from] tokio_postgres::Error),
@@ -108,6 +116,7 @@ impl TpcError {
     pub fn into_proxy(self) -> ProxyError {
         let code = match &self {
             TpcError::InUse(_) => "42710",
+            TpcError::NotOwner => "42501",
             TpcError::NotFound(_) => "42704",
             TpcError::Busy { .. } | TpcError::UnknownShard(_) => "55000",
             TpcError::Db(e) => match e.as_db_error() {
@@ -162,17 +171,23 @@ impl ClientLog {
     }
 
     /// Records `gid` as `preparing` with its participants (committed before any of them
-    /// is prepared). A recorded gid is [`TpcError::InUse`].
-    pub async fn begin(&self, map: &ShardMap, gid: &str, parts: &[Part]) -> Result<(), TpcError> {
+    /// is prepared), prepared by proxy user `owner`. A recorded gid is [`TpcError::InUse`].
+    pub async fn begin(
+        &self,
+        map: &ShardMap,
+        gid: &str,
+        parts: &[Part],
+        owner: &str,
+    ) -> Result<(), TpcError> {
         let shards: Vec<String> = parts
             .iter()
             .map(|p| map.shards[p.shard].name.clone())
             .collect();
         let gids: Vec<String> = parts.iter().map(|p| p.gid.clone()).collect();
         let sql = format!(
-            "INSERT INTO {CLIENT_TABLE} (gid, state, shards, gids) VALUES ($1, 'preparing', $2, $3)"
+            "INSERT INTO {CLIENT_TABLE} (gid, state, shards, gids, owner) VALUES ($1, 'preparing', $2, $3, $4)"
         );
-        match bounded(self.client.execute(&sql, &[&gid, &shards, &gids])).await {
+        match bounded(self.client.execute(&sql, &[&gid, &shards, &gids, &owner])).await {
             Err(TpcError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 Err(TpcError::InUse(gid.to_string()))
             }
@@ -219,8 +234,10 @@ impl ClientLog {
 
 /// `COMMIT PREPARED` (`commit`) or `ROLLBACK PREPARED` of the client's `gid`: records the
 /// decision, finishes every participant (one already finished counts as done, so a retry
-/// after a failure completes it), then deletes the record.
-pub async fn finish(map: &ShardMap, gid: &str, commit: bool) -> Result<(), TpcError> {
+/// after a failure completes it), then deletes the record. Only proxy user `user`, who
+/// prepared it, may (as Postgres allows only the preparing role): else
+/// [`TpcError::NotOwner`].
+pub async fn finish(map: &ShardMap, gid: &str, commit: bool, user: &str) -> Result<(), TpcError> {
     let log = connect(map, map.default_shard).await?;
     let (to, from) = if commit {
         ("committing", ["prepared", "committing"])
@@ -229,18 +246,24 @@ pub async fn finish(map: &ShardMap, gid: &str, commit: bool) -> Result<(), TpcEr
     };
     let claim = format!(
         "UPDATE {CLIENT_TABLE} SET state = $2, updated = now() WHERE gid = $1 AND state = ANY($3) \
-         RETURNING shards, gids"
+         AND (owner IS NULL OR owner = $4) RETURNING shards, gids"
     );
     let from: Vec<&str> = from.to_vec();
-    let row = match bounded(log.query_opt(&claim, &[&gid, &to, &from])).await {
+    let row = match bounded(log.query_opt(&claim, &[&gid, &to, &from, &user])).await {
         Ok(r) => r,
         // No table: the proxy never prepared a client transaction on this database.
         Err(TpcError::Db(e)) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => None,
         Err(e) => return Err(e),
     };
     let Some(row) = row else {
-        let state = format!("SELECT state FROM {CLIENT_TABLE} WHERE gid = $1");
+        let state = format!("SELECT state, owner FROM {CLIENT_TABLE} WHERE gid = $1");
         return Err(match bounded(log.query_opt(&state, &[&gid])).await {
+            Ok(Some(r))
+                if r.try_get::<_, Option<String>>(1)?
+                    .is_some_and(|o| o != user) =>
+            {
+                TpcError::NotOwner
+            }
             Ok(Some(r)) => TpcError::Busy {
                 gid: gid.to_string(),
                 state: r.try_get(0)?,

@@ -86,7 +86,7 @@ impl Session {
                 return Ok(false);
             }
         };
-        if let Err(e) = log.begin(&map, gid, &parts).await {
+        if let Err(e) = log.begin(&map, gid, &parts, &self.user).await {
             self.abandon(e.into_proxy()).await;
             return Ok(false);
         }
@@ -260,7 +260,7 @@ impl Session {
             return false;
         }
         let map = self.topo.map.clone();
-        match client::finish(&map, gid, commit).await {
+        match client::finish(&map, gid, commit, &self.user).await {
             Ok(()) => {
                 build::command_complete(&mut self.out, what);
                 true
