@@ -7,8 +7,9 @@
 
 mod common;
 
+use common::{first_value as one, sqlstate as code};
+
 use common::{Proxy, TestEnv};
-use tokio_postgres::Client;
 
 async fn setup() -> (TestEnv, Proxy) {
     let env = TestEnv::new(2).await;
@@ -39,19 +40,6 @@ async fn setup() -> (TestEnv, Proxy) {
         .replace("pool: { size: 10,", "pool: { size: 1,");
     let proxy = Proxy::start_yaml(&yaml).await;
     (env, proxy)
-}
-
-async fn one(c: &Client, sql: &str) -> String {
-    let rows = c.simple_query(sql).await.unwrap();
-    common::rows_as_maps(rows)
-        .into_iter()
-        .next()
-        .and_then(|m| m.into_values().next())
-        .unwrap_or_default()
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::{first_value as one, sqlstate as code};
+
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -57,22 +59,6 @@ async fn other(proxy: &Proxy) -> Client {
         proxy.port()
     ))
     .await
-}
-
-async fn one(c: &Client, sql: &str) -> String {
-    let rows = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    common::rows_as_maps(rows)
-        .into_iter()
-        .next()
-        .and_then(|m| m.into_values().next())
-        .unwrap_or_default()
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
 
 /// `sql` through `c` fails with 42501 (insufficient privilege).

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::sqlstate as code;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -48,10 +50,6 @@ async fn users_with(c: &Client, ids: &[i64]) {
 }
 
 /// The SQLSTATE of a failed statement.
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_default()
-}
-
 /// The command tag-ish reply of a simple query through tokio-postgres: rows affected, or
 /// the SQLSTATE.
 async fn run(c: &Client, sql: &str) -> Result<u64, String> {

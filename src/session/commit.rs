@@ -8,9 +8,10 @@
 //!    `ROLLBACK PREPARED`, the rest `ROLLBACK`, and the client gets the error.
 //! 2. The decision row, on the log shard (the default shard), on a connection of the
 //!    control plane's pool there (the shards' URL login, which owns schema `shardwire`:
-//!    clients' roles can neither write nor lock the log). Its commit is the commit point. If its reply is lost (connection error, timeout) the outcome is
-//!    unknown: nothing is rolled back, the participants stay prepared, the client gets
-//!    `08007`, and recovery decides from the log alone.
+//!    clients' roles can neither write nor lock the log). Its commit is the commit point.
+//!    If its reply is lost (connection error, timeout) the outcome is unknown: nothing is
+//!    rolled back, the participants stay prepared, the client gets `08007`, and recovery
+//!    decides from the log alone.
 //! 3. `COMMIT PREPARED` everywhere (a shard that fails here is finished by recovery: the
 //!    decision is made), then the log row is deleted.
 //!

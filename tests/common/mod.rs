@@ -606,6 +606,25 @@ pub fn pgbench_path() -> PathBuf {
 }
 
 /// The rows of a simple-protocol result as column -> text value maps (NULL as "").
+/// The first column of the first row `sql` returns through the simple protocol (empty when
+/// it returns none); panics, naming `sql`, on an error.
+pub async fn first_value(c: &Client, sql: &str) -> String {
+    let rows = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows_as_maps(rows)
+        .into_iter()
+        .next()
+        .and_then(|m| m.into_values().next())
+        .unwrap_or_default()
+}
+
+/// The SQLSTATE of `e` (empty when it has none).
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
 pub fn rows_as_maps(
     messages: Vec<tokio_postgres::SimpleQueryMessage>,
 ) -> Vec<std::collections::HashMap<String, String>> {
