@@ -304,6 +304,25 @@ async fn clients_cannot_reach_the_control_state() {
         .unwrap()
         .get(0);
     assert_eq!(planted, 0, "app_rw's cast ran as the control role");
+    // Nor can a client switch capture off for its writes with the rebalance's own setting:
+    // the trigger skips only sessions logged in as the control role.
+    s0.batch_execute(
+        "SET shardwire.rebalance = 'mover'; \
+         INSERT INTO users (id, name) VALUES (1002, 'y'); \
+         RESET shardwire.rebalance",
+    )
+    .await
+    .unwrap();
+    let logged: i64 = ctl
+        .query_one(
+            "SELECT count(*) FROM shardwire.shardwire_rebalance_log \
+             WHERE tbl = 'users' AND key = '1002'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 1, "a client's write escaped capture");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

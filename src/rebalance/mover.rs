@@ -87,10 +87,15 @@ const KEY_BATCH: usize = 20_000;
 /// Bytes buffered before they are sent to the target.
 const SEND_AT: usize = 256 * 1024;
 
-/// Installs the capture trigger on `tables` of one shard (idempotent).
+/// Installs the capture trigger on `tables` of one shard (idempotent), as the control role
+/// `c` is logged in as. The trigger skips a write only from a session logged in as that
+/// role with `shardwire.rebalance = 'mover'` (the rebalance's own copies and deletes): a
+/// client can set the setting, but under its own `shard_user` role it cannot change its
+/// `session_user` (only a superuser may), so it cannot switch capture off.
 pub async fn install_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), RebalanceError> {
     crate::sharding::control_schema::prepare(c).await?;
     c.batch_execute(CAPTURE_SQL).await?;
+    let control: String = c.query_one("SELECT session_user::text", &[]).await?.get(0);
     for t in tables {
         let exists: bool = c
             .query_one(
@@ -102,9 +107,11 @@ pub async fn install_capture(c: &Client, tables: &[Arc<Sharded>]) -> Result<(), 
         if !exists {
             c.batch_execute(&format!(
                 "CREATE TRIGGER shardwire_rebalance_capture AFTER INSERT OR UPDATE OR DELETE ON {} \
-                 FOR EACH ROW WHEN (current_setting('shardwire.rebalance', true) IS DISTINCT FROM 'mover') \
+                 FOR EACH ROW WHEN (session_user IS DISTINCT FROM {} \
+                 OR current_setting('shardwire.rebalance', true) IS DISTINCT FROM 'mover') \
                  EXECUTE FUNCTION shardwire.shardwire_rebalance_capture({}, {})",
                 quote::qualified(&t.name),
+                quote::literal(&control),
                 quote::literal(&t.name),
                 quote::literal(&t.key)
             ))
