@@ -263,8 +263,13 @@ pub fn roles_mode() -> bool {
 /// The role the proxy's clients run as on the shards in this mode: `app_rw` under
 /// [`roles_mode`], else the URLs' `postgres`.
 pub fn client_role() -> &'static str {
+    role_in_mode("app_rw")
+}
+
+/// `role` under [`roles_mode`], else `postgres` (the login of the tests' plain maps).
+fn role_in_mode(role: &'static str) -> &'static str {
     if roles_mode() {
-        "app_rw"
+        role
     } else {
         "postgres"
     }
@@ -273,11 +278,7 @@ pub fn client_role() -> &'static str {
 /// The shards' URL login in this mode: `shardwire_control` under [`roles_mode`], else
 /// `postgres`.
 pub fn control_role() -> &'static str {
-    if roles_mode() {
-        "shardwire_control"
-    } else {
-        "postgres"
-    }
+    role_in_mode("shardwire_control")
 }
 
 /// `y` (a map from [`TestEnv::plain_yaml_on`]) under least privilege: users `app` (as
