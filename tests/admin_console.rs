@@ -282,6 +282,47 @@ async fn owned_health_reports_a_stopped_shard() {
     );
 }
 
+/// PAUSE waits for a transaction that writes on two shards, and that transaction's COMMIT
+/// (two-phase: its decision is recorded on a control-plane connection) is not held by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_lets_a_cross_shard_commit_finish() {
+    let env = TestEnv::new(2).await;
+    let proxy = Proxy::start_yaml(&env.shard_map_yaml_with(TABLES, "", &[], true)).await;
+    let a = proxy.client().await;
+    a.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    a.batch_execute(
+        "BEGIN; INSERT INTO users (id, name) VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd'), \
+         (5, 'e'), (6, 'f'), (7, 'g'), (8, 'h')",
+    )
+    .await
+    .unwrap();
+    let console = proxy.admin_client().await;
+    let pause = tokio::spawn(async move { console.simple_query("PAUSE").await.map(|_| console) });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        a.batch_execute("COMMIT"),
+    )
+    .await
+    .expect("COMMIT finishes while PAUSE waits for it")
+    .unwrap();
+    let console = tokio::time::timeout(std::time::Duration::from_secs(10), pause)
+        .await
+        .expect("PAUSE returns once the transaction ended")
+        .unwrap()
+        .unwrap();
+    console.simple_query("RESUME").await.unwrap();
+    assert_eq!(
+        env.per_shard_i64("SELECT count(*) FROM users")
+            .await
+            .iter()
+            .sum::<i64>(),
+        8
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_waits_for_transactions_and_holds_new_statements_until_resume() {
     let env = TestEnv::new(2).await;
@@ -325,7 +366,13 @@ async fn pause_waits_for_transactions_and_holds_new_statements_until_resume() {
         .expect("PAUSE returns once the transaction ended")
         .unwrap();
     let pools = admin(&console, "SHOW POOLS").await;
-    assert!(pools.iter().all(|p| p["paused"] == "yes"), "{pools:?}");
+    // Every user's pool; the control plane's stays open for commits in flight.
+    assert!(
+        pools
+            .iter()
+            .all(|p| p["paused"] == if p["user"] == "-" { "no" } else { "yes" }),
+        "{pools:?}"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "new statements wait while paused");
     console.simple_query("RESUME").await.unwrap();
@@ -339,7 +386,11 @@ async fn pause_waits_for_transactions_and_holds_new_statements_until_resume() {
     console.simple_query("PAUSE s1").await.unwrap();
     let pools = admin(&console, "SHOW POOLS").await;
     for p in &pools {
-        let paused = if p["shard"] == "s1" { "yes" } else { "no" };
+        let paused = if p["shard"] == "s1" && p["user"] != "-" {
+            "yes"
+        } else {
+            "no"
+        };
         assert_eq!(p["paused"], paused, "{p:?}");
     }
     console.simple_query("RESUME s1").await.unwrap();

@@ -212,7 +212,7 @@ async fn execute(shared: &Arc<Shared>, sql: &str) -> Result<Output, AdminError> 
             };
             let topo = shared.topo();
             for &s in &targets {
-                for p in topo.pools_of_shard(s) {
+                for p in topo.client_pools_of_shard(s) {
                     p.set_paused(pause);
                 }
             }

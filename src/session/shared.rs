@@ -56,7 +56,13 @@ impl Topology {
         self.pools
             .get(shard)
             .into_iter()
-            .chain(self.client_pools.values().filter_map(move |p| p.get(shard)))
+            .chain(self.client_pools_of_shard(shard))
+    }
+
+    /// The users' pools of shard `shard` (what PAUSE holds: the control plane's pool stays
+    /// open, so that transactions in flight can record their commit decision and end).
+    pub fn client_pools_of_shard(&self, shard: usize) -> impl Iterator<Item = &Arc<ShardPool>> {
+        self.client_pools.values().filter_map(move |p| p.get(shard))
     }
 
     /// The state of shard `shard`'s pools, summed.
